@@ -1,0 +1,504 @@
+//! The batch envelope: the unit an edge agent sends and a hub acknowledges.
+//!
+//! # Wire layout (all integers little-endian)
+//!
+//! ```text
+//! offset size  field
+//!      0    4  magic  b"IOTB"
+//!      4    2  envelope version (this crate writes CURRENT_VERSION)
+//!      6    2  header length H
+//!      8    4  payload length P
+//!     12    4  CRC32C of header || payload
+//!     16    H  header (layout depends on the version, see below)
+//!   16+H    P  payload: an Arrow IPC *stream* holding exactly one record
+//!              batch with the reading columns, buffers zstd-compressed
+//! ```
+//!
+//! Version 1 header: `gateway_len: u8`, `gateway: [u8; gateway_len]` (UTF-8,
+//! 1..=128 bytes), `incarnation: u64`, `seq: u64`, `row_count: u32`,
+//! `first_event_us: i64`, `last_event_us: i64`. A later version may append
+//! header fields; a hub keeps decoding every version it ever knew, so a newer
+//! hub reads an older edge's batches (see `decode_header`).
+//!
+//! # Identity
+//!
+//! `(gateway, incarnation, seq)` names a batch. The incarnation changes
+//! whenever the gateway loses the state that makes its sequence numbers
+//! unique (a new boot without a durable spool), so a restarted gateway is
+//! never mistaken for its earlier self. Retries resend identical bytes.
+//!
+//! # Untrusted input
+//!
+//! [`decode`] is written for bytes from the network: every length is checked
+//! before it is used, the checksum is verified before Arrow sees a byte, the
+//! Arrow stream is pre-walked so that no declared (decompressed) buffer size
+//! exceeds [`DecodeLimits::max_decoded_bytes`] (a zstd bomb cannot make the
+//! hub allocate), and the Arrow decoder itself runs under `catch_unwind` as a
+//! last line of defence. Every failure is a [`DecodeError`], never a panic.
+
+use std::io::Cursor;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use arrow_array::RecordBatch;
+use arrow_ipc::CompressionType;
+use arrow_ipc::reader::StreamReader;
+use arrow_ipc::writer::{IpcWriteOptions, StreamWriter};
+
+use crate::reading::TimestampMicros;
+use crate::tables::{ColumnError, ReadingView};
+
+pub const MAGIC: [u8; 4] = *b"IOTB";
+/// Version written by this build. Decoding accepts `1..=CURRENT_VERSION`.
+pub const CURRENT_VERSION: u16 = 1;
+pub const PREAMBLE_LEN: usize = 16;
+pub const MAX_GATEWAY_LEN: usize = 128;
+/// Longest device or metric name accepted, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// Identity and summary of a batch, carried in the envelope header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub gateway: String,
+    pub incarnation: u64,
+    pub seq: u64,
+    pub row_count: u32,
+    pub first_event_us: TimestampMicros,
+    pub last_event_us: TimestampMicros,
+}
+
+impl BatchHeader {
+    /// The dedup key of the batch.
+    pub fn key(&self) -> BatchKey {
+        BatchKey {
+            gateway: self.gateway.clone(),
+            incarnation: self.incarnation,
+            seq: self.seq,
+        }
+    }
+}
+
+/// `(gateway, incarnation, seq)`: what makes a batch unique.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BatchKey {
+    pub gateway: String,
+    pub incarnation: u64,
+    pub seq: u64,
+}
+
+/// Bounds applied while decoding untrusted input.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    /// Largest envelope accepted, in bytes.
+    pub max_envelope_bytes: usize,
+    /// Largest number of rows in one batch.
+    pub max_rows: u32,
+    /// Upper bound of the sum of all Arrow buffer sizes after decompression.
+    pub max_decoded_bytes: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_envelope_bytes: 16 * 1024 * 1024,
+            max_rows: 1_000_000,
+            max_decoded_bytes: 512 * 1024 * 1024,
+        }
+    }
+}
+
+/// A verified batch: header plus the readings batch it announced.
+#[derive(Debug, Clone)]
+pub struct DecodedBatch {
+    pub header: BatchHeader,
+    pub version: u16,
+    /// Has at least the reading columns (see [`crate::tables::reading_schema`]);
+    /// newer optional columns are passed through.
+    pub readings: RecordBatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("envelope is truncated: needs {needed} bytes, has {available}")]
+    Truncated { needed: usize, available: usize },
+    #[error("not an envelope (bad magic)")]
+    BadMagic,
+    #[error("envelope version {0} is not supported (this hub reads 1..={CURRENT_VERSION})")]
+    UnsupportedVersion(u16),
+    #[error("envelope of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("envelope length {actual} does not match its declared length {declared}")]
+    LengthMismatch { declared: usize, actual: usize },
+    #[error("checksum mismatch: envelope is corrupt")]
+    Checksum,
+    #[error("malformed header: {0}")]
+    Header(&'static str),
+    #[error("malformed Arrow payload: {0}")]
+    Payload(String),
+    #[error("payload would decode to more than {limit} bytes")]
+    DecodedTooLarge { limit: u64 },
+    #[error("batch has {rows} rows, limit is {limit}")]
+    TooManyRows { rows: u64, limit: u32 },
+    #[error("payload does not carry readings: {0}")]
+    Columns(#[from] ColumnError),
+    #[error("header says {declared} rows, payload has {actual}")]
+    RowCountMismatch { declared: u32, actual: usize },
+    #[error("header event-time range does not match the payload")]
+    TimeRangeMismatch,
+    #[error("a device or metric name is empty or longer than {MAX_NAME_LEN} bytes")]
+    BadName,
+    #[error("empty batch")]
+    Empty,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("gateway id must be 1..={MAX_GATEWAY_LEN} bytes")]
+    BadGateway,
+    #[error("batch is empty")]
+    Empty,
+    #[error("batch has too many rows for one envelope")]
+    TooManyRows,
+    #[error("batch does not have the reading columns: {0}")]
+    Columns(#[from] ColumnError),
+    #[error("encoded envelope is larger than 4 GiB")]
+    TooLarge,
+    #[error("Arrow IPC encoding failed")]
+    Arrow(#[source] arrow_schema::ArrowError),
+}
+
+/// Encodes `readings` (schema [`crate::tables::reading_schema`]) as an
+/// envelope. Row count and event-time range in the header are derived from
+/// the batch itself, so they cannot disagree with it.
+pub fn encode(
+    gateway: &str,
+    incarnation: u64,
+    seq: u64,
+    readings: &RecordBatch,
+) -> Result<(BatchHeader, Vec<u8>), EncodeError> {
+    if gateway.is_empty() || gateway.len() > MAX_GATEWAY_LEN {
+        return Err(EncodeError::BadGateway);
+    }
+    if readings.num_rows() == 0 {
+        return Err(EncodeError::Empty);
+    }
+    let row_count = u32::try_from(readings.num_rows()).map_err(|_| EncodeError::TooManyRows)?;
+    let view = ReadingView::try_new(readings)?;
+    let (first_event_us, last_event_us) = min_max(view.ts.values());
+    let header = BatchHeader {
+        gateway: gateway.to_owned(),
+        incarnation,
+        seq,
+        row_count,
+        first_event_us,
+        last_event_us,
+    };
+
+    let mut payload = Vec::with_capacity(readings.get_array_memory_size() / 4 + 256);
+    let options = IpcWriteOptions::default()
+        .try_with_compression(Some(CompressionType::ZSTD))
+        .map_err(EncodeError::Arrow)?;
+    let mut writer = StreamWriter::try_new_with_options(&mut payload, &readings.schema(), options)
+        .map_err(EncodeError::Arrow)?;
+    writer.write(readings).map_err(EncodeError::Arrow)?;
+    writer.finish().map_err(EncodeError::Arrow)?;
+    drop(writer);
+
+    let mut head = Vec::with_capacity(1 + gateway.len() + 36);
+    head.push(gateway.len() as u8);
+    head.extend_from_slice(gateway.as_bytes());
+    head.extend_from_slice(&incarnation.to_le_bytes());
+    head.extend_from_slice(&seq.to_le_bytes());
+    head.extend_from_slice(&row_count.to_le_bytes());
+    head.extend_from_slice(&first_event_us.to_le_bytes());
+    head.extend_from_slice(&last_event_us.to_le_bytes());
+
+    let payload_len = u32::try_from(payload.len()).map_err(|_| EncodeError::TooLarge)?;
+    let mut crc = crc32c::crc32c(&head);
+    crc = crc32c::crc32c_append(crc, &payload);
+
+    let mut out = Vec::with_capacity(PREAMBLE_LEN + head.len() + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&CURRENT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(head.len() as u16).to_le_bytes());
+    out.extend_from_slice(&payload_len.to_le_bytes());
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&payload);
+    Ok((header, out))
+}
+
+/// Reads only the preamble and header: cheap, for routing and dedup before
+/// the payload is decoded. Verifies the checksum.
+pub fn peek_header(bytes: &[u8], limits: &DecodeLimits) -> Result<(u16, BatchHeader), DecodeError> {
+    let (version, header, _payload) = split(bytes, limits)?;
+    Ok((version, header))
+}
+
+/// Fully decodes and verifies an envelope from untrusted bytes.
+pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedBatch, DecodeError> {
+    let (version, header, payload) = split(bytes, limits)?;
+    if header.row_count == 0 {
+        return Err(DecodeError::Empty);
+    }
+    if header.row_count > limits.max_rows {
+        return Err(DecodeError::TooManyRows {
+            rows: header.row_count.into(),
+            limit: limits.max_rows,
+        });
+    }
+    precheck_ipc_stream(payload, limits)?;
+    let readings = catch_unwind(AssertUnwindSafe(|| read_single_batch(payload)))
+        .map_err(|_| DecodeError::Payload("Arrow decoder panicked".into()))??;
+
+    if readings.num_rows() != header.row_count as usize {
+        return Err(DecodeError::RowCountMismatch {
+            declared: header.row_count,
+            actual: readings.num_rows(),
+        });
+    }
+    let view = ReadingView::try_new(&readings)?;
+    if min_max(view.ts.values()) != (header.first_event_us, header.last_event_us) {
+        return Err(DecodeError::TimeRangeMismatch);
+    }
+    for names in [view.device, view.metric] {
+        if names.iter().flatten().any(|n| n.is_empty() || n.len() > MAX_NAME_LEN) {
+            return Err(DecodeError::BadName);
+        }
+    }
+    Ok(DecodedBatch {
+        header,
+        version,
+        readings,
+    })
+}
+
+fn min_max(values: &[i64]) -> (i64, i64) {
+    values
+        .iter()
+        .fold((i64::MAX, i64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+}
+
+/// Checks the preamble, lengths and checksum; returns version, header and
+/// the raw payload.
+fn split<'a>(
+    bytes: &'a [u8],
+    limits: &DecodeLimits,
+) -> Result<(u16, BatchHeader, &'a [u8]), DecodeError> {
+    if bytes.len() > limits.max_envelope_bytes {
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            limit: limits.max_envelope_bytes,
+        });
+    }
+    let mut r = ByteReader::new(bytes);
+    let magic = r.take(4)?;
+    if magic != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    let version = r.u16()?;
+    if version == 0 || version > CURRENT_VERSION {
+        return Err(DecodeError::UnsupportedVersion(version));
+    }
+    let header_len = r.u16()? as usize;
+    let payload_len = r.u32()? as usize;
+    let crc = r.u32()?;
+    let declared = PREAMBLE_LEN + header_len + payload_len;
+    if declared != bytes.len() {
+        return Err(DecodeError::LengthMismatch {
+            declared,
+            actual: bytes.len(),
+        });
+    }
+    let body = &bytes[PREAMBLE_LEN..];
+    if crc32c::crc32c(body) != crc {
+        return Err(DecodeError::Checksum);
+    }
+    let (head, payload) = body.split_at(header_len);
+    let header = decode_header(version, head)?;
+    Ok((version, header, payload))
+}
+
+/// Header layouts by version. Add an arm per new version; never change an
+/// existing one.
+fn decode_header(version: u16, head: &[u8]) -> Result<BatchHeader, DecodeError> {
+    match version {
+        1 => {
+            let mut r = ByteReader::new(head);
+            let gateway_len = r.u8().map_err(|_| DecodeError::Header("missing gateway"))? as usize;
+            if gateway_len == 0 || gateway_len > MAX_GATEWAY_LEN {
+                return Err(DecodeError::Header("gateway id length out of range"));
+            }
+            let gateway = r
+                .take(gateway_len)
+                .map_err(|_| DecodeError::Header("gateway id truncated"))?;
+            let gateway = std::str::from_utf8(gateway)
+                .map_err(|_| DecodeError::Header("gateway id is not UTF-8"))?
+                .to_owned();
+            let truncated = |_| DecodeError::Header("header truncated");
+            let header = BatchHeader {
+                gateway,
+                incarnation: r.u64().map_err(truncated)?,
+                seq: r.u64().map_err(truncated)?,
+                row_count: r.u32().map_err(truncated)?,
+                first_event_us: r.u64().map_err(truncated)? as i64,
+                last_event_us: r.u64().map_err(truncated)? as i64,
+            };
+            if !r.is_empty() {
+                return Err(DecodeError::Header("trailing bytes after a version 1 header"));
+            }
+            if header.first_event_us > header.last_event_us {
+                return Err(DecodeError::Header("first event time is after last event time"));
+            }
+            Ok(header)
+        }
+        other => Err(DecodeError::UnsupportedVersion(other)),
+    }
+}
+
+fn read_single_batch(payload: &[u8]) -> Result<RecordBatch, DecodeError> {
+    let arrow_err = |e: arrow_schema::ArrowError| DecodeError::Payload(e.to_string());
+    let mut reader = StreamReader::try_new(Cursor::new(payload), None).map_err(arrow_err)?;
+    let batch = reader
+        .next()
+        .ok_or(DecodeError::Payload("stream holds no record batch".into()))?
+        .map_err(arrow_err)?;
+    if reader.next().is_some() {
+        return Err(DecodeError::Payload("stream holds more than one record batch".into()));
+    }
+    Ok(batch)
+}
+
+/// Walks the IPC stream's messages without decoding data: verifies every
+/// flatbuffer, checks that buffers lie inside their message body, and adds up
+/// the declared decompressed sizes against the limit, so the Arrow decoder is
+/// never asked to allocate an attacker-chosen amount of memory.
+fn precheck_ipc_stream(payload: &[u8], limits: &DecodeLimits) -> Result<(), DecodeError> {
+    use arrow_ipc::MessageHeader;
+    let bad = |msg: &str| DecodeError::Payload(msg.to_owned());
+    let mut r = ByteReader::new(payload);
+    let mut decoded: u64 = 0;
+    let mut batches = 0usize;
+    let mut saw_schema = false;
+    loop {
+        let mut meta_len = r.u32().map_err(|_| bad("stream ends without an end marker"))?;
+        if meta_len == 0xFFFF_FFFF {
+            meta_len = r.u32().map_err(|_| bad("stream ends after a continuation marker"))?;
+        }
+        if meta_len == 0 {
+            break; // end-of-stream marker
+        }
+        let meta = r
+            .take(meta_len as usize)
+            .map_err(|_| bad("message metadata truncated"))?;
+        let message = arrow_ipc::root_as_message(meta)
+            .map_err(|e| DecodeError::Payload(format!("invalid message flatbuffer: {e}")))?;
+        let body_len = usize::try_from(message.bodyLength()).map_err(|_| bad("negative body length"))?;
+        let body = r.take(body_len).map_err(|_| bad("message body truncated"))?;
+        match message.header_type() {
+            MessageHeader::Schema => {
+                if saw_schema {
+                    return Err(bad("stream holds a second schema"));
+                }
+                saw_schema = true;
+            }
+            MessageHeader::RecordBatch => {
+                if !saw_schema {
+                    return Err(bad("record batch before schema"));
+                }
+                batches += 1;
+                if batches > 1 {
+                    return Err(bad("stream holds more than one record batch"));
+                }
+                let batch = message
+                    .header_as_record_batch()
+                    .ok_or_else(|| bad("record batch header missing"))?;
+                if batch.length() < 0 || batch.length() as u64 > u64::from(limits.max_rows) {
+                    return Err(DecodeError::TooManyRows {
+                        rows: batch.length().max(0) as u64,
+                        limit: limits.max_rows,
+                    });
+                }
+                let compressed = batch.compression().is_some();
+                for buffer in batch.buffers().into_iter().flatten() {
+                    let (offset, length) = (buffer.offset(), buffer.length());
+                    if offset < 0 || length < 0 {
+                        return Err(bad("negative buffer offset or length"));
+                    }
+                    let (offset, length) = (offset as u64, length as u64);
+                    if offset.checked_add(length).is_none_or(|end| end > body.len() as u64) {
+                        return Err(bad("buffer lies outside the message body"));
+                    }
+                    let size = if compressed && length >= 8 {
+                        let at = offset as usize;
+                        let prefix: [u8; 8] = body[at..at + 8].try_into().expect("8 bytes");
+                        match i64::from_le_bytes(prefix) {
+                            -1 => length - 8,
+                            n if n < 0 => return Err(bad("negative decompressed length")),
+                            n => n as u64,
+                        }
+                    } else {
+                        length
+                    };
+                    decoded = decoded.saturating_add(size);
+                    if decoded > limits.max_decoded_bytes {
+                        return Err(DecodeError::DecodedTooLarge {
+                            limit: limits.max_decoded_bytes,
+                        });
+                    }
+                }
+            }
+            _ => return Err(bad("unexpected message type (only schema and record batch)")),
+        }
+    }
+    if batches == 0 {
+        return Err(bad("stream holds no record batch"));
+    }
+    Ok(())
+}
+
+/// Bounds-checked little-endian reader over a byte slice.
+struct ByteReader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> ByteReader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes, pos: 0 }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or(
+            DecodeError::Truncated {
+                needed: self.pos.saturating_add(n),
+                available: self.bytes.len(),
+            },
+        )?;
+        let out = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        Ok(self.take(N)?.try_into().expect("take returned N bytes"))
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        self.array().map(u16::from_le_bytes)
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        self.array().map(u32::from_le_bytes)
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        self.array().map(u64::from_le_bytes)
+    }
+    fn is_empty(&self) -> bool {
+        self.pos == self.bytes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,174 @@
+//! Arrow schemas of the pipeline's three tables and their column names.
+//!
+//! - `readings`: what travels edge -> hub inside an envelope.
+//! - `scored`: every reading the hub archived, with its score and the model
+//!   that produced it (one Parquet table).
+//! - `anomalies`: one event per reading whose score crossed the threshold.
+//!
+//! Evolution rule: columns are only ever added, always nullable, and readers
+//! look columns up by name. A file written before a column existed therefore
+//! still reads (the column is null), and a newer edge that adds an optional
+//! column to the readings batch is still accepted by an older hub.
+
+use std::sync::{Arc, OnceLock};
+
+use arrow_array::{Array, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+/// Time zone label of every timestamp column.
+pub const UTC: &str = "UTC";
+
+pub const DEVICE: &str = "device";
+pub const METRIC: &str = "metric";
+pub const TS: &str = "ts";
+pub const VALUE: &str = "value";
+pub const GATEWAY: &str = "gateway";
+pub const INCARNATION: &str = "incarnation";
+pub const SEQ: &str = "seq";
+pub const MODEL_ID: &str = "model_id";
+pub const MODEL_VERSION: &str = "model_version";
+pub const STATUS: &str = "status";
+pub const SCORE: &str = "score";
+pub const THRESHOLD: &str = "threshold";
+pub const SEVERITY: &str = "severity";
+pub const WINDOW_START: &str = "window_start";
+pub const INGESTED_AT: &str = "ingested_at";
+
+/// Values of the `status` column of the scored table.
+pub mod status {
+    /// Not enough history for this device/metric yet; never reported anomalous.
+    pub const WARMING_UP: &str = "warming_up";
+    pub const OK: &str = "ok";
+    pub const ANOMALOUS: &str = "anomalous";
+}
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into()))
+}
+
+/// Schema of the readings carried by an envelope.
+pub fn reading_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            Arc::new(Schema::new(vec![
+                Field::new(DEVICE, DataType::Utf8, false),
+                Field::new(METRIC, DataType::Utf8, false),
+                Field::new(TS, ts_type(), false),
+                Field::new(VALUE, DataType::Float64, false),
+            ]))
+        })
+        .clone()
+}
+
+/// Schema of the `scored` table.
+pub fn scored_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            Arc::new(Schema::new(vec![
+                Field::new(DEVICE, DataType::Utf8, false),
+                Field::new(METRIC, DataType::Utf8, false),
+                Field::new(TS, ts_type(), false),
+                Field::new(VALUE, DataType::Float64, false),
+                Field::new(STATUS, DataType::Utf8, false),
+                Field::new(SCORE, DataType::Float64, true),
+                Field::new(THRESHOLD, DataType::Float64, true),
+                Field::new(MODEL_ID, DataType::Utf8, false),
+                Field::new(MODEL_VERSION, DataType::Utf8, false),
+                Field::new(GATEWAY, DataType::Utf8, false),
+                Field::new(INCARNATION, DataType::UInt64, false),
+                Field::new(SEQ, DataType::UInt64, false),
+                Field::new(INGESTED_AT, ts_type(), false),
+            ]))
+        })
+        .clone()
+}
+
+/// Schema of the `anomalies` table.
+pub fn anomaly_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            Arc::new(Schema::new(vec![
+                Field::new(DEVICE, DataType::Utf8, false),
+                Field::new(METRIC, DataType::Utf8, false),
+                Field::new(TS, ts_type(), false),
+                Field::new(VALUE, DataType::Float64, false),
+                Field::new(SCORE, DataType::Float64, false),
+                Field::new(THRESHOLD, DataType::Float64, false),
+                // score / threshold: 1.0 is the threshold itself.
+                Field::new(SEVERITY, DataType::Float64, false),
+                Field::new(WINDOW_START, ts_type(), false),
+                Field::new(MODEL_ID, DataType::Utf8, false),
+                Field::new(MODEL_VERSION, DataType::Utf8, false),
+                Field::new(GATEWAY, DataType::Utf8, false),
+                Field::new(INCARNATION, DataType::UInt64, false),
+                Field::new(SEQ, DataType::UInt64, false),
+                Field::new(INGESTED_AT, ts_type(), false),
+            ]))
+        })
+        .clone()
+}
+
+/// Typed access to the four reading columns of a batch, looked up by name so
+/// that extra (newer, optional) columns are ignored.
+#[derive(Debug)]
+pub struct ReadingView<'a> {
+    pub device: &'a StringArray,
+    pub metric: &'a StringArray,
+    pub ts: &'a TimestampMicrosecondArray,
+    pub value: &'a Float64Array,
+}
+
+/// Why a batch does not carry the reading columns.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ColumnError {
+    #[error("column `{0}` is missing")]
+    Missing(&'static str),
+    #[error("column `{column}` has type {found}, expected {expected}")]
+    WrongType {
+        column: &'static str,
+        found: String,
+        expected: String,
+    },
+    #[error("column `{0}` contains nulls")]
+    Nulls(&'static str),
+}
+
+impl<'a> ReadingView<'a> {
+    pub fn try_new(batch: &'a RecordBatch) -> Result<Self, ColumnError> {
+        Ok(Self {
+            device: column(batch, DEVICE, &DataType::Utf8)?,
+            metric: column(batch, METRIC, &DataType::Utf8)?,
+            ts: column(batch, TS, &ts_type())?,
+            value: column(batch, VALUE, &DataType::Float64)?,
+        })
+    }
+}
+
+fn column<'a, T: Array + 'static>(
+    batch: &'a RecordBatch,
+    name: &'static str,
+    expected: &DataType,
+) -> Result<&'a T, ColumnError> {
+    let array = batch.column_by_name(name).ok_or(ColumnError::Missing(name))?;
+    if array.data_type() != expected {
+        return Err(ColumnError::WrongType {
+            column: name,
+            found: array.data_type().to_string(),
+            expected: expected.to_string(),
+        });
+    }
+    if array.null_count() > 0 {
+        return Err(ColumnError::Nulls(name));
+    }
+    array
+        .as_any()
+        .downcast_ref::<T>()
+        .ok_or_else(|| ColumnError::WrongType {
+            column: name,
+            found: array.data_type().to_string(),
+            expected: expected.to_string(),
+        })
+}
