@@ -1,1 +1,36 @@
-//! stub
+//! The edge agent: runs on a gateway next to the devices.
+//!
+//! Data flow (each arrow a bounded channel, each box a task):
+//!
+//! ```text
+//! gateway broker --MQTT--> [ingest] --readings+acks--> [batcher] --envelopes--> [uplink] --MQTT|HTTP--> hub
+//!        ^                                                                          |
+//!        +--------------- device PUBACKs, sent only after the hub's ack ------------+
+//! ```
+//!
+//! - [`decode`]: topic templates and JSON payloads -> readings (pure, no I/O).
+//! - [`ingest`]: the MQTT subscription with manual acknowledgements.
+//! - [`batcher`]: groups readings by size or age into envelopes.
+//! - [`uplink`]: sends envelopes to the hub, retries, and releases device acks.
+//! - [`stats`]: counters for every stage, rendered as Prometheus text.
+//! - [`config`]: the agent's TOML configuration.
+//!
+//! Guarantee (until the durable spool lands): a device message published with
+//! QoS 1 is acknowledged to the broker only after every reading decoded from
+//! it is durable on a hub. Nothing is held without bound: the uplink's
+//! in-flight window limits unacknowledged data, and a full window stops the
+//! agent reading from the broker socket (backpressure reaches the broker).
+//!
+//! This crate must never depend on parquet, tract or datafusion: it is built
+//! for small ARM gateways.
+
+pub mod agent;
+pub mod batcher;
+pub mod config;
+pub mod decode;
+pub mod ingest;
+pub mod stats;
+pub mod uplink;
+
+pub use agent::{Agent, AgentHandle};
+pub use config::EdgeConfig;

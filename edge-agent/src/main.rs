@@ -1,1 +1,77 @@
-fn main() {}
+//! `edge-agent`: thin binary over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use edge_agent::{Agent, EdgeConfig, config::ENV_PREFIX};
+
+#[derive(Parser)]
+#[command(version, about = "Edge agent: MQTT ingest, batching and forwarding to the inference hub")]
+struct Cli {
+    /// TOML configuration file (environment overrides: EDGE__SECTION__KEY).
+    #[arg(long, short, global = true, env = "EDGE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (the default).
+    Run {
+        /// How long to wait for in-flight batches on shutdown.
+        #[arg(long, default_value = "10s", value_parser = schemas::settings::parse_duration)]
+        shutdown_grace: Duration,
+    },
+    /// Check the configuration and report every problem with its key path.
+    Validate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let config = match schemas::settings::load::<EdgeConfig>(cli.config.as_deref(), ENV_PREFIX, std::env::vars()) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Command::Run {
+        shutdown_grace: Duration::from_secs(10),
+    }) {
+        Command::Validate => {
+            println!("configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Command::Run { shutdown_grace } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            runtime.block_on(async {
+                let agent = Agent::start(config, shutdown_grace);
+                wait_for_stop_signal().await;
+                tracing::info!("shutting down");
+                agent.shutdown().await;
+            });
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM (systemd, Kubernetes).
+async fn wait_for_stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -11,9 +11,11 @@
 //! - [`tables`]: the Arrow schemas of the three tables and their column names.
 //! - [`envelope`]: the versioned wire format edge -> hub, with a decoder that
 //!   treats its input as untrusted.
+//! - [`ack`]: the hub's per-batch answer (durable, duplicate, rejected).
 //! - [`settings`]: layered TOML + environment configuration with a validator
 //!   that reports every problem at once, shared by both binaries.
 
+pub mod ack;
 pub mod envelope;
 pub mod reading;
 pub mod settings;

@@ -1,0 +1,155 @@
+//! Wires the stages together and owns their lifecycle.
+//!
+//! Shutdown order matters for the acknowledgement chain: stop taking device
+//! messages, seal the open batch, let the uplink settle what is in flight
+//! (bounded by a grace period), and only then close the gateway broker
+//! connection, so every acknowledgement released during the drain is sent.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::batcher::{Batcher, IngestItem, SealedBatch};
+use crate::config::EdgeConfig;
+use crate::stats::EdgeStats;
+use crate::{ingest, uplink};
+
+/// Device messages buffered between ingest and the batcher.
+const INGEST_QUEUE: usize = 1024;
+
+#[derive(Debug)]
+pub struct Agent;
+
+/// A running agent.
+#[derive(Debug)]
+pub struct AgentHandle {
+    pub stats: Arc<EdgeStats>,
+    pub incarnation: u64,
+    stop_intake: watch::Sender<bool>,
+    finish: watch::Sender<bool>,
+    batcher: JoinHandle<()>,
+    uplink: JoinHandle<()>,
+    ingest: JoinHandle<()>,
+}
+
+impl Agent {
+    /// Starts all stages on the current tokio runtime. The incarnation is new
+    /// for every start: without a durable spool nothing of an earlier run's
+    /// batches survives, so their sequence numbers must not be reused.
+    pub fn start(cfg: EdgeConfig, shutdown_grace: Duration) -> AgentHandle {
+        let incarnation = new_incarnation();
+        let stats = Arc::new(EdgeStats::default());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (finish_tx, finish_rx) = watch::channel(false);
+
+        let max_unacked = (cfg.uplink.max_in_flight + 2) * cfg.batch.max_rows + INGEST_QUEUE;
+        let (client, eventloop) = ingest::connect(&cfg, max_unacked.min(1 << 20));
+        let acker = ingest::acker(&client, &stats);
+        let (item_tx, item_rx) = mpsc::channel::<IngestItem>(INGEST_QUEUE);
+        let (batch_tx, batch_rx) = mpsc::channel::<SealedBatch>(1);
+
+        let ingest = tokio::spawn(ingest::run(
+            cfg.subscriptions.clone(),
+            client,
+            eventloop,
+            item_tx,
+            acker.clone(),
+            stats.clone(),
+            stop_rx.clone(),
+            finish_rx,
+        ));
+        let batcher = tokio::spawn(run_batcher(
+            Batcher::new(&cfg.gateway_id, incarnation, cfg.batch.clone()),
+            item_rx,
+            batch_tx,
+            stats.clone(),
+        ));
+        let (transport, answers) = uplink::Transport::start(&cfg, incarnation, stats.clone(), stop_rx.clone());
+        let uplink = tokio::spawn(uplink::run(
+            cfg.uplink.clone(),
+            transport,
+            answers,
+            batch_rx,
+            acker,
+            stats.clone(),
+            stop_rx,
+            shutdown_grace,
+        ));
+        tracing::info!(gateway = %cfg.gateway_id, incarnation, "edge agent started");
+        AgentHandle {
+            stats,
+            incarnation,
+            stop_intake: stop_tx,
+            finish: finish_tx,
+            batcher,
+            uplink,
+            ingest,
+        }
+    }
+}
+
+impl AgentHandle {
+    /// Graceful stop; see the module docs for the order.
+    pub async fn shutdown(self) {
+        let _ = self.stop_intake.send(true);
+        let _ = self.batcher.await;
+        let _ = self.uplink.await;
+        let _ = self.finish.send(true);
+        let _ = self.ingest.await;
+        tracing::info!(
+            delivered = self.stats.readings_delivered.load(Relaxed),
+            "edge agent stopped"
+        );
+    }
+}
+
+async fn run_batcher(
+    mut batcher: Batcher,
+    mut items: mpsc::Receiver<IngestItem>,
+    out: mpsc::Sender<SealedBatch>,
+    stats: Arc<EdgeStats>,
+) {
+    loop {
+        let deadline = batcher.deadline();
+        let sealed = tokio::select! {
+            item = items.recv() => match item {
+                Some(item) => batcher.push(item, Instant::now().into_std()),
+                None => {
+                    if let Some(last) = batcher.seal() {
+                        stats.batches_sealed.fetch_add(1, Relaxed);
+                        let _ = out.send(last).await;
+                    }
+                    return;
+                }
+            },
+            _ = sleep_until_opt(deadline) => batcher.seal(),
+        };
+        if let Some(batch) = sealed {
+            stats.batches_sealed.fetch_add(1, Relaxed);
+            if out.send(batch).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A fresh incarnation id: random, mixed with the clock so two agents started
+/// in the same instant still differ.
+pub fn new_incarnation() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    fastrand::u64(..) ^ nanos.rotate_left(32)
+}

@@ -1,0 +1,289 @@
+//! The edge agent's configuration (TOML, layered with `EDGE__...` environment
+//! variables; see [`schemas::settings`] for the precedence rules).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use schemas::settings::{ConfigProblem, Validate, duration};
+
+use crate::decode::TopicTemplate;
+
+/// Environment prefix of overrides, e.g. `EDGE__UPLINK__KIND=http`.
+pub const ENV_PREFIX: &str = "EDGE";
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct EdgeConfig {
+    /// Unique id of this gateway; names its batches and its uplink topics.
+    pub gateway_id: String,
+    /// The gateway's local broker, where devices publish.
+    #[serde(default)]
+    pub mqtt: MqttSettings,
+    /// Which topics to read and how to map them to devices and metrics.
+    #[serde(default = "default_subscriptions")]
+    pub subscriptions: Vec<Subscription>,
+    #[serde(default)]
+    pub batch: BatchSettings,
+    #[serde(default)]
+    pub uplink: UplinkSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct MqttSettings {
+    pub host: String,
+    pub port: u16,
+    /// Defaults to `edge-<gateway-id>`. Must be stable across restarts so the
+    /// broker keeps the persistent session (and redelivers unacked messages).
+    pub client_id: Option<String>,
+    #[serde(with = "duration")]
+    pub keep_alive: Duration,
+    /// Largest device message accepted, in bytes.
+    pub max_packet_size: usize,
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            client_id: None,
+            keep_alive: Duration::from_secs(30),
+            max_packet_size: 256 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Subscription {
+    /// MQTT topic filter, e.g. `sensors/+/+`.
+    pub filter: String,
+    /// 0 or 1. With 1 the agent acknowledges a message only once its readings
+    /// are safe; with 0 the broker does not redeliver anything.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Maps a topic to device and metric: `{device}` and `{metric}` capture
+    /// one level, `+` matches one level, other text must match literally.
+    pub topic_template: String,
+    #[serde(default)]
+    pub format: PayloadFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PayloadFormat {
+    /// A bare number, `{"value": .., "ts": ..}`, or a flat object of metrics.
+    #[default]
+    Json,
+}
+
+fn default_qos() -> u8 {
+    1
+}
+
+fn default_subscriptions() -> Vec<Subscription> {
+    vec![Subscription {
+        filter: "sensors/+/+".into(),
+        qos: 1,
+        topic_template: "sensors/{device}/{metric}".into(),
+        format: PayloadFormat::Json,
+    }]
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BatchSettings {
+    /// A batch is sealed when it holds this many readings...
+    pub max_rows: usize,
+    /// ...or when its oldest reading has waited this long, whichever first.
+    #[serde(with = "duration")]
+    pub max_age: Duration,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        Self {
+            max_rows: 5_000,
+            max_age: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum UplinkKind {
+    #[default]
+    Mqtt,
+    Http,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct UplinkSettings {
+    pub kind: UplinkKind,
+    /// Batches sent but not yet acknowledged by the hub. Bounds the agent's
+    /// memory and the number of device messages awaiting acknowledgement.
+    pub max_in_flight: usize,
+    /// Resend a batch when the hub has not acknowledged it within this time.
+    #[serde(with = "duration")]
+    pub ack_timeout: Duration,
+    /// First retry delay; doubles per attempt (with +-50% jitter) up to
+    /// `retry-max`.
+    #[serde(with = "duration")]
+    pub retry_initial: Duration,
+    #[serde(with = "duration")]
+    pub retry_max: Duration,
+    #[serde(default)]
+    pub mqtt: UplinkMqtt,
+    #[serde(default)]
+    pub http: UplinkHttp,
+}
+
+impl Default for UplinkSettings {
+    fn default() -> Self {
+        Self {
+            kind: UplinkKind::Mqtt,
+            max_in_flight: 8,
+            ack_timeout: Duration::from_secs(10),
+            retry_initial: Duration::from_millis(200),
+            retry_max: Duration::from_secs(30),
+            mqtt: UplinkMqtt::default(),
+            http: UplinkHttp::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct UplinkMqtt {
+    pub host: String,
+    pub port: u16,
+    /// Defaults to `edge-<gateway-id>-uplink`.
+    pub client_id: Option<String>,
+    /// Batches go to `<prefix>/batches/<gateway>`, acks come back on
+    /// `<prefix>/acks/<gateway>`.
+    pub topic_prefix: String,
+    #[serde(with = "duration")]
+    pub keep_alive: Duration,
+}
+
+impl Default for UplinkMqtt {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            client_id: None,
+            topic_prefix: "iot".into(),
+            keep_alive: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct UplinkHttp {
+    /// Base URL of the hub; batches are POSTed to `<url>/v1/batches`.
+    pub url: String,
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// Bearer token sent with every request, if the hub requires one.
+    pub token: Option<String>,
+}
+
+impl Default for UplinkHttp {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8080".into(),
+            request_timeout: Duration::from_secs(10),
+            token: None,
+        }
+    }
+}
+
+impl EdgeConfig {
+    pub fn mqtt_client_id(&self) -> String {
+        self.mqtt
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("edge-{}", self.gateway_id))
+    }
+
+    pub fn uplink_client_id(&self) -> String {
+        self.uplink
+            .mqtt
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("edge-{}-uplink", self.gateway_id))
+    }
+
+    /// Minimal configuration for tests and the demo.
+    pub fn for_gateway(gateway_id: &str, broker_port: u16) -> Self {
+        let mut cfg: Self = schemas::settings::load_str(
+            &format!("gateway-id = {gateway_id:?}"),
+            ENV_PREFIX,
+            Vec::new(),
+        )
+        .expect("built-in defaults are valid");
+        cfg.mqtt.port = broker_port;
+        cfg.uplink.mqtt.port = broker_port;
+        cfg
+    }
+}
+
+impl Validate for EdgeConfig {
+    fn validate(&self, problems: &mut Vec<ConfigProblem>) {
+        let gw = &self.gateway_id;
+        if gw.is_empty() || gw.len() > schemas::envelope::MAX_GATEWAY_LEN {
+            problems.push(ConfigProblem::new("gateway-id", "must be 1..=128 bytes"));
+        }
+        if gw.contains(['/', '+', '#']) {
+            problems.push(ConfigProblem::new(
+                "gateway-id",
+                "must not contain MQTT topic characters '/', '+' or '#'",
+            ));
+        }
+        if self.subscriptions.is_empty() {
+            problems.push(ConfigProblem::new("subscriptions", "at least one subscription is required"));
+        }
+        for (i, sub) in self.subscriptions.iter().enumerate() {
+            let at = |key: &str| format!("subscriptions[{i}].{key}");
+            if sub.qos > 1 {
+                problems.push(ConfigProblem::new(at("qos"), "must be 0 or 1"));
+            }
+            if sub.filter.is_empty() {
+                problems.push(ConfigProblem::new(at("filter"), "must not be empty"));
+            }
+            if let Err(e) = TopicTemplate::parse(&sub.topic_template) {
+                problems.push(ConfigProblem::new(at("topic-template"), e));
+            }
+        }
+        if self.batch.max_rows == 0 || self.batch.max_rows > 1_000_000 {
+            problems.push(ConfigProblem::new("batch.max-rows", "must be 1..=1000000"));
+        }
+        if self.batch.max_age.is_zero() {
+            problems.push(ConfigProblem::new("batch.max-age", "must be positive"));
+        }
+        if self.uplink.max_in_flight == 0 {
+            problems.push(ConfigProblem::new("uplink.max-in-flight", "must be at least 1"));
+        }
+        if self.uplink.retry_initial.is_zero() || self.uplink.retry_initial > self.uplink.retry_max {
+            problems.push(ConfigProblem::new(
+                "uplink.retry-initial",
+                "must be positive and at most uplink.retry-max",
+            ));
+        }
+        if self.uplink.kind == UplinkKind::Http
+            && !self.uplink.http.url.starts_with("http://")
+        {
+            problems.push(ConfigProblem::new(
+                "uplink.http.url",
+                "must start with http:// (TLS to the hub is not built in yet; terminate it in a local proxy)",
+            ));
+        }
+        if self.mqtt.keep_alive < Duration::from_secs(1) {
+            problems.push(ConfigProblem::new("mqtt.keep-alive", "must be at least 1s"));
+        }
+    }
+}

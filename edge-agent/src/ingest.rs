@@ -1,0 +1,197 @@
+//! The MQTT source: a persistent session on the gateway's broker with manual
+//! acknowledgements.
+//!
+//! For every message: pick the first subscription whose filter matches, decode
+//! it, and either hand the readings (and the message's ack) to the batcher or,
+//! if it is malformed, count the reason and acknowledge it at once (it can
+//! never become valid, so redelivery would only loop).
+//!
+//! Backpressure: handing items to the batcher awaits on a bounded channel.
+//! While it waits this task does not poll the MQTT event loop, so the socket
+//! is not read and the broker (bounded by its per-client in-flight window)
+//! stops sending. Acknowledgements are queued by [`DeviceAcker`] without
+//! waiting, from the uplink task, so a full pipeline cannot deadlock on them.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::{mpsc, watch};
+
+use crate::batcher::{IngestItem, PendingAck};
+use crate::config::{EdgeConfig, PayloadFormat, Subscription};
+use crate::decode::{self, Rejection, TopicTemplate};
+use crate::stats::EdgeStats;
+
+/// Queues PUBACKs for device messages on the gateway broker connection.
+#[derive(Debug, Clone)]
+pub struct DeviceAcker {
+    client: AsyncClient,
+    stats: Arc<EdgeStats>,
+}
+
+impl DeviceAcker {
+    pub fn ack(&self, acks: &[PendingAck]) {
+        for a in acks {
+            if a.qos == QoS::AtMostOnce {
+                continue;
+            }
+            let mut p = Publish::new("", a.qos, Vec::<u8>::new());
+            p.pkid = a.pkid;
+            match self.client.try_ack(&p) {
+                Ok(()) => {
+                    self.stats.device_acks.fetch_add(1, Relaxed);
+                }
+                Err(e) => {
+                    // Not data loss: the broker redelivers an unacknowledged
+                    // message on the next session.
+                    self.stats.device_ack_failures.fetch_add(1, Relaxed);
+                    tracing::warn!(error = %e, pkid = a.pkid, "could not queue device ack");
+                }
+            }
+        }
+    }
+}
+
+struct Route {
+    filter: String,
+    template: TopicTemplate,
+    format: PayloadFormat,
+}
+
+/// Builds the MQTT client for the gateway broker.
+pub fn connect(cfg: &EdgeConfig, ack_capacity: usize) -> (AsyncClient, EventLoop) {
+    let mut opts = MqttOptions::new(cfg.mqtt_client_id(), &cfg.mqtt.host, cfg.mqtt.port);
+    opts.set_keep_alive(cfg.mqtt.keep_alive)
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_max_packet_size(cfg.mqtt.max_packet_size, 64 * 1024)
+        // Every held acknowledgement may be queued at once when a batch is
+        // acknowledged; size the request channel for it.
+        .set_request_channel_capacity(ack_capacity);
+    AsyncClient::new(opts, ack_capacity)
+}
+
+pub fn acker(client: &AsyncClient, stats: &Arc<EdgeStats>) -> DeviceAcker {
+    DeviceAcker {
+        client: client.clone(),
+        stats: stats.clone(),
+    }
+}
+
+/// Runs in two phases. Until `stop_intake` flips, messages are decoded and
+/// forwarded. After that the batcher's channel is closed and new messages are
+/// left unacknowledged (the broker redelivers them to the next session), but
+/// the connection keeps being polled so that the acknowledgements released
+/// while the uplink drains still reach the broker. `finish` ends the task.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    subscriptions: Vec<Subscription>,
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    to_batcher: mpsc::Sender<IngestItem>,
+    acker: DeviceAcker,
+    stats: Arc<EdgeStats>,
+    mut stop_intake: watch::Receiver<bool>,
+    mut finish: watch::Receiver<bool>,
+) {
+    let mut to_batcher = Some(to_batcher);
+    let routes: Vec<Route> = subscriptions
+        .iter()
+        .map(|s| Route {
+            filter: s.filter.clone(),
+            template: TopicTemplate::parse(&s.topic_template).expect("validated by config"),
+            format: s.format,
+        })
+        .collect();
+    let mut failures = 0u32;
+    loop {
+        let event = tokio::select! {
+            ev = eventloop.poll() => ev,
+            _ = stop_intake.changed(), if to_batcher.is_some() => {
+                to_batcher = None;
+                continue;
+            }
+            _ = finish.changed() => break,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                failures = 0;
+                stats.broker_connects.fetch_add(1, Relaxed);
+                tracing::info!(session_present = ack.session_present, "connected to gateway broker");
+                for s in &subscriptions {
+                    let qos = if s.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+                    if let Err(e) = client.try_subscribe(s.filter.clone(), qos) {
+                        tracing::error!(error = %e, filter = %s.filter, "cannot subscribe");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let Some(to_batcher) = &to_batcher else {
+                    continue; // draining: leave it for the next session
+                };
+                stats.messages_received.fetch_add(1, Relaxed);
+                let ack = (publish.qos != QoS::AtMostOnce).then_some(PendingAck {
+                    pkid: publish.pkid,
+                    qos: publish.qos,
+                });
+                match decode_publish(&routes, &publish) {
+                    Ok(decoded) => {
+                        stats.fields_skipped.fetch_add(decoded.skipped_fields as u64, Relaxed);
+                        stats.readings_accepted.fetch_add(decoded.readings.len() as u64, Relaxed);
+                        let item = IngestItem {
+                            readings: decoded.readings,
+                            ack,
+                        };
+                        let forwarded = tokio::select! {
+                            sent = to_batcher.send(item) => sent.is_ok(),
+                            _ = finish.changed() => false,
+                        };
+                        if !forwarded {
+                            break;
+                        }
+                    }
+                    Err(reason) => {
+                        stats.reject(reason);
+                        tracing::debug!(topic = %publish.topic, reason = reason.as_str(), "rejected device message");
+                        acker.ack(&ack.into_iter().collect::<Vec<_>>());
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                stats.broker_errors.fetch_add(1, Relaxed);
+                failures = failures.saturating_add(1);
+                let delay = backoff(failures, Duration::from_millis(100), Duration::from_secs(10));
+                tracing::warn!(error = %e, retry_in = ?delay, "gateway broker connection failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = finish.changed() => break,
+                }
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while eventloop.poll().await.is_ok() {}
+    })
+    .await;
+}
+
+fn decode_publish(routes: &[Route], publish: &Publish) -> Result<decode::Decoded, Rejection> {
+    let route = routes
+        .iter()
+        .find(|r| decode::filter_matches(&r.filter, &publish.topic))
+        .ok_or(Rejection::TopicMismatch)?;
+    let now = chrono::Utc::now().timestamp_micros();
+    match route.format {
+        PayloadFormat::Json => decode::decode_json(&route.template, &publish.topic, &publish.payload, now),
+    }
+}
+
+/// Exponential backoff with +-50% jitter: `initial * 2^(attempt-1)`, capped.
+pub fn backoff(attempt: u32, initial: Duration, cap: Duration) -> Duration {
+    let exp = initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    exp.min(cap).mul_f64(0.5 + fastrand::f64())
+}
