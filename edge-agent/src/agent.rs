@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::batcher::{Batcher, IngestItem, SealedBatch};
 use crate::config::EdgeConfig;
+use crate::mqtt::OrderedAcker;
 use crate::stats::EdgeStats;
 use crate::{ingest, uplink};
 
@@ -48,7 +49,11 @@ impl Agent {
 
         let max_unacked = (cfg.uplink.max_in_flight + 2) * cfg.batch.max_rows + INGEST_QUEUE;
         let (client, eventloop) = ingest::connect(&cfg, max_unacked.min(1 << 20));
-        let acker = ingest::acker(&client, &stats);
+        let acker = OrderedAcker::new(
+            &client,
+            stats.device_acks.clone(),
+            stats.device_ack_failures.clone(),
+        );
         let (item_tx, item_rx) = mpsc::channel::<IngestItem>(INGEST_QUEUE);
         let (batch_tx, batch_rx) = mpsc::channel::<SealedBatch>(1);
 
@@ -60,15 +65,23 @@ impl Agent {
             acker.clone(),
             stats.clone(),
             stop_rx.clone(),
-            finish_rx,
+            finish_rx.clone(),
         ));
         let batcher = tokio::spawn(run_batcher(
-            Batcher::new(&cfg.gateway_id, incarnation, cfg.batch.clone()),
+            Batcher::new(
+                &cfg.gateway_id,
+                incarnation,
+                cfg.batch.clone(),
+                cfg.mqtt.broker_inflight / 2,
+            ),
             item_rx,
             batch_tx,
             stats.clone(),
         ));
-        let (transport, answers) = uplink::Transport::start(&cfg, incarnation, stats.clone(), stop_rx.clone());
+        // The uplink connection must outlive the drain, so it stops with
+        // `finish`, not with `stop_intake`.
+        let (transport, answers) =
+            uplink::Transport::start(&cfg, incarnation, stats.clone(), finish_rx.clone());
         let uplink = tokio::spawn(uplink::run(
             cfg.uplink.clone(),
             transport,

@@ -8,19 +8,19 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use rumqttc::QoS;
+use schemas::Reading;
 use schemas::ReadingColumns;
 use schemas::envelope::{self, BatchHeader};
-use schemas::Reading;
 
 use crate::config::BatchSettings;
 
-/// What is needed to acknowledge one device message later: its packet id and
-/// QoS, not its payload, so held acknowledgements cost a few bytes each.
+/// A device message awaiting acknowledgement: its place in the agent's
+/// acknowledgement queue (see [`crate::ingest::DeviceAcker`]), not its
+/// payload, so held acknowledgements cost a few bytes each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PendingAck {
-    pub pkid: u16,
-    pub qos: QoS,
+    pub ordinal: u64,
+    pub generation: u64,
 }
 
 /// One decoded device message on its way to the batcher.
@@ -44,14 +44,23 @@ pub struct Batcher {
     incarnation: u64,
     next_seq: u64,
     settings: BatchSettings,
+    /// Seal once this many device acknowledgements are held (see
+    /// `mqtt.broker-inflight`).
+    max_held_acks: usize,
     columns: ReadingColumns,
     acks: Vec<PendingAck>,
     opened_at: Option<Instant>,
 }
 
 impl Batcher {
-    pub fn new(gateway: &str, incarnation: u64, settings: BatchSettings) -> Self {
+    pub fn new(
+        gateway: &str,
+        incarnation: u64,
+        settings: BatchSettings,
+        max_held_acks: usize,
+    ) -> Self {
         Self {
+            max_held_acks: max_held_acks.max(1),
             gateway: gateway.to_owned(),
             incarnation,
             next_seq: 1,
@@ -63,7 +72,8 @@ impl Batcher {
     }
 
     /// Adds one message's readings; returns a sealed batch when the size
-    /// limit is reached. A message's readings never straddle two batches.
+    /// limit or the held-acknowledgement limit is reached. A message's
+    /// readings never straddle two batches.
     pub fn push(&mut self, item: IngestItem, now: Instant) -> Option<SealedBatch> {
         if self.opened_at.is_none() {
             self.opened_at = Some(now);
@@ -72,7 +82,9 @@ impl Batcher {
             self.columns.push_reading(r);
         }
         self.acks.extend(item.ack);
-        (self.columns.len() >= self.settings.max_rows).then(|| self.seal()).flatten()
+        let full =
+            self.columns.len() >= self.settings.max_rows || self.acks.len() >= self.max_held_acks;
+        full.then(|| self.seal()).flatten()
     }
 
     /// When the open batch must be sealed by age, if one is open.
@@ -118,8 +130,8 @@ mod tests {
                 value: i as f64,
             }],
             ack: Some(PendingAck {
-                pkid: i as u16,
-                qos: QoS::AtLeastOnce,
+                ordinal: i as u64,
+                generation: 0,
             }),
         }
     }
@@ -130,23 +142,48 @@ mod tests {
             max_rows: 10,
             max_age: Duration::from_secs(60),
         };
-        let mut b = Batcher::new("gw", 5, settings);
+        let mut b = Batcher::new("gw", 5, settings, 1000);
         let now = Instant::now();
         let mut sealed = Vec::new();
         for i in 0..25 {
             sealed.extend(b.push(item(i), now));
         }
         sealed.extend(b.seal());
-        assert_eq!(sealed.iter().map(|s| s.header.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
-        assert_eq!(sealed.iter().map(|s| s.acks.len()).collect::<Vec<_>>(), vec![10, 10, 5]);
+        assert_eq!(
+            sealed.iter().map(|s| s.header.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        assert_eq!(
+            sealed.iter().map(|s| s.acks.len()).collect::<Vec<_>>(),
+            vec![10, 10, 5]
+        );
         let mut values = Vec::new();
         for s in &sealed {
             let decoded = envelope::decode(&s.bytes, &DecodeLimits::default()).unwrap();
             assert_eq!(decoded.header.incarnation, 5);
-            values.extend(readings_from_batch(&decoded.readings).into_iter().map(|r| r.value));
+            values.extend(
+                readings_from_batch(&decoded.readings)
+                    .into_iter()
+                    .map(|r| r.value),
+            );
         }
         assert_eq!(values, (0..25).map(|i| i as f64).collect::<Vec<_>>());
         assert!(b.seal().is_none(), "nothing left after the final seal");
+    }
+
+    #[test]
+    fn seals_when_half_the_broker_window_of_acks_is_held() {
+        let settings = BatchSettings {
+            max_rows: 1000,
+            max_age: Duration::from_secs(60),
+        };
+        let mut b = Batcher::new("gw", 1, settings, 10);
+        let now = Instant::now();
+        let sealed: Vec<SealedBatch> = (0..25).filter_map(|i| b.push(item(i), now)).collect();
+        assert_eq!(
+            sealed.iter().map(|s| s.acks.len()).collect::<Vec<_>>(),
+            vec![10, 10]
+        );
     }
 
     #[test]
@@ -155,7 +192,7 @@ mod tests {
             max_rows: 100,
             max_age: Duration::from_millis(500),
         };
-        let mut b = Batcher::new("gw", 1, settings);
+        let mut b = Batcher::new("gw", 1, settings, 1000);
         assert!(b.deadline().is_none());
         let t0 = Instant::now();
         b.push(item(0), t0);

@@ -41,6 +41,13 @@ pub struct MqttSettings {
     pub keep_alive: Duration,
     /// Largest device message accepted, in bytes.
     pub max_packet_size: usize,
+    /// How many unacknowledged QoS 1 messages the broker sends this client
+    /// before it waits (Mosquitto: `max_inflight_messages`, default 20;
+    /// rumqttd: 100). The agent holds acknowledgements until readings are
+    /// safe, so it seals a batch once it holds half this many messages:
+    /// throughput is about `broker-inflight / 2` messages per hub round trip.
+    /// Raise it on the broker and here together.
+    pub broker_inflight: usize,
 }
 
 impl Default for MqttSettings {
@@ -51,6 +58,7 @@ impl Default for MqttSettings {
             client_id: None,
             keep_alive: Duration::from_secs(30),
             max_packet_size: 256 * 1024,
+            broker_inflight: 20,
         }
     }
 }
@@ -95,7 +103,8 @@ fn default_subscriptions() -> Vec<Subscription> {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct BatchSettings {
-    /// A batch is sealed when it holds this many readings...
+    /// A batch is sealed when it holds this many readings (or
+    /// `mqtt.broker-inflight / 2` unacknowledged device messages)...
     pub max_rows: usize,
     /// ...or when its oldest reading has waited this long, whichever first.
     #[serde(with = "duration")]
@@ -245,7 +254,10 @@ impl Validate for EdgeConfig {
             ));
         }
         if self.subscriptions.is_empty() {
-            problems.push(ConfigProblem::new("subscriptions", "at least one subscription is required"));
+            problems.push(ConfigProblem::new(
+                "subscriptions",
+                "at least one subscription is required",
+            ));
         }
         for (i, sub) in self.subscriptions.iter().enumerate() {
             let at = |key: &str| format!("subscriptions[{i}].{key}");
@@ -266,20 +278,28 @@ impl Validate for EdgeConfig {
             problems.push(ConfigProblem::new("batch.max-age", "must be positive"));
         }
         if self.uplink.max_in_flight == 0 {
-            problems.push(ConfigProblem::new("uplink.max-in-flight", "must be at least 1"));
+            problems.push(ConfigProblem::new(
+                "uplink.max-in-flight",
+                "must be at least 1",
+            ));
         }
-        if self.uplink.retry_initial.is_zero() || self.uplink.retry_initial > self.uplink.retry_max {
+        if self.uplink.retry_initial.is_zero() || self.uplink.retry_initial > self.uplink.retry_max
+        {
             problems.push(ConfigProblem::new(
                 "uplink.retry-initial",
                 "must be positive and at most uplink.retry-max",
             ));
         }
-        if self.uplink.kind == UplinkKind::Http
-            && !self.uplink.http.url.starts_with("http://")
-        {
+        if self.uplink.kind == UplinkKind::Http && !self.uplink.http.url.starts_with("http://") {
             problems.push(ConfigProblem::new(
                 "uplink.http.url",
                 "must start with http:// (TLS to the hub is not built in yet; terminate it in a local proxy)",
+            ));
+        }
+        if self.mqtt.broker_inflight == 0 || self.mqtt.broker_inflight > u16::MAX as usize {
+            problems.push(ConfigProblem::new(
+                "mqtt.broker-inflight",
+                "must be 1..=65535",
             ));
         }
         if self.mqtt.keep_alive < Duration::from_secs(1) {

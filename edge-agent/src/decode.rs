@@ -64,7 +64,10 @@ impl Rejection {
     }
 
     pub fn index(self) -> usize {
-        Rejection::ALL.iter().position(|r| *r == self).expect("listed in ALL")
+        Rejection::ALL
+            .iter()
+            .position(|r| *r == self)
+            .expect("listed in ALL")
     }
 }
 
@@ -110,7 +113,9 @@ impl TopicTemplate {
                 "+" => Segment::AnyLevel,
                 "#" => return Err("'#' is not supported in a template; use '+' per level".into()),
                 other if other.contains(['{', '}', '+', '#']) => {
-                    return Err(format!("unknown placeholder or wildcard in level {other:?}"));
+                    return Err(format!(
+                        "unknown placeholder or wildcard in level {other:?}"
+                    ));
                 }
                 other => Segment::Literal(other.to_owned()),
             };
@@ -227,7 +232,12 @@ fn numeric(v: &Value) -> Option<f64> {
     }
 }
 
-fn reading(device: &str, metric: &str, ts_us: TimestampMicros, value: f64) -> Result<Reading, Rejection> {
+fn reading(
+    device: &str,
+    metric: &str,
+    ts_us: TimestampMicros,
+    value: f64,
+) -> Result<Reading, Rejection> {
     let ok = |s: &str| !s.is_empty() && s.len() <= MAX_NAME_LEN;
     if !ok(device) || !ok(metric) {
         return Err(Rejection::BadName);
@@ -322,18 +332,42 @@ mod tests {
             NOW,
         )
         .unwrap();
-        let mut got: Vec<(String, f64)> = d.readings.iter().map(|r| (r.metric.clone(), r.value)).collect();
+        let mut got: Vec<(String, f64)> = d
+            .readings
+            .iter()
+            .map(|r| (r.metric.clone(), r.value))
+            .collect();
         got.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(got, vec![("hum".into(), 41.0), ("on".into(), 1.0), ("temp".into(), 20.5)]);
+        assert_eq!(
+            got,
+            vec![
+                ("hum".into(), 41.0),
+                ("on".into(), 1.0),
+                ("temp".into(), 20.5)
+            ]
+        );
         assert_eq!(d.skipped_fields, 1);
-        assert!(d.readings.iter().all(|r| r.ts_us == 1_700_000_000_000_000 && r.device == "m7"));
+        assert!(
+            d.readings
+                .iter()
+                .all(|r| r.ts_us == 1_700_000_000_000_000 && r.device == "m7")
+        );
     }
 
     #[test]
     fn device_can_come_from_the_payload() {
         let t = TopicTemplate::parse("ingest/+").unwrap();
-        let d = decode_json(&t, "ingest/x", br#"{"device": "d9", "metric": "rpm", "value": 7}"#, NOW).unwrap();
-        assert_eq!((d.readings[0].device.as_str(), d.readings[0].metric.as_str()), ("d9", "rpm"));
+        let d = decode_json(
+            &t,
+            "ingest/x",
+            br#"{"device": "d9", "metric": "rpm", "value": 7}"#,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(
+            (d.readings[0].device.as_str(), d.readings[0].metric.as_str()),
+            ("d9", "rpm")
+        );
         assert_eq!(
             decode_json(&t, "ingest/x", br#"{"metric": "rpm", "value": 7}"#, NOW),
             Err(Rejection::NoDevice)
@@ -347,12 +381,28 @@ mod tests {
             ("sensors/a/b/c", b"1", Rejection::TopicMismatch),
             ("sensors/a/b", b"{not json", Rejection::InvalidJson),
             ("sensors/a/b", b"\"text\"", Rejection::UnsupportedShape),
-            ("sensors/a/b", br#"{"value": "hot"}"#, Rejection::NoNumericValue),
-            ("sensors/a/b", br#"{"value": 1, "ts": "yesterday"}"#, Rejection::BadTimestamp),
-            ("sensors/a/b", br#"{"label": "x"}"#, Rejection::NoNumericValue),
+            (
+                "sensors/a/b",
+                br#"{"value": "hot"}"#,
+                Rejection::NoNumericValue,
+            ),
+            (
+                "sensors/a/b",
+                br#"{"value": 1, "ts": "yesterday"}"#,
+                Rejection::BadTimestamp,
+            ),
+            (
+                "sensors/a/b",
+                br#"{"label": "x"}"#,
+                Rejection::NoNumericValue,
+            ),
         ];
         for (topic, payload, want) in cases {
-            assert_eq!(decode_json(&tpl(), topic, payload, NOW), Err(want), "{topic} {payload:?}");
+            assert_eq!(
+                decode_json(&tpl(), topic, payload, NOW),
+                Err(want),
+                "{topic} {payload:?}"
+            );
         }
     }
 
@@ -361,7 +411,14 @@ mod tests {
         assert!(TopicTemplate::parse("a/{device}/{device}").is_err());
         assert!(TopicTemplate::parse("a/{dev}").is_err());
         assert!(TopicTemplate::parse("a/#").is_err());
-        assert!(TopicTemplate::parse("a/+/{metric}").unwrap().capture("a/x/y").unwrap().metric == Some("y"));
+        assert!(
+            TopicTemplate::parse("a/+/{metric}")
+                .unwrap()
+                .capture("a/x/y")
+                .unwrap()
+                .metric
+                == Some("y")
+        );
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! Backpressure: handing items to the batcher awaits on a bounded channel.
 //! While it waits this task does not poll the MQTT event loop, so the socket
 //! is not read and the broker (bounded by its per-client in-flight window)
-//! stops sending. Acknowledgements are queued by [`DeviceAcker`] without
-//! waiting, from the uplink task, so a full pipeline cannot deadlock on them.
+//! stops sending. Acknowledgements are queued by [`OrderedAcker`] without
+//! waiting, from the uplink task, so a full pipeline cannot deadlock on them,
+//! and they are sent in the order the messages arrived.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -19,40 +20,11 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::{mpsc, watch};
 
-use crate::batcher::{IngestItem, PendingAck};
+use crate::batcher::IngestItem;
 use crate::config::{EdgeConfig, PayloadFormat, Subscription};
 use crate::decode::{self, Rejection, TopicTemplate};
+use crate::mqtt::{OrderedAcker, backoff};
 use crate::stats::EdgeStats;
-
-/// Queues PUBACKs for device messages on the gateway broker connection.
-#[derive(Debug, Clone)]
-pub struct DeviceAcker {
-    client: AsyncClient,
-    stats: Arc<EdgeStats>,
-}
-
-impl DeviceAcker {
-    pub fn ack(&self, acks: &[PendingAck]) {
-        for a in acks {
-            if a.qos == QoS::AtMostOnce {
-                continue;
-            }
-            let mut p = Publish::new("", a.qos, Vec::<u8>::new());
-            p.pkid = a.pkid;
-            match self.client.try_ack(&p) {
-                Ok(()) => {
-                    self.stats.device_acks.fetch_add(1, Relaxed);
-                }
-                Err(e) => {
-                    // Not data loss: the broker redelivers an unacknowledged
-                    // message on the next session.
-                    self.stats.device_ack_failures.fetch_add(1, Relaxed);
-                    tracing::warn!(error = %e, pkid = a.pkid, "could not queue device ack");
-                }
-            }
-        }
-    }
-}
 
 struct Route {
     filter: String,
@@ -73,13 +45,6 @@ pub fn connect(cfg: &EdgeConfig, ack_capacity: usize) -> (AsyncClient, EventLoop
     AsyncClient::new(opts, ack_capacity)
 }
 
-pub fn acker(client: &AsyncClient, stats: &Arc<EdgeStats>) -> DeviceAcker {
-    DeviceAcker {
-        client: client.clone(),
-        stats: stats.clone(),
-    }
-}
-
 /// Runs in two phases. Until `stop_intake` flips, messages are decoded and
 /// forwarded. After that the batcher's channel is closed and new messages are
 /// left unacknowledged (the broker redelivers them to the next session), but
@@ -91,7 +56,7 @@ pub async fn run(
     client: AsyncClient,
     mut eventloop: EventLoop,
     to_batcher: mpsc::Sender<IngestItem>,
-    acker: DeviceAcker,
+    acker: OrderedAcker,
     stats: Arc<EdgeStats>,
     mut stop_intake: watch::Receiver<bool>,
     mut finish: watch::Receiver<bool>,
@@ -119,9 +84,17 @@ pub async fn run(
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 failures = 0;
                 stats.broker_connects.fetch_add(1, Relaxed);
-                tracing::info!(session_present = ack.session_present, "connected to gateway broker");
+                acker.new_generation();
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "connected to gateway broker"
+                );
                 for s in &subscriptions {
-                    let qos = if s.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+                    let qos = if s.qos == 0 {
+                        QoS::AtMostOnce
+                    } else {
+                        QoS::AtLeastOnce
+                    };
                     if let Err(e) = client.try_subscribe(s.filter.clone(), qos) {
                         tracing::error!(error = %e, filter = %s.filter, "cannot subscribe");
                     }
@@ -132,14 +105,15 @@ pub async fn run(
                     continue; // draining: leave it for the next session
                 };
                 stats.messages_received.fetch_add(1, Relaxed);
-                let ack = (publish.qos != QoS::AtMostOnce).then_some(PendingAck {
-                    pkid: publish.pkid,
-                    qos: publish.qos,
-                });
+                let ack = acker.register(&publish);
                 match decode_publish(&routes, &publish) {
                     Ok(decoded) => {
-                        stats.fields_skipped.fetch_add(decoded.skipped_fields as u64, Relaxed);
-                        stats.readings_accepted.fetch_add(decoded.readings.len() as u64, Relaxed);
+                        stats
+                            .fields_skipped
+                            .fetch_add(decoded.skipped_fields as u64, Relaxed);
+                        stats
+                            .readings_accepted
+                            .fetch_add(decoded.readings.len() as u64, Relaxed);
                         let item = IngestItem {
                             readings: decoded.readings,
                             ack,
@@ -155,7 +129,7 @@ pub async fn run(
                     Err(reason) => {
                         stats.reject(reason);
                         tracing::debug!(topic = %publish.topic, reason = reason.as_str(), "rejected device message");
-                        acker.ack(&ack.into_iter().collect::<Vec<_>>());
+                        acker.release(&ack.into_iter().collect::<Vec<_>>());
                     }
                 }
             }
@@ -163,7 +137,11 @@ pub async fn run(
             Err(e) => {
                 stats.broker_errors.fetch_add(1, Relaxed);
                 failures = failures.saturating_add(1);
-                let delay = backoff(failures, Duration::from_millis(100), Duration::from_secs(10));
+                let delay = backoff(
+                    failures,
+                    Duration::from_millis(100),
+                    Duration::from_secs(10),
+                );
                 tracing::warn!(error = %e, retry_in = ?delay, "gateway broker connection failed");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -186,12 +164,8 @@ fn decode_publish(routes: &[Route], publish: &Publish) -> Result<decode::Decoded
         .ok_or(Rejection::TopicMismatch)?;
     let now = chrono::Utc::now().timestamp_micros();
     match route.format {
-        PayloadFormat::Json => decode::decode_json(&route.template, &publish.topic, &publish.payload, now),
+        PayloadFormat::Json => {
+            decode::decode_json(&route.template, &publish.topic, &publish.payload, now)
+        }
     }
-}
-
-/// Exponential backoff with +-50% jitter: `initial * 2^(attempt-1)`, capped.
-pub fn backoff(attempt: u32, initial: Duration, cap: Duration) -> Duration {
-    let exp = initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-    exp.min(cap).mul_f64(0.5 + fastrand::f64())
 }

@@ -12,6 +12,8 @@
 //! - [`ingest`]: the MQTT subscription with manual acknowledgements.
 //! - [`batcher`]: groups readings by size or age into envelopes.
 //! - [`uplink`]: sends envelopes to the hub, retries, and releases device acks.
+//! - [`mqtt`]: in-order acknowledgements and reconnect backoff (shared with
+//!   the hub).
 //! - [`stats`]: counters for every stage, rendered as Prometheus text.
 //! - [`config`]: the agent's TOML configuration.
 //!
@@ -29,6 +31,7 @@ pub mod batcher;
 pub mod config;
 pub mod decode;
 pub mod ingest;
+pub mod mqtt;
 pub mod stats;
 pub mod uplink;
 

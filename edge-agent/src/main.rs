@@ -8,7 +8,10 @@ use clap::{Parser, Subcommand};
 use edge_agent::{Agent, EdgeConfig, config::ENV_PREFIX};
 
 #[derive(Parser)]
-#[command(version, about = "Edge agent: MQTT ingest, batching and forwarding to the inference hub")]
+#[command(
+    version,
+    about = "Edge agent: MQTT ingest, batching and forwarding to the inference hub"
+)]
 struct Cli {
     /// TOML configuration file (environment overrides: EDGE__SECTION__KEY).
     #[arg(long, short, global = true, env = "EDGE_CONFIG")]
@@ -36,7 +39,11 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let config = match schemas::settings::load::<EdgeConfig>(cli.config.as_deref(), ENV_PREFIX, std::env::vars()) {
+    let config = match schemas::settings::load::<EdgeConfig>(
+        cli.config.as_deref(),
+        ENV_PREFIX,
+        std::env::vars(),
+    ) {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{errors}");
@@ -69,7 +76,8 @@ fn main() -> ExitCode {
 
 /// SIGINT (Ctrl-C) or SIGTERM (systemd, Kubernetes).
 async fn wait_for_stop_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::batcher::SealedBatch;
 use crate::config::{EdgeConfig, UplinkKind, UplinkSettings};
-use crate::ingest::{DeviceAcker, backoff};
+use crate::mqtt::{OrderedAcker, backoff};
 use crate::stats::EdgeStats;
 
 /// Content type of an envelope over HTTP.
@@ -36,14 +36,25 @@ pub const ENVELOPE_CONTENT_TYPE: &str = "application/vnd.iot-pipeline.batch";
 pub enum SendOutcome {
     Answered(BatchAck),
     /// Transient failure (connection refused, 5xx, timeout): retry later.
-    Failed { seq: u64, error: String },
+    Failed {
+        seq: u64,
+        error: String,
+    },
 }
 
 /// How batches leave the gateway.
 #[derive(Debug)]
 pub enum Transport {
-    Mqtt { client: AsyncClient, topic: String },
-    Http { client: reqwest::Client, url: String, token: Option<String>, outcomes: mpsc::UnboundedSender<SendOutcome> },
+    Mqtt {
+        client: AsyncClient,
+        topic: String,
+    },
+    Http {
+        client: reqwest::Client,
+        url: String,
+        token: Option<String>,
+        outcomes: mpsc::UnboundedSender<SendOutcome>,
+    },
 }
 
 impl Transport {
@@ -61,7 +72,10 @@ impl Transport {
                 let mut opts = MqttOptions::new(cfg.uplink_client_id(), &m.host, m.port);
                 opts.set_keep_alive(m.keep_alive)
                     .set_clean_session(false)
-                    .set_max_packet_size(64 * 1024, schemas::DecodeLimits::default().max_envelope_bytes)
+                    .set_max_packet_size(
+                        64 * 1024,
+                        schemas::DecodeLimits::default().max_envelope_bytes,
+                    )
                     .set_inflight(cfg.uplink.max_in_flight.clamp(1, u16::MAX as usize) as u16 * 2);
                 let (client, eventloop) = AsyncClient::new(opts, cfg.uplink.max_in_flight * 2 + 8);
                 let ack_topic = format!("{}/acks/{}", m.topic_prefix, cfg.gateway_id);
@@ -101,11 +115,19 @@ impl Transport {
             Transport::Mqtt { client, topic } => {
                 // Queued into the MQTT client; a failed publish shows up as a
                 // missing answer and is retried after the ack timeout.
-                if let Err(e) = client.publish_bytes(topic.clone(), QoS::AtLeastOnce, false, batch.bytes.clone()).await {
+                if let Err(e) = client
+                    .publish_bytes(topic.clone(), QoS::AtLeastOnce, false, batch.bytes.clone())
+                    .await
+                {
                     tracing::warn!(error = %e, seq = batch.header.seq, "cannot queue batch publish");
                 }
             }
-            Transport::Http { client, url, token, outcomes } => {
+            Transport::Http {
+                client,
+                url,
+                token,
+                outcomes,
+            } => {
                 let mut request = client
                     .post(url.clone())
                     .header("content-type", ENVELOPE_CONTENT_TYPE)
@@ -121,7 +143,9 @@ impl Transport {
                             let status = resp.status();
                             let body = resp.bytes().await.unwrap_or_default();
                             match serde_json::from_slice::<BatchAck>(&body) {
-                                Ok(ack) if status.is_success() || status.is_client_error() => SendOutcome::Answered(ack),
+                                Ok(ack) if status.is_success() || status.is_client_error() => {
+                                    SendOutcome::Answered(ack)
+                                }
                                 _ => SendOutcome::Failed {
                                     seq,
                                     error: format!("hub answered {status}"),
@@ -193,7 +217,11 @@ async fn run_mqtt_answers(
             Err(e) => {
                 stats.broker_errors.fetch_add(1, Relaxed);
                 failures = failures.saturating_add(1);
-                let delay = backoff(failures, Duration::from_millis(100), Duration::from_secs(10));
+                let delay = backoff(
+                    failures,
+                    Duration::from_millis(100),
+                    Duration::from_secs(10),
+                );
                 tracing::warn!(error = %e, retry_in = ?delay, "uplink broker connection failed");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -220,7 +248,7 @@ pub async fn run(
     transport: Transport,
     mut answers: mpsc::UnboundedReceiver<SendOutcome>,
     mut batches: mpsc::Receiver<SealedBatch>,
-    acker: DeviceAcker,
+    acker: OrderedAcker,
     stats: Arc<EdgeStats>,
     mut shutdown: watch::Receiver<bool>,
     shutdown_grace: Duration,
@@ -267,7 +295,7 @@ pub async fn run(
                             tracing::error!(seq = ack.seq, rows, reason = %reason, "hub rejected a batch; its readings are dropped");
                         }
                     }
-                    acker.ack(&entry.batch.acks);
+                    acker.release(&entry.batch.acks);
                 }
                 SendOutcome::Failed { seq, error } => {
                     if let Some(entry) = in_flight.get_mut(&seq) {
@@ -302,6 +330,8 @@ pub async fn run(
 
 async fn transmit(transport: &Transport, batch: &SealedBatch, stats: &EdgeStats) {
     stats.batch_sends.fetch_add(1, Relaxed);
-    stats.uplink_bytes.fetch_add(batch.bytes.len() as u64, Relaxed);
+    stats
+        .uplink_bytes
+        .fetch_add(batch.bytes.len() as u64, Relaxed);
     transport.send(batch).await;
 }

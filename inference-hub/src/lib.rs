@@ -1,1 +1,36 @@
-//! stub
+//! The inference hub: takes batches from edge agents, makes them durable,
+//! scores them with an ONNX model and archives them as Parquet.
+//!
+//! ```text
+//! MQTT ($share/...) --+                                   +--> archive (Parquet, per table/date/hour)
+//!                     +--> intake --> WAL (fsync) --> pipeline: score (tract) -+
+//! HTTP POST ---------+       |  ack: durable|duplicate|rejected            +--> state --> API
+//! ```
+//!
+//! - [`intake`]: envelope verification, dedup, WAL group commit; the
+//!   acknowledgement is sent here, once the batch is durable.
+//! - [`wal`] and [`dedup`]: the durable log and the batch-identity index.
+//! - [`pipeline`], [`scoring`], [`model`]: per-series state and ONNX scoring.
+//! - [`archive`]: partitioned Parquet files with an atomic commit protocol.
+//! - [`mqtt_intake`], [`api`]: the transports and the dashboard API.
+//! - [`hub`]: start-up (recovery) and shutdown order.
+//! - [`broker`], [`demo`]: the embedded broker and the one-command demo.
+
+pub mod api;
+pub mod archive;
+pub mod broker;
+pub mod config;
+pub mod dedup;
+pub mod demo;
+pub mod hub;
+pub mod intake;
+pub mod model;
+pub mod mqtt_intake;
+pub mod pipeline;
+pub mod scoring;
+pub mod state;
+pub mod stats;
+pub mod wal;
+
+pub use config::HubConfig;
+pub use hub::{HubHandle, start};

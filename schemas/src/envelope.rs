@@ -150,6 +150,38 @@ pub enum DecodeError {
     Empty,
 }
 
+/// Broad class of a decode failure, for callers that map it to a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeErrorClass {
+    /// The bytes are not a well-formed envelope.
+    Malformed,
+    /// A size or count limit was exceeded.
+    TooLarge,
+    /// Well-formed, but the content is inconsistent or not readings.
+    InvalidContent,
+}
+
+impl DecodeError {
+    pub fn class(&self) -> DecodeErrorClass {
+        use DecodeError::*;
+        match self {
+            TooLarge { .. } | DecodedTooLarge { .. } | TooManyRows { .. } => {
+                DecodeErrorClass::TooLarge
+            }
+            Columns(_) | RowCountMismatch { .. } | TimeRangeMismatch | BadName | Empty => {
+                DecodeErrorClass::InvalidContent
+            }
+            Truncated { .. }
+            | BadMagic
+            | UnsupportedVersion(_)
+            | LengthMismatch { .. }
+            | Checksum
+            | Header(_)
+            | Payload(_) => DecodeErrorClass::Malformed,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {
     #[error("gateway id must be 1..={MAX_GATEWAY_LEN} bytes")]
@@ -261,7 +293,11 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedBatch, Decod
         return Err(DecodeError::TimeRangeMismatch);
     }
     for names in [view.device, view.metric] {
-        if names.iter().flatten().any(|n| n.is_empty() || n.len() > MAX_NAME_LEN) {
+        if names
+            .iter()
+            .flatten()
+            .any(|n| n.is_empty() || n.len() > MAX_NAME_LEN)
+        {
             return Err(DecodeError::BadName);
         }
     }
@@ -344,10 +380,14 @@ fn decode_header(version: u16, head: &[u8]) -> Result<BatchHeader, DecodeError> 
                 last_event_us: r.u64().map_err(truncated)? as i64,
             };
             if !r.is_empty() {
-                return Err(DecodeError::Header("trailing bytes after a version 1 header"));
+                return Err(DecodeError::Header(
+                    "trailing bytes after a version 1 header",
+                ));
             }
             if header.first_event_us > header.last_event_us {
-                return Err(DecodeError::Header("first event time is after last event time"));
+                return Err(DecodeError::Header(
+                    "first event time is after last event time",
+                ));
             }
             Ok(header)
         }
@@ -363,7 +403,9 @@ fn read_single_batch(payload: &[u8]) -> Result<RecordBatch, DecodeError> {
         .ok_or(DecodeError::Payload("stream holds no record batch".into()))?
         .map_err(arrow_err)?;
     if reader.next().is_some() {
-        return Err(DecodeError::Payload("stream holds more than one record batch".into()));
+        return Err(DecodeError::Payload(
+            "stream holds more than one record batch".into(),
+        ));
     }
     Ok(batch)
 }
@@ -380,9 +422,13 @@ fn precheck_ipc_stream(payload: &[u8], limits: &DecodeLimits) -> Result<(), Deco
     let mut batches = 0usize;
     let mut saw_schema = false;
     loop {
-        let mut meta_len = r.u32().map_err(|_| bad("stream ends without an end marker"))?;
+        let mut meta_len = r
+            .u32()
+            .map_err(|_| bad("stream ends without an end marker"))?;
         if meta_len == 0xFFFF_FFFF {
-            meta_len = r.u32().map_err(|_| bad("stream ends after a continuation marker"))?;
+            meta_len = r
+                .u32()
+                .map_err(|_| bad("stream ends after a continuation marker"))?;
         }
         if meta_len == 0 {
             break; // end-of-stream marker
@@ -392,8 +438,11 @@ fn precheck_ipc_stream(payload: &[u8], limits: &DecodeLimits) -> Result<(), Deco
             .map_err(|_| bad("message metadata truncated"))?;
         let message = arrow_ipc::root_as_message(meta)
             .map_err(|e| DecodeError::Payload(format!("invalid message flatbuffer: {e}")))?;
-        let body_len = usize::try_from(message.bodyLength()).map_err(|_| bad("negative body length"))?;
-        let body = r.take(body_len).map_err(|_| bad("message body truncated"))?;
+        let body_len =
+            usize::try_from(message.bodyLength()).map_err(|_| bad("negative body length"))?;
+        let body = r
+            .take(body_len)
+            .map_err(|_| bad("message body truncated"))?;
         match message.header_type() {
             MessageHeader::Schema => {
                 if saw_schema {
@@ -425,7 +474,10 @@ fn precheck_ipc_stream(payload: &[u8], limits: &DecodeLimits) -> Result<(), Deco
                         return Err(bad("negative buffer offset or length"));
                     }
                     let (offset, length) = (offset as u64, length as u64);
-                    if offset.checked_add(length).is_none_or(|end| end > body.len() as u64) {
+                    if offset
+                        .checked_add(length)
+                        .is_none_or(|end| end > body.len() as u64)
+                    {
                         return Err(bad("buffer lies outside the message body"));
                     }
                     let size = if compressed && length >= 8 {
@@ -447,7 +499,11 @@ fn precheck_ipc_stream(payload: &[u8], limits: &DecodeLimits) -> Result<(), Deco
                     }
                 }
             }
-            _ => return Err(bad("unexpected message type (only schema and record batch)")),
+            _ => {
+                return Err(bad(
+                    "unexpected message type (only schema and record batch)",
+                ));
+            }
         }
     }
     if batches == 0 {
@@ -468,12 +524,14 @@ impl<'a> ByteReader<'a> {
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or(
-            DecodeError::Truncated {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or(DecodeError::Truncated {
                 needed: self.pos.saturating_add(n),
                 available: self.bytes.len(),
-            },
-        )?;
+            })?;
         let out = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(out)

@@ -10,8 +10,8 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::{Float64Builder, StringBuilder, TimestampMicrosecondBuilder};
 use arrow_array::RecordBatch;
+use arrow_array::builder::{Float64Builder, StringBuilder, TimestampMicrosecondBuilder};
 
 use crate::tables;
 
@@ -70,7 +70,12 @@ impl ReadingColumns {
     }
 
     pub fn push_reading(&mut self, reading: &Reading) {
-        self.push(&reading.device, &reading.metric, reading.ts_us, reading.value);
+        self.push(
+            &reading.device,
+            &reading.metric,
+            reading.ts_us,
+            reading.value,
+        );
     }
 
     pub fn len(&self) -> usize {

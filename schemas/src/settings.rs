@@ -179,7 +179,9 @@ pub mod duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("invalid duration {text:?}: {e} (e.g. \"250ms\", \"5s\")"))
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?}: {e} (e.g. \"250ms\", \"5s\")"
+            ))
         })
     }
 }
@@ -241,7 +243,10 @@ mod tests {
         let cfg: Cfg = load_str(
             "name = 'a'\n[batch]\nmax-rows = 5\nmax-age = '2s'\n",
             "T",
-            vec![("T__BATCH__MAX_ROWS".into(), "7".into()), ("T__NAME".into(), "b".into())],
+            vec![
+                ("T__BATCH__MAX_ROWS".into(), "7".into()),
+                ("T__NAME".into(), "b".into()),
+            ],
         )
         .unwrap();
         assert_eq!(cfg.name, "b");
@@ -266,7 +271,8 @@ mod tests {
 
     #[test]
     fn type_errors_name_their_key() {
-        let err = load_str::<Cfg>("name = 'x'\n[batch]\nmax-age = 'soon'\n", "T", no_env()).unwrap_err();
+        let err =
+            load_str::<Cfg>("name = 'x'\n[batch]\nmax-age = 'soon'\n", "T", no_env()).unwrap_err();
         assert_eq!(err.0.len(), 1, "{err}");
         assert_eq!(err.0[0].path, "batch.max-age");
         assert!(err.0[0].message.contains("invalid duration"), "{err}");

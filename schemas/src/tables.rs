@@ -40,6 +40,8 @@ pub mod status {
     pub const WARMING_UP: &str = "warming_up";
     pub const OK: &str = "ok";
     pub const ANOMALOUS: &str = "anomalous";
+    /// The model failed on this batch; the reading is archived without score.
+    pub const UNSCORED: &str = "unscored";
 }
 
 fn ts_type() -> DataType {
@@ -152,7 +154,9 @@ fn column<'a, T: Array + 'static>(
     name: &'static str,
     expected: &DataType,
 ) -> Result<&'a T, ColumnError> {
-    let array = batch.column_by_name(name).ok_or(ColumnError::Missing(name))?;
+    let array = batch
+        .column_by_name(name)
+        .ok_or(ColumnError::Missing(name))?;
     if array.data_type() != expected {
         return Err(ColumnError::WrongType {
             column: name,

@@ -25,8 +25,14 @@ fn roundtrip_preserves_header_and_rows() {
     assert_eq!(decoded.header.row_count, 100);
     assert_eq!(decoded.header.first_event_us, 1_700_000_000_000_000);
     assert_eq!(decoded.header.last_event_us, 1_700_000_000_000_000 + 99_000);
-    assert_eq!(readings_from_batch(&decoded.readings), readings_from_batch(&batch));
-    assert_eq!(peek_header(&bytes, &DecodeLimits::default()).unwrap().1, header);
+    assert_eq!(
+        readings_from_batch(&decoded.readings),
+        readings_from_batch(&batch)
+    );
+    assert_eq!(
+        peek_header(&bytes, &DecodeLimits::default()).unwrap().1,
+        header
+    );
 }
 
 #[test]
@@ -50,7 +56,10 @@ fn payload_buffers_are_zstd_compressed() {
 fn rejects_every_truncation() {
     let (_, bytes) = encode("gw", 1, 1, &sample(20)).unwrap();
     for cut in 0..bytes.len() {
-        assert!(decode(&bytes[..cut], &DecodeLimits::default()).is_err(), "cut at {cut}");
+        assert!(
+            decode(&bytes[..cut], &DecodeLimits::default()).is_err(),
+            "cut at {cut}"
+        );
     }
 }
 
@@ -61,7 +70,10 @@ fn rejects_oversized_envelope_before_reading_it() {
         max_envelope_bytes: bytes.len() - 1,
         ..DecodeLimits::default()
     };
-    assert!(matches!(decode(&bytes, &limits), Err(DecodeError::TooLarge { .. })));
+    assert!(matches!(
+        decode(&bytes, &limits),
+        Err(DecodeError::TooLarge { .. })
+    ));
 }
 
 #[test]
@@ -71,7 +83,10 @@ fn rejects_batches_over_the_row_limit() {
         max_rows: 19,
         ..DecodeLimits::default()
     };
-    assert!(matches!(decode(&bytes, &limits), Err(DecodeError::TooManyRows { .. })));
+    assert!(matches!(
+        decode(&bytes, &limits),
+        Err(DecodeError::TooManyRows { .. })
+    ));
 }
 
 #[test]

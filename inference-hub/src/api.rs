@@ -1,0 +1,189 @@
+//! The hub's HTTP API (axum).
+//!
+//! - `GET /health`: 200 when the WAL and the archive are writable, else 503.
+//! - `GET /metrics`: Prometheus text.
+//! - `GET /v1/devices`: every device with its metrics' last value, score and
+//!   status.
+//! - `GET /v1/anomalies?since=&device=&limit=`: recent anomaly events, newest
+//!   first (`since`: RFC 3339 or epoch milliseconds; `limit` 1..=1000,
+//!   default 100).
+//! - `POST /v1/batches`: a batch envelope; answers with the [`BatchAck`] JSON
+//!   (200 durable/duplicate, 400 malformed, 413 too large, 422 invalid
+//!   content, 503 hub cannot make it durable now).
+//!
+//! Errors other than batch answers share one body:
+//! `{"error": {"code": "...", "message": "..."}}`, without internals.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use schemas::ack::BatchAck;
+use schemas::envelope::{DecodeError, DecodeErrorClass};
+use serde::Deserialize;
+
+use crate::intake::{IntakeHandle, SubmitError};
+use crate::state::HubState;
+use crate::stats::HubStats;
+
+pub const MAX_ANOMALY_LIMIT: usize = 1000;
+
+#[derive(Debug, Clone)]
+pub struct ApiContext {
+    pub intake: IntakeHandle,
+    pub state: Arc<HubState>,
+    pub stats: Arc<HubStats>,
+}
+
+pub fn router(ctx: ApiContext) -> Router {
+    let body_limit = ctx.intake.limits().max_envelope_bytes;
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/devices", get(devices))
+        .route("/v1/anomalies", get(anomalies))
+        .route(
+            "/v1/batches",
+            post(batches).layer(DefaultBodyLimit::max(body_limit)),
+        )
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .with_state(ctx)
+}
+
+/// The one error type of the API.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+async fn health(State(ctx): State<ApiContext>) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    let wal = if ctx.stats.wal_failed.load(Relaxed) {
+        "failed"
+    } else {
+        "ok"
+    };
+    let archive = if ctx.stats.archive_failed.load(Relaxed) {
+        "failed"
+    } else {
+        "ok"
+    };
+    let healthy = ctx.stats.healthy();
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if healthy { "ok" } else { "unhealthy" },
+        "wal": wal,
+        "archive": archive,
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(ctx): State<ApiContext>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        ctx.stats.render_prometheus(),
+    )
+        .into_response()
+}
+
+async fn devices(State(ctx): State<ApiContext>) -> Response {
+    Json(serde_json::json!({ "devices": ctx.state.devices() })).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct AnomalyQuery {
+    since: Option<String>,
+    device: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn anomalies(
+    State(ctx): State<ApiContext>,
+    query: Result<Query<AnomalyQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_ANOMALY_LIMIT {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_limit",
+            format!("limit must be 1..={MAX_ANOMALY_LIMIT}"),
+        ));
+    }
+    let since = q.since.as_deref().map(parse_time).transpose()?;
+    let events = ctx.state.anomalies(since, q.device.as_deref(), limit);
+    Ok(Json(serde_json::json!({ "anomalies": events })).into_response())
+}
+
+fn parse_time(s: &str) -> Result<i64, ApiError> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms.saturating_mul(1000));
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_micros())
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad_time",
+                "since must be RFC 3339 or epoch milliseconds",
+            )
+        })
+}
+
+async fn batches(State(ctx): State<ApiContext>, body: Bytes) -> Response {
+    ctx.stats
+        .batches_received_http
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    match ctx.intake.submit(body).await {
+        Ok(ack) => (StatusCode::OK, Json::<BatchAck>(ack)).into_response(),
+        Err(SubmitError::Rejected { ack, error }) => {
+            (status_for(&error), Json::<BatchAck>(ack)).into_response()
+        }
+        Err(SubmitError::Unreadable(e)) => {
+            ApiError::new(status_for(&e), "unreadable_batch", e.to_string()).into_response()
+        }
+        Err(SubmitError::Unavailable(why)) => {
+            let mut resp =
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why).into_response();
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            resp
+        }
+    }
+}
+
+fn status_for(error: &DecodeError) -> StatusCode {
+    match error.class() {
+        DecodeErrorClass::Malformed => StatusCode::BAD_REQUEST,
+        DecodeErrorClass::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        DecodeErrorClass::InvalidContent => StatusCode::UNPROCESSABLE_ENTITY,
+    }
+}

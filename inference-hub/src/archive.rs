@@ -1,0 +1,385 @@
+//! The Parquet archive: scored readings and anomaly events, partitioned
+//! Hive-style by table and event hour.
+//!
+//! ```text
+//! <root>/table=scored/date=2026-11-26/hour=07/<hub>-<first-pos>-<last-pos>.parquet
+//! <root>/table=anomalies/date=.../hour=.../...
+//! ```
+//!
+//! # Commit protocol (no reader ever sees a torn file)
+//! Each partition has at most one open file, written under a hidden temporary
+//! name (`.<hub>-<first-pos>.parquet.inprogress`, ignored by DuckDB's
+//! `*.parquet` globs and by pyarrow/Spark, which skip dot-files). When it
+//! reaches the target size or maximum age it is closed, fsynced, renamed to
+//! its final name and the directory is fsynced.
+//!
+//! # Exactly once across crashes
+//! Rows reach the archive in WAL order, so the files of one partition cover
+//! consecutive ranges of WAL positions, and the final name records that range.
+//! After a crash the hub lists its committed files, learns per partition the
+//! last WAL position already archived, and replays the WAL skipping, per
+//! partition, every record at or below it. A record is therefore written once
+//! per partition however often the hub dies. Left-over temporary files are
+//! deleted at start-up.
+//!
+//! The WAL may drop a segment only when no open file still holds rows from it:
+//! [`Archive::low_water`] is the smallest WAL position that is not yet in a
+//! committed file.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::{Array, RecordBatch, TimestampMicrosecondArray, UInt32Array};
+use arrow_schema::SchemaRef;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+
+use crate::config::ArchiveSettings;
+
+/// The archive's tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    Scored,
+    Anomalies,
+}
+
+impl Table {
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Scored => "scored",
+            Table::Anomalies => "anomalies",
+        }
+    }
+
+    pub fn schema(self) -> SchemaRef {
+        match self {
+            Table::Scored => schemas::tables::scored_schema(),
+            Table::Anomalies => schemas::tables::anomaly_schema(),
+        }
+    }
+}
+
+const HOUR_US: i64 = 3_600_000_000;
+
+/// One table-hour partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PartitionKey {
+    pub table: Table,
+    /// Hours since the Unix epoch (UTC).
+    pub hour: i64,
+}
+
+impl PartitionKey {
+    pub fn dir(&self, root: &Path) -> PathBuf {
+        let start =
+            chrono::DateTime::from_timestamp_micros(self.hour * HOUR_US).unwrap_or_default();
+        root.join(format!("table={}", self.table.name()))
+            .join(format!("date={}", start.format("%Y-%m-%d")))
+            .join(format!("hour={}", start.format("%H")))
+    }
+}
+
+struct OpenFile {
+    writer: ArrowWriter<File>,
+    /// Second handle on the same file, to fsync after the writer closes it.
+    sync_handle: File,
+    tmp_path: PathBuf,
+    first_pos: u64,
+    last_pos: u64,
+    opened_at: Instant,
+}
+
+/// A file that became visible.
+#[derive(Debug, Clone)]
+pub struct CommittedFile {
+    pub path: PathBuf,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+pub struct Archive {
+    root: PathBuf,
+    hub_id: String,
+    settings: ArchiveSettings,
+    props: WriterProperties,
+    open: HashMap<PartitionKey, OpenFile>,
+    /// Per partition, the last WAL position already in a committed file.
+    committed_through: HashMap<PartitionKey, u64>,
+    /// The WAL position after the last record appended.
+    appended_until: u64,
+}
+
+impl std::fmt::Debug for Archive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Archive")
+            .field("root", &self.root)
+            .field("open_files", &self.open.len())
+            .finish()
+    }
+}
+
+impl Archive {
+    /// Opens the archive root: removes this hub's left-over temporary files
+    /// and learns what earlier runs committed.
+    pub fn open(root: &Path, hub_id: &str, settings: ArchiveSettings) -> io::Result<Self> {
+        fs::create_dir_all(root)?;
+        let mut committed_through: HashMap<PartitionKey, u64> = HashMap::new();
+        let tmp_prefix = format!(".{hub_id}-");
+        let final_prefix = format!("{hub_id}-");
+        for table in [Table::Scored, Table::Anomalies] {
+            let table_dir = root.join(format!("table={}", table.name()));
+            for file in walk_files(&table_dir)? {
+                let name = file
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                if name.starts_with(&tmp_prefix) && name.ends_with(".inprogress") {
+                    fs::remove_file(&file)?;
+                    continue;
+                }
+                let Some(rest) = name
+                    .strip_prefix(&final_prefix)
+                    .and_then(|r| r.strip_suffix(".parquet"))
+                else {
+                    continue;
+                };
+                let Some((_first, last)) = rest.split_once('-') else {
+                    continue;
+                };
+                let (Ok(last), Some(hour)) = (last.parse::<u64>(), hour_of_dir(&file)) else {
+                    continue;
+                };
+                let key = PartitionKey { table, hour };
+                let e = committed_through.entry(key).or_insert(last);
+                *e = (*e).max(last);
+            }
+        }
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(3).expect("valid level"),
+            ))
+            .set_max_row_group_row_count(Some(settings.row_group_rows))
+            .set_created_by(format!("inference-hub {}", env!("CARGO_PKG_VERSION")))
+            .build();
+        let appended_until = committed_through.values().max().map_or(0, |p| p + 1);
+        Ok(Self {
+            root: root.to_owned(),
+            hub_id: hub_id.to_owned(),
+            settings,
+            props,
+            open: HashMap::new(),
+            committed_through,
+            appended_until,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Appends the rows of the batch at WAL position `pos` to `table`,
+    /// splitting them by event hour. Rows of a partition that already holds
+    /// `pos` in a committed file are skipped (crash replay). Returns files
+    /// committed because they reached the target size.
+    pub fn append(
+        &mut self,
+        table: Table,
+        pos: u64,
+        batch: &RecordBatch,
+    ) -> io::Result<Vec<CommittedFile>> {
+        self.appended_until = self.appended_until.max(pos + 1);
+        if batch.num_rows() == 0 {
+            return Ok(Vec::new());
+        }
+        let ts = batch
+            .column_by_name(schemas::tables::TS)
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+            .expect("archive tables have a ts column");
+        let mut by_hour: Vec<(i64, Vec<u32>)> = Vec::new();
+        for (i, t) in ts.values().iter().enumerate() {
+            let hour = t.div_euclid(HOUR_US);
+            match by_hour.iter_mut().find(|(h, _)| *h == hour) {
+                Some((_, rows)) => rows.push(i as u32),
+                None => by_hour.push((hour, vec![i as u32])),
+            }
+        }
+        let mut committed = Vec::new();
+        let single = by_hour.len() == 1;
+        for (hour, rows) in by_hour {
+            let key = PartitionKey { table, hour };
+            if self.committed_through.get(&key).is_some_and(|&c| c >= pos) {
+                continue;
+            }
+            let part = if single {
+                batch.clone()
+            } else {
+                let idx = UInt32Array::from(rows);
+                let cols = batch
+                    .columns()
+                    .iter()
+                    .map(|c| arrow_select::take::take(c.as_ref(), &idx, None))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(io::Error::other)?;
+                RecordBatch::try_new(batch.schema(), cols).map_err(io::Error::other)?
+            };
+            let file = match self.open.get_mut(&key) {
+                Some(f) => f,
+                None => {
+                    let f = self.create(key, pos)?;
+                    self.open.entry(key).or_insert(f)
+                }
+            };
+            file.writer.write(&part).map_err(io::Error::other)?;
+            file.last_pos = pos;
+            let size = file.writer.bytes_written() + file.writer.in_progress_size();
+            if size as u64 >= self.settings.target_file_bytes {
+                committed.push(self.commit(key)?);
+            }
+        }
+        Ok(committed)
+    }
+
+    fn create(&self, key: PartitionKey, first_pos: u64) -> io::Result<OpenFile> {
+        let dir = key.dir(&self.root);
+        fs::create_dir_all(&dir)?;
+        let tmp_path = dir.join(format!(
+            ".{}-{first_pos:020}.parquet.inprogress",
+            self.hub_id
+        ));
+        let file = File::create(&tmp_path)?;
+        let sync_handle = file.try_clone()?;
+        let writer = ArrowWriter::try_new(file, key.table.schema(), Some(self.props.clone()))
+            .map_err(io::Error::other)?;
+        Ok(OpenFile {
+            writer,
+            sync_handle,
+            tmp_path,
+            first_pos,
+            last_pos: first_pos,
+            opened_at: Instant::now(),
+        })
+    }
+
+    fn commit(&mut self, key: PartitionKey) -> io::Result<CommittedFile> {
+        let mut file = self.open.remove(&key).expect("commit of an open partition");
+        file.writer
+            .append_key_value_metadata(KeyValue::new("iot.hub_id".into(), self.hub_id.clone()));
+        file.writer.append_key_value_metadata(KeyValue::new(
+            "iot.wal_first_pos".into(),
+            file.first_pos.to_string(),
+        ));
+        file.writer.append_key_value_metadata(KeyValue::new(
+            "iot.wal_last_pos".into(),
+            file.last_pos.to_string(),
+        ));
+        let meta = file.writer.close().map_err(io::Error::other)?;
+        file.sync_handle.sync_all()?;
+        let bytes = file.sync_handle.metadata()?.len();
+        let dir = key.dir(&self.root);
+        let path = dir.join(format!(
+            "{}-{:020}-{:020}.parquet",
+            self.hub_id, file.first_pos, file.last_pos
+        ));
+        fs::rename(&file.tmp_path, &path)?;
+        File::open(&dir)?.sync_all()?;
+        self.committed_through.insert(key, file.last_pos);
+        Ok(CommittedFile {
+            path,
+            rows: meta.file_metadata().num_rows() as u64,
+            bytes,
+        })
+    }
+
+    /// Commits files older than the maximum age.
+    pub fn commit_aged(&mut self) -> io::Result<Vec<CommittedFile>> {
+        self.commit_where(|f, max_age| f.opened_at.elapsed() >= max_age)
+    }
+
+    /// Commits every open file (shutdown).
+    pub fn commit_all(&mut self) -> io::Result<Vec<CommittedFile>> {
+        self.commit_where(|_, _| true)
+    }
+
+    fn commit_where(
+        &mut self,
+        due: impl Fn(&OpenFile, Duration) -> bool,
+    ) -> io::Result<Vec<CommittedFile>> {
+        let mut keys: Vec<PartitionKey> = self
+            .open
+            .iter()
+            .filter(|(_, f)| due(f, self.settings.max_file_age))
+            .map(|(k, _)| *k)
+            .collect();
+        keys.sort();
+        keys.into_iter().map(|k| self.commit(k)).collect()
+    }
+
+    /// Smallest WAL position not yet in a committed file.
+    pub fn low_water(&self) -> u64 {
+        self.open
+            .values()
+            .map(|f| f.first_pos)
+            .min()
+            .unwrap_or(self.appended_until)
+    }
+
+    pub fn open_files(&self) -> usize {
+        self.open.len()
+    }
+}
+
+fn hour_of_dir(file: &Path) -> Option<i64> {
+    let hour_dir = file.parent()?;
+    let date_dir = hour_dir.parent()?;
+    let hour: i64 = hour_dir
+        .file_name()?
+        .to_str()?
+        .strip_prefix("hour=")?
+        .parse()
+        .ok()?;
+    let date = date_dir.file_name()?.to_str()?.strip_prefix("date=")?;
+    let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+    let midnight = day.and_hms_opt(0, 0, 0)?.and_utc().timestamp_micros();
+    Some(midnight.div_euclid(HOUR_US) + hour)
+}
+
+/// All files below `dir` (missing dir = none).
+pub fn walk_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let entries = match fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.push(entry.path());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Committed Parquet files of a table, for readers and tests.
+pub fn committed_files(root: &Path, table: Table) -> io::Result<Vec<PathBuf>> {
+    Ok(walk_files(&root.join(format!("table={}", table.name())))?
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect())
+}
+
+/// Shared handle type used by the pipeline thread.
+pub type SharedArchiveRoot = Arc<PathBuf>;

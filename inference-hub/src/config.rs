@@ -1,0 +1,264 @@
+//! The hub's configuration (TOML, layered with `HUB__...` environment
+//! variables; see [`schemas::settings`] for the precedence rules).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use schemas::settings::{ConfigProblem, Validate, duration};
+
+pub const ENV_PREFIX: &str = "HUB";
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct HubConfig {
+    /// Unique, stable id of this hub; it names the hub's archive files, so two
+    /// hubs sharing an archive must have different ids.
+    pub hub_id: String,
+    /// Where the write-ahead log, the dedup snapshot and (by default) the
+    /// archive live.
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub mqtt: HubMqtt,
+    #[serde(default)]
+    pub http: HubHttp,
+    #[serde(default)]
+    pub intake: IntakeSettings,
+    #[serde(default)]
+    pub archive: ArchiveSettings,
+    #[serde(default)]
+    pub scoring: ScoringSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct HubMqtt {
+    /// Receive batches over MQTT. HTTP intake is always on.
+    pub enabled: bool,
+    pub host: String,
+    pub port: u16,
+    /// Defaults to `hub-<hub-id>`.
+    pub client_id: Option<String>,
+    /// Hubs with the same group split the batches between them
+    /// (`$share/<group>/<prefix>/batches/+`).
+    pub share_group: String,
+    pub topic_prefix: String,
+    #[serde(with = "duration")]
+    pub keep_alive: Duration,
+}
+
+impl Default for HubMqtt {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            host: "127.0.0.1".into(),
+            port: 1883,
+            client_id: None,
+            share_group: "hubs".into(),
+            topic_prefix: "iot".into(),
+            keep_alive: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct HubHttp {
+    pub listen: SocketAddr,
+}
+
+impl Default for HubHttp {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("static address"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct IntakeSettings {
+    /// Largest envelope accepted, bytes (also the HTTP body limit).
+    pub max_batch_bytes: usize,
+    /// Largest number of readings in one batch.
+    pub max_batch_rows: u32,
+    /// Group commit: the WAL is fsynced at most this long after the first
+    /// batch of a group arrived (0 = fsync every batch on its own).
+    #[serde(with = "duration")]
+    pub group_commit_delay: Duration,
+    /// A WAL segment is closed (and can later be deleted) past this size.
+    pub wal_segment_bytes: u64,
+}
+
+impl Default for IntakeSettings {
+    fn default() -> Self {
+        Self {
+            max_batch_bytes: 16 * 1024 * 1024,
+            max_batch_rows: 1_000_000,
+            group_commit_delay: Duration::from_millis(2),
+            wal_segment_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ArchiveSettings {
+    /// Archive root; defaults to `<data-dir>/archive`.
+    pub path: Option<PathBuf>,
+    /// A file is committed once it reaches about this size...
+    pub target_file_bytes: u64,
+    /// ...or has been open this long, whichever first.
+    #[serde(with = "duration")]
+    pub max_file_age: Duration,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+}
+
+impl Default for ArchiveSettings {
+    fn default() -> Self {
+        Self {
+            path: None,
+            target_file_bytes: 128 * 1024 * 1024,
+            max_file_age: Duration::from_secs(300),
+            row_group_rows: 256 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ScoringSettings {
+    /// Directory holding `manifest.json` and the ONNX file it names.
+    pub model_dir: PathBuf,
+    /// Readings of a device/metric used to learn its normalisation before it
+    /// is scored; until then its rows are `warming_up`.
+    pub warmup_readings: u32,
+    /// Override of the manifest's calibrated threshold.
+    pub threshold: Option<f64>,
+}
+
+impl Default for ScoringSettings {
+    fn default() -> Self {
+        Self {
+            model_dir: PathBuf::from("models/univariate-ae"),
+            warmup_readings: 200,
+            threshold: None,
+        }
+    }
+}
+
+impl HubConfig {
+    pub fn archive_root(&self) -> PathBuf {
+        self.archive
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("archive"))
+    }
+
+    pub fn mqtt_client_id(&self) -> String {
+        self.mqtt
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("hub-{}", self.hub_id))
+    }
+
+    /// Defaults for tests and the demo.
+    pub fn for_dir(hub_id: &str, data_dir: &std::path::Path) -> Self {
+        let mut cfg: Self = schemas::settings::load_str(
+            &format!(
+                "hub-id = {hub_id:?}\ndata-dir = {:?}",
+                data_dir.display().to_string()
+            ),
+            ENV_PREFIX,
+            Vec::new(),
+        )
+        .expect("built-in defaults are valid");
+        cfg.http.listen = "127.0.0.1:0".parse().expect("static");
+        cfg
+    }
+}
+
+impl Validate for HubConfig {
+    fn validate(&self, problems: &mut Vec<ConfigProblem>) {
+        let id_ok = !self.hub_id.is_empty()
+            && self.hub_id.len() <= 64
+            && self
+                .hub_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !id_ok {
+            problems.push(ConfigProblem::new(
+                "hub-id",
+                "must be 1..=64 characters of [A-Za-z0-9_] (it is part of archive file names)",
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            problems.push(ConfigProblem::new("data-dir", "must not be empty"));
+        }
+        if self.mqtt.share_group.is_empty() || self.mqtt.share_group.contains(['/', '+', '#']) {
+            problems.push(ConfigProblem::new(
+                "mqtt.share-group",
+                "must be a single topic level",
+            ));
+        }
+        if self.intake.max_batch_bytes < 1024 {
+            problems.push(ConfigProblem::new(
+                "intake.max-batch-bytes",
+                "must be at least 1024",
+            ));
+        }
+        if self.intake.max_batch_rows == 0 {
+            problems.push(ConfigProblem::new(
+                "intake.max-batch-rows",
+                "must be at least 1",
+            ));
+        }
+        if self.intake.wal_segment_bytes < 1024 * 1024 {
+            problems.push(ConfigProblem::new(
+                "intake.wal-segment-bytes",
+                "must be at least 1 MiB",
+            ));
+        }
+        if self.archive.target_file_bytes < 64 * 1024 {
+            problems.push(ConfigProblem::new(
+                "archive.target-file-bytes",
+                "must be at least 64 KiB",
+            ));
+        }
+        if self.archive.max_file_age < Duration::from_millis(100) {
+            problems.push(ConfigProblem::new(
+                "archive.max-file-age",
+                "must be at least 100ms",
+            ));
+        }
+        if self.archive.row_group_rows < 1024 {
+            problems.push(ConfigProblem::new(
+                "archive.row-group-rows",
+                "must be at least 1024",
+            ));
+        }
+        if self.scoring.warmup_readings < 2 {
+            problems.push(ConfigProblem::new(
+                "scoring.warmup-readings",
+                "must be at least 2",
+            ));
+        }
+        if let Some(t) = self.scoring.threshold
+            && !(t.is_finite() && t > 0.0)
+        {
+            problems.push(ConfigProblem::new(
+                "scoring.threshold",
+                "must be a positive number",
+            ));
+        }
+        if !self.scoring.model_dir.join("manifest.json").is_file() {
+            problems.push(ConfigProblem::new(
+                "scoring.model-dir",
+                format!("{} has no manifest.json", self.scoring.model_dir.display()),
+            ));
+        }
+    }
+}

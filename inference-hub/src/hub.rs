@@ -1,0 +1,252 @@
+//! Starts and stops a hub: recovery, then the pipeline and sequencer threads,
+//! then the transports.
+//!
+//! Start-up order: load the model (fail fast on a bad one), open the archive
+//! (learn what is committed, delete temporary files), open the WAL (repair a
+//! torn tail), load the dedup snapshot, start the pipeline, replay the WAL
+//! through it (each partition skips what its committed files already hold),
+//! and only then open intake. Shutdown runs the other way: transports stop,
+//! the sequencer drains and saves the dedup snapshot, the pipeline commits
+//! every open file, and the WAL is trimmed to what is not archived (normally
+//! nothing).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use schemas::envelope::{self, DecodeLimits};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, ApiContext};
+use crate::archive::Archive;
+use crate::config::HubConfig;
+use crate::dedup::DedupIndex;
+use crate::intake::{self, DurableBatch, IntakeHandle, Sequencer};
+use crate::model::Model;
+use crate::mqtt_intake;
+use crate::pipeline::Pipeline;
+use crate::scoring::Scorer;
+use crate::state::HubState;
+use crate::stats::HubStats;
+use crate::wal::Wal;
+
+/// Batches queued between the sequencer and the pipeline.
+const PIPELINE_QUEUE: usize = 64;
+/// Requests queued before the sequencer.
+const INTAKE_QUEUE: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot load the model")]
+    Model(#[from] crate::model::ModelError),
+    #[error("cannot open {what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> StartError {
+    move |source| StartError::Io { what, source }
+}
+
+/// A running hub.
+#[derive(Debug)]
+pub struct HubHandle {
+    pub http_addr: SocketAddr,
+    pub stats: Arc<HubStats>,
+    pub state: Arc<HubState>,
+    pub intake: IntakeHandle,
+    pub archive_root: std::path::PathBuf,
+    pub model_id: String,
+    pub model_version: String,
+    shutdown: watch::Sender<bool>,
+    http: JoinHandle<()>,
+    mqtt: Option<JoinHandle<()>>,
+    sequencer: std::thread::JoinHandle<Sequencer>,
+    pipeline: std::thread::JoinHandle<u64>,
+}
+
+/// Starts a hub on the current tokio runtime.
+pub async fn start(cfg: HubConfig) -> Result<HubHandle, StartError> {
+    let stats = Arc::new(HubStats::default());
+    let state = Arc::new(HubState::default());
+    let limits = DecodeLimits {
+        max_envelope_bytes: cfg.intake.max_batch_bytes,
+        max_rows: cfg.intake.max_batch_rows,
+        ..DecodeLimits::default()
+    };
+
+    let recovery_cfg = cfg.clone();
+    let recovery_stats = stats.clone();
+    let recovery_state = state.clone();
+    let recovered = tokio::task::spawn_blocking(move || {
+        recover(recovery_cfg, recovery_stats, recovery_state, limits)
+    })
+    .await
+    .expect("recovery task panicked")?;
+    let Recovered {
+        sequencer,
+        pipeline,
+        pipeline_tx,
+        model_id,
+        model_version,
+    } = recovered;
+
+    let (intake, sequencer) = intake::start(sequencer, limits, INTAKE_QUEUE, pipeline_tx);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .map_err(io("the HTTP listener"))?;
+    let http_addr = listener.local_addr().map_err(io("the HTTP listener"))?;
+    let app = api::router(ApiContext {
+        intake: intake.clone(),
+        state: state.clone(),
+        stats: stats.clone(),
+    });
+    let mut http_shutdown = shutdown_rx.clone();
+    let http = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.changed().await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    let mqtt = cfg.mqtt.enabled.then(|| {
+        tokio::spawn(mqtt_intake::run(
+            cfg.clone(),
+            intake.clone(),
+            stats.clone(),
+            shutdown_rx,
+        ))
+    });
+    tracing::info!(hub = %cfg.hub_id, http = %http_addr, archive = %cfg.archive_root().display(), "hub started");
+    Ok(HubHandle {
+        http_addr,
+        stats,
+        state,
+        intake,
+        archive_root: cfg.archive_root(),
+        model_id,
+        model_version,
+        shutdown: shutdown_tx,
+        http,
+        mqtt,
+        sequencer,
+        pipeline,
+    })
+}
+
+struct Recovered {
+    sequencer: Sequencer,
+    pipeline: std::thread::JoinHandle<u64>,
+    pipeline_tx: std::sync::mpsc::SyncSender<DurableBatch>,
+    model_id: String,
+    model_version: String,
+}
+
+fn recover(
+    cfg: HubConfig,
+    stats: Arc<HubStats>,
+    state: Arc<HubState>,
+    limits: DecodeLimits,
+) -> Result<Recovered, StartError> {
+    let model = Model::load(&cfg.scoring.model_dir)?;
+    let (model_id, model_version) = (model.manifest.id.clone(), model.manifest.version.clone());
+    let scorer = Scorer::new(model, cfg.scoring.warmup_readings, cfg.scoring.threshold);
+    let archive = Archive::open(&cfg.archive_root(), &cfg.hub_id, cfg.archive.clone())
+        .map_err(io("the archive"))?;
+    let (wal, wal_recovery) = Wal::open(&cfg.data_dir.join("wal"), cfg.intake.wal_segment_bytes)
+        .map_err(io("the WAL"))?;
+    if wal_recovery.truncated_bytes > 0 {
+        tracing::warn!(
+            bytes = wal_recovery.truncated_bytes,
+            corrupt_segments = wal_recovery.corrupt_segments,
+            "WAL had a damaged tail; it was truncated"
+        );
+    }
+    let dedup_path = cfg.data_dir.join("dedup.json");
+    let (mut dedup, dedup_covers) =
+        DedupIndex::load(&dedup_path).map_err(io("the dedup snapshot"))?;
+    let low_water = Arc::new(AtomicU64::new(archive.low_water()));
+
+    let (tx, rx) = std::sync::mpsc::sync_channel(PIPELINE_QUEUE);
+    let pipeline = Pipeline {
+        scorer,
+        archive,
+        state,
+        stats: stats.clone(),
+        low_water: low_water.clone(),
+    };
+    let pipeline = std::thread::Builder::new()
+        .name("hub-pipeline".into())
+        .spawn(move || pipeline.run(rx))
+        .map_err(io("the pipeline thread"))?;
+
+    // Replay everything still in the WAL: the archive skips, per partition,
+    // what its committed files already hold.
+    let replay_limits = DecodeLimits {
+        max_envelope_bytes: usize::MAX,
+        max_rows: u32::MAX,
+        ..limits
+    };
+    let mut replayed = 0u64;
+    wal.replay(0, |pos, bytes| match envelope::decode(bytes, &replay_limits) {
+        Ok(batch) => {
+            if pos >= dedup_covers {
+                dedup.insert(&batch.header.key());
+            }
+            replayed += 1;
+            let _ = tx.send(DurableBatch { pos, batch });
+        }
+        Err(e) => tracing::error!(pos, error = %e, "WAL record passed its checksum but does not decode; skipped"),
+    })
+    .map_err(io("the WAL for replay"))?;
+    stats.batches_replayed.store(replayed, Relaxed);
+    if replayed > 0 {
+        tracing::info!(batches = replayed, "replayed the WAL");
+    }
+    Ok(Recovered {
+        sequencer: Sequencer {
+            wal,
+            dedup,
+            dedup_path,
+            dedup_covers,
+            group_commit_delay: cfg.intake.group_commit_delay,
+            archive_low_water: low_water,
+            stats,
+        },
+        pipeline,
+        pipeline_tx: tx,
+        model_id,
+        model_version,
+    })
+}
+
+impl HubHandle {
+    /// Graceful stop; see the module docs for the order.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        if let Some(mqtt) = self.mqtt {
+            let _ = mqtt.await;
+        }
+        let _ = self.http.await;
+        drop(self.intake);
+        let (sequencer, pipeline) = (self.sequencer, self.pipeline);
+        tokio::task::spawn_blocking(move || {
+            let mut sequencer = sequencer.join().expect("sequencer thread panicked");
+            let low_water = pipeline.join().expect("pipeline thread panicked");
+            sequencer.archive_low_water.store(low_water, Relaxed);
+            sequencer.trim_wal();
+        })
+        .await
+        .expect("shutdown task panicked");
+        tracing::info!("hub stopped");
+    }
+}

@@ -1,0 +1,284 @@
+//! Intake: from envelope bytes to a durable, deduplicated batch.
+//!
+//! ```text
+//! HTTP handler / MQTT task --submit()--> decode + verify (caller's task)
+//!     --bounded queue--> sequencer thread: dedup -> WAL append -> group fsync
+//!     --answers--> Durable | Duplicate   --bounded queue--> pipeline thread
+//! ```
+//!
+//! The sequencer is the only owner of the dedup index and the WAL, so the
+//! decision "new or duplicate" and the append are one step. A duplicate of a
+//! batch that is still waiting for its fsync is answered only after that
+//! fsync (it is answered at the end of the same or a later group), so
+//! `duplicate` always means "durable". After a WAL write or fsync error the
+//! hub stops acknowledging altogether (the state of an fsync-failed file is
+//! unknown) and reports unhealthy.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::Bytes;
+use schemas::ack::{AckStatus, BatchAck};
+use schemas::envelope::{self, DecodeError, DecodeLimits, DecodedBatch};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::dedup::DedupIndex;
+use crate::stats::HubStats;
+use crate::wal::Wal;
+
+/// A batch that is durable in the WAL at `pos`.
+#[derive(Debug)]
+pub struct DurableBatch {
+    pub pos: u64,
+    pub batch: DecodedBatch,
+}
+
+/// Why a submission got no answer for the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// Not even the header could be read, so there is nobody to answer.
+    #[error("unreadable envelope: {0}")]
+    Unreadable(DecodeError),
+    /// The envelope can never be accepted; `ack` is the answer for its
+    /// gateway (status `rejected`).
+    #[error("rejected batch: {error}")]
+    Rejected { ack: BatchAck, error: DecodeError },
+    /// The hub cannot make batches durable right now; retry later.
+    #[error("hub unavailable: {0}")]
+    Unavailable(&'static str),
+}
+
+struct Request {
+    batch: DecodedBatch,
+    raw: Bytes,
+    reply: oneshot::Sender<Result<AckStatus, SubmitError>>,
+}
+
+/// Cheap, cloneable entry point used by every transport.
+#[derive(Debug, Clone)]
+pub struct IntakeHandle {
+    tx: mpsc::Sender<Request>,
+    limits: DecodeLimits,
+    stats: Arc<HubStats>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("header", &self.batch.header)
+            .finish()
+    }
+}
+
+impl IntakeHandle {
+    /// Verifies the envelope and waits until it is durable (or known to be a
+    /// duplicate of a durable batch).
+    pub async fn submit(&self, raw: Bytes) -> Result<BatchAck, SubmitError> {
+        let batch = match envelope::decode(&raw, &self.limits) {
+            Ok(b) => b,
+            Err(e) => {
+                let (_, header) = envelope::peek_header(&raw, &self.limits).map_err(|_| {
+                    self.stats.batches_unreadable.fetch_add(1, Relaxed);
+                    SubmitError::Unreadable(e.clone())
+                })?;
+                self.stats.batches_rejected.fetch_add(1, Relaxed);
+                let ack = BatchAck {
+                    gateway: header.gateway,
+                    incarnation: header.incarnation,
+                    seq: header.seq,
+                    status: AckStatus::Rejected {
+                        reason: e.to_string(),
+                    },
+                };
+                return Err(SubmitError::Rejected { ack, error: e });
+            }
+        };
+        let header = batch.header.clone();
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Request { batch, raw, reply })
+            .await
+            .map_err(|_| SubmitError::Unavailable("intake is shut down"))?;
+        let status = answer
+            .await
+            .map_err(|_| SubmitError::Unavailable("intake is shut down"))??;
+        Ok(BatchAck {
+            gateway: header.gateway,
+            incarnation: header.incarnation,
+            seq: header.seq,
+            status,
+        })
+    }
+
+    pub fn limits(&self) -> DecodeLimits {
+        self.limits
+    }
+}
+
+/// Everything the sequencer thread owns.
+#[derive(Debug)]
+pub struct Sequencer {
+    pub wal: Wal,
+    pub dedup: DedupIndex,
+    pub dedup_path: PathBuf,
+    /// The dedup snapshot on disk covers every WAL record below this.
+    pub dedup_covers: u64,
+    pub group_commit_delay: Duration,
+    /// Smallest WAL position not yet archived (written by the pipeline).
+    pub archive_low_water: Arc<AtomicU64>,
+    pub stats: Arc<HubStats>,
+}
+
+/// Starts the sequencer thread; returns the intake handle. `out` feeds the
+/// pipeline; the thread ends when every handle is dropped.
+pub fn start(
+    seq: Sequencer,
+    limits: DecodeLimits,
+    queue: usize,
+    out: std::sync::mpsc::SyncSender<DurableBatch>,
+) -> (IntakeHandle, std::thread::JoinHandle<Sequencer>) {
+    let (tx, rx) = mpsc::channel(queue);
+    let stats = seq.stats.clone();
+    let thread = std::thread::Builder::new()
+        .name("hub-sequencer".into())
+        .spawn(move || run_sequencer(seq, rx, out))
+        .expect("spawn sequencer thread");
+    (IntakeHandle { tx, limits, stats }, thread)
+}
+
+const MAX_GROUP: usize = 4096;
+
+fn run_sequencer(
+    mut s: Sequencer,
+    mut rx: mpsc::Receiver<Request>,
+    out: std::sync::mpsc::SyncSender<DurableBatch>,
+) -> Sequencer {
+    while let Some(first) = rx.blocking_recv() {
+        if s.stats.wal_failed.load(Relaxed) {
+            let _ = first.reply.send(Err(SubmitError::Unavailable(
+                "the WAL failed; the hub needs an operator",
+            )));
+            s.stats.batches_unavailable.fetch_add(1, Relaxed);
+            continue;
+        }
+        if !s.group_commit_delay.is_zero() {
+            std::thread::sleep(s.group_commit_delay);
+        }
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut fresh = Vec::with_capacity(group.len());
+        let mut duplicates = Vec::new();
+        let mut rolled = false;
+        let mut failure: Option<std::io::Error> = None;
+        for req in group {
+            let key = req.batch.header.key();
+            if failure.is_some() {
+                fresh.push((u64::MAX, req));
+                continue;
+            }
+            if s.dedup.contains(&key) {
+                duplicates.push(req);
+                continue;
+            }
+            match s.wal.append(&req.raw) {
+                Ok((pos, r)) => {
+                    rolled |= r;
+                    s.dedup.insert(&key);
+                    s.stats.wal_bytes.fetch_add(req.raw.len() as u64, Relaxed);
+                    fresh.push((pos, req));
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    fresh.push((u64::MAX, req));
+                }
+            }
+        }
+        if failure.is_none() {
+            match s.wal.sync() {
+                Ok(()) => {
+                    s.stats.wal_syncs.fetch_add(1, Relaxed);
+                }
+                Err(e) => failure = Some(e),
+            }
+        }
+        if let Some(e) = failure {
+            // Nothing of this group is acknowledged; gateways retry. Further
+            // batches are refused until an operator restarts the hub.
+            tracing::error!(error = %e, "WAL write failed: the hub stops acknowledging batches");
+            s.stats.wal_failed.store(true, Relaxed);
+            for (_, req) in fresh
+                .into_iter()
+                .chain(duplicates.into_iter().map(|r| (0, r)))
+            {
+                s.stats.batches_unavailable.fetch_add(1, Relaxed);
+                let _ = req
+                    .reply
+                    .send(Err(SubmitError::Unavailable("the WAL failed")));
+            }
+            continue;
+        }
+        for (pos, req) in fresh {
+            s.stats.batches_durable.fetch_add(1, Relaxed);
+            s.stats
+                .readings_durable
+                .fetch_add(u64::from(req.batch.header.row_count), Relaxed);
+            let _ = req.reply.send(Ok(AckStatus::Durable));
+            if out
+                .send(DurableBatch {
+                    pos,
+                    batch: req.batch,
+                })
+                .is_err()
+            {
+                tracing::error!(
+                    "pipeline is gone; durable batches stay in the WAL for the next start"
+                );
+            }
+        }
+        for req in duplicates {
+            s.stats.batches_duplicate.fetch_add(1, Relaxed);
+            let _ = req.reply.send(Ok(AckStatus::Duplicate));
+        }
+        if rolled {
+            let covers = s.wal.next_pos();
+            match s.dedup.save(&s.dedup_path, covers) {
+                Ok(()) => s.dedup_covers = covers,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot save the dedup snapshot; WAL segments are kept until it succeeds")
+                }
+            }
+        }
+        s.trim_wal();
+    }
+    // Shutdown: leave a snapshot that covers everything, so the next start
+    // replays nothing for dedup. The hub deletes archived segments once the
+    // pipeline has committed its last files.
+    let covers = s.wal.next_pos();
+    match s.dedup.save(&s.dedup_path, covers) {
+        Ok(()) => s.dedup_covers = covers,
+        Err(e) => tracing::warn!(error = %e, "cannot save the dedup snapshot at shutdown"),
+    }
+    s
+}
+
+impl Sequencer {
+    /// Deletes every WAL segment that is archived and covered by the dedup
+    /// snapshot.
+    pub fn trim_wal(&mut self) {
+        let deletable = self.archive_low_water.load(Relaxed).min(self.dedup_covers);
+        match self.wal.delete_below(deletable) {
+            Ok(n) => {
+                self.stats.wal_segments_deleted.fetch_add(n as u64, Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot delete archived WAL segments"),
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Batches over MQTT: a shared subscription `$share/<group>/<prefix>/batches/+`
+//! so that several hubs split the gateways' batches between them.
+//!
+//! Each batch is submitted to intake on its own task (bounded by
+//! [`MAX_CONCURRENT`]) so that many batches share one WAL fsync. The answer
+//! goes back to `<prefix>/acks/<gateway>`. The MQTT delivery itself is always
+//! acknowledged once the batch has been handled, whatever the answer: the
+//! reliability comes from the gateway, which resends every batch that has no
+//! `durable`/`duplicate` answer, and from dedup, which makes resends harmless.
+//! (Leaving a delivery unacknowledged would only pin one of the broker's few
+//! in-flight slots for this hub.)
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::{Semaphore, watch};
+
+use edge_agent::mqtt::{OrderedAcker, backoff};
+
+use crate::config::HubConfig;
+use crate::intake::{IntakeHandle, SubmitError};
+use crate::stats::HubStats;
+
+/// Batches handled at the same time by one hub.
+pub const MAX_CONCURRENT: usize = 256;
+
+pub async fn run(
+    cfg: HubConfig,
+    intake: IntakeHandle,
+    stats: Arc<HubStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let m = &cfg.mqtt;
+    let mut opts = MqttOptions::new(cfg.mqtt_client_id(), &m.host, m.port);
+    opts.set_keep_alive(m.keep_alive)
+        .set_clean_session(true)
+        .set_manual_acks(true)
+        .set_max_packet_size(intake.limits().max_envelope_bytes + 1024, 64 * 1024)
+        .set_request_channel_capacity(MAX_CONCURRENT * 2 + 16);
+    let (client, mut eventloop) = AsyncClient::new(opts, MAX_CONCURRENT * 2 + 16);
+    let filter = format!("$share/{}/{}/batches/+", m.share_group, m.topic_prefix);
+    let ack_prefix = format!("{}/acks/", m.topic_prefix);
+    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT));
+    // Deliveries are acknowledged in arrival order (rumqttd drops clients
+    // that do otherwise), although batches finish in any order.
+    let acker = OrderedAcker::new(&client, Arc::default(), Arc::default());
+    let mut failures = 0u32;
+    loop {
+        let event = tokio::select! {
+            ev = eventloop.poll() => ev,
+            _ = shutdown.changed() => break,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                failures = 0;
+                acker.new_generation();
+                tracing::info!(filter = %filter, "hub subscribed to batches");
+                if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                    tracing::error!(error = %e, "cannot subscribe to batches");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                stats.batches_received_mqtt.fetch_add(1, Relaxed);
+                let permit = tokio::select! {
+                    p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+                    _ = shutdown.changed() => break,
+                };
+                let pending = acker.register(&publish);
+                let (client, intake, ack_prefix, acker) = (
+                    client.clone(),
+                    intake.clone(),
+                    ack_prefix.clone(),
+                    acker.clone(),
+                );
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match intake.submit(publish.payload.clone()).await {
+                        Ok(ack) | Err(SubmitError::Rejected { ack, .. }) => {
+                            let topic = format!("{ack_prefix}{}", ack.gateway);
+                            let body = serde_json::to_vec(&ack).expect("ack serialises");
+                            if let Err(e) =
+                                client.publish(topic, QoS::AtLeastOnce, false, body).await
+                            {
+                                tracing::warn!(error = %e, "cannot queue batch ack; the gateway will resend");
+                            }
+                        }
+                        Err(SubmitError::Unreadable(e)) => {
+                            tracing::warn!(error = %e, topic = %publish.topic, "dropping unreadable batch");
+                        }
+                        Err(e @ SubmitError::Unavailable(_)) => {
+                            tracing::warn!(error = %e, "batch not accepted; the gateway will resend");
+                        }
+                    }
+                    acker.release(&pending.into_iter().collect::<Vec<_>>());
+                });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let delay = backoff(
+                    failures,
+                    Duration::from_millis(100),
+                    Duration::from_secs(10),
+                );
+                tracing::warn!(error = %e, retry_in = ?delay, "hub broker connection failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
+        }
+    }
+    // Let in-flight submissions finish and their acks be sent.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        permits.acquire_many(MAX_CONCURRENT as u32),
+    )
+    .await;
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while eventloop.poll().await.is_ok() {}
+    })
+    .await;
+}

@@ -1,0 +1,116 @@
+//! The pipeline thread: durable batches in WAL order -> scoring -> archive,
+//! plus the in-memory state the API serves.
+//!
+//! Runs on its own thread because both halves are CPU- and disk-bound
+//! (tract, Parquet encoding, fsync). After every batch it publishes the
+//! archive's low-water mark so the sequencer can trim the WAL. When archiving
+//! fails (disk full, I/O error) it logs at ERROR, marks the hub unhealthy and
+//! stops consuming: the WAL keeps every acknowledged batch, the bounded queue
+//! fills, and intake stops acknowledging instead of losing data.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+use crate::archive::{Archive, CommittedFile, Table};
+use crate::intake::DurableBatch;
+use crate::scoring::Scorer;
+use crate::state::HubState;
+use crate::stats::HubStats;
+
+const TICK: Duration = Duration::from_millis(200);
+
+#[derive(Debug)]
+pub struct Pipeline {
+    pub scorer: Scorer,
+    pub archive: Archive,
+    pub state: Arc<HubState>,
+    pub stats: Arc<HubStats>,
+    pub low_water: Arc<AtomicU64>,
+}
+
+impl Pipeline {
+    /// Consumes until the sender side is dropped, then commits every open
+    /// file. Returns the archive's final low-water mark.
+    pub fn run(mut self, rx: Receiver<DurableBatch>) -> u64 {
+        loop {
+            match rx.recv_timeout(TICK) {
+                Ok(batch) => {
+                    if let Err(e) = self.process(batch) {
+                        self.fail(&e);
+                        return self.archive.low_water();
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            match self.archive.commit_aged() {
+                Ok(files) => self.committed(&files),
+                Err(e) => {
+                    self.fail(&e);
+                    return self.archive.low_water();
+                }
+            }
+            self.low_water.store(self.archive.low_water(), Relaxed);
+        }
+        match self.archive.commit_all() {
+            Ok(files) => self.committed(&files),
+            Err(e) => self.fail(&e),
+        }
+        let low_water = self.archive.low_water();
+        self.low_water.store(low_water, Relaxed);
+        low_water
+    }
+
+    fn process(&mut self, durable: DurableBatch) -> std::io::Result<()> {
+        let now_us = chrono::Utc::now().timestamp_micros();
+        let out = self.scorer.score(&durable.batch, now_us);
+        if let Some(e) = &out.model_error {
+            self.stats.scoring_errors.fetch_add(1, Relaxed);
+            tracing::error!(error = %e, seq = durable.batch.header.seq, "model failed; batch archived unscored");
+        }
+        let rows = out.scored.num_rows() as u64;
+        let mut files = self
+            .archive
+            .append(Table::Scored, durable.pos, &out.scored)?;
+        files.extend(
+            self.archive
+                .append(Table::Anomalies, durable.pos, &out.anomalies)?,
+        );
+        self.committed(&files);
+        self.stats.readings_archived.fetch_add(rows, Relaxed);
+        let unscored = out
+            .scored
+            .column_by_name(schemas::tables::SCORE)
+            .map_or(0, |c| arrow_array::Array::null_count(c.as_ref()));
+        self.stats
+            .readings_scored
+            .fetch_add(rows - unscored as u64, Relaxed);
+        self.stats
+            .anomalies
+            .fetch_add(out.events.len() as u64, Relaxed);
+        self.stats
+            .series
+            .store(self.scorer.series_count() as u64, Relaxed);
+        self.state.apply(&out.updates, out.events, now_us);
+        Ok(())
+    }
+
+    fn committed(&self, files: &[CommittedFile]) {
+        for f in files {
+            self.stats.files_committed.fetch_add(1, Relaxed);
+            self.stats.bytes_committed.fetch_add(f.bytes, Relaxed);
+            tracing::debug!(path = %f.path.display(), rows = f.rows, bytes = f.bytes, "committed archive file");
+        }
+        self.stats
+            .open_files
+            .store(self.archive.open_files() as u64, Relaxed);
+    }
+
+    fn fail(&self, e: &std::io::Error) {
+        self.stats.archive_failed.store(true, Relaxed);
+        tracing::error!(error = %e, "archive write failed: archiving stops; acknowledged batches stay in the WAL for the next start");
+    }
+}

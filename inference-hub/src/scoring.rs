@@ -1,0 +1,437 @@
+//! Per-series state and batch scoring: readings in, scored rows and anomaly
+//! events out.
+//!
+//! A series is one `(device, metric)`. For each series the scorer keeps the
+//! last `window` raw values and a normalisation (mean and standard deviation):
+//! learned exactly (Welford) over the first `warmup-readings` readings, then
+//! followed slowly (exponential forgetting with the same horizon) using only
+//! readings judged normal, so one model serves devices of any scale and an
+//! anomaly does not teach the normalisation to accept itself. Until a series
+//! has warmed up its rows are `warming_up` with no score, never anomalous.
+//!
+//! Scoring is batched: all windows of a batch that need a score go through
+//! the model in one call. Within one batch every window is normalised with the
+//! statistics as they stood when the batch began (plus the warm-up updates),
+//! which keeps the model call whole.
+//!
+//! Readings are processed in the order they arrive; reordering late readings
+//! is not done here yet (see the models issue).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    Float64Builder, StringBuilder, TimestampMicrosecondBuilder, UInt64Builder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use schemas::envelope::DecodedBatch;
+use schemas::tables::{self, ReadingView, status};
+
+use crate::model::{Model, ModelError};
+
+#[derive(Debug, Default)]
+struct SeriesState {
+    count: u64,
+    mean: f64,
+    /// Welford's sum of squares during warm-up, then the variance itself.
+    m2: f64,
+    recent: VecDeque<f64>,
+}
+
+impl SeriesState {
+    fn std(&self, warmup: u64) -> f64 {
+        let var = if self.count < warmup {
+            if self.count > 1 {
+                self.m2 / (self.count - 1) as f64
+            } else {
+                0.0
+            }
+        } else {
+            self.m2
+        };
+        var.sqrt().max(1e-3 * self.mean.abs().max(1.0))
+    }
+
+    fn learn_warmup(&mut self, x: f64, warmup: u64) {
+        self.count += 1;
+        let d = x - self.mean;
+        self.mean += d / self.count as f64;
+        self.m2 += d * (x - self.mean);
+        if self.count == warmup {
+            self.m2 /= (warmup - 1) as f64; // from now on m2 holds the variance
+        }
+    }
+
+    fn follow(&mut self, x: f64, warmup: u64) {
+        let a = 1.0 / warmup as f64;
+        let d = x - self.mean;
+        self.mean += a * d;
+        self.m2 = (1.0 - a) * (self.m2 + a * d * d);
+    }
+}
+
+/// The latest state of one series, for the API.
+#[derive(Debug, Clone)]
+pub struct SeriesUpdate {
+    pub device: Arc<str>,
+    pub metric: Arc<str>,
+    pub ts_us: i64,
+    pub value: f64,
+    pub score: Option<f64>,
+    pub status: &'static str,
+}
+
+/// One anomaly event, for the API's recent-events view.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AnomalyEvent {
+    pub device: String,
+    pub metric: String,
+    pub ts: String,
+    pub ts_us: i64,
+    pub value: f64,
+    pub score: f64,
+    pub threshold: f64,
+    pub severity: f64,
+    pub window_start_us: i64,
+    pub model_id: String,
+    pub model_version: String,
+    pub gateway: String,
+    pub seq: u64,
+}
+
+/// What scoring one batch produced.
+#[derive(Debug)]
+pub struct ScoredBatch {
+    /// Set when the model failed; the affected rows are `unscored`.
+    pub model_error: Option<ModelError>,
+    pub scored: RecordBatch,
+    pub anomalies: RecordBatch,
+    pub events: Vec<AnomalyEvent>,
+    pub updates: Vec<SeriesUpdate>,
+}
+
+#[derive(Debug)]
+pub struct Scorer {
+    model: Model,
+    threshold: f64,
+    warmup: u64,
+    series: HashMap<(Arc<str>, Arc<str>), SeriesState>,
+    /// Interned names: device and metric strings repeat in every batch.
+    names: HashMap<Box<str>, Arc<str>>,
+}
+
+impl Scorer {
+    pub fn new(model: Model, warmup_readings: u32, threshold: Option<f64>) -> Self {
+        let warmup = u64::from(warmup_readings).max(model.window() as u64).max(2);
+        Self {
+            threshold: threshold.unwrap_or(model.manifest.threshold),
+            model,
+            warmup,
+            series: HashMap::new(),
+            names: HashMap::new(),
+        }
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn series_count(&self) -> usize {
+        self.series.len()
+    }
+
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.names.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.names.insert(s.into(), a.clone());
+        a
+    }
+
+    pub fn score(&mut self, batch: &DecodedBatch, ingested_at_us: i64) -> ScoredBatch {
+        let view =
+            ReadingView::try_new(&batch.readings).expect("decoder verified the reading columns");
+        let n = batch.readings.num_rows();
+        let w = self.model.window();
+        let clip = self.model.manifest.input.clip;
+        let warmup = self.warmup;
+
+        // Pass 1: update windows, collect the windows that need a score.
+        let mut keys = Vec::with_capacity(n);
+        let mut scored_rows: Vec<usize> = Vec::new();
+        let mut matrix: Vec<f32> = Vec::new();
+        for i in 0..n {
+            let key = (
+                self.intern(view.device.value(i)),
+                self.intern(view.metric.value(i)),
+            );
+            let x = view.value.value(i);
+            let state = self.series.entry(key.clone()).or_default();
+            state.recent.push_back(x);
+            if state.recent.len() > w {
+                state.recent.pop_front();
+            }
+            if state.count < warmup {
+                state.learn_warmup(x, warmup);
+            } else {
+                let (mean, std) = (state.mean, state.std(warmup));
+                matrix.extend(
+                    state
+                        .recent
+                        .iter()
+                        .map(|v| ((v - mean) / std).clamp(-clip, clip) as f32),
+                );
+                scored_rows.push(i);
+            }
+            keys.push(key);
+        }
+        // A model failure must not lose durable readings: they are archived
+        // as `unscored` and the failure is logged and counted by the caller.
+        let (scores, model_error) = match self.model.score(&matrix) {
+            Ok(s) => (s, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+
+        // Pass 2: statuses, normalisation follow-up, output columns.
+        let mut score_of: Vec<Option<f64>> = vec![None; n];
+        for (row, s) in scored_rows.iter().zip(&scores) {
+            score_of[*row] = Some(f64::from(*s));
+        }
+        let header = &batch.header;
+        let mut out = ScoredColumns::new(n);
+        let mut anomalies = ScoredColumns::new(0);
+        let mut events = Vec::new();
+        let mut updates: HashMap<(Arc<str>, Arc<str>), SeriesUpdate> = HashMap::new();
+        for i in 0..n {
+            let (device, metric) = &keys[i];
+            let (ts, x) = (view.ts.value(i), view.value.value(i));
+            let st = match score_of[i] {
+                None if model_error.is_some() && scored_rows.binary_search(&i).is_ok() => {
+                    status::UNSCORED
+                }
+                None => status::WARMING_UP,
+                Some(s) if s > self.threshold => status::ANOMALOUS,
+                Some(_) => status::OK,
+            };
+            if st == status::OK {
+                if let Some(state) = self.series.get_mut(&keys[i]) {
+                    state.follow(x, warmup);
+                }
+            }
+            out.push_scored(device, metric, ts, x, st, score_of[i], self.threshold);
+            if let (status::ANOMALOUS, Some(score)) = (st, score_of[i]) {
+                // The window ends at this reading; its start is approximated by
+                // the earliest timestamp the window could hold in this batch.
+                let window_start = (i.saturating_sub(w - 1)..=i)
+                    .filter(|&j| keys[j] == keys[i])
+                    .map(|j| view.ts.value(j))
+                    .min()
+                    .unwrap_or(ts);
+                anomalies.push_anomaly(device, metric, ts, x, score, self.threshold, window_start);
+                events.push(AnomalyEvent {
+                    device: device.to_string(),
+                    metric: metric.to_string(),
+                    ts: format_ts(ts),
+                    ts_us: ts,
+                    value: x,
+                    score,
+                    threshold: self.threshold,
+                    severity: score / self.threshold,
+                    window_start_us: window_start,
+                    model_id: self.model.manifest.id.clone(),
+                    model_version: self.model.manifest.version.clone(),
+                    gateway: header.gateway.clone(),
+                    seq: header.seq,
+                });
+            }
+            let newer = updates.get(&keys[i]).is_none_or(|u| u.ts_us <= ts);
+            if newer {
+                updates.insert(
+                    keys[i].clone(),
+                    SeriesUpdate {
+                        device: device.clone(),
+                        metric: metric.clone(),
+                        ts_us: ts,
+                        value: x,
+                        score: score_of[i],
+                        status: st,
+                    },
+                );
+            }
+        }
+        let ctx = BatchContext {
+            gateway: &header.gateway,
+            incarnation: header.incarnation,
+            seq: header.seq,
+            model_id: &self.model.manifest.id,
+            model_version: &self.model.manifest.version,
+            ingested_at_us,
+        };
+        ScoredBatch {
+            model_error,
+            scored: out.finish_scored(&ctx),
+            anomalies: anomalies.finish_anomalies(&ctx),
+            events,
+            updates: updates.into_values().collect(),
+        }
+    }
+}
+
+pub fn format_ts(ts_us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(ts_us)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .unwrap_or_default()
+}
+
+struct BatchContext<'a> {
+    gateway: &'a str,
+    incarnation: u64,
+    seq: u64,
+    model_id: &'a str,
+    model_version: &'a str,
+    ingested_at_us: i64,
+}
+
+/// Column builders shared by the scored and anomaly tables.
+struct ScoredColumns {
+    device: StringBuilder,
+    metric: StringBuilder,
+    ts: TimestampMicrosecondBuilder,
+    value: Float64Builder,
+    status: StringBuilder,
+    score: Float64Builder,
+    threshold: Float64Builder,
+    severity: Float64Builder,
+    window_start: TimestampMicrosecondBuilder,
+    len: usize,
+}
+
+impl ScoredColumns {
+    fn new(rows: usize) -> Self {
+        Self {
+            device: StringBuilder::with_capacity(rows, rows * 8),
+            metric: StringBuilder::with_capacity(rows, rows * 8),
+            ts: TimestampMicrosecondBuilder::with_capacity(rows).with_timezone(tables::UTC),
+            value: Float64Builder::with_capacity(rows),
+            status: StringBuilder::with_capacity(rows, rows * 2),
+            score: Float64Builder::with_capacity(rows),
+            threshold: Float64Builder::with_capacity(rows),
+            severity: Float64Builder::new(),
+            window_start: TimestampMicrosecondBuilder::new().with_timezone(tables::UTC),
+            len: 0,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push_scored(
+        &mut self,
+        device: &str,
+        metric: &str,
+        ts: i64,
+        value: f64,
+        st: &str,
+        score: Option<f64>,
+        threshold: f64,
+    ) {
+        self.device.append_value(device);
+        self.metric.append_value(metric);
+        self.ts.append_value(ts);
+        self.value.append_value(value);
+        self.status.append_value(st);
+        self.score.append_option(score);
+        self.threshold.append_option(score.map(|_| threshold));
+        self.len += 1;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push_anomaly(
+        &mut self,
+        device: &str,
+        metric: &str,
+        ts: i64,
+        value: f64,
+        score: f64,
+        threshold: f64,
+        window_start: i64,
+    ) {
+        self.device.append_value(device);
+        self.metric.append_value(metric);
+        self.ts.append_value(ts);
+        self.value.append_value(value);
+        self.score.append_value(score);
+        self.threshold.append_value(threshold);
+        self.severity.append_value(score / threshold);
+        self.window_start.append_value(window_start);
+        self.len += 1;
+    }
+
+    fn context_columns(&self, ctx: &BatchContext<'_>) -> [ArrayRef; 6] {
+        let n = self.len;
+        let repeat_str = |s: &str| -> ArrayRef {
+            Arc::new(arrow_array::StringArray::from_iter_values(
+                std::iter::repeat_n(s, n),
+            ))
+        };
+        let repeat_u64 = |v: u64| -> ArrayRef {
+            let mut b = UInt64Builder::with_capacity(n);
+            b.append_value_n(v, n);
+            Arc::new(b.finish())
+        };
+        let mut ingested = TimestampMicrosecondBuilder::with_capacity(n).with_timezone(tables::UTC);
+        ingested.append_value_n(ctx.ingested_at_us, n);
+        [
+            repeat_str(ctx.model_id),
+            repeat_str(ctx.model_version),
+            repeat_str(ctx.gateway),
+            repeat_u64(ctx.incarnation),
+            repeat_u64(ctx.seq),
+            Arc::new(ingested.finish()),
+        ]
+    }
+
+    fn finish_scored(mut self, ctx: &BatchContext<'_>) -> RecordBatch {
+        let [model_id, model_version, gateway, incarnation, seq, ingested] =
+            self.context_columns(ctx);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.device.finish()),
+            Arc::new(self.metric.finish()),
+            Arc::new(self.ts.finish()),
+            Arc::new(self.value.finish()),
+            Arc::new(self.status.finish()),
+            Arc::new(self.score.finish()),
+            Arc::new(self.threshold.finish()),
+            model_id,
+            model_version,
+            gateway,
+            incarnation,
+            seq,
+            ingested,
+        ];
+        RecordBatch::try_new(tables::scored_schema(), columns)
+            .expect("columns match the scored schema")
+    }
+
+    fn finish_anomalies(mut self, ctx: &BatchContext<'_>) -> RecordBatch {
+        let [model_id, model_version, gateway, incarnation, seq, ingested] =
+            self.context_columns(ctx);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.device.finish()),
+            Arc::new(self.metric.finish()),
+            Arc::new(self.ts.finish()),
+            Arc::new(self.value.finish()),
+            Arc::new(self.score.finish()),
+            Arc::new(self.threshold.finish()),
+            Arc::new(self.severity.finish()),
+            Arc::new(self.window_start.finish()),
+            model_id,
+            model_version,
+            gateway,
+            incarnation,
+            seq,
+            ingested,
+        ];
+        RecordBatch::try_new(tables::anomaly_schema(), columns)
+            .expect("columns match the anomaly schema")
+    }
+}

@@ -1,0 +1,178 @@
+//! Counters of every hub stage, rendered as Prometheus text. Metric names
+//! live here and nowhere else.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+#[derive(Debug, Default)]
+pub struct HubStats {
+    pub batches_received_http: AtomicU64,
+    pub batches_received_mqtt: AtomicU64,
+    pub batches_durable: AtomicU64,
+    pub batches_duplicate: AtomicU64,
+    pub batches_rejected: AtomicU64,
+    pub batches_unreadable: AtomicU64,
+    pub batches_unavailable: AtomicU64,
+    pub batches_replayed: AtomicU64,
+    pub readings_durable: AtomicU64,
+    pub readings_scored: AtomicU64,
+    pub readings_archived: AtomicU64,
+    pub anomalies: AtomicU64,
+    pub wal_syncs: AtomicU64,
+    pub wal_bytes: AtomicU64,
+    pub wal_segments_deleted: AtomicU64,
+    pub files_committed: AtomicU64,
+    pub bytes_committed: AtomicU64,
+    pub scoring_errors: AtomicU64,
+    /// Set when the WAL could not be written or fsynced: intake stops.
+    pub wal_failed: AtomicBool,
+    /// Set when the archive could not be written: archiving stops, the WAL
+    /// keeps the data for the next start.
+    pub archive_failed: AtomicBool,
+    pub series: AtomicU64,
+    pub open_files: AtomicU64,
+}
+
+impl HubStats {
+    pub fn healthy(&self) -> bool {
+        !self.wal_failed.load(Relaxed) && !self.archive_failed.load(Relaxed)
+    }
+
+    pub fn render_prometheus(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let get = |c: &AtomicU64| c.load(Relaxed);
+        let mut metric = |kind: &str, name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        metric(
+            "counter",
+            "hub_batches_received_total{transport=\"http\"}",
+            "Batches received over HTTP.",
+            get(&self.batches_received_http),
+        );
+        metric(
+            "counter",
+            "hub_batches_received_total{transport=\"mqtt\"}",
+            "Batches received over MQTT.",
+            get(&self.batches_received_mqtt),
+        );
+        metric(
+            "counter",
+            "hub_batches_durable_total",
+            "Batches made durable in the WAL and acknowledged.",
+            get(&self.batches_durable),
+        );
+        metric(
+            "counter",
+            "hub_batches_duplicate_total",
+            "Batches dropped as duplicates of a durable batch.",
+            get(&self.batches_duplicate),
+        );
+        metric(
+            "counter",
+            "hub_batches_rejected_total",
+            "Batches rejected as invalid (answered).",
+            get(&self.batches_rejected),
+        );
+        metric(
+            "counter",
+            "hub_batches_unreadable_total",
+            "Inputs without a readable envelope header (cannot be answered).",
+            get(&self.batches_unreadable),
+        );
+        metric(
+            "counter",
+            "hub_batches_unavailable_total",
+            "Batches refused because the hub could not make them durable.",
+            get(&self.batches_unavailable),
+        );
+        metric(
+            "counter",
+            "hub_batches_replayed_total",
+            "Batches replayed from the WAL at start-up.",
+            get(&self.batches_replayed),
+        );
+        metric(
+            "counter",
+            "hub_readings_durable_total",
+            "Readings in durable batches.",
+            get(&self.readings_durable),
+        );
+        metric(
+            "counter",
+            "hub_readings_scored_total",
+            "Readings that received a model score.",
+            get(&self.readings_scored),
+        );
+        metric(
+            "counter",
+            "hub_readings_archived_total",
+            "Readings written to the scored table.",
+            get(&self.readings_archived),
+        );
+        metric(
+            "counter",
+            "hub_anomalies_total",
+            "Anomaly events.",
+            get(&self.anomalies),
+        );
+        metric(
+            "counter",
+            "hub_wal_syncs_total",
+            "WAL group commits (fsyncs).",
+            get(&self.wal_syncs),
+        );
+        metric(
+            "counter",
+            "hub_wal_bytes_total",
+            "Bytes appended to the WAL.",
+            get(&self.wal_bytes),
+        );
+        metric(
+            "counter",
+            "hub_wal_segments_deleted_total",
+            "WAL segments deleted after archiving.",
+            get(&self.wal_segments_deleted),
+        );
+        metric(
+            "counter",
+            "hub_files_committed_total",
+            "Parquet files committed.",
+            get(&self.files_committed),
+        );
+        metric(
+            "counter",
+            "hub_bytes_committed_total",
+            "Parquet bytes committed.",
+            get(&self.bytes_committed),
+        );
+        metric(
+            "counter",
+            "hub_scoring_errors_total",
+            "Batches the model failed on (rows archived unscored).",
+            get(&self.scoring_errors),
+        );
+        metric(
+            "gauge",
+            "hub_series",
+            "Device/metric series with scoring state.",
+            get(&self.series),
+        );
+        metric(
+            "gauge",
+            "hub_open_files",
+            "Parquet files being written.",
+            get(&self.open_files),
+        );
+        metric(
+            "gauge",
+            "hub_healthy",
+            "1 when WAL and archive are writable.",
+            u64::from(self.healthy()),
+        );
+        out
+    }
+}
