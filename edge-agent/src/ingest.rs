@@ -42,7 +42,7 @@ pub fn connect(cfg: &EdgeConfig, ack_capacity: usize) -> (AsyncClient, EventLoop
         // Every held acknowledgement may be queued at once when a batch is
         // acknowledged; size the request channel for it.
         .set_request_channel_capacity(ack_capacity);
-    AsyncClient::new(opts, ack_capacity)
+    crate::mqtt::client(opts, ack_capacity)
 }
 
 /// Runs in two phases. Until `stop_intake` flips, messages are decoded and

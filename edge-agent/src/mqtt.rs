@@ -82,10 +82,11 @@ impl OrderedAcker {
         let mut q = self.queue.lock().expect("ack queue lock");
         let (generation, base) = (q.generation, q.base);
         for a in acks {
-            if a.generation == generation && a.ordinal >= base {
-                if let Some(e) = q.entries.get_mut((a.ordinal - base) as usize) {
-                    e.released = true;
-                }
+            if a.generation == generation
+                && a.ordinal >= base
+                && let Some(e) = q.entries.get_mut((a.ordinal - base) as usize)
+            {
+                e.released = true;
             }
         }
         while q.entries.front().is_some_and(|e| e.released) {
@@ -125,4 +126,13 @@ impl OrderedAcker {
 pub fn backoff(attempt: u32, initial: Duration, cap: Duration) -> Duration {
     let exp = initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
     exp.min(cap).mul_f64(0.5 + fastrand::f64())
+}
+
+/// Creates a client whose socket has Nagle's algorithm off. Request/answer
+/// exchanges (a batch and its ack, a message and its PUBACK) otherwise wait
+/// for the peer's delayed ACK, about 40 ms on Linux, per round trip.
+pub fn client(opts: rumqttc::MqttOptions, capacity: usize) -> (AsyncClient, rumqttc::EventLoop) {
+    let (client, mut eventloop) = AsyncClient::new(opts, capacity);
+    eventloop.network_options.set_tcp_nodelay(true);
+    (client, eventloop)
 }

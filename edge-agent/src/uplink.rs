@@ -77,7 +77,8 @@ impl Transport {
                         schemas::DecodeLimits::default().max_envelope_bytes,
                     )
                     .set_inflight(cfg.uplink.max_in_flight.clamp(1, u16::MAX as usize) as u16 * 2);
-                let (client, eventloop) = AsyncClient::new(opts, cfg.uplink.max_in_flight * 2 + 8);
+                let (client, eventloop) =
+                    crate::mqtt::client(opts, cfg.uplink.max_in_flight * 2 + 8);
                 let ack_topic = format!("{}/acks/{}", m.topic_prefix, cfg.gateway_id);
                 tokio::spawn(run_mqtt_answers(
                     client.clone(),

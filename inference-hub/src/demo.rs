@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use edge_agent::config::{EdgeConfig, Subscription, UplinkKind};
 use edge_agent::{Agent, AgentHandle};
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use rumqttc::{MqttOptions, QoS};
 use tokio::sync::watch;
 
 use crate::broker;
@@ -119,7 +119,9 @@ pub fn synthetic(devices: usize, points: usize) -> Vec<DeviceSeries> {
 }
 
 /// Publishes `series` to `topic_root/<device>/value` at `rate` msg/s per
-/// device until done or `stop` flips. QoS 1.
+/// device until done or `stop` flips, with QoS 1. Counts a message only once
+/// the broker has acknowledged it, and waits for every acknowledgement before
+/// disconnecting.
 pub async fn publish_devices(
     broker_port: u16,
     client_id: String,
@@ -132,12 +134,20 @@ pub async fn publish_devices(
     let mut opts = MqttOptions::new(client_id, "127.0.0.1", broker_port);
     opts.set_keep_alive(Duration::from_secs(30))
         .set_inflight(1000);
-    let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+    let (client, mut eventloop) = edge_agent::mqtt::client(opts, 1000);
+    let broker_acked = Arc::new(AtomicU64::new(0));
+    let acked = broker_acked.clone();
     let poller = tokio::spawn(async move {
         loop {
-            if let Err(e) = eventloop.poll().await {
-                tracing::debug!(error = %e, "device connection error");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                    acked.fetch_add(1, Relaxed);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "device connection error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             }
         }
     });
@@ -145,6 +155,7 @@ pub async fn publish_devices(
     let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let (mut valid, mut malformed) = (0u64, 0u64);
     'outer: for i in 0..longest {
         tokio::select! {
             _ = tick.tick() => {}
@@ -156,11 +167,10 @@ pub async fn publish_devices(
             };
             let topic = format!("{topic_root}/{}/value", s.device);
             let n = i as u64 + 1;
-            let payload = if n % MALFORMED_EVERY == 0 {
-                counts.malformed.fetch_add(1, Relaxed);
+            let bad = n.is_multiple_of(MALFORMED_EVERY);
+            let payload = if bad {
                 b"{\"value\": not-a-number".to_vec()
             } else {
-                counts.valid.fetch_add(1, Relaxed);
                 serde_json::to_vec(
                     &serde_json::json!({"value": value, "ts": crate::scoring::format_ts(ts)}),
                 )
@@ -173,12 +183,30 @@ pub async fn publish_devices(
             {
                 break 'outer;
             }
+            if bad {
+                malformed += 1;
+            } else {
+                valid += 1;
+            }
         }
     }
-    // Give the client time to flush its in-flight publishes.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every message is acknowledged by the broker before we go (bounded).
+    let sent = valid + malformed;
+    let wait = Instant::now();
+    while broker_acked.load(Relaxed) < sent && wait.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if broker_acked.load(Relaxed) < sent {
+        tracing::warn!(
+            sent,
+            acked = broker_acked.load(Relaxed),
+            "broker did not acknowledge every device message"
+        );
+    }
+    counts.valid.fetch_add(valid, Relaxed);
+    counts.malformed.fetch_add(malformed, Relaxed);
     let _ = client.disconnect().await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     poller.abort();
 }
 
@@ -330,9 +358,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
         let rate = (archived - last.1) as f64 / last.0.elapsed().as_secs_f64();
         last = (Instant::now(), archived);
         println!(
-            "[{:>5.0}s] published {:>8}  archived {:>8} ({:>7.0} readings/s)  batches {:>6}  anomalies {:>5}  files {:>3}  rejected at edge {:>3}",
+            "[{:>5.0}s] edge accepted {:>8}  archived {:>8} ({:>7.0} readings/s)  batches {:>6}  anomalies {:>5}  files {:>3}  rejected at edge {:>3}",
             started.elapsed().as_secs_f64(),
-            counts.valid.load(Relaxed) + counts.malformed.load(Relaxed),
+            agents
+                .iter()
+                .map(|a| a.stats.readings_accepted.load(Relaxed))
+                .sum::<u64>(),
             archived,
             rate,
             hub.stats.batches_durable.load(Relaxed),
@@ -345,18 +376,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
     for p in publishers {
         let _ = p.await;
     }
-    // Wait until every accepted reading is delivered (bounded).
+    // Wait until every message the broker took from the devices has been
+    // delivered to the hub or rejected at the edge (bounded).
     let settle = Instant::now();
-    while settle.elapsed() < Duration::from_secs(15) {
-        let accepted: u64 = agents
-            .iter()
-            .map(|a| a.stats.readings_accepted.load(Relaxed))
-            .sum();
+    let published = counts.valid.load(Relaxed) + counts.malformed.load(Relaxed);
+    while settle.elapsed() < Duration::from_secs(60) {
         let delivered: u64 = agents
             .iter()
             .map(|a| a.stats.readings_delivered.load(Relaxed))
             .sum();
-        if delivered >= accepted {
+        let rejected: u64 = agents.iter().map(|a| a.stats.rejected_total()).sum();
+        if delivered + rejected >= published {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

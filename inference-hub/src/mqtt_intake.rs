@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{Event, MqttOptions, Packet, QoS};
 use tokio::sync::{Semaphore, watch};
 
 use edge_agent::mqtt::{OrderedAcker, backoff};
@@ -39,7 +39,7 @@ pub async fn run(
         .set_manual_acks(true)
         .set_max_packet_size(intake.limits().max_envelope_bytes + 1024, 64 * 1024)
         .set_request_channel_capacity(MAX_CONCURRENT * 2 + 16);
-    let (client, mut eventloop) = AsyncClient::new(opts, MAX_CONCURRENT * 2 + 16);
+    let (client, mut eventloop) = edge_agent::mqtt::client(opts, MAX_CONCURRENT * 2 + 16);
     let filter = format!("$share/{}/{}/batches/+", m.share_group, m.topic_prefix);
     let ack_prefix = format!("{}/acks/", m.topic_prefix);
     let permits = Arc::new(Semaphore::new(MAX_CONCURRENT));

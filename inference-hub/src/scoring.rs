@@ -214,10 +214,10 @@ impl Scorer {
                 Some(s) if s > self.threshold => status::ANOMALOUS,
                 Some(_) => status::OK,
             };
-            if st == status::OK {
-                if let Some(state) = self.series.get_mut(&keys[i]) {
-                    state.follow(x, warmup);
-                }
+            if st == status::OK
+                && let Some(state) = self.series.get_mut(&keys[i])
+            {
+                state.follow(x, warmup);
             }
             out.push_scored(device, metric, ts, x, st, score_of[i], self.threshold);
             if let (status::ANOMALOUS, Some(score)) = (st, score_of[i]) {
