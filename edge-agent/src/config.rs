@@ -30,7 +30,7 @@ pub struct EdgeConfig {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", default)]
 pub struct MqttSettings {
     pub host: String,
     pub port: u16,
@@ -101,7 +101,7 @@ fn default_subscriptions() -> Vec<Subscription> {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", default)]
 pub struct BatchSettings {
     /// A batch is sealed when it holds this many readings (or
     /// `mqtt.broker-inflight / 2` unacknowledged device messages)...
@@ -129,7 +129,7 @@ pub enum UplinkKind {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", default)]
 pub struct UplinkSettings {
     pub kind: UplinkKind,
     /// Batches sent but not yet acknowledged by the hub. Bounds the agent's
@@ -165,7 +165,7 @@ impl Default for UplinkSettings {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", default)]
 pub struct UplinkMqtt {
     pub host: String,
     pub port: u16,
@@ -191,7 +191,7 @@ impl Default for UplinkMqtt {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", default)]
 pub struct UplinkHttp {
     /// Base URL of the hub; batches are POSTed to `<url>/v1/batches`.
     pub url: String,

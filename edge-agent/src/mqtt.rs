@@ -136,3 +136,79 @@ pub fn client(opts: rumqttc::MqttOptions, capacity: usize) -> (AsyncClient, rumq
     eventloop.network_options.set_tcp_nodelay(true);
     (client, eventloop)
 }
+
+#[cfg(test)]
+mod tests {
+    use rumqttc::MqttOptions;
+
+    use super::*;
+
+    fn publish(pkid: u16) -> Publish {
+        let mut p = Publish::new("t", QoS::AtLeastOnce, Vec::<u8>::new());
+        p.pkid = pkid;
+        p
+    }
+
+    fn acker() -> (OrderedAcker, Arc<AtomicU64>, rumqttc::EventLoop) {
+        let (client, eventloop) = AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1), 64);
+        let sent = Arc::new(AtomicU64::new(0));
+        (
+            OrderedAcker::new(&client, sent.clone(), Arc::default()),
+            sent,
+            eventloop,
+        )
+    }
+
+    #[test]
+    fn acknowledgements_leave_in_arrival_order() {
+        let (acker, sent, _eventloop) = acker();
+        let a: Vec<PendingAck> = (1..=3)
+            .filter_map(|i| acker.register(&publish(i)))
+            .collect();
+        acker.release(&[a[2]]);
+        acker.release(&[a[1]]);
+        assert_eq!(
+            sent.load(Relaxed),
+            0,
+            "nothing may pass the unreleased first message"
+        );
+        assert_eq!(acker.pending(), 3);
+        acker.release(&[a[0]]);
+        assert_eq!(sent.load(Relaxed), 3);
+        assert_eq!(acker.pending(), 0);
+    }
+
+    #[test]
+    fn a_reconnect_forgets_the_old_connections_messages() {
+        let (acker, sent, _eventloop) = acker();
+        let old = acker.register(&publish(1)).unwrap();
+        acker.new_generation();
+        let new = acker.register(&publish(1)).unwrap();
+        acker.release(&[old]);
+        assert_eq!(
+            sent.load(Relaxed),
+            0,
+            "a stale packet id must not be acknowledged"
+        );
+        acker.release(&[new]);
+        assert_eq!(sent.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn qos0_messages_need_no_acknowledgement() {
+        let (acker, _, _eventloop) = acker();
+        let p = Publish::new("t", QoS::AtMostOnce, Vec::<u8>::new());
+        assert!(acker.register(&p).is_none());
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let (initial, cap) = (Duration::from_millis(100), Duration::from_secs(2));
+        for attempt in 1..30 {
+            let d = backoff(attempt, initial, cap);
+            assert!(d <= cap.mul_f64(1.5), "attempt {attempt}: {d:?}");
+            let expected = initial.saturating_mul(1 << (attempt - 1).min(20)).min(cap);
+            assert!(d >= expected.mul_f64(0.5), "attempt {attempt}: {d:?}");
+        }
+    }
+}

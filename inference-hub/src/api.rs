@@ -187,3 +187,6 @@ fn status_for(error: &DecodeError) -> StatusCode {
         DecodeErrorClass::InvalidContent => StatusCode::UNPROCESSABLE_ENTITY,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -30,7 +30,6 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow_array::{Array, RecordBatch, TimestampMicrosecondArray, UInt32Array};
@@ -381,5 +380,22 @@ pub fn committed_files(root: &Path, table: Table) -> io::Result<Vec<PathBuf>> {
         .collect())
 }
 
-/// Shared handle type used by the pipeline thread.
-pub type SharedArchiveRoot = Arc<PathBuf>;
+/// Reads every committed file of a table (tests, tools; not for large
+/// archives: it loads everything).
+pub fn read_table(root: &Path, table: Table) -> io::Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    for path in committed_files(root, table)? {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            File::open(&path)?,
+        )
+        .and_then(|b| b.build())
+        .map_err(io::Error::other)?;
+        for batch in reader {
+            out.push(batch.map_err(io::Error::other)?);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

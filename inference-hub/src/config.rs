@@ -33,7 +33,7 @@ pub struct HubConfig {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", default)]
 pub struct HubMqtt {
     /// Receive batches over MQTT. HTTP intake is always on.
     pub enabled: bool,
@@ -64,7 +64,7 @@ impl Default for HubMqtt {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", default)]
 pub struct HubHttp {
     pub listen: SocketAddr,
 }
@@ -78,7 +78,7 @@ impl Default for HubHttp {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", default)]
 pub struct IntakeSettings {
     /// Largest envelope accepted, bytes (also the HTTP body limit).
     pub max_batch_bytes: usize,
@@ -104,7 +104,7 @@ impl Default for IntakeSettings {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", default)]
 pub struct ArchiveSettings {
     /// Archive root; defaults to `<data-dir>/archive`.
     pub path: Option<PathBuf>,
@@ -129,7 +129,7 @@ impl Default for ArchiveSettings {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", default)]
 pub struct ScoringSettings {
     /// Directory holding `manifest.json` and the ONNX file it names.
     pub model_dir: PathBuf,
@@ -148,6 +148,11 @@ impl Default for ScoringSettings {
             threshold: None,
         }
     }
+}
+
+/// The model shipped in this repository's `models/univariate-ae`.
+pub fn bundled_model_dir() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../models/univariate-ae")
 }
 
 impl HubConfig {
@@ -169,8 +174,9 @@ impl HubConfig {
     pub fn for_dir(hub_id: &str, data_dir: &std::path::Path) -> Self {
         let mut cfg: Self = schemas::settings::load_str(
             &format!(
-                "hub-id = {hub_id:?}\ndata-dir = {:?}",
-                data_dir.display().to_string()
+                "hub-id = {hub_id:?}\ndata-dir = {:?}\n[scoring]\nmodel-dir = {:?}",
+                data_dir.display().to_string(),
+                bundled_model_dir()
             ),
             ENV_PREFIX,
             Vec::new(),

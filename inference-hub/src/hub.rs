@@ -237,7 +237,7 @@ impl HubHandle {
             let _ = mqtt.await;
         }
         let _ = self.http.await;
-        drop(self.intake);
+        self.intake.close().await;
         let (sequencer, pipeline) = (self.sequencer, self.pipeline);
         tokio::task::spawn_blocking(move || {
             let mut sequencer = sequencer.join().expect("sequencer thread panicked");

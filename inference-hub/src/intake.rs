@@ -57,10 +57,17 @@ struct Request {
     reply: oneshot::Sender<Result<AckStatus, SubmitError>>,
 }
 
+enum Message {
+    Batch(Request),
+    /// Finish what is queued before this and stop; later submissions are
+    /// refused as unavailable.
+    Close,
+}
+
 /// Cheap, cloneable entry point used by every transport.
 #[derive(Debug, Clone)]
 pub struct IntakeHandle {
-    tx: mpsc::Sender<Request>,
+    tx: mpsc::Sender<Message>,
     limits: DecodeLimits,
     stats: Arc<HubStats>,
 }
@@ -99,7 +106,7 @@ impl IntakeHandle {
         let header = batch.header.clone();
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Request { batch, raw, reply })
+            .send(Message::Batch(Request { batch, raw, reply }))
             .await
             .map_err(|_| SubmitError::Unavailable("intake is shut down"))?;
         let status = answer
@@ -115,6 +122,11 @@ impl IntakeHandle {
 
     pub fn limits(&self) -> DecodeLimits {
         self.limits
+    }
+
+    /// Stops the sequencer after everything already queued.
+    pub async fn close(&self) {
+        let _ = self.tx.send(Message::Close).await;
     }
 }
 
@@ -153,10 +165,15 @@ const MAX_GROUP: usize = 4096;
 
 fn run_sequencer(
     mut s: Sequencer,
-    mut rx: mpsc::Receiver<Request>,
+    mut rx: mpsc::Receiver<Message>,
     out: std::sync::mpsc::SyncSender<DurableBatch>,
 ) -> Sequencer {
-    while let Some(first) = rx.blocking_recv() {
+    let mut closing = false;
+    while !closing {
+        let first = match rx.blocking_recv() {
+            Some(Message::Batch(r)) => r,
+            Some(Message::Close) | None => break,
+        };
         if s.stats.wal_failed.load(Relaxed) {
             let _ = first.reply.send(Err(SubmitError::Unavailable(
                 "the WAL failed; the hub needs an operator",
@@ -170,7 +187,11 @@ fn run_sequencer(
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
-                Ok(r) => group.push(r),
+                Ok(Message::Batch(r)) => group.push(r),
+                Ok(Message::Close) => {
+                    closing = true;
+                    break;
+                }
                 Err(_) => break,
             }
         }
@@ -258,6 +279,7 @@ fn run_sequencer(
         }
         s.trim_wal();
     }
+    rx.close();
     // Shutdown: leave a snapshot that covers everything, so the next start
     // replays nothing for dedup. The hub deletes archived segments once the
     // pipeline has committed its last files.

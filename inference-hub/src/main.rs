@@ -48,15 +48,9 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         rate: u32,
         /// Model directory (manifest.json + ONNX file).
-        #[arg(long, default_value = default_model_dir())]
+        #[arg(long, default_value = inference_hub::config::bundled_model_dir())]
         model_dir: PathBuf,
     },
-}
-
-/// `models/univariate-ae` of this checkout, so `cargo run` works from any
-/// directory of the repository.
-fn default_model_dir() -> &'static str {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../models/univariate-ae")
 }
 
 fn main() -> ExitCode {

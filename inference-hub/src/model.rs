@@ -168,3 +168,6 @@ impl Model {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -14,6 +14,10 @@
 //! statistics as they stood when the batch began (plus the warm-up updates),
 //! which keeps the model call whole.
 //!
+//! Every reading gets a status; an anomaly *event* is emitted for the first
+//! anomalous reading of a run (a spike stays in the window for `window`
+//! readings, which would otherwise be `window` events for one incident).
+//!
 //! Readings are processed in the order they arrive; reordering late readings
 //! is not done here yet (see the models issue).
 
@@ -31,6 +35,9 @@ use crate::model::{Model, ModelError};
 
 #[derive(Debug, Default)]
 struct SeriesState {
+    /// The previous reading was anomalous: a run of anomalous readings (a
+    /// spike stays in the window for `window` readings) is one event.
+    in_anomaly: bool,
     count: u64,
     mean: f64,
     /// Welford's sum of squares during warm-up, then the variance itself.
@@ -220,7 +227,15 @@ impl Scorer {
                 state.follow(x, warmup);
             }
             out.push_scored(device, metric, ts, x, st, score_of[i], self.threshold);
-            if let (status::ANOMALOUS, Some(score)) = (st, score_of[i]) {
+            let starts_event = match self.series.get_mut(&keys[i]) {
+                Some(state) if score_of[i].is_some() => {
+                    let starts = st == status::ANOMALOUS && !state.in_anomaly;
+                    state.in_anomaly = st == status::ANOMALOUS;
+                    starts
+                }
+                _ => false,
+            };
+            if let (true, Some(score)) = (starts_event, score_of[i]) {
                 // The window ends at this reading; its start is approximated by
                 // the earliest timestamp the window could hold in this batch.
                 let window_start = (i.saturating_sub(w - 1)..=i)
@@ -435,3 +450,6 @@ impl ScoredColumns {
             .expect("columns match the anomaly schema")
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,7 +16,7 @@
 //!
 //! Version 1 header: `gateway_len: u8`, `gateway: [u8; gateway_len]` (UTF-8,
 //! 1..=128 bytes), `incarnation: u64`, `seq: u64`, `row_count: u32`,
-//! `first_event_us: i64`, `last_event_us: i64`. A later version may append
+//! `first_event_us: i64`, `last_event_us: i64`. Sequence numbers start at 1. A later version may append
 //! header fields; a hub keeps decoding every version it ever knew, so a newer
 //! hub reads an older edge's batches (see `decode_header`).
 //!
@@ -188,6 +188,8 @@ pub enum EncodeError {
     BadGateway,
     #[error("batch is empty")]
     Empty,
+    #[error("sequence numbers start at 1")]
+    ZeroSeq,
     #[error("batch has too many rows for one envelope")]
     TooManyRows,
     #[error("batch does not have the reading columns: {0}")]
@@ -209,6 +211,9 @@ pub fn encode(
 ) -> Result<(BatchHeader, Vec<u8>), EncodeError> {
     if gateway.is_empty() || gateway.len() > MAX_GATEWAY_LEN {
         return Err(EncodeError::BadGateway);
+    }
+    if seq == 0 {
+        return Err(EncodeError::ZeroSeq);
     }
     if readings.num_rows() == 0 {
         return Err(EncodeError::Empty);
@@ -383,6 +388,9 @@ fn decode_header(version: u16, head: &[u8]) -> Result<BatchHeader, DecodeError> 
                 return Err(DecodeError::Header(
                     "trailing bytes after a version 1 header",
                 ));
+            }
+            if header.seq == 0 {
+                return Err(DecodeError::Header("sequence numbers start at 1"));
             }
             if header.first_event_us > header.last_event_us {
                 return Err(DecodeError::Header(

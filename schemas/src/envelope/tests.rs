@@ -199,7 +199,7 @@ proptest! {
     fn roundtrip_any_readings(
         rows in proptest::collection::vec(("[a-z0-9-]{1,12}", "[a-z_]{1,8}", any::<i64>(), any::<f64>()), 1..50),
         incarnation in any::<u64>(),
-        seq in any::<u64>(),
+        seq in 1..u64::MAX,
     ) {
         let mut cols = ReadingColumns::default();
         for (d, m, t, v) in &rows {
@@ -217,4 +217,20 @@ proptest! {
             prop_assert_eq!(r.value.to_bits(), v.to_bits());
         }
     }
+}
+
+#[test]
+fn sequence_numbers_start_at_one() {
+    assert!(matches!(
+        encode("gw", 1, 0, &sample(1)),
+        Err(EncodeError::ZeroSeq)
+    ));
+    let (_, mut bytes) = encode("gw", 1, 1, &sample(1)).unwrap();
+    let at = PREAMBLE_LEN + 1 + 2 + 8;
+    bytes[at..at + 8].copy_from_slice(&0u64.to_le_bytes());
+    reseal(&mut bytes);
+    assert_eq!(
+        decode(&bytes, &DecodeLimits::default()).unwrap_err(),
+        DecodeError::Header("sequence numbers start at 1")
+    );
 }

@@ -1,0 +1,193 @@
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::Request;
+use http_body_util::BodyExt;
+use schemas::ReadingColumns;
+use schemas::envelope;
+use tower::ServiceExt;
+
+use super::*;
+use crate::config::HubConfig;
+
+async fn test_hub(dir: &std::path::Path) -> crate::hub::HubHandle {
+    let mut cfg = HubConfig::for_dir("api", dir);
+    cfg.mqtt.enabled = false;
+    crate::hub::start(cfg).await.unwrap()
+}
+
+fn router_for(hub: &crate::hub::HubHandle) -> Router {
+    router(ApiContext {
+        intake: hub.intake.clone(),
+        state: hub.state.clone(),
+        stats: hub.stats.clone(),
+    })
+}
+
+fn envelope_bytes(seq: u64, rows: usize) -> Vec<u8> {
+    let mut cols = ReadingColumns::default();
+    for i in 0..rows {
+        cols.push(
+            "pump-7",
+            "temp",
+            1_700_000_000_000_000 + i as i64 * 1_000_000,
+            20.0 + i as f64,
+        );
+    }
+    envelope::encode("gw-api", 42, seq, &cols.finish())
+        .unwrap()
+        .1
+}
+
+async fn call(app: &Router, req: Request<Body>) -> (StatusCode, serde_json::Value) {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::String(
+        String::from_utf8_lossy(&bytes).into(),
+    ));
+    (status, json)
+}
+
+fn post(bytes: Vec<u8>) -> Request<Body> {
+    Request::post("/v1/batches")
+        .body(Body::from(bytes))
+        .unwrap()
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+#[tokio::test]
+async fn batch_is_acknowledged_durable_once_then_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = test_hub(dir.path()).await;
+    let app = router_for(&hub);
+    let (status, body) = call(&app, post(envelope_bytes(1, 10))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "durable");
+    assert_eq!(
+        (body["gateway"].as_str(), body["seq"].as_u64()),
+        (Some("gw-api"), Some(1))
+    );
+    let (status, body) = call(&app, post(envelope_bytes(1, 10))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "duplicate");
+    assert_eq!(
+        hub.stats
+            .batches_durable
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_batches_get_the_status_their_fault_deserves() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = test_hub(dir.path()).await;
+    let app = router_for(&hub);
+
+    let (status, body) = call(&app, post(b"garbage".to_vec())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "unreadable_batch");
+
+    // Valid header and checksum, but the header lies about the row count.
+    let mut forged = envelope_bytes(2, 5);
+    let at = envelope::PREAMBLE_LEN + 1 + "gw-api".len() + 16;
+    forged[at..at + 4].copy_from_slice(&6u32.to_le_bytes());
+    let crc = crc32c::crc32c(&forged[envelope::PREAMBLE_LEN..]);
+    forged[12..16].copy_from_slice(&crc.to_le_bytes());
+    let (status, body) = call(&app, post(forged)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["status"], "rejected");
+    assert_eq!(body["seq"], 2);
+
+    let too_big = vec![0u8; hub.intake.limits().max_envelope_bytes + 1];
+    let (status, _) = call(&app, post(too_big)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn devices_health_metrics_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = test_hub(dir.path()).await;
+    let app = router_for(&hub);
+    call(&app, post(envelope_bytes(1, 30))).await;
+
+    let mut devices = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (_, body) = call(&app, get("/v1/devices")).await;
+        if body["devices"].as_array().is_some_and(|d| !d.is_empty()) {
+            devices = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let device = &devices["devices"][0];
+    assert_eq!(device["device"], "pump-7");
+    assert_eq!(device["status"], "warming_up");
+    assert_eq!(device["metrics"][0]["metric"], "temp");
+    assert_eq!(device["metrics"][0]["value"], 49.0);
+
+    let (status, body) = call(&app, get("/health")).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+
+    let resp = app.clone().oneshot(get("/metrics")).await.unwrap();
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(text.contains("hub_batches_durable_total 1"), "{text}");
+
+    let (status, body) = call(&app, get("/v1/anomalies?limit=0")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["error"]["code"], "bad_limit");
+    let (status, _) = call(&app, get("/v1/anomalies?since=yesterday")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, body) = call(&app, get("/v1/anomalies?since=0&device=pump-7")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["anomalies"].as_array().unwrap().is_empty());
+    let (status, body) = call(&app, get("/v1/nope")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn acknowledged_batches_survive_a_restart_without_being_archived_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = test_hub(dir.path()).await;
+    let app = router_for(&hub);
+    for seq in 1..=5 {
+        call(&app, post(envelope_bytes(seq, 20))).await;
+    }
+    hub.shutdown().await;
+
+    let hub = test_hub(dir.path()).await;
+    let app = router_for(&hub);
+    // A gateway retrying after the restart is told "duplicate".
+    let (_, body) = call(&app, post(envelope_bytes(3, 20))).await;
+    assert_eq!(body["status"], "duplicate");
+    call(&app, post(envelope_bytes(6, 20))).await;
+    let root = hub.archive_root.clone();
+    hub.shutdown().await;
+    let rows: usize = crate::archive::read_table(&root, crate::archive::Table::Scored)
+        .unwrap()
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(rows, 6 * 20);
+}

@@ -1,0 +1,75 @@
+use std::path::PathBuf;
+
+use super::*;
+
+fn models_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models")
+}
+
+#[derive(Deserialize)]
+struct Golden {
+    input: Vec<Vec<f32>>,
+    score: Vec<f32>,
+}
+
+/// tract must agree with onnxruntime (the reference that produced the golden
+/// vectors) within float32 summation error: 1e-4 relative, 1e-5 absolute.
+#[test]
+fn tract_matches_onnxruntime_golden_vectors_for_every_committed_model() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(models_dir()).unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.join("manifest.json").is_file() {
+            continue;
+        }
+        let model = Model::load(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let golden: Golden =
+            serde_json::from_slice(&std::fs::read(dir.join("golden.json")).unwrap()).unwrap();
+        let flat: Vec<f32> = golden.input.iter().flatten().copied().collect();
+        let scores = model.score(&flat).unwrap();
+        assert_eq!(scores.len(), golden.score.len());
+        for (i, (got, want)) in scores.iter().zip(&golden.score).enumerate() {
+            let tolerance = 1e-5 + 1e-4 * want.abs();
+            assert!(
+                (got - want).abs() <= tolerance,
+                "{} window {i}: tract {got} vs onnxruntime {want}",
+                dir.display()
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 1, "no model directory found under models/");
+}
+
+#[test]
+fn a_tampered_model_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = models_dir().join("univariate-ae");
+    std::fs::copy(src.join("manifest.json"), dir.path().join("manifest.json")).unwrap();
+    let mut bytes = std::fs::read(src.join("model.onnx")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(dir.path().join("model.onnx"), bytes).unwrap();
+    assert!(matches!(
+        Model::load(dir.path()),
+        Err(ModelError::Checksum { .. })
+    ));
+}
+
+#[test]
+fn a_file_that_is_not_onnx_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = b"definitely not a protobuf";
+    let sha = Sha256::digest(junk)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    let manifest = serde_json::json!({
+        "id": "junk", "version": "0", "file": "model.onnx", "sha256": sha, "opset": 17,
+        "input": {"name": "window", "window": 4, "clip": 10.0},
+        "score_output": "score", "threshold": 1.0
+    });
+    std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
+    std::fs::write(dir.path().join("model.onnx"), junk).unwrap();
+    assert!(matches!(Model::load(dir.path()), Err(ModelError::Load(_))));
+}
