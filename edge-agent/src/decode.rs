@@ -422,6 +422,21 @@ mod tests {
     }
 
     #[test]
+    fn numbers_parse_to_the_exact_value_sent() {
+        for v in [
+            10.198669330795061_f64,
+            0.1,
+            1e-300,
+            123456789.12345679,
+            -2.2250738585072014e-308,
+        ] {
+            let payload = format!("{v}");
+            let d = decode_json(&tpl(), "sensors/a/b", payload.as_bytes(), NOW).unwrap();
+            assert_eq!(d.readings[0].value.to_bits(), v.to_bits(), "{payload}");
+        }
+    }
+
+    #[test]
     fn topic_filters_match_like_a_broker() {
         assert!(filter_matches("sensors/+/+", "sensors/a/b"));
         assert!(!filter_matches("sensors/+/+", "sensors/a"));

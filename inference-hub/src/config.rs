@@ -143,16 +143,16 @@ pub struct ScoringSettings {
 impl Default for ScoringSettings {
     fn default() -> Self {
         Self {
-            model_dir: PathBuf::from("models/univariate-ae"),
+            model_dir: PathBuf::from("models/univariate-forecast"),
             warmup_readings: 200,
             threshold: None,
         }
     }
 }
 
-/// The model shipped in this repository's `models/univariate-ae`.
+/// The model shipped in this repository's `models/univariate-forecast`.
 pub fn bundled_model_dir() -> &'static str {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../models/univariate-ae")
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../models/univariate-forecast")
 }
 
 impl HubConfig {

@@ -44,7 +44,7 @@ fn tract_matches_onnxruntime_golden_vectors_for_every_committed_model() {
 #[test]
 fn a_tampered_model_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let src = models_dir().join("univariate-ae");
+    let src = models_dir().join("univariate-forecast");
     std::fs::copy(src.join("manifest.json"), dir.path().join("manifest.json")).unwrap();
     let mut bytes = std::fs::read(src.join("model.onnx")).unwrap();
     let last = bytes.len() - 1;

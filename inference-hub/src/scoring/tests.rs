@@ -7,7 +7,8 @@ use schemas::envelope::{self, DecodeLimits};
 use super::*;
 
 fn model() -> Model {
-    Model::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/univariate-ae")).unwrap()
+    Model::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/univariate-forecast"))
+        .unwrap()
 }
 
 /// A noisy sine for `device` with one large spike at `spike_at`.
@@ -82,7 +83,7 @@ fn an_injected_spike_is_flagged_once_warm_at_any_scale() {
             ("d1", "temp")
         );
         assert!(event.severity > 1.0);
-        assert_eq!(event.model_id, "univariate-ae");
+        assert_eq!(event.model_id, "univariate-forecast");
     }
 }
 

@@ -1,10 +1,12 @@
-"""Train the univariate window autoencoder and write it as ONNX.
+"""Train the univariate window forecaster and write it as ONNX.
 
 The model sees a window of WINDOW consecutive readings of one device/metric,
 each already z-normalised by the hub with that series' own mean and standard
-deviation (learned during the series' warm-up). It reconstructs the window
-through a narrow bottleneck; the mean squared reconstruction error is the
-anomaly score, computed inside the graph so every runtime agrees on it.
+deviation (learned during the series' warm-up). A small MLP predicts the
+newest reading from the WINDOW-1 before it; the squared forecast error of the
+newest reading is the anomaly score, computed inside the graph so every
+runtime agrees on it. (An autoencoder that also sees the newest reading can
+partly copy it and under-scores exactly the reading being judged.)
 
 Training data is only what a deployment has before it scores anything:
   * the NAB files labelled as containing no anomaly (artificialNoAnomaly), and
@@ -14,7 +16,7 @@ Each series is normalised with the statistics of its own first 15%, exactly as
 the hub's warm-up does.
 
 Deterministic: fixed seed, float64 numpy training, float32 weights in the file.
-Usage: python train_univariate_ae.py --nab ../../shared/datasets/nab --out ../univariate-ae
+Usage: python train_univariate_forecast.py --nab ../../shared/datasets/nab --out ../univariate-forecast
 """
 
 import argparse
@@ -29,11 +31,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 WINDOW = 16
-HIDDEN = 6
+HIDDEN = 8
 SEED = 20261126
 WARMUP_FRACTION = 0.15
 OPSET = 17
-MODEL_ID = "univariate-ae"
+MODEL_ID = "univariate-forecast"
 MODEL_VERSION = "1.0.0"
 
 
@@ -79,30 +81,38 @@ CLIP = 10.0
 THRESHOLD_QUANTILE = 0.99
 
 
-def train(x, epochs=60, batch=256, lr=3e-3):
+def train(x, epochs=40, batch=256, lr=3e-3):
+    """x: [n, WINDOW]; learns f(x[:, :-1]) ~ x[:, -1] with Adam."""
     rng = np.random.default_rng(SEED)
-    w1 = rng.normal(0, 1 / np.sqrt(WINDOW), (WINDOW, HIDDEN))
+    ctx, target = x[:, :-1], x[:, -1:]
+    k = WINDOW - 1
+    w1 = rng.normal(0, 1 / np.sqrt(k), (k, HIDDEN))
     b1 = np.zeros(HIDDEN)
-    w2 = rng.normal(0, 1 / np.sqrt(HIDDEN), (HIDDEN, WINDOW))
-    b2 = np.zeros(WINDOW)
-    params = [w1, b1, w2, b2]
+    w2 = rng.normal(0, 1 / np.sqrt(HIDDEN), (HIDDEN, 1))
+    b2 = np.zeros(1)
+    # A linear skip from the inputs lets the net start from "persistence".
+    w3 = np.zeros((k, 1))
+    w3[-1, 0] = 1.0
+    params = [w1, b1, w2, b2, w3]
     m = [np.zeros_like(p) for p in params]
     v = [np.zeros_like(p) for p in params]
     step = 0
     for _ in range(epochs):
         order = rng.permutation(len(x))
         for start in range(0, len(x), batch):
-            xb = x[order[start:start + batch]]
+            idx = order[start:start + batch]
+            xb, yb = ctx[idx], target[idx]
             h = np.tanh(xb @ w1 + b1)
-            y = h @ w2 + b2
-            d_y = 2 * (y - xb) / xb.size
+            y = h @ w2 + b2 + xb @ w3
+            d_y = 2 * (y - yb) / len(xb)
             g_w2 = h.T @ d_y
             g_b2 = d_y.sum(0)
+            g_w3 = xb.T @ d_y
             d_h = (d_y @ w2.T) * (1 - h * h)
             g_w1 = xb.T @ d_h
             g_b1 = d_h.sum(0)
             step += 1
-            for i, g in enumerate([g_w1, g_b1, g_w2, g_b2]):
+            for i, g in enumerate([g_w1, g_b1, g_w2, g_b2, g_w3]):
                 m[i] = 0.9 * m[i] + 0.1 * g
                 v[i] = 0.999 * v[i] + 0.001 * g * g
                 mh = m[i] / (1 - 0.9 ** step)
@@ -112,35 +122,48 @@ def train(x, epochs=60, batch=256, lr=3e-3):
 
 
 def scores(params, x):
-    w1, b1, w2, b2 = params
+    w1, b1, w2, b2, w3 = params
     x = x.astype(np.float32)
-    y = np.tanh(x @ w1 + b1) @ w2 + b2
-    return ((y - x) ** 2).mean(axis=1)
+    ctx, target = x[:, :-1], x[:, -1:]
+    y = np.tanh(ctx @ w1 + b1) @ w2 + b2 + ctx @ w3
+    return ((y - target) ** 2)[:, 0]
 
 
 def build_graph(params):
-    w1, b1, w2, b2 = params
+    w1, b1, w2, b2, w3 = params
+    i64 = lambda name, vals: numpy_helper.from_array(np.array(vals, dtype=np.int64), name)
     inits = [
-        numpy_helper.from_array(w1, "enc_w"),
-        numpy_helper.from_array(b1, "enc_b"),
-        numpy_helper.from_array(w2, "dec_w"),
-        numpy_helper.from_array(b2, "dec_b"),
+        numpy_helper.from_array(w1, "hidden_w"),
+        numpy_helper.from_array(b1, "hidden_b"),
+        numpy_helper.from_array(w2, "out_w"),
+        numpy_helper.from_array(b2, "out_b"),
+        numpy_helper.from_array(w3, "skip_w"),
+        i64("ctx_start", [0]),
+        i64("ctx_end", [WINDOW - 1]),
+        i64("last_start", [WINDOW - 1]),
+        i64("last_end", [WINDOW]),
+        i64("axis1", [1]),
     ]
     nodes = [
-        helper.make_node("Gemm", ["window", "enc_w", "enc_b"], ["enc_lin"], name="encoder"),
-        helper.make_node("Tanh", ["enc_lin"], ["code"], name="encoder_act"),
-        helper.make_node("Gemm", ["code", "dec_w", "dec_b"], ["reconstruction"], name="decoder"),
-        helper.make_node("Sub", ["reconstruction", "window"], ["err"], name="error"),
+        helper.make_node("Slice", ["window", "ctx_start", "ctx_end", "axis1"], ["context"], name="context"),
+        helper.make_node("Slice", ["window", "last_start", "last_end", "axis1"], ["newest"], name="newest"),
+        helper.make_node("Gemm", ["context", "hidden_w", "hidden_b"], ["hidden_lin"], name="hidden"),
+        helper.make_node("Tanh", ["hidden_lin"], ["hidden_act"], name="hidden_act"),
+        helper.make_node("Gemm", ["hidden_act", "out_w", "out_b"], ["mlp_out"], name="output"),
+        helper.make_node("MatMul", ["context", "skip_w"], ["skip_out"], name="skip"),
+        helper.make_node("Add", ["mlp_out", "skip_out"], ["forecast_2d"], name="forecast_sum"),
+        helper.make_node("Sub", ["forecast_2d", "newest"], ["err"], name="error"),
         helper.make_node("Mul", ["err", "err"], ["sq_err"], name="squared_error"),
         helper.make_node("ReduceMean", ["sq_err"], ["score"], axes=[1], keepdims=0, name="score"),
+        helper.make_node("ReduceMean", ["forecast_2d"], ["forecast"], axes=[1], keepdims=0, name="forecast"),
     ]
     graph = helper.make_graph(
         nodes,
-        "univariate_window_autoencoder",
+        "univariate_window_forecaster",
         [helper.make_tensor_value_info("window", TensorProto.FLOAT, ["batch", WINDOW])],
         [
             helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"]),
-            helper.make_tensor_value_info("reconstruction", TensorProto.FLOAT, ["batch", WINDOW]),
+            helper.make_tensor_value_info("forecast", TensorProto.FLOAT, ["batch"]),
         ],
         initializer=inits,
     )
@@ -188,13 +211,13 @@ def main():
         np.full((1, WINDOW), 8.0),
     ]).astype(np.float32)
     sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-    score_out, recon_out = sess.run(["score", "reconstruction"], {"window": golden_in})
+    score_out, forecast_out = sess.run(["score", "forecast"], {"window": golden_in})
     with open(os.path.join(args.out, "golden.json"), "w") as f:
         json.dump({
             "producer": f"onnxruntime {ort.__version__}",
             "input": golden_in.tolist(),
             "score": score_out.tolist(),
-            "reconstruction": recon_out.tolist(),
+            "forecast": forecast_out.tolist(),
         }, f)
 
     manifest = {
@@ -203,7 +226,7 @@ def main():
         "file": "model.onnx",
         "sha256": sha,
         "opset": OPSET,
-        "family": "univariate-window-autoencoder",
+        "family": "univariate-window-forecaster",
         "input": {
             "name": "window",
             "shape": ["batch", WINDOW],
@@ -214,8 +237,8 @@ def main():
             "clip": CLIP,
         },
         "outputs": {
-            "score": "mean squared reconstruction error of the window (>= 0); higher is more anomalous",
-            "reconstruction": "the reconstructed window, in normalised units",
+            "score": "squared error of the forecast of the newest reading, in normalised units (>= 0); higher is more anomalous",
+            "forecast": "the expected value of the newest reading, in normalised units",
         },
         "score_output": "score",
         "threshold": threshold,

@@ -1,0 +1,127 @@
+//! The whole pipeline in one process on the embedded broker: devices ->
+//! broker -> two edge agents (one forwarding over MQTT, one over HTTP) ->
+//! hub -> Parquet.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use edge_agent::Agent;
+use edge_agent::config::{EdgeConfig, Subscription, UplinkKind};
+use edge_agent::decode::Rejection;
+use inference_hub::broker;
+use inference_hub::config::HubConfig;
+
+use crate::harness::{assert_archive_matches, publish_fleet, read_archive, wait_until};
+
+fn agent_config(
+    gateway: &str,
+    root: &str,
+    port: u16,
+    uplink: UplinkKind,
+    hub: std::net::SocketAddr,
+) -> EdgeConfig {
+    let mut cfg = EdgeConfig::for_gateway(gateway, port);
+    cfg.subscriptions = vec![Subscription {
+        filter: format!("{root}/+/+"),
+        qos: 1,
+        topic_template: format!("{root}/{{device}}/{{metric}}"),
+        format: Default::default(),
+    }];
+    cfg.mqtt.broker_inflight = broker::EMBEDDED_INFLIGHT;
+    cfg.batch.max_age = Duration::from_millis(100);
+    cfg.uplink.kind = uplink;
+    cfg.uplink.http.url = format!("http://{hub}");
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_valid_reading_lands_in_parquet_exactly_once_with_scores() {
+    let port = broker::free_port();
+    broker::start_embedded(([127, 0, 0, 1], port).into());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub_cfg = HubConfig::for_dir("e2e", dir.path());
+    hub_cfg.mqtt.port = port;
+    hub_cfg.scoring.warmup_readings = 100;
+    let hub = inference_hub::start(hub_cfg).await.unwrap();
+
+    let agents = [
+        Agent::start(
+            agent_config("gw-a", "plant-a", port, UplinkKind::Mqtt, hub.http_addr),
+            Duration::from_secs(10),
+        ),
+        Agent::start(
+            agent_config("gw-b", "plant-b", port, UplinkKind::Http, hub.http_addr),
+            Duration::from_secs(10),
+        ),
+    ];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (a, b) = tokio::join!(
+        publish_fleet(port, "fleet-a", "plant-a", 3, 240, 200),
+        publish_fleet(port, "fleet-b", "plant-b", 3, 240, 200),
+    );
+    let expected = (a.readings.len() + b.readings.len()) as u64;
+    let stats = hub.stats.clone();
+    let all_archived = wait_until(Duration::from_secs(90), || {
+        stats.readings_archived.load(Relaxed) >= expected
+    })
+    .await;
+    let per_agent: Vec<String> = agents
+        .iter()
+        .map(|a| {
+            format!(
+                "received {} accepted {} sealed {} sends {} acked {} delivered {} in-flight {}",
+                a.stats.messages_received.load(Relaxed),
+                a.stats.readings_accepted.load(Relaxed),
+                a.stats.batches_sealed.load(Relaxed),
+                a.stats.batch_sends.load(Relaxed),
+                a.stats.batches_acked.load(Relaxed),
+                a.stats.readings_delivered.load(Relaxed),
+                a.stats.in_flight.load(Relaxed),
+            )
+        })
+        .collect();
+    assert!(
+        all_archived,
+        "archived {} of {expected}; agents: {per_agent:#?}",
+        stats.readings_archived.load(Relaxed)
+    );
+
+    // Malformed messages were counted with their reasons, never forwarded.
+    let rejected: u64 = agents.iter().map(|a| a.stats.rejected_total()).sum();
+    assert_eq!(rejected, a.malformed + b.malformed);
+    let by_reason = |r| agents.iter().map(|a| a.stats.rejected(r)).sum::<u64>();
+    assert!(by_reason(Rejection::InvalidJson) > 0);
+    assert!(by_reason(Rejection::NoNumericValue) > 0);
+    assert!(by_reason(Rejection::BadTimestamp) > 0);
+    assert!(by_reason(Rejection::UnsupportedShape) > 0);
+
+    for agent in agents {
+        let s = agent.stats.clone();
+        let settled = wait_until(Duration::from_secs(10), || {
+            s.readings_delivered.load(Relaxed) == s.readings_accepted.load(Relaxed)
+        })
+        .await;
+        assert!(settled, "agent has readings the hub never acknowledged");
+        agent.shutdown().await;
+    }
+    let root = hub.archive_root.clone();
+    let anomalies = hub.stats.anomalies.load(Relaxed);
+    hub.shutdown().await;
+
+    let archive = read_archive(&root);
+    let b_archive = archive
+        .iter()
+        .filter(|((d, _, _), _)| d.starts_with("plant-b"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let a_archive = archive
+        .iter()
+        .filter(|((d, _, _), _)| d.starts_with("plant-a"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert_archive_matches(&a_archive, &a);
+    assert_archive_matches(&b_archive, &b);
+    assert!(anomalies >= (a.spikes.len() + b.spikes.len()) as u64);
+}

@@ -1,0 +1,267 @@
+//! Shared helpers: a device simulator that publishes a known set of readings
+//! (and known malformed messages), and a reader of the Parquet archive.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use arrow_array::{Array, Float64Array, StringArray, TimestampMicrosecondArray};
+use inference_hub::archive::{self, Table};
+use rumqttc::{Event, MqttOptions, Packet, QoS};
+
+/// One archived row, as the test oracle sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ArchivedRow {
+    pub(crate) status: String,
+    pub(crate) score: Option<f64>,
+    pub(crate) value: f64,
+}
+
+/// (device, metric, ts) -> every archived row with that key.
+pub(crate) type Archived = BTreeMap<(String, String, i64), Vec<ArchivedRow>>;
+
+pub(crate) fn read_archive(root: &Path) -> Archived {
+    let mut out = Archived::new();
+    for batch in archive::read_table(root, Table::Scored).expect("archive readable") {
+        let s = |n: &str| {
+            batch
+                .column_by_name(n)
+                .unwrap()
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .clone()
+        };
+        let f = |n: &str| {
+            batch
+                .column_by_name(n)
+                .unwrap()
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap()
+                .clone()
+        };
+        let (device, metric, status) = (s("device"), s("metric"), s("status"));
+        let (value, score) = (f("value"), f("score"));
+        let ts = batch
+            .column_by_name("ts")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
+        for i in 0..batch.num_rows() {
+            out.entry((
+                device.value(i).to_owned(),
+                metric.value(i).to_owned(),
+                ts.value(i),
+            ))
+            .or_default()
+            .push(ArchivedRow {
+                status: status.value(i).to_owned(),
+                score: score.is_valid(i).then(|| score.value(i)),
+                value: value.value(i),
+            });
+        }
+    }
+    out
+}
+
+/// What a simulated fleet published: the readings a correct pipeline must
+/// archive, and how many malformed messages it sent.
+#[derive(Debug, Default)]
+pub(crate) struct Published {
+    /// (device, metric, ts) -> value
+    pub(crate) readings: BTreeMap<(String, String, i64), f64>,
+    pub(crate) malformed: u64,
+    /// Keys of readings that carry an injected spike.
+    pub(crate) spikes: Vec<(String, String, i64)>,
+}
+
+pub(crate) const T0_US: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
+
+/// Publishes `per_device` readings for each of `devices` under
+/// `<root>/<device>/<metric>`, cycling through the three JSON payload forms,
+/// with a spike at reading `spike_at` of every device and a malformed
+/// message every 50th. Waits for the broker's PUBACK of every message.
+pub(crate) async fn publish_fleet(
+    port: u16,
+    client_id: &str,
+    root: &str,
+    devices: usize,
+    per_device: usize,
+    spike_at: usize,
+) -> Published {
+    let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_inflight(500);
+    let (client, mut eventloop) = edge_agent::mqtt::client(opts, 1000);
+    let acked = Arc::new(AtomicU64::new(0));
+    let acked_in_loop = acked.clone();
+    let poller = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    acked_in_loop.fetch_add(1, Relaxed);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    let mut published = Published::default();
+    let mut sent = 0u64;
+    for i in 0..per_device {
+        for d in 0..devices {
+            let device = format!("{root}-dev{d}");
+            let ts = T0_US + i as i64 * 60_000_000;
+            let base = 10.0 * (d + 1) as f64 + (i as f64 / 10.0).sin();
+            let value = if i == spike_at {
+                base + 40.0 * (d + 1) as f64
+            } else {
+                base
+            };
+            let ts_text = chrono::DateTime::from_timestamp_micros(ts)
+                .unwrap()
+                .to_rfc3339();
+            let (topic, payload, readings): (String, String, Vec<(&str, f64)>) = match i % 3 {
+                // The three payload forms of the spine.
+                0 => (
+                    format!("{root}/{device}/temp"),
+                    format!(r#"{{"value": {value}, "ts": "{ts_text}"}}"#),
+                    vec![("temp", value)],
+                ),
+                1 => (
+                    format!("{root}/{device}/state"),
+                    format!(
+                        r#"{{"temp": {value}, "rpm": {}, "ts": {}}}"#,
+                        1000 + i,
+                        ts / 1000
+                    ),
+                    vec![("temp", value), ("rpm", (1000 + i) as f64)],
+                ),
+                _ => (
+                    format!("{root}/{device}/temp"),
+                    format!(r#"{{"ts": {}, "value": {value}}}"#, ts / 1_000_000),
+                    vec![("temp", value)],
+                ),
+            };
+            client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+            sent += 1;
+            for (metric, v) in readings {
+                let key = (device.clone(), metric.to_owned(), ts);
+                if i == spike_at && metric == "temp" {
+                    published.spikes.push(key.clone());
+                }
+                published.readings.insert(key, v);
+            }
+            if (i * devices + d) % 50 == 49 {
+                let bad = [
+                    "{not json",
+                    r#"{"value": "warm"}"#,
+                    r#"{"value": 1, "ts": "someday"}"#,
+                    "[1,2]",
+                ][(published.malformed % 4) as usize];
+                client
+                    .publish(
+                        format!("{root}/{device}/temp"),
+                        QoS::AtLeastOnce,
+                        false,
+                        bad,
+                    )
+                    .await
+                    .unwrap();
+                sent += 1;
+                published.malformed += 1;
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.load(Relaxed) < sent && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        acked.load(Relaxed),
+        sent,
+        "broker acknowledged every published message"
+    );
+    let _ = client.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    poller.abort();
+    published
+}
+
+/// Polls `f` until it returns true or `limit` passes.
+pub(crate) async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f()
+}
+
+/// The oracle: the archive holds exactly the published readings, once each,
+/// every injected spike is anomalous, and warmed-up rows carry scores.
+pub(crate) fn assert_archive_matches(archive: &Archived, published: &Published) {
+    let missing: Vec<_> = published
+        .readings
+        .keys()
+        .filter(|k| !archive.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "readings missing from the archive, e.g. {missing:?}"
+    );
+    let extra: Vec<_> = archive
+        .keys()
+        .filter(|k| !published.readings.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "rows that were never published, e.g. {extra:?}"
+    );
+    let doubled: Vec<_> = archive
+        .iter()
+        .filter(|(_, rows)| rows.len() > 1)
+        .take(5)
+        .collect();
+    assert!(
+        doubled.is_empty(),
+        "rows archived more than once, e.g. {doubled:?}"
+    );
+    for (key, rows) in archive {
+        assert_eq!(rows[0].value, published.readings[key], "value of {key:?}");
+        match rows[0].status.as_str() {
+            "warming_up" => assert!(rows[0].score.is_none()),
+            "ok" | "anomalous" => assert!(rows[0].score.is_some_and(|s| s.is_finite() && s >= 0.0)),
+            other => panic!("unexpected status {other} for {key:?}"),
+        }
+    }
+    for spike in &published.spikes {
+        let around: Vec<String> = archive
+            .range(
+                (spike.0.clone(), spike.1.clone(), spike.2 - 300_000_000)
+                    ..(spike.0.clone(), spike.1.clone(), spike.2 + 180_000_000),
+            )
+            .map(|(k, rows)| {
+                format!(
+                    "{} {:.2} {} {:?}",
+                    k.2, rows[0].value, rows[0].status, rows[0].score
+                )
+            })
+            .collect();
+        assert_eq!(
+            archive[spike][0].status, "anomalous",
+            "injected spike {spike:?} was not flagged: {around:#?}"
+        );
+    }
+}

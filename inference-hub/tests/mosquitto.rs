@@ -1,0 +1,197 @@
+//! The same end-to-end check with separate processes for the hub and two
+//! edge agents, on a real Mosquitto broker. `.ci/run` starts Mosquitto and
+//! runs this with `MOSQUITTO_PORT` set (`cargo test -- --ignored`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::{assert_archive_matches, publish_fleet, read_archive};
+
+struct Process(Child);
+
+impl Process {
+    fn spawn(binary: &Path, args: &[&str], log: &Path) -> Self {
+        let log = std::fs::File::create(log).unwrap();
+        let child = Command::new(binary)
+            .args(args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        Self(child)
+    }
+
+    /// SIGTERM, then wait: a graceful stop that must drain everything.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        self.0.wait().unwrap()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+/// `target/<profile>/edge-agent`, built by `cargo build -p edge-agent`.
+fn edge_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let bin = dir.join("edge-agent");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p edge-agent` first",
+        bin.display()
+    );
+    bin
+}
+
+async fn metric(client: &reqwest::Client, hub: &str, name: &str) -> Option<u64> {
+    let text = client
+        .get(format!("http://{hub}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Mosquitto broker on MOSQUITTO_PORT; run by .ci/run"]
+async fn separate_processes_on_mosquitto_archive_every_valid_reading_once() {
+    let port: u16 = std::env::var("MOSQUITTO_PORT")
+        .expect("MOSQUITTO_PORT must name a running Mosquitto broker")
+        .parse()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let http = format!("127.0.0.1:{}", inference_hub::broker::free_port());
+    let hub_toml = dir.path().join("hub.toml");
+    std::fs::write(
+        &hub_toml,
+        format!(
+            "hub-id = \"ci\"\ndata-dir = {:?}\n[mqtt]\nport = {port}\n[http]\nlisten = \"{http}\"\n[scoring]\nmodel-dir = {:?}\nwarmup-readings = 100\n[archive]\nmax-file-age = \"2s\"\n",
+            dir.path().join("hub").display().to_string(),
+            inference_hub::config::bundled_model_dir(),
+        ),
+    )
+    .unwrap();
+    let edge_toml = |gw: &str, root: &str, uplink: &str| {
+        let path = dir.path().join(format!("{gw}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "gateway-id = \"{gw}\"\n[mqtt]\nport = {port}\nbroker-inflight = 1000\n[[subscriptions]]\nfilter = \"{root}/+/+\"\ntopic-template = \"{root}/{{device}}/{{metric}}\"\n[batch]\nmax-age = \"100ms\"\n[uplink]\nkind = \"{uplink}\"\n[uplink.mqtt]\nport = {port}\n[uplink.http]\nurl = \"http://{http}\"\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let (edge_a, edge_b) = (
+        edge_toml("gw-m1", "site-m1", "mqtt"),
+        edge_toml("gw-m2", "site-m2", "http"),
+    );
+
+    let hub_bin = PathBuf::from(env!("CARGO_BIN_EXE_inference-hub"));
+    let edge_bin = edge_binary();
+    for (bin, cfg) in [
+        (&hub_bin, &hub_toml),
+        (&edge_bin, &edge_a),
+        (&edge_bin, &edge_b),
+    ] {
+        let out = Command::new(bin)
+            .args(["--config", cfg.to_str().unwrap(), "validate"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{} validate: {}",
+            cfg.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let hub = Process::spawn(
+        &hub_bin,
+        &["--config", hub_toml.to_str().unwrap(), "run"],
+        &dir.path().join("hub.log"),
+    );
+    let client = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..200 {
+        if client
+            .get(format!("http://{http}/health"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        up,
+        "hub did not come up: {}",
+        std::fs::read_to_string(dir.path().join("hub.log")).unwrap_or_default()
+    );
+    let agents = [
+        Process::spawn(
+            &edge_bin,
+            &["--config", edge_a.to_str().unwrap(), "run"],
+            &dir.path().join("edge-a.log"),
+        ),
+        Process::spawn(
+            &edge_bin,
+            &["--config", edge_b.to_str().unwrap(), "run"],
+            &dir.path().join("edge-b.log"),
+        ),
+    ];
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    let (a, b) = tokio::join!(
+        publish_fleet(port, "ci-fleet-a", "site-m1", 3, 240, 200),
+        publish_fleet(port, "ci-fleet-b", "site-m2", 3, 240, 200),
+    );
+    let expected = (a.readings.len() + b.readings.len()) as u64;
+    let mut archived = 0;
+    for _ in 0..1200 {
+        archived = metric(&client, &http, "hub_readings_archived_total")
+            .await
+            .unwrap_or(0);
+        if archived >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        archived, expected,
+        "hub archived {archived} of {expected} readings"
+    );
+
+    for agent in agents {
+        assert!(
+            agent.terminate().success(),
+            "edge agent did not stop cleanly"
+        );
+    }
+    assert!(hub.terminate().success(), "hub did not stop cleanly");
+    let archive = read_archive(&dir.path().join("hub/archive"));
+    let part = |prefix: &str| {
+        archive
+            .iter()
+            .filter(|((d, _, _), _)| d.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    assert_archive_matches(&part("site-m1"), &a);
+    assert_archive_matches(&part("site-m2"), &b);
+    assert_eq!(archive.len() as u64, expected);
+}
