@@ -307,3 +307,42 @@ impl Validate for EdgeConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deploy_example_config_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/edge.toml");
+        let cfg: EdgeConfig = schemas::settings::load(Some(&path), ENV_PREFIX, Vec::new()).unwrap();
+        assert_eq!(cfg.gateway_id, "gw-0001");
+        assert_eq!(cfg.mqtt.broker_inflight, 1000);
+    }
+
+    #[test]
+    fn environment_overrides_the_uplink_and_every_problem_is_reported() {
+        let env = vec![("EDGE__UPLINK__KIND".to_string(), "http".to_string())];
+        let cfg: EdgeConfig =
+            schemas::settings::load_str("gateway-id = 'g'", ENV_PREFIX, env).unwrap();
+        assert_eq!(cfg.uplink.kind, UplinkKind::Http);
+
+        let err = schemas::settings::load_str::<EdgeConfig>(
+            "gateway-id = 'a/b'\n[batch]\nmax-rows = 0\n[[subscriptions]]\nfilter = 's/#'\ntopic-template = 's/{dev}'\nqos = 2\n[uplink]\nmax-in-flight = 0\nunknown-key = 1\n",
+            ENV_PREFIX,
+            Vec::new(),
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|p| p.path.as_str()).collect();
+        for key in [
+            "gateway-id",
+            "batch.max-rows",
+            "subscriptions[0].topic-template",
+            "subscriptions[0].qos",
+            "uplink.max-in-flight",
+            "uplink.unknown-key",
+        ] {
+            assert!(paths.contains(&key), "{key} missing from {err}");
+        }
+    }
+}

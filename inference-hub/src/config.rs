@@ -268,3 +268,49 @@ impl Validate for HubConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example in deploy/ is what operators copy: it must stay valid.
+    /// (Only its model path is machine-specific.)
+    #[test]
+    fn deploy_example_config_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/hub.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let env = vec![(
+            "HUB__SCORING__MODEL_DIR".to_string(),
+            bundled_model_dir().to_string(),
+        )];
+        let cfg: HubConfig = schemas::settings::load_str(&text, ENV_PREFIX, env).unwrap();
+        assert_eq!(cfg.hub_id, "hub_a");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let err = schemas::settings::load_str::<HubConfig>(
+            "hub-id = 'bad id!'\ndata-dir = '/tmp/x'\n[archive]\nmax-file-age = '1ms'\ntarget-file-bytes = 10\n[scoring]\nmodel-dir = '/nonexistent'\n[http]\nlisten = 'nowhere'\n",
+            ENV_PREFIX,
+            Vec::new(),
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|p| p.path.as_str()).collect();
+        assert!(paths.contains(&"http.listen"), "{err}");
+        let err = schemas::settings::load_str::<HubConfig>(
+            "hub-id = 'bad id!'\ndata-dir = '/tmp/x'\n[archive]\nmax-file-age = '1ms'\ntarget-file-bytes = 10\n[scoring]\nmodel-dir = '/nonexistent'\n",
+            ENV_PREFIX,
+            Vec::new(),
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|p| p.path.as_str()).collect();
+        for key in [
+            "hub-id",
+            "archive.max-file-age",
+            "archive.target-file-bytes",
+            "scoring.model-dir",
+        ] {
+            assert!(paths.contains(&key), "{key} missing from {err}");
+        }
+    }
+}

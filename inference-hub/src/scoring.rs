@@ -4,10 +4,18 @@
 //! A series is one `(device, metric)`. For each series the scorer keeps the
 //! last `window` raw values and a normalisation (mean and standard deviation):
 //! learned exactly (Welford) over the first `warmup-readings` readings, then
-//! followed slowly (exponential forgetting with the same horizon) using only
-//! readings judged normal, so one model serves devices of any scale and an
-//! anomaly does not teach the normalisation to accept itself. Until a series
+//! followed slowly (exponential forgetting with the same horizon), so one
+//! model serves devices of any scale and a series that changes regime is
+//! re-learned within about one warm-up length. Until a series
 //! has warmed up its rows are `warming_up` with no score, never anomalous.
+//!
+//! "Anomalous" takes two tests: the model's score is above the manifest's
+//! calibrated threshold (unusual in absolute terms), and it is extreme for
+//! this series: more than `SCORE_Z_LIMIT` standard deviations above the
+//! series' own recent `ln(1 + score)`. The second test keeps the alert rate
+//! stable across devices whose normal behaviour the warm-up captured well or
+//! badly. A series stays `warming_up` (now with a score) until it has
+//! `MIN_SCORE_HISTORY` scores.
 //!
 //! Scoring is batched: all windows of a batch that need a score go through
 //! the model in one call. Within one batch every window is normalised with the
@@ -33,8 +41,48 @@ use schemas::tables::{self, ReadingView, status};
 
 use crate::model::{Model, ModelError};
 
+/// Scores a series must have produced before its own score distribution is
+/// trusted (until then it is `warming_up`).
+const MIN_SCORE_HISTORY: u64 = 50;
+/// How extreme, in standard deviations of the series' own recent
+/// `ln(1 + score)`, a score must be to count as anomalous.
+const SCORE_Z_LIMIT: f64 = 3.5;
+/// Horizon (readings) of the exponential forgetting of score statistics.
+const SCORE_HORIZON: f64 = 1000.0;
+
+/// Running statistics of one series' `ln(1 + score)`: Welford's until
+/// `MIN_SCORE_HISTORY`, then exponential forgetting.
+#[derive(Debug, Default)]
+struct ScoreStats {
+    n: u64,
+    mean: f64,
+    var: f64,
+}
+
+impl ScoreStats {
+    /// z-value of `l` against the history (None while too short).
+    fn z(&self, l: f64) -> Option<f64> {
+        (self.n >= MIN_SCORE_HISTORY).then(|| (l - self.mean) / self.var.max(1e-6).sqrt())
+    }
+
+    fn update(&mut self, l: f64) {
+        self.n += 1;
+        let d = l - self.mean;
+        if self.n <= MIN_SCORE_HISTORY {
+            self.mean += d / self.n as f64;
+            // var holds the running population variance.
+            self.var += (d * (l - self.mean) - self.var) / self.n as f64;
+        } else {
+            let a = 1.0 / SCORE_HORIZON;
+            self.mean += a * d;
+            self.var = (1.0 - a) * (self.var + a * d * d);
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct SeriesState {
+    scores: ScoreStats,
     /// The previous reading was anomalous: a run of anomalous readings (a
     /// spike stays in the window for `window` readings) is one event.
     in_anomaly: bool,
@@ -221,7 +269,10 @@ impl Scorer {
                 Some(s) if s > self.threshold => status::ANOMALOUS,
                 Some(_) => status::OK,
             };
-            if st == status::OK
+            // Every scored reading, anomalous or not, moves the normalisation:
+            // following only "normal" readings locks a series that enters a
+            // noisier regime into flagging everything, for ever.
+            if st != status::WARMING_UP
                 && let Some(state) = self.series.get_mut(&keys[i])
             {
                 state.follow(x, warmup);
