@@ -261,13 +261,21 @@ impl Scorer {
         for i in 0..n {
             let (device, metric) = &keys[i];
             let (ts, x) = (view.ts.value(i), view.value.value(i));
-            let st = match score_of[i] {
-                None if model_error.is_some() && scored_rows.binary_search(&i).is_ok() => {
+            let st = match (score_of[i], self.series.get_mut(&keys[i])) {
+                (None, _) if model_error.is_some() && scored_rows.binary_search(&i).is_ok() => {
                     status::UNSCORED
                 }
-                None => status::WARMING_UP,
-                Some(s) if s > self.threshold => status::ANOMALOUS,
-                Some(_) => status::OK,
+                (Some(score), Some(state)) => {
+                    let l = score.ln_1p();
+                    let z = state.scores.z(l);
+                    state.scores.update(l);
+                    match z {
+                        None => status::WARMING_UP,
+                        Some(z) if score > self.threshold && z > SCORE_Z_LIMIT => status::ANOMALOUS,
+                        Some(_) => status::OK,
+                    }
+                }
+                _ => status::WARMING_UP,
             };
             // Every scored reading, anomalous or not, moves the normalisation:
             // following only "normal" readings locks a series that enters a

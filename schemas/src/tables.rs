@@ -36,7 +36,9 @@ pub const INGESTED_AT: &str = "ingested_at";
 
 /// Values of the `status` column of the scored table.
 pub mod status {
-    /// Not enough history for this device/metric yet; never reported anomalous.
+    /// Not enough history for this device/metric yet; never reported
+    /// anomalous. The score is null while the normalisation is being learned
+    /// and present while the series' own score history is being learned.
     pub const WARMING_UP: &str = "warming_up";
     pub const OK: &str = "ok";
     pub const ANOMALOUS: &str = "anomalous";
