@@ -29,6 +29,8 @@ pub struct Agent;
 #[derive(Debug)]
 pub struct AgentHandle {
     pub stats: Arc<EdgeStats>,
+    /// Where `/metrics` is served, when configured.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub incarnation: u64,
     stop_intake: watch::Sender<bool>,
     finish: watch::Sender<bool>,
@@ -41,7 +43,7 @@ impl Agent {
     /// Starts all stages on the current tokio runtime. The incarnation is new
     /// for every start: without a durable spool nothing of an earlier run's
     /// batches survives, so their sequence numbers must not be reused.
-    pub fn start(cfg: EdgeConfig, shutdown_grace: Duration) -> AgentHandle {
+    pub async fn start(cfg: EdgeConfig, shutdown_grace: Duration) -> std::io::Result<AgentHandle> {
         let incarnation = new_incarnation();
         let stats = Arc::new(EdgeStats::default());
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -92,8 +94,17 @@ impl Agent {
             stop_rx,
             shutdown_grace,
         ));
-        tracing::info!(gateway = %cfg.gateway_id, incarnation, "edge agent started");
-        AgentHandle {
+        let metrics_addr = match cfg.metrics_listen {
+            Some(listen) => Some(
+                crate::metrics::serve(listen, stats.clone(), finish_rx.clone())
+                    .await?
+                    .0,
+            ),
+            None => None,
+        };
+        tracing::info!(gateway = %cfg.gateway_id, incarnation, metrics = ?metrics_addr, "edge agent started");
+        Ok(AgentHandle {
+            metrics_addr,
             stats,
             incarnation,
             stop_intake: stop_tx,
@@ -101,7 +112,7 @@ impl Agent {
             batcher,
             uplink,
             ingest,
-        }
+        })
     }
 }
 

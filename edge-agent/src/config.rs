@@ -27,6 +27,9 @@ pub struct EdgeConfig {
     pub batch: BatchSettings,
     #[serde(default)]
     pub uplink: UplinkSettings,
+    /// Serve `/metrics` and `/health` on this address (off when absent).
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

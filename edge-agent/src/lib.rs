@@ -14,6 +14,7 @@
 //! - [`uplink`]: sends envelopes to the hub, retries, and releases device acks.
 //! - [`mqtt`]: in-order acknowledgements and reconnect backoff (shared with
 //!   the hub).
+//! - [`metrics`]: the optional `/metrics` and `/health` endpoint.
 //! - [`stats`]: counters for every stage, rendered as Prometheus text.
 //! - [`config`]: the agent's TOML configuration.
 //!
@@ -31,6 +32,7 @@ pub mod batcher;
 pub mod config;
 pub mod decode;
 pub mod ingest;
+pub mod metrics;
 pub mod mqtt;
 pub mod stats;
 pub mod uplink;

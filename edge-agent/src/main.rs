@@ -64,12 +64,18 @@ fn main() -> ExitCode {
                 .build()
                 .expect("tokio runtime");
             runtime.block_on(async {
-                let agent = Agent::start(config, shutdown_grace);
+                let agent = match Agent::start(config, shutdown_grace).await {
+                    Ok(agent) => agent,
+                    Err(e) => {
+                        eprintln!("edge agent failed to start: cannot serve metrics: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
                 wait_for_stop_signal().await;
                 tracing::info!("shutting down");
                 agent.shutdown().await;
-            });
-            ExitCode::SUCCESS
+                ExitCode::SUCCESS
+            })
         }
     }
 }

@@ -294,7 +294,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
                 hub.http_addr,
             ),
             Duration::from_secs(10),
-        ),
+        )
+        .await?,
         Agent::start(
             edge_config(
                 "gw-site2",
@@ -304,7 +305,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
                 hub.http_addr,
             ),
             Duration::from_secs(10),
-        ),
+        )
+        .await?,
     ];
     tokio::time::sleep(Duration::from_millis(500)).await;
 

@@ -14,10 +14,12 @@
 //! - [`archive`]: partitioned Parquet files with an atomic commit protocol.
 //! - [`mqtt_intake`], [`api`]: the transports and the dashboard API.
 //! - [`hub`]: start-up (recovery) and shutdown order.
-//! - [`broker`], [`demo`]: the embedded broker and the one-command demo.
+//! - [`broker`], [`demo`], [`bench`]: the embedded broker, the one-command
+//!   demo and the throughput benchmark.
 
 pub mod api;
 pub mod archive;
+pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod dedup;

@@ -51,6 +51,28 @@ enum Command {
         #[arg(long, default_value = inference_hub::config::bundled_model_dir())]
         model_dir: PathBuf,
     },
+    /// Measure how fast a plain subscriber, the edge agent and the hub keep up
+    /// with a broker (see docs/BENCHMARKS.md).
+    Bench {
+        /// Distinct device topics.
+        #[arg(long, default_value_t = 1000)]
+        devices: usize,
+        /// Messages to publish per run.
+        #[arg(long, default_value_t = 200_000)]
+        messages: u64,
+        /// QoS of the device messages (0 or 1).
+        #[arg(long, default_value_t = 1)]
+        qos: u8,
+        /// External broker host:port (default: embedded rumqttd).
+        #[arg(long)]
+        broker: Option<String>,
+        /// The broker's per-client in-flight window (rumqttd: 100).
+        #[arg(long, default_value_t = inference_hub::broker::EMBEDDED_INFLIGHT)]
+        broker_inflight: usize,
+        /// The edge-agent binary (default: next to this one).
+        #[arg(long)]
+        edge_bin: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,6 +108,57 @@ fn main() -> ExitCode {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("demo failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Bench {
+            devices,
+            messages,
+            qos,
+            broker,
+            broker_inflight,
+            edge_bin,
+        } => {
+            let broker = match broker.as_deref().map(|b| b.rsplit_once(':')) {
+                None => None,
+                Some(Some((host, port))) if port.parse::<u16>().is_ok() => {
+                    Some((host.to_owned(), port.parse().unwrap_or(1883)))
+                }
+                Some(_) => {
+                    eprintln!("--broker must be host:port");
+                    return ExitCode::from(2);
+                }
+            };
+            let edge_bin = edge_bin.unwrap_or_else(|| {
+                std::env::current_exe()
+                    .ok()
+                    .and_then(|e| e.parent().map(|d| d.join("edge-agent")))
+                    .unwrap_or_default()
+            });
+            let opts = inference_hub::bench::BenchOptions {
+                devices,
+                messages,
+                qos,
+                broker: broker.clone(),
+                broker_inflight,
+                edge_bin,
+                timeout: Duration::from_secs(300),
+            };
+            let name = broker.map_or("rumqttd (embedded)".to_string(), |(h, p)| {
+                format!("{h}:{p}")
+            });
+            match runtime.block_on(inference_hub::bench::run(opts.clone())) {
+                Ok(report) => {
+                    println!(
+                        "| broker | devices | messages | QoS | plain subscriber msg/s | edge agent msg/s | hub end to end readings/s | edge peak RSS | uplink bytes/reading |"
+                    );
+                    println!("|---|---|---|---|---|---|---|---|---|");
+                    println!("{}", report.markdown_row(&opts, &name));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("bench failed: {e:#}");
                     ExitCode::FAILURE
                 }
             }

@@ -49,11 +49,15 @@ async fn every_valid_reading_lands_in_parquet_exactly_once_with_scores() {
         Agent::start(
             agent_config("gw-a", "plant-a", port, UplinkKind::Mqtt, hub.http_addr),
             Duration::from_secs(10),
-        ),
+        )
+        .await
+        .unwrap(),
         Agent::start(
             agent_config("gw-b", "plant-b", port, UplinkKind::Http, hub.http_addr),
             Duration::from_secs(10),
-        ),
+        )
+        .await
+        .unwrap(),
     ];
     tokio::time::sleep(Duration::from_millis(300)).await;
 

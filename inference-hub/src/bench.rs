@@ -1,0 +1,307 @@
+//! `inference-hub bench`: how fast each stage keeps up with a broker.
+//!
+//! One load generator publishes `messages` JSON readings for `devices`
+//! devices (one topic each) as fast as the broker takes them. Measured on the
+//! same broker, one after the other:
+//! (a) a plain MQTT subscriber (the ceiling: what the broker delivers),
+//! (b) the edge agent, as a separate process (the release binary next to this
+//!     one), until it has accepted every reading, plus its peak RSS,
+//! (c) the hub end to end (agent -> MQTT uplink -> WAL -> scoring -> Parquet),
+//!     until every reading is archived, plus uplink bytes per reading.
+//! It prints a Markdown table for docs/BENCHMARKS.md. A benchmark, not a
+//! test: it asserts nothing about speed.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rumqttc::{Event, MqttOptions, Packet, QoS};
+
+use crate::broker;
+use crate::config::HubConfig;
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub devices: usize,
+    pub messages: u64,
+    pub qos: u8,
+    /// External broker `host:port`; the embedded rumqttd when absent.
+    pub broker: Option<(String, u16)>,
+    /// The broker's per-client window of unacknowledged QoS 1 messages.
+    pub broker_inflight: usize,
+    pub edge_bin: PathBuf,
+    pub timeout: Duration,
+}
+
+fn qos(q: u8) -> QoS {
+    if q == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    }
+}
+
+/// Publishes `n` messages over `devices` topics under `root`; returns when
+/// the broker has acknowledged them all (QoS 1) or they are written (QoS 0).
+async fn generate(
+    host: &str,
+    port: u16,
+    root: &str,
+    devices: usize,
+    n: u64,
+    q: u8,
+) -> anyhow::Result<Duration> {
+    let mut opts = MqttOptions::new(format!("bench-gen-{root}"), host, port);
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_inflight(1000)
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = edge_agent::mqtt::client(opts, 10_000);
+    let acked = Arc::new(AtomicU64::new(0));
+    let acked2 = acked.clone();
+    let poller = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    acked2.fetch_add(1, Relaxed);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    let started = Instant::now();
+    let t0 = 1_767_225_600_000i64;
+    for i in 0..n {
+        let d = (i % devices as u64) as usize;
+        let ts = t0 + (i / devices as u64) as i64 * 1000;
+        let v = 20.0 + (i as f64 * 0.01).sin();
+        let payload = format!(r#"{{"value":{v:.4},"ts":{ts}}}"#);
+        client
+            .publish(format!("{root}/dev{d}/temp"), qos(q), false, payload)
+            .await?;
+    }
+    if q > 0 {
+        while acked.load(Relaxed) < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let elapsed = started.elapsed();
+    poller.abort();
+    Ok(elapsed)
+}
+
+/// (a): a subscriber that only counts.
+async fn plain_subscriber(host: &str, port: u16, o: &BenchOptions) -> anyhow::Result<f64> {
+    let mut opts = MqttOptions::new("bench-plain-sub", host, port);
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(true);
+    let (client, mut eventloop) = edge_agent::mqtt::client(opts, 10_000);
+    client.subscribe("bench-a/+/+", qos(o.qos)).await?;
+    let received = Arc::new(AtomicU64::new(0));
+    let first = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let (r2, f2) = (received.clone(), first.clone());
+    let sub = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(_))) => {
+                    f2.lock().expect("lock").get_or_insert_with(Instant::now);
+                    r2.fetch_add(1, Relaxed);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    generate(host, port, "bench-a", o.devices, o.messages, o.qos).await?;
+    let deadline = Instant::now() + o.timeout;
+    while received.load(Relaxed) < o.messages && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let done = Instant::now();
+    sub.abort();
+    let got = received.load(Relaxed);
+    let start = first.lock().expect("lock").unwrap_or(done);
+    if got < o.messages {
+        bail!("plain subscriber received {got} of {} messages", o.messages);
+    }
+    Ok(got as f64 / done.duration_since(start).as_secs_f64())
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        l.strip_prefix("VmHWM:")?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+async fn scrape(client: &reqwest::Client, addr: &str, name: &str) -> Option<u64> {
+    let text = client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
+/// Results of one run.
+#[derive(Debug)]
+pub struct BenchReport {
+    pub plain_subscriber_per_s: f64,
+    pub edge_per_s: f64,
+    pub hub_end_to_end_per_s: f64,
+    pub edge_peak_rss_kib: u64,
+    pub uplink_bytes_per_reading: f64,
+}
+
+pub async fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
+    if !o.edge_bin.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p edge-agent`",
+            o.edge_bin.display()
+        );
+    }
+    let (host, port) = match &o.broker {
+        Some((h, p)) => (h.clone(), *p),
+        None => {
+            let port = broker::free_port();
+            broker::start_embedded(([127, 0, 0, 1], port).into());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            ("127.0.0.1".to_string(), port)
+        }
+    };
+
+    let plain = plain_subscriber(&host, port, &o)
+        .await
+        .context("plain subscriber run")?;
+
+    let dir = tempfile_dir()?;
+    let mut hub_cfg = HubConfig::for_dir("bench", &dir);
+    hub_cfg.mqtt.host = host.clone();
+    hub_cfg.mqtt.port = port;
+    let hub = crate::hub::start(hub_cfg).await?;
+
+    let metrics = format!("127.0.0.1:{}", broker::free_port());
+    let edge_toml = dir.join("edge.toml");
+    std::fs::write(
+        &edge_toml,
+        format!(
+            "gateway-id = \"bench\"\nmetrics-listen = \"{metrics}\"\n[mqtt]\nhost = \"{host}\"\nport = {port}\nbroker-inflight = {}\n\
+             [[subscriptions]]\nfilter = \"bench-b/+/+\"\nqos = {}\ntopic-template = \"bench-b/{{device}}/{{metric}}\"\n\
+             [uplink.mqtt]\nhost = \"{host}\"\nport = {port}\n",
+            o.broker_inflight, o.qos
+        ),
+    )?;
+    let edge = Killed(
+        Command::new(&o.edge_bin)
+            .args(["--config", edge_toml.to_str().unwrap_or_default(), "run"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .context("start the edge agent")?,
+    );
+    let http = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..200 {
+        if scrape(&http, &metrics, "edge_broker_connects_total")
+            .await
+            .unwrap_or(0)
+            >= 2
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    if !up {
+        bail!("edge agent did not connect");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let generator = tokio::spawn({
+        let host = host.clone();
+        let (devices, n, q) = (o.devices, o.messages, o.qos);
+        async move { generate(&host, port, "bench-b", devices, n, q).await }
+    });
+    let (mut edge_done, mut hub_done) = (None, None);
+    let deadline = started + o.timeout;
+    while (edge_done.is_none() || hub_done.is_none()) && Instant::now() < deadline {
+        if edge_done.is_none()
+            && scrape(&http, &metrics, "edge_readings_accepted_total")
+                .await
+                .unwrap_or(0)
+                >= o.messages
+        {
+            edge_done = Some(started.elapsed());
+        }
+        if hub_done.is_none() && hub.stats.readings_archived.load(Relaxed) >= o.messages {
+            hub_done = Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    generator.await??;
+    let rss = peak_rss_kib(edge.0.id()).unwrap_or(0);
+    let (Some(edge_t), Some(hub_t)) = (edge_done, hub_done) else {
+        bail!(
+            "not everything arrived in {:?}: edge accepted {:?}, hub archived {}",
+            o.timeout,
+            scrape(&http, &metrics, "edge_readings_accepted_total").await,
+            hub.stats.readings_archived.load(Relaxed)
+        );
+    };
+    let uplink = hub.stats.wal_bytes.load(Relaxed) as f64
+        / hub.stats.readings_durable.load(Relaxed).max(1) as f64;
+    drop(edge);
+    hub.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(BenchReport {
+        plain_subscriber_per_s: plain,
+        edge_per_s: o.messages as f64 / edge_t.as_secs_f64(),
+        hub_end_to_end_per_s: o.messages as f64 / hub_t.as_secs_f64(),
+        edge_peak_rss_kib: rss,
+        uplink_bytes_per_reading: uplink,
+    })
+}
+
+fn tempfile_dir() -> std::io::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("iot-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+impl BenchReport {
+    pub fn markdown_row(&self, o: &BenchOptions, broker: &str) -> String {
+        format!(
+            "| {broker} | {} | {} | QoS {} | {:.0} | {:.0} ({:.2}x) | {:.0} | {:.1} MiB | {:.1} |",
+            o.devices,
+            o.messages,
+            o.qos,
+            self.plain_subscriber_per_s,
+            self.edge_per_s,
+            self.edge_per_s / self.plain_subscriber_per_s,
+            self.hub_end_to_end_per_s,
+            self.edge_peak_rss_kib as f64 / 1024.0,
+            self.uplink_bytes_per_reading,
+        )
+    }
+}
