@@ -31,12 +31,27 @@ use crate::state::HubState;
 use crate::stats::HubStats;
 
 pub const MAX_ANOMALY_LIMIT: usize = 1000;
+/// Batch uploads processed at once; more are refused with 503 and
+/// `Retry-After` (load shedding) instead of queueing without bound.
+pub const MAX_CONCURRENT_BATCHES: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct ApiContext {
     pub intake: IntakeHandle,
     pub state: Arc<HubState>,
     pub stats: Arc<HubStats>,
+    pub batch_permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl ApiContext {
+    pub fn new(intake: IntakeHandle, state: Arc<HubState>, stats: Arc<HubStats>) -> Self {
+        Self {
+            intake,
+            state,
+            stats,
+            batch_permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_BATCHES)),
+        }
+    }
 }
 
 pub fn router(ctx: ApiContext) -> Router {
@@ -162,6 +177,12 @@ async fn batches(State(ctx): State<ApiContext>, body: Bytes) -> Response {
     ctx.stats
         .batches_received_http
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let Ok(_permit) = ctx.batch_permits.clone().try_acquire_owned() else {
+        ctx.stats
+            .batches_unavailable
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return unavailable("too many batch uploads in progress");
+    };
     match ctx.intake.submit(body).await {
         Ok(ack) => (StatusCode::OK, Json::<BatchAck>(ack)).into_response(),
         Err(SubmitError::Rejected { ack, error }) => {
@@ -170,14 +191,17 @@ async fn batches(State(ctx): State<ApiContext>, body: Bytes) -> Response {
         Err(SubmitError::Unreadable(e)) => {
             ApiError::new(status_for(&e), "unreadable_batch", e.to_string()).into_response()
         }
-        Err(SubmitError::Unavailable(why)) => {
-            let mut resp =
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why).into_response();
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
-            resp
-        }
+        Err(SubmitError::Unavailable(why)) => unavailable(why),
     }
+}
+
+/// 503 with `Retry-After`: the client should resend the same batch later.
+fn unavailable(why: &str) -> Response {
+    let mut resp =
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why).into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+    resp
 }
 
 fn status_for(error: &DecodeError) -> StatusCode {

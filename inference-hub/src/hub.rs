@@ -33,8 +33,10 @@ use crate::wal::Wal;
 
 /// Batches queued between the sequencer and the pipeline.
 const PIPELINE_QUEUE: usize = 64;
-/// Requests queued before the sequencer.
-const INTAKE_QUEUE: usize = 1024;
+/// Decoded batches queued before the sequencer. With the transports' own
+/// limits (MQTT: `mqtt_intake::MAX_CONCURRENT`, HTTP: `api::MAX_CONCURRENT_BATCHES`)
+/// this bounds the batches held in memory to a few hundred envelopes.
+const INTAKE_QUEUE: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -102,11 +104,11 @@ pub async fn start(cfg: HubConfig) -> Result<HubHandle, StartError> {
         .await
         .map_err(io("the HTTP listener"))?;
     let http_addr = listener.local_addr().map_err(io("the HTTP listener"))?;
-    let app = api::router(ApiContext {
-        intake: intake.clone(),
-        state: state.clone(),
-        stats: stats.clone(),
-    });
+    let app = api::router(ApiContext::new(
+        intake.clone(),
+        state.clone(),
+        stats.clone(),
+    ));
     let mut http_shutdown = shutdown_rx.clone();
     let http = tokio::spawn(async move {
         let served = axum::serve(listener, app)

@@ -24,7 +24,7 @@ use crate::intake::{IntakeHandle, SubmitError};
 use crate::stats::HubStats;
 
 /// Batches handled at the same time by one hub.
-pub const MAX_CONCURRENT: usize = 256;
+pub const MAX_CONCURRENT: usize = 64;
 
 pub async fn run(
     cfg: HubConfig,

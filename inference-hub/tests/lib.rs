@@ -1,6 +1,7 @@
 //! The hub crate's one integration-test binary: end-to-end runs of the whole
 //! pipeline on real brokers, real sockets and real files.
 
+mod crash;
 mod e2e;
 mod harness;
 mod mosquitto;

@@ -17,11 +17,11 @@ async fn test_hub(dir: &std::path::Path) -> crate::hub::HubHandle {
 }
 
 fn router_for(hub: &crate::hub::HubHandle) -> Router {
-    router(ApiContext {
-        intake: hub.intake.clone(),
-        state: hub.state.clone(),
-        stats: hub.stats.clone(),
-    })
+    router(ApiContext::new(
+        hub.intake.clone(),
+        hub.state.clone(),
+        hub.stats.clone(),
+    ))
 }
 
 fn envelope_bytes(seq: u64, rows: usize) -> Vec<u8> {

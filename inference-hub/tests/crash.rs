@@ -1,0 +1,208 @@
+//! The hub is killed with SIGKILL again and again while a gateway keeps
+//! sending; every batch it acknowledged must end up in the archive exactly
+//! once, and readers must never see a temporary file.
+//!
+//! Files are rotated every few hundred milliseconds and at 64 KiB, so kills
+//! land during Parquet commits as well as during WAL appends. Set
+//! `CRASH_TEST_ARCHIVE=<dir>` to keep the archive for an independent reader
+//! (CI opens it with pyarrow).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow_array::{Array, Float64Array, StringArray, UInt64Array};
+use inference_hub::archive::{self, Table};
+use schemas::ReadingColumns;
+
+const ROWS_PER_BATCH: usize = 40;
+const BATCHES: u64 = 300;
+const KILLS: usize = 20;
+
+fn envelope(seq: u64) -> Vec<u8> {
+    let mut cols = ReadingColumns::default();
+    for r in 0..ROWS_PER_BATCH {
+        let ts = 1_767_225_600_000_000 + (seq as i64 * 1000 + r as i64) * 1_000_000;
+        cols.push(
+            &format!("dev{}", r % 4),
+            "load",
+            ts,
+            seq as f64 * 1000.0 + r as f64,
+        );
+    }
+    schemas::envelope::encode("crash-gw", 7, seq, &cols.finish())
+        .unwrap()
+        .1
+}
+
+fn start_hub(config: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_inference-hub"))
+        .args(["--config", config.to_str().unwrap(), "run"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_healthy(client: &reqwest::Client, http: &str) {
+    for _ in 0..400 {
+        if client
+            .get(format!("http://{http}/health"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("hub did not become healthy");
+}
+
+/// Posts one batch; Some(status) when the hub answered.
+async fn post(client: &reqwest::Client, http: &str, seq: u64) -> Option<String> {
+    let resp = client
+        .post(format!("http://{http}/v1/batches"))
+        .body(envelope(seq))
+        .send()
+        .await
+        .ok()?;
+    let body: serde_json::Value = serde_json::from_slice(&resp.bytes().await.ok()?).ok()?;
+    body["status"].as_str().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_killed_repeatedly_archives_every_acknowledged_batch_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = match std::env::var_os("CRASH_TEST_ARCHIVE") {
+        Some(keep) => PathBuf::from(keep),
+        None => dir.path().join("hub"),
+    };
+    let _ = std::fs::remove_dir_all(&data);
+    let http = format!("127.0.0.1:{}", inference_hub::broker::free_port());
+    let config = dir.path().join("hub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "hub-id = \"crash\"\ndata-dir = {:?}\n[mqtt]\nenabled = false\n[http]\nlisten = \"{http}\"\n\
+             [intake]\nwal-segment-bytes = 1048576\n[archive]\ntarget-file-bytes = 65536\nmax-file-age = \"300ms\"\nrow-group-rows = 1024\n\
+             [scoring]\nmodel-dir = {:?}\nwarmup-readings = 20\n",
+            data.display().to_string(),
+            inference_hub::config::bundled_model_dir()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("hub.log");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut rng = fastrand::Rng::with_seed(20261126);
+
+    let mut acked: BTreeMap<u64, String> = BTreeMap::new();
+    let mut next = 1u64;
+    for kill in 0..=KILLS {
+        let mut hub = start_hub(&config, &log);
+        wait_healthy(&client, &http).await;
+        // Resend what was never answered (like a gateway), then keep going.
+        let run_for = Duration::from_millis(rng.u64(150..900));
+        let until = Instant::now() + run_for;
+        let pending: Vec<u64> = (1..next).filter(|s| !acked.contains_key(s)).collect();
+        for seq in pending {
+            if let Some(status) = post(&client, &http, seq).await {
+                acked.insert(seq, status);
+            }
+        }
+        while next <= BATCHES && (kill == KILLS || Instant::now() < until) {
+            if let Some(status) = post(&client, &http, next).await {
+                acked.insert(next, status);
+            }
+            next += 1;
+        }
+        if kill < KILLS {
+            hub.kill().unwrap(); // SIGKILL
+            hub.wait().unwrap();
+        } else {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(hub.id().to_string())
+                .status();
+            assert!(
+                hub.wait().unwrap().success(),
+                "final graceful stop failed: {}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+        }
+    }
+    assert_eq!(
+        acked.len() as u64,
+        BATCHES,
+        "every batch was eventually acknowledged"
+    );
+    assert!(
+        acked.values().all(|s| s == "durable" || s == "duplicate"),
+        "{acked:?}"
+    );
+
+    // Readers never see temporary files: everything not hidden is a complete,
+    // committed Parquet file.
+    let root = data.join("archive");
+    for file in archive::walk_files(&root).unwrap() {
+        let name = file.file_name().unwrap().to_str().unwrap();
+        assert!(
+            name.starts_with('.') || name.ends_with(".parquet"),
+            "visible non-Parquet file {name}"
+        );
+    }
+
+    let mut seen: BTreeMap<(u64, i64), usize> = BTreeMap::new();
+    for batch in archive::read_table(&root, Table::Scored).unwrap() {
+        let seq = batch
+            .column_by_name("seq")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .unwrap();
+        let value = batch
+            .column_by_name("value")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
+        let gateway = batch
+            .column_by_name("gateway")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        for i in 0..batch.num_rows() {
+            assert_eq!(gateway.value(i), "crash-gw");
+            *seen
+                .entry((seq.value(i), value.value(i) as i64))
+                .or_default() += 1;
+        }
+    }
+    let doubled: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(doubled.is_empty(), "rows archived twice, e.g. {doubled:?}");
+    for seq in 1..=BATCHES {
+        for r in 0..ROWS_PER_BATCH {
+            let key = (seq, seq as i64 * 1000 + r as i64);
+            assert!(
+                seen.contains_key(&key),
+                "acknowledged row {key:?} is missing from the archive"
+            );
+        }
+    }
+    assert_eq!(seen.len() as u64, BATCHES * ROWS_PER_BATCH as u64);
+    let files = archive::committed_files(&root, Table::Scored)
+        .unwrap()
+        .len();
+    assert!(files > KILLS, "expected many committed files, got {files}");
+}
