@@ -88,6 +88,11 @@ pub enum PayloadFormat {
     /// A bare number, `{"value": .., "ts": ..}`, or a flat object of metrics.
     #[default]
     Json,
+    /// SenML (RFC 8428) JSON packs.
+    Senml,
+    /// Sparkplug B protobuf payloads on `spBv1.0/...` topics (the topic
+    /// template is not used: the topic structure is fixed by the spec).
+    SparkplugB,
 }
 
 fn default_qos() -> u8 {

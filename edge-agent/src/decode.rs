@@ -33,10 +33,12 @@ pub enum Rejection {
     BadTimestamp,
     NoNumericValue,
     TooLarge,
+    /// A binary payload (Sparkplug B protobuf) that does not parse.
+    InvalidPayload,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 9] = [
+    pub const ALL: [Rejection; 10] = [
         Rejection::TopicMismatch,
         Rejection::InvalidJson,
         Rejection::UnsupportedShape,
@@ -46,6 +48,7 @@ impl Rejection {
         Rejection::BadTimestamp,
         Rejection::NoNumericValue,
         Rejection::TooLarge,
+        Rejection::InvalidPayload,
     ];
 
     /// Stable label used in metrics and logs.
@@ -60,6 +63,7 @@ impl Rejection {
             Rejection::BadTimestamp => "bad_timestamp",
             Rejection::NoNumericValue => "no_numeric_value",
             Rejection::TooLarge => "too_large",
+            Rejection::InvalidPayload => "invalid_payload",
         }
     }
 
@@ -184,7 +188,8 @@ pub fn decode_json(
             let device = names.device.ok_or(Rejection::NoDevice)?;
             let metric = names.metric.ok_or(Rejection::NoMetric)?;
             let v = n.as_f64().ok_or(Rejection::NoNumericValue)?;
-            out.readings.push(reading(device, metric, received_us, v)?);
+            out.readings
+                .push(make_reading(device, metric, received_us, v)?);
         }
         Value::Object(map) => {
             let ts = match TIME_KEYS.iter().find_map(|k| map.get(*k)) {
@@ -203,14 +208,14 @@ pub fn decode_json(
                     _ => names.metric.ok_or(Rejection::NoMetric)?,
                 };
                 let v = numeric(v).ok_or(Rejection::NoNumericValue)?;
-                out.readings.push(reading(device, metric, ts, v)?);
+                out.readings.push(make_reading(device, metric, ts, v)?);
             } else {
                 for (key, v) in &map {
                     if TIME_KEYS.contains(&key.as_str()) || key == "device" {
                         continue;
                     }
                     match numeric(v) {
-                        Some(x) => out.readings.push(reading(device, key, ts, x)?),
+                        Some(x) => out.readings.push(make_reading(device, key, ts, x)?),
                         None => out.skipped_fields += 1,
                     }
                 }
@@ -232,7 +237,8 @@ fn numeric(v: &Value) -> Option<f64> {
     }
 }
 
-fn reading(
+/// Builds a reading after checking names and value; shared by every decoder.
+pub(crate) fn make_reading(
     device: &str,
     metric: &str,
     ts_us: TimestampMicros,

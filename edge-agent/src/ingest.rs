@@ -24,12 +24,16 @@ use crate::batcher::IngestItem;
 use crate::config::{EdgeConfig, PayloadFormat, Subscription};
 use crate::decode::{self, Rejection, TopicTemplate};
 use crate::mqtt::{OrderedAcker, backoff};
+use crate::senml;
+use crate::sparkplug::SparkplugState;
 use crate::stats::EdgeStats;
 
 struct Route {
     filter: String,
     template: TopicTemplate,
     format: PayloadFormat,
+    /// Alias tables of Sparkplug edge nodes seen on this route.
+    sparkplug: SparkplugState,
 }
 
 /// Builds the MQTT client for the gateway broker.
@@ -62,12 +66,13 @@ pub async fn run(
     mut finish: watch::Receiver<bool>,
 ) {
     let mut to_batcher = Some(to_batcher);
-    let routes: Vec<Route> = subscriptions
+    let mut routes: Vec<Route> = subscriptions
         .iter()
         .map(|s| Route {
             filter: s.filter.clone(),
             template: TopicTemplate::parse(&s.topic_template).expect("validated by config"),
             format: s.format,
+            sparkplug: SparkplugState::default(),
         })
         .collect();
     let mut failures = 0u32;
@@ -106,7 +111,7 @@ pub async fn run(
                 };
                 stats.messages_received.fetch_add(1, Relaxed);
                 let ack = acker.register(&publish);
-                match decode_publish(&routes, &publish) {
+                match decode_publish(&mut routes, &publish) {
                     Ok(decoded) => {
                         stats
                             .fields_skipped
@@ -157,15 +162,16 @@ pub async fn run(
     .await;
 }
 
-fn decode_publish(routes: &[Route], publish: &Publish) -> Result<decode::Decoded, Rejection> {
+fn decode_publish(routes: &mut [Route], publish: &Publish) -> Result<decode::Decoded, Rejection> {
     let route = routes
-        .iter()
+        .iter_mut()
         .find(|r| decode::filter_matches(&r.filter, &publish.topic))
         .ok_or(Rejection::TopicMismatch)?;
     let now = chrono::Utc::now().timestamp_micros();
+    let (topic, payload) = (publish.topic.as_str(), &publish.payload[..]);
     match route.format {
-        PayloadFormat::Json => {
-            decode::decode_json(&route.template, &publish.topic, &publish.payload, now)
-        }
+        PayloadFormat::Json => decode::decode_json(&route.template, topic, payload, now),
+        PayloadFormat::Senml => senml::decode_senml(&route.template, topic, payload, now),
+        PayloadFormat::SparkplugB => route.sparkplug.decode(topic, payload, now),
     }
 }

@@ -8,7 +8,8 @@
 //!        +--------------- device PUBACKs, sent only after the hub's ack ------------+
 //! ```
 //!
-//! - [`decode`]: topic templates and JSON payloads -> readings (pure, no I/O).
+//! - [`decode`], [`senml`], [`sparkplug`]: topic templates and payloads (JSON,
+//!   SenML, Sparkplug B) -> readings (pure, no I/O, untrusted input).
 //! - [`ingest`]: the MQTT subscription with manual acknowledgements.
 //! - [`batcher`]: groups readings by size or age into envelopes.
 //! - [`uplink`]: sends envelopes to the hub, retries, and releases device acks.
@@ -34,6 +35,8 @@ pub mod decode;
 pub mod ingest;
 pub mod metrics;
 pub mod mqtt;
+pub mod senml;
+pub mod sparkplug;
 pub mod stats;
 pub mod uplink;
 
