@@ -52,8 +52,8 @@ enum Value {
     Other,
 }
 
-/// Sparkplug datatype codes.
-mod datatype {
+/// Sparkplug datatype codes (the subset with special decoding).
+pub mod datatype {
     pub const INT8: u32 = 1;
     pub const INT16: u32 = 2;
     pub const INT32: u32 = 3;
