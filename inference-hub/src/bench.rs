@@ -67,6 +67,8 @@ async fn generate(
                 Ok(Event::Incoming(Packet::PubAck(_))) => {
                     acked2.fetch_add(1, Relaxed);
                 }
+                // Everything queued before the disconnect has been written.
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                 Ok(_) => {}
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
@@ -88,13 +90,14 @@ async fn generate(
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    let elapsed = started.elapsed();
-    poller.abort();
-    Ok(elapsed)
+    client.disconnect().await?;
+    let _ = tokio::time::timeout(Duration::from_secs(30), poller).await;
+    Ok(started.elapsed())
 }
 
 /// (a): a subscriber that only counts.
-async fn plain_subscriber(host: &str, port: u16, o: &BenchOptions) -> anyhow::Result<f64> {
+/// Returns (messages per second, messages received).
+async fn plain_subscriber(host: &str, port: u16, o: &BenchOptions) -> anyhow::Result<(f64, u64)> {
     let mut opts = MqttOptions::new("bench-plain-sub", host, port);
     opts.set_keep_alive(Duration::from_secs(30))
         .set_clean_session(true);
@@ -117,19 +120,34 @@ async fn plain_subscriber(host: &str, port: u16, o: &BenchOptions) -> anyhow::Re
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     generate(host, port, "bench-a", o.devices, o.messages, o.qos).await?;
+    // QoS 0 may lose messages under load: wait for all of them or for the
+    // stream to go quiet, and report what arrived.
     let deadline = Instant::now() + o.timeout;
-    while received.load(Relaxed) < o.messages && Instant::now() < deadline {
+    let (mut last_count, mut last_change) = (0, Instant::now());
+    while received.load(Relaxed) < o.messages
+        && Instant::now() < deadline
+        && last_change.elapsed() < QUIET
+    {
         tokio::time::sleep(Duration::from_millis(2)).await;
+        let now = received.load(Relaxed);
+        if now != last_count {
+            (last_count, last_change) = (now, Instant::now());
+        }
     }
-    let done = Instant::now();
     sub.abort();
     let got = received.load(Relaxed);
-    let start = first.lock().expect("lock").unwrap_or(done);
-    if got < o.messages {
+    let start = first.lock().expect("lock").unwrap_or(last_change);
+    if got == 0 || (o.qos > 0 && got < o.messages) {
         bail!("plain subscriber received {got} of {} messages", o.messages);
     }
-    Ok(got as f64 / done.duration_since(start).as_secs_f64())
+    Ok((
+        got as f64 / last_change.duration_since(start).as_secs_f64().max(1e-3),
+        got,
+    ))
 }
+
+/// A stage counts as done when nothing arrived for this long.
+const QUIET: Duration = Duration::from_secs(3);
 
 struct Killed(Child);
 impl Drop for Killed {
@@ -168,6 +186,9 @@ async fn scrape(client: &reqwest::Client, addr: &str, name: &str) -> Option<u64>
 #[derive(Debug)]
 pub struct BenchReport {
     pub plain_subscriber_per_s: f64,
+    /// Messages that reached the plain subscriber / the agent (QoS 0 may lose).
+    pub plain_received: u64,
+    pub edge_accepted: u64,
     pub edge_per_s: f64,
     pub hub_end_to_end_per_s: f64,
     pub edge_peak_rss_kib: u64,
@@ -191,7 +212,7 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
         }
     };
 
-    let plain = plain_subscriber(&host, port, &o)
+    let (plain, plain_received) = plain_subscriber(&host, port, &o)
         .await
         .context("plain subscriber run")?;
 
@@ -206,10 +227,12 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
     std::fs::write(
         &edge_toml,
         format!(
-            "gateway-id = \"bench\"\nmetrics-listen = \"{metrics}\"\n[mqtt]\nhost = \"{host}\"\nport = {port}\nbroker-inflight = {}\n\
+            "gateway-id = \"bench-{}\"\nmetrics-listen = \"{metrics}\"\n[mqtt]\nhost = \"{host}\"\nport = {port}\nbroker-inflight = {}\n\
              [[subscriptions]]\nfilter = \"bench-b/+/+\"\nqos = {}\ntopic-template = \"bench-b/{{device}}/{{metric}}\"\n\
              [uplink.mqtt]\nhost = \"{host}\"\nport = {port}\n",
-            o.broker_inflight, o.qos
+            std::process::id(),
+            o.broker_inflight,
+            o.qos
         ),
     )?;
     let edge = Killed(
@@ -243,32 +266,39 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
         let (devices, n, q) = (o.devices, o.messages, o.qos);
         async move { generate(&host, port, "bench-b", devices, n, q).await }
     });
-    let (mut edge_done, mut hub_done) = (None, None);
+    // Done: the agent accepted every message (or, at QoS 0, stopped getting
+    // new ones), and the hub archived everything the agent accepted.
     let deadline = started + o.timeout;
-    while (edge_done.is_none() || hub_done.is_none()) && Instant::now() < deadline {
-        if edge_done.is_none()
-            && scrape(&http, &metrics, "edge_readings_accepted_total")
-                .await
-                .unwrap_or(0)
-                >= o.messages
-        {
-            edge_done = Some(started.elapsed());
+    let (mut accepted, mut edge_t, mut last_change) = (0u64, Duration::ZERO, Instant::now());
+    let mut hub_t = None;
+    while Instant::now() < deadline {
+        let now = scrape(&http, &metrics, "edge_readings_accepted_total")
+            .await
+            .unwrap_or(accepted);
+        if now != accepted {
+            (accepted, edge_t, last_change) = (now, started.elapsed(), Instant::now());
         }
-        if hub_done.is_none() && hub.stats.readings_archived.load(Relaxed) >= o.messages {
-            hub_done = Some(started.elapsed());
+        let edge_finished = accepted >= o.messages
+            || (o.qos == 0 && accepted > 0 && last_change.elapsed() >= QUIET);
+        if edge_finished && hub.stats.readings_archived.load(Relaxed) >= accepted {
+            hub_t = Some(started.elapsed());
+            break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     generator.await??;
     let rss = peak_rss_kib(edge.0.id()).unwrap_or(0);
-    let (Some(edge_t), Some(hub_t)) = (edge_done, hub_done) else {
+    let Some(hub_t) = hub_t else {
         bail!(
-            "not everything arrived in {:?}: edge accepted {:?}, hub archived {}",
+            "not everything arrived in {:?}: edge accepted {accepted} of {}, hub archived {}",
             o.timeout,
-            scrape(&http, &metrics, "edge_readings_accepted_total").await,
+            o.messages,
             hub.stats.readings_archived.load(Relaxed)
         );
     };
+    if o.qos > 0 && accepted < o.messages {
+        bail!("edge accepted {accepted} of {} QoS 1 messages", o.messages);
+    }
     let uplink = hub.stats.wal_bytes.load(Relaxed) as f64
         / hub.stats.readings_durable.load(Relaxed).max(1) as f64;
     drop(edge);
@@ -276,8 +306,10 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(BenchReport {
         plain_subscriber_per_s: plain,
-        edge_per_s: o.messages as f64 / edge_t.as_secs_f64(),
-        hub_end_to_end_per_s: o.messages as f64 / hub_t.as_secs_f64(),
+        plain_received,
+        edge_accepted: accepted,
+        edge_per_s: accepted as f64 / edge_t.as_secs_f64(),
+        hub_end_to_end_per_s: accepted as f64 / hub_t.as_secs_f64(),
         edge_peak_rss_kib: rss,
         uplink_bytes_per_reading: uplink,
     })
@@ -292,13 +324,15 @@ fn tempfile_dir() -> std::io::Result<PathBuf> {
 impl BenchReport {
     pub fn markdown_row(&self, o: &BenchOptions, broker: &str) -> String {
         format!(
-            "| {broker} | {} | {} | QoS {} | {:.0} | {:.0} ({:.2}x) | {:.0} | {:.1} MiB | {:.1} |",
+            "| {broker} | {} | {} | QoS {} | {:.0} ({:.1}% arrived) | {:.0} ({:.2}x; {:.1}% arrived) | {:.0} | {:.1} MiB | {:.1} |",
             o.devices,
             o.messages,
             o.qos,
             self.plain_subscriber_per_s,
+            100.0 * self.plain_received as f64 / o.messages as f64,
             self.edge_per_s,
             self.edge_per_s / self.plain_subscriber_per_s,
+            100.0 * self.edge_accepted as f64 / o.messages as f64,
             self.hub_end_to_end_per_s,
             self.edge_peak_rss_kib as f64 / 1024.0,
             self.uplink_bytes_per_reading,
