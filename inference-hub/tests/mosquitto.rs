@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::{assert_archive_matches, publish_fleet, read_archive};
+use crate::harness::{assert_archive_matches, assert_spikes_flagged, publish_fleet, read_archive};
 
 struct Process(Child);
 
@@ -192,6 +192,8 @@ async fn separate_processes_on_mosquitto_archive_every_valid_reading_once() {
             .collect()
     };
     assert_archive_matches(&part("site-m1"), &a);
+    assert_spikes_flagged(&part("site-m1"), &a);
     assert_archive_matches(&part("site-m2"), &b);
+    assert_spikes_flagged(&part("site-m2"), &b);
     assert_eq!(archive.len() as u64, expected);
 }
