@@ -59,8 +59,11 @@ impl Agent {
         let (item_tx, item_rx) = mpsc::channel::<IngestItem>(INGEST_QUEUE);
         let (batch_tx, batch_rx) = mpsc::channel::<SealedBatch>(1);
 
+        let filter = crate::filter::Filter::new(cfg.rules.clone());
+        stats.set_filter_counts(filter.named_counts());
         let ingest = tokio::spawn(ingest::run(
             cfg.subscriptions.clone(),
+            filter,
             client,
             eventloop,
             item_tx,

@@ -30,6 +30,9 @@ pub struct EdgeConfig {
     /// Serve `/metrics` and `/health` on this address (off when absent).
     #[serde(default)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Pre-filtering rules, first match wins (see [`crate::filter`]).
+    #[serde(default)]
+    pub rules: Vec<crate::filter::RuleConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -304,6 +307,7 @@ impl Validate for EdgeConfig {
                 "must start with http:// (TLS to the hub is not built in yet; terminate it in a local proxy)",
             ));
         }
+        crate::filter::validate_rules(&self.rules, problems);
         if self.mqtt.broker_inflight == 0 || self.mqtt.broker_inflight > u16::MAX as usize {
             problems.push(ConfigProblem::new(
                 "mqtt.broker-inflight",

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use crate::batcher::IngestItem;
 use crate::config::{EdgeConfig, PayloadFormat, Subscription};
 use crate::decode::{self, Rejection, TopicTemplate};
+use crate::filter::Filter;
 use crate::mqtt::{OrderedAcker, backoff};
 use crate::senml;
 use crate::sparkplug::SparkplugState;
@@ -57,6 +58,7 @@ pub fn connect(cfg: &EdgeConfig, ack_capacity: usize) -> (AsyncClient, EventLoop
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     subscriptions: Vec<Subscription>,
+    mut filter: Filter,
     client: AsyncClient,
     mut eventloop: EventLoop,
     to_batcher: mpsc::Sender<IngestItem>,
@@ -112,7 +114,20 @@ pub async fn run(
                 stats.messages_received.fetch_add(1, Relaxed);
                 let ack = acker.register(&publish);
                 match decode_publish(&mut routes, &publish) {
-                    Ok(decoded) => {
+                    Ok(mut decoded) => {
+                        if !filter.is_empty() {
+                            let now = chrono::Utc::now().timestamp_micros();
+                            let drops = filter.apply(&mut decoded.readings, now);
+                            if !drops.is_empty() {
+                                stats.set_filter_counts(filter.named_counts());
+                            }
+                            if decoded.readings.is_empty() {
+                                // Every reading was dropped by policy: nothing
+                                // to keep safe, so acknowledge now.
+                                acker.release(&ack.into_iter().collect::<Vec<_>>());
+                                continue;
+                            }
+                        }
                         stats
                             .fields_skipped
                             .fetch_add(decoded.skipped_fields as u64, Relaxed);

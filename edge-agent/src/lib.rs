@@ -3,7 +3,7 @@
 //! Data flow (each arrow a bounded channel, each box a task):
 //!
 //! ```text
-//! gateway broker --MQTT--> [ingest] --readings+acks--> [batcher] --envelopes--> [uplink] --MQTT|HTTP--> hub
+//! gateway broker --MQTT--> [ingest: decode, filter] --readings+acks--> [batcher] --envelopes--> [uplink] --MQTT|HTTP--> hub
 //!        ^                                                                          |
 //!        +--------------- device PUBACKs, sent only after the hub's ack ------------+
 //! ```
@@ -11,6 +11,8 @@
 //! - [`decode`], [`senml`], [`sparkplug`]: topic templates and payloads (JSON,
 //!   SenML, Sparkplug B) -> readings (pure, no I/O, untrusted input).
 //! - [`ingest`]: the MQTT subscription with manual acknowledgements.
+//! - [`filter`]: declarative pre-filtering rules (validation, duplicates, rate
+//!   limits, deadband with heartbeat).
 //! - [`batcher`]: groups readings by size or age into envelopes.
 //! - [`uplink`]: sends envelopes to the hub, retries, and releases device acks.
 //! - [`mqtt`]: in-order acknowledgements and reconnect backoff (shared with
@@ -32,6 +34,7 @@ pub mod agent;
 pub mod batcher;
 pub mod config;
 pub mod decode;
+pub mod filter;
 pub mod ingest;
 pub mod metrics;
 pub mod mqtt;

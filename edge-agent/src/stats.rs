@@ -26,6 +26,8 @@ pub struct EdgeStats {
     pub in_flight: AtomicU64,
     pub broker_connects: AtomicU64,
     pub broker_errors: AtomicU64,
+    /// Per-rule filter counters (rule name, kept, dropped per reason).
+    filter: std::sync::Mutex<Vec<(String, crate::filter::RuleCounts)>>,
 }
 
 impl EdgeStats {
@@ -35,6 +37,21 @@ impl EdgeStats {
 
     pub fn rejected(&self, reason: Rejection) -> u64 {
         self.rejected[reason.index()].load(Relaxed)
+    }
+
+    /// Publishes the filter's counters (called by ingest after changes).
+    pub fn set_filter_counts(&self, counts: Vec<(String, crate::filter::RuleCounts)>) {
+        *self.filter.lock().expect("stats lock") = counts;
+    }
+
+    /// Readings dropped by `rule` for `reason` so far.
+    pub fn filter_dropped(&self, rule: &str, reason: crate::filter::DropReason) -> u64 {
+        let counts = self.filter.lock().expect("stats lock");
+        counts
+            .iter()
+            .filter(|(n, _)| n == rule)
+            .map(|(_, c)| c.dropped(reason))
+            .sum()
     }
 
     pub fn rejected_total(&self) -> u64 {

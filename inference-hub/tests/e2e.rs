@@ -192,3 +192,56 @@ async fn two_hubs_on_one_shared_subscription_split_the_batches_without_duplicate
     let merged = read_archive(&archive);
     assert_archive_matches(&merged, &published);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filter_rules_drop_exactly_what_they_say_and_count_it() {
+    use edge_agent::filter::{DropReason, RuleConfig};
+
+    let port = broker::free_port();
+    broker::start_embedded(([127, 0, 0, 1], port).into());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub_cfg = HubConfig::for_dir("filters", dir.path());
+    hub_cfg.mqtt.port = port;
+    let hub = inference_hub::start(hub_cfg).await.unwrap();
+    let mut cfg = agent_config("gw-f", "plant-f", port, UplinkKind::Http, hub.http_addr);
+    cfg.rules = vec![RuleConfig {
+        name: "temp-cap".into(),
+        metric: Some("temp".into()),
+        max: Some(25.0),
+        ..RuleConfig::default()
+    }];
+    let agent = Agent::start(cfg, Duration::from_secs(10)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut published = publish_fleet(port, "fleet-f", "plant-f", 3, 120, 1000).await;
+    let over: Vec<_> = published
+        .readings
+        .iter()
+        .filter(|((_, m, _), v)| m == "temp" && **v > 25.0)
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert!(!over.is_empty() && over.len() < published.readings.len());
+    for k in &over {
+        published.readings.remove(k);
+    }
+    let expected = published.readings.len() as u64;
+    let stats = hub.stats.clone();
+    let all = wait_until(Duration::from_secs(60), || {
+        stats.readings_archived.load(Relaxed) >= expected
+    })
+    .await;
+    assert!(
+        all,
+        "archived {} of {expected}",
+        stats.readings_archived.load(Relaxed)
+    );
+    assert_eq!(
+        agent.stats.filter_dropped("temp-cap", DropReason::AboveMax),
+        over.len() as u64
+    );
+    agent.shutdown().await;
+    let root = hub.archive_root.clone();
+    hub.shutdown().await;
+    assert_archive_matches(&read_archive(&root), &published);
+}

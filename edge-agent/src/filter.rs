@@ -1,0 +1,613 @@
+//! Declarative pre-filtering: which readings the agent forwards.
+//!
+//! Rules come from the `[[rules]]` tables of the configuration. A reading is
+//! governed by the **first** rule whose `device` and `metric` patterns match
+//! it (`*` matches any run of characters, `?` one character; an absent
+//! pattern matches everything); a reading no rule matches is forwarded as is.
+//! Within a rule the checks run in this fixed order, and the first that drops
+//! the reading decides the reason:
+//!
+//! 1. **validation**: `min` / `max` range, and timestamp sanity
+//!    (`max-future`, `max-past` relative to the agent's clock);
+//! 2. **duplicates** (`dedup = true`): the same device, metric and timestamp
+//!    as one of the series' recent readings;
+//! 3. **rate limit** (`rate-limit`, readings per second per device, all its
+//!    metrics together; a token bucket with one second of burst);
+//! 4. **deadband** (`deadband`): forwarded only if it differs from the last
+//!    forwarded value by more than the deadband, or if `max-silence` has
+//!    passed since the last forwarded reading (the heartbeat).
+//!
+//! Every drop is counted per rule and reason (`edge_filter_dropped_total`).
+//! A message whose readings are all dropped is acknowledged at once: dropping
+//! is a decision, not a failure. State is per series and bounded (see
+//! `MAX_SERIES`); the series seen least recently is forgotten first.
+//!
+//! Downsampling windows are not here yet: a reading absorbed into an open
+//! window cannot be acknowledged until the window's aggregate is safe, which
+//! with in-order acknowledgements would hold the broker's whole window for the
+//! length of a downsampling window. They need the open windows kept in the
+//! durable spool.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use schemas::Reading;
+use schemas::settings::ConfigProblem;
+
+/// Series whose filter state is kept at most.
+pub const MAX_SERIES: usize = 100_000;
+/// Recent timestamps remembered per series for duplicate suppression.
+const DEDUP_MEMORY: usize = 64;
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", default)]
+pub struct RuleConfig {
+    /// Name used in metrics and the dry-run report.
+    pub name: String,
+    pub device: Option<String>,
+    pub metric: Option<String>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    #[serde(with = "schemas::settings::opt_duration")]
+    pub max_future: Option<Duration>,
+    #[serde(with = "schemas::settings::opt_duration")]
+    pub max_past: Option<Duration>,
+    pub dedup: bool,
+    /// Readings per second per device (all its metrics together).
+    pub rate_limit: Option<f64>,
+    pub deadband: Option<f64>,
+    #[serde(with = "schemas::settings::opt_duration")]
+    pub max_silence: Option<Duration>,
+}
+
+/// Why a reading was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    BelowMin,
+    AboveMax,
+    FutureTimestamp,
+    StaleTimestamp,
+    Duplicate,
+    RateLimited,
+    WithinDeadband,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 7] = [
+        DropReason::BelowMin,
+        DropReason::AboveMax,
+        DropReason::FutureTimestamp,
+        DropReason::StaleTimestamp,
+        DropReason::Duplicate,
+        DropReason::RateLimited,
+        DropReason::WithinDeadband,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::BelowMin => "below_min",
+            DropReason::AboveMax => "above_max",
+            DropReason::FutureTimestamp => "future_timestamp",
+            DropReason::StaleTimestamp => "stale_timestamp",
+            DropReason::Duplicate => "duplicate",
+            DropReason::RateLimited => "rate_limited",
+            DropReason::WithinDeadband => "within_deadband",
+        }
+    }
+
+    fn index(self) -> usize {
+        DropReason::ALL
+            .iter()
+            .position(|r| *r == self)
+            .expect("listed")
+    }
+
+    /// Validation failures are the device's fault (dead-letter material);
+    /// the others are the operator's policy.
+    pub fn is_invalid(self) -> bool {
+        matches!(
+            self,
+            DropReason::BelowMin
+                | DropReason::AboveMax
+                | DropReason::FutureTimestamp
+                | DropReason::StaleTimestamp
+        )
+    }
+}
+
+/// Forgets the least recently used entry (bounded state).
+fn evict_oldest<K: Clone + Eq + std::hash::Hash, V>(
+    map: &mut HashMap<K, V>,
+    touched: impl Fn(&V) -> u64,
+) {
+    if let Some(key) = map
+        .iter()
+        .min_by_key(|(_, v)| touched(v))
+        .map(|(k, _)| k.clone())
+    {
+        map.remove(&key);
+    }
+}
+
+/// `*` and `?` glob match.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0usize, 0usize, None::<usize>, 0usize);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+pub fn validate_rules(rules: &[RuleConfig], problems: &mut Vec<ConfigProblem>) {
+    for (i, r) in rules.iter().enumerate() {
+        let at = |k: &str| format!("rules[{i}].{k}");
+        if r.name.is_empty() {
+            problems.push(ConfigProblem::new(
+                at("name"),
+                "every rule needs a name (it labels the metrics)",
+            ));
+        }
+        if rules[..i].iter().any(|o| o.name == r.name) && !r.name.is_empty() {
+            problems.push(ConfigProblem::new(at("name"), "rule names must be unique"));
+        }
+        if let (Some(lo), Some(hi)) = (r.min, r.max)
+            && lo > hi
+        {
+            problems.push(ConfigProblem::new(at("min"), "min is greater than max"));
+        }
+        for (key, v) in [
+            ("min", r.min),
+            ("max", r.max),
+            ("deadband", r.deadband),
+            ("rate-limit", r.rate_limit),
+        ] {
+            if v.is_some_and(|x| !x.is_finite()) {
+                problems.push(ConfigProblem::new(at(key), "must be a finite number"));
+            }
+        }
+        if r.deadband.is_some_and(|d| d < 0.0) {
+            problems.push(ConfigProblem::new(at("deadband"), "must not be negative"));
+        }
+        if r.rate_limit.is_some_and(|x| x <= 0.0) {
+            problems.push(ConfigProblem::new(at("rate-limit"), "must be positive"));
+        }
+        if r.max_silence.is_some() && r.deadband.is_none() {
+            problems.push(ConfigProblem::new(
+                at("max-silence"),
+                "only applies together with a deadband",
+            ));
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct SeriesState {
+    recent_ts: VecDeque<i64>,
+    last_sent: Option<(f64, i64)>,
+    last_touch: u64,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last_refill_us: i64,
+    last_touch: u64,
+}
+
+/// Counters of one rule: kept, and dropped per reason.
+#[derive(Debug, Default, Clone)]
+pub struct RuleCounts {
+    pub kept: u64,
+    pub dropped: [u64; DropReason::ALL.len()],
+}
+
+impl RuleCounts {
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason.index()]
+    }
+}
+
+/// The rules plus their per-series state.
+#[derive(Debug, Default)]
+pub struct Filter {
+    rules: Vec<RuleConfig>,
+    series: HashMap<(usize, String, String), SeriesState>,
+    buckets: HashMap<(usize, String), Bucket>,
+    counts: Vec<RuleCounts>,
+    clock: u64,
+}
+
+impl Filter {
+    pub fn new(rules: Vec<RuleConfig>) -> Self {
+        let counts = vec![RuleCounts::default(); rules.len()];
+        Self {
+            rules,
+            series: HashMap::new(),
+            buckets: HashMap::new(),
+            counts,
+            clock: 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    pub fn rules(&self) -> &[RuleConfig] {
+        &self.rules
+    }
+
+    pub fn counts(&self) -> &[RuleCounts] {
+        &self.counts
+    }
+
+    /// Keeps the readings that pass; returns the drops as (rule, reason).
+    pub fn apply(&mut self, readings: &mut Vec<Reading>, now_us: i64) -> Vec<(usize, DropReason)> {
+        let mut drops = Vec::new();
+        if self.rules.is_empty() {
+            return drops;
+        }
+        readings.retain(|r| match self.check(r, now_us) {
+            None => true,
+            Some(drop) => {
+                drops.push(drop);
+                false
+            }
+        });
+        drops
+    }
+
+    fn check(&mut self, r: &Reading, now_us: i64) -> Option<(usize, DropReason)> {
+        let idx = self.rules.iter().position(|rule| {
+            rule.device
+                .as_deref()
+                .is_none_or(|p| glob_match(p, &r.device))
+                && rule
+                    .metric
+                    .as_deref()
+                    .is_none_or(|p| glob_match(p, &r.metric))
+        })?;
+        let verdict = self.verdict(idx, r, now_us);
+        match verdict {
+            None => self.counts[idx].kept += 1,
+            Some(reason) => self.counts[idx].dropped[reason.index()] += 1,
+        }
+        verdict.map(|reason| (idx, reason))
+    }
+
+    fn verdict(&mut self, idx: usize, r: &Reading, now_us: i64) -> Option<DropReason> {
+        let rule = &self.rules[idx];
+        if rule.min.is_some_and(|lo| r.value < lo) {
+            return Some(DropReason::BelowMin);
+        }
+        if rule.max.is_some_and(|hi| r.value > hi) {
+            return Some(DropReason::AboveMax);
+        }
+        if rule
+            .max_future
+            .is_some_and(|d| r.ts_us > now_us.saturating_add(d.as_micros() as i64))
+        {
+            return Some(DropReason::FutureTimestamp);
+        }
+        if rule
+            .max_past
+            .is_some_and(|d| r.ts_us < now_us.saturating_sub(d.as_micros() as i64))
+        {
+            return Some(DropReason::StaleTimestamp);
+        }
+        let (dedup, rate, deadband, silence) =
+            (rule.dedup, rule.rate_limit, rule.deadband, rule.max_silence);
+        if !dedup && rate.is_none() && deadband.is_none() {
+            return None;
+        }
+        self.clock += 1;
+        let clock = self.clock;
+        let series_key = (idx, r.device.clone(), r.metric.clone());
+        if (dedup || deadband.is_some())
+            && self.series.len() >= MAX_SERIES
+            && !self.series.contains_key(&series_key)
+        {
+            evict_oldest(&mut self.series, |s| s.last_touch);
+        }
+        let mut state = (dedup || deadband.is_some()).then(|| {
+            let state = self.series.entry(series_key).or_default();
+            state.last_touch = clock;
+            state
+        });
+        // 2. duplicates
+        if dedup && let Some(state) = state.as_deref_mut() {
+            if state.recent_ts.contains(&r.ts_us) {
+                return Some(DropReason::Duplicate);
+            }
+            if state.recent_ts.len() == DEDUP_MEMORY {
+                state.recent_ts.pop_front();
+            }
+            state.recent_ts.push_back(r.ts_us);
+        }
+        // 3. rate limit (a token is spent only if the reading is forwarded)
+        let mut bucket = None;
+        if let Some(per_second) = rate {
+            let device_key = (idx, r.device.clone());
+            if self.buckets.len() >= MAX_SERIES && !self.buckets.contains_key(&device_key) {
+                evict_oldest(&mut self.buckets, |b| b.last_touch);
+            }
+            let b = self.buckets.entry(device_key).or_insert(Bucket {
+                tokens: per_second.max(1.0),
+                last_refill_us: now_us,
+                last_touch: clock,
+            });
+            b.last_touch = clock;
+            let elapsed = (now_us - b.last_refill_us).max(0) as f64 / 1e6;
+            b.tokens = (b.tokens + elapsed * per_second).min(per_second.max(1.0));
+            b.last_refill_us = now_us;
+            if b.tokens < 1.0 {
+                return Some(DropReason::RateLimited);
+            }
+            bucket = Some(b);
+        }
+        // 4. deadband with heartbeat
+        if let (Some(band), Some(state)) = (deadband, state) {
+            if let Some((last_value, last_ts)) = state.last_sent {
+                let heartbeat_due = silence
+                    .is_some_and(|s| r.ts_us.saturating_sub(last_ts) >= s.as_micros() as i64);
+                if (r.value - last_value).abs() <= band && !heartbeat_due {
+                    return Some(DropReason::WithinDeadband);
+                }
+            }
+            state.last_sent = Some((r.value, r.ts_us));
+        }
+        if let Some(b) = bucket {
+            b.tokens -= 1.0;
+        }
+        None
+    }
+
+    /// (rule name, counters) of every rule, for the stats.
+    pub fn named_counts(&self) -> Vec<(String, RuleCounts)> {
+        self.rules
+            .iter()
+            .map(|r| r.name.clone())
+            .zip(self.counts.iter().cloned())
+            .collect()
+    }
+}
+
+/// Prometheus lines for the per-rule counters.
+pub fn render_prometheus(counts: &[(String, RuleCounts)], out: &mut String) {
+    use std::fmt::Write;
+    if counts.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP edge_filter_kept_total Readings a rule forwarded.\n# TYPE edge_filter_kept_total counter"
+    );
+    for (name, c) in counts {
+        let _ = writeln!(out, "edge_filter_kept_total{{rule=\"{name}\"}} {}", c.kept);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP edge_filter_dropped_total Readings a rule dropped, by reason.\n# TYPE edge_filter_dropped_total counter"
+    );
+    for (name, c) in counts {
+        for reason in DropReason::ALL {
+            let _ = writeln!(
+                out,
+                "edge_filter_dropped_total{{rule=\"{name}\",reason=\"{}\"}} {}",
+                reason.as_str(),
+                c.dropped(reason)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(device: &str, metric: &str, ts_s: i64, value: f64) -> Reading {
+        Reading {
+            device: device.into(),
+            metric: metric.into(),
+            ts_us: ts_s * 1_000_000,
+            value,
+        }
+    }
+
+    const NOW: i64 = 1_700_000_000_000_000;
+
+    fn rule(name: &str) -> RuleConfig {
+        RuleConfig {
+            name: name.into(),
+            ..RuleConfig::default()
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("pump-*", "pump-7"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("p?mp-*-x", "pump-1-x"));
+        assert!(!glob_match("pump-*", "valve-1"));
+        assert!(glob_match("*a*b", "xxaxxb"));
+        assert!(!glob_match("*a*b", "xxaxxc"));
+    }
+
+    #[test]
+    fn first_matching_rule_decides_and_range_is_checked() {
+        let mut f = Filter::new(vec![
+            RuleConfig {
+                device: Some("pump-*".into()),
+                min: Some(0.0),
+                max: Some(100.0),
+                ..rule("pumps")
+            },
+            RuleConfig {
+                max: Some(1.0),
+                ..rule("others")
+            },
+        ]);
+        let mut rs = vec![
+            r("pump-1", "t", 1, 50.0),
+            r("pump-1", "t", 2, 150.0),
+            r("pump-1", "t", 3, -1.0),
+            r("valve", "t", 4, 50.0),
+        ];
+        let drops = f.apply(&mut rs, NOW);
+        assert_eq!(rs.len(), 1);
+        assert_eq!(
+            drops,
+            vec![
+                (0, DropReason::AboveMax),
+                (0, DropReason::BelowMin),
+                (1, DropReason::AboveMax)
+            ]
+        );
+        assert_eq!(f.counts()[0].kept, 1);
+    }
+
+    #[test]
+    fn timestamps_too_far_in_the_future_or_past_are_invalid() {
+        let mut f = Filter::new(vec![RuleConfig {
+            max_future: Some(Duration::from_secs(60)),
+            max_past: Some(Duration::from_secs(3600)),
+            ..rule("time")
+        }]);
+        let now_s = NOW / 1_000_000;
+        let mut rs = vec![
+            r("d", "m", now_s + 120, 1.0),
+            r("d", "m", now_s - 7200, 1.0),
+            r("d", "m", now_s, 1.0),
+        ];
+        let drops = f.apply(&mut rs, NOW);
+        assert_eq!(
+            drops.iter().map(|d| d.1).collect::<Vec<_>>(),
+            vec![DropReason::FutureTimestamp, DropReason::StaleTimestamp]
+        );
+        assert_eq!(rs.len(), 1);
+        assert!(DropReason::FutureTimestamp.is_invalid() && !DropReason::Duplicate.is_invalid());
+    }
+
+    #[test]
+    fn duplicates_of_the_same_series_and_timestamp_are_dropped() {
+        let mut f = Filter::new(vec![RuleConfig {
+            dedup: true,
+            ..rule("dedup")
+        }]);
+        let mut rs = vec![
+            r("d", "m", 1, 1.0),
+            r("d", "m", 1, 1.0),
+            r("d", "n", 1, 1.0),
+            r("d", "m", 2, 1.0),
+        ];
+        f.apply(&mut rs, NOW);
+        assert_eq!(rs.len(), 3);
+    }
+
+    #[test]
+    fn deadband_forwards_changes_and_heartbeats() {
+        let mut f = Filter::new(vec![RuleConfig {
+            deadband: Some(0.5),
+            max_silence: Some(Duration::from_secs(60)),
+            ..rule("cov")
+        }]);
+        let mut rs: Vec<Reading> = [
+            (0, 10.0),
+            (10, 10.2),
+            (20, 10.6),
+            (30, 10.7),
+            (90, 10.7),
+            (100, 10.1),
+        ]
+        .iter()
+        .map(|&(t, v)| r("d", "m", t, v))
+        .collect();
+        f.apply(&mut rs, NOW);
+        // 10.0 first; 10.6 changed by 0.6; 10.7 at t=90 is the heartbeat; 10.1 changed by 0.6.
+        assert_eq!(
+            rs.iter().map(|x| x.ts_us / 1_000_000).collect::<Vec<_>>(),
+            vec![0, 20, 90, 100]
+        );
+    }
+
+    #[test]
+    fn rate_limit_is_per_device_and_refills_with_time() {
+        let mut f = Filter::new(vec![RuleConfig {
+            rate_limit: Some(2.0),
+            ..rule("rate")
+        }]);
+        let mut burst: Vec<Reading> = (0..5).map(|i| r("d", "m", i, 1.0)).collect();
+        f.apply(&mut burst, NOW);
+        assert_eq!(burst.len(), 2);
+        let mut same_device: Vec<Reading> =
+            (0..3).map(|i| r("d", "other-metric", i, 1.0)).collect();
+        f.apply(&mut same_device, NOW);
+        assert!(
+            same_device.is_empty(),
+            "all metrics of a device share its bucket"
+        );
+        let mut other: Vec<Reading> = (0..5).map(|i| r("e", "m", i, 1.0)).collect();
+        f.apply(&mut other, NOW);
+        assert_eq!(other.len(), 2, "another device has its own bucket");
+        let mut later = vec![
+            r("d", "m", 10, 1.0),
+            r("d", "m", 11, 1.0),
+            r("d", "m", 12, 1.0),
+        ];
+        f.apply(&mut later, NOW + 1_000_000);
+        assert_eq!(later.len(), 2);
+    }
+
+    #[test]
+    fn series_state_is_bounded() {
+        let mut f = Filter::new(vec![RuleConfig {
+            dedup: true,
+            ..rule("dedup")
+        }]);
+        for i in 0..(MAX_SERIES + 10) {
+            let mut rs = vec![r(&format!("d{i}"), "m", 1, 1.0)];
+            f.apply(&mut rs, NOW);
+        }
+        assert!(f.series.len() <= MAX_SERIES);
+    }
+
+    #[test]
+    fn invalid_rules_are_reported_with_their_keys() {
+        let mut problems = Vec::new();
+        validate_rules(
+            &[RuleConfig {
+                min: Some(5.0),
+                max: Some(1.0),
+                deadband: Some(-1.0),
+                max_silence: Some(Duration::from_secs(1)),
+                ..rule("")
+            }],
+            &mut problems,
+        );
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert!(
+            paths.contains(&"rules[0].name")
+                && paths.contains(&"rules[0].min")
+                && paths.contains(&"rules[0].deadband")
+        );
+    }
+}
