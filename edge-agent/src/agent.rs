@@ -61,9 +61,15 @@ impl Agent {
 
         let filter = crate::filter::Filter::new(cfg.rules.clone());
         stats.set_filter_counts(filter.named_counts());
+        let dead_letters = crate::dead_letter::DeadLetters::new(
+            cfg.dead_letter.clone(),
+            Some(client.clone()),
+            stats.clone(),
+        );
         let ingest = tokio::spawn(ingest::run(
             cfg.subscriptions.clone(),
             filter,
+            dead_letters,
             client,
             eventloop,
             item_tx,

@@ -30,6 +30,9 @@ pub struct EdgeConfig {
     /// Serve `/metrics` and `/health` on this address (off when absent).
     #[serde(default)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where invalid messages go, with the reason.
+    #[serde(default)]
+    pub dead_letter: crate::dead_letter::DeadLetterSettings,
     /// Pre-filtering rules, first match wins (see [`crate::filter`]).
     #[serde(default)]
     pub rules: Vec<crate::filter::RuleConfig>,

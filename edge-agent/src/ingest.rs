@@ -17,11 +17,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 
 use crate::batcher::IngestItem;
 use crate::config::{EdgeConfig, PayloadFormat, Subscription};
+use crate::dead_letter::DeadLetters;
 use crate::decode::{self, Rejection, TopicTemplate};
 use crate::filter::Filter;
 use crate::mqtt::{OrderedAcker, backoff};
@@ -35,6 +36,58 @@ struct Route {
     format: PayloadFormat,
     /// Alias tables of Sparkplug edge nodes seen on this route.
     sparkplug: SparkplugState,
+}
+
+/// Decodes one message by the first subscription whose filter matches its
+/// topic: the agent's whole decoding path, shared with `dry-run`.
+#[derive(Debug)]
+pub struct MessageDecoder {
+    routes: Vec<Route>,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("filter", &self.filter)
+            .finish()
+    }
+}
+
+impl MessageDecoder {
+    pub fn new(subscriptions: &[Subscription]) -> Self {
+        let routes = subscriptions
+            .iter()
+            .map(|s| Route {
+                filter: s.filter.clone(),
+                template: TopicTemplate::parse(&s.topic_template).expect("validated by config"),
+                format: s.format,
+                sparkplug: SparkplugState::default(),
+            })
+            .collect();
+        Self { routes }
+    }
+
+    pub fn decode(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        received_us: i64,
+    ) -> Result<decode::Decoded, Rejection> {
+        let route = self
+            .routes
+            .iter_mut()
+            .find(|r| decode::filter_matches(&r.filter, topic))
+            .ok_or(Rejection::TopicMismatch)?;
+        match route.format {
+            PayloadFormat::Json => {
+                decode::decode_json(&route.template, topic, payload, received_us)
+            }
+            PayloadFormat::Senml => {
+                senml::decode_senml(&route.template, topic, payload, received_us)
+            }
+            PayloadFormat::SparkplugB => route.sparkplug.decode(topic, payload, received_us),
+        }
+    }
 }
 
 /// Builds the MQTT client for the gateway broker.
@@ -59,6 +112,7 @@ pub fn connect(cfg: &EdgeConfig, ack_capacity: usize) -> (AsyncClient, EventLoop
 pub async fn run(
     subscriptions: Vec<Subscription>,
     mut filter: Filter,
+    mut dead_letters: DeadLetters,
     client: AsyncClient,
     mut eventloop: EventLoop,
     to_batcher: mpsc::Sender<IngestItem>,
@@ -68,15 +122,7 @@ pub async fn run(
     mut finish: watch::Receiver<bool>,
 ) {
     let mut to_batcher = Some(to_batcher);
-    let mut routes: Vec<Route> = subscriptions
-        .iter()
-        .map(|s| Route {
-            filter: s.filter.clone(),
-            template: TopicTemplate::parse(&s.topic_template).expect("validated by config"),
-            format: s.format,
-            sparkplug: SparkplugState::default(),
-        })
-        .collect();
+    let mut decoder = MessageDecoder::new(&subscriptions);
     let mut failures = 0u32;
     loop {
         let event = tokio::select! {
@@ -113,13 +159,24 @@ pub async fn run(
                 };
                 stats.messages_received.fetch_add(1, Relaxed);
                 let ack = acker.register(&publish);
-                match decode_publish(&mut routes, &publish) {
+                match decoder.decode(
+                    &publish.topic,
+                    &publish.payload,
+                    chrono::Utc::now().timestamp_micros(),
+                ) {
                     Ok(mut decoded) => {
                         if !filter.is_empty() {
                             let now = chrono::Utc::now().timestamp_micros();
                             let drops = filter.apply(&mut decoded.readings, now);
                             if !drops.is_empty() {
                                 stats.set_filter_counts(filter.named_counts());
+                            }
+                            if let Some((_, reason)) = drops.iter().find(|(_, r)| r.is_invalid()) {
+                                dead_letters.send(
+                                    &publish.topic,
+                                    reason.as_str(),
+                                    &publish.payload,
+                                );
                             }
                             if decoded.readings.is_empty() {
                                 // Every reading was dropped by policy: nothing
@@ -148,6 +205,7 @@ pub async fn run(
                     }
                     Err(reason) => {
                         stats.reject(reason);
+                        dead_letters.send(&publish.topic, reason.as_str(), &publish.payload);
                         tracing::debug!(topic = %publish.topic, reason = reason.as_str(), "rejected device message");
                         acker.release(&ack.into_iter().collect::<Vec<_>>());
                     }
@@ -175,18 +233,4 @@ pub async fn run(
         while eventloop.poll().await.is_ok() {}
     })
     .await;
-}
-
-fn decode_publish(routes: &mut [Route], publish: &Publish) -> Result<decode::Decoded, Rejection> {
-    let route = routes
-        .iter_mut()
-        .find(|r| decode::filter_matches(&r.filter, &publish.topic))
-        .ok_or(Rejection::TopicMismatch)?;
-    let now = chrono::Utc::now().timestamp_micros();
-    let (topic, payload) = (publish.topic.as_str(), &publish.payload[..]);
-    match route.format {
-        PayloadFormat::Json => decode::decode_json(&route.template, topic, payload, now),
-        PayloadFormat::Senml => senml::decode_senml(&route.template, topic, payload, now),
-        PayloadFormat::SparkplugB => route.sparkplug.decode(topic, payload, now),
-    }
 }

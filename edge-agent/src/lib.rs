@@ -13,6 +13,8 @@
 //! - [`ingest`]: the MQTT subscription with manual acknowledgements.
 //! - [`filter`]: declarative pre-filtering rules (validation, duplicates, rate
 //!   limits, deadband with heartbeat).
+//! - [`dead_letter`]: invalid messages, with the reason, to a topic or a file.
+//! - [`dry_run`]: a recording through the decoders and rules, offline.
 //! - [`batcher`]: groups readings by size or age into envelopes.
 //! - [`uplink`]: sends envelopes to the hub, retries, and releases device acks.
 //! - [`mqtt`]: in-order acknowledgements and reconnect backoff (shared with
@@ -33,7 +35,9 @@
 pub mod agent;
 pub mod batcher;
 pub mod config;
+pub mod dead_letter;
 pub mod decode;
+pub mod dry_run;
 pub mod filter;
 pub mod ingest;
 pub mod metrics;

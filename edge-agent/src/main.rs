@@ -30,6 +30,14 @@ enum Command {
     },
     /// Check the configuration and report every problem with its key path.
     Validate,
+    /// Run a recording of gateway messages (JSON Lines of
+    /// {"topic", "payload"}) through the configured decoders and rules and
+    /// print what each rule would keep and drop. Needs no broker or hub.
+    DryRun {
+        /// Recording files; `-` for standard input.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,6 +63,29 @@ fn main() -> ExitCode {
     }) {
         Command::Validate => {
             println!("configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Command::DryRun { files } => {
+            for file in files {
+                let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
+                    Box::new(std::io::stdin().lock())
+                } else {
+                    match std::fs::File::open(&file) {
+                        Ok(f) => Box::new(std::io::BufReader::new(f)),
+                        Err(e) => {
+                            eprintln!("cannot read {}: {e}", file.display());
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                };
+                match edge_agent::dry_run::run(&config, input) {
+                    Ok(report) => print!("{}:\n{}", file.display(), report.render()),
+                    Err(e) => {
+                        eprintln!("cannot read {}: {e}", file.display());
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
             ExitCode::SUCCESS
         }
         Command::Run { shutdown_grace } => {

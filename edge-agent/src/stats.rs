@@ -26,6 +26,8 @@ pub struct EdgeStats {
     pub in_flight: AtomicU64,
     pub broker_connects: AtomicU64,
     pub broker_errors: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub dead_letters_dropped: AtomicU64,
     /// Per-rule filter counters (rule name, kept, dropped per reason).
     filter: std::sync::Mutex<Vec<(String, crate::filter::RuleCounts)>>,
 }

@@ -205,6 +205,8 @@ async fn filter_rules_drop_exactly_what_they_say_and_count_it() {
     hub_cfg.mqtt.port = port;
     let hub = inference_hub::start(hub_cfg).await.unwrap();
     let mut cfg = agent_config("gw-f", "plant-f", port, UplinkKind::Http, hub.http_addr);
+    let dead_letter_file = dir.path().join("dead-letters.jsonl");
+    cfg.dead_letter.file = Some(dead_letter_file.clone());
     cfg.rules = vec![RuleConfig {
         name: "temp-cap".into(),
         metric: Some("temp".into()),
