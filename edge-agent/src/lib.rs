@@ -20,6 +20,7 @@
 //! - [`mqtt`]: in-order acknowledgements and reconnect backoff (shared with
 //!   the hub).
 //! - [`metrics`]: the optional `/metrics` and `/health` endpoint.
+//! - [`spool`]: the durable store-and-forward log (core; not wired in yet).
 //! - [`stats`]: counters for every stage, rendered as Prometheus text.
 //! - [`config`]: the agent's TOML configuration.
 //!
@@ -44,6 +45,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod senml;
 pub mod sparkplug;
+pub mod spool;
 pub mod stats;
 pub mod uplink;
 
