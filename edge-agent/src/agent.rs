@@ -186,3 +186,14 @@ pub fn new_incarnation() -> u64 {
         .unwrap_or(0);
     fastrand::u64(..) ^ nanos.rotate_left(32)
 }
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (systemd, Kubernetes): the signals
+/// on which both binaries stop gracefully.
+pub async fn wait_for_stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -25,7 +25,7 @@ use crate::config::{EdgeConfig, PayloadFormat, Subscription};
 use crate::dead_letter::DeadLetters;
 use crate::decode::{self, Rejection, TopicTemplate};
 use crate::filter::Filter;
-use crate::mqtt::{OrderedAcker, backoff};
+use crate::mqtt::{OrderedAcker, next_reconnect_delay};
 use crate::senml;
 use crate::sparkplug::SparkplugState;
 use crate::stats::EdgeStats;
@@ -214,12 +214,7 @@ pub async fn run(
             Ok(_) => {}
             Err(e) => {
                 stats.broker_errors.fetch_add(1, Relaxed);
-                failures = failures.saturating_add(1);
-                let delay = backoff(
-                    failures,
-                    Duration::from_millis(100),
-                    Duration::from_secs(10),
-                );
+                let delay = next_reconnect_delay(&mut failures);
                 tracing::warn!(error = %e, retry_in = ?delay, "gateway broker connection failed");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}

@@ -102,21 +102,11 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 };
-                wait_for_stop_signal().await;
+                edge_agent::agent::wait_for_stop_signal().await;
                 tracing::info!("shutting down");
                 agent.shutdown().await;
                 ExitCode::SUCCESS
             })
         }
-    }
-}
-
-/// SIGINT (Ctrl-C) or SIGTERM (systemd, Kubernetes).
-async fn wait_for_stop_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

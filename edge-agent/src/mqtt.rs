@@ -128,6 +128,17 @@ pub fn backoff(attempt: u32, initial: Duration, cap: Duration) -> Duration {
     exp.min(cap).mul_f64(0.5 + fastrand::f64())
 }
 
+/// Counts one more consecutive connection failure and returns how long to
+/// wait before the next attempt (100 ms doubling to 10 s, with jitter).
+pub fn next_reconnect_delay(failures: &mut u32) -> Duration {
+    *failures = failures.saturating_add(1);
+    backoff(
+        *failures,
+        Duration::from_millis(100),
+        Duration::from_secs(10),
+    )
+}
+
 /// Creates a client whose socket has Nagle's algorithm off. Request/answer
 /// exchanges (a batch and its ack, a message and its PUBACK) otherwise wait
 /// for the peer's delayed ACK, about 40 ms on Linux, per round trip.

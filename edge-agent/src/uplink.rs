@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::batcher::SealedBatch;
 use crate::config::{EdgeConfig, UplinkKind, UplinkSettings};
-use crate::mqtt::{OrderedAcker, backoff};
+use crate::mqtt::{OrderedAcker, backoff, next_reconnect_delay};
 use crate::stats::EdgeStats;
 
 /// Content type of an envelope over HTTP.
@@ -155,7 +155,7 @@ impl Transport {
                         }
                         Err(e) => SendOutcome::Failed {
                             seq,
-                            error: error_chain(&e),
+                            error: schemas::error_chain(&e),
                         },
                     };
                     let _ = outcomes.send(outcome);
@@ -163,17 +163,6 @@ impl Transport {
             }
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -217,12 +206,7 @@ async fn run_mqtt_answers(
             Ok(_) => {}
             Err(e) => {
                 stats.broker_errors.fetch_add(1, Relaxed);
-                failures = failures.saturating_add(1);
-                let delay = backoff(
-                    failures,
-                    Duration::from_millis(100),
-                    Duration::from_secs(10),
-                );
+                let delay = next_reconnect_delay(&mut failures);
                 tracing::warn!(error = %e, retry_in = ?delay, "uplink broker connection failed");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}

@@ -182,38 +182,17 @@ fn main() -> ExitCode {
             runtime.block_on(async {
                 match inference_hub::start(config).await {
                     Ok(hub) => {
-                        wait_for_stop_signal().await;
+                        edge_agent::agent::wait_for_stop_signal().await;
                         tracing::info!("shutting down");
                         hub.shutdown().await;
                         ExitCode::SUCCESS
                     }
                     Err(e) => {
-                        eprintln!("hub failed to start: {}", error_chain(&e));
+                        eprintln!("hub failed to start: {}", schemas::error_chain(&e));
                         ExitCode::FAILURE
                     }
                 }
             })
         }
-    }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
-}
-
-/// SIGINT (Ctrl-C) or SIGTERM (systemd, Kubernetes).
-async fn wait_for_stop_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use rumqttc::{Event, MqttOptions, Packet, QoS};
 use tokio::sync::{Semaphore, watch};
 
-use edge_agent::mqtt::{OrderedAcker, backoff};
+use edge_agent::mqtt::{OrderedAcker, next_reconnect_delay};
 
 use crate::config::HubConfig;
 use crate::intake::{IntakeHandle, SubmitError};
@@ -98,12 +98,7 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => {
-                failures = failures.saturating_add(1);
-                let delay = backoff(
-                    failures,
-                    Duration::from_millis(100),
-                    Duration::from_secs(10),
-                );
+                let delay = next_reconnect_delay(&mut failures);
                 tracing::warn!(error = %e, retry_in = ?delay, "hub broker connection failed");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}

@@ -23,3 +23,16 @@ pub mod tables;
 
 pub use envelope::{BatchHeader, DecodeError, DecodeLimits, DecodedBatch, EncodeError};
 pub use reading::{Reading, ReadingColumns};
+
+/// An error and all its sources on one line (`outer: inner: root`), for the
+/// one place an error is logged or printed.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
