@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::broker;
 use crate::config::HubConfig;
-use crate::hub::{self, HubHandle};
+use crate::hub;
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -403,7 +403,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
     }
     let archive_root = hub.archive_root.clone();
     let stats = hub.stats.clone();
-    shutdown_hub(hub).await;
+    hub.shutdown().await;
     let report = DemoReport {
         published_valid: counts.valid.load(Relaxed),
         published_malformed: counts.malformed.load(Relaxed),
@@ -435,8 +435,4 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
         report.archive_root.display()
     );
     Ok(report)
-}
-
-async fn shutdown_hub(hub: HubHandle) {
-    hub.shutdown().await;
 }
