@@ -234,3 +234,34 @@ fn sequence_numbers_start_at_one() {
         DecodeError::Header("sequence numbers start at 1")
     );
 }
+
+/// The envelope is an open format: this one was written by pyarrow plus a few
+/// lines of Python (see schemas/fuzz/corpus), not by our encoder.
+#[test]
+fn decodes_an_envelope_written_by_another_implementation() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fuzz/corpus/envelope_decode/valid-20-rows"
+    );
+    let bytes = std::fs::read(path).unwrap();
+    let batch = decode(&bytes, &DecodeLimits::default()).unwrap();
+    assert_eq!(
+        (
+            batch.header.gateway.as_str(),
+            batch.header.incarnation,
+            batch.header.seq
+        ),
+        ("gw-1", 7, 1)
+    );
+    let rows = readings_from_batch(&batch.readings);
+    assert_eq!(rows.len(), 20);
+    assert_eq!(
+        (
+            rows[4].device.as_str(),
+            rows[4].metric.as_str(),
+            rows[4].value
+        ),
+        ("pump-1", "temp", 24.0)
+    );
+    assert_eq!(rows[19].ts_us, 1_700_000_000_000_000 + 19_000_000);
+}
