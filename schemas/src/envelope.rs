@@ -457,6 +457,12 @@ fn precheck_ipc_stream(payload: &[u8], limits: &DecodeLimits) -> Result<(), Deco
                     return Err(bad("stream holds a second schema"));
                 }
                 saw_schema = true;
+                let schema = message
+                    .header_as_schema()
+                    .ok_or_else(|| bad("schema header missing"))?;
+                for field in schema.fields().into_iter().flatten() {
+                    check_field(field)?;
+                }
             }
             MessageHeader::RecordBatch => {
                 if !saw_schema {
@@ -518,6 +524,48 @@ fn precheck_ipc_stream(payload: &[u8], limits: &DecodeLimits) -> Result<(), Deco
         return Err(bad("stream holds no record batch"));
     }
     Ok(())
+}
+
+/// Accepts only the flat scalar column types readings use (and may add as
+/// optional columns), with valid parameters. arrow-ipc's schema conversion
+/// panics on unknown type tags or parameters; this keeps such schemas from
+/// ever reaching it (found by the `envelope_decode_resealed` fuzz target).
+fn check_field(field: arrow_ipc::Field<'_>) -> Result<(), DecodeError> {
+    use arrow_ipc::{Precision, TimeUnit, Type};
+    let bad = |msg: &str| Err(DecodeError::Payload(msg.to_owned()));
+    if field.dictionary().is_some() {
+        return bad("dictionary-encoded columns are not accepted");
+    }
+    if field.children().is_some_and(|c| !c.is_empty()) {
+        return bad("nested columns are not accepted");
+    }
+    let ok = match field.type_type() {
+        Type::Utf8 | Type::LargeUtf8 | Type::Binary | Type::Bool => true,
+        Type::Int => field
+            .type_as_int()
+            .is_some_and(|i| matches!(i.bitWidth(), 8 | 16 | 32 | 64)),
+        Type::FloatingPoint => field.type_as_floating_point().is_some_and(|f| {
+            matches!(
+                f.precision(),
+                Precision::HALF | Precision::SINGLE | Precision::DOUBLE
+            )
+        }),
+        Type::Timestamp => field.type_as_timestamp().is_some_and(|t| {
+            matches!(
+                t.unit(),
+                TimeUnit::SECOND
+                    | TimeUnit::MILLISECOND
+                    | TimeUnit::MICROSECOND
+                    | TimeUnit::NANOSECOND
+            )
+        }),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        bad("column type is not accepted in a readings batch")
+    }
 }
 
 /// Bounds-checked little-endian reader over a byte slice.
