@@ -429,6 +429,7 @@ fn precheck_ipc_stream(payload: &[u8], limits: &DecodeLimits) -> Result<(), Deco
     let mut decoded: u64 = 0;
     let mut batches = 0usize;
     let mut saw_schema = false;
+    let mut layouts: Vec<Layout> = Vec::new();
     loop {
         let mut meta_len = r
             .u32()
@@ -461,7 +462,7 @@ fn precheck_ipc_stream(payload: &[u8], limits: &DecodeLimits) -> Result<(), Deco
                     .header_as_schema()
                     .ok_or_else(|| bad("schema header missing"))?;
                 for field in schema.fields().into_iter().flatten() {
-                    check_field(field)?;
+                    layouts.push(check_field(field)?);
                 }
             }
             MessageHeader::RecordBatch => {
@@ -482,6 +483,7 @@ fn precheck_ipc_stream(payload: &[u8], limits: &DecodeLimits) -> Result<(), Deco
                     });
                 }
                 let compressed = batch.compression().is_some();
+                let mut sizes = Vec::new();
                 for buffer in batch.buffers().into_iter().flatten() {
                     let (offset, length) = (buffer.offset(), buffer.length());
                     if offset < 0 || length < 0 {
@@ -511,7 +513,18 @@ fn precheck_ipc_stream(payload: &[u8], limits: &DecodeLimits) -> Result<(), Deco
                             limit: limits.max_decoded_bytes,
                         });
                     }
+                    sizes.push(size);
                 }
+                let nodes: Vec<(i64, i64)> = batch
+                    .nodes()
+                    .into_iter()
+                    .flatten()
+                    .map(|n| (n.length(), n.null_count()))
+                    .collect();
+                if nodes.iter().any(|&(length, _)| length != batch.length()) {
+                    return Err(bad("a column's length differs from the batch's"));
+                }
+                check_buffer_sizes(&layouts, &nodes, &sizes)?;
             }
             _ => {
                 return Err(bad(
@@ -530,7 +543,7 @@ fn precheck_ipc_stream(payload: &[u8], limits: &DecodeLimits) -> Result<(), Deco
 /// optional columns), with valid parameters. arrow-ipc's schema conversion
 /// panics on unknown type tags or parameters; this keeps such schemas from
 /// ever reaching it (found by the `envelope_decode_resealed` fuzz target).
-fn check_field(field: arrow_ipc::Field<'_>) -> Result<(), DecodeError> {
+fn check_field(field: arrow_ipc::Field<'_>) -> Result<Layout, DecodeError> {
     use arrow_ipc::{Precision, TimeUnit, Type};
     let bad = |msg: &str| Err(DecodeError::Payload(msg.to_owned()));
     if field.dictionary().is_some() {
@@ -539,33 +552,97 @@ fn check_field(field: arrow_ipc::Field<'_>) -> Result<(), DecodeError> {
     if field.children().is_some_and(|c| !c.is_empty()) {
         return bad("nested columns are not accepted");
     }
-    let ok = match field.type_type() {
-        Type::Utf8 | Type::LargeUtf8 | Type::Binary | Type::Bool => true,
-        Type::Int => field
-            .type_as_int()
-            .is_some_and(|i| matches!(i.bitWidth(), 8 | 16 | 32 | 64)),
-        Type::FloatingPoint => field.type_as_floating_point().is_some_and(|f| {
-            matches!(
-                f.precision(),
-                Precision::HALF | Precision::SINGLE | Precision::DOUBLE
-            )
+    let layout = match field.type_type() {
+        Type::Utf8 | Type::Binary => Some(Layout::Offsets(4)),
+        Type::LargeUtf8 => Some(Layout::Offsets(8)),
+        Type::Bool => Some(Layout::Bits),
+        Type::Int => field.type_as_int().and_then(|i| {
+            matches!(i.bitWidth(), 8 | 16 | 32 | 64).then(|| Layout::Fixed(i.bitWidth() as u64 / 8))
         }),
-        Type::Timestamp => field.type_as_timestamp().is_some_and(|t| {
-            matches!(
-                t.unit(),
-                TimeUnit::SECOND
-                    | TimeUnit::MILLISECOND
-                    | TimeUnit::MICROSECOND
-                    | TimeUnit::NANOSECOND
-            )
-        }),
-        _ => false,
+        Type::FloatingPoint => field
+            .type_as_floating_point()
+            .and_then(|f| match f.precision() {
+                Precision::HALF => Some(Layout::Fixed(2)),
+                Precision::SINGLE => Some(Layout::Fixed(4)),
+                Precision::DOUBLE => Some(Layout::Fixed(8)),
+                _ => None,
+            }),
+        Type::Timestamp => field
+            .type_as_timestamp()
+            .filter(|t| {
+                matches!(
+                    t.unit(),
+                    TimeUnit::SECOND
+                        | TimeUnit::MILLISECOND
+                        | TimeUnit::MICROSECOND
+                        | TimeUnit::NANOSECOND
+                )
+            })
+            .map(|_| Layout::Fixed(8)),
+        _ => None,
     };
-    if ok {
-        Ok(())
-    } else {
-        bad("column type is not accepted in a readings batch")
+    match layout {
+        Some(l) => Ok(l),
+        None => bad("column type is not accepted in a readings batch"),
     }
+}
+
+/// How a flat column's buffers are laid out after its validity bitmap.
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    /// One values buffer of this many bytes per row.
+    Fixed(u64),
+    /// One bit-packed values buffer.
+    Bits,
+    /// An offsets buffer of `(rows + 1)` offsets of this width, then data.
+    Offsets(u64),
+}
+
+impl Layout {
+    fn buffers(self) -> usize {
+        match self {
+            Layout::Fixed(_) | Layout::Bits => 2,
+            Layout::Offsets(_) => 3,
+        }
+    }
+}
+
+/// Checks each column's (decompressed) buffer sizes against its row count:
+/// arrow-data asserts on a short validity bitmap instead of returning an
+/// error (found by fuzzing).
+fn check_buffer_sizes(
+    layouts: &[Layout],
+    rows: &[(i64, i64)],
+    sizes: &[u64],
+) -> Result<(), DecodeError> {
+    let bad = |msg: &str| Err(DecodeError::Payload(msg.to_owned()));
+    if rows.len() != layouts.len() {
+        return bad("record batch does not have one node per column");
+    }
+    if sizes.len() != layouts.iter().map(|l| l.buffers()).sum::<usize>() {
+        return bad("record batch has the wrong number of buffers for its columns");
+    }
+    let mut at = 0;
+    for (layout, &(length, null_count)) in layouts.iter().zip(rows) {
+        if length < 0 || null_count < 0 || null_count > length {
+            return bad("invalid column length or null count");
+        }
+        let (n, bitmap) = (length as u64, (length as u64).div_ceil(8));
+        let validity = sizes[at];
+        if (validity == 0 && null_count > 0) || (validity != 0 && validity < bitmap) {
+            return bad("validity bitmap is shorter than the column");
+        }
+        let enough = match layout {
+            Layout::Fixed(width) => sizes[at + 1] >= n.saturating_mul(*width),
+            Layout::Bits => sizes[at + 1] >= bitmap,
+            Layout::Offsets(width) => n == 0 || sizes[at + 1] >= (n + 1).saturating_mul(*width),
+        };
+        if !enough {
+            return bad("a column's values buffer is shorter than the column");
+        }
+        at += layout.buffers();
+    }
+    Ok(())
 }
 
 /// Bounds-checked little-endian reader over a byte slice.

@@ -266,19 +266,25 @@ fn decodes_an_envelope_written_by_another_implementation() {
     assert_eq!(rows[19].ts_us, 1_700_000_000_000_000 + 19_000_000);
 }
 
-/// Found by the `envelope_decode_resealed` fuzz target: a schema field with
-/// type tag NONE made arrow-ipc panic. It must be refused by our own checks,
-/// before Arrow (not merely caught by `catch_unwind`).
+/// Inputs found by the `envelope_decode_resealed` fuzz target that made Arrow
+/// panic (a column type tag NONE; a validity bitmap shorter than its column).
+/// They must be refused by our own checks before Arrow runs, not merely
+/// caught by `catch_unwind`.
 #[test]
-fn schema_with_an_unknown_column_type_is_refused_before_arrow() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fuzz/corpus/envelope_decode_resealed/regression-schema-type-none"
-    );
-    let mut bytes = std::fs::read(path).unwrap();
-    reseal(&mut bytes);
-    match decode(&bytes, &DecodeLimits::default()) {
-        Err(DecodeError::Payload(msg)) => assert!(!msg.contains("panicked"), "{msg}"),
-        other => panic!("expected a payload error, got {other:?}"),
+fn fuzz_regressions_are_refused_before_arrow() {
+    for name in [
+        "regression-schema-type-none",
+        "regression-short-validity-bitmap",
+    ] {
+        let path = format!(
+            "{}/fuzz/corpus/envelope_decode_resealed/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let mut bytes = std::fs::read(path).unwrap();
+        reseal(&mut bytes);
+        match decode(&bytes, &DecodeLimits::default()) {
+            Err(DecodeError::Payload(msg)) => assert!(!msg.contains("panicked"), "{name}: {msg}"),
+            other => panic!("{name}: expected a payload error, got {other:?}"),
+        }
     }
 }
