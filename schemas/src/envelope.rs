@@ -482,6 +482,11 @@ fn precheck_ipc_stream(payload: &[u8], limits: &DecodeLimits) -> Result<(), Deco
                         limit: limits.max_rows,
                     });
                 }
+                // Variadic buffers belong to view types, which no accepted
+                // column has (arrow-ipc asserts on them; found by fuzzing).
+                if batch.variadicBufferCounts().is_some_and(|v| !v.is_empty()) {
+                    return Err(bad("record batch declares variadic buffers"));
+                }
                 let compressed = batch.compression().is_some();
                 let mut sizes = Vec::new();
                 for buffer in batch.buffers().into_iter().flatten() {
