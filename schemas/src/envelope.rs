@@ -461,7 +461,11 @@ fn precheck_ipc_stream(payload: &[u8], limits: &DecodeLimits) -> Result<(), Deco
                 let schema = message
                     .header_as_schema()
                     .ok_or_else(|| bad("schema header missing"))?;
-                for field in schema.fields().into_iter().flatten() {
+                // arrow-ipc unwraps these vectors (found by fuzzing).
+                let fields = schema
+                    .fields()
+                    .ok_or_else(|| bad("schema has no field list"))?;
+                for field in fields {
                     layouts.push(check_field(field)?);
                 }
             }
@@ -486,6 +490,9 @@ fn precheck_ipc_stream(payload: &[u8], limits: &DecodeLimits) -> Result<(), Deco
                 // column has (arrow-ipc asserts on them; found by fuzzing).
                 if batch.variadicBufferCounts().is_some_and(|v| !v.is_empty()) {
                     return Err(bad("record batch declares variadic buffers"));
+                }
+                if batch.nodes().is_none() || batch.buffers().is_none() {
+                    return Err(bad("record batch has no node or buffer list"));
                 }
                 let compressed = batch.compression().is_some();
                 let mut sizes = Vec::new();
