@@ -502,6 +502,11 @@ fn precheck_ipc_stream(payload: &[u8], limits: &DecodeLimits) -> Result<(), Deco
                         return Err(bad("negative buffer offset or length"));
                     }
                     let (offset, length) = (offset as u64, length as u64);
+                    // The IPC format pads buffers to 8 bytes; arrow-buffer
+                    // asserts on misaligned typed data (found by fuzzing).
+                    if offset % 8 != 0 {
+                        return Err(bad("buffer is not 8-byte aligned"));
+                    }
                     if offset
                         .checked_add(length)
                         .is_none_or(|end| end > body.len() as u64)

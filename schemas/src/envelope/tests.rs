@@ -268,7 +268,8 @@ fn decodes_an_envelope_written_by_another_implementation() {
 
 /// Inputs found by the `envelope_decode_resealed` fuzz target that made Arrow
 /// panic (a column type tag NONE; a validity bitmap shorter than its column;
-/// variadic buffer counts without view columns; a schema without fields).
+/// variadic buffer counts without view columns; a schema without fields;
+/// a misaligned offsets buffer).
 /// They must be refused by our own checks before Arrow runs, not merely
 /// caught by `catch_unwind`.
 #[test]
