@@ -504,7 +504,7 @@ fn precheck_ipc_stream(payload: &[u8], limits: &DecodeLimits) -> Result<(), Deco
                     let (offset, length) = (offset as u64, length as u64);
                     // The IPC format pads buffers to 8 bytes; arrow-buffer
                     // asserts on misaligned typed data (found by fuzzing).
-                    if offset % 8 != 0 {
+                    if !offset.is_multiple_of(8) {
                         return Err(bad("buffer is not 8-byte aligned"));
                     }
                     if offset
@@ -649,10 +649,18 @@ fn check_buffer_sizes(
         if (validity == 0 && null_count > 0) || (validity != 0 && validity < bitmap) {
             return bad("validity bitmap is shorter than the column");
         }
+        // Typed buffers must also be whole multiples of their element width
+        // (arrow-buffer asserts otherwise; found by fuzzing).
+        let values = sizes[at + 1];
         let enough = match layout {
-            Layout::Fixed(width) => sizes[at + 1] >= n.saturating_mul(*width),
-            Layout::Bits => sizes[at + 1] >= bitmap,
-            Layout::Offsets(width) => n == 0 || sizes[at + 1] >= (n + 1).saturating_mul(*width),
+            Layout::Fixed(width) => {
+                values >= n.saturating_mul(*width) && values.is_multiple_of(*width)
+            }
+            Layout::Bits => values >= bitmap,
+            Layout::Offsets(width) => {
+                (n == 0 || values >= (n + 1).saturating_mul(*width))
+                    && values.is_multiple_of(*width)
+            }
         };
         if !enough {
             return bad("a column's values buffer is shorter than the column");

@@ -269,7 +269,7 @@ fn decodes_an_envelope_written_by_another_implementation() {
 /// Inputs found by the `envelope_decode_resealed` fuzz target that made Arrow
 /// panic (a column type tag NONE; a validity bitmap shorter than its column;
 /// variadic buffer counts without view columns; a schema without fields;
-/// a misaligned offsets buffer).
+/// a misaligned offsets buffer; an offsets buffer of a ragged length).
 /// They must be refused by our own checks before Arrow runs, not merely
 /// caught by `catch_unwind`.
 #[test]
