@@ -247,3 +247,65 @@ async fn filter_rules_drop_exactly_what_they_say_and_count_it() {
     hub.shutdown().await;
     assert_archive_matches(&read_archive(&root), &published);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_messages_are_acknowledged_only_after_a_hub_holds_their_readings() {
+    let port = broker::free_port();
+    broker::start_embedded(([127, 0, 0, 1], port).into());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // No hub yet: batches go nowhere, so nothing may be acknowledged.
+    let mut cfg = agent_config(
+        "gw-h",
+        "plant-h",
+        port,
+        UplinkKind::Mqtt,
+        "127.0.0.1:9".parse().unwrap(),
+    );
+    cfg.uplink.ack_timeout = Duration::from_millis(500);
+    cfg.uplink.retry_max = Duration::from_millis(500);
+    let agent = Agent::start(cfg, Duration::from_secs(10)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let published = publish_fleet(port, "fleet-h", "plant-h", 2, 20, 1000).await;
+    let accepted = agent.stats.clone();
+    assert!(
+        wait_until(Duration::from_secs(10), || accepted
+            .messages_received
+            .load(Relaxed)
+            >= 40)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let malformed_acks = published.malformed; // rejected messages are acknowledged at once
+    assert_eq!(
+        agent.stats.device_acks.load(Relaxed),
+        malformed_acks,
+        "device messages were acknowledged while no hub had their readings"
+    );
+
+    // A hub appears: the agent's retries reach it, then the acks go out.
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub_cfg = HubConfig::for_dir("late", dir.path());
+    hub_cfg.mqtt.port = port;
+    let hub = inference_hub::start(hub_cfg).await.unwrap();
+    let expected = published.readings.len() as u64;
+    let stats = hub.stats.clone();
+    assert!(
+        wait_until(Duration::from_secs(30), || stats
+            .readings_archived
+            .load(Relaxed)
+            >= expected)
+        .await
+    );
+    let acks = agent.stats.clone();
+    assert!(
+        wait_until(Duration::from_secs(10), || acks.device_acks.load(Relaxed)
+            == 40 + malformed_acks)
+        .await,
+        "acks after the hub answered: {}",
+        acks.device_acks.load(Relaxed)
+    );
+    agent.shutdown().await;
+    let root = hub.archive_root.clone();
+    hub.shutdown().await;
+    assert_archive_matches(&read_archive(&root), &published);
+}
