@@ -169,7 +169,8 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
     })
 }
 
-async fn scrape(client: &reqwest::Client, addr: &str, name: &str) -> Option<u64> {
+/// Reads one unlabelled metric from a Prometheus `/metrics` endpoint.
+pub async fn scrape(client: &reqwest::Client, addr: &str, name: &str) -> Option<u64> {
     let text = client
         .get(format!("http://{addr}/metrics"))
         .send()

@@ -52,19 +52,6 @@ fn edge_binary() -> PathBuf {
     bin
 }
 
-async fn metric(client: &reqwest::Client, hub: &str, name: &str) -> Option<u64> {
-    let text = client
-        .get(format!("http://{hub}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Mosquitto broker on MOSQUITTO_PORT; run by .ci/run"]
 async fn separate_processes_on_mosquitto_archive_every_valid_reading_once() {
@@ -163,7 +150,7 @@ async fn separate_processes_on_mosquitto_archive_every_valid_reading_once() {
     let expected = (a.readings.len() + b.readings.len()) as u64;
     let mut archived = 0;
     for _ in 0..1200 {
-        archived = metric(&client, &http, "hub_readings_archived_total")
+        archived = inference_hub::bench::scrape(&client, &http, "hub_readings_archived_total")
             .await
             .unwrap_or(0);
         if archived >= expected {
