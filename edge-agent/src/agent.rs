@@ -1,9 +1,10 @@
 //! Wires the stages together and owns their lifecycle.
 //!
 //! Shutdown order matters for the acknowledgement chain: stop taking device
-//! messages, seal the open batch, let the uplink settle what is in flight
-//! (bounded by a grace period), and only then close the gateway broker
-//! connection, so every acknowledgement released during the drain is sent.
+//! messages, seal the open batch, make it durable in the spool (if there is
+//! one), let the uplink settle what is in flight (bounded by a grace period),
+//! and only then close the gateway broker connection, so every
+//! acknowledgement released during the drain is sent.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -16,6 +17,7 @@ use tokio::time::Instant;
 use crate::batcher::{Batcher, IngestItem, SealedBatch};
 use crate::config::EdgeConfig;
 use crate::mqtt::OrderedAcker;
+use crate::redelivery::RedeliveryGuard;
 use crate::stats::EdgeStats;
 use crate::{ingest, uplink};
 
@@ -37,12 +39,16 @@ pub struct AgentHandle {
     batcher: JoinHandle<()>,
     uplink: JoinHandle<()>,
     ingest: JoinHandle<()>,
+    spool_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Agent {
-    /// Starts all stages on the current tokio runtime. The incarnation is new
-    /// for every start: without a durable spool nothing of an earlier run's
-    /// batches survives, so their sequence numbers must not be reused.
+    /// Starts all stages on the current tokio runtime (the spool gets a
+    /// thread of its own). The incarnation is new for every start, so the
+    /// sequence numbers of a new run never collide with an earlier run's;
+    /// spooled batches of earlier runs keep the identity they were sealed
+    /// with. Fails if the spool directory cannot be opened or the metrics
+    /// address cannot be bound.
     pub async fn start(cfg: EdgeConfig, shutdown_grace: Duration) -> std::io::Result<AgentHandle> {
         let incarnation = new_incarnation();
         let stats = Arc::new(EdgeStats::default());
@@ -59,6 +65,28 @@ impl Agent {
         let (item_tx, item_rx) = mpsc::channel::<IngestItem>(INGEST_QUEUE);
         let (batch_tx, batch_rx) = mpsc::channel::<SealedBatch>(1);
 
+        let (source, guard, spool_thread) = match cfg.spool.service_settings() {
+            Some(settings) => {
+                let started =
+                    crate::spool::service::start(settings, batch_rx, acker.clone(), stats.clone())?;
+                let guard = RedeliveryGuard::from_envelopes(&started.newest_payloads);
+                let source = uplink::Source::Spool {
+                    events: started.events,
+                    spool: started.handle,
+                    drain_rate: cfg.spool.drain_rate,
+                    live_queue: cfg.spool.live_queue,
+                };
+                (source, guard, Some(started.thread))
+            }
+            None => (
+                uplink::Source::Batcher {
+                    batches: batch_rx,
+                    acker: acker.clone(),
+                },
+                RedeliveryGuard::default(),
+                None,
+            ),
+        };
         let filter = crate::filter::Filter::new(cfg.rules.clone());
         stats.set_filter_counts(filter.named_counts());
         let dead_letters = crate::dead_letter::DeadLetters::new(
@@ -74,6 +102,7 @@ impl Agent {
             eventloop,
             item_tx,
             acker.clone(),
+            guard,
             stats.clone(),
             stop_rx.clone(),
             finish_rx.clone(),
@@ -91,14 +120,12 @@ impl Agent {
         ));
         // The uplink connection must outlive the drain, so it stops with
         // `finish`, not with `stop_intake`.
-        let (transport, answers) =
-            uplink::Transport::start(&cfg, incarnation, stats.clone(), finish_rx.clone());
+        let (transport, answers) = uplink::Transport::start(&cfg, stats.clone(), finish_rx.clone());
         let uplink = tokio::spawn(uplink::run(
             cfg.uplink.clone(),
             transport,
             answers,
-            batch_rx,
-            acker,
+            source,
             stats.clone(),
             stop_rx,
             shutdown_grace,
@@ -121,6 +148,7 @@ impl Agent {
             batcher,
             uplink,
             ingest,
+            spool_thread,
         })
     }
 }
@@ -131,6 +159,11 @@ impl AgentHandle {
         let _ = self.stop_intake.send(true);
         let _ = self.batcher.await;
         let _ = self.uplink.await;
+        if let Some(thread) = self.spool_thread {
+            // Ends once the batcher and the uplink are gone: every batch
+            // sealed during the drain is durable and acknowledged by then.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
         let _ = self.finish.send(true);
         let _ = self.ingest.await;
         tracing::info!(

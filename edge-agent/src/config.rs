@@ -36,6 +36,90 @@ pub struct EdgeConfig {
     /// Pre-filtering rules, first match wins (see [`crate::filter`]).
     #[serde(default)]
     pub rules: Vec<crate::filter::RuleConfig>,
+    /// The durable store-and-forward spool (see [`crate::spool`]).
+    #[serde(default)]
+    pub spool: SpoolConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", default)]
+pub struct SpoolConfig {
+    /// Directory of the spool. When absent there is no spool: device
+    /// messages are acknowledged only once the hub holds their readings, and
+    /// the gateway broker is the buffer during an outage.
+    pub dir: Option<std::path::PathBuf>,
+    /// Largest size on disk, in bytes.
+    pub max_bytes: u64,
+    /// Size at which a new segment file is started.
+    pub segment_bytes: u64,
+    /// What happens when `max-bytes` is reached: `block` (stop acknowledging
+    /// device messages, so the broker holds them) or `drop-oldest` (evict the
+    /// oldest segment, counting its readings as dropped).
+    pub full_policy: crate::spool::FullPolicy,
+    /// `always` (an fsync per batch) or a group-commit interval such as
+    /// `"10ms"`: a crash of the machine loses nothing acknowledged, and at
+    /// most this long is added to a device acknowledgement.
+    pub sync: String,
+    /// Commit sooner once this many bytes are waiting for an fsync.
+    pub sync_bytes: u64,
+    /// Undelivered batches older than this are dropped (and counted).
+    #[serde(with = "schemas::settings::opt_duration")]
+    pub ttl: Option<Duration>,
+    /// Backlog batches sent per second after an outage.
+    pub drain_rate: f64,
+    /// Durable live batches the uplink keeps in memory while the hub is
+    /// slow or away; older ones are read back from disk in their turn.
+    pub live_queue: usize,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            max_bytes: 1 << 30,
+            segment_bytes: 8 << 20,
+            full_policy: crate::spool::FullPolicy::Block,
+            sync: "10ms".into(),
+            sync_bytes: 1 << 20,
+            ttl: Some(Duration::from_secs(30 * 24 * 3600)),
+            drain_rate: 50.0,
+            live_queue: 16,
+        }
+    }
+}
+
+impl SpoolConfig {
+    pub fn sync_policy(&self) -> Result<crate::spool::service::SyncPolicy, String> {
+        use crate::spool::service::SyncPolicy;
+        match self.sync.as_str() {
+            "always" => Ok(SyncPolicy::Always),
+            other => schemas::settings::parse_duration(other).and_then(|d| {
+                if d.is_zero() {
+                    Ok(SyncPolicy::Always)
+                } else if d > Duration::from_secs(10) {
+                    Err("at most 10s (device acknowledgements wait for it)".into())
+                } else {
+                    Ok(SyncPolicy::Every(d))
+                }
+            }),
+        }
+    }
+
+    /// The service settings, when a spool directory is configured.
+    pub fn service_settings(&self) -> Option<crate::spool::service::ServiceSettings> {
+        let dir = self.dir.clone()?;
+        Some(crate::spool::service::ServiceSettings {
+            dir,
+            spool: crate::spool::SpoolSettings {
+                segment_bytes: self.segment_bytes,
+                max_bytes: self.max_bytes,
+                policy: self.full_policy,
+            },
+            sync: self.sync_policy().expect("validated"),
+            sync_bytes: self.sync_bytes,
+            ttl: self.ttl,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -315,6 +399,40 @@ impl Validate for EdgeConfig {
             problems.push(ConfigProblem::new(
                 "mqtt.broker-inflight",
                 "must be 1..=65535",
+            ));
+        }
+        let spool = &self.spool;
+        if let Err(e) = spool.sync_policy() {
+            problems.push(ConfigProblem::new(
+                "spool.sync",
+                format!("'always' or a duration: {e}"),
+            ));
+        }
+        if spool.segment_bytes < 4096 || spool.segment_bytes > 1 << 30 {
+            problems.push(ConfigProblem::new(
+                "spool.segment-bytes",
+                "must be 4096..=1073741824",
+            ));
+        }
+        if spool.max_bytes < 2 * spool.segment_bytes {
+            problems.push(ConfigProblem::new(
+                "spool.max-bytes",
+                "must be at least twice spool.segment-bytes",
+            ));
+        }
+        if !(spool.drain_rate.is_finite() && spool.drain_rate > 0.0) {
+            problems.push(ConfigProblem::new(
+                "spool.drain-rate",
+                "must be a positive number",
+            ));
+        }
+        if spool.live_queue == 0 {
+            problems.push(ConfigProblem::new("spool.live-queue", "must be at least 1"));
+        }
+        if spool.ttl.is_some_and(|t| t.is_zero()) {
+            problems.push(ConfigProblem::new(
+                "spool.ttl",
+                "must be positive (omit it for no limit)",
             ));
         }
         if self.mqtt.keep_alive < Duration::from_secs(1) {

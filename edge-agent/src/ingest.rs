@@ -26,6 +26,7 @@ use crate::dead_letter::DeadLetters;
 use crate::decode::{self, Rejection, TopicTemplate};
 use crate::filter::Filter;
 use crate::mqtt::{OrderedAcker, next_reconnect_delay};
+use crate::redelivery::RedeliveryGuard;
 use crate::senml;
 use crate::sparkplug::SparkplugState;
 use crate::stats::EdgeStats;
@@ -117,6 +118,7 @@ pub async fn run(
     mut eventloop: EventLoop,
     to_batcher: mpsc::Sender<IngestItem>,
     acker: OrderedAcker,
+    mut guard: RedeliveryGuard,
     stats: Arc<EdgeStats>,
     mut stop_intake: watch::Receiver<bool>,
     mut finish: watch::Receiver<bool>,
@@ -138,6 +140,7 @@ pub async fn run(
                 failures = 0;
                 stats.broker_connects.fetch_add(1, Relaxed);
                 acker.new_generation();
+                guard.connected(std::time::Instant::now());
                 tracing::info!(
                     session_present = ack.session_present,
                     "connected to gateway broker"
@@ -165,6 +168,12 @@ pub async fn run(
                     chrono::Utc::now().timestamp_micros(),
                 ) {
                     Ok(mut decoded) => {
+                        if guard.is_redelivery(&decoded.readings, std::time::Instant::now()) {
+                            // Spooled before a crash; its PUBACK was lost.
+                            stats.redeliveries_suppressed.fetch_add(1, Relaxed);
+                            acker.release(&ack.into_iter().collect::<Vec<_>>());
+                            continue;
+                        }
                         if !filter.is_empty() {
                             let now = chrono::Utc::now().timestamp_micros();
                             let drops = filter.apply(&mut decoded.readings, now);

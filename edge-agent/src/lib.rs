@@ -43,6 +43,7 @@ pub mod filter;
 pub mod ingest;
 pub mod metrics;
 pub mod mqtt;
+pub mod redelivery;
 pub mod senml;
 pub mod sparkplug;
 pub mod spool;

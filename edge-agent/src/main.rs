@@ -98,7 +98,7 @@ fn main() -> ExitCode {
                 let agent = match Agent::start(config, shutdown_grace).await {
                     Ok(agent) => agent,
                     Err(e) => {
-                        eprintln!("edge agent failed to start: cannot serve metrics: {e}");
+                        eprintln!("edge agent failed to start: {e}");
                         return ExitCode::FAILURE;
                     }
                 };

@@ -77,9 +77,30 @@ fn respond(head: &str, stats: &EdgeStats) -> String {
     );
     match (method, path.split('?').next().unwrap_or_default()) {
         ("GET", "/metrics") => http(200, "text/plain; version=0.0.4", &stats.render_prometheus()),
-        ("GET", "/health") => http(200, "application/json", "{\"status\":\"ok\"}\n"),
+        ("GET", "/health") => health(stats),
         ("GET", _) => http(404, "text/plain", "not found\n"),
         _ => http(405, "text/plain", "method not allowed\n"),
+    }
+}
+
+/// `503` while the spool cannot write (nothing new is acknowledged to
+/// devices), `200` with `"degraded"` while it is full, else `200` `"ok"`.
+fn health(stats: &EdgeStats) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    if stats.spool_failed.load(Relaxed) == 1 {
+        http(
+            503,
+            "application/json",
+            "{\"status\":\"failing\",\"reason\":\"the spool cannot write or fsync; device messages are not being acknowledged\"}\n",
+        )
+    } else if stats.spool_full.load(Relaxed) == 1 {
+        http(
+            200,
+            "application/json",
+            "{\"status\":\"degraded\",\"reason\":\"the spool is full; device messages wait at the broker\"}\n",
+        )
+    } else {
+        http(200, "application/json", "{\"status\":\"ok\"}\n")
     }
 }
 
@@ -88,6 +109,7 @@ fn http(status: u16, content_type: &str, body: &str) -> String {
         200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
+        503 => "Service Unavailable",
         _ => "Method Not Allowed",
     };
     format!(
@@ -117,7 +139,7 @@ mod tests {
         let stats = Arc::new(EdgeStats::default());
         stats.readings_accepted.fetch_add(42, Relaxed);
         let (_tx, rx) = watch::channel(false);
-        let (addr, _task) = serve("127.0.0.1:0".parse().unwrap(), stats, rx)
+        let (addr, _task) = serve("127.0.0.1:0".parse().unwrap(), stats.clone(), rx)
             .await
             .unwrap();
         let metrics = get(addr, "/metrics").await;
@@ -127,6 +149,10 @@ mod tests {
             "{metrics}"
         );
         assert!(get(addr, "/health").await.contains("\"ok\""));
+        stats.spool_full.store(1, Relaxed);
+        assert!(get(addr, "/health").await.contains("\"degraded\""));
+        stats.spool_failed.store(1, Relaxed);
+        assert!(get(addr, "/health").await.starts_with("HTTP/1.1 503"));
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
     }
 }

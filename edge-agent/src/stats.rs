@@ -28,6 +28,26 @@ pub struct EdgeStats {
     pub broker_errors: AtomicU64,
     pub dead_letters: AtomicU64,
     pub dead_letters_dropped: AtomicU64,
+    /// Spool gauges: undelivered records and their bytes on disk.
+    pub spool_records: AtomicU64,
+    pub spool_bytes: AtomicU64,
+    /// 1 while the spool refuses appends because it is full (`block`).
+    pub spool_full: AtomicU64,
+    /// 1 while the spool cannot write or fsync (see `/health`).
+    pub spool_failed: AtomicU64,
+    pub spool_errors: AtomicU64,
+    pub spool_syncs: AtomicU64,
+    pub spool_appended_readings: AtomicU64,
+    /// Undelivered records evicted (`drop-oldest`) or expired (TTL).
+    pub spool_dropped_records: AtomicU64,
+    pub spool_read_errors: AtomicU64,
+    pub spool_quarantined_segments: AtomicU64,
+    /// Spool records waiting to be read back and sent.
+    pub backlog_waiting: AtomicU64,
+    /// Batches sent from the backlog (read back from disk).
+    pub backlog_sends: AtomicU64,
+    /// Device messages dropped as broker redeliveries of spooled readings.
+    pub redeliveries_suppressed: AtomicU64,
     /// Per-rule filter counters (rule name, kept, dropped per reason).
     filter: std::sync::Mutex<Vec<(String, crate::filter::RuleCounts)>>,
 }
@@ -144,6 +164,41 @@ impl EdgeStats {
             "Broker connection errors.",
             get(&self.broker_errors),
         );
+        counter(
+            "edge_spool_errors_total",
+            "Spool append, fsync or reopen failures.",
+            get(&self.spool_errors),
+        );
+        counter(
+            "edge_spool_syncs_total",
+            "Spool group commits (fsyncs) that succeeded.",
+            get(&self.spool_syncs),
+        );
+        counter(
+            "edge_spool_readings_total",
+            "Readings made durable in the spool.",
+            get(&self.spool_appended_readings),
+        );
+        counter(
+            "edge_spool_read_errors_total",
+            "Spooled batches that could not be read back (skipped).",
+            get(&self.spool_read_errors),
+        );
+        counter(
+            "edge_spool_quarantined_segments_total",
+            "Damaged spool segments quarantined at start-up.",
+            get(&self.spool_quarantined_segments),
+        );
+        counter(
+            "edge_backlog_sends_total",
+            "Batches sent from the spool backlog.",
+            get(&self.backlog_sends),
+        );
+        counter(
+            "edge_redeliveries_suppressed_total",
+            "Device messages recognised as redeliveries of spooled readings.",
+            get(&self.redeliveries_suppressed),
+        );
         let _ = writeln!(
             out,
             "# HELP edge_messages_rejected_total Device messages that produced no reading, by reason.\n# TYPE edge_messages_rejected_total counter"
@@ -154,6 +209,43 @@ impl EdgeStats {
                 "edge_messages_rejected_total{{reason=\"{}\"}} {}",
                 reason.as_str(),
                 self.rejected(reason)
+            );
+        }
+        for (name, help, value) in [
+            (
+                "edge_spool_records",
+                "Undelivered batches in the spool.",
+                get(&self.spool_records),
+            ),
+            (
+                "edge_spool_bytes",
+                "Bytes of undelivered batches in the spool.",
+                get(&self.spool_bytes),
+            ),
+            (
+                "edge_spool_full",
+                "1 while the spool is full and holds device messages.",
+                get(&self.spool_full),
+            ),
+            (
+                "edge_backlog_waiting",
+                "Spooled batches waiting to be read back and sent.",
+                get(&self.backlog_waiting),
+            ),
+            (
+                "edge_spool_failed",
+                "1 while the spool cannot write or fsync.",
+                get(&self.spool_failed),
+            ),
+            (
+                "edge_spool_dropped_records",
+                "Undelivered batches evicted (drop-oldest) or expired (ttl).",
+                get(&self.spool_dropped_records),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
             );
         }
         let _ = writeln!(

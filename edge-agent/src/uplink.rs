@@ -1,31 +1,46 @@
-//! Sends sealed batches to the hub and releases device acknowledgements once
-//! the hub has made a batch durable.
+//! Sends batches to the hub and settles them once the hub has made them
+//! durable.
 //!
 //! One task owns the in-flight table (at most `max-in-flight` batches). A
-//! batch stays in the table, and keeps its device acknowledgements, until the
-//! hub answers `durable` or `duplicate` (both mean "safe on the hub"). A batch
-//! with no answer within `ack-timeout`, or whose send failed, is sent again,
-//! byte for byte, after an exponential backoff with jitter; the hub drops the
-//! copies by `(gateway, incarnation, seq)`. A `rejected` answer is permanent:
-//! the batch is dropped, its readings counted as rejected and logged at ERROR.
+//! batch stays in the table until the hub answers `durable` or `duplicate`
+//! (both mean "safe on the hub"). A batch with no answer within
+//! `ack-timeout`, or whose send failed, is sent again, byte for byte, after
+//! an exponential backoff with jitter; the hub drops the copies by
+//! `(gateway, incarnation, seq)`. A `rejected` answer is permanent: the batch
+//! is dropped, its readings counted as rejected and logged at ERROR.
+//!
+//! Where batches come from, and what settling means, is the [`Source`]:
+//! - without a spool, sealed batches come straight from the batcher and carry
+//!   their device acknowledgements, which are released when the hub answers;
+//! - with the spool, device messages were acknowledged after the spool's
+//!   fsync; settling deletes the record. Live batches (handed over with their
+//!   bytes) go first; the backlog (records recovered at start-up, or live
+//!   ones the uplink could not keep in memory while the hub was away) is read
+//!   back from disk oldest first, paced at `spool.drain-rate` batches per
+//!   second, and never takes the last free slot of the window, so live data
+//!   keeps flowing during a drain. Memory stays bounded: at most
+//!   `max-in-flight` batches in flight plus `spool.live-queue` waiting.
 //!
 //! Transports: MQTT (publish QoS 1 to `<prefix>/batches/<gateway>`, answers
 //! on `<prefix>/acks/<gateway>`) or HTTP (`POST <url>/v1/batches`, answer in
 //! the response body).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use schemas::ack::{AckStatus, BatchAck};
+use schemas::envelope::BatchHeader;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::batcher::SealedBatch;
+use crate::batcher::{PendingAck, SealedBatch};
 use crate::config::{EdgeConfig, UplinkKind, UplinkSettings};
 use crate::mqtt::{OrderedAcker, backoff, next_reconnect_delay};
+use crate::spool::service::{SpoolEvent, SpoolHandle};
 use crate::stats::EdgeStats;
 
 /// Content type of an envelope over HTTP.
@@ -37,7 +52,7 @@ pub enum SendOutcome {
     Answered(BatchAck),
     /// Transient failure (connection refused, 5xx, timeout): retry later.
     Failed {
-        seq: u64,
+        key: (u64, u64),
         error: String,
     },
 }
@@ -61,7 +76,6 @@ impl Transport {
     /// Connects the transport; answers arrive on the returned receiver.
     pub fn start(
         cfg: &EdgeConfig,
-        incarnation: u64,
         stats: Arc<EdgeStats>,
         shutdown: watch::Receiver<bool>,
     ) -> (Self, mpsc::UnboundedReceiver<SendOutcome>) {
@@ -85,7 +99,6 @@ impl Transport {
                     eventloop,
                     ack_topic,
                     cfg.gateway_id.clone(),
-                    incarnation,
                     tx,
                     stats,
                     shutdown,
@@ -111,7 +124,7 @@ impl Transport {
         (transport, rx)
     }
 
-    async fn send(&self, batch: &SealedBatch) {
+    async fn send(&self, batch: &Outgoing) {
         match self {
             Transport::Mqtt { client, topic } => {
                 // Queued into the MQTT client; a failed publish shows up as a
@@ -136,7 +149,7 @@ impl Transport {
                 if let Some(t) = token {
                     request = request.bearer_auth(t);
                 }
-                let seq = batch.header.seq;
+                let key = batch.key();
                 let outcomes = outcomes.clone();
                 tokio::spawn(async move {
                     let outcome = match request.send().await {
@@ -148,13 +161,13 @@ impl Transport {
                                     SendOutcome::Answered(ack)
                                 }
                                 _ => SendOutcome::Failed {
-                                    seq,
+                                    key,
                                     error: format!("hub answered {status}"),
                                 },
                             }
                         }
                         Err(e) => SendOutcome::Failed {
-                            seq,
+                            key,
                             error: schemas::error_chain(&e),
                         },
                     };
@@ -171,7 +184,6 @@ async fn run_mqtt_answers(
     mut eventloop: rumqttc::EventLoop,
     ack_topic: String,
     gateway: String,
-    incarnation: u64,
     answers: mpsc::UnboundedSender<SendOutcome>,
     stats: Arc<EdgeStats>,
     mut shutdown: watch::Receiver<bool>,
@@ -192,9 +204,9 @@ async fn run_mqtt_answers(
             }
             Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => {
                 match serde_json::from_slice::<BatchAck>(&p.payload) {
-                    // Answers for an earlier incarnation concern batches this
-                    // process never sent.
-                    Ok(ack) if ack.gateway == gateway && ack.incarnation == incarnation => {
+                    // Any incarnation: spooled batches of earlier runs keep
+                    // theirs. Answers to batches not in flight are ignored.
+                    Ok(ack) if ack.gateway == gateway => {
                         if answers.send(SendOutcome::Answered(ack)).is_err() {
                             return;
                         }
@@ -217,57 +229,193 @@ async fn run_mqtt_answers(
     }
 }
 
+/// A batch on its way to the hub.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub header: BatchHeader,
+    pub bytes: Bytes,
+    /// Without a spool: the device acknowledgements it releases.
+    pub acks: Vec<PendingAck>,
+    /// With the spool: its record.
+    pub spool_id: Option<u64>,
+}
+
+impl Outgoing {
+    /// How answers name it: `(incarnation, seq)`.
+    fn key(&self) -> (u64, u64) {
+        (self.header.incarnation, self.header.seq)
+    }
+}
+
+impl From<SealedBatch> for Outgoing {
+    fn from(b: SealedBatch) -> Self {
+        Self {
+            header: b.header,
+            bytes: b.bytes,
+            acks: b.acks,
+            spool_id: None,
+        }
+    }
+}
+
+/// Where the uplink's batches come from (see the module docs).
+#[derive(Debug)]
+pub enum Source {
+    Batcher {
+        batches: mpsc::Receiver<SealedBatch>,
+        acker: OrderedAcker,
+    },
+    Spool {
+        events: mpsc::UnboundedReceiver<SpoolEvent>,
+        spool: SpoolHandle,
+        /// Backlog batches per second.
+        drain_rate: f64,
+        /// Durable live batches kept in memory; older ones are read back
+        /// from disk when their turn comes.
+        live_queue: usize,
+    },
+}
+
 struct InFlight {
-    batch: SealedBatch,
+    batch: Outgoing,
     attempts: u32,
     /// When to send again if no answer arrived.
     resend_at: Instant,
+    from_backlog: bool,
 }
 
-/// The uplink task. Returns when the batcher has closed its channel and every
-/// in-flight batch is settled, or when `shutdown` flips and the grace period
-/// has passed (unsettled device messages are then redelivered by the broker).
+/// The uplink's queues: what is in flight, what waits.
+struct Queues {
+    in_flight: BTreeMap<(u64, u64), InFlight>,
+    live: VecDeque<Outgoing>,
+    /// Spool record ids to read back, oldest first.
+    backlog: VecDeque<u64>,
+    /// Backlog batches in flight.
+    backlog_in_flight: usize,
+    next_backlog_at: Instant,
+}
+
+/// The uplink task. Without a spool it returns when the batcher has closed
+/// its channel and every in-flight batch is settled; with the spool, once the
+/// spool has announced its last live batch and what is in flight is settled
+/// (the rest is safe on disk for the next start). Either way it gives up when
+/// `shutdown` has flipped and the grace period has passed.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     settings: UplinkSettings,
     transport: Transport,
     mut answers: mpsc::UnboundedReceiver<SendOutcome>,
-    mut batches: mpsc::Receiver<SealedBatch>,
-    acker: OrderedAcker,
+    source: Source,
     stats: Arc<EdgeStats>,
     mut shutdown: watch::Receiver<bool>,
     shutdown_grace: Duration,
 ) {
-    let mut in_flight: BTreeMap<u64, InFlight> = BTreeMap::new();
-    let mut batches_open = true;
+    let far = || Instant::now() + Duration::from_secs(3600);
+    let mut q = Queues {
+        in_flight: BTreeMap::new(),
+        live: VecDeque::new(),
+        backlog: VecDeque::new(),
+        backlog_in_flight: 0,
+        next_backlog_at: Instant::now(),
+    };
+    let (mut batches, mut events, custody) = match source {
+        Source::Batcher { batches, acker } => (Some(batches), None, Custody::DeviceAcks(acker)),
+        Source::Spool {
+            events,
+            spool,
+            drain_rate,
+            live_queue,
+        } => (
+            None,
+            Some(events),
+            Custody::Spool {
+                spool,
+                drain_rate,
+                live_queue,
+            },
+        ),
+    };
+    let mut source_open = true;
     let mut grace_deadline: Option<Instant> = None;
+    let max = settings.max_in_flight;
     loop {
-        if !batches_open && in_flight.is_empty() {
+        // Live batches take every free slot; the backlog takes what is left
+        // but the last one, at its pace.
+        while q.in_flight.len() < max
+            && let Some(batch) = q.live.pop_front()
+        {
+            send_new(&transport, &mut q, batch, false, &settings, &stats).await;
+        }
+        if let Custody::Spool {
+            spool, drain_rate, ..
+        } = &custody
+        {
+            let backlog_slots = max.saturating_sub(1).max(1);
+            while q.live.is_empty()
+                && q.in_flight.len() < max
+                && q.backlog_in_flight < backlog_slots
+                && q.next_backlog_at <= Instant::now()
+                && let Some(id) = q.backlog.pop_front()
+            {
+                let Some(batch) = read_backlog(spool, id, &stats).await else {
+                    continue;
+                };
+                q.next_backlog_at = q.next_backlog_at.max(Instant::now())
+                    + Duration::from_secs_f64(1.0 / drain_rate);
+                send_new(&transport, &mut q, batch, true, &settings, &stats).await;
+            }
+        }
+        stats.in_flight.store(q.in_flight.len() as u64, Relaxed);
+        stats.backlog_waiting.store(q.backlog.len() as u64, Relaxed);
+        // With the spool, whatever is not in flight is safe on disk.
+        if !source_open && q.in_flight.is_empty() {
             return;
         }
-        let next_resend = in_flight
+        let next_resend = q
+            .in_flight
             .values()
             .map(|f| f.resend_at)
             .min()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-        let grace = grace_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            .unwrap_or_else(far);
+        let backlog_wakeup =
+            (!q.backlog.is_empty() && q.live.is_empty() && q.in_flight.len() < max)
+                .then_some(q.next_backlog_at);
+        let grace = grace_deadline.unwrap_or_else(far);
+        let batcher_ready = source_open && q.in_flight.len() < max;
         tokio::select! {
-            batch = batches.recv(), if batches_open && in_flight.len() < settings.max_in_flight => {
-                match batch {
-                    Some(batch) => {
-                        let seq = batch.header.seq;
-                        let entry = InFlight { batch, attempts: 1, resend_at: Instant::now() + settings.ack_timeout };
-                        transmit(&transport, &entry.batch, &stats).await;
-                        in_flight.insert(seq, entry);
-                        stats.in_flight.store(in_flight.len() as u64, Relaxed);
+            batch = async { batches.as_mut().expect("checked").recv().await }, if batcher_ready && batches.is_some() => match batch {
+                Some(batch) => q.live.push_back(batch.into()),
+                None => source_open = false,
+            },
+            event = async { events.as_mut().expect("checked").recv().await }, if source_open && events.is_some() => match event {
+                Some(SpoolEvent::Durable(spooled)) => {
+                    q.live.push_back(Outgoing {
+                        header: spooled.header,
+                        bytes: spooled.bytes,
+                        acks: Vec::new(),
+                        spool_id: Some(spooled.id),
+                    });
+                    let Custody::Spool { live_queue, .. } = &custody else { unreachable!("events come from the spool") };
+                    // The hub is not keeping up: keep only the newest in
+                    // memory, the rest waits on disk.
+                    while q.live.len() > *live_queue {
+                        let oldest = q.live.pop_front().expect("non-empty");
+                        insert_backlog(&mut q.backlog, oldest.spool_id.expect("spooled"));
                     }
-                    None => batches_open = false,
                 }
-            }
+                Some(SpoolEvent::Backlog(ids)) => {
+                    for id in ids {
+                        insert_backlog(&mut q.backlog, id);
+                    }
+                }
+                None => source_open = false,
+            },
             Some(outcome) = answers.recv() => match outcome {
                 SendOutcome::Answered(ack) => {
-                    let Some(entry) = in_flight.remove(&ack.seq) else { continue };
-                    stats.in_flight.store(in_flight.len() as u64, Relaxed);
+                    let Some(entry) = q.in_flight.remove(&(ack.incarnation, ack.seq)) else { continue };
+                    if entry.from_backlog {
+                        q.backlog_in_flight -= 1;
+                    }
                     let rows = u64::from(entry.batch.header.row_count);
                     match &ack.status {
                         AckStatus::Durable | AckStatus::Duplicate => {
@@ -280,19 +428,19 @@ pub async fn run(
                             tracing::error!(seq = ack.seq, rows, reason = %reason, "hub rejected a batch; its readings are dropped");
                         }
                     }
-                    acker.release(&entry.batch.acks);
+                    settle(&custody, &entry.batch);
                 }
-                SendOutcome::Failed { seq, error } => {
-                    if let Some(entry) = in_flight.get_mut(&seq) {
+                SendOutcome::Failed { key, error } => {
+                    if let Some(entry) = q.in_flight.get_mut(&key) {
                         let delay = backoff(entry.attempts, settings.retry_initial, settings.retry_max);
-                        tracing::warn!(seq, attempt = entry.attempts, retry_in = ?delay, error = %error, "batch send failed");
+                        tracing::warn!(seq = key.1, attempt = entry.attempts, retry_in = ?delay, error = %error, "batch send failed");
                         entry.resend_at = Instant::now() + delay;
                     }
                 }
             },
-            _ = tokio::time::sleep_until(next_resend), if !in_flight.is_empty() => {
+            _ = tokio::time::sleep_until(next_resend), if !q.in_flight.is_empty() => {
                 let now = Instant::now();
-                for entry in in_flight.values_mut().filter(|e| e.resend_at <= now) {
+                for entry in q.in_flight.values_mut().filter(|e| e.resend_at <= now) {
                     entry.attempts += 1;
                     stats.batch_retries.fetch_add(1, Relaxed);
                     transmit(&transport, &entry.batch, &stats).await;
@@ -300,12 +448,13 @@ pub async fn run(
                     entry.resend_at = Instant::now() + settings.ack_timeout.max(delay);
                 }
             }
+            _ = tokio::time::sleep_until(backlog_wakeup.unwrap_or_else(far)), if backlog_wakeup.is_some() => {}
             _ = shutdown.changed(), if grace_deadline.is_none() => {
                 grace_deadline = Some(Instant::now() + shutdown_grace);
             }
             _ = tokio::time::sleep_until(grace), if grace_deadline.is_some() => {
-                if !in_flight.is_empty() {
-                    tracing::info!(unsettled = in_flight.len(), "shutting down with batches in flight; the broker will redeliver their messages");
+                if !q.in_flight.is_empty() {
+                    tracing::info!(unsettled = q.in_flight.len(), "shutting down with batches in flight; they are sent again on the next start");
                 }
                 return;
             }
@@ -313,7 +462,93 @@ pub async fn run(
     }
 }
 
-async fn transmit(transport: &Transport, batch: &SealedBatch, stats: &EdgeStats) {
+/// Keeps the backlog sorted by id (records are sent oldest first).
+fn insert_backlog(backlog: &mut VecDeque<u64>, id: u64) {
+    match backlog.back() {
+        Some(&last) if last >= id => {
+            if let Err(at) = backlog.binary_search(&id) {
+                backlog.insert(at, id);
+            }
+        }
+        _ => backlog.push_back(id),
+    }
+}
+
+/// Reads a backlog record back from the spool.
+async fn read_backlog(spool: &SpoolHandle, id: u64, stats: &EdgeStats) -> Option<Outgoing> {
+    let bytes = spool.read(id).await?;
+    match schemas::envelope::peek_header(&bytes, &schemas::DecodeLimits::default()) {
+        Ok((_, header)) => {
+            stats.backlog_sends.fetch_add(1, Relaxed);
+            Some(Outgoing {
+                header,
+                bytes: Bytes::from(bytes),
+                acks: Vec::new(),
+                spool_id: Some(id),
+            })
+        }
+        Err(e) => {
+            stats.spool_read_errors.fetch_add(1, Relaxed);
+            tracing::error!(id, error = %e, "a spooled record is not an envelope; it is skipped");
+            spool.ack(id);
+            None
+        }
+    }
+}
+
+async fn send_new(
+    transport: &Transport,
+    q: &mut Queues,
+    batch: Outgoing,
+    from_backlog: bool,
+    settings: &UplinkSettings,
+    stats: &EdgeStats,
+) {
+    transmit(transport, &batch, stats).await;
+    if from_backlog {
+        q.backlog_in_flight += 1;
+    }
+    let key = batch.key();
+    let entry = InFlight {
+        batch,
+        attempts: 1,
+        resend_at: Instant::now() + settings.ack_timeout,
+        from_backlog,
+    };
+    if let Some(old) = q.in_flight.insert(key, entry) {
+        // The same batch twice (a backlog copy of a live one after a spool
+        // reopen): one answer settles both.
+        if old.from_backlog {
+            q.backlog_in_flight -= 1;
+        }
+    }
+}
+
+/// Who is owed what when a batch settles.
+enum Custody {
+    /// Device acknowledgements wait for the hub.
+    DeviceAcks(OrderedAcker),
+    /// The spool holds the record until the hub has it.
+    Spool {
+        spool: SpoolHandle,
+        drain_rate: f64,
+        live_queue: usize,
+    },
+}
+
+/// The hub has the batch (or refused it for good).
+fn settle(custody: &Custody, batch: &Outgoing) {
+    match custody {
+        Custody::DeviceAcks(acker) => acker.release(&batch.acks),
+        Custody::Spool { spool, .. } => {
+            if let Some(id) = batch.spool_id {
+                spool.ack(id);
+            }
+        }
+    }
+}
+
+async fn transmit(transport: &Transport, batch: &Outgoing, stats: &EdgeStats) {
     stats.batch_sends.fetch_add(1, Relaxed);
     stats
         .uplink_bytes

@@ -15,6 +15,8 @@ pub trait SpoolFs: Send {
     /// Names of the files in the spool directory.
     fn list(&mut self) -> io::Result<Vec<String>>;
     fn read(&mut self, name: &str) -> io::Result<Vec<u8>>;
+    /// Reads exactly `len` bytes at `offset`.
+    fn read_at(&mut self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>>;
     /// Creates an empty file and makes its directory entry durable.
     fn create(&mut self, name: &str) -> io::Result<()>;
     /// Appends; may write only part of `data` before failing.
@@ -68,6 +70,13 @@ impl SpoolFs for DirFs {
 
     fn read(&mut self, name: &str) -> io::Result<Vec<u8>> {
         fs::read(self.dir.join(name))
+    }
+
+    fn read_at(&mut self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len];
+        File::open(self.dir.join(name))?.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
     }
 
     fn create(&mut self, name: &str) -> io::Result<()> {
@@ -176,6 +185,15 @@ impl SpoolFs for FaultyFs {
             .get(name)
             .map(|f| f.written.clone())
             .ok_or_else(|| Self::missing(name))
+    }
+
+    fn read_at(&mut self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let f = self.files.get(name).ok_or_else(|| Self::missing(name))?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        f.written
+            .get(start..start.saturating_add(len))
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end"))
     }
 
     fn create(&mut self, name: &str) -> io::Result<()> {

@@ -1,24 +1,28 @@
 //! The durable store-and-forward spool (core): an append-only log of sealed
 //! batches on the gateway's disk.
 //!
-//! **Status:** the log, its recovery and its bounds are complete and
-//! model-tested against injected faults; wiring it between the batcher and
-//! the uplink (so device messages are acknowledged after the spool's fsync
-//! instead of after the hub's answer) is the next step of the spool issue.
+//! This module is the log itself (single-threaded, synchronous, generic over
+//! [`SpoolFs`] so tests can inject faults); [`service`] runs it on its own
+//! thread between the batcher and the uplink.
 //!
 //! # Layout
 //! Segment files `<first-id:020>.seg` in one directory. A record is
-//! `len: u32 | crc32c(id || payload): u32 | id: u64 | payload`, little-endian.
-//! Ids increase strictly across segments and restarts.
+//! `len: u32 | crc32c(id || appended || payload): u32 | id: u64 |
+//! appended: i64 (µs since the epoch) | payload`, little-endian. Ids increase
+//! strictly across segments and restarts.
 //!
 //! # Durability and deletion
 //! [`Spool::append`] writes; [`Spool::sync`] fsyncs (group commit: one sync
 //! covers every append before it). Only records appended before a successful
 //! `sync` may be acknowledged to devices. [`Spool::ack`] marks a record as
 //! delivered; a segment is deleted once all its records are delivered and it
-//! is not the one being written. Deliveries are not persisted: after a restart
-//! every record still on disk is sent again, and the hub's dedup makes that
-//! harmless.
+//! is neither the one being written nor the one before it (the newest records
+//! are kept a little longer so that, after a crash, the agent can recognise
+//! device messages the broker redelivers although they were already spooled;
+//! see [`Spool::newest_payloads`]). Deliveries are not persisted: after a
+//! restart every record still on disk is sent again, and the hub's dedup
+//! makes that harmless. Records older than the TTL are expired (counted as
+//! dropped) by [`Spool::expire`].
 //!
 //! # Recovery never wedges
 //! Opening reads every segment. A record that is cut short, fails its
@@ -36,17 +40,19 @@
 //! the oldest segment, counting its undelivered records as dropped.
 
 pub mod fs;
+pub mod service;
 
 use std::collections::VecDeque;
 use std::io;
 
 use fs::SpoolFs;
 
-const RECORD_HEADER: usize = 16;
+const RECORD_HEADER: usize = 24;
 const MAX_RECORD: u32 = 64 * 1024 * 1024;
 const SEGMENT_SUFFIX: &str = ".seg";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum FullPolicy {
     Block,
     DropOldest,
@@ -58,6 +64,9 @@ pub struct SpoolSettings {
     pub max_bytes: u64,
     pub policy: FullPolicy,
 }
+
+/// Segments kept after delivery: the one being written and the one before.
+const KEPT_SEGMENTS: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -80,6 +89,8 @@ pub struct SpoolRecovery {
 #[derive(Debug)]
 struct Record {
     id: u64,
+    /// Microseconds since the epoch when the record was appended.
+    appended_us: i64,
     offset: u64,
     len: u32,
     delivered: bool,
@@ -103,10 +114,16 @@ pub struct Spool<F: SpoolFs> {
     unsynced: bool,
     failed: bool,
     dropped_records: u64,
+    expired_records: u64,
 }
 
 fn segment_name(first_id: u64) -> String {
     format!("{first_id:020}{SEGMENT_SUFFIX}")
+}
+
+/// Checksum of a record: its id and append time, then its payload.
+fn record_crc(id_and_time: &[u8], payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(id_and_time), payload)
 }
 
 /// Valid records of a segment image and the length of the valid prefix.
@@ -116,16 +133,21 @@ fn scan(data: &[u8], mut last_id: u64) -> (Vec<Record>, u64) {
         let len = u32::from_le_bytes(data[pos..pos + 4].try_into().expect("4"));
         let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().expect("4"));
         let id = u64::from_le_bytes(data[pos + 8..pos + 16].try_into().expect("8"));
+        let appended_us = i64::from_le_bytes(data[pos + 16..pos + 24].try_into().expect("8"));
         let end = pos + RECORD_HEADER + len as usize;
         if len > MAX_RECORD || end > data.len() || id <= last_id {
             break;
         }
-        let payload = &data[pos + RECORD_HEADER..end];
-        if crc32c::crc32c_append(crc32c::crc32c(&id.to_le_bytes()), payload) != crc {
+        if record_crc(
+            &data[pos + 8..pos + RECORD_HEADER],
+            &data[pos + RECORD_HEADER..end],
+        ) != crc
+        {
             break;
         }
         records.push(Record {
             id,
+            appended_us,
             offset: (pos + RECORD_HEADER) as u64,
             len,
             delivered: false,
@@ -190,6 +212,7 @@ impl<F: SpoolFs> Spool<F> {
                 unsynced: false,
                 failed: false,
                 dropped_records: 0,
+                expired_records: 0,
             },
             recovery,
         ))
@@ -197,6 +220,11 @@ impl<F: SpoolFs> Spool<F> {
 
     /// Writes one record; durable only after [`Spool::sync`].
     pub fn append(&mut self, payload: &[u8]) -> Result<u64, SpoolError> {
+        self.append_at(payload, now_us())
+    }
+
+    /// [`Spool::append`] with an explicit append time (tests of the TTL).
+    pub fn append_at(&mut self, payload: &[u8], appended_us: i64) -> Result<u64, SpoolError> {
         if self.failed {
             return Err(SpoolError::Failed);
         }
@@ -211,6 +239,10 @@ impl<F: SpoolFs> Spool<F> {
             })?;
         let size = (RECORD_HEADER + payload.len()) as u64;
         while self.total_bytes + size > self.settings.max_bytes {
+            // Delivered segments kept only for the redelivery guard go first.
+            if self.remove_delivered_segments(1)? {
+                continue;
+            }
             match self.settings.policy {
                 FullPolicy::Block => {
                     return Err(SpoolError::Full {
@@ -244,9 +276,11 @@ impl<F: SpoolFs> Spool<F> {
         let active = self.segments.back_mut().expect("an active segment");
         let mut record = Vec::with_capacity(size as usize);
         record.extend_from_slice(&len.to_le_bytes());
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&id.to_le_bytes()), payload);
-        record.extend_from_slice(&crc.to_le_bytes());
-        record.extend_from_slice(&id.to_le_bytes());
+        let mut id_and_time = [0u8; 16];
+        id_and_time[..8].copy_from_slice(&id.to_le_bytes());
+        id_and_time[8..].copy_from_slice(&appended_us.to_le_bytes());
+        record.extend_from_slice(&record_crc(&id_and_time, payload).to_le_bytes());
+        record.extend_from_slice(&id_and_time);
         record.extend_from_slice(payload);
         if let Err(e) = self.fs.append(&active.name, &record) {
             // Cut back whatever part of the record reached the file, so the
@@ -258,6 +292,7 @@ impl<F: SpoolFs> Spool<F> {
         }
         active.records.push(Record {
             id,
+            appended_us,
             offset: active.bytes + RECORD_HEADER as u64,
             len,
             delivered: false,
@@ -292,13 +327,35 @@ impl<F: SpoolFs> Spool<F> {
 
     /// Marks a record delivered and deletes segments that hold nothing else.
     pub fn ack(&mut self, id: u64) -> Result<(), SpoolError> {
+        if let Some(r) = self.record_mut(id) {
+            r.delivered = true;
+        }
+        self.remove_delivered_segments(KEPT_SEGMENTS)?;
+        Ok(())
+    }
+
+    /// Expires undelivered records appended before `cutoff_us`, counting
+    /// them; returns how many.
+    pub fn expire(&mut self, cutoff_us: i64) -> Result<u64, SpoolError> {
+        let mut expired = 0;
         for seg in &mut self.segments {
-            if let Some(r) = seg.records.iter_mut().find(|r| r.id == id) {
-                r.delivered = true;
-                break;
+            for r in seg.records.iter_mut() {
+                if !r.delivered && r.appended_us < cutoff_us {
+                    r.delivered = true;
+                    expired += 1;
+                }
             }
         }
-        while self.segments.len() > 1
+        self.expired_records += expired;
+        self.remove_delivered_segments(KEPT_SEGMENTS)?;
+        Ok(expired)
+    }
+
+    /// Deletes fully delivered segments from the front while more than
+    /// `keep` segments remain; whether any was deleted.
+    fn remove_delivered_segments(&mut self, keep: usize) -> Result<bool, SpoolError> {
+        let mut removed = false;
+        while self.segments.len() > keep.max(1)
             && self
                 .segments
                 .front()
@@ -307,8 +364,24 @@ impl<F: SpoolFs> Spool<F> {
             let seg = self.segments.pop_front().expect("checked");
             self.fs.remove(&seg.name).map_err(SpoolError::Io)?;
             self.total_bytes -= seg.bytes;
+            removed = true;
         }
-        Ok(())
+        Ok(removed)
+    }
+
+    fn record_mut(&mut self, id: u64) -> Option<&mut Record> {
+        let seg = self.segment_index(id)?;
+        let records = &mut self.segments[seg].records;
+        let i = records.binary_search_by_key(&id, |r| r.id).ok()?;
+        Some(&mut records[i])
+    }
+
+    /// The segment that would hold `id` (segments are ordered by id).
+    fn segment_index(&self, id: u64) -> Option<usize> {
+        let i = self
+            .segments
+            .partition_point(|s| s.records.first().is_some_and(|r| r.id <= id));
+        i.checked_sub(1)
     }
 
     fn evict_oldest(&mut self) -> Result<bool, SpoolError> {
@@ -332,21 +405,73 @@ impl<F: SpoolFs> Spool<F> {
             .collect()
     }
 
-    /// Reads a record's payload (whole-segment read; the uplink will use
-    /// positional reads when the spool is wired in).
+    /// Reads an undelivered record's payload with one positional read, and
+    /// checks it against its checksum (the file could have been damaged
+    /// since it was opened). `None` if the record is gone or delivered.
     pub fn read(&mut self, id: u64) -> Result<Option<Vec<u8>>, SpoolError> {
-        let Some((name, offset, len)) = self.segments.iter().find_map(|s| {
-            s.records
-                .iter()
-                .find(|r| r.id == id)
-                .map(|r| (s.name.clone(), r.offset, r.len))
-        }) else {
+        let Some(seg) = self.segment_index(id) else {
             return Ok(None);
         };
-        let data = self.fs.read(&name).map_err(SpoolError::Io)?;
-        Ok(data
-            .get(offset as usize..(offset + u64::from(len)) as usize)
-            .map(<[u8]>::to_vec))
+        let segment = &self.segments[seg];
+        let Ok(i) = segment.records.binary_search_by_key(&id, |r| r.id) else {
+            return Ok(None);
+        };
+        let r = &segment.records[i];
+        if r.delivered {
+            return Ok(None);
+        }
+        let start = r.offset - RECORD_HEADER as u64;
+        let name = segment.name.clone();
+        let image = self
+            .fs
+            .read_at(&name, start, RECORD_HEADER + r.len as usize)
+            .map_err(SpoolError::Io)?;
+        let crc = u32::from_le_bytes(image[4..8].try_into().expect("4"));
+        if record_crc(&image[8..RECORD_HEADER], &image[RECORD_HEADER..]) != crc {
+            return Err(SpoolError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("record {id} in {name} fails its checksum"),
+            )));
+        }
+        Ok(Some(image[RECORD_HEADER..].to_vec()))
+    }
+
+    /// Payloads of the newest records still on disk, delivered or not, newest
+    /// first, at most `max` of them: what the redelivery guard is seeded from
+    /// after a restart.
+    pub fn newest_payloads(&mut self, max: usize) -> Vec<Vec<u8>> {
+        let wanted: Vec<(String, u64, u32)> = self
+            .segments
+            .iter()
+            .rev()
+            .flat_map(|s| {
+                s.records
+                    .iter()
+                    .rev()
+                    .map(move |r| (s.name.clone(), r.offset, r.len))
+            })
+            .take(max)
+            .collect();
+        wanted
+            .into_iter()
+            .filter_map(|(name, offset, len)| self.fs.read_at(&name, offset, len as usize).ok())
+            .collect()
+    }
+
+    /// Undelivered records and their bytes (record headers included).
+    pub fn backlog(&self) -> (u64, u64) {
+        self.segments
+            .iter()
+            .flat_map(|s| s.records.iter())
+            .filter(|r| !r.delivered)
+            .fold((0, 0), |(n, b), r| {
+                (n + 1, b + RECORD_HEADER as u64 + u64::from(r.len))
+            })
+    }
+
+    /// Undelivered records expired by the TTL.
+    pub fn expired_records(&self) -> u64 {
+        self.expired_records
     }
 
     pub fn total_bytes(&self) -> u64 {
@@ -374,3 +499,11 @@ impl<F: SpoolFs> Spool<F> {
 
 #[cfg(test)]
 mod tests;
+
+/// Microseconds since the Unix epoch, by the wall clock.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
