@@ -12,7 +12,7 @@
 //! first connection.
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 use schemas::Reading;
@@ -80,9 +80,8 @@ impl RedeliveryGuard {
     }
 
     fn key(&self, r: &Reading) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        (&r.device, &r.metric, r.ts_us, r.value.to_bits()).hash(&mut h);
-        h.finish()
+        self.hasher
+            .hash_one((&r.device, &r.metric, r.ts_us, r.value.to_bits()))
     }
 }
 

@@ -309,3 +309,91 @@ async fn device_messages_are_acknowledged_only_after_a_hub_holds_their_readings(
     hub.shutdown().await;
     assert_archive_matches(&read_archive(&root), &published);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_spool_devices_are_acknowledged_while_the_hub_is_away_and_the_backlog_drains_after_a_restart()
+ {
+    let port = broker::free_port();
+    broker::start_embedded(([127, 0, 0, 1], port).into());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let spool_dir = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut cfg = agent_config(
+            "gw-s",
+            "plant-s",
+            port,
+            UplinkKind::Mqtt,
+            "127.0.0.1:9".parse().unwrap(),
+        );
+        let mut live = cfg.subscriptions[0].clone();
+        live.filter = "plant-t/+/+".into();
+        live.topic_template = "plant-t/{device}/{metric}".into();
+        cfg.subscriptions.push(live);
+        cfg.uplink.ack_timeout = Duration::from_millis(500);
+        cfg.uplink.retry_max = Duration::from_millis(500);
+        cfg.spool.dir = Some(spool_dir.path().to_path_buf());
+        // Keep little in memory so the backlog path is exercised.
+        cfg.spool.live_queue = 2;
+        cfg.spool.drain_rate = 200.0;
+        cfg
+    };
+
+    // No hub: with the spool, device messages are acknowledged once durable.
+    let agent = Agent::start(config(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut published = publish_fleet(port, "fleet-s", "plant-s", 3, 60, 1000).await;
+    let messages = 3 * 60;
+    let stats = agent.stats.clone();
+    assert!(
+        wait_until(Duration::from_secs(20), || stats.device_acks.load(Relaxed)
+            >= messages)
+        .await,
+        "acks with the hub away: {} of {messages}",
+        stats.device_acks.load(Relaxed)
+    );
+    assert_eq!(agent.stats.readings_delivered.load(Relaxed), 0);
+    assert!(agent.stats.spool_records.load(Relaxed) > 0);
+    agent.shutdown().await;
+
+    // Restart: the backlog is recovered from disk; a hub appears and live
+    // data flows while the backlog drains.
+    let agent = Agent::start(config(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub_cfg = HubConfig::for_dir("spool", dir.path());
+    hub_cfg.mqtt.port = port;
+    let hub = inference_hub::start(hub_cfg).await.unwrap();
+    let live = publish_fleet(port, "fleet-t", "plant-t", 2, 60, 1000).await;
+    published.readings.extend(live.readings);
+    let expected = published.readings.len() as u64;
+    let hub_stats = hub.stats.clone();
+    let all = wait_until(Duration::from_secs(60), || {
+        hub_stats.readings_archived.load(Relaxed) >= expected
+    })
+    .await;
+    assert!(
+        all,
+        "archived {} of {expected}; agent backlog sends {}, waiting {}",
+        hub_stats.readings_archived.load(Relaxed),
+        agent.stats.backlog_sends.load(Relaxed),
+        agent.stats.backlog_waiting.load(Relaxed),
+    );
+    assert!(agent.stats.backlog_sends.load(Relaxed) > 0);
+    let drained = agent.stats.clone();
+    assert!(
+        wait_until(Duration::from_secs(10), || drained
+            .spool_records
+            .load(Relaxed)
+            == 0)
+        .await,
+        "every delivered record is released: {} left",
+        drained.spool_records.load(Relaxed)
+    );
+    agent.shutdown().await;
+    let root = hub.archive_root.clone();
+    hub.shutdown().await;
+    assert_archive_matches(&read_archive(&root), &published);
+}

@@ -2,7 +2,8 @@
 //! (and known malformed messages), and a reader of the Parquet archive.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -271,4 +272,59 @@ pub(crate) fn assert_spikes_flagged(archive: &Archived, published: &Published) {
             "injected spike {spike:?} was not flagged: {around:#?}"
         );
     }
+}
+
+/// A child process that is killed if the test fails before stopping it.
+pub(crate) struct Process(pub(crate) Child);
+
+impl Process {
+    pub(crate) fn spawn(binary: &Path, args: &[&str], log: &Path) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(binary)
+            .args(args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        Self(child)
+    }
+
+    /// SIGTERM, then wait: a graceful stop that must drain everything.
+    pub(crate) fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        self.0.wait().unwrap()
+    }
+
+    /// SIGKILL, then wait: the process gets no chance to clean up.
+    pub(crate) fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+/// `target/<profile>/edge-agent`, built by `cargo build -p edge-agent`.
+pub(crate) fn edge_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let bin = dir.join("edge-agent");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p edge-agent` first",
+        bin.display()
+    );
+    bin
 }

@@ -3,5 +3,6 @@
 
 mod crash;
 mod e2e;
+mod edge_faults;
 mod harness;
 mod mosquitto;

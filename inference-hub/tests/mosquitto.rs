@@ -2,55 +2,14 @@
 //! edge agents, on a real Mosquitto broker. `.ci/run` starts Mosquitto and
 //! runs this with `MOSQUITTO_PORT` set (`cargo test -- --ignored`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{assert_archive_matches, assert_spikes_flagged, publish_fleet, read_archive};
-
-struct Process(Child);
-
-impl Process {
-    fn spawn(binary: &Path, args: &[&str], log: &Path) -> Self {
-        let log = std::fs::File::create(log).unwrap();
-        let child = Command::new(binary)
-            .args(args)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        Self(child)
-    }
-
-    /// SIGTERM, then wait: a graceful stop that must drain everything.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        self.0.wait().unwrap()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-    }
-}
-
-/// `target/<profile>/edge-agent`, built by `cargo build -p edge-agent`.
-fn edge_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let bin = dir.join("edge-agent");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build -p edge-agent` first",
-        bin.display()
-    );
-    bin
-}
+use crate::harness::{
+    Process, assert_archive_matches, assert_spikes_flagged, edge_binary, publish_fleet,
+    read_archive,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Mosquitto broker on MOSQUITTO_PORT; run by .ci/run"]
