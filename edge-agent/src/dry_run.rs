@@ -25,7 +25,18 @@ pub struct DryRunReport {
     pub rejected: BTreeMap<&'static str, u64>,
     pub decoded_readings: u64,
     pub forwarded_readings: u64,
-    pub rules: Vec<(String, u64, BTreeMap<&'static str, u64>)>,
+    /// Per rule: name, kept, dropped by reason, absorbed into windows,
+    /// aggregates emitted.
+    pub rules: Vec<RuleReport>,
+}
+
+#[derive(Debug, Default)]
+pub struct RuleReport {
+    pub name: String,
+    pub kept: u64,
+    pub dropped: BTreeMap<&'static str, u64>,
+    pub absorbed: u64,
+    pub aggregates: u64,
 }
 
 pub fn run(cfg: &EdgeConfig, input: impl BufRead) -> std::io::Result<DryRunReport> {
@@ -52,13 +63,21 @@ pub fn run(cfg: &EdgeConfig, input: impl BufRead) -> std::io::Result<DryRunRepor
             Err(reason) => *report.rejected.entry(reason.as_str()).or_default() += 1,
         }
     }
+    // The recording is over: every open downsampling window closes.
+    report.forwarded_readings += filter.flush(i64::MAX).len() as u64;
     for (name, counts) in filter.named_counts() {
         let dropped = DropReason::ALL
             .iter()
             .map(|r| (r.as_str(), counts.dropped(*r)))
             .filter(|(_, n)| *n > 0)
             .collect();
-        report.rules.push((name, counts.kept, dropped));
+        report.rules.push(RuleReport {
+            name,
+            kept: counts.kept,
+            dropped,
+            absorbed: counts.absorbed,
+            aggregates: counts.aggregates,
+        });
     }
     Ok(report)
 }
@@ -94,10 +113,17 @@ impl DryRunReport {
             let _ = writeln!(out, "  rejected: {reason:<16}{n:>8}");
         }
         let _ = writeln!(out, "readings decoded        {:>10}", self.decoded_readings);
-        for (name, kept, dropped) in &self.rules {
-            let _ = writeln!(out, "rule {name:<18} kept {kept:>10}");
-            for (reason, n) in dropped {
+        for rule in &self.rules {
+            let _ = writeln!(out, "rule {:<18} kept {:>10}", rule.name, rule.kept);
+            for (reason, n) in &rule.dropped {
                 let _ = writeln!(out, "  dropped: {reason:<17}{n:>8}");
+            }
+            if rule.absorbed > 0 {
+                let _ = writeln!(
+                    out,
+                    "  downsampled: {:>8} readings into {} aggregates",
+                    rule.absorbed, rule.aggregates
+                );
             }
         }
         let _ = writeln!(
@@ -132,8 +158,37 @@ mod tests {
         assert_eq!((report.messages, report.unreadable_lines), (3, 1));
         assert_eq!(report.rejected.get("invalid_json"), Some(&1));
         assert_eq!((report.decoded_readings, report.forwarded_readings), (2, 1));
-        assert_eq!(report.rules[0].1, 1);
-        assert_eq!(report.rules[0].2.get("above_max"), Some(&1));
+        assert_eq!(report.rules[0].kept, 1);
+        assert_eq!(report.rules[0].dropped.get("above_max"), Some(&1));
         assert!(report.render().contains("dropped: above_max"));
+    }
+
+    #[test]
+    fn downsampled_windows_are_closed_at_the_end_of_the_recording() {
+        let mut cfg = EdgeConfig::for_gateway("dry", 1883);
+        cfg.rules = vec![RuleConfig {
+            name: "minutely".into(),
+            downsample: Some(crate::filter::Downsample {
+                window: std::time::Duration::from_secs(60),
+                aggregate: crate::filter::Aggregate::Mean,
+            }),
+            ..RuleConfig::default()
+        }];
+        let input: String = (0..150)
+            .map(|i| {
+                format!(
+                    "{{\"topic\":\"sensors/a/t\",\"payload\":{{\"value\":{i},\"ts\":{}}}}}\n",
+                    1_700_000_080 + i
+                )
+            })
+            .collect();
+        let report = run(&cfg, input.as_bytes()).unwrap();
+        // 150 seconds starting at :40 touch 4 minute windows.
+        assert_eq!(report.forwarded_readings, 4);
+        assert_eq!(
+            (report.rules[0].absorbed, report.rules[0].aggregates),
+            (150, 4)
+        );
+        assert!(report.render().contains("150 readings into 4 aggregates"));
     }
 }

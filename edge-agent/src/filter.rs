@@ -15,18 +15,27 @@
 //!    metrics together; a token bucket with one second of burst);
 //! 4. **deadband** (`deadband`): forwarded only if it differs from the last
 //!    forwarded value by more than the deadband, or if `max-silence` has
-//!    passed since the last forwarded reading (the heartbeat).
+//!    passed since the last forwarded reading (the heartbeat);
+//!    **or downsampling** (`downsample = { window = "10s", aggregate =
+//!    "mean" }`): tumbling windows aligned on event time (`floor(ts /
+//!    window)`), one reading per series and window, stamped with the window's
+//!    start, whose value is the `mean`, `min`, `max`, `last` (latest
+//!    timestamp) or `count` of what the window absorbed. A window closes when
+//!    its series sends a reading of a later window, or by the clock
+//!    ([`Filter::flush`]) two window lengths after it opened; a reading for a
+//!    window that already closed is dropped as `late`.
 //!
-//! Every drop is counted per rule and reason (`edge_filter_dropped_total`).
-//! A message whose readings are all dropped is acknowledged at once: dropping
-//! is a decision, not a failure. State is per series and bounded (see
-//! `MAX_SERIES`); the series seen least recently is forgotten first.
-//!
-//! Downsampling windows are not here yet: a reading absorbed into an open
-//! window cannot be acknowledged until the window's aggregate is safe, which
-//! with in-order acknowledgements would hold the broker's whole window for the
-//! length of a downsampling window. They need the open windows kept in the
-//! durable spool.
+//! Every drop is counted per rule and reason (`edge_filter_dropped_total`),
+//! absorbed readings and emitted aggregates too. A message whose readings are
+//! all dropped or absorbed is acknowledged at once: dropping is a decision,
+//! not a failure. An aggregate travels with the message that closed its
+//! window (or on its own when the clock closed it). The one thing a crash of
+//! the agent loses by design is the open windows: readings absorbed into them
+//! were acknowledged (holding their messages for a whole window would stall
+//! the broker's in-flight window), so use downsampling where a partial window
+//! after a power cut is acceptable. State is per series and bounded (see
+//! `MAX_SERIES`); the series seen least recently is forgotten first, its open
+//! window emitted.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -60,6 +69,72 @@ pub struct RuleConfig {
     pub deadband: Option<f64>,
     #[serde(with = "schemas::settings::opt_duration")]
     pub max_silence: Option<Duration>,
+    pub downsample: Option<Downsample>,
+}
+
+/// A tumbling downsampling window.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Downsample {
+    #[serde(with = "schemas::settings::duration")]
+    pub window: Duration,
+    pub aggregate: Aggregate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Aggregate {
+    Mean,
+    Min,
+    Max,
+    Last,
+    Count,
+}
+
+/// An open window of one series.
+#[derive(Debug, Clone, Copy)]
+struct OpenWindow {
+    start_us: i64,
+    opened_wall_us: i64,
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+    last: (i64, f64),
+}
+
+impl OpenWindow {
+    fn new(start_us: i64, r: &Reading, now_us: i64) -> Self {
+        Self {
+            start_us,
+            opened_wall_us: now_us,
+            count: 1,
+            sum: r.value,
+            min: r.value,
+            max: r.value,
+            last: (r.ts_us, r.value),
+        }
+    }
+
+    fn add(&mut self, r: &Reading) {
+        self.count += 1;
+        self.sum += r.value;
+        self.min = self.min.min(r.value);
+        self.max = self.max.max(r.value);
+        if r.ts_us >= self.last.0 {
+            self.last = (r.ts_us, r.value);
+        }
+    }
+
+    fn value(&self, aggregate: Aggregate) -> f64 {
+        match aggregate {
+            Aggregate::Mean => self.sum / self.count as f64,
+            Aggregate::Min => self.min,
+            Aggregate::Max => self.max,
+            Aggregate::Last => self.last.1,
+            Aggregate::Count => self.count as f64,
+        }
+    }
 }
 
 /// Why a reading was dropped.
@@ -72,10 +147,12 @@ pub enum DropReason {
     Duplicate,
     RateLimited,
     WithinDeadband,
+    /// For a downsampling window that already closed.
+    Late,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::BelowMin,
         DropReason::AboveMax,
         DropReason::FutureTimestamp,
@@ -83,6 +160,7 @@ impl DropReason {
         DropReason::Duplicate,
         DropReason::RateLimited,
         DropReason::WithinDeadband,
+        DropReason::Late,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -94,6 +172,7 @@ impl DropReason {
             DropReason::Duplicate => "duplicate",
             DropReason::RateLimited => "rate_limited",
             DropReason::WithinDeadband => "within_deadband",
+            DropReason::Late => "late",
         }
     }
 
@@ -121,14 +200,12 @@ impl DropReason {
 fn evict_oldest<K: Clone + Eq + std::hash::Hash, V>(
     map: &mut HashMap<K, V>,
     touched: impl Fn(&V) -> u64,
-) {
-    if let Some(key) = map
+) -> Option<(K, V)> {
+    let key = map
         .iter()
         .min_by_key(|(_, v)| touched(v))
-        .map(|(k, _)| k.clone())
-    {
-        map.remove(&key);
-    }
+        .map(|(k, _)| k.clone())?;
+    map.remove_entry(&key)
 }
 
 /// `*` and `?` glob match.
@@ -190,6 +267,20 @@ pub fn validate_rules(rules: &[RuleConfig], problems: &mut Vec<ConfigProblem>) {
         if r.rate_limit.is_some_and(|x| x <= 0.0) {
             problems.push(ConfigProblem::new(at("rate-limit"), "must be positive"));
         }
+        if let Some(d) = &r.downsample {
+            if r.deadband.is_some() {
+                problems.push(ConfigProblem::new(
+                    at("downsample"),
+                    "cannot be combined with a deadband in one rule",
+                ));
+            }
+            if d.window < Duration::from_millis(1) || d.window > Duration::from_secs(24 * 3600) {
+                problems.push(ConfigProblem::new(
+                    at("downsample.window"),
+                    "must be 1ms..=24h",
+                ));
+            }
+        }
         if r.max_silence.is_some() && r.deadband.is_none() {
             problems.push(ConfigProblem::new(
                 at("max-silence"),
@@ -203,6 +294,9 @@ pub fn validate_rules(rules: &[RuleConfig], problems: &mut Vec<ConfigProblem>) {
 struct SeriesState {
     recent_ts: VecDeque<i64>,
     last_sent: Option<(f64, i64)>,
+    window: Option<OpenWindow>,
+    /// Start of the newest window that closed.
+    last_closed_us: Option<i64>,
     last_touch: u64,
 }
 
@@ -218,6 +312,10 @@ struct Bucket {
 pub struct RuleCounts {
     pub kept: u64,
     pub dropped: [u64; DropReason::ALL.len()],
+    /// Readings absorbed into downsampling windows.
+    pub absorbed: u64,
+    /// Aggregates emitted by closed windows.
+    pub aggregates: u64,
 }
 
 impl RuleCounts {
@@ -234,6 +332,15 @@ pub struct Filter {
     buckets: HashMap<(usize, String), Bucket>,
     counts: Vec<RuleCounts>,
     clock: u64,
+    /// Aggregates of windows closed during the current call.
+    emitted: Vec<Reading>,
+}
+
+/// What a rule decided about one reading.
+enum Verdict {
+    Keep,
+    Drop(DropReason),
+    Absorbed,
 }
 
 impl Filter {
@@ -245,6 +352,7 @@ impl Filter {
             buckets: HashMap::new(),
             counts,
             clock: 0,
+            emitted: Vec::new(),
         }
     }
 
@@ -260,7 +368,8 @@ impl Filter {
         &self.counts
     }
 
-    /// Keeps the readings that pass; returns the drops as (rule, reason).
+    /// Keeps the readings that pass, and appends the aggregates of the
+    /// downsampling windows they closed; returns the drops as (rule, reason).
     pub fn apply(&mut self, readings: &mut Vec<Reading>, now_us: i64) -> Vec<(usize, DropReason)> {
         let mut drops = Vec::new();
         if self.rules.is_empty() {
@@ -269,14 +378,54 @@ impl Filter {
         readings.retain(|r| match self.check(r, now_us) {
             None => true,
             Some(drop) => {
-                drops.push(drop);
+                if let Some(drop) = drop {
+                    drops.push(drop);
+                }
                 false
             }
         });
+        readings.append(&mut self.emitted);
         drops
     }
 
-    fn check(&mut self, r: &Reading, now_us: i64) -> Option<(usize, DropReason)> {
+    /// Closes downsampling windows opened two window lengths ago or more
+    /// (by the agent's clock) and returns their aggregates; `now_us =
+    /// i64::MAX` closes every window (the end of a dry run).
+    pub fn flush(&mut self, now_us: i64) -> Vec<Reading> {
+        let rules = &self.rules;
+        let counts = &mut self.counts;
+        let mut out = Vec::new();
+        for ((idx, device, metric), state) in self.series.iter_mut() {
+            let Some(ds) = rules[*idx].downsample else {
+                continue;
+            };
+            let window_us = ds.window.as_micros() as i64;
+            if let Some(w) = state.window
+                && now_us.saturating_sub(w.opened_wall_us) >= 2 * window_us
+            {
+                state.window = None;
+                state.last_closed_us = Some(w.start_us);
+                counts[*idx].aggregates += 1;
+                out.push(Reading {
+                    device: device.clone(),
+                    metric: metric.clone(),
+                    ts_us: w.start_us,
+                    value: w.value(ds.aggregate),
+                });
+            }
+        }
+        out
+    }
+
+    /// Whether any rule downsamples (the caller then calls [`Filter::flush`]
+    /// on a timer).
+    pub fn downsamples(&self) -> bool {
+        self.rules.iter().any(|r| r.downsample.is_some())
+    }
+
+    /// `None`: keep; `Some(None)`: absorbed; `Some(Some(drop))`: dropped.
+    #[allow(clippy::option_option)]
+    fn check(&mut self, r: &Reading, now_us: i64) -> Option<Option<(usize, DropReason)>> {
         let idx = self.rules.iter().position(|rule| {
             rule.device
                 .as_deref()
@@ -286,49 +435,71 @@ impl Filter {
                     .as_deref()
                     .is_none_or(|p| glob_match(p, &r.metric))
         })?;
-        let verdict = self.verdict(idx, r, now_us);
-        match verdict {
-            None => self.counts[idx].kept += 1,
-            Some(reason) => self.counts[idx].dropped[reason.index()] += 1,
+        match self.verdict(idx, r, now_us) {
+            Verdict::Keep => {
+                self.counts[idx].kept += 1;
+                None
+            }
+            Verdict::Drop(reason) => {
+                self.counts[idx].dropped[reason.index()] += 1;
+                Some(Some((idx, reason)))
+            }
+            Verdict::Absorbed => {
+                self.counts[idx].absorbed += 1;
+                Some(None)
+            }
         }
-        verdict.map(|reason| (idx, reason))
     }
 
-    fn verdict(&mut self, idx: usize, r: &Reading, now_us: i64) -> Option<DropReason> {
+    fn verdict(&mut self, idx: usize, r: &Reading, now_us: i64) -> Verdict {
         let rule = &self.rules[idx];
         if rule.min.is_some_and(|lo| r.value < lo) {
-            return Some(DropReason::BelowMin);
+            return Verdict::Drop(DropReason::BelowMin);
         }
         if rule.max.is_some_and(|hi| r.value > hi) {
-            return Some(DropReason::AboveMax);
+            return Verdict::Drop(DropReason::AboveMax);
         }
         if rule
             .max_future
             .is_some_and(|d| r.ts_us > now_us.saturating_add(d.as_micros() as i64))
         {
-            return Some(DropReason::FutureTimestamp);
+            return Verdict::Drop(DropReason::FutureTimestamp);
         }
         if rule
             .max_past
             .is_some_and(|d| r.ts_us < now_us.saturating_sub(d.as_micros() as i64))
         {
-            return Some(DropReason::StaleTimestamp);
+            return Verdict::Drop(DropReason::StaleTimestamp);
         }
-        let (dedup, rate, deadband, silence) =
-            (rule.dedup, rule.rate_limit, rule.deadband, rule.max_silence);
-        if !dedup && rate.is_none() && deadband.is_none() {
-            return None;
+        let (dedup, rate, deadband, silence, downsample) = (
+            rule.dedup,
+            rule.rate_limit,
+            rule.deadband,
+            rule.max_silence,
+            rule.downsample,
+        );
+        if !dedup && rate.is_none() && deadband.is_none() && downsample.is_none() {
+            return Verdict::Keep;
         }
         self.clock += 1;
         let clock = self.clock;
         let series_key = (idx, r.device.clone(), r.metric.clone());
-        if (dedup || deadband.is_some())
-            && self.series.len() >= MAX_SERIES
-            && !self.series.contains_key(&series_key)
-        {
-            evict_oldest(&mut self.series, |s| s.last_touch);
+        let stateful = dedup || deadband.is_some() || downsample.is_some();
+        if stateful && self.series.len() >= MAX_SERIES && !self.series.contains_key(&series_key) {
+            if let Some(((old_idx, device, metric), old)) =
+                evict_oldest(&mut self.series, |s| s.last_touch)
+                && let (Some(w), Some(ds)) = (old.window, self.rules[old_idx].downsample)
+            {
+                self.counts[old_idx].aggregates += 1;
+                self.emitted.push(Reading {
+                    device,
+                    metric,
+                    ts_us: w.start_us,
+                    value: w.value(ds.aggregate),
+                });
+            }
         }
-        let mut state = (dedup || deadband.is_some()).then(|| {
+        let mut state = stateful.then(|| {
             let state = self.series.entry(series_key).or_default();
             state.last_touch = clock;
             state
@@ -336,7 +507,7 @@ impl Filter {
         // 2. duplicates
         if dedup && let Some(state) = state.as_deref_mut() {
             if state.recent_ts.contains(&r.ts_us) {
-                return Some(DropReason::Duplicate);
+                return Verdict::Drop(DropReason::Duplicate);
             }
             if state.recent_ts.len() == DEDUP_MEMORY {
                 state.recent_ts.pop_front();
@@ -360,25 +531,53 @@ impl Filter {
             b.tokens = (b.tokens + elapsed * per_second).min(per_second.max(1.0));
             b.last_refill_us = now_us;
             if b.tokens < 1.0 {
-                return Some(DropReason::RateLimited);
+                return Verdict::Drop(DropReason::RateLimited);
             }
             bucket = Some(b);
         }
-        // 4. deadband with heartbeat
-        if let (Some(band), Some(state)) = (deadband, state) {
+        // 4. deadband with heartbeat, or downsampling
+        if let (Some(band), Some(state)) = (deadband, state.as_deref_mut()) {
             if let Some((last_value, last_ts)) = state.last_sent {
                 let heartbeat_due = silence
                     .is_some_and(|s| r.ts_us.saturating_sub(last_ts) >= s.as_micros() as i64);
                 if (r.value - last_value).abs() <= band && !heartbeat_due {
-                    return Some(DropReason::WithinDeadband);
+                    return Verdict::Drop(DropReason::WithinDeadband);
                 }
             }
             state.last_sent = Some((r.value, r.ts_us));
         }
+        if let (Some(ds), Some(state)) = (downsample, state) {
+            let window_us = ds.window.as_micros() as i64;
+            let start_us = r.ts_us.div_euclid(window_us) * window_us;
+            match &mut state.window {
+                Some(w) if w.start_us == start_us => w.add(r),
+                Some(w) if w.start_us < start_us => {
+                    let closed = *w;
+                    self.emitted.push(Reading {
+                        device: r.device.clone(),
+                        metric: r.metric.clone(),
+                        ts_us: closed.start_us,
+                        value: closed.value(ds.aggregate),
+                    });
+                    self.counts[idx].aggregates += 1;
+                    state.last_closed_us = Some(closed.start_us);
+                    *w = OpenWindow::new(start_us, r, now_us);
+                }
+                Some(_) => return Verdict::Drop(DropReason::Late),
+                None if state.last_closed_us.is_some_and(|c| start_us <= c) => {
+                    return Verdict::Drop(DropReason::Late);
+                }
+                None => state.window = Some(OpenWindow::new(start_us, r, now_us)),
+            }
+            if let Some(b) = bucket {
+                b.tokens -= 1.0;
+            }
+            return Verdict::Absorbed;
+        }
         if let Some(b) = bucket {
             b.tokens -= 1.0;
         }
-        None
+        Verdict::Keep
     }
 
     /// (rule name, counters) of every rule, for the stats.
@@ -403,6 +602,28 @@ pub fn render_prometheus(counts: &[(String, RuleCounts)], out: &mut String) {
     );
     for (name, c) in counts {
         let _ = writeln!(out, "edge_filter_kept_total{{rule=\"{name}\"}} {}", c.kept);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP edge_filter_downsampled_total Readings absorbed into downsampling windows.\n# TYPE edge_filter_downsampled_total counter"
+    );
+    for (name, c) in counts {
+        let _ = writeln!(
+            out,
+            "edge_filter_downsampled_total{{rule=\"{name}\"}} {}",
+            c.absorbed
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP edge_filter_aggregates_total Aggregates emitted by closed downsampling windows.\n# TYPE edge_filter_aggregates_total counter"
+    );
+    for (name, c) in counts {
+        let _ = writeln!(
+            out,
+            "edge_filter_aggregates_total{{rule=\"{name}\"}} {}",
+            c.aggregates
+        );
     }
     let _ = writeln!(
         out,
@@ -575,6 +796,73 @@ mod tests {
         ];
         f.apply(&mut later, NOW + 1_000_000);
         assert_eq!(later.len(), 2);
+    }
+
+    fn downsample(window_s: u64, aggregate: Aggregate) -> RuleConfig {
+        RuleConfig {
+            downsample: Some(Downsample {
+                window: Duration::from_secs(window_s),
+                aggregate,
+            }),
+            ..rule("ds")
+        }
+    }
+
+    #[test]
+    fn downsampling_emits_one_aggregate_per_window_when_the_next_window_starts() {
+        for (aggregate, expected) in [
+            (Aggregate::Mean, [2.5, 20.0]),
+            (Aggregate::Min, [1.0, 20.0]),
+            (Aggregate::Max, [4.0, 20.0]),
+            (Aggregate::Last, [3.0, 20.0]),
+            (Aggregate::Count, [4.0, 1.0]),
+        ] {
+            let mut f = Filter::new(vec![downsample(10, aggregate)]);
+            // Window [0, 10): values 1, 4, 2 (out of order), 3 (latest ts 9).
+            let mut first = vec![
+                r("d", "m", 0, 1.0),
+                r("d", "m", 5, 4.0),
+                r("d", "m", 2, 2.0),
+                r("d", "m", 9, 3.0),
+            ];
+            assert!(f.apply(&mut first, NOW).is_empty());
+            assert!(first.is_empty(), "absorbed, nothing forwarded yet");
+            let mut second = vec![r("d", "m", 12, 20.0), r("d", "m", 25, 7.0)];
+            f.apply(&mut second, NOW);
+            assert_eq!(
+                second
+                    .iter()
+                    .map(|x| (x.ts_us / 1_000_000, x.value))
+                    .collect::<Vec<_>>(),
+                vec![(0, expected[0]), (10, expected[1])],
+                "{aggregate:?}"
+            );
+            assert_eq!(f.counts()[0].absorbed, 6);
+            assert_eq!(f.counts()[0].aggregates, 2);
+        }
+    }
+
+    #[test]
+    fn downsampling_windows_close_by_the_clock_and_late_readings_are_dropped() {
+        let mut f = Filter::new(vec![downsample(10, Aggregate::Count)]);
+        let mut rs = vec![r("d", "m", 100, 1.0), r("e", "m", 100, 1.0)];
+        f.apply(&mut rs, NOW);
+        assert!(f.flush(NOW + 19_000_000).is_empty(), "not yet");
+        let mut closed = f.flush(NOW + 20_000_000);
+        closed.sort_by(|a, b| a.device.cmp(&b.device));
+        assert_eq!(closed.len(), 2);
+        assert_eq!((closed[0].ts_us, closed[0].value), (100_000_000, 1.0));
+        let mut late = vec![r("d", "m", 105, 1.0), r("d", "m", 95, 1.0)];
+        let drops = f.apply(&mut late, NOW + 21_000_000);
+        assert_eq!(drops, vec![(0, DropReason::Late), (0, DropReason::Late)]);
+        assert!(f.flush(i64::MAX).is_empty());
+        let mut next = vec![r("d", "m", 110, 1.0)];
+        f.apply(&mut next, NOW);
+        assert_eq!(
+            f.flush(i64::MAX).len(),
+            1,
+            "a dry run's end closes everything"
+        );
     }
 
     #[test]

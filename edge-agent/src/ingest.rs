@@ -126,9 +126,29 @@ pub async fn run(
     let mut to_batcher = Some(to_batcher);
     let mut decoder = MessageDecoder::new(&subscriptions);
     let mut failures = 0u32;
+    let mut window_clock = tokio::time::interval(Duration::from_secs(1));
+    window_clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let downsamples = filter.downsamples();
     loop {
         let event = tokio::select! {
             ev = eventloop.poll() => ev,
+            _ = window_clock.tick(), if downsamples && to_batcher.is_some() => {
+                // Windows of series that went quiet close by the clock.
+                let readings = filter.flush(chrono::Utc::now().timestamp_micros());
+                if !readings.is_empty() {
+                    stats.set_filter_counts(filter.named_counts());
+                    stats.readings_accepted.fetch_add(readings.len() as u64, Relaxed);
+                    let item = IngestItem { readings, ack: None };
+                    let sent = tokio::select! {
+                        sent = to_batcher.as_ref().expect("checked").send(item) => sent.is_ok(),
+                        _ = finish.changed() => false,
+                    };
+                    if !sent {
+                        break;
+                    }
+                }
+                continue;
+            }
             _ = stop_intake.changed(), if to_batcher.is_some() => {
                 to_batcher = None;
                 continue;
@@ -177,7 +197,7 @@ pub async fn run(
                         if !filter.is_empty() {
                             let now = chrono::Utc::now().timestamp_micros();
                             let drops = filter.apply(&mut decoded.readings, now);
-                            if !drops.is_empty() {
+                            if !drops.is_empty() || downsamples {
                                 stats.set_filter_counts(filter.named_counts());
                             }
                             if let Some((_, reason)) = drops.iter().find(|(_, r)| r.is_invalid()) {
@@ -188,8 +208,9 @@ pub async fn run(
                                 );
                             }
                             if decoded.readings.is_empty() {
-                                // Every reading was dropped by policy: nothing
-                                // to keep safe, so acknowledge now.
+                                // Every reading was dropped or absorbed into a
+                                // window by policy: nothing to keep safe, so
+                                // acknowledge now.
                                 acker.release(&ack.into_iter().collect::<Vec<_>>());
                                 continue;
                             }
