@@ -485,19 +485,21 @@ impl Filter {
         let clock = self.clock;
         let series_key = (idx, r.device.clone(), r.metric.clone());
         let stateful = dedup || deadband.is_some() || downsample.is_some();
-        if stateful && self.series.len() >= MAX_SERIES && !self.series.contains_key(&series_key) {
-            if let Some(((old_idx, device, metric), old)) =
+        if stateful
+            && self.series.len() >= MAX_SERIES
+            && !self.series.contains_key(&series_key)
+            && let Some(((old_idx, device, metric), old)) =
                 evict_oldest(&mut self.series, |s| s.last_touch)
-                && let (Some(w), Some(ds)) = (old.window, self.rules[old_idx].downsample)
-            {
-                self.counts[old_idx].aggregates += 1;
-                self.emitted.push(Reading {
-                    device,
-                    metric,
-                    ts_us: w.start_us,
-                    value: w.value(ds.aggregate),
-                });
-            }
+            && let (Some(w), Some(ds)) = (old.window, self.rules[old_idx].downsample)
+        {
+            // The forgotten series' open window is emitted, not lost.
+            self.counts[old_idx].aggregates += 1;
+            self.emitted.push(Reading {
+                device,
+                metric,
+                ts_us: w.start_us,
+                value: w.value(ds.aggregate),
+            });
         }
         let mut state = stateful.then(|| {
             let state = self.series.entry(series_key).or_default();
