@@ -72,6 +72,25 @@ enum Command {
         /// The edge-agent binary (default: next to this one).
         #[arg(long)]
         edge_bin: Option<PathBuf>,
+        /// Run the agent with its durable spool.
+        #[arg(long)]
+        spool: bool,
+    },
+    /// The partition benchmark: the hub goes away under steady load and comes
+    /// back; measures the spool's size, the drain rate and the live-data
+    /// latency during the drain (see docs/BENCHMARKS.md).
+    BenchPartition {
+        #[arg(long, default_value_t = 100)]
+        devices: usize,
+        /// Device messages per second.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        /// How long the hub is away.
+        #[arg(long, default_value = "30s", value_parser = schemas::settings::parse_duration)]
+        outage: Duration,
+        /// Backlog batches per second (spool.drain-rate).
+        #[arg(long, default_value_t = 50.0)]
+        drain_rate: f64,
     },
 }
 
@@ -119,6 +138,7 @@ fn main() -> ExitCode {
             broker,
             broker_inflight,
             edge_bin,
+            spool,
         } => {
             let broker = match broker.as_deref().map(|b| b.rsplit_once(':')) {
                 None => None,
@@ -144,6 +164,7 @@ fn main() -> ExitCode {
                 broker_inflight,
                 edge_bin,
                 timeout: Duration::from_secs(300),
+                spool,
             };
             let name = broker.map_or("rumqttd (embedded)".to_string(), |(h, p)| {
                 format!("{h}:{p}")
@@ -151,14 +172,60 @@ fn main() -> ExitCode {
             match runtime.block_on(inference_hub::bench::run(opts.clone())) {
                 Ok(report) => {
                     println!(
-                        "| broker | devices | messages | QoS | plain subscriber msg/s | edge agent msg/s | hub end to end readings/s | edge peak RSS | uplink bytes/reading |"
+                        "| broker | spool | devices | messages | QoS | plain subscriber msg/s | edge agent msg/s | hub end to end readings/s | edge peak RSS | uplink bytes/reading |"
                     );
-                    println!("|---|---|---|---|---|---|---|---|---|");
+                    println!("|---|---|---|---|---|---|---|---|---|---|");
                     println!("{}", report.markdown_row(&opts, &name));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
                     eprintln!("bench failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::BenchPartition {
+            devices,
+            rate,
+            outage,
+            drain_rate,
+        } => {
+            let opts = inference_hub::bench::PartitionOptions {
+                devices,
+                rate: rate.max(1),
+                outage,
+                drain_rate,
+                broker: None,
+                broker_inflight: inference_hub::broker::EMBEDDED_INFLIGHT,
+            };
+            match runtime.block_on(inference_hub::bench::partition(opts)) {
+                Ok(r) => {
+                    println!(
+                        "| outage | load msg/s | drain-rate | spool peak | backlog batches | drain time | hub archive readings/s during drain | live latency before (p50/p99/max ms) | live latency during drain (p50/p99/max ms) | all delivered |"
+                    );
+                    println!("|---|---|---|---|---|---|---|---|---|---|");
+                    let (b, d) = (r.latency_before_ms, r.latency_during_drain_ms);
+                    println!(
+                        "| {:?} | {rate} | {drain_rate}/s | {:.1} MiB ({} batches) | {} | {:.1} s | {:.0} | {:.0}/{:.0}/{:.0} | {:.0}/{:.0}/{:.0} | {} ({} readings) |",
+                        outage,
+                        r.spool_peak_bytes as f64 / (1024.0 * 1024.0),
+                        r.spool_peak_batches,
+                        r.backlog_batches,
+                        r.drain.as_secs_f64(),
+                        r.drain_readings_per_s,
+                        b.0,
+                        b.1,
+                        b.2,
+                        d.0,
+                        d.1,
+                        d.2,
+                        if r.archived_exactly { "yes" } else { "NO" },
+                        r.readings_published
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("bench-partition failed: {e:#}");
                     ExitCode::FAILURE
                 }
             }

@@ -397,3 +397,81 @@ async fn with_a_spool_devices_are_acknowledged_while_the_hub_is_away_and_the_bac
     hub.shutdown().await;
     assert_archive_matches(&read_archive(&root), &published);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_blocks_acknowledgements_until_the_hub_drains_it() {
+    let port = broker::free_port();
+    broker::start_embedded(([127, 0, 0, 1], port).into());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let spool_dir = tempfile::tempdir().unwrap();
+    let mut cfg = agent_config(
+        "gw-full",
+        "plant-f",
+        port,
+        UplinkKind::Mqtt,
+        "127.0.0.1:9".parse().unwrap(),
+    );
+    cfg.uplink.ack_timeout = Duration::from_millis(500);
+    cfg.uplink.retry_max = Duration::from_millis(500);
+    cfg.batch.max_rows = 20;
+    cfg.spool.dir = Some(spool_dir.path().to_path_buf());
+    cfg.spool.segment_bytes = 4096;
+    cfg.spool.max_bytes = 8192;
+    cfg.spool.sync = "always".into();
+    let agent = Agent::start(cfg, Duration::from_secs(10)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let published = publish_fleet(port, "fleet-f", "plant-f", 4, 150, 1000).await;
+    let stats = agent.stats.clone();
+    assert!(
+        wait_until(Duration::from_secs(20), || stats.spool_full.load(Relaxed)
+            == 1)
+        .await,
+        "the spool never filled: {} bytes",
+        stats.spool_bytes.load(Relaxed)
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acked_while_full = stats.device_acks.load(Relaxed);
+    assert!(
+        acked_while_full < 600,
+        "all 600 messages acknowledged although the spool is full"
+    );
+    assert!(stats.spool_bytes.load(Relaxed) <= 8192);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        stats.device_acks.load(Relaxed),
+        acked_while_full,
+        "nothing more is acknowledged while the spool stays full"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub_cfg = HubConfig::for_dir("full", dir.path());
+    hub_cfg.mqtt.port = port;
+    let hub = inference_hub::start(hub_cfg).await.unwrap();
+    let expected = published.readings.len() as u64;
+    let hub_stats = hub.stats.clone();
+    assert!(
+        wait_until(Duration::from_secs(60), || hub_stats
+            .readings_archived
+            .load(Relaxed)
+            >= expected)
+        .await,
+        "archived {} of {expected}",
+        hub_stats.readings_archived.load(Relaxed)
+    );
+    // Every message: 600 with readings, plus the malformed ones (acknowledged
+    // at once).
+    let all = 600 + published.malformed;
+    assert!(
+        wait_until(Duration::from_secs(10), || stats.device_acks.load(Relaxed)
+            == all)
+        .await,
+        "acks {} of {all}; received {}",
+        stats.device_acks.load(Relaxed),
+        stats.messages_received.load(Relaxed)
+    );
+    assert_eq!(stats.spool_full.load(Relaxed), 0);
+    agent.shutdown().await;
+    let root = hub.archive_root.clone();
+    hub.shutdown().await;
+    assert_archive_matches(&read_archive(&root), &published);
+}
