@@ -65,25 +65,27 @@ impl Agent {
         let (item_tx, item_rx) = mpsc::channel::<IngestItem>(INGEST_QUEUE);
         let (batch_tx, batch_rx) = mpsc::channel::<SealedBatch>(1);
 
-        let (source, guard, spool_thread) = match cfg.spool.service_settings() {
+        // Any message the broker may still redeliver is among the last
+        // `broker-inflight` it sent; remember twice that.
+        let mut guard = RedeliveryGuard::new(cfg.mqtt.broker_inflight.saturating_mul(2));
+        let (source, spool_thread) = match cfg.spool.service_settings() {
             Some(settings) => {
                 let started =
                     crate::spool::service::start(settings, batch_rx, acker.clone(), stats.clone())?;
-                let guard = RedeliveryGuard::from_envelopes(&started.newest_payloads);
+                guard.seed_from_envelopes(&started.newest_payloads);
                 let source = uplink::Source::Spool {
                     events: started.events,
                     spool: started.handle,
                     drain_rate: cfg.spool.drain_rate,
                     live_queue: cfg.spool.live_queue,
                 };
-                (source, guard, Some(started.thread))
+                (source, Some(started.thread))
             }
             None => (
                 uplink::Source::Batcher {
                     batches: batch_rx,
                     acker: acker.clone(),
                 },
-                RedeliveryGuard::default(),
                 None,
             ),
         };

@@ -194,6 +194,7 @@ pub async fn run(
                             acker.release(&ack.into_iter().collect::<Vec<_>>());
                             continue;
                         }
+                        guard.remember(&decoded.readings);
                         if !filter.is_empty() {
                             let now = chrono::Utc::now().timestamp_micros();
                             let drops = filter.apply(&mut decoded.readings, now);

@@ -1,15 +1,24 @@
-//! Recognises device messages the broker redelivers after a crash although
-//! their readings were already spooled.
+//! Recognises device messages the broker redelivers although their readings
+//! were already taken in.
 //!
-//! The agent acknowledges a message after the spool's fsync. If the process
-//! dies between the fsync and the PUBACK reaching the broker, the broker
-//! redelivers the message to the next session, and without this guard its
-//! readings would be spooled (and archived) twice under a new incarnation.
-//! At start-up the guard is seeded with the keys (device, metric, timestamp,
-//! value) of the newest spooled readings; a message any of whose readings
-//! matches is acknowledged and dropped. The keys only matter for what the
-//! broker redelivers first, so the guard empties itself one minute after the
-//! first connection.
+//! Two cases, one mechanism:
+//! - **after a crash**: the agent acknowledges a message after the spool's
+//!   fsync. If the process dies between the fsync and the PUBACK reaching the
+//!   broker, the broker redelivers the message to the next session. At
+//!   start-up the guard is seeded with the keys of the newest spooled
+//!   readings.
+//! - **after a reconnect**: messages forwarded to the batcher whose PUBACK had
+//!   not reached the broker when the connection dropped are redelivered on
+//!   the new connection, while their readings are still on their way (the
+//!   acknowledgement of the old connection is void). The guard remembers the
+//!   keys of the last messages it let through (at least the broker's
+//!   in-flight window of them: nothing older can be unacknowledged) and arms
+//!   them on every reconnect.
+//!
+//! A key is (device, metric, timestamp, value), hashed. A message any of
+//! whose readings matches an armed key is acknowledged and dropped. Armed
+//! keys only matter for what the broker redelivers first, so they are
+//! forgotten one minute after the connection that armed them.
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;
@@ -24,15 +33,28 @@ const WINDOW: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
 pub struct RedeliveryGuard {
+    /// Armed keys.
     keys: HashSet<u64>,
     hasher: std::collections::hash_map::RandomState,
     expires_at: Option<Instant>,
+    connected_before: bool,
+    /// Keys of the last messages let through, one entry per message.
+    recent: std::collections::VecDeque<Vec<u64>>,
+    remember_messages: usize,
 }
 
 impl RedeliveryGuard {
-    /// Seeds the guard from spooled envelopes, newest first.
-    pub fn from_envelopes(envelopes: &[Vec<u8>]) -> Self {
-        let mut guard = Self::default();
+    /// A guard that remembers the last `remember_messages` messages.
+    pub fn new(remember_messages: usize) -> Self {
+        Self {
+            remember_messages,
+            ..Self::default()
+        }
+    }
+
+    /// Arms the keys of spooled envelopes, newest first (at start-up).
+    pub fn seed_from_envelopes(&mut self, envelopes: &[Vec<u8>]) {
+        let guard = self;
         let limits = schemas::DecodeLimits::default();
         for bytes in envelopes {
             let Ok(batch) = schemas::envelope::decode(bytes, &limits) else {
@@ -40,13 +62,12 @@ impl RedeliveryGuard {
             };
             for r in schemas::reading::readings_from_batch(&batch.readings) {
                 if guard.keys.len() >= MAX_KEYS {
-                    return guard;
+                    return;
                 }
                 let key = guard.key(&r);
                 guard.keys.insert(key);
             }
         }
-        guard
     }
 
     pub fn len(&self) -> usize {
@@ -57,9 +78,31 @@ impl RedeliveryGuard {
         self.keys.is_empty()
     }
 
-    /// Starts the expiry clock on the first connection to the broker.
+    /// A connection to the broker was made: on the first, the seeded keys
+    /// start to expire; on a reconnect, the recent messages are armed.
     pub fn connected(&mut self, now: Instant) {
-        self.expires_at.get_or_insert(now + WINDOW);
+        if self.connected_before {
+            for keys in &self.recent {
+                if self.keys.len() >= MAX_KEYS {
+                    break;
+                }
+                self.keys.extend(keys.iter().copied());
+            }
+        }
+        self.connected_before = true;
+        self.expires_at = Some(now + WINDOW);
+    }
+
+    /// Records the readings of a message that was let through.
+    pub fn remember(&mut self, readings: &[Reading]) {
+        if self.remember_messages == 0 {
+            return;
+        }
+        if self.recent.len() == self.remember_messages {
+            self.recent.pop_front();
+        }
+        let keys = readings.iter().map(|r| self.key(r)).collect();
+        self.recent.push_back(keys);
     }
 
     /// Whether a message with these readings was already spooled.
@@ -108,9 +151,15 @@ mod tests {
             .1
     }
 
+    fn seeded(envelopes: &[Vec<u8>]) -> RedeliveryGuard {
+        let mut guard = RedeliveryGuard::new(0);
+        guard.seed_from_envelopes(envelopes);
+        guard
+    }
+
     #[test]
     fn matches_spooled_readings_once_and_nothing_else() {
-        let mut guard = RedeliveryGuard::from_envelopes(&[envelope(0..10), envelope(10..20)]);
+        let mut guard = seeded(&[envelope(0..10), envelope(10..20)]);
         assert_eq!(guard.len(), 20);
         let now = Instant::now();
         guard.connected(now);
@@ -133,13 +182,31 @@ mod tests {
     }
 
     #[test]
-    fn expires_a_minute_after_the_first_connection() {
-        let mut guard = RedeliveryGuard::from_envelopes(&[envelope(0..10)]);
+    fn expires_a_minute_after_the_connection() {
+        let mut guard = seeded(&[envelope(0..10)]);
         let now = Instant::now();
         guard.connected(now);
-        guard.connected(now + Duration::from_secs(50));
         assert!(guard.is_redelivery(&[reading(1)], now + Duration::from_secs(59)));
         assert!(!guard.is_redelivery(&[reading(2)], now + WINDOW));
         assert!(guard.is_empty());
+    }
+
+    #[test]
+    fn a_reconnect_arms_the_last_messages_let_through() {
+        let mut guard = RedeliveryGuard::new(3);
+        let now = Instant::now();
+        guard.connected(now);
+        for i in 0..5 {
+            assert!(!guard.is_redelivery(&[reading(i)], now));
+            guard.remember(&[reading(i)]);
+        }
+        guard.connected(now + Duration::from_secs(1));
+        assert!(
+            !guard.is_redelivery(&[reading(1)], now),
+            "older than the window"
+        );
+        assert!(guard.is_redelivery(&[reading(2)], now));
+        assert!(guard.is_redelivery(&[reading(4)], now));
+        assert!(!guard.is_redelivery(&[reading(5)], now), "new data passes");
     }
 }
