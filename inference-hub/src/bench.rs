@@ -473,26 +473,31 @@ pub async fn partition(o: PartitionOptions) -> anyhow::Result<PartitionReport> {
     });
 
     // Latency samples: the probe's newest value as the hub state shows it.
-    let probe_latency = |hub: &crate::hub::HubHandle, newest: &mut f64, samples: &mut Vec<f64>| {
-        let sent = hub
-            .state
-            .devices()
-            .into_iter()
-            .find(|d| d.device == "probe")
-            .and_then(|d| d.metrics.into_iter().find(|m| m.metric == "sent"))
-            .map(|m| m.value);
-        if let Some(sent) = sent
-            && sent > *newest
-        {
-            *newest = sent;
-            samples.push(started.elapsed().as_secs_f64() * 1000.0 - sent);
-        }
-    };
+    // Only probes sent after `since_ms` count (those sent during the outage
+    // are backlog, not live data).
+    let probe_latency =
+        |hub: &crate::hub::HubHandle, since_ms: f64, newest: &mut f64, samples: &mut Vec<f64>| {
+            let sent = hub
+                .state
+                .devices()
+                .into_iter()
+                .find(|d| d.device == "probe")
+                .and_then(|d| d.metrics.into_iter().find(|m| m.metric == "sent"))
+                .map(|m| m.value);
+            if let Some(sent) = sent
+                && sent > *newest
+            {
+                *newest = sent;
+                if sent >= since_ms {
+                    samples.push(started.elapsed().as_secs_f64() * 1000.0 - sent);
+                }
+            }
+        };
     let mut newest = f64::MIN;
     let mut before = Vec::new();
     let warm = Instant::now() + Duration::from_secs(5);
     while Instant::now() < warm {
-        probe_latency(hub.as_ref().expect("up"), &mut newest, &mut before);
+        probe_latency(hub.as_ref().expect("up"), 0.0, &mut newest, &mut before);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
@@ -510,11 +515,12 @@ pub async fn partition(o: PartitionOptions) -> anyhow::Result<PartitionReport> {
     // Back: measure the drain and the live latency meanwhile.
     let hub_back = crate::hub::start(hub_cfg).await?;
     let reconnected = Instant::now();
+    let reconnected_ms = started.elapsed().as_secs_f64() * 1000.0;
     let mut during = Vec::new();
     let drain_deadline = reconnected + Duration::from_secs(1800);
     let archived_before = hub_back.stats.readings_archived.load(Relaxed);
     loop {
-        probe_latency(&hub_back, &mut newest, &mut during);
+        probe_latency(&hub_back, reconnected_ms, &mut newest, &mut during);
         let waiting = agent.stats.backlog_waiting.load(Relaxed);
         if (waiting == 0 && reconnected.elapsed() > Duration::from_secs(1))
             || Instant::now() > drain_deadline

@@ -216,6 +216,7 @@ fn edge_config(
     broker_port: u16,
     uplink: UplinkKind,
     hub_http: std::net::SocketAddr,
+    spool_dir: std::path::PathBuf,
 ) -> EdgeConfig {
     let mut cfg = EdgeConfig::for_gateway(gateway, broker_port);
     cfg.subscriptions = vec![Subscription {
@@ -228,6 +229,7 @@ fn edge_config(
     cfg.mqtt.broker_inflight = broker::EMBEDDED_INFLIGHT;
     cfg.uplink.kind = uplink;
     cfg.uplink.http.url = format!("http://{hub_http}");
+    cfg.spool.dir = Some(spool_dir);
     cfg
 }
 
@@ -292,6 +294,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
                 broker_port,
                 UplinkKind::Mqtt,
                 hub.http_addr,
+                opts.data_dir.join("edge-gw-site1/spool"),
             ),
             Duration::from_secs(10),
         )
@@ -303,6 +306,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
                 broker_port,
                 UplinkKind::Http,
                 hub.http_addr,
+                opts.data_dir.join("edge-gw-site2/spool"),
             ),
             Duration::from_secs(10),
         )

@@ -21,8 +21,13 @@
 //! device messages the broker redelivers although they were already spooled;
 //! see [`Spool::newest_payloads`]). Deliveries are not persisted: after a
 //! restart every record still on disk is sent again, and the hub's dedup
-//! makes that harmless. Records older than the TTL are expired (counted as
-//! dropped) by [`Spool::expire`].
+//! makes that harmless. To spare a metered uplink that resend,
+//! [`Spool::save_deliveries`] (called at shutdown and periodically) records
+//! which ids are delivered in a small `deliveries` file, written atomically
+//! (temporary file, fsync, rename); opening marks those records delivered.
+//! The file only ever names records the hub acknowledged, and opening
+//! consumes it, so losing or ignoring it costs resends, never data. Records older than the TTL are
+//! expired (counted as dropped) by [`Spool::expire`].
 //!
 //! # Recovery never wedges
 //! Opening reads every segment. A record that is cut short, fails its
@@ -50,6 +55,8 @@ use fs::SpoolFs;
 const RECORD_HEADER: usize = 24;
 const MAX_RECORD: u32 = 64 * 1024 * 1024;
 const SEGMENT_SUFFIX: &str = ".seg";
+const DELIVERIES: &str = "deliveries";
+const DELIVERIES_TMP: &str = "deliveries.tmp";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -200,6 +207,22 @@ impl<F: SpoolFs> Spool<F> {
                 records,
                 bytes: good,
             });
+        }
+        // Deliveries recorded before the stop (an unreadable file is ignored).
+        // The file is consumed: ids can be reused after a damaged tail was
+        // cut, so it must never apply to records appended after this open.
+        if let Ok(data) = fs.read(DELIVERIES) {
+            for (from, to) in decode_deliveries(&data).unwrap_or_default() {
+                for r in segments
+                    .iter_mut()
+                    .flat_map(|s: &mut Segment| s.records.iter_mut())
+                {
+                    if (from..=to).contains(&r.id) {
+                        r.delivered = true;
+                    }
+                }
+            }
+            fs.remove(DELIVERIES)?;
         }
         let total_bytes = segments.iter().map(|s| s.bytes).sum();
         Ok((
@@ -436,6 +459,34 @@ impl<F: SpoolFs> Spool<F> {
         Ok(Some(image[RECORD_HEADER..].to_vec()))
     }
 
+    /// Records which ids are delivered (ranges, CRC-protected) in the
+    /// `deliveries` file: temporary file, fsync, rename.
+    pub fn save_deliveries(&mut self) -> Result<(), SpoolError> {
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for r in self.segments.iter().flat_map(|s| s.records.iter()) {
+            if !r.delivered {
+                continue;
+            }
+            match ranges.last_mut() {
+                Some((_, to)) if *to + 1 == r.id => *to = r.id,
+                _ => ranges.push((r.id, r.id)),
+            }
+        }
+        let mut data = Vec::with_capacity(ranges.len() * 16 + 4);
+        for (from, to) in &ranges {
+            data.extend_from_slice(&from.to_le_bytes());
+            data.extend_from_slice(&to.to_le_bytes());
+        }
+        data.extend_from_slice(&crc32c::crc32c(&data).to_le_bytes());
+        let fs = &mut self.fs;
+        let _ = fs.remove(DELIVERIES_TMP);
+        fs.create(DELIVERIES_TMP)
+            .and_then(|()| fs.append(DELIVERIES_TMP, &data))
+            .and_then(|()| fs.sync(DELIVERIES_TMP))
+            .and_then(|()| fs.rename(DELIVERIES_TMP, DELIVERIES))
+            .map_err(SpoolError::Io)
+    }
+
     /// Payloads of the newest records still on disk, delivered or not, newest
     /// first, at most `max` of them: what the redelivery guard is seeded from
     /// after a restart.
@@ -506,4 +557,21 @@ pub fn now_us() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
+}
+
+/// `(from, to)` id ranges of a `deliveries` file; `None` if it is damaged.
+fn decode_deliveries(data: &[u8]) -> Option<Vec<(u64, u64)>> {
+    let (body, crc) = data.split_at_checked(data.len().checked_sub(4)?)?;
+    if body.len() % 16 != 0 || crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().ok()?) {
+        return None;
+    }
+    Some(
+        body.chunks_exact(16)
+            .map(|c| {
+                let from = u64::from_le_bytes(c[..8].try_into().expect("8"));
+                let to = u64::from_le_bytes(c[8..].try_into().expect("8"));
+                (from, to)
+            })
+            .collect(),
+    )
 }

@@ -167,6 +167,7 @@ pub fn start(
         waiting: None,
         failures: 0,
         needs_reopen: false,
+        deliveries_changed: false,
     };
     worker.publish_gauges();
     let thread = std::thread::Builder::new()
@@ -203,6 +204,7 @@ struct Worker {
     waiting: Option<(SealedBatch, Instant)>,
     failures: u32,
     needs_reopen: bool,
+    deliveries_changed: bool,
 }
 
 impl Worker {
@@ -226,6 +228,7 @@ impl Worker {
             if !batches_open && !commands_open {
                 // The uplink is gone; whatever is still unconfirmed was never
                 // acknowledged to a device, so the broker redelivers it.
+                self.save_deliveries();
                 return;
             }
             let retry_at = self.waiting.as_ref().map(|(_, at)| *at);
@@ -234,6 +237,7 @@ impl Worker {
                 biased;
                 command = commands.recv(), if commands_open => match command {
                     Some(Command::Ack(id)) => {
+                        self.deliveries_changed = true;
                         if let Err(e) = self.spool.ack(id) {
                             tracing::error!(error = %schemas::error_chain(&e), "cannot delete a delivered spool segment");
                         }
@@ -264,7 +268,10 @@ impl Worker {
                         self.sync();
                     }
                 },
-                _ = ttl_tick.tick() => self.expire(),
+                _ = ttl_tick.tick() => {
+                    self.expire();
+                    self.save_deliveries();
+                }
             }
             if !self.unsynced.is_empty() {
                 let due = match self.settings.sync {
@@ -423,6 +430,19 @@ impl Worker {
             }
         }
         self.publish_gauges();
+    }
+
+    /// Records deliveries when some happened since the last time.
+    fn save_deliveries(&mut self) {
+        if !self.deliveries_changed || self.needs_reopen {
+            return;
+        }
+        match self.spool.save_deliveries() {
+            Ok(()) => self.deliveries_changed = false,
+            Err(e) => {
+                tracing::warn!(error = %schemas::error_chain(&e), "cannot record spool deliveries; they are resent after a restart")
+            }
+        }
     }
 
     fn fail(&mut self, what: &str, e: &SpoolError) {
