@@ -105,6 +105,7 @@ impl Agent {
             item_tx,
             acker.clone(),
             guard,
+            cfg.mqtt.reconnect_max,
             stats.clone(),
             stop_rx.clone(),
             finish_rx.clone(),

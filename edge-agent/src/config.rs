@@ -141,6 +141,10 @@ pub struct MqttSettings {
     /// throughput is about `broker-inflight / 2` messages per hub round trip.
     /// Raise it on the broker and here together.
     pub broker_inflight: usize,
+    /// Reconnect delays start at 100 ms and double (with +-50% jitter) up to
+    /// this.
+    #[serde(with = "duration")]
+    pub reconnect_max: Duration,
 }
 
 impl Default for MqttSettings {
@@ -152,6 +156,7 @@ impl Default for MqttSettings {
             keep_alive: Duration::from_secs(30),
             max_packet_size: 256 * 1024,
             broker_inflight: 20,
+            reconnect_max: crate::mqtt::RECONNECT_MAX,
         }
     }
 }
@@ -274,6 +279,9 @@ pub struct UplinkMqtt {
     pub topic_prefix: String,
     #[serde(with = "duration")]
     pub keep_alive: Duration,
+    /// Cap of the reconnect backoff (see `mqtt.reconnect-max`).
+    #[serde(with = "duration")]
+    pub reconnect_max: Duration,
 }
 
 impl Default for UplinkMqtt {
@@ -284,6 +292,7 @@ impl Default for UplinkMqtt {
             client_id: None,
             topic_prefix: "iot".into(),
             keep_alive: Duration::from_secs(30),
+            reconnect_max: crate::mqtt::RECONNECT_MAX,
         }
     }
 }
@@ -434,6 +443,14 @@ impl Validate for EdgeConfig {
                 "spool.ttl",
                 "must be positive (omit it for no limit)",
             ));
+        }
+        for (key, cap) in [
+            ("mqtt.reconnect-max", self.mqtt.reconnect_max),
+            ("uplink.mqtt.reconnect-max", self.uplink.mqtt.reconnect_max),
+        ] {
+            if cap < Duration::from_millis(100) || cap > Duration::from_secs(3600) {
+                problems.push(ConfigProblem::new(key, "must be 100ms..=1h"));
+            }
         }
         if self.mqtt.keep_alive < Duration::from_secs(1) {
             problems.push(ConfigProblem::new("mqtt.keep-alive", "must be at least 1s"));

@@ -119,6 +119,7 @@ pub async fn run(
     to_batcher: mpsc::Sender<IngestItem>,
     acker: OrderedAcker,
     mut guard: RedeliveryGuard,
+    reconnect_max: Duration,
     stats: Arc<EdgeStats>,
     mut stop_intake: watch::Receiver<bool>,
     mut finish: watch::Receiver<bool>,
@@ -245,7 +246,7 @@ pub async fn run(
             Ok(_) => {}
             Err(e) => {
                 stats.broker_errors.fetch_add(1, Relaxed);
-                let delay = next_reconnect_delay(&mut failures);
+                let delay = next_reconnect_delay(&mut failures, reconnect_max);
                 tracing::warn!(error = %e, retry_in = ?delay, "gateway broker connection failed");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}

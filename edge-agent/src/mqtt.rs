@@ -128,15 +128,15 @@ pub fn backoff(attempt: u32, initial: Duration, cap: Duration) -> Duration {
     exp.min(cap).mul_f64(0.5 + fastrand::f64())
 }
 
+/// Default cap of [`next_reconnect_delay`].
+pub const RECONNECT_MAX: Duration = Duration::from_secs(10);
+
 /// Counts one more consecutive connection failure and returns how long to
-/// wait before the next attempt (100 ms doubling to 10 s, with jitter).
-pub fn next_reconnect_delay(failures: &mut u32) -> Duration {
+/// wait before the next attempt (100 ms doubling up to `cap`, with +-50%
+/// jitter so that a fleet does not reconnect in lockstep).
+pub fn next_reconnect_delay(failures: &mut u32, cap: Duration) -> Duration {
     *failures = failures.saturating_add(1);
-    backoff(
-        *failures,
-        Duration::from_millis(100),
-        Duration::from_secs(10),
-    )
+    backoff(*failures, Duration::from_millis(100), cap)
 }
 
 /// Creates a client whose socket has Nagle's algorithm off. Request/answer

@@ -99,6 +99,7 @@ impl Transport {
                     eventloop,
                     ack_topic,
                     cfg.gateway_id.clone(),
+                    m.reconnect_max,
                     tx,
                     stats,
                     shutdown,
@@ -184,6 +185,7 @@ async fn run_mqtt_answers(
     mut eventloop: rumqttc::EventLoop,
     ack_topic: String,
     gateway: String,
+    reconnect_max: Duration,
     answers: mpsc::UnboundedSender<SendOutcome>,
     stats: Arc<EdgeStats>,
     mut shutdown: watch::Receiver<bool>,
@@ -218,7 +220,7 @@ async fn run_mqtt_answers(
             Ok(_) => {}
             Err(e) => {
                 stats.broker_errors.fetch_add(1, Relaxed);
-                let delay = next_reconnect_delay(&mut failures);
+                let delay = next_reconnect_delay(&mut failures, reconnect_max);
                 tracing::warn!(error = %e, retry_in = ?delay, "uplink broker connection failed");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}

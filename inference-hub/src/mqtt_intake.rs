@@ -98,7 +98,7 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => {
-                let delay = next_reconnect_delay(&mut failures);
+                let delay = next_reconnect_delay(&mut failures, edge_agent::mqtt::RECONNECT_MAX);
                 tracing::warn!(error = %e, retry_in = ?delay, "hub broker connection failed");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
