@@ -14,6 +14,8 @@
 //! - [`archive`]: partitioned Parquet files with an atomic commit protocol.
 //! - [`mqtt_intake`], [`api`]: the transports and the dashboard API.
 //! - [`hub`]: start-up (recovery) and shutdown order.
+//! - [`eval`]: detection quality on labelled recordings (NAB, SKAB) through
+//!   the production scoring path.
 //! - [`broker`], [`demo`], [`bench`]: the embedded broker, the one-command
 //!   demo and the throughput benchmark.
 
@@ -24,6 +26,7 @@ pub mod broker;
 pub mod config;
 pub mod dedup;
 pub mod demo;
+pub mod eval;
 pub mod hub;
 pub mod intake;
 pub mod model;
