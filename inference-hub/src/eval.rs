@@ -1,7 +1,456 @@
-//! Detection quality on labelled recordings.
+//! Detection quality on labelled recordings, through exactly the production
+//! scoring path: the same [`Scorer`] (per-series warm-up, normalisation,
+//! model windows, calibrated threshold and adaptive score test) the hub runs,
+//! fed one batch per recorded row, in file order, as a device sending live
+//! would feed it.
 //!
 //! - [`nab`]: the Numenta Anomaly Benchmark's scoring rules (windows,
 //!   probation, sigmoid weighting, per-profile threshold optimisation,
 //!   normalisation).
+//! - [`run_nab`]: `inference-hub eval nab`: any folder laid out like NAB's
+//!   `data/` in, NAB results CSVs out (and scores when labels are given).
+//! - [`run_skab`]: `inference-hub eval skab`: SKAB's multi-sensor files in,
+//!   point-wise precision, recall, F1, false-alarm and missed-alarm rates out.
+//!
+//! What a row's `anomaly_score` means (NAB output): the hub raises an anomaly
+//! *event* at the first anomalous reading of a run; such a row scores
+//! `1 - 0.5 / severity` (severity = model score / threshold >= 1, so the
+//! value is in [0.5, 1)); every other row scores 0. NAB's threshold
+//! optimisation can therefore only choose how severe an event must be.
 
 pub mod nab;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use chrono::NaiveDateTime;
+use schemas::envelope::{BatchHeader, DecodedBatch};
+use schemas::tables::status;
+
+use crate::model::Model;
+use crate::scoring::Scorer;
+
+/// Detector name in NAB result files.
+pub const DETECTOR: &str = "iothub";
+
+/// What the scorer said about one recorded row.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RowVerdict {
+    /// Some metric of the row is `anomalous`.
+    pub anomalous: bool,
+    /// Largest severity of an anomaly event that starts at this row.
+    pub event_severity: Option<f64>,
+}
+
+impl RowVerdict {
+    /// NAB's `anomaly_score` in [0, 1].
+    pub fn nab_score(&self) -> f64 {
+        self.event_severity
+            .map_or(0.0, |s| (1.0 - 0.5 / s.max(1.0)).clamp(0.0, 1.0))
+    }
+}
+
+/// Runs recorded rows of one device through a fresh production scorer.
+#[derive(Debug)]
+pub struct Replay {
+    scorer: Scorer,
+    seq: u64,
+}
+
+impl Replay {
+    pub fn new(model_dir: &Path, warmup_readings: u32) -> anyhow::Result<Self> {
+        let model = Model::load(model_dir)
+            .with_context(|| format!("load the model from {}", model_dir.display()))?;
+        Ok(Self {
+            scorer: Scorer::new(model, warmup_readings, None),
+            seq: 0,
+        })
+    }
+
+    /// Scores one row (all its metrics at one timestamp) as one batch.
+    pub fn row(&mut self, device: &str, ts_us: i64, metrics: &[(&str, f64)]) -> RowVerdict {
+        let mut cols = schemas::ReadingColumns::with_capacity(metrics.len());
+        for (metric, value) in metrics {
+            cols.push(device, metric, ts_us, *value);
+        }
+        self.seq += 1;
+        let batch = DecodedBatch {
+            header: BatchHeader {
+                gateway: "eval".into(),
+                incarnation: 1,
+                seq: self.seq,
+                row_count: metrics.len() as u32,
+                first_event_us: ts_us,
+                last_event_us: ts_us,
+            },
+            version: schemas::envelope::CURRENT_VERSION,
+            readings: cols.finish(),
+        };
+        let scored = self.scorer.score(&batch, ts_us);
+        RowVerdict {
+            anomalous: scored.updates.iter().any(|u| u.status == status::ANOMALOUS),
+            event_severity: scored
+                .events
+                .iter()
+                .map(|e| e.severity)
+                .max_by(f64::total_cmp),
+        }
+    }
+}
+
+/// Options of `inference-hub eval nab`.
+#[derive(Debug, Clone)]
+pub struct NabOptions {
+    /// A folder laid out like NAB's `data/`: category folders of
+    /// `timestamp,value` CSVs.
+    pub data: PathBuf,
+    pub out: PathBuf,
+    /// NAB's `combined_windows.json`; without it only results are written.
+    pub labels: Option<PathBuf>,
+    pub model_dir: PathBuf,
+    pub warmup_readings: u32,
+}
+
+/// Per-profile corpus scores, when labels were given.
+#[derive(Debug)]
+pub struct NabReport {
+    pub files: usize,
+    pub rows: usize,
+    pub scores: Vec<nab::CorpusScore>,
+}
+
+/// `timestamp,value` rows of a NAB data file (header required).
+fn read_nab_data(path: &Path) -> anyhow::Result<Vec<(String, NaiveDateTime, f64)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let (Some(t), Some(v)) = (
+        header.iter().position(|h| h.trim() == "timestamp"),
+        header.iter().position(|h| h.trim() == "value"),
+    ) else {
+        bail!("{}: expected a timestamp,value header", path.display());
+    };
+    let mut rows = Vec::new();
+    for (n, line) in lines.enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').collect();
+        let raw_ts = fields.get(t).copied().unwrap_or_default().trim().to_owned();
+        let ts = nab::parse_timestamp(&raw_ts)
+            .with_context(|| format!("{} line {}: bad timestamp", path.display(), n + 2))?;
+        let value: f64 = fields
+            .get(v)
+            .and_then(|x| x.trim().parse().ok())
+            .with_context(|| format!("{} line {}: bad value", path.display(), n + 2))?;
+        rows.push((raw_ts, ts, value));
+    }
+    Ok(rows)
+}
+
+/// Runs every CSV under `data/<category>/` through the production scorer and
+/// writes `<out>/<category>/iothub_<file>.csv` (NAB's results format, same
+/// rows in the same order); scores the corpus when labels are given.
+pub fn run_nab(o: &NabOptions) -> anyhow::Result<NabReport> {
+    let windows = match &o.labels {
+        Some(path) => Some(
+            nab::parse_windows(
+                &std::fs::read_to_string(path)
+                    .with_context(|| format!("read {}", path.display()))?,
+            )
+            .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
+    let mut inputs: Vec<(String, PathBuf)> = Vec::new();
+    for category in sorted_dir(&o.data)? {
+        if !category.is_dir() {
+            continue;
+        }
+        let cat = file_name(&category);
+        for file in sorted_dir(&category)? {
+            if file.extension().is_some_and(|e| e == "csv") {
+                inputs.push((format!("{cat}/{}", file_name(&file)), file));
+            }
+        }
+    }
+    if inputs.is_empty() {
+        bail!("no <category>/<file>.csv under {}", o.data.display());
+    }
+    let mut scored_files = Vec::new();
+    let mut rows_total = 0;
+    for (key, path) in &inputs {
+        let rows = read_nab_data(path)?;
+        rows_total += rows.len();
+        let mut replay = Replay::new(&o.model_dir, o.warmup_readings)?;
+        let file_windows = windows
+            .as_ref()
+            .and_then(|w| w.get(key))
+            .cloned()
+            .unwrap_or_default();
+        let mut csv = String::from("timestamp,value,anomaly_score,label\n");
+        let mut scores = Vec::with_capacity(rows.len());
+        for (raw_ts, ts, value) in &rows {
+            let verdict = replay.row("nab", ts.and_utc().timestamp_micros(), &[("value", *value)]);
+            let label = u8::from(file_windows.iter().any(|(a, b)| a <= ts && ts <= b));
+            let score = verdict.nab_score();
+            scores.push(score);
+            let _ = writeln!(csv, "{raw_ts},{value},{score},{label}");
+        }
+        let (category, file) = key.split_once('/').expect("built with a slash");
+        let dir = o.out.join(category);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(format!("{DETECTOR}_{file}")), csv)?;
+        scored_files.push(nab::ScoredFile {
+            name: key.clone(),
+            timestamps: rows.iter().map(|r| r.1).collect(),
+            scores,
+            windows: file_windows,
+        });
+    }
+    let scores = if windows.is_some() {
+        nab::PROFILES
+            .iter()
+            .map(|p| nab::score_corpus(&scored_files, p))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(NabReport {
+        files: inputs.len(),
+        rows: rows_total,
+        scores,
+    })
+}
+
+/// Point-wise confusion counts and the rates SKAB reports.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Confusion {
+    pub tp: u64,
+    pub fp: u64,
+    pub tn: u64,
+    pub fn_: u64,
+}
+
+impl Confusion {
+    pub fn add(&mut self, predicted: bool, actual: bool) {
+        match (predicted, actual) {
+            (true, true) => self.tp += 1,
+            (true, false) => self.fp += 1,
+            (false, false) => self.tn += 1,
+            (false, true) => self.fn_ += 1,
+        }
+    }
+
+    fn ratio(a: u64, b: u64) -> f64 {
+        if b == 0 { 0.0 } else { a as f64 / b as f64 }
+    }
+
+    pub fn precision(&self) -> f64 {
+        Self::ratio(self.tp, self.tp + self.fp)
+    }
+
+    pub fn recall(&self) -> f64 {
+        Self::ratio(self.tp, self.tp + self.fn_)
+    }
+
+    pub fn f1(&self) -> f64 {
+        let (p, r) = (self.precision(), self.recall());
+        if p + r == 0.0 {
+            0.0
+        } else {
+            2.0 * p * r / (p + r)
+        }
+    }
+
+    /// False-alarm rate: FP / (FP + TN).
+    pub fn false_alarm_rate(&self) -> f64 {
+        Self::ratio(self.fp, self.fp + self.tn)
+    }
+
+    /// Missed-alarm rate: FN / (FN + TP).
+    pub fn missed_alarm_rate(&self) -> f64 {
+        Self::ratio(self.fn_, self.fn_ + self.tp)
+    }
+}
+
+/// Options of `inference-hub eval skab`.
+#[derive(Debug, Clone)]
+pub struct SkabOptions {
+    /// SKAB's `data/` folder (`valve1/`, `valve2/`, `other/` with labelled
+    /// files; `anomaly-free/` is skipped).
+    pub data: PathBuf,
+    pub model_dir: PathBuf,
+    pub warmup_readings: u32,
+}
+
+#[derive(Debug)]
+pub struct SkabReport {
+    pub files: usize,
+    pub total: Confusion,
+    pub per_file: Vec<(String, Confusion)>,
+}
+
+/// Runs every labelled SKAB file through the production scorer (each sensor
+/// is a metric of one device; a row is predicted anomalous when any of its
+/// metrics is) and counts point-wise against the `anomaly` column.
+pub fn run_skab(o: &SkabOptions) -> anyhow::Result<SkabReport> {
+    let mut per_file = Vec::new();
+    let mut total = Confusion::default();
+    for group in sorted_dir(&o.data)? {
+        if !group.is_dir() || file_name(&group) == "anomaly-free" {
+            continue;
+        }
+        for file in sorted_dir(&group)? {
+            if !file.extension().is_some_and(|e| e == "csv") {
+                continue;
+            }
+            let name = format!("{}/{}", file_name(&group), file_name(&file));
+            let confusion = skab_file(&file, o)?;
+            total.tp += confusion.tp;
+            total.fp += confusion.fp;
+            total.tn += confusion.tn;
+            total.fn_ += confusion.fn_;
+            per_file.push((name, confusion));
+        }
+    }
+    if per_file.is_empty() {
+        bail!("no labelled SKAB files under {}", o.data.display());
+    }
+    Ok(SkabReport {
+        files: per_file.len(),
+        total,
+        per_file,
+    })
+}
+
+/// SKAB's `datetime;<sensors...>;anomaly;changepoint` rows.
+pub fn read_skab(path: &Path) -> anyhow::Result<(Vec<String>, Vec<(i64, Vec<f64>, bool)>)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let mut lines = text.lines();
+    let header: Vec<String> = lines
+        .next()
+        .unwrap_or_default()
+        .split(';')
+        .map(|h| h.trim().to_owned())
+        .collect();
+    let time_col = header
+        .iter()
+        .position(|h| h == "datetime")
+        .with_context(|| format!("{}: no datetime column", path.display()))?;
+    let label_col = header.iter().position(|h| h == "anomaly");
+    let sensors: Vec<(usize, String)> = header
+        .iter()
+        .enumerate()
+        .filter(|(i, h)| *i != time_col && *h != "anomaly" && *h != "changepoint")
+        .map(|(i, h)| (i, h.clone()))
+        .collect();
+    let mut rows = Vec::new();
+    for (n, line) in lines.enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(';').collect();
+        let ts = fields
+            .get(time_col)
+            .and_then(|t| nab::parse_timestamp(t))
+            .with_context(|| format!("{} line {}: bad datetime", path.display(), n + 2))?
+            .and_utc()
+            .timestamp_micros();
+        let values = sensors
+            .iter()
+            .map(|(i, _)| fields.get(*i).and_then(|x| x.trim().parse::<f64>().ok()))
+            .collect::<Option<Vec<f64>>>()
+            .with_context(|| format!("{} line {}: bad sensor value", path.display(), n + 2))?;
+        let label = label_col
+            .and_then(|c| fields.get(c))
+            .and_then(|x| x.trim().parse::<f64>().ok())
+            .is_some_and(|x| x >= 0.5);
+        rows.push((ts, values, label));
+    }
+    Ok((sensors.into_iter().map(|(_, h)| h).collect(), rows))
+}
+
+fn skab_file(path: &Path, o: &SkabOptions) -> anyhow::Result<Confusion> {
+    let (sensors, rows) = read_skab(path)?;
+    let mut replay = Replay::new(&o.model_dir, o.warmup_readings)?;
+    let mut confusion = Confusion::default();
+    for (ts, values, label) in rows {
+        let metrics: Vec<(&str, f64)> = sensors
+            .iter()
+            .map(String::as_str)
+            .zip(values.iter().copied())
+            .collect();
+        let verdict = replay.row("skab", ts, &metrics);
+        confusion.add(verdict.anomalous, label);
+    }
+    Ok(confusion)
+}
+
+fn sorted_dir(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    Ok(entries)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The NAB report as Markdown.
+pub fn nab_markdown(report: &NabReport) -> String {
+    let mut out = format!(
+        "{} files, {} rows\n\n| profile | score (0 = never fires, 100 = perfect) | threshold | windows detected | false-positive rows |\n|---|---|---|---|---|\n",
+        report.files, report.rows
+    );
+    for s in &report.scores {
+        let _ = writeln!(
+            out,
+            "| {} | {:.2} | {} | {} of {} | {} |",
+            s.profile, s.normalized, s.threshold, s.true_positives, s.windows, s.false_positives
+        );
+    }
+    out
+}
+
+/// The SKAB report as Markdown.
+pub fn skab_markdown(report: &SkabReport) -> String {
+    let t = &report.total;
+    let mut out = format!(
+        "{} files\n\n| F1 | precision | recall | false-alarm rate | missed-alarm rate |\n|---|---|---|---|---|\n| {:.2} | {:.2} | {:.2} | {:.2} % | {:.2} % |\n",
+        report.files,
+        t.f1(),
+        t.precision(),
+        t.recall(),
+        100.0 * t.false_alarm_rate(),
+        100.0 * t.missed_alarm_rate()
+    );
+    let mut groups: BTreeMap<&str, Confusion> = BTreeMap::new();
+    for (name, c) in &report.per_file {
+        let g = groups
+            .entry(name.split('/').next().unwrap_or_default())
+            .or_default();
+        g.tp += c.tp;
+        g.fp += c.fp;
+        g.tn += c.tn;
+        g.fn_ += c.fn_;
+    }
+    out.push_str("\n| group | F1 | precision | recall |\n|---|---|---|---|\n");
+    for (g, c) in groups {
+        let _ = writeln!(
+            out,
+            "| {g} | {:.2} | {:.2} | {:.2} |",
+            c.f1(),
+            c.precision(),
+            c.recall()
+        );
+    }
+    out
+}

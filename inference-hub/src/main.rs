@@ -23,6 +23,37 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum EvalDataset {
+    /// NAB layout: <data>/<category>/<file>.csv with timestamp,value. Writes
+    /// <out>/<category>/iothub_<file>.csv (NAB's results format) and, with
+    /// --labels, prints NAB scores for the three profiles.
+    Nab {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// NAB's combined_windows.json.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        #[arg(long, default_value = inference_hub::config::bundled_model_dir())]
+        model_dir: PathBuf,
+        /// Readings per series before it is scored (the hub's scoring.warmup-readings).
+        #[arg(long, default_value_t = 200)]
+        warmup_readings: u32,
+    },
+    /// SKAB layout: <data>/<group>/<n>.csv, semicolon-separated, with the
+    /// anomaly column; prints point-wise F1, false- and missed-alarm rates.
+    Skab {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = inference_hub::config::bundled_model_dir())]
+        model_dir: PathBuf,
+        #[arg(long, default_value_t = 200)]
+        warmup_readings: u32,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the hub.
     Run,
@@ -75,6 +106,12 @@ enum Command {
         /// Run the agent with its durable spool.
         #[arg(long)]
         spool: bool,
+    },
+    /// Detection quality on labelled recordings, through the production
+    /// scoring path (see docs/DETECTION.md).
+    Eval {
+        #[command(subcommand)]
+        dataset: EvalDataset,
     },
     /// The partition benchmark: the hub goes away under steady load and comes
     /// back; measures the spool's size, the drain rate and the live-data
@@ -180,6 +217,48 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("bench failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Eval { dataset } => {
+            let result = match dataset {
+                EvalDataset::Nab {
+                    data,
+                    out,
+                    labels,
+                    model_dir,
+                    warmup_readings,
+                } => inference_hub::eval::run_nab(&inference_hub::eval::NabOptions {
+                    data,
+                    out: out.clone(),
+                    labels: labels.clone(),
+                    model_dir,
+                    warmup_readings,
+                })
+                .map(|r| {
+                    if labels.is_some() {
+                        print!("{}", inference_hub::eval::nab_markdown(&r));
+                    } else {
+                        println!("{} files, {} rows", r.files, r.rows);
+                    }
+                    println!("results written under {}", out.display());
+                }),
+                EvalDataset::Skab {
+                    data,
+                    model_dir,
+                    warmup_readings,
+                } => inference_hub::eval::run_skab(&inference_hub::eval::SkabOptions {
+                    data,
+                    model_dir,
+                    warmup_readings,
+                })
+                .map(|r| print!("{}", inference_hub::eval::skab_markdown(&r))),
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("eval failed: {e:#}");
                     ExitCode::FAILURE
                 }
             }

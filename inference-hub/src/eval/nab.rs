@@ -134,7 +134,7 @@ fn sweep(file: &ScoredFile, profile: &Profile, first_window: usize) -> Vec<Point
                 window,
             });
         }
-        if let Some((_, right, width, end)) = current
+        if let Some((_, _, width, end)) = current
             && t == end
         {
             previous = Some((i, width));
