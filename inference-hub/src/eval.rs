@@ -30,7 +30,7 @@ use schemas::envelope::{BatchHeader, DecodedBatch};
 use schemas::tables::status;
 
 use crate::model::Model;
-use crate::scoring::Scorer;
+use crate::scoring::Engine;
 
 /// Detector name in NAB result files.
 pub const DETECTOR: &str = "iothub";
@@ -55,7 +55,7 @@ impl RowVerdict {
 /// Runs recorded rows of one device through a fresh production scorer.
 #[derive(Debug)]
 pub struct Replay {
-    scorer: Scorer,
+    scorer: Engine,
     seq: u64,
 }
 
@@ -64,7 +64,7 @@ impl Replay {
         let model = Model::load(model_dir)
             .with_context(|| format!("load the model from {}", model_dir.display()))?;
         Ok(Self {
-            scorer: Scorer::new(model, warmup_readings, None),
+            scorer: Engine::new(model, warmup_readings, None),
             seq: 0,
         })
     }
@@ -295,7 +295,8 @@ pub struct SkabReport {
 
 /// Runs every labelled SKAB file through the production scorer (each sensor
 /// is a metric of one device; a row is predicted anomalous when any of its
-/// metrics is) and counts point-wise against the `anomaly` column.
+/// metrics is: with a multivariate model all of them share the record's
+/// verdict) and counts point-wise against the `anomaly` column.
 pub fn run_skab(o: &SkabOptions) -> anyhow::Result<SkabReport> {
     let mut per_file = Vec::new();
     let mut total = Confusion::default();
@@ -304,7 +305,7 @@ pub fn run_skab(o: &SkabOptions) -> anyhow::Result<SkabReport> {
             continue;
         }
         for file in sorted_dir(&group)? {
-            if !file.extension().is_some_and(|e| e == "csv") {
+            if file.extension().is_none_or(|e| e != "csv") {
                 continue;
             }
             let name = format!("{}/{}", file_name(&group), file_name(&file));
@@ -326,8 +327,12 @@ pub fn run_skab(o: &SkabOptions) -> anyhow::Result<SkabReport> {
     })
 }
 
-/// SKAB's `datetime;<sensors...>;anomaly;changepoint` rows.
-pub fn read_skab(path: &Path) -> anyhow::Result<(Vec<String>, Vec<(i64, Vec<f64>, bool)>)> {
+/// One SKAB record: timestamp (µs), sensor values, anomaly label.
+pub type SkabRecord = (i64, Vec<f64>, bool);
+
+/// SKAB's `datetime;<sensors...>;anomaly;changepoint` rows: the sensor names
+/// and the records.
+pub fn read_skab(path: &Path) -> anyhow::Result<(Vec<String>, Vec<SkabRecord>)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     let mut lines = text.lines();
     let header: Vec<String> = lines

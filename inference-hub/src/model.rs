@@ -1,8 +1,12 @@
 //! Loading an ONNX model from a model directory and running it with tract.
 //!
 //! A model directory holds `manifest.json` (the contract: id, version, input
-//! layout, window length, score output, calibrated threshold, sha256 of the
-//! ONNX file) and the ONNX file it names. Loading verifies the checksum,
+//! layout, window length, the metrics of a multivariate model, score output
+//! and optional contributions/forecast outputs, calibrated threshold, sha256
+//! of the ONNX file) and the ONNX file it names. A model without
+//! `input.metrics` is univariate: it scores windows of one series. With
+//! `input.metrics` it scores windows of records (one value per listed metric,
+//! time-major) of one device. Loading verifies the checksum,
 //! optimises the graph once, and runs tract behind `catch_unwind`: tract can
 //! panic on models it does not support, and a bad model must be an error, not
 //! a dead hub.
@@ -24,6 +28,12 @@ pub struct Manifest {
     pub opset: u32,
     pub input: InputSpec,
     pub score_output: String,
+    /// Per-metric contributions to the score, `[batch, metrics]`.
+    #[serde(default)]
+    pub contributions_output: Option<String>,
+    /// The expected newest value(s), normalised: `[batch]` or `[batch, metrics]`.
+    #[serde(default)]
+    pub forecast_output: Option<String>,
     pub threshold: f64,
 }
 
@@ -33,6 +43,19 @@ pub struct InputSpec {
     pub window: usize,
     /// Normalised values are clipped to +-clip before scoring.
     pub clip: f64,
+    /// The metrics of one record, in input order (multivariate models).
+    #[serde(default)]
+    pub metrics: Option<Vec<String>>,
+}
+
+/// What a model run produced for `n` windows.
+#[derive(Debug, Clone, Default)]
+pub struct ModelOutput {
+    pub scores: Vec<f32>,
+    /// `n x metrics`, when the model reports contributions.
+    pub contributions: Option<Vec<f32>>,
+    /// `n` (univariate) or `n x metrics`, when the model reports forecasts.
+    pub forecast: Option<Vec<f32>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +86,11 @@ pub struct Model {
     pub manifest: Manifest,
     plan: Arc<TypedRunnableModel>,
     score_index: usize,
+    contributions_index: Option<usize>,
+    forecast_index: Option<usize>,
 }
+
+type Loaded = (Arc<TypedRunnableModel>, usize, Option<usize>, Option<usize>);
 
 impl Model {
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
@@ -101,26 +128,24 @@ impl Model {
                 actual,
             });
         }
-        let window = manifest.input.window;
-        let loaded = catch_unwind(AssertUnwindSafe(
-            || -> TractResult<(Arc<TypedRunnableModel>, usize)> {
-                let model = tract_onnx::onnx().model_for_read(&mut bytes.as_slice())?;
-                let batch = model.symbols.sym("batch");
-                let model = model
-                    .with_input_fact(0, f32::fact(&[batch.to_dim(), window.to_dim()]).into())?
-                    .into_optimized()?;
-                let score_index = model
-                    .output_outlets()?
-                    .iter()
-                    .position(|o| {
-                        model.node(o.node).name == manifest.score_output
-                            || model.outlet_label(*o) == Some(manifest.score_output.as_str())
-                    })
-                    .unwrap_or(0);
-                Ok((model.into_runnable()?, score_index))
-            },
-        ));
-        let (plan, score_index) = match loaded {
+        let width = manifest.input.window * manifest.input.metrics.as_ref().map_or(1, Vec::len);
+        let loaded = catch_unwind(AssertUnwindSafe(|| -> TractResult<Loaded> {
+            let model = tract_onnx::onnx().model_for_read(&mut bytes.as_slice())?;
+            let batch = model.symbols.sym("batch");
+            let model = model
+                .with_input_fact(0, f32::fact(&[batch.to_dim(), width.to_dim()]).into())?
+                .into_optimized()?;
+            let index_of = |name: &str| {
+                model.output_outlets().ok()?.iter().position(|o| {
+                    model.node(o.node).name == name || model.outlet_label(*o) == Some(name)
+                })
+            };
+            let score_index = index_of(&manifest.score_output).unwrap_or(0);
+            let contributions = manifest.contributions_output.as_deref().and_then(index_of);
+            let forecast = manifest.forecast_output.as_deref().and_then(index_of);
+            Ok((model.into_runnable()?, score_index, contributions, forecast))
+        }));
+        let (plan, score_index, contributions_index, forecast_index) = match loaded {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => return Err(ModelError::Load(format!("{e:#}"))),
             Err(_) => {
@@ -133,33 +158,75 @@ impl Model {
             manifest,
             plan,
             score_index,
+            contributions_index,
+            forecast_index,
         })
     }
 
+    /// Records per window.
     pub fn window(&self) -> usize {
         self.manifest.input.window
     }
 
-    /// Scores `n` windows laid out row-major in `windows` (`n * window`
+    /// The metrics of a multivariate model (`None`: univariate).
+    pub fn metrics(&self) -> Option<&[String]> {
+        self.manifest.input.metrics.as_deref()
+    }
+
+    /// Values per window: `window x metrics` (1 metric if univariate).
+    pub fn input_width(&self) -> usize {
+        self.window() * self.metrics().map_or(1, <[String]>::len)
+    }
+
+    /// Scores `n` windows laid out row-major in `windows` (`n * input_width`
     /// values); returns one score per window.
     pub fn score(&self, windows: &[f32]) -> Result<Vec<f32>, ModelError> {
-        let w = self.window();
+        self.run(windows).map(|o| o.scores)
+    }
+
+    /// Like [`Model::score`], with the contributions and forecasts the
+    /// model reports.
+    pub fn run(&self, windows: &[f32]) -> Result<ModelOutput, ModelError> {
+        let w = self.input_width();
         debug_assert_eq!(windows.len() % w, 0);
         let n = windows.len() / w;
         if n == 0 {
-            return Ok(Vec::new());
+            return Ok(ModelOutput::default());
         }
-        let run = catch_unwind(AssertUnwindSafe(|| -> TractResult<Vec<f32>> {
+        let run = catch_unwind(AssertUnwindSafe(|| -> TractResult<ModelOutput> {
             let input = Tensor::from_shape(&[n, w], windows)?;
             let outputs = self.plan.run(tvec![input.into()])?;
-            let scores = outputs[self.score_index].to_plain_array_view::<f32>()?;
-            Ok(scores.iter().copied().collect())
+            let flat = |i: usize| -> TractResult<Vec<f32>> {
+                Ok(outputs[i]
+                    .to_plain_array_view::<f32>()?
+                    .iter()
+                    .copied()
+                    .collect())
+            };
+            Ok(ModelOutput {
+                scores: flat(self.score_index)?,
+                contributions: self.contributions_index.map(flat).transpose()?,
+                forecast: self.forecast_index.map(flat).transpose()?,
+            })
         }));
+        let per_metric = n * self.metrics().map_or(1, <[String]>::len);
         match run {
-            Ok(Ok(scores)) if scores.len() == n => Ok(scores),
-            Ok(Ok(scores)) => Err(ModelError::Run(format!(
-                "model returned {} scores for {n} windows",
-                scores.len()
+            Ok(Ok(out))
+                if out.scores.len() == n
+                    && out
+                        .contributions
+                        .as_ref()
+                        .is_none_or(|c| c.len() == per_metric)
+                    && out
+                        .forecast
+                        .as_ref()
+                        .is_none_or(|f| f.len() == n || f.len() == per_metric) =>
+            {
+                Ok(out)
+            }
+            Ok(Ok(out)) => Err(ModelError::Run(format!(
+                "model returned {} scores for {n} windows (or mis-shaped contributions/forecasts)",
+                out.scores.len()
             ))),
             Ok(Err(e)) => Err(ModelError::Run(format!("{e:#}"))),
             Err(_) => Err(ModelError::Run(

@@ -41,6 +41,9 @@ use schemas::tables::{self, ReadingView, status};
 
 use crate::model::{Model, ModelError};
 
+pub mod multivariate;
+pub use multivariate::MultivariateScorer;
+
 /// Scores a series must have produced before its own score distribution is
 /// trusted (until then it is `warming_up`).
 const MIN_SCORE_HISTORY: u64 = 50;
@@ -152,6 +155,26 @@ pub struct AnomalyEvent {
     pub model_version: String,
     pub gateway: String,
     pub seq: u64,
+    /// The model's expected value of the reading, if it forecasts one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<f64>,
+    /// Values the model would not have flagged: `expected +- sqrt(threshold)`
+    /// standard deviations of the series.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_low: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_high: Option<f64>,
+    /// Each input metric's share of the score (multivariate models; sums to 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contributions: Option<std::collections::BTreeMap<String, f64>>,
+}
+
+impl AnomalyEvent {
+    fn contributions_json(&self) -> Option<String> {
+        self.contributions
+            .as_ref()
+            .and_then(|c| serde_json::to_string(c).ok())
+    }
 }
 
 /// What scoring one batch produced.
@@ -215,6 +238,8 @@ impl Scorer {
         // Pass 1: update windows, collect the windows that need a score.
         let mut keys = Vec::with_capacity(n);
         let mut scored_rows: Vec<usize> = Vec::new();
+        // The (mean, std) each scored window was normalised with.
+        let mut scales: Vec<(f64, f64)> = Vec::new();
         let mut matrix: Vec<f32> = Vec::new();
         for i in 0..n {
             let key = (
@@ -238,20 +263,27 @@ impl Scorer {
                         .map(|v| ((v - mean) / std).clamp(-clip, clip) as f32),
                 );
                 scored_rows.push(i);
+                scales.push((mean, std));
             }
             keys.push(key);
         }
         // A model failure must not lose durable readings: they are archived
         // as `unscored` and the failure is logged and counted by the caller.
-        let (scores, model_error) = match self.model.score(&matrix) {
-            Ok(s) => (s, None),
-            Err(e) => (Vec::new(), Some(e)),
+        let (output, model_error) = match self.model.run(&matrix) {
+            Ok(o) => (o, None),
+            Err(e) => (crate::model::ModelOutput::default(), Some(e)),
         };
 
         // Pass 2: statuses, normalisation follow-up, output columns.
         let mut score_of: Vec<Option<f64>> = vec![None; n];
-        for (row, s) in scored_rows.iter().zip(&scores) {
+        let mut expected_of: Vec<Option<(f64, f64)>> = vec![None; n];
+        let bound = self.threshold.sqrt();
+        for (k, (row, s)) in scored_rows.iter().zip(&output.scores).enumerate() {
             score_of[*row] = Some(f64::from(*s));
+            if let Some(f) = output.forecast.as_ref().and_then(|f| f.get(k)) {
+                let (mean, std) = scales[k];
+                expected_of[*row] = Some((mean + f64::from(*f) * std, bound * std));
+            }
         }
         let header = &batch.header;
         let mut out = ScoredColumns::new(n);
@@ -302,8 +334,7 @@ impl Scorer {
                     .map(|j| view.ts.value(j))
                     .min()
                     .unwrap_or(ts);
-                anomalies.push_anomaly(device, metric, ts, x, score, self.threshold, window_start);
-                events.push(AnomalyEvent {
+                let event = AnomalyEvent {
                     device: device.to_string(),
                     metric: metric.to_string(),
                     ts: format_ts(ts),
@@ -317,7 +348,13 @@ impl Scorer {
                     model_version: self.model.manifest.version.clone(),
                     gateway: header.gateway.clone(),
                     seq: header.seq,
-                });
+                    expected: expected_of[i].map(|(e, _)| e),
+                    expected_low: expected_of[i].map(|(e, b)| e - b),
+                    expected_high: expected_of[i].map(|(e, b)| e + b),
+                    contributions: None,
+                };
+                anomalies.push_anomaly(&event, window_start);
+                events.push(event);
             }
             let newer = updates.get(&keys[i]).is_none_or(|u| u.ts_us <= ts);
             if newer {
@@ -378,6 +415,10 @@ struct ScoredColumns {
     threshold: Float64Builder,
     severity: Float64Builder,
     window_start: TimestampMicrosecondBuilder,
+    expected: Float64Builder,
+    expected_low: Float64Builder,
+    expected_high: Float64Builder,
+    contributions: StringBuilder,
     len: usize,
 }
 
@@ -393,6 +434,10 @@ impl ScoredColumns {
             threshold: Float64Builder::with_capacity(rows),
             severity: Float64Builder::new(),
             window_start: TimestampMicrosecondBuilder::new().with_timezone(tables::UTC),
+            expected: Float64Builder::new(),
+            expected_low: Float64Builder::new(),
+            expected_high: Float64Builder::new(),
+            contributions: StringBuilder::new(),
             len: 0,
         }
     }
@@ -418,25 +463,19 @@ impl ScoredColumns {
         self.len += 1;
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn push_anomaly(
-        &mut self,
-        device: &str,
-        metric: &str,
-        ts: i64,
-        value: f64,
-        score: f64,
-        threshold: f64,
-        window_start: i64,
-    ) {
-        self.device.append_value(device);
-        self.metric.append_value(metric);
-        self.ts.append_value(ts);
-        self.value.append_value(value);
-        self.score.append_value(score);
-        self.threshold.append_value(threshold);
-        self.severity.append_value(score / threshold);
+    fn push_anomaly(&mut self, e: &AnomalyEvent, window_start: i64) {
+        self.device.append_value(&e.device);
+        self.metric.append_value(&e.metric);
+        self.ts.append_value(e.ts_us);
+        self.value.append_value(e.value);
+        self.score.append_value(e.score);
+        self.threshold.append_value(e.threshold);
+        self.severity.append_value(e.severity);
         self.window_start.append_value(window_start);
+        self.expected.append_option(e.expected);
+        self.expected_low.append_option(e.expected_low);
+        self.expected_high.append_option(e.expected_high);
+        self.contributions.append_option(e.contributions_json());
         self.len += 1;
     }
 
@@ -504,6 +543,10 @@ impl ScoredColumns {
             incarnation,
             seq,
             ingested,
+            Arc::new(self.expected.finish()),
+            Arc::new(self.expected_low.finish()),
+            Arc::new(self.expected_high.finish()),
+            Arc::new(self.contributions.finish()),
         ];
         RecordBatch::try_new(tables::anomaly_schema(), columns)
             .expect("columns match the anomaly schema")
@@ -512,3 +555,36 @@ impl ScoredColumns {
 
 #[cfg(test)]
 mod tests;
+
+/// A scorer for one model, whichever its family (univariate models score
+/// series, multivariate ones score a device's records).
+#[derive(Debug)]
+pub enum Engine {
+    Univariate(Scorer),
+    Multivariate(MultivariateScorer),
+}
+
+impl Engine {
+    /// Picks the family from the model's manifest (`input.metrics`).
+    pub fn new(model: Model, warmup_readings: u32, threshold: Option<f64>) -> Self {
+        if model.metrics().is_some() {
+            Engine::Multivariate(MultivariateScorer::new(model, warmup_readings, threshold))
+        } else {
+            Engine::Univariate(Scorer::new(model, warmup_readings, threshold))
+        }
+    }
+
+    pub fn model(&self) -> &Model {
+        match self {
+            Engine::Univariate(s) => s.model(),
+            Engine::Multivariate(s) => s.model(),
+        }
+    }
+
+    pub fn score(&mut self, batch: &DecodedBatch, ingested_at_us: i64) -> ScoredBatch {
+        match self {
+            Engine::Univariate(s) => s.score(batch, ingested_at_us),
+            Engine::Multivariate(s) => s.score(batch, ingested_at_us),
+        }
+    }
+}

@@ -33,6 +33,13 @@ pub const THRESHOLD: &str = "threshold";
 pub const SEVERITY: &str = "severity";
 pub const WINDOW_START: &str = "window_start";
 pub const INGESTED_AT: &str = "ingested_at";
+/// The model's expected value of the reading, when it forecasts one.
+pub const EXPECTED: &str = "expected";
+/// The range of values the model would not have flagged, when it knows one.
+pub const EXPECTED_LOW: &str = "expected_low";
+pub const EXPECTED_HIGH: &str = "expected_high";
+/// JSON object: each input metric's share of the score (multivariate models).
+pub const CONTRIBUTIONS: &str = "contributions";
 
 /// Values of the `status` column of the scored table.
 pub mod status {
@@ -110,6 +117,12 @@ pub fn anomaly_schema() -> SchemaRef {
                 Field::new(INCARNATION, DataType::UInt64, false),
                 Field::new(SEQ, DataType::UInt64, false),
                 Field::new(INGESTED_AT, ts_type(), false),
+                // Added with the multivariate models (nullable, at the end:
+                // files written before them stay readable).
+                Field::new(EXPECTED, DataType::Float64, true),
+                Field::new(EXPECTED_LOW, DataType::Float64, true),
+                Field::new(EXPECTED_HIGH, DataType::Float64, true),
+                Field::new(CONTRIBUTIONS, DataType::Utf8, true),
             ]))
         })
         .clone()

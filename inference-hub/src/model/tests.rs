@@ -10,6 +10,8 @@ fn models_dir() -> PathBuf {
 struct Golden {
     input: Vec<Vec<f32>>,
     score: Vec<f32>,
+    #[serde(default)]
+    contributions: Option<Vec<Vec<f32>>>,
 }
 
 /// tract must agree with onnxruntime (the reference that produced the golden
@@ -26,8 +28,21 @@ fn tract_matches_onnxruntime_golden_vectors_for_every_committed_model() {
         let golden: Golden =
             serde_json::from_slice(&std::fs::read(dir.join("golden.json")).unwrap()).unwrap();
         let flat: Vec<f32> = golden.input.iter().flatten().copied().collect();
-        let scores = model.score(&flat).unwrap();
+        let out = model.run(&flat).unwrap();
+        let scores = out.scores;
         assert_eq!(scores.len(), golden.score.len());
+        if let Some(want) = &golden.contributions {
+            let got = out.contributions.expect("the model reports contributions");
+            let want: Vec<f32> = want.iter().flatten().copied().collect();
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-5 + 1e-4 * w.abs(),
+                    "{}: contribution {g} vs {w}",
+                    dir.display()
+                );
+            }
+        }
         for (i, (got, want)) in scores.iter().zip(&golden.score).enumerate() {
             let tolerance = 1e-5 + 1e-4 * want.abs();
             assert!(
@@ -38,7 +53,7 @@ fn tract_matches_onnxruntime_golden_vectors_for_every_committed_model() {
         }
         checked += 1;
     }
-    assert!(checked >= 1, "no model directory found under models/");
+    assert!(checked >= 2, "expected both model families under models/");
 }
 
 #[test]

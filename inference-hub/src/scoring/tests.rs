@@ -131,3 +131,109 @@ fn every_row_keeps_its_identity_and_model_version() {
         .unwrap();
     assert!(seq.iter().all(|s| s == Some(7)));
 }
+
+fn multivariate_model() -> Model {
+    Model::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/multivariate-forecast"))
+        .unwrap()
+}
+
+/// `records` records of a pump-like device (all 8 metrics of the model, each
+/// a noisy sine at its own level), one batch per record; `fault` adds a step
+/// to one metric from a given record on.
+fn rig(
+    scorer: &mut MultivariateScorer,
+    records: std::ops::Range<usize>,
+    fault: Option<(&str, usize, f64)>,
+) -> Vec<ScoredBatch> {
+    let metrics: Vec<String> = scorer.model().metrics().unwrap().to_vec();
+    let mut rng = fastrand::Rng::with_seed(7);
+    records
+        .map(|r| {
+            let mut cols = ReadingColumns::default();
+            for (m, metric) in metrics.iter().enumerate() {
+                let level = 10.0 * (m + 1) as f64;
+                let mut v = level + (r as f64 / 30.0 + m as f64).sin() + 0.05 * (rng.f64() - 0.5);
+                if let Some((name, from, step)) = fault
+                    && name == metric
+                    && r >= from
+                {
+                    v += step;
+                }
+                cols.push(
+                    "pump-1",
+                    metric,
+                    1_700_000_000_000_000 + r as i64 * 1_000_000,
+                    v,
+                );
+            }
+            let (_, bytes) = envelope::encode("gw", 1, r as u64 + 1, &cols.finish()).unwrap();
+            let batch = envelope::decode(&bytes, &DecodeLimits::default()).unwrap();
+            scorer.score(&batch, 0)
+        })
+        .collect()
+}
+
+#[test]
+fn multivariate_records_warm_up_then_a_fault_names_its_metric_with_contributions_and_bounds() {
+    let mut scorer = MultivariateScorer::new(multivariate_model(), 200, None);
+    let normal = rig(&mut scorer, 0..400, None);
+    assert!(
+        statuses(&normal[0].scored)
+            .iter()
+            .all(|s| s == "warming_up"),
+        "every reading of a record shares its status"
+    );
+    assert!(
+        normal.iter().all(|b| b.events.is_empty()),
+        "no event on normal data"
+    );
+    assert!(statuses(&normal[399].scored).iter().all(|s| s == "ok"));
+
+    let mut scorer_fault = MultivariateScorer::new(multivariate_model(), 200, None);
+    let out = rig(&mut scorer_fault, 0..420, Some(("Pressure", 400, 25.0)));
+    let events: Vec<&AnomalyEvent> = out.iter().flat_map(|b| &b.events).collect();
+    assert_eq!(events.len(), 1, "one event for the fault: {events:?}");
+    let e = events[0];
+    assert_eq!(e.metric, "Pressure");
+    assert_eq!(e.ts_us, 1_700_000_000_000_000 + 400 * 1_000_000);
+    let shares = e.contributions.as_ref().expect("contributions");
+    assert_eq!(shares.len(), 8);
+    assert!((shares.values().sum::<f64>() - 1.0).abs() < 1e-9);
+    assert!(shares["Pressure"] > 0.5, "{shares:?}");
+    let (low, high) = (e.expected_low.unwrap(), e.expected_high.unwrap());
+    assert!(low < e.expected.unwrap() && e.expected.unwrap() < high);
+    assert!(
+        e.value > high,
+        "the faulty value lies above the expected range"
+    );
+    let anomalies = &out[400].anomalies;
+    assert_eq!(anomalies.num_rows(), 1);
+    assert!(
+        anomalies
+            .column_by_name("contributions")
+            .unwrap()
+            .is_valid(0),
+        "the archived event carries the contributions"
+    );
+}
+
+#[test]
+fn an_incomplete_record_is_archived_unscored_and_scored_when_it_completes() {
+    let mut scorer = MultivariateScorer::new(multivariate_model(), 200, None);
+    let metrics: Vec<String> = scorer.model().metrics().unwrap().to_vec();
+    let half = |range: std::ops::Range<usize>, seq: u64| {
+        let mut cols = ReadingColumns::default();
+        for m in &metrics[range] {
+            cols.push("pump-2", m, 1_700_000_000_000_000, 1.0);
+        }
+        let (_, bytes) = envelope::encode("gw", 1, seq, &cols.finish()).unwrap();
+        envelope::decode(&bytes, &DecodeLimits::default()).unwrap()
+    };
+    let first = scorer.score(&half(0..4, 1), 0);
+    assert!(statuses(&first.scored).iter().all(|s| s == "unscored"));
+    let second = scorer.score(&half(4..8, 2), 0);
+    assert!(
+        statuses(&second.scored).iter().all(|s| s == "warming_up"),
+        "the completed record entered the warm-up"
+    );
+}

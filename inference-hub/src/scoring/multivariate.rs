@@ -1,0 +1,335 @@
+//! Scoring with a multivariate model: one device's metrics together.
+//!
+//! The model's manifest lists the metrics of a record (`input.metrics`).
+//! Readings of one device with the same timestamp are assembled into a record;
+//! a complete record enters the device's window of the last `window` records.
+//! Each metric is normalised with its own warm-up statistics (exactly as a
+//! univariate series is), so a record is scored once every metric has warmed
+//! up and the window is full. The decision is the same two tests as the
+//! univariate path (model score above the calibrated threshold *and* extreme
+//! for this device's own score history), made per record; every reading of
+//! the record gets the record's status and score.
+//!
+//! An anomaly event names the metric that contributed most, and carries every
+//! metric's share of the score plus the expected value and bounds of that
+//! metric. Readings of a record that is still incomplete when its batch ends
+//! are archived as `unscored` (a device normally sends a record in one
+//! message); a record whose remaining metrics arrive later is scored then.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use schemas::envelope::DecodedBatch;
+use schemas::tables::{ReadingView, status};
+
+use super::{
+    AnomalyEvent, BatchContext, SCORE_Z_LIMIT, ScoreStats, ScoredBatch, ScoredColumns, SeriesState,
+    SeriesUpdate, format_ts,
+};
+use crate::model::{Model, ModelOutput};
+
+/// Incomplete records kept per device (older ones are given up).
+const MAX_PENDING_RECORDS: usize = 16;
+
+#[derive(Debug, Default)]
+struct DeviceState {
+    norms: Vec<SeriesState>,
+    /// Records being assembled: timestamp -> one value per metric.
+    pending: BTreeMap<i64, Vec<Option<f64>>>,
+    /// The last `window` complete records: (timestamp, values).
+    window: VecDeque<(i64, Vec<f64>)>,
+    records: u64,
+    scores: ScoreStats,
+    in_anomaly: bool,
+}
+
+/// A complete record waiting for its score.
+struct Queued {
+    device: Arc<str>,
+    ts: i64,
+    window_start: i64,
+    values: Vec<f64>,
+    /// Each metric's (mean, std) the window was normalised with.
+    scales: Vec<(f64, f64)>,
+}
+
+#[derive(Debug)]
+pub struct MultivariateScorer {
+    model: Model,
+    threshold: f64,
+    warmup: u64,
+    metrics: Vec<Arc<str>>,
+    devices: HashMap<Arc<str>, DeviceState>,
+}
+
+impl MultivariateScorer {
+    /// `model` must list its metrics (`Model::metrics`).
+    pub fn new(model: Model, warmup_readings: u32, threshold: Option<f64>) -> Self {
+        let metrics = model
+            .metrics()
+            .expect("a multivariate model lists its metrics")
+            .iter()
+            .map(|m| Arc::from(m.as_str()))
+            .collect();
+        let warmup = u64::from(warmup_readings).max(model.window() as u64).max(2);
+        Self {
+            threshold: threshold.unwrap_or(model.manifest.threshold),
+            model,
+            warmup,
+            metrics,
+            devices: HashMap::new(),
+        }
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Whether this model scores the metric.
+    pub fn scores_metric(&self, metric: &str) -> bool {
+        self.metrics.iter().any(|m| &**m == metric)
+    }
+
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
+    pub fn score(&mut self, batch: &DecodedBatch, ingested_at_us: i64) -> ScoredBatch {
+        let view =
+            ReadingView::try_new(&batch.readings).expect("decoder verified the reading columns");
+        let n = batch.readings.num_rows();
+        let (f, w, warmup) = (self.metrics.len(), self.model.window(), self.warmup);
+        let clip = self.model.manifest.input.clip;
+
+        // Pass 1: assemble records; learn warm-ups; queue full windows.
+        let mut row_record: Vec<Option<(Arc<str>, i64)>> = vec![None; n];
+        let mut record_status: HashMap<(Arc<str>, i64), &'static str> = HashMap::new();
+        let mut queued: Vec<Queued> = Vec::new();
+        let mut matrix: Vec<f32> = Vec::new();
+        for (i, slot) in row_record.iter_mut().enumerate() {
+            let Some(m) = self
+                .metrics
+                .iter()
+                .position(|m| &**m == view.metric.value(i))
+            else {
+                continue;
+            };
+            let device: Arc<str> = Arc::from(view.device.value(i));
+            let ts = view.ts.value(i);
+            *slot = Some((device.clone(), ts));
+            let state = self
+                .devices
+                .entry(device.clone())
+                .or_insert_with(|| DeviceState {
+                    norms: (0..f).map(|_| SeriesState::default()).collect(),
+                    ..DeviceState::default()
+                });
+            let record = state.pending.entry(ts).or_insert_with(|| vec![None; f]);
+            record[m] = Some(view.value.value(i));
+            if record.iter().any(Option::is_none) {
+                while state.pending.len() > MAX_PENDING_RECORDS {
+                    state.pending.pop_first();
+                }
+                continue;
+            }
+            let values: Vec<f64> = state
+                .pending
+                .remove(&ts)
+                .expect("present")
+                .into_iter()
+                .map(|v| v.expect("complete"))
+                .collect();
+            state.window.push_back((ts, values.clone()));
+            if state.window.len() > w {
+                state.window.pop_front();
+            }
+            state.records += 1;
+            if state.records <= warmup {
+                for (norm, x) in state.norms.iter_mut().zip(&values) {
+                    norm.learn_warmup(*x, warmup);
+                }
+                record_status.insert((device, ts), status::WARMING_UP);
+                continue;
+            }
+            if state.window.len() < w {
+                record_status.insert((device, ts), status::WARMING_UP);
+                continue;
+            }
+            let scales: Vec<(f64, f64)> = state
+                .norms
+                .iter()
+                .map(|s| (s.mean, s.std(warmup)))
+                .collect();
+            for (_, record) in &state.window {
+                for (x, (mean, std)) in record.iter().zip(&scales) {
+                    matrix.push(((x - mean) / std).clamp(-clip, clip) as f32);
+                }
+            }
+            let window_start = state.window.front().map_or(ts, |(t, _)| *t);
+            queued.push(Queued {
+                device,
+                ts,
+                window_start,
+                values,
+                scales,
+            });
+        }
+        let (output, model_error) = match self.model.run(&matrix) {
+            Ok(o) => (o, None),
+            Err(e) => (ModelOutput::default(), Some(e)),
+        };
+
+        // Pass 2: decide per record, follow the normalisation, raise events.
+        let mut record_score: HashMap<(Arc<str>, i64), f64> = HashMap::new();
+        let mut events = Vec::new();
+        let mut anomalies = ScoredColumns::new(0);
+        let bound = self.threshold.sqrt();
+        for (k, q) in queued.iter().enumerate() {
+            let key = (q.device.clone(), q.ts);
+            let Some(&score) = output.scores.get(k) else {
+                record_status.insert(key, status::UNSCORED);
+                continue;
+            };
+            let score = f64::from(score);
+            let state = self.devices.get_mut(&q.device).expect("queued from it");
+            let l = score.ln_1p();
+            let z = state.scores.z(l);
+            state.scores.update(l);
+            let st = match z {
+                None => status::WARMING_UP,
+                Some(z) if score > self.threshold && z > SCORE_Z_LIMIT => status::ANOMALOUS,
+                Some(_) => status::OK,
+            };
+            if st != status::WARMING_UP {
+                for (norm, x) in state.norms.iter_mut().zip(&q.values) {
+                    norm.follow(*x, warmup);
+                }
+            }
+            let starts = st == status::ANOMALOUS && !state.in_anomaly;
+            state.in_anomaly = st == status::ANOMALOUS;
+            record_status.insert(key.clone(), st);
+            record_score.insert(key, score);
+            if starts {
+                let event = self.event(q, k, score, bound, &output, &batch.header);
+                anomalies.push_anomaly(&event, q.window_start);
+                events.push(event);
+            }
+        }
+
+        // Output: every reading in batch order.
+        let mut out = ScoredColumns::new(n);
+        let mut updates: HashMap<(Arc<str>, Arc<str>), SeriesUpdate> = HashMap::new();
+        for (i, record) in row_record.iter().enumerate() {
+            let (device, metric) = (view.device.value(i), view.metric.value(i));
+            let (ts, x) = (view.ts.value(i), view.value.value(i));
+            let (st, score) = match record {
+                None => (status::UNSCORED, None),
+                Some(key) => match record_status.get(key) {
+                    Some(&st) => (st, record_score.get(key).copied()),
+                    // Still incomplete at the end of the batch.
+                    None => (status::UNSCORED, None),
+                },
+            };
+            let st = if model_error.is_some() && score.is_none() && st != status::WARMING_UP {
+                status::UNSCORED
+            } else {
+                st
+            };
+            out.push_scored(device, metric, ts, x, st, score, self.threshold);
+            let key: (Arc<str>, Arc<str>) = (Arc::from(device), Arc::from(metric));
+            if updates.get(&key).is_none_or(|u| u.ts_us <= ts) {
+                updates.insert(
+                    key.clone(),
+                    SeriesUpdate {
+                        device: key.0,
+                        metric: key.1,
+                        ts_us: ts,
+                        value: x,
+                        score,
+                        status: st,
+                    },
+                );
+            }
+        }
+        let header = &batch.header;
+        let ctx = BatchContext {
+            gateway: &header.gateway,
+            incarnation: header.incarnation,
+            seq: header.seq,
+            model_id: &self.model.manifest.id,
+            model_version: &self.model.manifest.version,
+            ingested_at_us,
+        };
+        ScoredBatch {
+            model_error,
+            scored: out.finish_scored(&ctx),
+            anomalies: anomalies.finish_anomalies(&ctx),
+            events,
+            updates: updates.into_values().collect(),
+        }
+    }
+
+    /// The event of record `k`: named after its top contributing metric.
+    fn event(
+        &self,
+        q: &Queued,
+        k: usize,
+        score: f64,
+        bound: f64,
+        output: &ModelOutput,
+        header: &schemas::envelope::BatchHeader,
+    ) -> AnomalyEvent {
+        let f = self.metrics.len();
+        let contributions: Option<Vec<f64>> = output.contributions.as_ref().map(|c| {
+            c[k * f..(k + 1) * f]
+                .iter()
+                .map(|x| f64::from(*x))
+                .collect()
+        });
+        let top = contributions
+            .as_ref()
+            .and_then(|c| {
+                c.iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(i, _)| i)
+            })
+            .unwrap_or(0);
+        let total: f64 = contributions.as_ref().map_or(0.0, |c| c.iter().sum());
+        let shares = contributions.map(|c| {
+            self.metrics
+                .iter()
+                .zip(c)
+                .map(|(m, x)| {
+                    let share = if total > 0.0 { x / total } else { 0.0 };
+                    (m.to_string(), share)
+                })
+                .collect::<BTreeMap<_, _>>()
+        });
+        let (mean, std) = q.scales[top];
+        let expected = output
+            .forecast
+            .as_ref()
+            .and_then(|fc| fc.get(k * f + top))
+            .map(|v| mean + f64::from(*v) * std);
+        AnomalyEvent {
+            device: q.device.to_string(),
+            metric: self.metrics[top].to_string(),
+            ts: format_ts(q.ts),
+            ts_us: q.ts,
+            value: q.values[top],
+            score,
+            threshold: self.threshold,
+            severity: score / self.threshold,
+            window_start_us: q.window_start,
+            model_id: self.model.manifest.id.clone(),
+            model_version: self.model.manifest.version.clone(),
+            gateway: header.gateway.clone(),
+            seq: header.seq,
+            expected,
+            expected_low: expected.map(|e| e - bound * std),
+            expected_high: expected.map(|e| e + bound * std),
+            contributions: shares,
+        }
+    }
+}
