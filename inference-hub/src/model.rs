@@ -35,6 +35,23 @@ pub struct Manifest {
     #[serde(default)]
     pub forecast_output: Option<String>,
     pub threshold: f64,
+    #[serde(default)]
+    pub decision: Decision,
+}
+
+/// How a score becomes a status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Decision {
+    /// Above the threshold *and* extreme for the series' own recent scores;
+    /// the normalisation keeps following the data (change detection that
+    /// adapts to a new normal).
+    #[default]
+    Adaptive,
+    /// Above the threshold, with the normalisation learned at warm-up kept
+    /// fixed (state monitoring: a machine that stays in a bad state stays
+    /// anomalous).
+    Fixed,
 }
 
 #[derive(Debug, Clone, Deserialize)]

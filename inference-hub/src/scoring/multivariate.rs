@@ -5,10 +5,12 @@
 //! a complete record enters the device's window of the last `window` records.
 //! Each metric is normalised with its own warm-up statistics (exactly as a
 //! univariate series is), so a record is scored once every metric has warmed
-//! up and the window is full. The decision is the same two tests as the
-//! univariate path (model score above the calibrated threshold *and* extreme
-//! for this device's own score history), made per record; every reading of
-//! the record gets the record's status and score.
+//! up and the window is full. The decision follows the manifest: `adaptive`
+//! is the same two tests as the univariate path (model score above the
+//! calibrated threshold *and* extreme for this device's own score history,
+//! normalisation following the data), `fixed` is the threshold alone with the
+//! warm-up normalisation kept (state monitoring). It is made per record;
+//! every reading of the record gets the record's status and score.
 //!
 //! An anomaly event names the metric that contributed most, and carries every
 //! metric's share of the score plus the expected value and bounds of that
@@ -26,7 +28,7 @@ use super::{
     AnomalyEvent, BatchContext, SCORE_Z_LIMIT, ScoreStats, ScoredBatch, ScoredColumns, SeriesState,
     SeriesUpdate, format_ts,
 };
-use crate::model::{Model, ModelOutput};
+use crate::model::{Decision, Model, ModelOutput};
 
 /// Incomplete records kept per device (older ones are given up).
 const MAX_PENDING_RECORDS: usize = 16;
@@ -184,6 +186,7 @@ impl MultivariateScorer {
         let mut events = Vec::new();
         let mut anomalies = ScoredColumns::new(0);
         let bound = self.threshold.sqrt();
+        let fixed = self.model.manifest.decision == Decision::Fixed;
         for (k, q) in queued.iter().enumerate() {
             let key = (q.device.clone(), q.ts);
             let Some(&score) = output.scores.get(k) else {
@@ -192,15 +195,23 @@ impl MultivariateScorer {
             };
             let score = f64::from(score);
             let state = self.devices.get_mut(&q.device).expect("queued from it");
-            let l = score.ln_1p();
-            let z = state.scores.z(l);
-            state.scores.update(l);
-            let st = match z {
-                None => status::WARMING_UP,
-                Some(z) if score > self.threshold && z > SCORE_Z_LIMIT => status::ANOMALOUS,
-                Some(_) => status::OK,
+            let st = if fixed {
+                if score > self.threshold {
+                    status::ANOMALOUS
+                } else {
+                    status::OK
+                }
+            } else {
+                let l = score.ln_1p();
+                let z = state.scores.z(l);
+                state.scores.update(l);
+                match z {
+                    None => status::WARMING_UP,
+                    Some(z) if score > self.threshold && z > SCORE_Z_LIMIT => status::ANOMALOUS,
+                    Some(_) => status::OK,
+                }
             };
-            if st != status::WARMING_UP {
+            if st != status::WARMING_UP && !fixed {
                 for (norm, x) in state.norms.iter_mut().zip(&q.values) {
                     norm.follow(*x, warmup);
                 }
