@@ -46,6 +46,8 @@ use crate::config::ArchiveSettings;
 pub enum Table {
     Scored,
     Anomalies,
+    /// What shadow models scored (the scored schema), for comparison.
+    Shadow,
 }
 
 impl Table {
@@ -53,6 +55,7 @@ impl Table {
         match self {
             Table::Scored => "scored",
             Table::Anomalies => "anomalies",
+            Table::Shadow => "shadow",
         }
     }
 
@@ -60,6 +63,7 @@ impl Table {
         match self {
             Table::Scored => schemas::tables::scored_schema(),
             Table::Anomalies => schemas::tables::anomaly_schema(),
+            Table::Shadow => schemas::tables::scored_schema(),
         }
     }
 }
@@ -131,7 +135,7 @@ impl Archive {
         let mut committed_through: HashMap<PartitionKey, u64> = HashMap::new();
         let tmp_prefix = format!(".{hub_id}-");
         let final_prefix = format!("{hub_id}-");
-        for table in [Table::Scored, Table::Anomalies] {
+        for table in [Table::Scored, Table::Anomalies, Table::Shadow] {
             let table_dir = root.join(format!("table={}", table.name()));
             for file in walk_files(&table_dir)? {
                 let name = file

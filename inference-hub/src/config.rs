@@ -138,6 +138,36 @@ pub struct ScoringSettings {
     pub warmup_readings: u32,
     /// Override of the manifest's calibrated threshold.
     pub threshold: Option<f64>,
+    /// Which model scores which devices/metrics, before the default
+    /// `model-dir` (see [`crate::scoring::router`]).
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// How often model directories are checked for a new manifest (hot
+    /// reload without a restart).
+    #[serde(with = "duration")]
+    pub reload_interval: std::time::Duration,
+}
+
+/// One `[[scoring.routes]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RouteConfig {
+    /// Names the route in logs and metrics.
+    pub name: String,
+    /// Device glob (`*`, `?`); absent = every device.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Metric glob; absent = every metric the model takes.
+    #[serde(default)]
+    pub metric: Option<String>,
+    pub model_dir: PathBuf,
+    /// A shadow route scores alongside the live one; its rows go to the
+    /// `shadow` table, never to anomaly events or the API.
+    #[serde(default)]
+    pub shadow: bool,
+    /// Override of this model's calibrated threshold.
+    #[serde(default)]
+    pub threshold: Option<f64>,
 }
 
 impl Default for ScoringSettings {
@@ -146,6 +176,8 @@ impl Default for ScoringSettings {
             model_dir: PathBuf::from("models/univariate-forecast"),
             warmup_readings: 200,
             threshold: None,
+            routes: Vec::new(),
+            reload_interval: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -258,6 +290,30 @@ impl Validate for HubConfig {
             problems.push(ConfigProblem::new(
                 "scoring.threshold",
                 "must be a positive number",
+            ));
+        }
+        for (i, route) in self.scoring.routes.iter().enumerate() {
+            if !route.model_dir.join("manifest.json").is_file() {
+                problems.push(ConfigProblem::new(
+                    format!("scoring.routes[{i}].model-dir"),
+                    format!("{} has no manifest.json", route.model_dir.display()),
+                ));
+            }
+            if route.name.is_empty()
+                || self.scoring.routes[..i]
+                    .iter()
+                    .any(|r| r.name == route.name)
+            {
+                problems.push(ConfigProblem::new(
+                    format!("scoring.routes[{i}].name"),
+                    "every route needs a unique name",
+                ));
+            }
+        }
+        if self.scoring.reload_interval < std::time::Duration::from_millis(50) {
+            problems.push(ConfigProblem::new(
+                "scoring.reload-interval",
+                "must be at least 50ms",
             ));
         }
         if !self.scoring.model_dir.join("manifest.json").is_file() {

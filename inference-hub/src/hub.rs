@@ -23,10 +23,9 @@ use crate::archive::Archive;
 use crate::config::HubConfig;
 use crate::dedup::DedupIndex;
 use crate::intake::{self, DurableBatch, IntakeHandle, Sequencer};
-use crate::model::Model;
 use crate::mqtt_intake;
 use crate::pipeline::Pipeline;
-use crate::scoring::Scorer;
+use crate::scoring::Router;
 use crate::state::HubState;
 use crate::stats::HubStats;
 use crate::wal::Wal;
@@ -159,9 +158,9 @@ fn recover(
     state: Arc<HubState>,
     limits: DecodeLimits,
 ) -> Result<Recovered, StartError> {
-    let model = Model::load(&cfg.scoring.model_dir)?;
-    let (model_id, model_version) = (model.manifest.id.clone(), model.manifest.version.clone());
-    let scorer = Scorer::new(model, cfg.scoring.warmup_readings, cfg.scoring.threshold);
+    let scorer = Router::new(&cfg.scoring)?;
+    let default_model = &scorer.default_model().manifest;
+    let (model_id, model_version) = (default_model.id.clone(), default_model.version.clone());
     let archive = Archive::open(&cfg.archive_root(), &cfg.hub_id, cfg.archive.clone())
         .map_err(io("the archive"))?;
     let (wal, wal_recovery) = Wal::open(&cfg.data_dir.join("wal"), cfg.intake.wal_segment_bytes)
@@ -181,6 +180,7 @@ fn recover(
     let (tx, rx) = std::sync::mpsc::sync_channel(PIPELINE_QUEUE);
     let pipeline = Pipeline {
         scorer,
+        reload_interval: cfg.scoring.reload_interval,
         archive,
         state,
         stats: stats.clone(),

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::archive::{Archive, CommittedFile, Table};
 use crate::intake::DurableBatch;
-use crate::scoring::Scorer;
+use crate::scoring::Router;
 use crate::state::HubState;
 use crate::stats::HubStats;
 
@@ -24,7 +24,9 @@ const TICK: Duration = Duration::from_millis(200);
 
 #[derive(Debug)]
 pub struct Pipeline {
-    pub scorer: Scorer,
+    pub scorer: Router,
+    /// How often model directories are checked for a new version.
+    pub reload_interval: Duration,
     pub archive: Archive,
     pub state: Arc<HubState>,
     pub stats: Arc<HubStats>,
@@ -35,7 +37,13 @@ impl Pipeline {
     /// Consumes until the sender side is dropped, then commits every open
     /// file. Returns the archive's final low-water mark.
     pub fn run(mut self, rx: Receiver<DurableBatch>) -> u64 {
+        let mut next_reload_check = Instant::now() + self.reload_interval;
         loop {
+            // Between batches: a batch is scored by one model version only.
+            if Instant::now() >= next_reload_check {
+                next_reload_check = Instant::now() + self.reload_interval;
+                self.reload_models();
+            }
             match rx.recv_timeout(TICK) {
                 Ok(batch) => {
                     if let Err(e) = self.process(batch) {
@@ -66,7 +74,8 @@ impl Pipeline {
 
     fn process(&mut self, durable: DurableBatch) -> std::io::Result<()> {
         let now_us = chrono::Utc::now().timestamp_micros();
-        let out = self.scorer.score(&durable.batch, now_us);
+        let routed = self.scorer.score(&durable.batch, now_us);
+        let out = routed.live;
         if let Some(e) = &out.model_error {
             self.stats.scoring_errors.fetch_add(1, Relaxed);
             tracing::error!(error = %e, seq = durable.batch.header.seq, "model failed; batch archived unscored");
@@ -79,6 +88,12 @@ impl Pipeline {
             self.archive
                 .append(Table::Anomalies, durable.pos, &out.anomalies)?,
         );
+        if let Some(shadow) = &routed.shadow {
+            files.extend(self.archive.append(Table::Shadow, durable.pos, shadow)?);
+            self.stats
+                .shadow_rows
+                .fetch_add(shadow.num_rows() as u64, Relaxed);
+        }
         self.committed(&files);
         self.stats.readings_archived.fetch_add(rows, Relaxed);
         let unscored = out
@@ -96,6 +111,21 @@ impl Pipeline {
             .store(self.scorer.series_count() as u64, Relaxed);
         self.state.apply(&out.updates, out.events, now_us);
         Ok(())
+    }
+
+    fn reload_models(&mut self) {
+        for reload in self.scorer.reload_changed() {
+            match reload.result {
+                Ok(version) => {
+                    self.stats.model_reloads.fetch_add(1, Relaxed);
+                    tracing::info!(route = %reload.route, model = %version, "model reloaded; the next batch is scored by it");
+                }
+                Err(e) => {
+                    self.stats.model_reload_failures.fetch_add(1, Relaxed);
+                    tracing::error!(route = %reload.route, error = %e, "model reload failed; the previous model keeps scoring");
+                }
+            }
+        }
     }
 
     fn committed(&self, files: &[CommittedFile]) {

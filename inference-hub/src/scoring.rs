@@ -42,7 +42,9 @@ use schemas::tables::{self, ReadingView, status};
 use crate::model::{Model, ModelError};
 
 pub mod multivariate;
+pub mod router;
 pub use multivariate::MultivariateScorer;
+pub use router::Router;
 
 /// Scores a series must have produced before its own score distribution is
 /// trusted (until then it is `warming_up`).
@@ -212,6 +214,17 @@ impl Scorer {
 
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    /// Replaces the model (hot reload). Series state is kept when the new
+    /// model reads windows of the same length, else it is learned anew.
+    pub fn swap_model(&mut self, model: Model, threshold: Option<f64>) {
+        if model.window() != self.model.window() {
+            self.series.clear();
+        }
+        self.threshold = threshold.unwrap_or(model.manifest.threshold);
+        self.warmup = self.warmup.max(model.window() as u64);
+        self.model = model;
     }
 
     pub fn series_count(&self) -> usize {
@@ -585,6 +598,16 @@ impl Engine {
         match self {
             Engine::Univariate(s) => s.score(batch, ingested_at_us),
             Engine::Multivariate(s) => s.score(batch, ingested_at_us),
+        }
+    }
+
+    /// Replaces the model between batches, keeping per-series state when the
+    /// input layout is unchanged; a model of the other family starts over.
+    pub fn swap_model(&mut self, model: Model, warmup_readings: u32, threshold: Option<f64>) {
+        match (self, model.metrics().is_some()) {
+            (Engine::Univariate(s), false) => s.swap_model(model, threshold),
+            (Engine::Multivariate(s), true) => s.swap_model(model, threshold),
+            (engine, _) => *engine = Engine::new(model, warmup_readings, threshold),
         }
     }
 }

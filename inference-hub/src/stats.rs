@@ -24,6 +24,12 @@ pub struct HubStats {
     pub files_committed: AtomicU64,
     pub bytes_committed: AtomicU64,
     pub scoring_errors: AtomicU64,
+    /// Models swapped in by hot reload, and reloads that failed (the old
+    /// model kept scoring).
+    pub model_reloads: AtomicU64,
+    pub model_reload_failures: AtomicU64,
+    /// Rows scored by shadow models.
+    pub shadow_rows: AtomicU64,
     /// Set when the WAL could not be written or fsynced: intake stops.
     pub wal_failed: AtomicBool,
     /// Set when the archive could not be written: archiving stops, the WAL
@@ -148,6 +154,24 @@ impl HubStats {
             "hub_bytes_committed_total",
             "Parquet bytes committed.",
             get(&self.bytes_committed),
+        );
+        metric(
+            "counter",
+            "hub_model_reloads_total",
+            "Models swapped in without a restart.",
+            get(&self.model_reloads),
+        );
+        metric(
+            "counter",
+            "hub_model_reload_failures_total",
+            "Model reloads that failed (the previous model kept scoring).",
+            get(&self.model_reload_failures),
+        );
+        metric(
+            "counter",
+            "hub_shadow_rows_total",
+            "Rows scored by shadow models (table=shadow).",
+            get(&self.shadow_rows),
         );
         metric(
             "counter",

@@ -475,3 +475,106 @@ async fn a_full_spool_blocks_acknowledgements_until_the_hub_drains_it() {
     hub.shutdown().await;
     assert_archive_matches(&read_archive(&root), &published);
 }
+
+/// A new model version is dropped into the model directory while batches
+/// stream in over HTTP: every batch is scored by exactly one version, the
+/// switch happens once, and every reading is archived exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_swapped_under_load_scores_each_batch_once_with_one_version() {
+    use arrow_array::{Array, StringArray, UInt64Array};
+    use inference_hub::archive::{Table, read_table};
+
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    let bundled = std::path::PathBuf::from(inference_hub::config::bundled_model_dir());
+    for f in ["manifest.json", "model.onnx"] {
+        std::fs::copy(bundled.join(f), model_dir.join(f)).unwrap();
+    }
+    let mut cfg = HubConfig::for_dir("reload", &dir.path().join("hub"));
+    cfg.mqtt.enabled = false;
+    cfg.scoring.model_dir = model_dir.clone();
+    cfg.scoring.warmup_readings = 20;
+    cfg.scoring.reload_interval = Duration::from_millis(50);
+    let hub = inference_hub::start(cfg).await.unwrap();
+    let url = format!("http://{}/v1/batches", hub.http_addr);
+    let client = reqwest::Client::new();
+    const BATCHES: u64 = 200;
+    const ROWS: usize = 20;
+    for seq in 1..=BATCHES {
+        if seq == BATCHES / 2 {
+            let manifest = std::fs::read_to_string(model_dir.join("manifest.json")).unwrap();
+            std::fs::write(
+                model_dir.join("manifest.json"),
+                manifest.replace("\"version\": \"1.0.0\"", "\"version\": \"1.1.0\""),
+            )
+            .unwrap();
+        }
+        let mut cols = schemas::ReadingColumns::default();
+        for r in 0..ROWS {
+            let ts = 1_767_225_600_000_000 + (seq as i64 * ROWS as i64 + r as i64) * 1_000_000;
+            cols.push(
+                &format!("dev{}", r % 4),
+                "load",
+                ts,
+                (ts as f64 / 1e7).sin(),
+            );
+        }
+        let (_, body) = schemas::envelope::encode("gw-reload", 1, seq, &cols.finish()).unwrap();
+        let resp = client.post(&url).body(body).send().await.unwrap();
+        assert!(resp.status().is_success(), "batch {seq}: {}", resp.status());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let stats = hub.stats.clone();
+    assert_eq!(stats.model_reloads.load(Relaxed), 1);
+    let root = hub.archive_root.clone();
+    hub.shutdown().await;
+
+    let mut version_of_seq: std::collections::BTreeMap<u64, std::collections::BTreeSet<String>> =
+        Default::default();
+    let mut rows = 0;
+    for b in read_table(&root, Table::Scored).unwrap() {
+        let seq = b
+            .column_by_name("seq")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .unwrap();
+        let version = b
+            .column_by_name("model_version")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        for i in 0..b.num_rows() {
+            version_of_seq
+                .entry(seq.value(i))
+                .or_default()
+                .insert(version.value(i).to_owned());
+        }
+        rows += b.num_rows();
+    }
+    assert_eq!(
+        rows,
+        BATCHES as usize * ROWS,
+        "every reading archived exactly once"
+    );
+    assert_eq!(version_of_seq.len() as u64, BATCHES);
+    assert!(
+        version_of_seq.values().all(|v| v.len() == 1),
+        "a batch was scored by two versions"
+    );
+    let order: Vec<&str> = version_of_seq
+        .values()
+        .map(|v| v.iter().next().unwrap().as_str())
+        .collect();
+    let switch = order
+        .iter()
+        .position(|v| *v == "1.1.0")
+        .expect("the new version scored");
+    assert!(switch > 0 && order[..switch].iter().all(|v| *v == "1.0.0"));
+    assert!(
+        order[switch..].iter().all(|v| *v == "1.1.0"),
+        "one switch, no way back"
+    );
+}

@@ -87,6 +87,21 @@ impl MultivariateScorer {
         &self.model
     }
 
+    /// Replaces the model (hot reload); device state is kept when the new
+    /// model reads the same metrics in windows of the same length.
+    pub fn swap_model(&mut self, model: Model, threshold: Option<f64>) {
+        let same_layout = model.window() == self.model.window()
+            && model.metrics().is_some_and(|m| {
+                m.len() == self.metrics.len() && m.iter().zip(&self.metrics).all(|(a, b)| a == &**b)
+            });
+        if !same_layout {
+            *self = Self::new(model, self.warmup as u32, threshold);
+            return;
+        }
+        self.threshold = threshold.unwrap_or(model.manifest.threshold);
+        self.model = model;
+    }
+
     /// Whether this model scores the metric.
     pub fn scores_metric(&self, metric: &str) -> bool {
         self.metrics.iter().any(|m| &**m == metric)

@@ -1,0 +1,285 @@
+//! Which model scores which readings, shadow models, and hot reload.
+//!
+//! Routes come from `[[scoring.routes]]` (device and metric globs, a model
+//! directory) followed by the default `scoring.model-dir`, which takes every
+//! reading no live route took. A reading is scored by the **first live
+//! route** whose globs match it and whose model takes its metric (a
+//! multivariate model takes only the metrics its manifest lists). Every
+//! matching **shadow route** scores it too, independently: shadow rows go to
+//! the `shadow` table (same schema as `scored`, each row naming its model id
+//! and version) and never raise events or touch the API's state, so a new
+//! model can be compared with the live one on real traffic before it is
+//! promoted.
+//!
+//! Hot reload: [`Router::reload_changed`] (called by the pipeline thread
+//! between batches, every `scoring.reload-interval`) re-reads each route's
+//! `manifest.json`; when it changed, the new model is loaded and verified
+//! (checksum, tract) and swapped in before the next batch. A batch is
+//! therefore scored entirely by the old or entirely by the new model, never
+//! both and never twice. Per-series state (normalisation, windows, score
+//! history) is kept when the new model has the same input layout, so a new
+//! version does not send the fleet back into warm-up. A model that fails to
+//! load is logged and the old one keeps scoring.
+
+use std::path::PathBuf;
+
+use arrow_array::{RecordBatch, UInt32Array};
+use schemas::envelope::DecodedBatch;
+use schemas::tables::ReadingView;
+use sha2::{Digest, Sha256};
+
+use super::{Engine, ScoredBatch};
+use crate::config::{RouteConfig, ScoringSettings};
+use crate::model::{Model, ModelError};
+
+/// `*` and `?` glob match (the edge agent's rule globs).
+fn glob(pattern: Option<&str>, text: &str) -> bool {
+    pattern.is_none_or(|p| edge_agent::filter::glob_match(p, text))
+}
+
+#[derive(Debug)]
+struct Route {
+    name: String,
+    device: Option<String>,
+    metric: Option<String>,
+    model_dir: PathBuf,
+    threshold: Option<f64>,
+    manifest_sha: [u8; 32],
+    engine: Engine,
+}
+
+impl Route {
+    fn load(cfg: &RouteConfig, warmup: u32) -> Result<Self, ModelError> {
+        let model = Model::load(&cfg.model_dir)?;
+        Ok(Self {
+            name: cfg.name.clone(),
+            device: cfg.device.clone(),
+            metric: cfg.metric.clone(),
+            manifest_sha: manifest_sha(&cfg.model_dir).unwrap_or_default(),
+            model_dir: cfg.model_dir.clone(),
+            threshold: cfg.threshold,
+            engine: Engine::new(model, warmup, cfg.threshold),
+        })
+    }
+
+    fn takes(&self, device: &str, metric: &str) -> bool {
+        glob(self.device.as_deref(), device)
+            && glob(self.metric.as_deref(), metric)
+            && self
+                .engine
+                .model()
+                .metrics()
+                .is_none_or(|ms| ms.iter().any(|m| m == metric))
+    }
+}
+
+fn manifest_sha(dir: &std::path::Path) -> Option<[u8; 32]> {
+    let bytes = std::fs::read(dir.join("manifest.json")).ok()?;
+    Some(Sha256::digest(&bytes).into())
+}
+
+/// What one batch produced across the routes.
+#[derive(Debug)]
+pub struct RoutedBatch {
+    /// Live routes, merged (rows grouped by route).
+    pub live: ScoredBatch,
+    /// Shadow routes' scored rows, if any route shadows this batch.
+    pub shadow: Option<RecordBatch>,
+}
+
+/// A model swap that happened (or failed) during [`Router::reload_changed`].
+#[derive(Debug)]
+pub struct Reload {
+    pub route: String,
+    pub result: Result<String, ModelError>,
+}
+
+#[derive(Debug)]
+pub struct Router {
+    live: Vec<Route>,
+    shadows: Vec<Route>,
+    warmup: u32,
+}
+
+impl Router {
+    /// Loads every route's model and the default one.
+    pub fn new(cfg: &ScoringSettings) -> Result<Self, ModelError> {
+        let mut live = Vec::new();
+        let mut shadows = Vec::new();
+        for r in &cfg.routes {
+            let route = Route::load(r, cfg.warmup_readings)?;
+            if r.shadow {
+                shadows.push(route);
+            } else {
+                live.push(route);
+            }
+        }
+        live.push(Route::load(
+            &RouteConfig {
+                name: "default".into(),
+                device: None,
+                metric: None,
+                model_dir: cfg.model_dir.clone(),
+                shadow: false,
+                threshold: cfg.threshold,
+            },
+            cfg.warmup_readings,
+        )?);
+        Ok(Self {
+            live,
+            shadows,
+            warmup: cfg.warmup_readings,
+        })
+    }
+
+    /// The default route's model.
+    pub fn default_model(&self) -> &Model {
+        self.live.last().expect("the default route").engine.model()
+    }
+
+    /// Series (univariate) plus devices (multivariate) with state.
+    pub fn series_count(&self) -> usize {
+        self.live
+            .iter()
+            .chain(&self.shadows)
+            .map(|r| match &r.engine {
+                Engine::Univariate(s) => s.series_count(),
+                Engine::Multivariate(s) => s.device_count(),
+            })
+            .sum()
+    }
+
+    pub fn score(&mut self, batch: &DecodedBatch, ingested_at_us: i64) -> RoutedBatch {
+        let view =
+            ReadingView::try_new(&batch.readings).expect("decoder verified the reading columns");
+        let n = batch.readings.num_rows();
+        let mut by_route: Vec<Vec<u32>> = vec![Vec::new(); self.live.len()];
+        let mut by_shadow: Vec<Vec<u32>> = vec![Vec::new(); self.shadows.len()];
+        let last = self.live.len() - 1;
+        for i in 0..n {
+            let (device, metric) = (view.device.value(i), view.metric.value(i));
+            let route = self.live[..last]
+                .iter()
+                .position(|r| r.takes(device, metric))
+                .unwrap_or(last);
+            by_route[route].push(i as u32);
+            for (s, shadow) in self.shadows.iter().enumerate() {
+                if shadow.takes(device, metric) {
+                    by_shadow[s].push(i as u32);
+                }
+            }
+        }
+        let mut parts = Vec::new();
+        for (route, rows) in self.live.iter_mut().zip(&by_route) {
+            if let Some(sub) = subset(batch, rows) {
+                parts.push(
+                    route
+                        .engine
+                        .score(sub.as_ref().unwrap_or(batch), ingested_at_us),
+                );
+            }
+        }
+        if parts.is_empty() {
+            // An empty batch: the default route answers for it.
+            parts.push(self.live[last].engine.score(batch, ingested_at_us));
+        }
+        let live = merge(parts);
+        let mut shadow_parts = Vec::new();
+        for (route, rows) in self.shadows.iter_mut().zip(&by_shadow) {
+            if let Some(sub) = subset(batch, rows) {
+                let out = route
+                    .engine
+                    .score(sub.as_ref().unwrap_or(batch), ingested_at_us);
+                if let Some(e) = out.model_error {
+                    tracing::warn!(route = %route.name, error = %e, "shadow model failed on a batch");
+                }
+                shadow_parts.push(out.scored);
+            }
+        }
+        let shadow = (!shadow_parts.is_empty()).then(|| concat(shadow_parts));
+        RoutedBatch { live, shadow }
+    }
+
+    /// Swaps in every model whose manifest changed since it was loaded.
+    pub fn reload_changed(&mut self) -> Vec<Reload> {
+        let warmup = self.warmup;
+        let mut out = Vec::new();
+        for route in self.live.iter_mut().chain(self.shadows.iter_mut()) {
+            let Some(sha) = manifest_sha(&route.model_dir) else {
+                continue;
+            };
+            if sha == route.manifest_sha {
+                continue;
+            }
+            route.manifest_sha = sha;
+            let result = Model::load(&route.model_dir).map(|model| {
+                let version = format!("{} {}", model.manifest.id, model.manifest.version);
+                route.engine.swap_model(model, warmup, route.threshold);
+                version
+            });
+            out.push(Reload {
+                route: route.name.clone(),
+                result,
+            });
+        }
+        out
+    }
+}
+
+/// The rows of `batch` at `rows`: `None` when there are none, `Some(None)`
+/// when they are all of them (no copy), else a copy.
+#[allow(clippy::option_option)]
+fn subset(batch: &DecodedBatch, rows: &[u32]) -> Option<Option<DecodedBatch>> {
+    if rows.is_empty() {
+        return None;
+    }
+    if rows.len() == batch.readings.num_rows() {
+        return Some(None);
+    }
+    let idx = UInt32Array::from(rows.to_vec());
+    let columns = batch
+        .readings
+        .columns()
+        .iter()
+        .map(|c| arrow_select::take::take(c.as_ref(), &idx, None))
+        .collect::<Result<Vec<_>, _>>()
+        .expect("indices are in range");
+    let readings =
+        RecordBatch::try_new(batch.readings.schema(), columns).expect("same schema, same lengths");
+    Some(Some(DecodedBatch {
+        header: batch.header.clone(),
+        version: batch.version,
+        readings,
+    }))
+}
+
+fn concat(parts: Vec<RecordBatch>) -> RecordBatch {
+    if parts.len() == 1 {
+        return parts.into_iter().next().expect("one");
+    }
+    arrow_select::concat::concat_batches(&parts[0].schema(), &parts)
+        .expect("parts share the table schema")
+}
+
+fn merge(parts: Vec<ScoredBatch>) -> ScoredBatch {
+    let mut parts = parts.into_iter();
+    let mut first = parts
+        .next()
+        .expect("every batch has a row, so some route took it");
+    let (mut scored, mut anomalies) = (vec![first.scored.clone()], vec![first.anomalies.clone()]);
+    for p in parts {
+        scored.push(p.scored);
+        anomalies.push(p.anomalies);
+        first.events.extend(p.events);
+        first.updates.extend(p.updates);
+        if first.model_error.is_none() {
+            first.model_error = p.model_error;
+        }
+    }
+    first.scored = concat(scored);
+    first.anomalies = concat(anomalies);
+    first
+}
+
+#[cfg(test)]
+mod tests;
