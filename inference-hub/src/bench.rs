@@ -566,3 +566,95 @@ fn percentiles(samples: &mut [f64]) -> (f64, f64, f64) {
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
     (at(0.5), at(0.99), samples[samples.len() - 1])
 }
+
+/// What [`scoring`] measured.
+#[derive(Debug)]
+pub struct ScoringReport {
+    pub model: String,
+    pub batch: usize,
+    /// Windows per second through the model alone (tract).
+    pub model_windows_per_s: f64,
+    /// Readings per second through the production scorer (normalisation,
+    /// windows, model, decision, output columns).
+    pub scorer_readings_per_s: f64,
+}
+
+/// The scoring benchmark: one thread, one model. Measures the model alone on
+/// random normalised windows (`batch` per call), then the production scorer
+/// on batches of `batch` readings spread over `series` warmed-up series (a
+/// multivariate model gets whole records of its metrics).
+pub fn scoring(
+    model_dir: &std::path::Path,
+    batch: usize,
+    series: usize,
+    seconds: f64,
+) -> anyhow::Result<ScoringReport> {
+    use crate::model::Model;
+    use crate::scoring::Engine;
+
+    let model = Model::load(model_dir)?;
+    let name = format!("{} {}", model.manifest.id, model.manifest.version);
+    let width = model.input_width();
+    let mut rng = fastrand::Rng::with_seed(1);
+    let windows: Vec<f32> = (0..batch * width)
+        .map(|_| (rng.f32() - 0.5) * 4.0)
+        .collect();
+    let timed = |f: &mut dyn FnMut() -> usize| -> f64 {
+        let (start, mut done) = (Instant::now(), 0usize);
+        while start.elapsed().as_secs_f64() < seconds {
+            done += f();
+        }
+        done as f64 / start.elapsed().as_secs_f64()
+    };
+    let model_windows_per_s = timed(&mut || {
+        model.score(&windows).expect("the model runs");
+        batch
+    });
+
+    let metrics: Vec<String> = model
+        .metrics()
+        .map_or_else(|| vec!["value".to_string()], <[String]>::to_vec);
+    let mut engine = Engine::new(model, 200, None);
+    let devices = (series / metrics.len()).max(1);
+    let records_per_batch = (batch / metrics.len()).max(1);
+    let mut seq = 0u64;
+    let mut t = 0i64;
+    let mut next_batch = || {
+        let mut cols = schemas::ReadingColumns::with_capacity(records_per_batch * metrics.len());
+        for r in 0..records_per_batch {
+            let device = format!("dev{}", r % devices);
+            if r % devices == 0 {
+                t += 1;
+            }
+            for (m, metric) in metrics.iter().enumerate() {
+                let v = (m + 1) as f64 * 10.0 + ((t as f64) / 10.0 + m as f64).sin();
+                cols.push(&device, metric, 1_700_000_000_000_000 + t * 1_000_000, v);
+            }
+        }
+        seq += 1;
+        let (_, bytes) =
+            schemas::envelope::encode("bench", 1, seq, &cols.finish()).expect("non-empty");
+        schemas::envelope::decode(&bytes, &schemas::DecodeLimits::default()).expect("valid")
+    };
+    // Warm every series up first (not measured).
+    let warm: Vec<_> = (0..(300 * devices).div_ceil(records_per_batch) + 1)
+        .map(|_| next_batch())
+        .collect();
+    for b in &warm {
+        engine.score(b, 0);
+    }
+    let batches: Vec<_> = (0..32).map(|_| next_batch()).collect();
+    let mut i = 0;
+    let scorer_readings_per_s = timed(&mut || {
+        let b = &batches[i % batches.len()];
+        i += 1;
+        engine.score(b, 0);
+        b.readings.num_rows()
+    });
+    Ok(ScoringReport {
+        model: name,
+        batch,
+        model_windows_per_s,
+        scorer_readings_per_s,
+    })
+}

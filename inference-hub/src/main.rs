@@ -107,6 +107,21 @@ enum Command {
         #[arg(long)]
         spool: bool,
     },
+    /// Scoring throughput on one thread: the model alone (tract) and the
+    /// production scorer (see docs/BENCHMARKS.md; compare with
+    /// models/bench_onnxruntime.py).
+    BenchScoring {
+        #[arg(long, default_value = inference_hub::config::bundled_model_dir())]
+        model_dir: PathBuf,
+        /// Windows per model call / readings per batch.
+        #[arg(long, default_value_t = 4096)]
+        batch: usize,
+        /// Distinct series (readings of a multivariate model's devices).
+        #[arg(long, default_value_t = 1000)]
+        series: usize,
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
     /// Detection quality on labelled recordings, through the production
     /// scoring path (see docs/DETECTION.md).
     Eval {
@@ -217,6 +232,30 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("bench failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::BenchScoring {
+            model_dir,
+            batch,
+            series,
+            seconds,
+        } => {
+            match inference_hub::bench::scoring(&model_dir, batch.max(1), series.max(1), seconds) {
+                Ok(r) => {
+                    println!(
+                        "| model | batch | tract, model alone (windows/s, 1 thread) | production scorer (readings/s, 1 thread) |"
+                    );
+                    println!("|---|---|---|---|");
+                    println!(
+                        "| {} | {} | {:.0} | {:.0} |",
+                        r.model, r.batch, r.model_windows_per_s, r.scorer_readings_per_s
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("bench-scoring failed: {e:#}");
                     ExitCode::FAILURE
                 }
             }
