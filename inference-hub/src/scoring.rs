@@ -26,8 +26,12 @@
 //! anomalous reading of a run (a spike stays in the window for `window`
 //! readings, which would otherwise be `window` events for one incident).
 //!
-//! Readings are processed in the order they arrive; reordering late readings
-//! is not done here yet (see the models issue).
+//! Within a batch, readings are taken in timestamp order (a gateway's batch
+//! may interleave its devices' clocks). A reading older than one its series
+//! has already been scored with is `late` (archived, not scored): that is
+//! what a gateway's spooled backlog looks like when it arrives after live
+//! data, and a window of newer readings says nothing about it. Rescoring
+//! archived ranges is the tool for backfills.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -96,6 +100,8 @@ struct SeriesState {
     /// Welford's sum of squares during warm-up, then the variance itself.
     m2: f64,
     recent: VecDeque<f64>,
+    /// Timestamps of `recent`.
+    recent_ts: VecDeque<i64>,
 }
 
 impl SeriesState {
@@ -249,22 +255,35 @@ impl Scorer {
         let warmup = self.warmup;
 
         // Pass 1: update windows, collect the windows that need a score.
-        let mut keys = Vec::with_capacity(n);
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| view.ts.value(i));
+        let mut keys = vec![None; n];
         let mut scored_rows: Vec<usize> = Vec::new();
+        let mut queued = vec![false; n];
+        let mut late = vec![false; n];
+        let mut window_start_of = vec![0i64; n];
         // The (mean, std) each scored window was normalised with.
         let mut scales: Vec<(f64, f64)> = Vec::new();
         let mut matrix: Vec<f32> = Vec::new();
-        for i in 0..n {
+        for &i in &order {
             let key = (
                 self.intern(view.device.value(i)),
                 self.intern(view.metric.value(i)),
             );
-            let x = view.value.value(i);
+            let (x, ts) = (view.value.value(i), view.ts.value(i));
             let state = self.series.entry(key.clone()).or_default();
+            keys[i] = Some(key);
+            if state.recent_ts.back().is_some_and(|&newest| ts < newest) {
+                late[i] = true;
+                continue;
+            }
             state.recent.push_back(x);
+            state.recent_ts.push_back(ts);
             if state.recent.len() > w {
                 state.recent.pop_front();
+                state.recent_ts.pop_front();
             }
+            window_start_of[i] = state.recent_ts.front().copied().unwrap_or(ts);
             if state.count < warmup {
                 state.learn_warmup(x, warmup);
             } else {
@@ -276,10 +295,14 @@ impl Scorer {
                         .map(|v| ((v - mean) / std).clamp(-clip, clip) as f32),
                 );
                 scored_rows.push(i);
+                queued[i] = true;
                 scales.push((mean, std));
             }
-            keys.push(key);
         }
+        let keys: Vec<(Arc<str>, Arc<str>)> = keys
+            .into_iter()
+            .map(|k| k.expect("every row keyed"))
+            .collect();
         // A model failure must not lose durable readings: they are archived
         // as `unscored` and the failure is logged and counted by the caller.
         let (output, model_error) = match self.model.run(&matrix) {
@@ -303,13 +326,12 @@ impl Scorer {
         let mut anomalies = ScoredColumns::new(0);
         let mut events = Vec::new();
         let mut updates: HashMap<(Arc<str>, Arc<str>), SeriesUpdate> = HashMap::new();
-        for i in 0..n {
+        for &i in &order {
             let (device, metric) = &keys[i];
             let (ts, x) = (view.ts.value(i), view.value.value(i));
             let st = match (score_of[i], self.series.get_mut(&keys[i])) {
-                (None, _) if model_error.is_some() && scored_rows.binary_search(&i).is_ok() => {
-                    status::UNSCORED
-                }
+                _ if late[i] => status::LATE,
+                (None, _) if model_error.is_some() && queued[i] => status::UNSCORED,
                 (Some(score), Some(state)) => {
                     let l = score.ln_1p();
                     let z = state.scores.z(l);
@@ -326,6 +348,7 @@ impl Scorer {
             // following only "normal" readings locks a series that enters a
             // noisier regime into flagging everything, for ever.
             if st != status::WARMING_UP
+                && st != status::LATE
                 && let Some(state) = self.series.get_mut(&keys[i])
             {
                 state.follow(x, warmup);
@@ -340,13 +363,7 @@ impl Scorer {
                 _ => false,
             };
             if let (true, Some(score)) = (starts_event, score_of[i]) {
-                // The window ends at this reading; its start is approximated by
-                // the earliest timestamp the window could hold in this batch.
-                let window_start = (i.saturating_sub(w - 1)..=i)
-                    .filter(|&j| keys[j] == keys[i])
-                    .map(|j| view.ts.value(j))
-                    .min()
-                    .unwrap_or(ts);
+                let window_start = window_start_of[i];
                 let event = AnomalyEvent {
                     device: device.to_string(),
                     metric: metric.to_string(),

@@ -49,8 +49,13 @@ pub mod status {
     pub const WARMING_UP: &str = "warming_up";
     pub const OK: &str = "ok";
     pub const ANOMALOUS: &str = "anomalous";
-    /// The model failed on this batch; the reading is archived without score.
+    /// The model failed on this batch (or, for a multivariate model, the
+    /// reading's record was incomplete); archived without a score.
     pub const UNSCORED: &str = "unscored";
+    /// Older than a reading of its series the hub has already scored (e.g. a
+    /// gateway's backlog arriving after its live data): archived without a
+    /// score, since a window of newer readings says nothing about it.
+    pub const LATE: &str = "late";
 }
 
 fn ts_type() -> DataType {

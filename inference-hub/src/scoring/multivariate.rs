@@ -16,7 +16,8 @@
 //! metric's share of the score plus the expected value and bounds of that
 //! metric. Readings of a record that is still incomplete when its batch ends
 //! are archived as `unscored` (a device normally sends a record in one
-//! message); a record whose remaining metrics arrive later is scored then.
+//! message); a record whose remaining metrics arrive later is scored then. A
+//! record older than one already scored is `late`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -156,6 +157,12 @@ impl MultivariateScorer {
                 .into_iter()
                 .map(|v| v.expect("complete"))
                 .collect();
+            if state.window.back().is_some_and(|(newest, _)| ts < *newest) {
+                // Older than a record already scored (see the univariate
+                // scorer's note on late readings).
+                record_status.insert((device, ts), status::LATE);
+                continue;
+            }
             state.window.push_back((ts, values.clone()));
             if state.window.len() > w {
                 state.window.pop_front();

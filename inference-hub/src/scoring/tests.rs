@@ -237,3 +237,38 @@ fn an_incomplete_record_is_archived_unscored_and_scored_when_it_completes() {
         "the completed record entered the warm-up"
     );
 }
+
+#[test]
+fn readings_are_taken_in_time_order_and_older_ones_than_the_series_has_seen_are_late() {
+    let mut s = Scorer::new(model(), 20, None);
+    let mk = |ts_list: &[i64], seq: u64| {
+        let mut cols = ReadingColumns::default();
+        for &t in ts_list {
+            cols.push(
+                "d",
+                "m",
+                1_700_000_000_000_000 + t * 1_000_000,
+                (t as f64 / 5.0).sin(),
+            );
+        }
+        let (_, bytes) = envelope::encode("gw", 1, seq, &cols.finish()).unwrap();
+        envelope::decode(&bytes, &DecodeLimits::default()).unwrap()
+    };
+    // Out of order within a batch: taken in time order, nothing is late.
+    let first: Vec<i64> = (0..100).rev().collect();
+    let out = s.score(&mk(&first, 1), 0);
+    assert!(!statuses(&out.scored).iter().any(|st| st == "late"));
+    // A later batch with older readings (a backlog behind live data).
+    let out = s.score(&mk(&[150, 40, 41], 2), 0);
+    let st = statuses(&out.scored);
+    assert_eq!(st.iter().filter(|x| *x == "late").count(), 2, "{st:?}");
+    let scores = out
+        .scored
+        .column_by_name("score")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap()
+        .clone();
+    assert_eq!(scores.null_count(), 2, "late readings carry no score");
+}
