@@ -480,7 +480,8 @@ async fn a_full_spool_blocks_acknowledgements_until_the_hub_drains_it() {
 /// stream in over HTTP: every batch is scored by exactly one version, the
 /// switch happens once, and every reading is archived exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_model_swapped_under_load_scores_each_batch_once_with_one_version() {
+async fn a_model_swapped_under_load_scores_each_batch_once_with_one_version_and_a_shadow_scores_alongside()
+ {
     use arrow_array::{Array, StringArray, UInt64Array};
     use inference_hub::archive::{Table, read_table};
 
@@ -496,6 +497,15 @@ async fn a_model_swapped_under_load_scores_each_batch_once_with_one_version() {
     cfg.scoring.model_dir = model_dir.clone();
     cfg.scoring.warmup_readings = 20;
     cfg.scoring.reload_interval = Duration::from_millis(50);
+    // A shadow model scores the same stream alongside.
+    cfg.scoring.routes = vec![inference_hub::config::RouteConfig {
+        name: "candidate".into(),
+        device: None,
+        metric: None,
+        model_dir: bundled.clone(),
+        shadow: true,
+        threshold: Some(1.0),
+    }];
     let hub = inference_hub::start(cfg).await.unwrap();
     let url = format!("http://{}/v1/batches", hub.http_addr);
     let client = reqwest::Client::new();
@@ -577,4 +587,29 @@ async fn a_model_swapped_under_load_scores_each_batch_once_with_one_version() {
         order[switch..].iter().all(|v| *v == "1.1.0"),
         "one switch, no way back"
     );
+
+    // The shadow scored every reading once too, into its own table.
+    let mut shadow_keys = std::collections::BTreeSet::new();
+    let mut shadow_rows = 0;
+    for b in read_table(&root, Table::Shadow).unwrap() {
+        let seq = b
+            .column_by_name("seq")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .unwrap();
+        let ts = b
+            .column_by_name("ts")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow_array::TimestampMicrosecondArray>()
+            .unwrap();
+        for i in 0..b.num_rows() {
+            shadow_keys.insert((seq.value(i), ts.value(i)));
+        }
+        shadow_rows += b.num_rows();
+    }
+    assert_eq!(shadow_rows, BATCHES as usize * ROWS);
+    assert_eq!(shadow_keys.len(), shadow_rows, "no shadow row twice");
+    assert_eq!(stats.shadow_rows.load(Relaxed), shadow_rows as u64);
 }
