@@ -113,7 +113,8 @@ pub struct ArchiveSettings {
     /// ...or has been open this long, whichever first.
     #[serde(with = "duration")]
     pub max_file_age: Duration,
-    /// Rows per Parquet row group.
+    /// Rows per Parquet row group; each row group is sorted by device,
+    /// metric and time, so this many rows per open file are buffered.
     pub row_group_rows: usize,
 }
 
@@ -123,7 +124,7 @@ impl Default for ArchiveSettings {
             path: None,
             target_file_bytes: 128 * 1024 * 1024,
             max_file_age: Duration::from_secs(300),
-            row_group_rows: 256 * 1024,
+            row_group_rows: 128 * 1024,
         }
     }
 }

@@ -213,3 +213,57 @@ fn another_hubs_files_do_not_affect_recovery() {
     a.commit_all().unwrap();
     assert_eq!(values(dir.path(), Table::Anomalies), vec![1.0, 2.0]);
 }
+
+#[test]
+fn row_groups_are_sorted_by_device_metric_and_time() {
+    let base = rows(Table::Scored, &[(5, 1.0), (3, 2.0), (4, 3.0), (1, 4.0)]);
+    let mut columns = base.columns().to_vec();
+    let device_idx = base.schema().index_of("device").unwrap();
+    columns[device_idx] = Arc::new(StringArray::from(vec!["b", "a", "b", "a"]));
+    let batch = RecordBatch::try_new(base.schema(), columns).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut archive = Archive::open(dir.path(), "hub", settings(1 << 30)).unwrap();
+    // All rows in hour 0..6 land in separate hour partitions; use one hour.
+    let one_hour = {
+        let mut cols = batch.columns().to_vec();
+        let ts_idx = batch.schema().index_of("ts").unwrap();
+        cols[ts_idx] =
+            Arc::new(TimestampMicrosecondArray::from(vec![50, 30, 40, 10]).with_timezone("UTC"));
+        RecordBatch::try_new(batch.schema(), cols).unwrap()
+    };
+    archive.append(Table::Scored, 1, &one_hour).unwrap();
+    archive.commit_all().unwrap();
+    let read = read_table(dir.path(), Table::Scored).unwrap();
+    let got: Vec<(String, f64)> = read
+        .iter()
+        .flat_map(|b| {
+            let d = b
+                .column_by_name("device")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .clone();
+            let v = b
+                .column_by_name("value")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap()
+                .clone();
+            (0..b.num_rows())
+                .map(move |i| (d.value(i).to_owned(), v.value(i)))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("a".into(), 4.0),
+            ("a".into(), 2.0),
+            ("b".into(), 3.0),
+            ("b".into(), 1.0)
+        ],
+        "device, then time"
+    );
+}
