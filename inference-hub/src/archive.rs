@@ -2,9 +2,13 @@
 //! Hive-style by table and event hour.
 //!
 //! ```text
-//! <root>/table=scored/date=2026-11-26/hour=07/<hub>-<first-pos>-<last-pos>.parquet
-//! <root>/table=anomalies/date=.../hour=.../...
+//! <root>/table=scored/date=2026-11-26/hour=07/hub=<hub>/<hub>-<first-pos>-<last-pos>.parquet
+//! <root>/table=anomalies/date=.../hour=.../hub=.../...
+//! <root>/table=shadow/...
 //! ```
+//!
+//! Each hub writes only below its own `hub=` directory (several hubs can
+//! share an archive root), which readers see as one more partition column.
 //!
 //! # Inside a file
 //! Rows are buffered per open file and written in row groups of
@@ -29,11 +33,30 @@
 //! per partition however often the hub dies. Left-over temporary files are
 //! deleted at start-up.
 //!
+//! # Compaction (never a partial state)
+//! In a *closed* partition (its hour ended `compaction-grace` ago, no open
+//! file), the hub's *small* files (under half the target size) are merged,
+//! oldest first and up to the target size, into one file fully sorted by
+//! device, metric and time, named after the union of their WAL ranges. The
+//! merged file is written and fsynced in a fresh directory under
+//! `<root>/.staging/`, next to hard links of the partition's other files, and
+//! that directory is swapped with the hub's partition directory in one atomic
+//! `renameat2(RENAME_EXCHANGE)` (Linux): a reader lists either the old files
+//! or the new set, never both and never neither. The old files end up
+//! under `.staging/` and are deleted; whatever a crash leaves there is deleted
+//! at start-up. Late data that reaches a compacted partition makes a new file,
+//! merged again in a later round.
+//!
+//! # Retention
+//! With `retention`, a partition whose hour ended longer ago than that is
+//! removed: its `hub=` directory is first renamed under `.staging/` (it
+//! disappears for readers at once, whole), then deleted.
+//!
 //! The WAL may drop a segment only when no open file still holds rows from it:
 //! [`Archive::low_water`] is the smallest WAL position that is not yet in a
 //! committed file.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -94,6 +117,31 @@ impl PartitionKey {
             .join(format!("date={}", start.format("%Y-%m-%d")))
             .join(format!("hour={}", start.format("%H")))
     }
+
+    /// The directory one hub writes this partition's files in.
+    pub fn hub_dir(&self, root: &Path, hub_id: &str) -> PathBuf {
+        self.dir(root).join(format!("hub={hub_id}"))
+    }
+}
+
+/// Creates `dir` and any missing ancestors, fsyncing each parent whose
+/// entries changed, so a new directory survives a power cut.
+fn create_dir_durable(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dir_durable(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    if let Some(parent) = dir.parent() {
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
 }
 
 struct OpenFile {
@@ -144,6 +192,13 @@ impl Archive {
     pub fn open(root: &Path, hub_id: &str, settings: ArchiveSettings) -> io::Result<Self> {
         fs::create_dir_all(root)?;
         let mut committed_through: HashMap<PartitionKey, u64> = HashMap::new();
+        // What an interrupted compaction or expiry left behind is invisible
+        // to readers and no longer needed.
+        match fs::remove_dir_all(root.join(".staging")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
         let tmp_prefix = format!(".{hub_id}-");
         let final_prefix = format!("{hub_id}-");
         for table in [Table::Scored, Table::Anomalies, Table::Shadow] {
@@ -286,8 +341,8 @@ impl Archive {
     }
 
     fn create(&self, key: PartitionKey, first_pos: u64) -> io::Result<OpenFile> {
-        let dir = key.dir(&self.root);
-        fs::create_dir_all(&dir)?;
+        let dir = key.hub_dir(&self.root, &self.hub_id);
+        create_dir_durable(&dir)?;
         let tmp_path = dir.join(format!(
             ".{}-{first_pos:020}.parquet.inprogress",
             self.hub_id
@@ -324,7 +379,7 @@ impl Archive {
         let meta = file.writer.close().map_err(io::Error::other)?;
         file.sync_handle.sync_all()?;
         let bytes = file.sync_handle.metadata()?.len();
-        let dir = key.dir(&self.root);
+        let dir = key.hub_dir(&self.root, &self.hub_id);
         let path = dir.join(format!(
             "{}-{:020}-{:020}.parquet",
             self.hub_id, file.first_pos, file.last_pos
@@ -375,6 +430,223 @@ impl Archive {
     pub fn open_files(&self) -> usize {
         self.open.len()
     }
+
+    /// How often compaction and retention run.
+    pub fn maintenance_interval(&self) -> Duration {
+        self.settings.compaction_interval
+    }
+
+    fn staging(&self) -> PathBuf {
+        self.root.join(".staging")
+    }
+
+    /// This hub's committed files per partition.
+    fn own_partitions(&self) -> io::Result<BTreeMap<PartitionKey, Vec<PathBuf>>> {
+        let mut out: BTreeMap<PartitionKey, Vec<PathBuf>> = BTreeMap::new();
+        let hub_dir = format!("hub={}", self.hub_id);
+        for table in [Table::Scored, Table::Anomalies, Table::Shadow] {
+            for file in committed_files(&self.root, table)? {
+                let in_own_dir = file
+                    .parent()
+                    .and_then(Path::file_name)
+                    .is_some_and(|n| n.to_str() == Some(hub_dir.as_str()));
+                if let (true, Some(hour)) = (in_own_dir, hour_of_dir(&file)) {
+                    out.entry(PartitionKey { table, hour })
+                        .or_default()
+                        .push(file);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Merges the small files of one closed partition (see the module docs);
+    /// returns the merged file, if a partition needed it.
+    pub fn compact_one(&mut self, now_us: i64) -> io::Result<Option<CommittedFile>> {
+        let grace = self.settings.compaction_grace.as_micros() as i64;
+        for (key, files) in self.own_partitions()? {
+            let closed = (key.hour + 1) * HOUR_US + grace <= now_us;
+            if !closed || files.len() < 2 || self.open.contains_key(&key) {
+                continue;
+            }
+            let target = self.settings.target_file_bytes;
+            let (mut chosen, mut total) = (Vec::new(), 0u64);
+            for f in &files {
+                let size = fs::metadata(f)?.len();
+                if size < target / 2 && total + size <= target {
+                    chosen.push(f.clone());
+                    total += size;
+                }
+            }
+            if chosen.len() < 2 {
+                continue;
+            }
+            let keep: Vec<PathBuf> = files.into_iter().filter(|f| !chosen.contains(f)).collect();
+            return self.compact(key, &chosen, &keep).map(Some);
+        }
+        Ok(None)
+    }
+
+    fn compact(
+        &mut self,
+        key: PartitionKey,
+        files: &[PathBuf],
+        keep: &[PathBuf],
+    ) -> io::Result<CommittedFile> {
+        let (mut first, mut last) = (u64::MAX, 0u64);
+        let mut batches = Vec::new();
+        for f in files {
+            if let Some((a, b)) = wal_range(f) {
+                first = first.min(a);
+                last = last.max(b);
+            }
+            batches.extend(read_file(f)?);
+        }
+        let schema = key.table.schema();
+        let batches: Vec<RecordBatch> = batches
+            .into_iter()
+            .map(|b| conform(&b, &schema))
+            .collect::<io::Result<_>>()?;
+        let merged = sort_by_device_metric_time(
+            &arrow_select::concat::concat_batches(&schema, &batches).map_err(io::Error::other)?,
+        )?;
+        let staging = self.staging();
+        create_dir_durable(&staging)?;
+        let work = staging.join(format!(
+            "compact-{}-{}-{}",
+            key.table.name(),
+            key.hour,
+            self.hub_id
+        ));
+        let _ = fs::remove_dir_all(&work);
+        fs::create_dir(&work)?;
+        let name = format!("{}-{first:020}-{last:020}.parquet", self.hub_id);
+        let path = work.join(&name);
+        let file = File::create(&path)?;
+        let sync_handle = file.try_clone()?;
+        let mut writer = ArrowWriter::try_new(file, schema, Some(self.props.clone()))
+            .map_err(io::Error::other)?;
+        for chunk_start in (0..merged.num_rows()).step_by(self.settings.row_group_rows.max(1)) {
+            let len = self
+                .settings
+                .row_group_rows
+                .min(merged.num_rows() - chunk_start);
+            writer
+                .write(&merged.slice(chunk_start, len))
+                .map_err(io::Error::other)?;
+            writer.flush().map_err(io::Error::other)?;
+        }
+        for (k, v) in [
+            ("iot.hub_id", self.hub_id.clone()),
+            ("iot.wal_first_pos", first.to_string()),
+            ("iot.wal_last_pos", last.to_string()),
+            ("iot.compacted_files", files.len().to_string()),
+        ] {
+            writer.append_key_value_metadata(KeyValue::new(k.into(), v));
+        }
+        let meta = writer.close().map_err(io::Error::other)?;
+        sync_handle.sync_all()?;
+        // The partition's other files stay, as hard links in the new set.
+        for f in keep {
+            fs::hard_link(f, work.join(f.file_name().expect("a file")))?;
+        }
+        File::open(&work)?.sync_all()?;
+        let target = key.hub_dir(&self.root, &self.hub_id);
+        exchange(&work, &target)?;
+        File::open(key.dir(&self.root))?.sync_all()?;
+        File::open(&staging)?.sync_all()?;
+        // `work` now holds the old files, invisible to readers.
+        fs::remove_dir_all(&work)?;
+        Ok(CommittedFile {
+            path: target.join(name),
+            rows: meta.file_metadata().num_rows() as u64,
+            bytes: fs::metadata(
+                target.join(format!("{}-{first:020}-{last:020}.parquet", self.hub_id)),
+            )?
+            .len(),
+        })
+    }
+
+    /// Deletes this hub's partitions older than the retention; returns how
+    /// many.
+    pub fn apply_retention(&mut self, now_us: i64) -> io::Result<usize> {
+        let Some(retention) = self.settings.retention else {
+            return Ok(0);
+        };
+        let cutoff = now_us - retention.as_micros() as i64;
+        let mut removed = 0;
+        for key in self.own_partitions()?.into_keys() {
+            if (key.hour + 1) * HOUR_US > cutoff || self.open.contains_key(&key) {
+                continue;
+            }
+            let staging = self.staging();
+            create_dir_durable(&staging)?;
+            let gone = staging.join(format!(
+                "expired-{}-{}-{}",
+                key.table.name(),
+                key.hour,
+                self.hub_id
+            ));
+            let _ = fs::remove_dir_all(&gone);
+            fs::rename(key.hub_dir(&self.root, &self.hub_id), &gone)?;
+            File::open(key.dir(&self.root))?.sync_all()?;
+            fs::remove_dir_all(&gone)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
+
+/// The WAL range a committed file's name records.
+fn wal_range(file: &Path) -> Option<(u64, u64)> {
+    let stem = file.file_name()?.to_str()?.strip_suffix(".parquet")?;
+    let mut parts = stem.rsplitn(3, '-');
+    let last = parts.next()?.parse().ok()?;
+    let first = parts.next()?.parse().ok()?;
+    Some((first, last))
+}
+
+fn read_file(path: &Path) -> io::Result<Vec<RecordBatch>> {
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)
+        .and_then(|b| b.build())
+        .map_err(io::Error::other)?
+        .map(|b| b.map_err(io::Error::other))
+        .collect()
+}
+
+/// `batch` with the columns of `schema`, by name: columns the file predates
+/// (added later, nullable) are filled with nulls. This is the schema
+/// evolution rule applied when old files are rewritten.
+pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> io::Result<RecordBatch> {
+    if batch.schema().fields() == schema.fields() {
+        return Ok(batch.clone());
+    }
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(_) => Err(io::Error::other(format!(
+                "column {} changed type",
+                f.name()
+            ))),
+            None if f.is_nullable() => {
+                Ok(arrow_array::new_null_array(f.data_type(), batch.num_rows()))
+            }
+            None => Err(io::Error::other(format!(
+                "required column {} is missing",
+                f.name()
+            ))),
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    RecordBatch::try_new(schema.clone(), columns).map_err(io::Error::other)
+}
+
+/// Swaps two directories atomically (Linux `renameat2` with
+/// `RENAME_EXCHANGE`).
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE).map_err(io::Error::from)
 }
 
 impl OpenFile {
@@ -434,7 +706,10 @@ pub fn sort_by_device_metric_time(batch: &RecordBatch) -> io::Result<RecordBatch
 }
 
 fn hour_of_dir(file: &Path) -> Option<i64> {
-    let hour_dir = file.parent()?;
+    let mut hour_dir = file.parent()?;
+    if hour_dir.file_name()?.to_str()?.starts_with("hub=") {
+        hour_dir = hour_dir.parent()?;
+    }
     let date_dir = hour_dir.parent()?;
     let hour: i64 = hour_dir
         .file_name()?

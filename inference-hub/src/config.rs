@@ -116,6 +116,17 @@ pub struct ArchiveSettings {
     /// Rows per Parquet row group; each row group is sorted by device,
     /// metric and time, so this many rows per open file are buffered.
     pub row_group_rows: usize,
+    /// A partition is closed (eligible for compaction) once its hour ended
+    /// this long ago.
+    #[serde(with = "duration")]
+    pub compaction_grace: Duration,
+    /// How often closed partitions are looked for small files to merge (one
+    /// partition per round, so scoring never pauses for long).
+    #[serde(with = "duration")]
+    pub compaction_interval: Duration,
+    /// Partitions older than this (by event hour) are deleted; absent: kept.
+    #[serde(with = "schemas::settings::opt_duration")]
+    pub retention: Option<Duration>,
 }
 
 impl Default for ArchiveSettings {
@@ -125,6 +136,9 @@ impl Default for ArchiveSettings {
             target_file_bytes: 128 * 1024 * 1024,
             max_file_age: Duration::from_secs(300),
             row_group_rows: 128 * 1024,
+            compaction_grace: Duration::from_secs(3600),
+            compaction_interval: Duration::from_secs(60),
+            retention: None,
         }
     }
 }

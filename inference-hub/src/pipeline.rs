@@ -38,7 +38,12 @@ impl Pipeline {
     /// file. Returns the archive's final low-water mark.
     pub fn run(mut self, rx: Receiver<DurableBatch>) -> u64 {
         let mut next_reload_check = Instant::now() + self.reload_interval;
+        let mut next_maintenance = Instant::now() + self.archive.maintenance_interval();
         loop {
+            if Instant::now() >= next_maintenance {
+                next_maintenance = Instant::now() + self.archive.maintenance_interval();
+                self.maintain_archive();
+            }
             // Between batches: a batch is scored by one model version only.
             if Instant::now() >= next_reload_check {
                 next_reload_check = Instant::now() + self.reload_interval;
@@ -111,6 +116,35 @@ impl Pipeline {
             .store(self.scorer.series_count() as u64, Relaxed);
         self.state.apply(&out.updates, out.events, now_us);
         Ok(())
+    }
+
+    /// Retention, then one round of compaction. Failures are logged and
+    /// counted; they never stop archiving (nothing acknowledged depends on
+    /// them, and the next round retries).
+    fn maintain_archive(&mut self) {
+        let now_us = chrono::Utc::now().timestamp_micros();
+        match self.archive.apply_retention(now_us) {
+            Ok(0) => {}
+            Ok(n) => {
+                self.stats.partitions_expired.fetch_add(n as u64, Relaxed);
+                tracing::info!(partitions = n, "archive partitions past retention deleted");
+            }
+            Err(e) => {
+                self.stats.maintenance_errors.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "archive retention failed");
+            }
+        }
+        match self.archive.compact_one(now_us) {
+            Ok(None) => {}
+            Ok(Some(file)) => {
+                self.stats.compactions.fetch_add(1, Relaxed);
+                tracing::info!(path = %file.path.display(), rows = file.rows, "compacted a closed partition");
+            }
+            Err(e) => {
+                self.stats.maintenance_errors.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "archive compaction failed; the partition is left as it was");
+            }
+        }
     }
 
     fn reload_models(&mut self) {

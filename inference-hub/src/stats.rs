@@ -30,6 +30,11 @@ pub struct HubStats {
     pub model_reload_failures: AtomicU64,
     /// Rows scored by shadow models.
     pub shadow_rows: AtomicU64,
+    /// Closed partitions merged into one file, partitions deleted by
+    /// retention, and failures of either.
+    pub compactions: AtomicU64,
+    pub partitions_expired: AtomicU64,
+    pub maintenance_errors: AtomicU64,
     /// Set when the WAL could not be written or fsynced: intake stops.
     pub wal_failed: AtomicBool,
     /// Set when the archive could not be written: archiving stops, the WAL
@@ -166,6 +171,24 @@ impl HubStats {
             "hub_model_reload_failures_total",
             "Model reloads that failed (the previous model kept scoring).",
             get(&self.model_reload_failures),
+        );
+        metric(
+            "counter",
+            "hub_compactions_total",
+            "Closed partitions whose small files were merged into one.",
+            get(&self.compactions),
+        );
+        metric(
+            "counter",
+            "hub_partitions_expired_total",
+            "Partitions deleted by the retention policy.",
+            get(&self.partitions_expired),
+        );
+        metric(
+            "counter",
+            "hub_archive_maintenance_errors_total",
+            "Failed compaction or retention rounds (retried next round).",
+            get(&self.maintenance_errors),
         );
         metric(
             "counter",

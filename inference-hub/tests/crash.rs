@@ -2,8 +2,9 @@
 //! sending; every batch it acknowledged must end up in the archive exactly
 //! once, and readers must never see a temporary file.
 //!
-//! Files are rotated every few hundred milliseconds and at 64 KiB, so kills
-//! land during Parquet commits as well as during WAL appends. Set
+//! Files are rotated every few hundred milliseconds and at 64 KiB, and closed
+//! partitions are compacted every 50 ms, so kills land during Parquet
+//! commits and compactions as well as during WAL appends. Set
 //! `CRASH_TEST_ARCHIVE=<dir>` to keep the archive for an independent reader
 //! (CI opens it with pyarrow).
 
@@ -23,7 +24,11 @@ const KILLS: usize = 20;
 fn envelope(seq: u64) -> Vec<u8> {
     let mut cols = ReadingColumns::default();
     for r in 0..ROWS_PER_BATCH {
-        let ts = 1_767_225_600_000_000 + (seq as i64 * 1000 + r as i64) * 1_000_000;
+        // Batches take turns among 8 hour partitions, so every partition
+        // collects many small files over a run (compaction material).
+        let hour = (seq % 8) as i64;
+        let ts =
+            1_767_225_600_000_000 + (hour * 3600 + (seq / 8) as i64 * 60 + r as i64) * 1_000_000;
         cols.push(
             &format!("dev{}", r % 4),
             "load",
@@ -92,7 +97,7 @@ async fn hub_killed_repeatedly_archives_every_acknowledged_batch_exactly_once() 
         &config,
         format!(
             "hub-id = \"crash\"\ndata-dir = {:?}\n[mqtt]\nenabled = false\n[http]\nlisten = \"{http}\"\n\
-             [intake]\nwal-segment-bytes = 1048576\n[archive]\ntarget-file-bytes = 65536\nmax-file-age = \"300ms\"\nrow-group-rows = 1024\n\
+             [intake]\nwal-segment-bytes = 1048576\n[archive]\ntarget-file-bytes = 65536\nmax-file-age = \"300ms\"\nrow-group-rows = 1024\ncompaction-grace = \"0s\"\ncompaction-interval = \"50ms\"\n\
              [scoring]\nmodel-dir = {:?}\nwarmup-readings = 20\n",
             data.display().to_string(),
             inference_hub::config::bundled_model_dir()
@@ -204,5 +209,15 @@ async fn hub_killed_repeatedly_archives_every_acknowledged_batch_exactly_once() 
     let files = archive::committed_files(&root, Table::Scored)
         .unwrap()
         .len();
-    assert!(files > KILLS, "expected many committed files, got {files}");
+    assert!(files > 1, "expected several committed files, got {files}");
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    let compactions = log_text.matches("compacted a closed partition").count();
+    assert!(
+        compactions > 0,
+        "no compaction ran, so no kill could land in one"
+    );
+    println!(
+        "{KILLS} kills; {files} scored files; {compactions} compactions logged; {} rows exactly once",
+        seen.len()
+    );
 }

@@ -53,6 +53,7 @@ fn settings(target: u64) -> ArchiveSettings {
         target_file_bytes: target,
         max_file_age: Duration::from_secs(3600),
         row_group_rows: 1024,
+        ..ArchiveSettings::default()
     }
 }
 
@@ -266,4 +267,155 @@ fn row_groups_are_sorted_by_device_metric_and_time() {
         ],
         "device, then time"
     );
+}
+
+fn compaction_settings() -> ArchiveSettings {
+    ArchiveSettings {
+        compaction_grace: Duration::ZERO,
+        ..settings(1 << 30)
+    }
+}
+
+const FAR_FUTURE: i64 = 4_000_000_000_000_000;
+
+#[test]
+fn compaction_merges_a_closed_partitions_files_into_one_that_covers_their_wal_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Archive::open(dir.path(), "h1", compaction_settings()).unwrap();
+    for pos in 1..=4u64 {
+        a.append(Table::Scored, pos, &rows(Table::Scored, &[(7, pos as f64)]))
+            .unwrap();
+        a.commit_all().unwrap();
+    }
+    a.append(Table::Scored, 5, &rows(Table::Scored, &[(9, 5.0)]))
+        .unwrap();
+    a.commit_all().unwrap();
+    assert_eq!(committed_files(dir.path(), Table::Scored).unwrap().len(), 5);
+    assert!(
+        a.compact_one(7 * H).unwrap().is_none(),
+        "hour 7 is not closed yet at 07:00"
+    );
+    let merged = a.compact_one(FAR_FUTURE).unwrap().expect("hour 7 merged");
+    assert_eq!(merged.rows, 4);
+    assert!(
+        merged
+            .path
+            .ends_with(format!("h1-{:020}-{:020}.parquet", 1, 4))
+    );
+    assert_eq!(committed_files(dir.path(), Table::Scored).unwrap().len(), 2);
+    assert!(
+        a.compact_one(FAR_FUTURE).unwrap().is_none(),
+        "nothing left to merge"
+    );
+    assert_eq!(
+        values(dir.path(), Table::Scored),
+        vec![1.0, 2.0, 3.0, 4.0, 5.0]
+    );
+    assert!(
+        !dir.path()
+            .join(".staging")
+            .read_dir()
+            .unwrap()
+            .any(|_| true),
+        "the old files are gone"
+    );
+
+    // After a restart the merged file's name still tells replay what is done.
+    drop(a);
+    std::fs::create_dir_all(dir.path().join(".staging/compact-leftover")).unwrap();
+    let mut a = Archive::open(dir.path(), "h1", compaction_settings()).unwrap();
+    assert!(
+        !dir.path().join(".staging").exists(),
+        "leftovers removed at start"
+    );
+    a.append(Table::Scored, 3, &rows(Table::Scored, &[(7, 3.0)]))
+        .unwrap();
+    a.commit_all().unwrap();
+    assert_eq!(
+        values(dir.path(), Table::Scored),
+        vec![1.0, 2.0, 3.0, 4.0, 5.0],
+        "replay of a merged position is skipped"
+    );
+}
+
+#[test]
+fn files_written_before_a_column_was_added_stay_readable_and_are_compacted_into_the_new_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = PartitionKey {
+        table: Table::Anomalies,
+        hour: 7,
+    };
+    // An "old" file: the anomalies schema without its newest (nullable) columns.
+    let full = rows(Table::Anomalies, &[(7, 1.0)]);
+    let old_fields: Vec<_> = full
+        .schema()
+        .fields()
+        .iter()
+        .filter(|f| !f.is_nullable())
+        .cloned()
+        .collect();
+    let old_schema = Arc::new(arrow_schema::Schema::new(old_fields));
+    let old = full
+        .project(
+            &old_schema
+                .fields()
+                .iter()
+                .map(|f| full.schema().index_of(f.name()).unwrap())
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+    let hub_dir = key.hub_dir(dir.path(), "h1");
+    std::fs::create_dir_all(&hub_dir).unwrap();
+    let mut w = ArrowWriter::try_new(
+        File::create(hub_dir.join(format!("h1-{:020}-{:020}.parquet", 1, 1))).unwrap(),
+        old_schema,
+        None,
+    )
+    .unwrap();
+    w.write(&old).unwrap();
+    w.close().unwrap();
+
+    let mut a = Archive::open(dir.path(), "h1", compaction_settings()).unwrap();
+    a.append(Table::Anomalies, 2, &rows(Table::Anomalies, &[(7, 2.0)]))
+        .unwrap();
+    a.commit_all().unwrap();
+    assert_eq!(
+        values(dir.path(), Table::Anomalies),
+        vec![1.0, 2.0],
+        "old and new files read"
+    );
+    a.compact_one(FAR_FUTURE).unwrap().expect("merged");
+    let merged = read_table(dir.path(), Table::Anomalies).unwrap();
+    assert_eq!(merged[0].schema(), Table::Anomalies.schema());
+    let expected = merged[0].column_by_name("expected").unwrap();
+    assert_eq!(
+        expected.null_count(),
+        1,
+        "the old row has no expected value"
+    );
+}
+
+#[test]
+fn retention_removes_whole_partitions_older_than_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ArchiveSettings {
+        retention: Some(Duration::from_secs(2 * 3600)),
+        ..settings(1 << 30)
+    };
+    let mut a = Archive::open(dir.path(), "h1", s).unwrap();
+    for (pos, hour) in [(1u64, 1i64), (2, 5), (3, 9)] {
+        a.append(
+            Table::Scored,
+            pos,
+            &rows(Table::Scored, &[(hour, pos as f64)]),
+        )
+        .unwrap();
+    }
+    a.commit_all().unwrap();
+    assert_eq!(
+        a.apply_retention(8 * H).unwrap(),
+        2,
+        "hours 1 and 5 ended before 06:00"
+    );
+    assert_eq!(values(dir.path(), Table::Scored), vec![3.0]);
 }
