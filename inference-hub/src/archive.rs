@@ -683,14 +683,24 @@ pub fn sort_by_device_metric_time(batch: &RecordBatch) -> io::Result<RecordBatch
         .column_by_name(schemas::tables::TS)
         .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
         .ok_or_else(|| io::Error::other("no ts column"))?;
+    // Rank the distinct names once, then sort integers: comparing strings
+    // for every pair of rows dominated the archive's CPU time.
+    let rank = |col: &StringArray| -> Vec<u32> {
+        let mut distinct: Vec<&str> = col.iter().flatten().collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let index: HashMap<&str, u32, foldhash::fast::RandomState> = distinct
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (*s, i as u32))
+            .collect();
+        (0..col.len()).map(|i| index[col.value(i)]).collect()
+    };
+    let (device_rank, metric_rank) = (rank(device), rank(metric));
     let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
-    order.sort_by(|&a, &b| {
-        let (a, b) = (a as usize, b as usize);
-        device
-            .value(a)
-            .cmp(device.value(b))
-            .then_with(|| metric.value(a).cmp(metric.value(b)))
-            .then_with(|| ts.value(a).cmp(&ts.value(b)))
+    order.sort_by_key(|&i| {
+        let i = i as usize;
+        (device_rank[i], metric_rank[i], ts.value(i))
     });
     if order.windows(2).all(|w| w[0] < w[1]) {
         return Ok(batch.clone());

@@ -122,6 +122,21 @@ enum Command {
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
     },
+    /// Hub throughput from received batch bytes to committed Parquet (see
+    /// docs/BENCHMARKS.md; the Python reference reads the same envelopes).
+    BenchHub {
+        #[arg(long, default_value_t = 400)]
+        batches: u64,
+        #[arg(long, default_value_t = 5000)]
+        rows: usize,
+        #[arg(long, default_value_t = 1000)]
+        devices: usize,
+        /// Also write the envelopes here (one file each) for the Python reference.
+        #[arg(long)]
+        write_envelopes: Option<PathBuf>,
+        #[arg(long, default_value = inference_hub::config::bundled_model_dir())]
+        model_dir: PathBuf,
+    },
     /// Detection quality on labelled recordings, through the production
     /// scoring path (see docs/DETECTION.md).
     Eval {
@@ -256,6 +271,51 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("bench-scoring failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::BenchHub {
+            batches,
+            rows,
+            devices,
+            write_envelopes,
+            model_dir,
+        } => {
+            let envelopes =
+                inference_hub::bench::bench_envelopes(batches, rows.max(1), devices.max(1));
+            if let Some(dir) = &write_envelopes {
+                if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| {
+                    envelopes.iter().enumerate().try_for_each(|(i, e)| {
+                        std::fs::write(dir.join(format!("batch-{:06}.iotb", i + 1)), e)
+                    })
+                }) {
+                    eprintln!("cannot write envelopes to {}: {e}", dir.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+            match runtime.block_on(inference_hub::bench::hub_throughput(envelopes, &model_dir)) {
+                Ok(r) => {
+                    let wall = r.wall.as_secs_f64();
+                    let cpu = r.cpu.as_secs_f64();
+                    println!(
+                        "| readings | envelope bytes | wall | CPU (all threads) | readings/s | readings per CPU-second | Parquet bytes |"
+                    );
+                    println!("|---|---|---|---|---|---|---|");
+                    println!(
+                        "| {} | {} | {:.2} s | {:.2} s | {:.0} | {:.0} | {} |",
+                        r.readings,
+                        r.envelope_bytes,
+                        wall,
+                        cpu,
+                        r.readings as f64 / wall,
+                        r.readings as f64 / cpu.max(1e-9),
+                        r.parquet_bytes
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("bench-hub failed: {e:#}");
                     ExitCode::FAILURE
                 }
             }

@@ -45,6 +45,12 @@ use schemas::tables::{self, ReadingView, status};
 
 use crate::model::{Model, ModelError};
 
+/// Hash maps keyed by device and metric names, hit for every reading:
+/// foldhash instead of SipHash (no untrusted peer chooses these keys to
+/// collide: they passed the envelope checks, and a slow map only slows this
+/// hub).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 pub mod multivariate;
 pub mod router;
 pub use multivariate::MultivariateScorer;
@@ -201,9 +207,9 @@ pub struct Scorer {
     model: Model,
     threshold: f64,
     warmup: u64,
-    series: HashMap<(Arc<str>, Arc<str>), SeriesState>,
+    series: FastMap<(Arc<str>, Arc<str>), SeriesState>,
     /// Interned names: device and metric strings repeat in every batch.
-    names: HashMap<Box<str>, Arc<str>>,
+    names: FastMap<Box<str>, Arc<str>>,
 }
 
 impl Scorer {
@@ -213,8 +219,8 @@ impl Scorer {
             threshold: threshold.unwrap_or(model.manifest.threshold),
             model,
             warmup,
-            series: HashMap::new(),
-            names: HashMap::new(),
+            series: FastMap::default(),
+            names: FastMap::default(),
         }
     }
 
@@ -325,7 +331,7 @@ impl Scorer {
         let mut out = ScoredColumns::new(n);
         let mut anomalies = ScoredColumns::new(0);
         let mut events = Vec::new();
-        let mut updates: HashMap<(Arc<str>, Arc<str>), SeriesUpdate> = HashMap::new();
+        let mut updates: FastMap<(Arc<str>, Arc<str>), SeriesUpdate> = FastMap::default();
         for &i in &order {
             let (device, metric) = &keys[i];
             let (ts, x) = (view.ts.value(i), view.value.value(i));
