@@ -284,15 +284,15 @@ fn main() -> ExitCode {
         } => {
             let envelopes =
                 inference_hub::bench::bench_envelopes(batches, rows.max(1), devices.max(1));
-            if let Some(dir) = &write_envelopes {
-                if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| {
+            if let Some(dir) = &write_envelopes
+                && let Err(e) = std::fs::create_dir_all(dir).and_then(|()| {
                     envelopes.iter().enumerate().try_for_each(|(i, e)| {
                         std::fs::write(dir.join(format!("batch-{:06}.iotb", i + 1)), e)
                     })
-                }) {
-                    eprintln!("cannot write envelopes to {}: {e}", dir.display());
-                    return ExitCode::FAILURE;
-                }
+                })
+            {
+                eprintln!("cannot write envelopes to {}: {e}", dir.display());
+                return ExitCode::FAILURE;
             }
             match runtime.block_on(inference_hub::bench::hub_throughput(envelopes, &model_dir)) {
                 Ok(r) => {
