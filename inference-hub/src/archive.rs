@@ -190,6 +190,18 @@ impl Archive {
     /// Opens the archive root: removes this hub's left-over temporary files
     /// and learns what earlier runs committed.
     pub fn open(root: &Path, hub_id: &str, settings: ArchiveSettings) -> io::Result<Self> {
+        Self::open_with_remote(root, hub_id, settings, &[])
+    }
+
+    /// [`Archive::open`], also counting files that only exist in object
+    /// storage (`remote`: paths relative to the archive root, as listed by
+    /// [`s3::list_own`]) as committed.
+    pub fn open_with_remote(
+        root: &Path,
+        hub_id: &str,
+        settings: ArchiveSettings,
+        remote: &[PathBuf],
+    ) -> io::Result<Self> {
         fs::create_dir_all(root)?;
         let mut committed_through: HashMap<PartitionKey, u64> = HashMap::new();
         // What an interrupted compaction or expiry left behind is invisible
@@ -227,6 +239,19 @@ impl Archive {
                 };
                 let key = PartitionKey { table, hour };
                 let e = committed_through.entry(key).or_insert(last);
+                *e = (*e).max(last);
+            }
+        }
+        for file in remote {
+            let table = [Table::Scored, Table::Anomalies, Table::Shadow]
+                .into_iter()
+                .find(|t| file.starts_with(format!("table={}", t.name())));
+            if let (Some(table), Some((_, last)), Some(hour)) =
+                (table, wal_range(file), hour_of_dir(file))
+            {
+                let e = committed_through
+                    .entry(PartitionKey { table, hour })
+                    .or_insert(last);
                 *e = (*e).max(last);
             }
         }
@@ -598,7 +623,7 @@ impl Archive {
 }
 
 /// The WAL range a committed file's name records.
-fn wal_range(file: &Path) -> Option<(u64, u64)> {
+pub fn wal_range(file: &Path) -> Option<(u64, u64)> {
     let stem = file.file_name()?.to_str()?.strip_suffix(".parquet")?;
     let mut parts = stem.rsplitn(3, '-');
     let last = parts.next()?.parse().ok()?;
@@ -780,6 +805,8 @@ pub fn read_table(root: &Path, table: Table) -> io::Result<Vec<RecordBatch>> {
     }
     Ok(out)
 }
+
+pub mod s3;
 
 #[cfg(test)]
 mod tests;

@@ -127,6 +127,10 @@ pub struct ArchiveSettings {
     /// Partitions older than this (by event hour) are deleted; absent: kept.
     #[serde(with = "schemas::settings::opt_duration")]
     pub retention: Option<Duration>,
+    /// Archive to S3-compatible object storage instead of the local disk
+    /// (the local archive path then only stages files until they are
+    /// uploaded; see [`crate::archive::s3`]).
+    pub s3: Option<crate::archive::s3::S3Settings>,
 }
 
 impl Default for ArchiveSettings {
@@ -139,6 +143,7 @@ impl Default for ArchiveSettings {
             compaction_grace: Duration::from_secs(3600),
             compaction_interval: Duration::from_secs(60),
             retention: None,
+            s3: None,
         }
     }
 }

@@ -161,8 +161,31 @@ fn recover(
     let scorer = Router::new(&cfg.scoring)?;
     let default_model = &scorer.default_model().manifest;
     let (model_id, model_version) = (default_model.id.clone(), default_model.version.clone());
-    let archive = Archive::open(&cfg.archive_root(), &cfg.hub_id, cfg.archive.clone())
-        .map_err(io("the archive"))?;
+    // With object storage, what the bucket already holds counts as committed.
+    let remote = match &cfg.archive.s3 {
+        Some(s3) => std::thread::scope(|scope| {
+            scope
+                .spawn(|| crate::archive::s3::list_own(s3, &cfg.hub_id))
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("listing panicked")))
+        })
+        .map_err(io("the S3 archive (listing)"))?,
+        None => Vec::new(),
+    };
+    let archive = Archive::open_with_remote(
+        &cfg.archive_root(),
+        &cfg.hub_id,
+        cfg.archive.clone(),
+        &remote,
+    )
+    .map_err(io("the archive"))?;
+    let uploader = match &cfg.archive.s3 {
+        Some(s3) => Some(
+            crate::archive::s3::Uploader::start(s3.clone(), cfg.archive_root(), stats.clone())
+                .map_err(io("the S3 archive"))?,
+        ),
+        None => None,
+    };
     let (wal, wal_recovery) = Wal::open(&cfg.data_dir.join("wal"), cfg.intake.wal_segment_bytes)
         .map_err(io("the WAL"))?;
     if wal_recovery.truncated_bytes > 0 {
@@ -185,6 +208,7 @@ fn recover(
         state,
         stats: stats.clone(),
         low_water: low_water.clone(),
+        uploader,
     };
     let pipeline = std::thread::Builder::new()
         .name("hub-pipeline".into())

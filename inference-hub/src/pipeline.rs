@@ -31,6 +31,8 @@ pub struct Pipeline {
     pub state: Arc<HubState>,
     pub stats: Arc<HubStats>,
     pub low_water: Arc<AtomicU64>,
+    /// With `[archive.s3]`: uploads committed files to the bucket.
+    pub uploader: Option<crate::archive::s3::Uploader>,
 }
 
 impl Pipeline {
@@ -71,6 +73,10 @@ impl Pipeline {
         match self.archive.commit_all() {
             Ok(files) => self.committed(&files),
             Err(e) => self.fail(&e),
+        }
+        if let Some(uploader) = self.uploader.take() {
+            // Files not uploaded by now stay local and go up at the next start.
+            uploader.finish();
         }
         let low_water = self.archive.low_water();
         self.low_water.store(low_water, Relaxed);
@@ -134,6 +140,11 @@ impl Pipeline {
                 tracing::error!(error = %e, "archive retention failed");
             }
         }
+        if self.uploader.is_some() {
+            // Compaction needs the files locally and an atomic swap; with
+            // object storage files are sized when written (see archive::s3).
+            return;
+        }
         match self.archive.compact_one(now_us) {
             Ok(None) => {}
             Ok(Some(file)) => {
@@ -164,6 +175,9 @@ impl Pipeline {
 
     fn committed(&self, files: &[CommittedFile]) {
         for f in files {
+            if let Some(uploader) = &self.uploader {
+                uploader.enqueue(f.path.clone());
+            }
             self.stats.files_committed.fetch_add(1, Relaxed);
             self.stats.bytes_committed.fetch_add(f.bytes, Relaxed);
             tracing::debug!(path = %f.path.display(), rows = f.rows, bytes = f.bytes, "committed archive file");

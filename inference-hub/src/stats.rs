@@ -33,6 +33,11 @@ pub struct HubStats {
     /// Closed partitions merged into one file, partitions deleted by
     /// retention, and failures of either.
     pub compactions: AtomicU64,
+    /// Files uploaded to object storage, their bytes, and failed attempts
+    /// (retried).
+    pub s3_uploads: AtomicU64,
+    pub s3_upload_bytes: AtomicU64,
+    pub s3_upload_failures: AtomicU64,
     pub partitions_expired: AtomicU64,
     pub maintenance_errors: AtomicU64,
     /// Set when the WAL could not be written or fsynced: intake stops.
@@ -171,6 +176,18 @@ impl HubStats {
             "hub_model_reload_failures_total",
             "Model reloads that failed (the previous model kept scoring).",
             get(&self.model_reload_failures),
+        );
+        metric(
+            "counter",
+            "hub_s3_uploads_total",
+            "Archive files uploaded to object storage.",
+            get(&self.s3_uploads),
+        );
+        metric(
+            "counter",
+            "hub_s3_upload_failures_total",
+            "Failed upload attempts (the file stays local and is retried).",
+            get(&self.s3_upload_failures),
         );
         metric(
             "counter",

@@ -6,3 +6,4 @@ mod e2e;
 mod edge_faults;
 mod harness;
 mod mosquitto;
+mod s3;

@@ -419,3 +419,26 @@ fn retention_removes_whole_partitions_older_than_the_limit() {
     );
     assert_eq!(values(dir.path(), Table::Scored), vec![3.0]);
 }
+
+#[test]
+fn files_that_only_exist_in_object_storage_count_as_committed_for_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = PartitionKey {
+        table: Table::Scored,
+        hour: 7,
+    };
+    let remote = key
+        .hub_dir(Path::new(""), "h1")
+        .join(format!("h1-{:020}-{:020}.parquet", 3, 9));
+    let mut a = Archive::open_with_remote(dir.path(), "h1", settings(1 << 30), &[remote]).unwrap();
+    for pos in [8u64, 9, 10] {
+        a.append(Table::Scored, pos, &rows(Table::Scored, &[(7, pos as f64)]))
+            .unwrap();
+    }
+    a.commit_all().unwrap();
+    assert_eq!(
+        values(dir.path(), Table::Scored),
+        vec![10.0],
+        "positions the bucket holds are not archived again"
+    );
+}
