@@ -20,6 +20,8 @@
 //! - [`mqtt`]: in-order acknowledgements and reconnect backoff (shared with
 //!   the hub).
 //! - [`metrics`]: the optional `/metrics` and `/health` endpoint.
+//! - [`replay`]: recorded CSV/JSON Lines data back through a broker or
+//!   straight to a hub.
 //! - [`spool`]: the durable store-and-forward log (core; not wired in yet).
 //! - [`stats`]: counters for every stage, rendered as Prometheus text.
 //! - [`config`]: the agent's TOML configuration.
@@ -44,6 +46,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod mqtt;
 pub mod redelivery;
+pub mod replay;
 pub mod senml;
 pub mod sparkplug;
 pub mod spool;

@@ -38,6 +38,41 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Publish recorded device data (CSV with a time column, e.g. NAB's
+    /// timestamp,value or SKAB's semicolon files; JSON Lines of
+    /// {"topic","payload"}) to the gateway broker as the devices would have,
+    /// or straight to a hub over HTTP with --hub-url.
+    Replay {
+        /// Files or directories (searched for .csv/.jsonl).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// `max`, or a factor of the recorded pace such as `10x`.
+        #[arg(long, default_value = "max", value_parser = edge_agent::replay::parse_speed)]
+        speed: edge_agent::replay::Speed,
+        /// Device name (default: each file's name).
+        #[arg(long)]
+        device: Option<String>,
+        /// Time column (default: timestamp, datetime, time or ts).
+        #[arg(long)]
+        time_column: Option<String>,
+        /// Only these columns become metrics (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        columns: Option<Vec<String>>,
+        /// Topic prefix: messages go to <prefix>/<device>/<metric>.
+        #[arg(long, default_value = "sensors")]
+        topic_prefix: String,
+        /// Send straight to this hub (e.g. http://127.0.0.1:8080), bypassing
+        /// broker and agent; replaying the same file twice is idempotent.
+        #[arg(long)]
+        hub_url: Option<String>,
+        /// Readings per envelope with --hub-url.
+        #[arg(long, default_value_t = 5000)]
+        batch_rows: usize,
+        /// The broker, host:port (default: the configuration's mqtt.host and
+        /// mqtt.port; replay needs no configuration file).
+        #[arg(long)]
+        broker: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -47,12 +82,15 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    let replay_without_config =
+        cli.config.is_none() && matches!(cli.command, Some(Command::Replay { .. }));
     let config = match schemas::settings::load::<EdgeConfig>(
         cli.config.as_deref(),
         ENV_PREFIX,
         std::env::vars(),
     ) {
         Ok(c) => c,
+        Err(_) if replay_without_config => EdgeConfig::for_gateway("replay", 1883),
         Err(errors) => {
             eprintln!("{errors}");
             return ExitCode::from(2);
@@ -82,6 +120,76 @@ fn main() -> ExitCode {
                     Ok(report) => print!("{}:\n{}", file.display(), report.render()),
                     Err(e) => {
                         eprintln!("cannot read {}: {e}", file.display());
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Replay {
+            files,
+            speed,
+            device,
+            time_column,
+            columns,
+            topic_prefix,
+            hub_url,
+            batch_rows,
+            broker,
+        } => {
+            let (host, port) = match broker.as_deref().map(|b| b.rsplit_once(':')) {
+                None => (config.mqtt.host.clone(), config.mqtt.port),
+                Some(Some((h, p))) if p.parse::<u16>().is_ok() => {
+                    (h.to_owned(), p.parse().unwrap_or(1883))
+                }
+                Some(_) => {
+                    eprintln!("--broker must be host:port");
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            let target = match hub_url {
+                Some(url) => edge_agent::replay::Target::Hub {
+                    url,
+                    token: config.uplink.http.token.clone(),
+                    batch_rows: batch_rows.max(1),
+                },
+                None => edge_agent::replay::Target::Mqtt {
+                    host,
+                    port,
+                    topic_prefix,
+                },
+            };
+            let csv = edge_agent::replay::CsvOptions {
+                device,
+                time_column,
+                columns,
+            };
+            let files = match edge_agent::replay::expand(&files) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("replay: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            for file in files {
+                let result = runtime.block_on(async {
+                    let recording = edge_agent::replay::read(&file, &csv)?;
+                    let name = file
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let id = edge_agent::replay::replay_id(&file, &format!("{csv:?}"))?;
+                    edge_agent::replay::replay(&recording, &target, speed, &name, id).await
+                });
+                match result {
+                    Ok(n) => println!("{}: {n} rows replayed", file.display()),
+                    Err(e) => {
+                        eprintln!("replay of {} failed: {e:#}", file.display());
                         return ExitCode::FAILURE;
                     }
                 }
