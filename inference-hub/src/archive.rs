@@ -79,6 +79,18 @@ pub enum Table {
     Anomalies,
     /// What shadow models scored (the scored schema), for comparison.
     Shadow,
+    /// What `inference-hub rescore` produced from an archived range with
+    /// another model (the scored schema); the original scores stay.
+    Rescored,
+}
+
+impl Table {
+    pub const ALL: [Table; 4] = [
+        Table::Scored,
+        Table::Anomalies,
+        Table::Shadow,
+        Table::Rescored,
+    ];
 }
 
 impl Table {
@@ -87,6 +99,7 @@ impl Table {
             Table::Scored => "scored",
             Table::Anomalies => "anomalies",
             Table::Shadow => "shadow",
+            Table::Rescored => "rescored",
         }
     }
 
@@ -94,7 +107,7 @@ impl Table {
         match self {
             Table::Scored => schemas::tables::scored_schema(),
             Table::Anomalies => schemas::tables::anomaly_schema(),
-            Table::Shadow => schemas::tables::scored_schema(),
+            Table::Shadow | Table::Rescored => schemas::tables::scored_schema(),
         }
     }
 }
@@ -213,7 +226,7 @@ impl Archive {
         }
         let tmp_prefix = format!(".{hub_id}-");
         let final_prefix = format!("{hub_id}-");
-        for table in [Table::Scored, Table::Anomalies, Table::Shadow] {
+        for table in Table::ALL {
             let table_dir = root.join(format!("table={}", table.name()));
             for file in walk_files(&table_dir)? {
                 let name = file
@@ -243,7 +256,7 @@ impl Archive {
             }
         }
         for file in remote {
-            let table = [Table::Scored, Table::Anomalies, Table::Shadow]
+            let table = Table::ALL
                 .into_iter()
                 .find(|t| file.starts_with(format!("table={}", t.name())));
             if let (Some(table), Some((_, last)), Some(hour)) =
@@ -469,7 +482,7 @@ impl Archive {
     fn own_partitions(&self) -> io::Result<BTreeMap<PartitionKey, Vec<PathBuf>>> {
         let mut out: BTreeMap<PartitionKey, Vec<PathBuf>> = BTreeMap::new();
         let hub_dir = format!("hub={}", self.hub_id);
-        for table in [Table::Scored, Table::Anomalies, Table::Shadow] {
+        for table in Table::ALL {
             for file in committed_files(&self.root, table)? {
                 let in_own_dir = file
                     .parent()
@@ -631,7 +644,8 @@ pub fn wal_range(file: &Path) -> Option<(u64, u64)> {
     Some((first, last))
 }
 
-fn read_file(path: &Path) -> io::Result<Vec<RecordBatch>> {
+/// Every record batch of one Parquet file.
+pub fn read_file(path: &Path) -> io::Result<Vec<RecordBatch>> {
     parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)
         .and_then(|b| b.build())
         .map_err(io::Error::other)?
@@ -738,6 +752,11 @@ pub fn sort_by_device_metric_time(batch: &RecordBatch) -> io::Result<RecordBatch
         .collect::<Result<Vec<_>, _>>()
         .map_err(io::Error::other)?;
     RecordBatch::try_new(batch.schema(), columns).map_err(io::Error::other)
+}
+
+/// The event hour (hours since the epoch) of a file in the archive layout.
+pub fn hour_of_file(file: &Path) -> Option<i64> {
+    hour_of_dir(file)
 }
 
 fn hour_of_dir(file: &Path) -> Option<i64> {

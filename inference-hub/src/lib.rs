@@ -14,6 +14,8 @@
 //! - [`archive`]: partitioned Parquet files with an atomic commit protocol.
 //! - [`mqtt_intake`], [`api`]: the transports and the dashboard API.
 //! - [`hub`]: start-up (recovery) and shutdown order.
+//! - [`rescore`]: an archived range through another model, into
+//!   `table=rescored`.
 //! - [`eval`]: detection quality on labelled recordings (NAB, SKAB) through
 //!   the production scoring path.
 //! - [`broker`], [`demo`], [`bench`]: the embedded broker, the one-command
@@ -32,6 +34,7 @@ pub mod intake;
 pub mod model;
 pub mod mqtt_intake;
 pub mod pipeline;
+pub mod rescore;
 pub mod scoring;
 pub mod state;
 pub mod stats;

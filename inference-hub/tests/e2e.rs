@@ -755,3 +755,105 @@ async fn recorded_nab_and_skab_files_replay_through_the_pipeline_and_a_second_re
         nab_rows.len()
     );
 }
+
+/// A stored archive rescored with another model version: every reading once
+/// in table=rescored, tagged with the new version; the original scores stay;
+/// a second run replaces its output instead of duplicating it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescoring_an_archive_writes_a_separate_table_and_never_touches_the_original() {
+    use arrow_array::{Array, StringArray};
+    use inference_hub::archive::{Table, read_table};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = HubConfig::for_dir("orig", &dir.path().join("hub"));
+    cfg.mqtt.enabled = false;
+    let hub = inference_hub::start(cfg).await.unwrap();
+    let client = reqwest::Client::new();
+    const ROWS: usize = 400;
+    for seq in 1..=10u64 {
+        let mut cols = schemas::ReadingColumns::default();
+        for r in 0..ROWS {
+            // 10 batches x 400 rows over 4 devices, spanning several hours.
+            let ts =
+                1_767_225_600_000_000 + ((seq as i64 - 1) * ROWS as i64 + r as i64) * 10_000_000;
+            cols.push(
+                &format!("dev{}", r % 4),
+                "load",
+                ts,
+                (ts as f64 / 6e8).sin(),
+            );
+        }
+        let (_, body) = schemas::envelope::encode("gw-rs", 1, seq, &cols.finish()).unwrap();
+        assert!(
+            client
+                .post(format!("http://{}/v1/batches", hub.http_addr))
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .is_success()
+        );
+    }
+    let root = hub.archive_root.clone();
+    hub.shutdown().await;
+    let original: usize = read_table(&root, Table::Scored)
+        .unwrap()
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(original, 10 * ROWS);
+
+    let model_dir = dir.path().join("model-v2");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    let bundled = std::path::PathBuf::from(inference_hub::config::bundled_model_dir());
+    std::fs::copy(bundled.join("model.onnx"), model_dir.join("model.onnx")).unwrap();
+    let manifest = std::fs::read_to_string(bundled.join("manifest.json")).unwrap();
+    std::fs::write(
+        model_dir.join("manifest.json"),
+        manifest.replace("\"version\": \"1.0.0\"", "\"version\": \"2.0.0\""),
+    )
+    .unwrap();
+    let opts = inference_hub::rescore::RescoreOptions {
+        archive: root.clone(),
+        model_dir,
+        from_us: None,
+        to_us: None,
+        warmup_readings: 50,
+    };
+    for _ in 0..2 {
+        let mut calls = 0;
+        let report = inference_hub::rescore::run(&opts, |_, _, _| calls += 1).unwrap();
+        assert_eq!(report.readings, (10 * ROWS) as u64);
+        assert!(report.partitions > 1 && calls == report.partitions);
+    }
+    let rescored = read_table(&root, Table::Rescored).unwrap();
+    assert_eq!(
+        rescored.iter().map(|b| b.num_rows()).sum::<usize>(),
+        10 * ROWS,
+        "second run replaced the first"
+    );
+    for b in &rescored {
+        let v = b
+            .column_by_name("model_version")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert!((0..v.len()).all(|i| v.value(i) == "2.0.0"));
+    }
+    let after: Vec<_> = read_table(&root, Table::Scored).unwrap();
+    assert_eq!(after.iter().map(|b| b.num_rows()).sum::<usize>(), original);
+    for b in &after {
+        let v = b
+            .column_by_name("model_version")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert!(
+            (0..v.len()).all(|i| v.value(i) == "1.0.0"),
+            "original scores untouched"
+        );
+    }
+}

@@ -135,11 +135,7 @@ impl Uploader {
     ) -> std::io::Result<Self> {
         let store = settings.connect().map_err(std::io::Error::other)?;
         let (tx, rx) = mpsc::channel::<PathBuf>();
-        for table in [
-            super::Table::Scored,
-            super::Table::Anomalies,
-            super::Table::Shadow,
-        ] {
+        for table in super::Table::ALL {
             for f in super::committed_files(&local_root, table)? {
                 let _ = tx.send(f);
             }
