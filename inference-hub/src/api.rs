@@ -4,9 +4,15 @@
 //! - `GET /metrics`: Prometheus text.
 //! - `GET /v1/devices`: every device with its metrics' last value, score and
 //!   status.
-//! - `GET /v1/anomalies?since=&device=&limit=`: recent anomaly events, newest
-//!   first (`since`: RFC 3339 or epoch milliseconds; `limit` 1..=1000,
-//!   default 100).
+//! - `GET /v1/anomalies?since=&until=&device=&model=&min_severity=&limit=&cursor=`:
+//!   recent anomaly events, newest first (times: RFC 3339 or epoch
+//!   milliseconds; `limit` 1..=1000, default 100). The answer carries
+//!   `next_cursor` (opaque; absent on the last page): pass it as `cursor` for
+//!   the next, older page.
+//! - `GET /v1/stream?device=&types=anomaly,update`: server-sent events, one
+//!   `anomaly` event per anomaly and one `update` per device per batch, with
+//!   ids; a client that reconnects with `Last-Event-ID` first gets the events
+//!   it missed that are still in memory. Keep-alive comments every 15 s.
 //! - `POST /v1/batches`: a batch envelope; answers with the [`BatchAck`] JSON
 //!   (200 durable/duplicate, 400 malformed, 413 too large, 422 invalid
 //!   content, 503 hub cannot make it durable now).
@@ -61,6 +67,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/devices", get(devices))
         .route("/v1/anomalies", get(anomalies))
+        .route("/v1/stream", get(stream))
         .route(
             "/v1/batches",
             post(batches).layer(DefaultBodyLimit::max(body_limit)),
@@ -135,8 +142,29 @@ async fn devices(State(ctx): State<ApiContext>) -> Response {
 #[derive(Debug, Deserialize)]
 struct AnomalyQuery {
     since: Option<String>,
+    until: Option<String>,
     device: Option<String>,
+    model: Option<String>,
+    min_severity: Option<f64>,
     limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// Cursors are opaque to clients: `c` and the hex id of the last event sent.
+fn encode_cursor(id: u64) -> String {
+    format!("c{id:x}")
+}
+
+fn decode_cursor(c: &str) -> Result<u64, ApiError> {
+    c.strip_prefix('c')
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_cursor",
+                "not a cursor this API issued",
+            )
+        })
 }
 
 async fn anomalies(
@@ -153,9 +181,100 @@ async fn anomalies(
             format!("limit must be 1..={MAX_ANOMALY_LIMIT}"),
         ));
     }
-    let since = q.since.as_deref().map(parse_time).transpose()?;
-    let events = ctx.state.anomalies(since, q.device.as_deref(), limit);
-    Ok(Json(serde_json::json!({ "anomalies": events })).into_response())
+    let filter = crate::state::AnomalyFilter {
+        since_us: q.since.as_deref().map(parse_time).transpose()?,
+        until_us: q.until.as_deref().map(parse_time).transpose()?,
+        device: q.device.as_deref(),
+        model: q.model.as_deref(),
+        min_severity: q.min_severity,
+        before_id: q.cursor.as_deref().map(decode_cursor).transpose()?,
+    };
+    // One more than asked tells whether another page exists.
+    let mut events = ctx.state.anomalies(&filter, limit + 1);
+    let next_cursor = (events.len() > limit).then(|| {
+        events.truncate(limit);
+        encode_cursor(events.last().map_or(0, |e| e.id))
+    });
+    Ok(
+        Json(serde_json::json!({ "anomalies": events, "next_cursor": next_cursor }))
+            .into_response(),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamQuery {
+    device: Option<String>,
+    /// Comma-separated: `anomaly`, `update` (default both).
+    types: Option<String>,
+}
+
+async fn stream(
+    State(ctx): State<ApiContext>,
+    headers: axum::http::HeaderMap,
+    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let types: Vec<String> = q
+        .types
+        .as_deref()
+        .unwrap_or("anomaly,update")
+        .split(',')
+        .map(|t| t.trim().to_owned())
+        .collect();
+    if let Some(bad) = types.iter().find(|t| *t != "anomaly" && *t != "update") {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_types",
+            format!("unknown event type '{bad}' (anomaly, update)"),
+        ));
+    }
+    let last_id: u64 = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let (backlog, rx) = ctx.state.subscribe(last_id);
+    let wanted = move |e: &crate::state::StreamEvent| {
+        types.iter().any(|t| t == e.kind) && q.device.as_deref().is_none_or(|d| d == e.device)
+    };
+    let to_sse = |e: crate::state::StreamEvent| {
+        Ok::<Event, std::convert::Infallible>(
+            Event::default()
+                .id(e.id.to_string())
+                .event(e.kind)
+                .data(e.data),
+        )
+    };
+    let state = (backlog.into_iter(), rx, last_id);
+    let events = futures_util::stream::unfold(state, move |(mut backlog, mut rx, mut sent)| {
+        let wanted = wanted.clone();
+        async move {
+            loop {
+                let next = match backlog.next() {
+                    Some(e) => e,
+                    None => match rx.recv().await {
+                        Ok(e) => e,
+                        // A slow client missed events: it can reconnect with
+                        // Last-Event-ID to get those still in memory.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    },
+                };
+                if next.id <= sent {
+                    continue;
+                }
+                sent = next.id;
+                if wanted(&next) {
+                    return Some((to_sse(next), (backlog, rx, sent)));
+                }
+            }
+        }
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response())
 }
 
 fn parse_time(s: &str) -> Result<i64, ApiError> {

@@ -156,6 +156,10 @@ pub struct SeriesUpdate {
 /// One anomaly event, for the API's recent-events view.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AnomalyEvent {
+    /// Assigned by the hub's state when the event is published (increasing;
+    /// the API's cursors and the stream's event ids).
+    #[serde(default)]
+    pub id: u64,
     pub device: String,
     pub metric: String,
     pub ts: String,
@@ -371,6 +375,7 @@ impl Scorer {
             if let (true, Some(score)) = (starts_event, score_of[i]) {
                 let window_start = window_start_of[i];
                 let event = AnomalyEvent {
+                    id: 0,
                     device: device.to_string(),
                     metric: metric.to_string(),
                     ts: format_ts(ts),

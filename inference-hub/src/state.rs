@@ -1,8 +1,13 @@
 //! What the API serves from memory: the latest value, score and status of
-//! every series, and the most recent anomaly events.
+//! every series, the most recent anomaly events, and the live stream.
 //!
 //! Written by the pipeline thread after each batch, read by API handlers.
-//! Bounded: one entry per series and at most `MAX_RECENT_ANOMALIES` events.
+//! Bounded: one entry per series, at most `MAX_RECENT_ANOMALIES` events, and
+//! the last `STREAM_MEMORY` stream events (a client reconnecting with
+//! `Last-Event-ID` gets what it missed if it is still among them).
+//!
+//! Stream events have increasing ids: an `anomaly` event per anomaly, and an
+//! `update` event per device per batch (its metrics' new values).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::RwLock;
@@ -13,6 +18,19 @@ use serde::Serialize;
 use crate::scoring::{AnomalyEvent, SeriesUpdate, format_ts};
 
 pub const MAX_RECENT_ANOMALIES: usize = 10_000;
+/// Stream events kept for clients that reconnect.
+pub const STREAM_MEMORY: usize = 10_000;
+
+/// One event of the live stream.
+#[derive(Debug, Clone)]
+pub struct StreamEvent {
+    pub id: u64,
+    /// `anomaly` or `update`.
+    pub kind: &'static str,
+    pub device: String,
+    /// The JSON body.
+    pub data: String,
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct MetricState {
@@ -39,10 +57,23 @@ struct Device {
     metrics: BTreeMap<String, MetricState>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HubState {
     devices: RwLock<BTreeMap<String, Device>>,
     anomalies: RwLock<VecDeque<AnomalyEvent>>,
+    stream: std::sync::Mutex<(u64, VecDeque<StreamEvent>)>,
+    live: tokio::sync::broadcast::Sender<StreamEvent>,
+}
+
+impl Default for HubState {
+    fn default() -> Self {
+        Self {
+            devices: RwLock::default(),
+            anomalies: RwLock::default(),
+            stream: std::sync::Mutex::new((0, VecDeque::new())),
+            live: tokio::sync::broadcast::channel(4096).0,
+        }
+    }
 }
 
 fn rank(s: &str) -> u8 {
@@ -55,7 +86,8 @@ fn rank(s: &str) -> u8 {
 }
 
 impl HubState {
-    pub fn apply(&self, updates: &[SeriesUpdate], events: Vec<AnomalyEvent>, now_us: i64) {
+    pub fn apply(&self, updates: &[SeriesUpdate], mut events: Vec<AnomalyEvent>, now_us: i64) {
+        self.publish(updates, &mut events);
         {
             let mut devices = self.devices.write().expect("state lock");
             for u in updates {
@@ -84,6 +116,70 @@ impl HubState {
         }
     }
 
+    /// Assigns ids and appends the batch's stream events (anomalies first).
+    fn publish(&self, updates: &[SeriesUpdate], events: &mut [AnomalyEvent]) {
+        let mut by_device: BTreeMap<&str, Vec<serde_json::Value>> = BTreeMap::new();
+        for u in updates {
+            by_device
+                .entry(&u.device)
+                .or_default()
+                .push(serde_json::json!({
+                    "metric": &*u.metric,
+                    "ts": format_ts(u.ts_us),
+                    "value": u.value,
+                    "score": u.score,
+                    "status": u.status,
+                }));
+        }
+        let mut stream = self.stream.lock().expect("stream lock");
+        let push = |stream: &mut (u64, VecDeque<StreamEvent>), kind, device: &str, data: String| {
+            stream.0 += 1;
+            let event = StreamEvent {
+                id: stream.0,
+                kind,
+                device: device.to_owned(),
+                data,
+            };
+            if stream.1.len() == STREAM_MEMORY {
+                stream.1.pop_front();
+            }
+            stream.1.push_back(event.clone());
+            // No subscriber is fine.
+            let _ = self.live.send(event);
+            stream.0
+        };
+        for e in events.iter_mut() {
+            e.id = stream.0 + 1;
+            let data = serde_json::to_string(e).unwrap_or_default();
+            push(&mut stream, "anomaly", &e.device.clone(), data);
+        }
+        for (device, metrics) in by_device {
+            let data = serde_json::json!({"device": device, "metrics": metrics}).to_string();
+            push(&mut stream, "update", device, data);
+        }
+    }
+
+    /// Stream events after `after_id` still in memory, then a receiver for
+    /// the live ones (subscribed first, so nothing falls in between; the
+    /// caller skips ids it has sent).
+    pub fn subscribe(
+        &self,
+        after_id: u64,
+    ) -> (
+        Vec<StreamEvent>,
+        tokio::sync::broadcast::Receiver<StreamEvent>,
+    ) {
+        let stream = self.stream.lock().expect("stream lock");
+        let rx = self.live.subscribe();
+        let backlog = stream
+            .1
+            .iter()
+            .filter(|e| e.id > after_id)
+            .cloned()
+            .collect();
+        (backlog, rx)
+    }
+
     pub fn devices(&self) -> Vec<DeviceState> {
         let devices = self.devices.read().expect("state lock");
         devices
@@ -102,21 +198,32 @@ impl HubState {
             .collect()
     }
 
-    /// Newest first, filtered by event time and device.
-    pub fn anomalies(
-        &self,
-        since_us: Option<i64>,
-        device: Option<&str>,
-        limit: usize,
-    ) -> Vec<AnomalyEvent> {
+    /// Newest first, filtered; `before_id` continues a page (cursor).
+    pub fn anomalies(&self, filter: &AnomalyFilter<'_>, limit: usize) -> Vec<AnomalyEvent> {
         let recent = self.anomalies.read().expect("state lock");
         recent
             .iter()
             .rev()
-            .filter(|e| since_us.is_none_or(|s| e.ts_us >= s))
-            .filter(|e| device.is_none_or(|d| e.device == d))
+            .filter(|e| filter.before_id.is_none_or(|b| e.id < b))
+            .filter(|e| filter.since_us.is_none_or(|s| e.ts_us >= s))
+            .filter(|e| filter.until_us.is_none_or(|u| e.ts_us < u))
+            .filter(|e| filter.device.is_none_or(|d| e.device == d))
+            .filter(|e| filter.model.is_none_or(|m| e.model_id == m))
+            .filter(|e| filter.min_severity.is_none_or(|s| e.severity >= s))
             .take(limit)
             .cloned()
             .collect()
     }
+}
+
+/// Filters of [`HubState::anomalies`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AnomalyFilter<'a> {
+    pub since_us: Option<i64>,
+    pub until_us: Option<i64>,
+    pub device: Option<&'a str>,
+    pub model: Option<&'a str>,
+    pub min_severity: Option<f64>,
+    /// Only events older than this id (the cursor of the previous page).
+    pub before_id: Option<u64>,
 }

@@ -346,6 +346,7 @@ impl MultivariateScorer {
             .and_then(|fc| fc.get(k * f + top))
             .map(|v| mean + f64::from(*v) * std);
         AnomalyEvent {
+            id: 0,
             device: q.device.to_string(),
             metric: self.metrics[top].to_string(),
             ts: format_ts(q.ts),
