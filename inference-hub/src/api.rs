@@ -41,12 +41,15 @@ pub const MAX_ANOMALY_LIMIT: usize = 1000;
 /// `Retry-After` (load shedding) instead of queueing without bound.
 pub const MAX_CONCURRENT_BATCHES: usize = 64;
 
+pub mod access;
+
 #[derive(Debug, Clone)]
 pub struct ApiContext {
     pub intake: IntakeHandle,
     pub state: Arc<HubState>,
     pub stats: Arc<HubStats>,
     pub batch_permits: Arc<tokio::sync::Semaphore>,
+    pub access: Arc<access::Access>,
 }
 
 impl ApiContext {
@@ -56,7 +59,14 @@ impl ApiContext {
             state,
             stats,
             batch_permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_BATCHES)),
+            access: Arc::new(access::Access::open()),
         }
+    }
+
+    /// Applies an access policy (tokens, rate limits, CORS, timeout).
+    pub fn with_access(mut self, access: access::Access) -> Self {
+        self.access = Arc::new(access);
+        self
     }
 }
 
@@ -73,6 +83,10 @@ pub fn router(ctx: ApiContext) -> Router {
             post(batches).layer(DefaultBodyLimit::max(body_limit)),
         )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.access.clone(),
+            access::guard,
+        ))
         .with_state(ctx)
 }
 

@@ -67,12 +67,25 @@ impl Default for HubMqtt {
 #[serde(rename_all = "kebab-case", default)]
 pub struct HubHttp {
     pub listen: SocketAddr,
+    /// Bearer tokens and their scopes (see [`crate::api::access`]).
+    pub tokens: Vec<crate::api::access::TokenConfig>,
+    /// Serve without tokens although the listener is not on loopback.
+    pub allow_anonymous: bool,
+    /// Origins allowed by CORS (`*` for any); empty = no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// Requests running longer are answered 504 (the stream is exempt).
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
 }
 
 impl Default for HubHttp {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".parse().expect("static address"),
+            tokens: Vec::new(),
+            allow_anonymous: false,
+            cors_origins: Vec::new(),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -311,6 +324,35 @@ impl Validate for HubConfig {
                 "scoring.threshold",
                 "must be a positive number",
             ));
+        }
+        if self.http.tokens.is_empty()
+            && !self.http.allow_anonymous
+            && !self.http.listen.ip().is_loopback()
+        {
+            problems.push(ConfigProblem::new(
+                "http.tokens",
+                "the API listens beyond loopback: configure [[http.tokens]] (or set http.allow-anonymous = true on purpose)",
+            ));
+        }
+        for (i, t) in self.http.tokens.iter().enumerate() {
+            if t.digest().is_none() {
+                problems.push(ConfigProblem::new(
+                    format!("http.tokens[{i}].token"),
+                    "give `token` or a 64-hex-digit `token-sha256`",
+                ));
+            }
+            if t.scopes.is_empty() {
+                problems.push(ConfigProblem::new(
+                    format!("http.tokens[{i}].scopes"),
+                    "at least one of read, ingest, admin",
+                ));
+            }
+            if t.rate_limit.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+                problems.push(ConfigProblem::new(
+                    format!("http.tokens[{i}].rate-limit"),
+                    "must be a positive number of requests per second",
+                ));
+            }
         }
         for (i, route) in self.scoring.routes.iter().enumerate() {
             if !route.model_dir.join("manifest.json").is_file() {

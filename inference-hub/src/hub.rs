@@ -103,11 +103,18 @@ pub async fn start(cfg: HubConfig) -> Result<HubHandle, StartError> {
         .await
         .map_err(io("the HTTP listener"))?;
     let http_addr = listener.local_addr().map_err(io("the HTTP listener"))?;
-    let app = api::router(ApiContext::new(
-        intake.clone(),
-        state.clone(),
-        stats.clone(),
-    ));
+    if cfg.http.tokens.is_empty() {
+        tracing::warn!(listen = %http_addr, "the API has no access control (no [[http.tokens]])");
+    }
+    let app = api::router(
+        ApiContext::new(intake.clone(), state.clone(), stats.clone()).with_access(
+            api::access::Access::new(
+                &cfg.http.tokens,
+                cfg.http.cors_origins.clone(),
+                cfg.http.request_timeout,
+            ),
+        ),
+    );
     let mut http_shutdown = shutdown_rx.clone();
     let http = tokio::spawn(async move {
         let served = axum::serve(listener, app)

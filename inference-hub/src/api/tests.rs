@@ -324,3 +324,131 @@ async fn the_stream_delivers_live_events_and_a_reconnect_resumes_after_last_even
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn tokens_scopes_rate_limits_and_cors_guard_every_route_but_health() {
+    use access::{Access, Scope, TokenConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let hub = test_hub(dir.path()).await;
+    let token = |name: &str, scopes: Vec<Scope>, rate: Option<f64>| TokenConfig {
+        name: name.into(),
+        token: Some(format!("secret-{name}")),
+        token_sha256: None,
+        scopes,
+        rate_limit: rate,
+    };
+    let hashed = TokenConfig {
+        token: None,
+        token_sha256: Some(
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(), // ""
+        ),
+        ..token("empty", vec![Scope::Admin], None)
+    };
+    let access = Access::new(
+        &[
+            token("reader", vec![Scope::Read], Some(2.0)),
+            token("gateway", vec![Scope::Ingest], None),
+            hashed,
+        ],
+        vec!["https://dash.example".into()],
+        Duration::from_secs(5),
+    );
+    let app = router(
+        ApiContext::new(hub.intake.clone(), hub.state.clone(), hub.stats.clone())
+            .with_access(access),
+    );
+    let with = |mut req: Request<Body>, t: &str| {
+        req.headers_mut().insert(
+            header::AUTHORIZATION,
+            format!("Bearer {t}").parse().unwrap(),
+        );
+        req
+    };
+    assert_eq!(
+        call(&app, get("/health")).await.0,
+        StatusCode::OK,
+        "health stays open"
+    );
+    let resp = app.clone().oneshot(get("/v1/devices")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.headers()[header::WWW_AUTHENTICATE], "Bearer");
+    assert_eq!(
+        call(&app, with(get("/v1/devices"), "wrong")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&app, with(get("/v1/devices"), "secret-reader"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&app, with(post(envelope_bytes(1, 3)), "secret-reader"))
+            .await
+            .0,
+        StatusCode::FORBIDDEN,
+        "read scope cannot ingest"
+    );
+    assert_eq!(
+        call(&app, with(post(envelope_bytes(1, 3)), "secret-gateway"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&app, with(get("/v1/devices"), "secret-gateway"))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    // The reader's bucket (2/s, burst 2) is spent: 429 with Retry-After.
+    let _ = call(&app, with(get("/v1/devices"), "secret-reader")).await;
+    let resp = app
+        .clone()
+        .oneshot(with(get("/v1/devices"), "secret-reader"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().contains_key(header::RETRY_AFTER));
+    // A token configured by its SHA-256 only.
+    assert_eq!(
+        call(&app, with(get("/v1/anomalies"), "")).await.0,
+        StatusCode::OK
+    );
+    // CORS: preflight and the allowed origin echoed; others get nothing.
+    let mut pre = Request::builder()
+        .method("OPTIONS")
+        .uri("/v1/devices")
+        .body(Body::empty())
+        .unwrap();
+    pre.headers_mut()
+        .insert(header::ORIGIN, "https://dash.example".parse().unwrap());
+    let resp = app.clone().oneshot(pre).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        resp.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "https://dash.example"
+    );
+    let mut other = get("/health");
+    other
+        .headers_mut()
+        .insert(header::ORIGIN, "https://evil.example".parse().unwrap());
+    let resp = app.clone().oneshot(other).await.unwrap();
+    assert!(
+        !resp
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+    );
+    hub.shutdown().await;
+}
+
+#[test]
+fn a_hub_listening_beyond_loopback_without_tokens_is_refused() {
+    let err = schemas::settings::load_str::<HubConfig>(
+        "hub-id = 'h'\ndata-dir = '/tmp/h'\n[http]\nlisten = '0.0.0.0:8080'\n",
+        crate::config::ENV_PREFIX,
+        Vec::new(),
+    )
+    .unwrap_err();
+    assert!(err.0.iter().any(|p| p.path == "http.tokens"), "{err}");
+}
