@@ -9,6 +9,13 @@
 //!   milliseconds; `limit` 1..=1000, default 100). The answer carries
 //!   `next_cursor` (opaque; absent on the last page): pass it as `cursor` for
 //!   the next, older page.
+//! - `GET /v1/devices/{device}/metrics/{metric}/readings?from=&to=&step=&agg=&limit=`:
+//!   readings and scores over a time range (at most 31 days), from the
+//!   committed archive merged with the hub's newest in-memory readings;
+//!   `step` (e.g. `5m`) with `agg` (`mean`, `min`, `max`, `last`, `count`)
+//!   returns one point per step instead, with the bucket's largest score and
+//!   number of anomalous readings. Raw answers are capped at `limit`
+//!   (default 10,000, at most 100,000): a larger range needs a `step`.
 //! - `GET /v1/stream?device=&types=anomaly,update`: server-sent events, one
 //!   `anomaly` event per anomaly and one `update` per device per batch, with
 //!   ids; a client that reconnects with `Last-Event-ID` first gets the events
@@ -50,6 +57,8 @@ pub struct ApiContext {
     pub stats: Arc<HubStats>,
     pub batch_permits: Arc<tokio::sync::Semaphore>,
     pub access: Arc<access::Access>,
+    /// The Parquet archive range queries read (local archives).
+    pub archive_root: Option<std::path::PathBuf>,
 }
 
 impl ApiContext {
@@ -60,7 +69,14 @@ impl ApiContext {
             stats,
             batch_permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_BATCHES)),
             access: Arc::new(access::Access::open()),
+            archive_root: None,
         }
+    }
+
+    /// Lets range queries read the committed archive under `root`.
+    pub fn with_archive(mut self, root: std::path::PathBuf) -> Self {
+        self.archive_root = Some(root);
+        self
     }
 
     /// Applies an access policy (tokens, rate limits, CORS, timeout).
@@ -78,6 +94,10 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/v1/devices", get(devices))
         .route("/v1/anomalies", get(anomalies))
         .route("/v1/stream", get(stream))
+        .route(
+            "/v1/devices/{device}/metrics/{metric}/readings",
+            get(readings),
+        )
         .route(
             "/v1/batches",
             post(batches).layer(DefaultBodyLimit::max(body_limit)),
@@ -213,6 +233,141 @@ async fn anomalies(
         Json(serde_json::json!({ "anomalies": events, "next_cursor": next_cursor }))
             .into_response(),
     )
+}
+
+#[derive(Debug, Deserialize)]
+struct ReadingsQuery {
+    from: Option<String>,
+    to: Option<String>,
+    step: Option<String>,
+    agg: Option<String>,
+    limit: Option<usize>,
+}
+
+pub const MAX_READINGS_LIMIT: usize = 100_000;
+const MAX_RANGE_US: i64 = 31 * 24 * 3_600_000_000;
+
+async fn readings(
+    State(ctx): State<ApiContext>,
+    axum::extract::Path((device, metric)): axum::extract::Path<(String, String)>,
+    query: Result<Query<ReadingsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let now = chrono::Utc::now().timestamp_micros();
+    let to =
+        q.to.as_deref()
+            .map(parse_time)
+            .transpose()?
+            .unwrap_or(now + 1);
+    let from = q
+        .from
+        .as_deref()
+        .map(parse_time)
+        .transpose()?
+        .unwrap_or(to - 24 * 3_600_000_000);
+    let unprocessable =
+        |code, msg: &str| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, msg);
+    if from >= to || to - from > MAX_RANGE_US {
+        return Err(unprocessable(
+            "bad_range",
+            "from must be before to, at most 31 days apart",
+        ));
+    }
+    let limit = q.limit.unwrap_or(10_000);
+    if limit == 0 || limit > MAX_READINGS_LIMIT {
+        return Err(unprocessable("bad_limit", "limit must be 1..=100000"));
+    }
+    let step_us = match q.step.as_deref() {
+        None => None,
+        Some(s) => Some(
+            schemas::settings::parse_duration(s)
+                .ok()
+                .map(|d| d.as_micros() as i64)
+                .filter(|&d| d > 0)
+                .ok_or_else(|| unprocessable("bad_step", "step must be a duration such as 5m"))?,
+        ),
+    };
+    let agg = q.agg.as_deref().unwrap_or("mean");
+    if !["mean", "min", "max", "last", "count"].contains(&agg) {
+        return Err(unprocessable(
+            "bad_agg",
+            "agg must be mean, min, max, last or count",
+        ));
+    }
+    // Archive (committed files) merged with the newest in-memory points.
+    let archive_root = ctx.archive_root.clone();
+    let (d, m) = (device.clone(), metric.clone());
+    let mut points: std::collections::BTreeMap<i64, crate::state::Point> =
+        tokio::task::spawn_blocking(move || match archive_root {
+            Some(root) => crate::archive::read_points(&root, &d, &m, from, to),
+            None => Ok(Default::default()),
+        })
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "query failed",
+            )
+        })?
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "archive_unavailable",
+                "the archive cannot be read",
+            )
+        })?;
+    for p in ctx.state.recent_points(&device, &metric, from, to) {
+        points.insert(p.ts_us, p);
+    }
+    let body = match step_us {
+        None => {
+            if points.len() > limit {
+                return Err(unprocessable(
+                    "too_many_points",
+                    "more readings than limit in this range: narrow it or add a step",
+                ));
+            }
+            let pts: Vec<serde_json::Value> = points
+                .values()
+                .map(|p| {
+                    serde_json::json!({"ts": crate::scoring::format_ts(p.ts_us), "value": p.value, "score": p.score, "status": p.status})
+                })
+                .collect();
+            serde_json::json!({"device": device, "metric": metric, "points": pts})
+        }
+        Some(step) => {
+            let mut buckets: std::collections::BTreeMap<i64, Vec<crate::state::Point>> =
+                Default::default();
+            for p in points.values() {
+                buckets
+                    .entry(p.ts_us.div_euclid(step) * step)
+                    .or_default()
+                    .push(*p);
+            }
+            let pts: Vec<serde_json::Value> = buckets
+                .into_iter()
+                .map(|(start, ps)| {
+                    let values = ps.iter().map(|p| p.value);
+                    let value = match agg {
+                        "min" => values.fold(f64::INFINITY, f64::min),
+                        "max" => values.fold(f64::NEG_INFINITY, f64::max),
+                        "last" => ps.last().map_or(f64::NAN, |p| p.value),
+                        "count" => ps.len() as f64,
+                        _ => values.sum::<f64>() / ps.len() as f64,
+                    };
+                    let max_score = ps.iter().filter_map(|p| p.score).fold(None, |m: Option<f64>, s| {
+                        Some(m.map_or(s, |m| m.max(s)))
+                    });
+                    let anomalous = ps.iter().filter(|p| p.status == schemas::tables::status::ANOMALOUS).count();
+                    serde_json::json!({"ts": crate::scoring::format_ts(start), "value": value, "count": ps.len(), "max_score": max_score, "anomalous": anomalous})
+                })
+                .collect();
+            serde_json::json!({"device": device, "metric": metric, "step": q.step, "agg": agg, "points": pts})
+        }
+    };
+    Ok(Json(body).into_response())
 }
 
 #[derive(Debug, Deserialize)]

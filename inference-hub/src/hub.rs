@@ -107,13 +107,13 @@ pub async fn start(cfg: HubConfig) -> Result<HubHandle, StartError> {
         tracing::warn!(listen = %http_addr, "the API has no access control (no [[http.tokens]])");
     }
     let app = api::router(
-        ApiContext::new(intake.clone(), state.clone(), stats.clone()).with_access(
-            api::access::Access::new(
+        ApiContext::new(intake.clone(), state.clone(), stats.clone())
+            .with_archive(cfg.archive_root())
+            .with_access(api::access::Access::new(
                 &cfg.http.tokens,
                 cfg.http.cors_origins.clone(),
                 cfg.http.request_timeout,
-            ),
-        ),
+            )),
     );
     let mut http_shutdown = shutdown_rx.clone();
     let http = tokio::spawn(async move {

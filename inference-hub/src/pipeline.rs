@@ -120,6 +120,7 @@ impl Pipeline {
         self.stats
             .series
             .store(self.scorer.series_count() as u64, Relaxed);
+        self.state.record_points(&out.scored);
         self.state.apply(&out.updates, out.events, now_us);
         Ok(())
     }

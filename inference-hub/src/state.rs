@@ -20,6 +20,19 @@ use crate::scoring::{AnomalyEvent, SeriesUpdate, format_ts};
 pub const MAX_RECENT_ANOMALIES: usize = 10_000;
 /// Stream events kept for clients that reconnect.
 pub const STREAM_MEMORY: usize = 10_000;
+/// Newest scored readings kept per series for range queries (they cover what
+/// is not yet in a committed Parquet file).
+pub const RECENT_POINTS: usize = 128;
+
+/// One scored reading.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Point {
+    #[serde(skip)]
+    pub ts_us: i64,
+    pub value: f64,
+    pub score: Option<f64>,
+    pub status: &'static str,
+}
 
 /// One event of the live stream.
 #[derive(Debug, Clone)]
@@ -63,6 +76,7 @@ pub struct HubState {
     anomalies: RwLock<VecDeque<AnomalyEvent>>,
     stream: std::sync::Mutex<(u64, VecDeque<StreamEvent>)>,
     live: tokio::sync::broadcast::Sender<StreamEvent>,
+    recent: RwLock<std::collections::HashMap<(String, String), VecDeque<Point>>>,
 }
 
 impl Default for HubState {
@@ -72,6 +86,7 @@ impl Default for HubState {
             anomalies: RwLock::default(),
             stream: std::sync::Mutex::new((0, VecDeque::new())),
             live: tokio::sync::broadcast::channel(4096).0,
+            recent: RwLock::default(),
         }
     }
 }
@@ -114,6 +129,48 @@ impl HubState {
                 recent.push_back(e);
             }
         }
+    }
+
+    /// Keeps the newest scored readings of each series (from a batch of the
+    /// scored table).
+    pub fn record_points(&self, scored: &arrow_array::RecordBatch) {
+        let Ok(view) = ScoredView::new(scored) else {
+            return;
+        };
+        let mut recent = self.recent.write().expect("state lock");
+        for i in 0..scored.num_rows() {
+            let key = (
+                view.device.value(i).to_owned(),
+                view.metric.value(i).to_owned(),
+            );
+            let ring = recent.entry(key).or_default();
+            if ring.len() == RECENT_POINTS {
+                ring.pop_front();
+            }
+            ring.push_back(view.point(i));
+        }
+    }
+
+    /// Kept points of a series in `[from, to)`, oldest first.
+    pub fn recent_points(
+        &self,
+        device: &str,
+        metric: &str,
+        from_us: i64,
+        to_us: i64,
+    ) -> Vec<Point> {
+        let recent = self.recent.read().expect("state lock");
+        let mut out: Vec<Point> = recent
+            .get(&(device.to_owned(), metric.to_owned()))
+            .map(|r| {
+                r.iter()
+                    .filter(|p| p.ts_us >= from_us && p.ts_us < to_us)
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by_key(|p| p.ts_us);
+        out
     }
 
     /// Assigns ids and appends the batch's stream events (anomalies first).
@@ -226,4 +283,54 @@ pub struct AnomalyFilter<'a> {
     pub min_severity: Option<f64>,
     /// Only events older than this id (the cursor of the previous page).
     pub before_id: Option<u64>,
+}
+
+/// Typed access to the columns of a scored-table batch that points need.
+#[derive(Debug)]
+pub struct ScoredView<'a> {
+    pub device: &'a arrow_array::StringArray,
+    pub metric: &'a arrow_array::StringArray,
+    pub ts: &'a arrow_array::TimestampMicrosecondArray,
+    pub value: &'a arrow_array::Float64Array,
+    pub score: &'a arrow_array::Float64Array,
+    pub status: &'a arrow_array::StringArray,
+}
+
+impl<'a> ScoredView<'a> {
+    pub fn new(b: &'a arrow_array::RecordBatch) -> Result<Self, String> {
+        fn col<'b, T: 'static>(
+            b: &'b arrow_array::RecordBatch,
+            name: &str,
+        ) -> Result<&'b T, String> {
+            b.column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<T>())
+                .ok_or_else(|| format!("no {name} column of the expected type"))
+        }
+        use schemas::tables as t;
+        Ok(Self {
+            device: col(b, t::DEVICE)?,
+            metric: col(b, t::METRIC)?,
+            ts: col(b, t::TS)?,
+            value: col(b, t::VALUE)?,
+            score: col(b, t::SCORE)?,
+            status: col(b, t::STATUS)?,
+        })
+    }
+
+    pub fn point(&self, i: usize) -> Point {
+        use arrow_array::Array;
+        let status = match self.status.value(i) {
+            status::OK => status::OK,
+            status::ANOMALOUS => status::ANOMALOUS,
+            status::UNSCORED => status::UNSCORED,
+            status::LATE => status::LATE,
+            _ => status::WARMING_UP,
+        };
+        Point {
+            ts_us: self.ts.value(i),
+            value: self.value.value(i),
+            score: self.score.is_valid(i).then(|| self.score.value(i)),
+            status,
+        }
+    }
 }

@@ -452,3 +452,74 @@ fn a_hub_listening_beyond_loopback_without_tokens_is_refused() {
     .unwrap_err();
     assert!(err.0.iter().any(|p| p.path == "http.tokens"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_over_a_range_merge_the_archive_with_memory_and_downsample() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = HubConfig::for_dir("range", dir.path());
+    cfg.mqtt.enabled = false;
+    cfg.archive.max_file_age = Duration::from_millis(100);
+    let hub = crate::hub::start(cfg).await.unwrap();
+    let app = router(
+        ApiContext::new(hub.intake.clone(), hub.state.clone(), hub.stats.clone())
+            .with_archive(hub.archive_root.clone()),
+    );
+    let t0 = 1_700_000_000_000_000i64 - 1_700_000_000_000_000 % 3_600_000_000; // an hour start
+    for seq in 0..3u64 {
+        let mut cols = ReadingColumns::default();
+        for i in 0..100 {
+            let ts = t0 + (seq as i64 * 100 + i) * 60_000_000;
+            cols.push("pump-7", "temp", ts, 20.0 + (i as f64 / 7.0).sin());
+        }
+        let (_, bytes) = envelope::encode("gw-range", 1, seq + 1, &cols.finish()).unwrap();
+        assert_eq!(call(&app, post(bytes)).await.0, StatusCode::OK);
+    }
+    let stats = hub.stats.clone();
+    for _ in 0..100 {
+        if stats
+            .readings_archived
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 300
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await; // files committed
+    let base = "/v1/devices/pump-7/metrics/temp/readings";
+    let range = format!("from={}&to={}", t0 / 1000, (t0 + 6 * 3_600_000_000) / 1000);
+    let (status, body) = call(&app, get(&format!("{base}?{range}"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let points = body["points"].as_array().unwrap();
+    assert_eq!(
+        points.len(),
+        300,
+        "archive and memory merged, no duplicates"
+    );
+    assert!(
+        points
+            .windows(2)
+            .all(|w| w[0]["ts"].as_str() < w[1]["ts"].as_str())
+    );
+    let (_, body) = call(&app, get(&format!("{base}?{range}&step=1h&agg=count"))).await;
+    let buckets = body["points"].as_array().unwrap();
+    assert_eq!(buckets.len(), 5);
+    assert_eq!(
+        buckets
+            .iter()
+            .map(|b| b["value"].as_f64().unwrap())
+            .sum::<f64>(),
+        300.0
+    );
+    assert_eq!(buckets[0]["count"], 60);
+    for (query, code) in [
+        (format!("{range}&limit=10"), "too_many_points"),
+        (format!("{range}&step=1h&agg=median"), "bad_agg"),
+        ("from=0&to=99999999999999".to_string(), "bad_range"),
+    ] {
+        let (status, body) = call(&app, get(&format!("{base}?{query}"))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
+        assert_eq!(body["error"]["code"], code);
+    }
+    hub.shutdown().await;
+}
