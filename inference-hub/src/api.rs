@@ -49,6 +49,7 @@ pub const MAX_ANOMALY_LIMIT: usize = 1000;
 pub const MAX_CONCURRENT_BATCHES: usize = 64;
 
 pub mod access;
+pub mod openapi;
 
 #[derive(Debug, Clone)]
 pub struct ApiContext {
@@ -86,23 +87,32 @@ impl ApiContext {
     }
 }
 
+/// The handler of a documented route (see [`openapi::ROUTES`]).
+fn handler(
+    route: &openapi::RouteDoc,
+    body_limit: usize,
+) -> axum::routing::MethodRouter<ApiContext> {
+    match (route.method, route.path) {
+        ("get", "/health") => get(health),
+        ("get", "/metrics") => get(metrics),
+        ("get", "/v1/openapi.json") => get(|| async { Json(openapi::document()) }),
+        ("get", "/v1/devices") => get(devices),
+        ("get", "/v1/anomalies") => get(anomalies),
+        ("get", "/v1/stream") => get(stream),
+        ("get", "/v1/devices/{device}/metrics/{metric}/readings") => get(readings),
+        ("post", "/v1/batches") => post(batches).layer(DefaultBodyLimit::max(body_limit)),
+        (method, path) => unreachable!("documented route {method} {path} has no handler"),
+    }
+}
+
+/// The router, built from the documented routes.
 pub fn router(ctx: ApiContext) -> Router {
     let body_limit = ctx.intake.limits().max_envelope_bytes;
-    Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/v1/devices", get(devices))
-        .route("/v1/anomalies", get(anomalies))
-        .route("/v1/stream", get(stream))
-        .route(
-            "/v1/devices/{device}/metrics/{metric}/readings",
-            get(readings),
-        )
-        .route(
-            "/v1/batches",
-            post(batches).layer(DefaultBodyLimit::max(body_limit)),
-        )
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+    let mut app = Router::new();
+    for route in openapi::ROUTES {
+        app = app.route(route.path, handler(route, body_limit));
+    }
+    app.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::middleware::from_fn_with_state(
             ctx.access.clone(),
             access::guard,
