@@ -93,6 +93,12 @@ fn handler(
     body_limit: usize,
 ) -> axum::routing::MethodRouter<ApiContext> {
     match (route.method, route.path) {
+        ("get", "/") => get(|| async {
+            (
+                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                include_str!("api/dashboard.html"),
+            )
+        }),
         ("get", "/health") => get(health),
         ("get", "/metrics") => get(metrics),
         ("get", "/v1/openapi.json") => get(|| async { Json(openapi::document()) }),

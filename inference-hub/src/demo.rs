@@ -319,6 +319,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
         hub.http_addr
     );
     println!("          curl http://{}/v1/devices", hub.http_addr);
+    println!(
+        "          dashboard: http://{}/   MQTT broker: 127.0.0.1:{broker_port} (devices publish to site1/<device>/<metric>)",
+        hub.http_addr
+    );
     println!("Parquet:  {}", hub.archive_root.display());
     println!("model:    {} {}", hub.model_id, hub.model_version);
 

@@ -30,6 +30,29 @@ use crate::stats::HubStats;
 use crate::wal::Wal;
 
 /// A batch that is durable in the WAL at `pos`.
+/// A batch handed to the sequencer, waiting for its answer.
+#[derive(Debug)]
+pub struct Queued {
+    header: schemas::envelope::BatchHeader,
+    answer: oneshot::Receiver<Result<AckStatus, SubmitError>>,
+}
+
+impl Queued {
+    /// Waits until the batch is durable (or a known duplicate).
+    pub async fn answer(self) -> Result<BatchAck, SubmitError> {
+        let status = self
+            .answer
+            .await
+            .map_err(|_| SubmitError::Unavailable("intake is shut down"))??;
+        Ok(BatchAck {
+            gateway: self.header.gateway,
+            incarnation: self.header.incarnation,
+            seq: self.header.seq,
+            status,
+        })
+    }
+}
+
 #[derive(Debug)]
 pub struct DurableBatch {
     pub pos: u64,
@@ -84,6 +107,14 @@ impl IntakeHandle {
     /// Verifies the envelope and waits until it is durable (or known to be a
     /// duplicate of a durable batch).
     pub async fn submit(&self, raw: Bytes) -> Result<BatchAck, SubmitError> {
+        self.enqueue(raw).await?.answer().await
+    }
+
+    /// Verifies the envelope and hands it to the sequencer, returning once it
+    /// is queued; the answer comes from [`Queued::answer`]. Calling this in
+    /// arrival order keeps a gateway's batches in that order in the WAL (and
+    /// so in scoring), while the waits for durability overlap.
+    pub async fn enqueue(&self, raw: Bytes) -> Result<Queued, SubmitError> {
         let batch = match envelope::decode(&raw, &self.limits) {
             Ok(b) => b,
             Err(e) => {
@@ -109,15 +140,7 @@ impl IntakeHandle {
             .send(Message::Batch(Request { batch, raw, reply }))
             .await
             .map_err(|_| SubmitError::Unavailable("intake is shut down"))?;
-        let status = answer
-            .await
-            .map_err(|_| SubmitError::Unavailable("intake is shut down"))??;
-        Ok(BatchAck {
-            gateway: header.gateway,
-            incarnation: header.incarnation,
-            seq: header.seq,
-            status,
-        })
+        Ok(Queued { header, answer })
     }
 
     pub fn limits(&self) -> DecodeLimits {

@@ -74,9 +74,17 @@ pub async fn run(
                     ack_prefix.clone(),
                     acker.clone(),
                 );
+                // Verified and queued here, in arrival order (a gateway's
+                // batches reach the WAL, and scoring, in the order it sent
+                // them); only the waits for durability run concurrently.
+                let queued = intake.enqueue(publish.payload.clone()).await;
                 tokio::spawn(async move {
                     let _permit = permit;
-                    match intake.submit(publish.payload.clone()).await {
+                    let answer = match queued {
+                        Ok(q) => q.answer().await,
+                        Err(e) => Err(e),
+                    };
+                    match answer {
                         Ok(ack) | Err(SubmitError::Rejected { ack, .. }) => {
                             let topic = format!("{ack_prefix}{}", ack.gateway);
                             let body = serde_json::to_vec(&ack).expect("ack serialises");

@@ -2,7 +2,10 @@
 //! per-token rate limits, CORS and a request timeout.
 //!
 //! Scopes: `read` (every `GET /v1/...` and `/metrics`), `ingest`
-//! (`POST /v1/batches`), `admin` (everything). `/health` is always open.
+//! (`POST /v1/batches`), `admin` (everything). `/health` and the dashboard
+//! page `/` (static; its API calls carry the token) are always open. The
+//! stream also accepts `?access_token=` (browsers' EventSource cannot send
+//! headers).
 //! Without configured tokens the API is open; the configuration refuses that
 //! unless the listener is on loopback or `allow-anonymous = true` says so on
 //! purpose (the demo runs open on loopback and prints it). Tokens are
@@ -108,7 +111,7 @@ impl Access {
 
     fn required_scope(method: &Method, path: &str) -> Option<Scope> {
         match (method, path) {
-            (_, "/health") => None,
+            (_, "/health" | "/") => None,
             (&Method::POST, "/v1/batches") => Some(Scope::Ingest),
             (&Method::GET | &Method::HEAD, _) => Some(Scope::Read),
             _ => Some(Scope::Admin),
@@ -213,12 +216,22 @@ fn check(access: &Access, req: &Request<Body>) -> Option<Response> {
     if access.tokens.is_empty() {
         return None;
     }
+    // Browsers' EventSource cannot set headers: the stream also takes the
+    // token as `access_token` in its query.
+    let from_query = (req.uri().path() == "/v1/stream")
+        .then(|| {
+            req.uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token=")))
+        })
+        .flatten();
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .map(str::trim)
+        .or(from_query);
     let Some(cfg) = presented.and_then(|t| access.token(t)) else {
         let mut resp = ApiError::new(
             StatusCode::UNAUTHORIZED,

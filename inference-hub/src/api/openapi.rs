@@ -63,6 +63,15 @@ const ERRORS_READ: &[(u16, &str)] = &[
 pub const ROUTES: &[RouteDoc] = &[
     RouteDoc {
         method: "get",
+        path: "/",
+        summary: "The web dashboard (a static page; it calls the API with the token given as #token=...)",
+        scope: None,
+        params: &[],
+        responses: &[(200, "HTML page")],
+        produces: "text/html",
+    },
+    RouteDoc {
+        method: "get",
         path: "/health",
         summary: "Liveness and durability: 503 when the WAL or the archive cannot be written",
         scope: None,
