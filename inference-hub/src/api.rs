@@ -50,6 +50,7 @@ pub const MAX_CONCURRENT_BATCHES: usize = 64;
 
 pub mod access;
 pub mod openapi;
+pub mod query;
 
 #[derive(Debug, Clone)]
 pub struct ApiContext {
@@ -105,6 +106,7 @@ fn handler(
         ("get", "/v1/devices") => get(devices),
         ("get", "/v1/anomalies") => get(anomalies),
         ("get", "/v1/stream") => get(stream),
+        ("get", "/v1/query") => get(query::query),
         ("get", "/v1/devices/{device}/metrics/{metric}/readings") => get(readings),
         ("post", "/v1/batches") => post(batches).layer(DefaultBodyLimit::max(body_limit)),
         (method, path) => unreachable!("documented route {method} {path} has no handler"),

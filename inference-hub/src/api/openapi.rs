@@ -51,6 +51,16 @@ const fn p(name: &'static str, description: &'static str) -> Param {
     }
 }
 
+const ERRORS_READ_ARCHIVE: &[(u16, &str)] = &[
+    (200, "OK"),
+    (400, "malformed query"),
+    (401, "no or unknown bearer token"),
+    (403, "the token lacks the read scope"),
+    (422, "a parameter is out of range"),
+    (429, "the token is over its rate limit"),
+    (503, "the archive cannot be read"),
+];
+
 const ERRORS_READ: &[(u16, &str)] = &[
     (200, "OK"),
     (400, "malformed query"),
@@ -135,7 +145,7 @@ pub const ROUTES: &[RouteDoc] = &[
                 "most raw points returned (default 10000, max 100000)",
             ),
         ],
-        responses: ERRORS_READ,
+        responses: ERRORS_READ_ARCHIVE,
         produces: "application/json",
     },
     RouteDoc {
@@ -177,6 +187,34 @@ pub const ROUTES: &[RouteDoc] = &[
         ],
         responses: ERRORS_READ,
         produces: "text/event-stream",
+    },
+    RouteDoc {
+        method: "get",
+        path: "/v1/query",
+        summary: "Ad-hoc reads of the archive: one table, a time range, filters, projection; JSON, JSON Lines, CSV or Parquet, streamed",
+        scope: Some("read"),
+        params: &[
+            q("table", "scored (default), anomalies, shadow or rescored"),
+            q(
+                "from",
+                "range start, required: RFC 3339 or epoch milliseconds",
+            ),
+            q(
+                "to",
+                "range end, exclusive, required; at most 31 days after from",
+            ),
+            q("device", "only this device"),
+            q("metric", "only this metric"),
+            q("status", "only this status (scored tables)"),
+            q("columns", "comma-separated columns (default all)"),
+            q("limit", "most rows (default 100000, max 1000000)"),
+            q(
+                "format",
+                "json (default), jsonl, csv or parquet; or use Accept",
+            ),
+        ],
+        responses: ERRORS_READ_ARCHIVE,
+        produces: "application/json",
     },
     RouteDoc {
         method: "post",

@@ -602,3 +602,113 @@ async fn every_route_is_in_the_openapi_document_and_answers_as_documented() {
     }
     hub.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_query_endpoint_streams_json_jsonl_csv_and_parquet_with_filters_and_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = HubConfig::for_dir("query", dir.path());
+    cfg.mqtt.enabled = false;
+    cfg.archive.max_file_age = Duration::from_millis(50);
+    let hub = crate::hub::start(cfg).await.unwrap();
+    let app = router(
+        ApiContext::new(hub.intake.clone(), hub.state.clone(), hub.stats.clone())
+            .with_archive(hub.archive_root.clone()),
+    );
+    let t0 = 1_700_000_000_000_000i64;
+    let mut cols = ReadingColumns::default();
+    for i in 0..200 {
+        let device = if i % 2 == 0 {
+            "pump-a"
+        } else {
+            "pump-b, \"quoted\""
+        };
+        cols.push(device, "temp", t0 + i * 1_000_000, i as f64);
+    }
+    let (_, bytes) = envelope::encode("gw-q", 1, 1, &cols.finish()).unwrap();
+    assert_eq!(call(&app, post(bytes)).await.0, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    hub.shutdown().await; // commits everything
+    let range = format!("from={}&to={}", t0 / 1000, (t0 + 3_600_000_000) / 1000);
+
+    let (status, body) = call(
+        &app,
+        get(&format!(
+            "/v1/query?{range}&device=pump-a&columns=device,value"
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rows = body.as_array().unwrap();
+    assert_eq!(rows.len(), 100);
+    assert!(
+        rows.iter()
+            .all(|r| r["device"] == "pump-a" && r.as_object().unwrap().len() == 2)
+    );
+
+    let resp = app
+        .clone()
+        .oneshot(get(&format!("/v1/query?{range}&format=jsonl&limit=7")))
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/x-ndjson");
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert_eq!(text.lines().count(), 7, "the limit holds");
+
+    let mut req = get(&format!("/v1/query?{range}&columns=device,ts,value"));
+    req.headers_mut()
+        .insert(header::ACCEPT, "text/csv".parse().unwrap());
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("device,ts,value"));
+    assert_eq!(text.lines().count(), 201);
+    assert!(text.contains("\"pump-b, \"\"quoted\"\"\""), "CSV quoting");
+
+    let resp = app
+        .clone()
+        .oneshot(get(&format!(
+            "/v1/query?{range}&format=parquet&columns=value"
+        )))
+        .await
+        .unwrap();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .unwrap()
+        .build()
+        .unwrap();
+    assert_eq!(reader.map(|b| b.unwrap().num_rows()).sum::<usize>(), 200);
+
+    for (q, code) in [
+        ("columns=nope".to_string(), "bad_column"),
+        ("format=xml".to_string(), "bad_format"),
+        ("table=secrets".to_string(), "bad_table"),
+        ("limit=0".to_string(), "bad_limit"),
+    ] {
+        let (status, body) = call(&app, get(&format!("/v1/query?{range}&{q}"))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{q}: {body}");
+        assert_eq!(body["error"]["code"], code);
+    }
+    let (status, _) = call(&app, get("/v1/query?from=0&to=1")).await;
+    assert_eq!(status, StatusCode::OK, "an empty range is an empty answer");
+    let (status, body) = call(&app, get("/v1/query")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("bad_range"))
+    );
+}

@@ -1,0 +1,401 @@
+//! `GET /v1/query`: ad-hoc reads of the archive, a documented safe subset
+//! instead of SQL (DataFusion would add a large build to every CI run and a
+//! query planner to the attack surface).
+//!
+//! One table, an event-time range (required, at most 31 days), equality
+//! filters on device, metric and status, a column projection, and a row
+//! limit. Output by `format` (or `Accept`): JSON (an array), JSON Lines, CSV
+//! or Parquet. Rows are produced file by file on a blocking thread and
+//! streamed (JSON, JSON Lines, CSV) as they are read; Parquet is assembled in
+//! memory (bounded by the row limit) because its footer comes last. Limits:
+//! `limit` rows (default 100,000, at most 1,000,000) and the request timeout;
+//! a query that touches more than `MAX_FILES` files is refused with 422.
+
+use std::path::PathBuf;
+
+use arrow_array::{Array, RecordBatch};
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::{ApiContext, ApiError, parse_time};
+use crate::archive::{self, PartitionKey, Table};
+
+pub const MAX_QUERY_ROWS: usize = 1_000_000;
+const MAX_FILES: usize = 10_000;
+const MAX_RANGE_US: i64 = 31 * 24 * 3_600_000_000;
+
+#[derive(Debug, Deserialize)]
+pub struct QueryParams {
+    table: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    device: Option<String>,
+    metric: Option<String>,
+    status: Option<String>,
+    /// Comma-separated column names (default: all).
+    columns: Option<String>,
+    limit: Option<usize>,
+    /// json, jsonl, csv or parquet (default: from Accept, else json).
+    format: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    JsonLines,
+    Csv,
+    Parquet,
+}
+
+impl Format {
+    fn content_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/json",
+            Format::JsonLines => "application/x-ndjson",
+            Format::Csv => "text/csv; charset=utf-8",
+            Format::Parquet => "application/vnd.apache.parquet",
+        }
+    }
+}
+
+fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+}
+
+pub async fn query(
+    State(ctx): State<ApiContext>,
+    headers: axum::http::HeaderMap,
+    params: Result<Query<QueryParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) =
+        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let table = match q.table.as_deref().unwrap_or("scored") {
+        "scored" => Table::Scored,
+        "anomalies" => Table::Anomalies,
+        "shadow" => Table::Shadow,
+        "rescored" => Table::Rescored,
+        other => {
+            return Err(bad(
+                "bad_table",
+                format!("unknown table '{other}' (scored, anomalies, shadow, rescored)"),
+            ));
+        }
+    };
+    let (Some(from), Some(to)) = (q.from.as_deref(), q.to.as_deref()) else {
+        return Err(bad("bad_range", "from and to are required"));
+    };
+    let (from, to) = (parse_time(from)?, parse_time(to)?);
+    if from >= to || to - from > MAX_RANGE_US {
+        return Err(bad(
+            "bad_range",
+            "from must be before to, at most 31 days apart",
+        ));
+    }
+    let limit = q.limit.unwrap_or(100_000);
+    if limit == 0 || limit > MAX_QUERY_ROWS {
+        return Err(bad(
+            "bad_limit",
+            format!("limit must be 1..={MAX_QUERY_ROWS}"),
+        ));
+    }
+    let schema = table.schema();
+    let columns: Vec<String> = match q.columns.as_deref() {
+        None | Some("") => schema.fields().iter().map(|f| f.name().clone()).collect(),
+        Some(list) => list.split(',').map(|c| c.trim().to_owned()).collect(),
+    };
+    if let Some(unknown) = columns.iter().find(|c| schema.index_of(c).is_err()) {
+        return Err(bad(
+            "bad_column",
+            format!("no column '{unknown}' in {}", table.name()),
+        ));
+    }
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let format = match q.format.as_deref() {
+        Some("json") => Format::Json,
+        Some("jsonl") => Format::JsonLines,
+        Some("csv") => Format::Csv,
+        Some("parquet") => Format::Parquet,
+        Some(other) => {
+            return Err(bad(
+                "bad_format",
+                format!("unknown format '{other}' (json, jsonl, csv, parquet)"),
+            ));
+        }
+        None if accept.contains("text/csv") => Format::Csv,
+        None if accept.contains("ndjson") => Format::JsonLines,
+        None if accept.contains("parquet") => Format::Parquet,
+        None => Format::Json,
+    };
+    let Some(root) = ctx.archive_root.clone() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_archive",
+            "this hub serves no local archive",
+        ));
+    };
+    let mut files: Vec<PathBuf> = Vec::new();
+    for hour in from.div_euclid(3_600_000_000)..=(to - 1).div_euclid(3_600_000_000) {
+        let dir = PartitionKey { table, hour }.dir(&root);
+        files.extend(
+            archive::walk_files(&dir)
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "archive_unavailable",
+                        "the archive cannot be read",
+                    )
+                })?
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "parquet")),
+        );
+        if files.len() > MAX_FILES {
+            return Err(bad(
+                "too_many_files",
+                "the range touches too many files: narrow it",
+            ));
+        }
+    }
+    let filter = Filter {
+        from,
+        to,
+        device: q.device,
+        metric: q.metric,
+        status: q.status,
+        columns,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || produce(files, filter, limit, format, tx));
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, format.content_type())],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+struct Filter {
+    from: i64,
+    to: i64,
+    device: Option<String>,
+    metric: Option<String>,
+    status: Option<String>,
+    columns: Vec<String>,
+}
+
+impl Filter {
+    /// The matching rows of `batch`, projected.
+    fn apply(&self, batch: &RecordBatch) -> std::io::Result<RecordBatch> {
+        use arrow_array::{StringArray, TimestampMicrosecondArray};
+        let ts = batch
+            .column_by_name(schemas::tables::TS)
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+            .ok_or_else(|| std::io::Error::other("no ts column"))?;
+        let eq = |name: &str, want: &Option<String>, i: usize| -> bool {
+            match want {
+                None => true,
+                Some(w) => batch
+                    .column_by_name(name)
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                    .is_some_and(|c| c.is_valid(i) && c.value(i) == w),
+            }
+        };
+        let keep: Vec<u32> = (0..batch.num_rows())
+            .filter(|&i| {
+                let t = ts.value(i);
+                t >= self.from
+                    && t < self.to
+                    && eq(schemas::tables::DEVICE, &self.device, i)
+                    && eq(schemas::tables::METRIC, &self.metric, i)
+                    && eq(schemas::tables::STATUS, &self.status, i)
+            })
+            .map(|i| i as u32)
+            .collect();
+        let idx = arrow_array::UInt32Array::from(keep);
+        let schema = batch.schema();
+        let mut fields = Vec::new();
+        let mut cols = Vec::new();
+        for c in &self.columns {
+            // A file older than a column has none: nulls.
+            let (field, col) = match schema.index_of(c) {
+                Ok(i) => (
+                    schema.field(i).clone(),
+                    arrow_select::take::take(batch.column(i).as_ref(), &idx, None)
+                        .map_err(std::io::Error::other)?,
+                ),
+                Err(_) => return Err(std::io::Error::other(format!("file lacks column {c}"))),
+            };
+            fields.push(field);
+            cols.push(col);
+        }
+        RecordBatch::try_new(std::sync::Arc::new(arrow_schema::Schema::new(fields)), cols)
+            .map_err(std::io::Error::other)
+    }
+}
+
+fn produce(
+    files: Vec<PathBuf>,
+    filter: Filter,
+    limit: usize,
+    format: Format,
+    tx: tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
+) {
+    let send = |b: Vec<u8>| tx.blocking_send(Ok(bytes::Bytes::from(b))).is_ok();
+    let mut left = limit;
+    let mut first = true;
+    let mut parquet_parts: Vec<RecordBatch> = Vec::new();
+    let opening = match format {
+        Format::Json => Some(b"[".to_vec()),
+        Format::Csv => Some(format!("{}\n", filter.columns.join(",")).into_bytes()),
+        Format::JsonLines | Format::Parquet => None,
+    };
+    if let Some(head) = opening
+        && !send(head)
+    {
+        return;
+    }
+    'files: for f in files {
+        let batches = match archive::read_file(&f) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        for b in batches {
+            let rows = match filter.apply(&b) {
+                Ok(r) if r.num_rows() > left => r.slice(0, left),
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            if rows.num_rows() == 0 {
+                continue;
+            }
+            left -= rows.num_rows();
+            let chunk = match format {
+                Format::Parquet => {
+                    parquet_parts.push(rows);
+                    None
+                }
+                Format::Csv => Some(csv_rows(&rows)),
+                Format::Json | Format::JsonLines => {
+                    let mut out = Vec::new();
+                    for obj in json_rows(&rows) {
+                        if format == Format::Json && !first {
+                            out.push(b',');
+                        }
+                        first = false;
+                        out.extend_from_slice(obj.to_string().as_bytes());
+                        if format == Format::JsonLines {
+                            out.push(b'\n');
+                        }
+                    }
+                    Some(out)
+                }
+            };
+            if let Some(c) = chunk
+                && !send(c)
+            {
+                return;
+            }
+            if left == 0 {
+                break 'files;
+            }
+        }
+    }
+    match format {
+        Format::Json => {
+            let _ = send(b"]".to_vec());
+        }
+        Format::Parquet => {
+            let schema = parquet_parts.first().map_or_else(
+                || {
+                    std::sync::Arc::new(
+                        arrow_schema::Schema::new(Vec::<arrow_schema::Field>::new()),
+                    )
+                },
+                |b| b.schema(),
+            );
+            let mut buf = Vec::new();
+            let written =
+                parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None).and_then(|mut w| {
+                    for b in &parquet_parts {
+                        w.write(b)?;
+                    }
+                    w.close().map(|_| ())
+                });
+            match written {
+                Ok(()) => {
+                    let _ = send(buf);
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e)));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn cell(col: &dyn Array, i: usize) -> serde_json::Value {
+    use arrow_array::{Float64Array, StringArray, TimestampMicrosecondArray, UInt64Array};
+    if col.is_null(i) {
+        return serde_json::Value::Null;
+    }
+    let any = col.as_any();
+    if let Some(a) = any.downcast_ref::<StringArray>() {
+        serde_json::json!(a.value(i))
+    } else if let Some(a) = any.downcast_ref::<Float64Array>() {
+        serde_json::json!(a.value(i))
+    } else if let Some(a) = any.downcast_ref::<UInt64Array>() {
+        serde_json::json!(a.value(i))
+    } else if let Some(a) = any.downcast_ref::<TimestampMicrosecondArray>() {
+        serde_json::json!(crate::scoring::format_ts(a.value(i)))
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+fn json_rows(b: &RecordBatch) -> Vec<serde_json::Value> {
+    let schema = b.schema();
+    (0..b.num_rows())
+        .map(|i| {
+            let mut obj = serde_json::Map::new();
+            for (f, c) in schema.fields().iter().zip(b.columns()) {
+                obj.insert(f.name().clone(), cell(c.as_ref(), i));
+            }
+            serde_json::Value::Object(obj)
+        })
+        .collect()
+}
+
+fn csv_rows(b: &RecordBatch) -> Vec<u8> {
+    let mut out = String::new();
+    for i in 0..b.num_rows() {
+        let cells: Vec<String> = b
+            .columns()
+            .iter()
+            .map(|c| match cell(c.as_ref(), i) {
+                serde_json::Value::Null => String::new(),
+                serde_json::Value::String(s) if s.contains([',', '"', '\n']) => {
+                    format!("\"{}\"", s.replace('"', "\"\""))
+                }
+                serde_json::Value::String(s) => s,
+                v => v.to_string(),
+            })
+            .collect();
+        out.push_str(&cells.join(","));
+        out.push('\n');
+    }
+    out.into_bytes()
+}
