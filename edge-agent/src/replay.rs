@@ -191,7 +191,7 @@ pub fn read(path: &Path, o: &CsvOptions) -> anyhow::Result<Recording> {
         Some("csv") => read_csv(path, o),
         Some("jsonl" | "ndjson") => read_jsonl(path),
         Some("parquet") => bail!(
-            "{}: Parquet recordings are read by the hub's tools (the edge agent does not link Parquet); convert to CSV or use `inference-hub` rescore",
+            "{}: Parquet recordings (our archive included) are replayed by `inference-hub replay` (the edge agent links no Parquet)",
             path.display()
         ),
         _ => bail!("{}: expected .csv or .jsonl", path.display()),

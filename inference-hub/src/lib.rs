@@ -14,6 +14,8 @@
 //! - [`archive`]: partitioned Parquet files with an atomic commit protocol.
 //! - [`mqtt_intake`], [`api`]: the transports and the dashboard API.
 //! - [`hub`]: start-up (recovery) and shutdown order.
+//! - [`replay_parquet`]: Parquet recordings (our archive included) for
+//!   replay through the agent library.
 //! - [`rescore`]: an archived range through another model, into
 //!   `table=rescored`.
 //! - [`eval`]: detection quality on labelled recordings (NAB, SKAB) through
@@ -34,6 +36,7 @@ pub mod intake;
 pub mod model;
 pub mod mqtt_intake;
 pub mod pipeline;
+pub mod replay_parquet;
 pub mod rescore;
 pub mod scoring;
 pub mod state;
