@@ -104,6 +104,7 @@ fn handler(
         ("get", "/metrics") => get(metrics),
         ("get", "/v1/openapi.json") => get(|| async { Json(openapi::document()) }),
         ("get", "/v1/devices") => get(devices),
+        ("get", "/v1/devices/{device}") => get(device),
         ("get", "/v1/anomalies") => get(anomalies),
         ("get", "/v1/stream") => get(stream),
         ("get", "/v1/query") => get(query::query),
@@ -189,6 +190,22 @@ async fn metrics(State(ctx): State<ApiContext>) -> Response {
 
 async fn devices(State(ctx): State<ApiContext>) -> Response {
     Json(serde_json::json!({ "devices": ctx.state.devices() })).into_response()
+}
+
+async fn device(
+    State(ctx): State<ApiContext>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    ctx.state
+        .device(&name)
+        .map(|d| Json(d).into_response())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_device",
+                format!("no device '{name}'"),
+            )
+        })
 }
 
 #[derive(Debug, Deserialize)]

@@ -121,7 +121,12 @@ impl Pipeline {
             .series
             .store(self.scorer.series_count() as u64, Relaxed);
         self.state.record_points(&out.scored);
-        self.state.apply(&out.updates, out.events, now_us);
+        self.state.apply_from(
+            &out.updates,
+            out.events,
+            now_us,
+            &durable.batch.header.gateway,
+        );
         Ok(())
     }
 

@@ -151,6 +151,8 @@ pub struct SeriesUpdate {
     pub value: f64,
     pub score: Option<f64>,
     pub status: &'static str,
+    /// `<model id> <version>` that scored it.
+    pub model: Arc<str>,
 }
 
 /// One anomaly event, for the API's recent-events view.
@@ -324,6 +326,10 @@ impl Scorer {
         let mut score_of: Vec<Option<f64>> = vec![None; n];
         let mut expected_of: Vec<Option<(f64, f64)>> = vec![None; n];
         let bound = self.threshold.sqrt();
+        let model_label: Arc<str> = Arc::from(format!(
+            "{} {}",
+            self.model.manifest.id, self.model.manifest.version
+        ));
         for (k, (row, s)) in scored_rows.iter().zip(&output.scores).enumerate() {
             score_of[*row] = Some(f64::from(*s));
             if let Some(f) = output.forecast.as_ref().and_then(|f| f.get(k)) {
@@ -408,6 +414,7 @@ impl Scorer {
                         value: x,
                         score: score_of[i],
                         status: st,
+                        model: model_label.clone(),
                     },
                 );
             }

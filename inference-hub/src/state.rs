@@ -52,11 +52,15 @@ pub struct MetricState {
     pub value: f64,
     pub score: Option<f64>,
     pub status: &'static str,
+    /// The model (id and version) that scored the last reading.
+    pub model: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceState {
     pub device: String,
+    /// The gateway the device's last batch came from.
+    pub gateway: String,
     /// Worst status over the device's metrics.
     pub status: &'static str,
     /// When the hub last received a reading of this device (hub clock).
@@ -66,6 +70,7 @@ pub struct DeviceState {
 
 #[derive(Debug, Default)]
 struct Device {
+    gateway: String,
     last_seen_us: i64,
     metrics: BTreeMap<String, MetricState>,
 }
@@ -101,13 +106,27 @@ fn rank(s: &str) -> u8 {
 }
 
 impl HubState {
-    pub fn apply(&self, updates: &[SeriesUpdate], mut events: Vec<AnomalyEvent>, now_us: i64) {
+    pub fn apply(&self, updates: &[SeriesUpdate], events: Vec<AnomalyEvent>, now_us: i64) {
+        self.apply_from(updates, events, now_us, "");
+    }
+
+    /// [`HubState::apply`] for a batch from `gateway`.
+    pub fn apply_from(
+        &self,
+        updates: &[SeriesUpdate],
+        mut events: Vec<AnomalyEvent>,
+        now_us: i64,
+        gateway: &str,
+    ) {
         self.publish(updates, &mut events);
         {
             let mut devices = self.devices.write().expect("state lock");
             for u in updates {
                 let d = devices.entry(u.device.to_string()).or_default();
                 d.last_seen_us = now_us;
+                if !gateway.is_empty() && d.gateway != gateway {
+                    d.gateway = gateway.to_owned();
+                }
                 d.metrics.insert(
                     u.metric.to_string(),
                     MetricState {
@@ -116,6 +135,7 @@ impl HubState {
                         value: u.value,
                         score: u.score,
                         status: u.status,
+                        model: u.model.to_string(),
                     },
                 );
             }
@@ -237,12 +257,18 @@ impl HubState {
         (backlog, rx)
     }
 
+    /// One device, if the hub has seen it.
+    pub fn device(&self, name: &str) -> Option<DeviceState> {
+        self.devices().into_iter().find(|d| d.device == name)
+    }
+
     pub fn devices(&self) -> Vec<DeviceState> {
         let devices = self.devices.read().expect("state lock");
         devices
             .iter()
             .map(|(name, d)| DeviceState {
                 device: name.clone(),
+                gateway: d.gateway.clone(),
                 status: d
                     .metrics
                     .values()

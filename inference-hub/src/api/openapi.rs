@@ -116,10 +116,25 @@ pub const ROUTES: &[RouteDoc] = &[
     RouteDoc {
         method: "get",
         path: "/v1/devices",
-        summary: "Every device: status, last seen, and per metric the last value, score and status",
+        summary: "Every device: gateway, status, last seen, and per metric the last value, score, status and model",
         scope: Some("read"),
         params: &[],
         responses: ERRORS_READ,
+        produces: "application/json",
+    },
+    RouteDoc {
+        method: "get",
+        path: "/v1/devices/{device}",
+        summary: "One device: its gateway, status, last seen, and per metric the last value, score, status and model",
+        scope: Some("read"),
+        params: &[p("device", "device name")],
+        responses: &[
+            (200, "OK"),
+            (401, "no or unknown bearer token"),
+            (403, "the token lacks the read scope"),
+            (404, "the hub has not seen this device"),
+            (429, "the token is over its rate limit"),
+        ],
         produces: "application/json",
     },
     RouteDoc {

@@ -712,3 +712,29 @@ async fn the_query_endpoint_streams_json_jsonl_csv_and_parquet_with_filters_and_
         (StatusCode::UNPROCESSABLE_ENTITY, Some("bad_range"))
     );
 }
+
+#[tokio::test]
+async fn a_device_shows_its_gateway_and_the_model_of_each_metric() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = test_hub(dir.path()).await;
+    let app = router_for(&hub);
+    assert_eq!(
+        call(&app, post(envelope_bytes(1, 30))).await.0,
+        StatusCode::OK
+    );
+    let mut body = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (status, b) = call(&app, get("/v1/devices/pump-7")).await;
+        if status == StatusCode::OK {
+            body = b;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(body["gateway"], "gw-api", "{body}");
+    assert_eq!(body["metrics"][0]["model"], "univariate-forecast 1.0.0");
+    let (status, body) = call(&app, get("/v1/devices/nope")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "unknown_device");
+    hub.shutdown().await;
+}

@@ -280,6 +280,10 @@ impl MultivariateScorer {
                         value: x,
                         score,
                         status: st,
+                        model: Arc::from(format!(
+                            "{} {}",
+                            self.model.manifest.id, self.model.manifest.version
+                        )),
                     },
                 );
             }
