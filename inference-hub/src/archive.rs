@@ -416,20 +416,26 @@ impl Archive {
         ));
         let meta = file.writer.close().map_err(io::Error::other)?;
         file.sync_handle.sync_all()?;
-        let bytes = file.sync_handle.metadata()?.len();
         let dir = key.hub_dir(&self.root, &self.hub_id);
         let path = dir.join(format!(
             "{}-{:020}-{:020}.parquet",
             self.hub_id, file.first_pos, file.last_pos
         ));
+        // Commits into one partition are serialised across the hubs sharing
+        // this archive root; batches another hub already committed here are
+        // left out of this file (cross-hub exactly-once).
+        let lock = PartitionLock::acquire(&key.dir(&self.root), &self.hub_id)?;
+        let mut rows = meta.file_metadata().num_rows() as u64;
+        let taken = other_hubs_batches(&key.dir(&self.root), &self.hub_id)?;
+        if !taken.is_empty() {
+            rows = drop_batches(&file.tmp_path, &taken, &self.props)?;
+        }
         fs::rename(&file.tmp_path, &path)?;
         File::open(&dir)?.sync_all()?;
+        drop(lock);
+        let bytes = fs::metadata(&path)?.len();
         self.committed_through.insert(key, file.last_pos);
-        Ok(CommittedFile {
-            path,
-            rows: meta.file_metadata().num_rows() as u64,
-            bytes,
-        })
+        Ok(CommittedFile { path, rows, bytes })
     }
 
     /// Commits files older than the maximum age.
@@ -633,6 +639,170 @@ impl Archive {
         }
         Ok(removed)
     }
+}
+
+/// A commit lock on one partition directory, shared by the hubs of an
+/// archive root: `.commit.lock` created exclusively, holding the owner and
+/// the time. A lock older than `STALE_LOCK` (its hub died holding it), or
+/// left by this hub before a restart, is broken.
+struct PartitionLock(PathBuf);
+
+const STALE_LOCK: Duration = Duration::from_secs(30);
+
+impl PartitionLock {
+    fn acquire(partition: &Path, hub_id: &str) -> io::Result<Self> {
+        create_dir_durable(partition)?;
+        let path = partition.join(".commit.lock");
+        let deadline = Instant::now() + STALE_LOCK * 2;
+        loop {
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    let now = chrono::Utc::now().timestamp_millis();
+                    f.write_all(format!("{hub_id} {now}").as_bytes())?;
+                    return Ok(Self(path));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let text = fs::read_to_string(&path).unwrap_or_default();
+                    let mut parts = text.split_whitespace();
+                    let (owner, at) = (parts.next().unwrap_or(""), parts.next());
+                    let age_ms = at
+                        .and_then(|t| t.parse::<i64>().ok())
+                        .map(|t| chrono::Utc::now().timestamp_millis() - t);
+                    let stale =
+                        owner == hub_id || age_ms.is_none_or(|a| a > STALE_LOCK.as_millis() as i64);
+                    if stale || Instant::now() > deadline {
+                        let _ = fs::remove_file(&path);
+                        continue;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for PartitionLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// A batch's identity: (gateway, incarnation, seq).
+type BatchId = (String, u64, u64);
+
+fn batch_ids(batch: &RecordBatch) -> Option<Vec<BatchId>> {
+    use arrow_array::{StringArray, UInt64Array};
+    let gw = batch
+        .column_by_name(schemas::tables::GATEWAY)?
+        .as_any()
+        .downcast_ref::<StringArray>()?;
+    let inc = batch
+        .column_by_name(schemas::tables::INCARNATION)?
+        .as_any()
+        .downcast_ref::<UInt64Array>()?;
+    let seq = batch
+        .column_by_name(schemas::tables::SEQ)?
+        .as_any()
+        .downcast_ref::<UInt64Array>()?;
+    Some(
+        (0..batch.num_rows())
+            .map(|i| (gw.value(i).to_owned(), inc.value(i), seq.value(i)))
+            .collect(),
+    )
+}
+
+/// Batch identities in the committed files of the other hubs' directories
+/// of a partition (only the three identity columns are read).
+fn other_hubs_batches(
+    partition: &Path,
+    hub_id: &str,
+) -> io::Result<std::collections::HashSet<BatchId>> {
+    let mut out = std::collections::HashSet::new();
+    let own = format!("hub={hub_id}");
+    let Ok(entries) = fs::read_dir(partition) else {
+        return Ok(out);
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("hub=") || name == own || !entry.file_type()?.is_dir() {
+            continue;
+        }
+        for file in walk_files(&entry.path())? {
+            if file.extension().is_none_or(|e| e != "parquet") {
+                continue;
+            }
+            let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                File::open(&file)?,
+            )
+            .map_err(io::Error::other)?;
+            let mask = parquet::arrow::ProjectionMask::columns(
+                builder.parquet_schema(),
+                [
+                    schemas::tables::GATEWAY,
+                    schemas::tables::INCARNATION,
+                    schemas::tables::SEQ,
+                ],
+            );
+            for batch in builder
+                .with_projection(mask)
+                .build()
+                .map_err(io::Error::other)?
+            {
+                out.extend(batch_ids(&batch.map_err(io::Error::other)?).unwrap_or_default());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Rewrites a (not yet visible) file without the rows of `taken` batches;
+/// returns the rows kept.
+fn drop_batches(
+    path: &Path,
+    taken: &std::collections::HashSet<BatchId>,
+    props: &WriterProperties,
+) -> io::Result<u64> {
+    let batches = read_file(path)?;
+    let Some(schema) = batches.first().map(RecordBatch::schema) else {
+        return Ok(0);
+    };
+    let rewritten = path.with_extension("rewrite");
+    let file = File::create(&rewritten)?;
+    let sync = file.try_clone()?;
+    let mut writer =
+        ArrowWriter::try_new(file, schema, Some(props.clone())).map_err(io::Error::other)?;
+    let mut kept = 0u64;
+    for b in &batches {
+        let ids = batch_ids(b).ok_or_else(|| io::Error::other("no batch identity columns"))?;
+        let keep: Vec<u32> = ids
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| !taken.contains(*id))
+            .map(|(i, _)| i as u32)
+            .collect();
+        kept += keep.len() as u64;
+        let idx = UInt32Array::from(keep);
+        let cols = b
+            .columns()
+            .iter()
+            .map(|c| arrow_select::take::take(c.as_ref(), &idx, None))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(io::Error::other)?;
+        writer
+            .write(&RecordBatch::try_new(b.schema(), cols).map_err(io::Error::other)?)
+            .map_err(io::Error::other)?;
+    }
+    writer.close().map_err(io::Error::other)?;
+    sync.sync_all()?;
+    fs::rename(&rewritten, path)?;
+    Ok(kept)
 }
 
 /// The WAL range a committed file's name records.

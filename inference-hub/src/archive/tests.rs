@@ -205,12 +205,20 @@ fn another_hubs_files_do_not_affect_recovery() {
     let dir = tempfile::tempdir().unwrap();
     let mut other = Archive::open(dir.path(), "h2", settings(1 << 30)).unwrap();
     other
-        .append(Table::Anomalies, 50, &rows(Table::Anomalies, &[(1, 1.0)]))
+        .append(
+            Table::Anomalies,
+            50,
+            &rows_of_batch(Table::Anomalies, 50, &[(1, 1.0)]),
+        )
         .unwrap();
     other.commit_all().unwrap();
     let mut a = Archive::open(dir.path(), "h1", settings(1 << 30)).unwrap();
-    a.append(Table::Anomalies, 3, &rows(Table::Anomalies, &[(1, 2.0)]))
-        .unwrap();
+    a.append(
+        Table::Anomalies,
+        3,
+        &rows_of_batch(Table::Anomalies, 3, &[(1, 2.0)]),
+    )
+    .unwrap();
     a.commit_all().unwrap();
     assert_eq!(values(dir.path(), Table::Anomalies), vec![1.0, 2.0]);
 }
@@ -441,4 +449,53 @@ fn files_that_only_exist_in_object_storage_count_as_committed_for_replay() {
         vec![10.0],
         "positions the bucket holds are not archived again"
     );
+}
+
+/// `rows` with the batch identity `seq` on every row.
+fn rows_of_batch(table: Table, seq: u64, hours_and_values: &[(i64, f64)]) -> RecordBatch {
+    let b = rows(table, hours_and_values);
+    let idx = b.schema().index_of("seq").unwrap();
+    let mut cols = b.columns().to_vec();
+    cols[idx] = Arc::new(arrow_array::UInt64Array::from(vec![seq; b.num_rows()]));
+    RecordBatch::try_new(b.schema(), cols).unwrap()
+}
+
+#[test]
+fn a_batch_another_hub_already_committed_is_left_out_of_this_hubs_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Archive::open(dir.path(), "ha", settings(1 << 30)).unwrap();
+    let mut b = Archive::open(dir.path(), "hb", settings(1 << 30)).unwrap();
+    // Hub a committed batch 1 (say, before it died without answering).
+    a.append(
+        Table::Scored,
+        1,
+        &rows_of_batch(Table::Scored, 1, &[(7, 1.0), (7, 2.0)]),
+    )
+    .unwrap();
+    a.commit_all().unwrap();
+    // The gateway resent it and hub b got it too, with a new batch 2.
+    b.append(
+        Table::Scored,
+        1,
+        &rows_of_batch(Table::Scored, 1, &[(7, 1.0), (7, 2.0)]),
+    )
+    .unwrap();
+    b.append(
+        Table::Scored,
+        2,
+        &rows_of_batch(Table::Scored, 2, &[(7, 3.0)]),
+    )
+    .unwrap();
+    let files = b.commit_all().unwrap();
+    assert_eq!(files[0].rows, 1, "only batch 2 is new");
+    assert_eq!(
+        values(dir.path(), Table::Scored),
+        vec![1.0, 2.0, 3.0],
+        "batch 1 once"
+    );
+    let lock_left = walk_files(dir.path())
+        .unwrap()
+        .iter()
+        .any(|p| p.ends_with(".commit.lock"));
+    assert!(!lock_left, "the commit lock is released");
 }
