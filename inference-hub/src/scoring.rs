@@ -211,6 +211,8 @@ pub struct ScoredBatch {
 #[derive(Debug)]
 pub struct Scorer {
     model: Model,
+    /// `<id> <version>`, as series updates report it.
+    model_label: Arc<str>,
     threshold: f64,
     warmup: u64,
     series: FastMap<(Arc<str>, Arc<str>), SeriesState>,
@@ -223,6 +225,7 @@ impl Scorer {
         let warmup = u64::from(warmup_readings).max(model.window() as u64).max(2);
         Self {
             threshold: threshold.unwrap_or(model.manifest.threshold),
+            model_label: model_label(&model),
             model,
             warmup,
             series: FastMap::default(),
@@ -242,6 +245,7 @@ impl Scorer {
         }
         self.threshold = threshold.unwrap_or(model.manifest.threshold);
         self.warmup = self.warmup.max(model.window() as u64);
+        self.model_label = model_label(&model);
         self.model = model;
     }
 
@@ -326,10 +330,6 @@ impl Scorer {
         let mut score_of: Vec<Option<f64>> = vec![None; n];
         let mut expected_of: Vec<Option<(f64, f64)>> = vec![None; n];
         let bound = self.threshold.sqrt();
-        let model_label: Arc<str> = Arc::from(format!(
-            "{} {}",
-            self.model.manifest.id, self.model.manifest.version
-        ));
         for (k, (row, s)) in scored_rows.iter().zip(&output.scores).enumerate() {
             score_of[*row] = Some(f64::from(*s));
             if let Some(f) = output.forecast.as_ref().and_then(|f| f.get(k)) {
@@ -414,7 +414,7 @@ impl Scorer {
                         value: x,
                         score: score_of[i],
                         status: st,
-                        model: model_label.clone(),
+                        model: self.model_label.clone(),
                     },
                 );
             }
@@ -435,6 +435,11 @@ impl Scorer {
             updates: updates.into_values().collect(),
         }
     }
+}
+
+/// How series updates name a model: `<id> <version>`.
+fn model_label(model: &Model) -> Arc<str> {
+    Arc::from(format!("{} {}", model.manifest.id, model.manifest.version))
 }
 
 pub fn format_ts(ts_us: i64) -> String {

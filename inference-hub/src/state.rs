@@ -81,7 +81,9 @@ pub struct HubState {
     anomalies: RwLock<VecDeque<AnomalyEvent>>,
     stream: std::sync::Mutex<(u64, VecDeque<StreamEvent>)>,
     live: tokio::sync::broadcast::Sender<StreamEvent>,
-    recent: RwLock<std::collections::HashMap<(String, String), VecDeque<Point>>>,
+    /// device -> metric -> newest points (nested so that a reading is looked
+    /// up by borrowed names: no allocation per reading on the pipeline's path).
+    recent: RwLock<RecentPoints>,
 }
 
 impl Default for HubState {
@@ -95,6 +97,9 @@ impl Default for HubState {
         }
     }
 }
+
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type RecentPoints = FastMap<String, FastMap<String, VecDeque<Point>>>;
 
 fn rank(s: &str) -> u8 {
     match s {
@@ -159,11 +164,15 @@ impl HubState {
         };
         let mut recent = self.recent.write().expect("state lock");
         for i in 0..scored.num_rows() {
-            let key = (
-                view.device.value(i).to_owned(),
-                view.metric.value(i).to_owned(),
-            );
-            let ring = recent.entry(key).or_default();
+            let (device, metric) = (view.device.value(i), view.metric.value(i));
+            if !recent.contains_key(device) {
+                recent.insert(device.to_owned(), FastMap::default());
+            }
+            let metrics = recent.get_mut(device).expect("inserted");
+            if !metrics.contains_key(metric) {
+                metrics.insert(metric.to_owned(), VecDeque::new());
+            }
+            let ring = metrics.get_mut(metric).expect("inserted");
             if ring.len() == RECENT_POINTS {
                 ring.pop_front();
             }
@@ -181,7 +190,8 @@ impl HubState {
     ) -> Vec<Point> {
         let recent = self.recent.read().expect("state lock");
         let mut out: Vec<Point> = recent
-            .get(&(device.to_owned(), metric.to_owned()))
+            .get(device)
+            .and_then(|metrics| metrics.get(metric))
             .map(|r| {
                 r.iter()
                     .filter(|p| p.ts_us >= from_us && p.ts_us < to_us)

@@ -47,8 +47,8 @@ struct DeviceState {
 }
 
 /// A complete record waiting for its score.
-struct Queued {
-    device: Arc<str>,
+struct Queued<'a> {
+    device: &'a str,
     ts: i64,
     window_start: i64,
     values: Vec<f64>,
@@ -59,6 +59,7 @@ struct Queued {
 #[derive(Debug)]
 pub struct MultivariateScorer {
     model: Model,
+    model_label: Arc<str>,
     threshold: f64,
     warmup: u64,
     metrics: Vec<Arc<str>>,
@@ -77,6 +78,7 @@ impl MultivariateScorer {
         let warmup = u64::from(warmup_readings).max(model.window() as u64).max(2);
         Self {
             threshold: threshold.unwrap_or(model.manifest.threshold),
+            model_label: super::model_label(&model),
             model,
             warmup,
             metrics,
@@ -100,6 +102,7 @@ impl MultivariateScorer {
             return;
         }
         self.threshold = threshold.unwrap_or(model.manifest.threshold);
+        self.model_label = super::model_label(&model);
         self.model = model;
     }
 
@@ -120,8 +123,9 @@ impl MultivariateScorer {
         let clip = self.model.manifest.input.clip;
 
         // Pass 1: assemble records; learn warm-ups; queue full windows.
-        let mut row_record: Vec<Option<(Arc<str>, i64)>> = vec![None; n];
-        let mut record_status: HashMap<(Arc<str>, i64), &'static str> = HashMap::new();
+        // Keys borrow the batch's names: nothing is allocated per reading.
+        let mut row_record: Vec<Option<(&str, i64)>> = vec![None; n];
+        let mut record_status: HashMap<(&str, i64), &'static str> = HashMap::new();
         let mut queued: Vec<Queued> = Vec::new();
         let mut matrix: Vec<f32> = Vec::new();
         for (i, slot) in row_record.iter_mut().enumerate() {
@@ -132,16 +136,19 @@ impl MultivariateScorer {
             else {
                 continue;
             };
-            let device: Arc<str> = Arc::from(view.device.value(i));
+            let device = view.device.value(i);
             let ts = view.ts.value(i);
-            *slot = Some((device.clone(), ts));
-            let state = self
-                .devices
-                .entry(device.clone())
-                .or_insert_with(|| DeviceState {
-                    norms: (0..f).map(|_| SeriesState::default()).collect(),
-                    ..DeviceState::default()
-                });
+            *slot = Some((device, ts));
+            if !self.devices.contains_key(device) {
+                self.devices.insert(
+                    Arc::from(device),
+                    DeviceState {
+                        norms: (0..f).map(|_| SeriesState::default()).collect(),
+                        ..DeviceState::default()
+                    },
+                );
+            }
+            let state = self.devices.get_mut(device).expect("inserted");
             let record = state.pending.entry(ts).or_insert_with(|| vec![None; f]);
             record[m] = Some(view.value.value(i));
             if record.iter().any(Option::is_none) {
@@ -204,19 +211,19 @@ impl MultivariateScorer {
         };
 
         // Pass 2: decide per record, follow the normalisation, raise events.
-        let mut record_score: HashMap<(Arc<str>, i64), f64> = HashMap::new();
+        let mut record_score: HashMap<(&str, i64), f64> = HashMap::new();
         let mut events = Vec::new();
         let mut anomalies = ScoredColumns::new(0);
         let bound = self.threshold.sqrt();
         let fixed = self.model.manifest.decision == Decision::Fixed;
         for (k, q) in queued.iter().enumerate() {
-            let key = (q.device.clone(), q.ts);
+            let key = (q.device, q.ts);
             let Some(&score) = output.scores.get(k) else {
                 record_status.insert(key, status::UNSCORED);
                 continue;
             };
             let score = f64::from(score);
-            let state = self.devices.get_mut(&q.device).expect("queued from it");
+            let state = self.devices.get_mut(q.device).expect("queued from it");
             let st = if fixed {
                 if score > self.threshold {
                     status::ANOMALOUS
@@ -240,7 +247,7 @@ impl MultivariateScorer {
             }
             let starts = st == status::ANOMALOUS && !state.in_anomaly;
             state.in_anomaly = st == status::ANOMALOUS;
-            record_status.insert(key.clone(), st);
+            record_status.insert(key, st);
             record_score.insert(key, score);
             if starts {
                 let event = self.event(q, k, score, bound, &output, &batch.header);
@@ -251,7 +258,8 @@ impl MultivariateScorer {
 
         // Output: every reading in batch order.
         let mut out = ScoredColumns::new(n);
-        let mut updates: HashMap<(Arc<str>, Arc<str>), SeriesUpdate> = HashMap::new();
+        // The newest reading of each series in the batch: (row, status, score).
+        let mut newest: HashMap<(&str, &str), (usize, &'static str, Option<f64>)> = HashMap::new();
         for (i, record) in row_record.iter().enumerate() {
             let (device, metric) = (view.device.value(i), view.metric.value(i));
             let (ts, x) = (view.ts.value(i), view.value.value(i));
@@ -269,23 +277,11 @@ impl MultivariateScorer {
                 st
             };
             out.push_scored(device, metric, ts, x, st, score, self.threshold);
-            let key: (Arc<str>, Arc<str>) = (Arc::from(device), Arc::from(metric));
-            if updates.get(&key).is_none_or(|u| u.ts_us <= ts) {
-                updates.insert(
-                    key.clone(),
-                    SeriesUpdate {
-                        device: key.0,
-                        metric: key.1,
-                        ts_us: ts,
-                        value: x,
-                        score,
-                        status: st,
-                        model: Arc::from(format!(
-                            "{} {}",
-                            self.model.manifest.id, self.model.manifest.version
-                        )),
-                    },
-                );
+            if newest
+                .get(&(device, metric))
+                .is_none_or(|&(j, _, _)| view.ts.value(j) <= ts)
+            {
+                newest.insert((device, metric), (i, st, score));
             }
         }
         let header = &batch.header;
@@ -302,7 +298,18 @@ impl MultivariateScorer {
             scored: out.finish_scored(&ctx),
             anomalies: anomalies.finish_anomalies(&ctx),
             events,
-            updates: updates.into_values().collect(),
+            updates: newest
+                .into_iter()
+                .map(|((device, metric), (i, status, score))| SeriesUpdate {
+                    device: Arc::from(device),
+                    metric: Arc::from(metric),
+                    ts_us: view.ts.value(i),
+                    value: view.value.value(i),
+                    score,
+                    status,
+                    model: self.model_label.clone(),
+                })
+                .collect(),
         }
     }
 
