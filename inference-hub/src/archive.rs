@@ -247,7 +247,7 @@ impl Archive {
                 let Some((_first, last)) = rest.split_once('-') else {
                     continue;
                 };
-                let (Ok(last), Some(hour)) = (last.parse::<u64>(), hour_of_dir(&file)) else {
+                let (Ok(last), Some(hour)) = (last.parse::<u64>(), hour_of_file(&file)) else {
                     continue;
                 };
                 let key = PartitionKey { table, hour };
@@ -260,7 +260,7 @@ impl Archive {
                 .into_iter()
                 .find(|t| file.starts_with(format!("table={}", t.name())));
             if let (Some(table), Some((_, last)), Some(hour)) =
-                (table, wal_range(file), hour_of_dir(file))
+                (table, wal_range(file), hour_of_file(file))
             {
                 let e = committed_through
                     .entry(PartitionKey { table, hour })
@@ -494,7 +494,7 @@ impl Archive {
                     .parent()
                     .and_then(Path::file_name)
                     .is_some_and(|n| n.to_str() == Some(hub_dir.as_str()));
-                if let (true, Some(hour)) = (in_own_dir, hour_of_dir(&file)) {
+                if let (true, Some(hour)) = (in_own_dir, hour_of_file(&file)) {
                     out.entry(PartitionKey { table, hour })
                         .or_default()
                         .push(file);
@@ -962,12 +962,9 @@ pub fn sort_by_device_metric_time(batch: &RecordBatch) -> io::Result<RecordBatch
     RecordBatch::try_new(batch.schema(), columns).map_err(io::Error::other)
 }
 
-/// The event hour (hours since the epoch) of a file in the archive layout.
+/// The event hour (hours since the epoch) of a file in the archive layout
+/// (from its `date=`/`hour=` directories; a `hub=` level is skipped).
 pub fn hour_of_file(file: &Path) -> Option<i64> {
-    hour_of_dir(file)
-}
-
-fn hour_of_dir(file: &Path) -> Option<i64> {
     let mut hour_dir = file.parent()?;
     if hour_dir.file_name()?.to_str()?.starts_with("hub=") {
         hour_dir = hour_dir.parent()?;

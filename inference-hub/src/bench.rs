@@ -149,6 +149,19 @@ async fn plain_subscriber(host: &str, port: u16, o: &BenchOptions) -> anyhow::Re
     ))
 }
 
+/// The given broker, or an embedded rumqttd started on a free port.
+async fn broker_or_embedded(broker: &Option<(String, u16)>) -> (String, u16) {
+    match broker {
+        Some((h, p)) => (h.clone(), *p),
+        None => {
+            let port = broker::free_port();
+            broker::start_embedded(([127, 0, 0, 1], port).into());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            ("127.0.0.1".to_string(), port)
+        }
+    }
+}
+
 /// A stage counts as done when nothing arrived for this long.
 const QUIET: Duration = Duration::from_secs(3);
 
@@ -206,15 +219,7 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
             o.edge_bin.display()
         );
     }
-    let (host, port) = match &o.broker {
-        Some((h, p)) => (h.clone(), *p),
-        None => {
-            let port = broker::free_port();
-            broker::start_embedded(([127, 0, 0, 1], port).into());
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            ("127.0.0.1".to_string(), port)
-        }
-    };
+    let (host, port) = broker_or_embedded(&o.broker).await;
 
     let (plain, plain_received) = plain_subscriber(&host, port, &o)
         .await
@@ -389,15 +394,7 @@ pub struct PartitionReport {
 /// live readings during the drain (a probe device publishes its own send
 /// time; the hub's device state shows when it arrived).
 pub async fn partition(o: PartitionOptions) -> anyhow::Result<PartitionReport> {
-    let (host, port) = match &o.broker {
-        Some((h, p)) => (h.clone(), *p),
-        None => {
-            let port = broker::free_port();
-            broker::start_embedded(([127, 0, 0, 1], port).into());
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            ("127.0.0.1".to_string(), port)
-        }
-    };
+    let (host, port) = broker_or_embedded(&o.broker).await;
     let dir = tempfile_dir()?;
     let mut hub_cfg = HubConfig::for_dir("partition", &dir.join("hub"));
     hub_cfg.mqtt.host = host.clone();

@@ -101,6 +101,21 @@ impl Default for HubState {
 type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 type RecentPoints = FastMap<String, FastMap<String, VecDeque<Point>>>;
 
+fn device_state(name: &str, d: &Device) -> DeviceState {
+    DeviceState {
+        device: name.to_owned(),
+        gateway: d.gateway.clone(),
+        status: d
+            .metrics
+            .values()
+            .map(|m| m.status)
+            .max_by_key(|s| rank(s))
+            .unwrap_or(status::WARMING_UP),
+        last_seen: format_ts(d.last_seen_us),
+        metrics: d.metrics.values().cloned().collect(),
+    }
+}
+
 fn rank(s: &str) -> u8 {
     match s {
         status::ANOMALOUS => 3,
@@ -269,25 +284,15 @@ impl HubState {
 
     /// One device, if the hub has seen it.
     pub fn device(&self, name: &str) -> Option<DeviceState> {
-        self.devices().into_iter().find(|d| d.device == name)
+        let devices = self.devices.read().expect("state lock");
+        devices.get(name).map(|d| device_state(name, d))
     }
 
     pub fn devices(&self) -> Vec<DeviceState> {
         let devices = self.devices.read().expect("state lock");
         devices
             .iter()
-            .map(|(name, d)| DeviceState {
-                device: name.clone(),
-                gateway: d.gateway.clone(),
-                status: d
-                    .metrics
-                    .values()
-                    .map(|m| m.status)
-                    .max_by_key(|s| rank(s))
-                    .unwrap_or(status::WARMING_UP),
-                last_seen: format_ts(d.last_seen_us),
-                metrics: d.metrics.values().cloned().collect(),
-            })
+            .map(|(name, d)| device_state(name, d))
             .collect()
     }
 

@@ -21,61 +21,21 @@ Usage: python train_multivariate_autoencoder.py --skab ../../shared/datasets/ska
 """
 
 import argparse
-import csv
-import hashlib
-import json
-import os
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-METRICS = [
-    "Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure",
-    "Temperature", "Thermocouple", "Voltage", "Volume Flow RateRMS",
-]
-F = len(METRICS)
+from skab_data import CLIP, F, METRICS, training_windows, write_model_dir
+
 WINDOW = 4
 HIDDEN = 16
 BOTTLENECK = 4
 SEED = 20261126
-WARMUP = 200          # the hub's default scoring.warmup-readings
-PIECE = 1150          # about the length of one SKAB experiment file
-CLIP = 10.0
 THRESHOLD_QUANTILE = 0.99
 OPSET = 17
 MODEL_ID = "multivariate-autoencoder"
 MODEL_VERSION = "1.0.0"
-
-
-def load_records(path):
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f, delimiter=";"))
-    return np.array([[float(r[m]) for m in METRICS] for r in rows], dtype=np.float64)
-
-
-def normalise(piece):
-    head = piece[:WARMUP]
-    mean = head.mean(0)
-    std = head.std(0, ddof=1)
-    std = np.maximum(std, 1e-3 * np.maximum(np.abs(mean), 1.0))
-    return np.clip((piece - mean) / std, -CLIP, CLIP)
-
-
-def windows(z):
-    n = len(z) - WINDOW + 1
-    idx = np.arange(WINDOW)[None, :] + np.arange(n)[:, None]
-    return z[idx].reshape(n, WINDOW * F)
-
-
-def training_windows(skab_root):
-    records = load_records(os.path.join(skab_root, "data", "anomaly-free", "anomaly-free.csv"))
-    out = []
-    for start in range(0, len(records) - PIECE + 1, PIECE // 2):
-        z = normalise(records[start:start + PIECE])
-        # Only what the hub scores: records after the warm-up.
-        out.append(windows(z[WARMUP - WINDOW + 1:]))
-    return np.concatenate(out)
 
 
 def init(rng, n_in, n_out):
@@ -186,43 +146,16 @@ def main():
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
-    x = training_windows(args.skab)
+    x = training_windows(args.skab, WINDOW)
     params = train(x)
     threshold = float(np.quantile(scores(params, x), THRESHOLD_QUANTILE))
 
     model = build_graph(params)
-    os.makedirs(args.out, exist_ok=True)
-    onnx_path = os.path.join(args.out, "model.onnx")
-    data = model.SerializeToString(deterministic=True)
-    with open(onnx_path, "wb") as f:
-        f.write(data)
-    sha = hashlib.sha256(data).hexdigest()
-
-    import onnxruntime as ort
-
-    rng = np.random.default_rng(SEED + 1)
-    golden_in = np.concatenate([
-        x[rng.choice(len(x), 24, replace=False)],
-        rng.normal(0, 3, (6, WINDOW * F)),
-        np.zeros((1, WINDOW * F)),
-        np.full((1, WINDOW * F), 8.0),
-    ]).astype(np.float32)
-    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-    score_out, contrib_out, forecast_out = sess.run(["score", "contributions", "forecast"], {"window": golden_in})
-    with open(os.path.join(args.out, "golden.json"), "w") as f:
-        json.dump({
-            "producer": f"onnxruntime {ort.__version__}",
-            "input": golden_in.tolist(),
-            "score": score_out.tolist(),
-            "contributions": contrib_out.tolist(),
-            "forecast": forecast_out.tolist(),
-        }, f)
-
     manifest = {
         "id": MODEL_ID,
         "version": MODEL_VERSION,
         "file": "model.onnx",
-        "sha256": sha,
+        "sha256": None,
         "opset": OPSET,
         "family": "multivariate-window-autoencoder",
         "decision": "fixed",
@@ -252,9 +185,7 @@ def main():
             "data": "SKAB anomaly-free recording only, cut into overlapping 1150-record pieces normalised with their first 200 records",
         },
     }
-    with open(os.path.join(args.out, "manifest.json"), "w") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
+    sha = write_model_dir(args.out, model, x, WINDOW, SEED, manifest)
     print(f"{MODEL_ID} {MODEL_VERSION}: {len(x)} training windows, threshold {threshold:.4f}, sha256 {sha}")
 
 
