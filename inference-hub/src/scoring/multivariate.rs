@@ -106,11 +106,6 @@ impl MultivariateScorer {
         self.model = model;
     }
 
-    /// Whether this model scores the metric.
-    pub fn scores_metric(&self, metric: &str) -> bool {
-        self.metrics.iter().any(|m| &**m == metric)
-    }
-
     pub fn device_count(&self) -> usize {
         self.devices.len()
     }
