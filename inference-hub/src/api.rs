@@ -441,14 +441,14 @@ async fn stream(
         .unwrap_or(0);
     let (backlog, rx) = ctx.state.subscribe(last_id);
     let wanted = move |e: &crate::state::StreamEvent| {
-        types.iter().any(|t| t == e.kind) && q.device.as_deref().is_none_or(|d| d == e.device)
+        types.iter().any(|t| t == e.kind) && q.device.as_deref().is_none_or(|d| d == &*e.device)
     };
-    let to_sse = |e: crate::state::StreamEvent| {
+    let to_sse = |e: std::sync::Arc<crate::state::StreamEvent>| {
         Ok::<Event, std::convert::Infallible>(
             Event::default()
                 .id(e.id.to_string())
                 .event(e.kind)
-                .data(e.data),
+                .data(e.data()),
         )
     };
     let state = (backlog.into_iter(), rx, last_id);

@@ -10,7 +10,7 @@
 //! `update` event per device per batch (its metrics' new values).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use schemas::tables::status;
 use serde::Serialize;
@@ -34,15 +34,47 @@ pub struct Point {
     pub status: &'static str,
 }
 
-/// One event of the live stream.
-#[derive(Debug, Clone)]
+/// One event of the live stream. Shared (`Arc`) between the memory for
+/// reconnecting clients and every subscriber; its JSON is rendered only when
+/// a client receives it, so the pipeline pays nothing for it.
+#[derive(Debug)]
 pub struct StreamEvent {
     pub id: u64,
     /// `anomaly` or `update`.
     pub kind: &'static str,
-    pub device: String,
-    /// The JSON body.
-    pub data: String,
+    pub device: Arc<str>,
+    payload: StreamPayload,
+}
+
+#[derive(Debug)]
+enum StreamPayload {
+    Anomaly(Box<AnomalyEvent>),
+    /// A device's series updated by one batch.
+    Update(Vec<SeriesUpdate>),
+}
+
+impl StreamEvent {
+    /// The event's JSON body.
+    pub fn data(&self) -> String {
+        match &self.payload {
+            StreamPayload::Anomaly(e) => serde_json::to_string(e).unwrap_or_default(),
+            StreamPayload::Update(metrics) => {
+                let metrics: Vec<serde_json::Value> = metrics
+                    .iter()
+                    .map(|u| {
+                        serde_json::json!({
+                            "metric": &*u.metric,
+                            "ts": format_ts(u.ts_us),
+                            "value": u.value,
+                            "score": u.score,
+                            "status": u.status,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({"device": &*self.device, "metrics": metrics}).to_string()
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -79,8 +111,8 @@ struct Device {
 pub struct HubState {
     devices: RwLock<BTreeMap<String, Device>>,
     anomalies: RwLock<VecDeque<AnomalyEvent>>,
-    stream: std::sync::Mutex<(u64, VecDeque<StreamEvent>)>,
-    live: tokio::sync::broadcast::Sender<StreamEvent>,
+    stream: std::sync::Mutex<(u64, VecDeque<Arc<StreamEvent>>)>,
+    live: tokio::sync::broadcast::Sender<Arc<StreamEvent>>,
     /// device -> metric -> newest points (nested so that a reading is looked
     /// up by borrowed names: no allocation per reading on the pipeline's path).
     recent: RwLock<RecentPoints>,
@@ -220,44 +252,45 @@ impl HubState {
 
     /// Assigns ids and appends the batch's stream events (anomalies first).
     fn publish(&self, updates: &[SeriesUpdate], events: &mut [AnomalyEvent]) {
-        let mut by_device: BTreeMap<&str, Vec<serde_json::Value>> = BTreeMap::new();
+        let mut by_device: FastMap<&str, Vec<SeriesUpdate>> = FastMap::default();
         for u in updates {
-            by_device
-                .entry(&u.device)
-                .or_default()
-                .push(serde_json::json!({
-                    "metric": &*u.metric,
-                    "ts": format_ts(u.ts_us),
-                    "value": u.value,
-                    "score": u.score,
-                    "status": u.status,
-                }));
+            by_device.entry(&*u.device).or_default().push(u.clone());
         }
         let mut stream = self.stream.lock().expect("stream lock");
-        let push = |stream: &mut (u64, VecDeque<StreamEvent>), kind, device: &str, data: String| {
-            stream.0 += 1;
-            let event = StreamEvent {
-                id: stream.0,
-                kind,
-                device: device.to_owned(),
-                data,
+        let push =
+            |stream: &mut (u64, VecDeque<Arc<StreamEvent>>), kind, device: Arc<str>, payload| {
+                stream.0 += 1;
+                let event = Arc::new(StreamEvent {
+                    id: stream.0,
+                    kind,
+                    device,
+                    payload,
+                });
+                if stream.1.len() == STREAM_MEMORY {
+                    stream.1.pop_front();
+                }
+                stream.1.push_back(event.clone());
+                // No subscriber is fine.
+                let _ = self.live.send(event);
             };
-            if stream.1.len() == STREAM_MEMORY {
-                stream.1.pop_front();
-            }
-            stream.1.push_back(event.clone());
-            // No subscriber is fine.
-            let _ = self.live.send(event);
-            stream.0
-        };
         for e in events.iter_mut() {
             e.id = stream.0 + 1;
-            let data = serde_json::to_string(e).unwrap_or_default();
-            push(&mut stream, "anomaly", &e.device.clone(), data);
+            let device = Arc::from(e.device.as_str());
+            push(
+                &mut stream,
+                "anomaly",
+                device,
+                StreamPayload::Anomaly(Box::new(e.clone())),
+            );
         }
-        for (device, metrics) in by_device {
-            let data = serde_json::json!({"device": device, "metrics": metrics}).to_string();
-            push(&mut stream, "update", device, data);
+        for (_, metrics) in by_device {
+            let device = metrics[0].device.clone();
+            push(
+                &mut stream,
+                "update",
+                device,
+                StreamPayload::Update(metrics),
+            );
         }
     }
 
@@ -268,8 +301,8 @@ impl HubState {
         &self,
         after_id: u64,
     ) -> (
-        Vec<StreamEvent>,
-        tokio::sync::broadcast::Receiver<StreamEvent>,
+        Vec<Arc<StreamEvent>>,
+        tokio::sync::broadcast::Receiver<Arc<StreamEvent>>,
     ) {
         let stream = self.stream.lock().expect("stream lock");
         let rx = self.live.subscribe();
