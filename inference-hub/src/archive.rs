@@ -931,24 +931,43 @@ pub fn sort_by_device_metric_time(batch: &RecordBatch) -> io::Result<RecordBatch
         .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
         .ok_or_else(|| io::Error::other("no ts column"))?;
     // Rank the distinct names once, then sort integers: comparing strings
-    // for every pair of rows dominated the archive's CPU time.
+    // for every pair of rows dominated the archive's CPU time. Names are
+    // numbered in order of appearance (one hash lookup per row, a run of
+    // equal names costs one), then the few distinct ones sorted.
     let rank = |col: &StringArray| -> Vec<u32> {
-        let mut distinct: Vec<&str> = col.iter().flatten().collect();
-        distinct.sort_unstable();
-        distinct.dedup();
-        let index: HashMap<&str, u32, foldhash::fast::RandomState> = distinct
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (*s, i as u32))
-            .collect();
-        (0..col.len()).map(|i| index[col.value(i)]).collect()
+        let mut first_seen: HashMap<&str, u32, foldhash::fast::RandomState> = HashMap::default();
+        let mut seen_order: Vec<&str> = Vec::new();
+        let mut ids: Vec<u32> = Vec::with_capacity(col.len());
+        for i in 0..col.len() {
+            let name = col.value(i);
+            let id = match ids.last() {
+                Some(&previous) if i > 0 && col.value(i - 1) == name => previous,
+                _ => *first_seen.entry(name).or_insert_with(|| {
+                    seen_order.push(name);
+                    (seen_order.len() - 1) as u32
+                }),
+            };
+            ids.push(id);
+        }
+        let mut by_name: Vec<u32> = (0..seen_order.len() as u32).collect();
+        by_name.sort_unstable_by_key(|&id| seen_order[id as usize]);
+        let mut rank_of = vec![0u32; seen_order.len()];
+        for (rank, id) in by_name.into_iter().enumerate() {
+            rank_of[id as usize] = rank as u32;
+        }
+        ids.into_iter().map(|id| rank_of[id as usize]).collect()
     };
     let (device_rank, metric_rank) = (rank(device), rank(metric));
-    let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
-    order.sort_by_key(|&i| {
-        let i = i as usize;
-        (device_rank[i], metric_rank[i], ts.value(i))
-    });
+    let metrics = metric_rank.iter().max().map_or(1, |m| u64::from(*m) + 1);
+    // (series rank, time, row): unique keys, so an unstable sort is stable.
+    let mut keyed: Vec<(u64, i64, u32)> = (0..batch.num_rows())
+        .map(|i| {
+            let series = u64::from(device_rank[i]) * metrics + u64::from(metric_rank[i]);
+            (series, ts.value(i), i as u32)
+        })
+        .collect();
+    keyed.sort_unstable();
+    let order: Vec<u32> = keyed.into_iter().map(|(_, _, i)| i).collect();
     if order.windows(2).all(|w| w[0] < w[1]) {
         return Ok(batch.clone());
     }

@@ -665,6 +665,9 @@ pub struct HubThroughputReport {
     /// User + system CPU time of the whole process while the hub worked.
     pub cpu: Duration,
     pub parquet_bytes: u64,
+    /// The pipeline thread's time scoring, archiving and updating the API's
+    /// state (the rest of the CPU time is intake: decode, dedup, WAL).
+    pub pipeline_stages: [Duration; 3],
 }
 
 /// CPU time (user + system) of this process so far, from `/proc/self/stat`.
@@ -768,6 +771,12 @@ pub async fn hub_throughput(
         wall,
         cpu,
         parquet_bytes: stats.bytes_committed.load(Relaxed),
+        pipeline_stages: [
+            &stats.pipeline_score_ns,
+            &stats.pipeline_archive_ns,
+            &stats.pipeline_state_ns,
+        ]
+        .map(|ns| Duration::from_nanos(ns.load(Relaxed))),
     };
     let _ = std::fs::remove_dir_all(&dir);
     Ok(report)

@@ -90,7 +90,11 @@ impl Replay {
         };
         let scored = self.scorer.score(&batch, ts_us);
         RowVerdict {
-            anomalous: scored.updates.iter().any(|u| u.status == status::ANOMALOUS),
+            anomalous: scored
+                .scored
+                .column_by_name(schemas::tables::STATUS)
+                .and_then(|c| c.as_any().downcast_ref::<arrow_array::StringArray>())
+                .is_some_and(|st| st.iter().any(|s| s == Some(status::ANOMALOUS))),
             event_severity: scored
                 .events
                 .iter()

@@ -353,6 +353,12 @@ fn main() -> ExitCode {
                         r.readings as f64 / cpu.max(1e-9),
                         r.parquet_bytes
                     );
+                    let [score, archive, state] = r.pipeline_stages.map(|d| d.as_secs_f64());
+                    println!(
+                        "\npipeline thread: scoring {score:.2} s, archive {archive:.2} s, API state {state:.2} s; \
+                         other threads (decode, dedup, WAL) {:.2} s of CPU",
+                        (cpu - score - archive - state).max(0.0)
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

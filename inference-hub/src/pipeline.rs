@@ -35,6 +35,11 @@ pub struct Pipeline {
     pub uploader: Option<crate::archive::s3::Uploader>,
 }
 
+fn add_ns(counter: &AtomicU64, from: Instant, to: Instant) {
+    let ns = u64::try_from(to.duration_since(from).as_nanos()).unwrap_or(u64::MAX);
+    counter.fetch_add(ns, Relaxed);
+}
+
 impl Pipeline {
     /// Consumes until the sender side is dropped, then commits every open
     /// file. Returns the archive's final low-water mark.
@@ -85,7 +90,10 @@ impl Pipeline {
 
     fn process(&mut self, durable: DurableBatch) -> std::io::Result<()> {
         let now_us = chrono::Utc::now().timestamp_micros();
+        let started = Instant::now();
         let routed = self.scorer.score(&durable.batch, now_us);
+        let scored = Instant::now();
+        add_ns(&self.stats.pipeline_score_ns, started, scored);
         let out = routed.live;
         if let Some(e) = &out.model_error {
             self.stats.scoring_errors.fetch_add(1, Relaxed);
@@ -106,6 +114,8 @@ impl Pipeline {
                 .fetch_add(shadow.num_rows() as u64, Relaxed);
         }
         self.committed(&files);
+        let archived = Instant::now();
+        add_ns(&self.stats.pipeline_archive_ns, scored, archived);
         self.stats.readings_archived.fetch_add(rows, Relaxed);
         let unscored = out
             .scored
@@ -120,13 +130,13 @@ impl Pipeline {
         self.stats
             .series
             .store(self.scorer.series_count() as u64, Relaxed);
-        self.state.record_points(&out.scored);
-        self.state.apply_from(
-            &out.updates,
+        self.state.record(
+            &out.scored,
             out.events,
             now_us,
             &durable.batch.header.gateway,
         );
+        add_ns(&self.stats.pipeline_state_ns, archived, Instant::now());
         Ok(())
     }
 

@@ -33,13 +33,13 @@
 //! data, and a window of newer readings says nothing about it. Rescoring
 //! archived ranges is the tool for backfills.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{
     Float64Builder, StringBuilder, TimestampMicrosecondBuilder, UInt64Builder,
 };
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::{Array, ArrayRef, RecordBatch};
 use schemas::envelope::DecodedBatch;
 use schemas::tables::{self, ReadingView, status};
 
@@ -95,22 +95,17 @@ impl ScoreStats {
     }
 }
 
+/// A series' normalisation: learned exactly (Welford) during warm-up, then
+/// followed with exponential forgetting over the same horizon.
 #[derive(Debug, Default)]
-struct SeriesState {
-    scores: ScoreStats,
-    /// The previous reading was anomalous: a run of anomalous readings (a
-    /// spike stays in the window for `window` readings) is one event.
-    in_anomaly: bool,
+struct Normalisation {
     count: u64,
     mean: f64,
     /// Welford's sum of squares during warm-up, then the variance itself.
     m2: f64,
-    recent: VecDeque<f64>,
-    /// Timestamps of `recent`.
-    recent_ts: VecDeque<i64>,
 }
 
-impl SeriesState {
+impl Normalisation {
     fn std(&self, warmup: u64) -> f64 {
         let var = if self.count < warmup {
             if self.count > 1 {
@@ -142,17 +137,77 @@ impl SeriesState {
     }
 }
 
-/// The latest state of one series, for the API.
-#[derive(Debug, Clone)]
-pub struct SeriesUpdate {
-    pub device: Arc<str>,
-    pub metric: Arc<str>,
-    pub ts_us: i64,
-    pub value: f64,
-    pub score: Option<f64>,
-    pub status: &'static str,
-    /// `<model id> <version>` that scored it.
-    pub model: Arc<str>,
+/// The newest readings of one series, oldest first, kept contiguous so that
+/// a window is one slice: readings are appended to a buffer of twice the
+/// window, and when it is full the newest `window - 1` move to its front
+/// (one copy every `window + 1` readings).
+#[derive(Debug)]
+struct SlidingWindow {
+    window: usize,
+    values: Vec<f64>,
+    ts: Vec<i64>,
+}
+
+impl SlidingWindow {
+    fn new(window: usize) -> Self {
+        Self {
+            window: window.max(1),
+            values: Vec::new(),
+            ts: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, x: f64, ts: i64) {
+        if self.values.len() == 2 * self.window {
+            let keep = self.values.len() - (self.window - 1);
+            self.values.copy_within(keep.., 0);
+            self.ts.copy_within(keep.., 0);
+            self.values.truncate(self.window - 1);
+            self.ts.truncate(self.window - 1);
+        } else if self.values.capacity() == 0 {
+            self.values.reserve_exact(2 * self.window);
+            self.ts.reserve_exact(2 * self.window);
+        }
+        self.values.push(x);
+        self.ts.push(ts);
+    }
+
+    fn newest_ts(&self) -> Option<i64> {
+        self.ts.last().copied()
+    }
+
+    fn len(&self) -> usize {
+        self.values.len().min(self.window)
+    }
+
+    fn is_full(&self) -> bool {
+        self.len() == self.window
+    }
+
+    /// The window's values, oldest first.
+    fn values(&self) -> &[f64] {
+        &self.values[self.values.len() - self.len()..]
+    }
+
+    /// Timestamp of the oldest reading in the window.
+    fn start_ts(&self) -> Option<i64> {
+        self.ts.get(self.ts.len() - self.len()).copied()
+    }
+}
+
+/// Everything the univariate scorer keeps about one `(device, metric)`.
+#[derive(Debug)]
+struct SeriesState {
+    /// Numbers devices in order of first sight (groups a device's rows).
+    device_index: u32,
+    device: Arc<str>,
+    metric: Arc<str>,
+    norm: Normalisation,
+    window: SlidingWindow,
+    scores: ScoreStats,
+    /// The previous reading was anomalous: a run of anomalous readings (a
+    /// spike stays in the window for `window` readings) is one event.
+    in_anomaly: bool,
 }
 
 /// One anomaly event, for the API's recent-events view.
@@ -198,6 +253,10 @@ impl AnomalyEvent {
 }
 
 /// What scoring one batch produced.
+///
+/// The scored rows come grouped: a device's rows together, within them each
+/// series' rows together and in time order ([`crate::state::HubState`] and
+/// the archive's sort rely on it for speed, not for correctness).
 #[derive(Debug)]
 pub struct ScoredBatch {
     /// Set when the model failed; the affected rows are `unscored`.
@@ -205,19 +264,20 @@ pub struct ScoredBatch {
     pub scored: RecordBatch,
     pub anomalies: RecordBatch,
     pub events: Vec<AnomalyEvent>,
-    pub updates: Vec<SeriesUpdate>,
 }
 
 #[derive(Debug)]
 pub struct Scorer {
     model: Model,
-    /// `<id> <version>`, as series updates report it.
-    model_label: Arc<str>,
     threshold: f64,
     warmup: u64,
-    series: FastMap<(Arc<str>, Arc<str>), SeriesState>,
-    /// Interned names: device and metric strings repeat in every batch.
-    names: FastMap<Box<str>, Arc<str>>,
+    /// Indexed by series id.
+    series: Vec<SeriesState>,
+    /// device -> (metric, series id) of each of its series: one hash lookup
+    /// of the device name per reading, then a short scan of its metrics.
+    by_device: FastMap<Arc<str>, Vec<(Arc<str>, u32)>>,
+    /// Metric names, shared by the series of every device.
+    metric_names: std::collections::HashSet<Arc<str>, foldhash::fast::RandomState>,
 }
 
 impl Scorer {
@@ -225,11 +285,11 @@ impl Scorer {
         let warmup = u64::from(warmup_readings).max(model.window() as u64).max(2);
         Self {
             threshold: threshold.unwrap_or(model.manifest.threshold),
-            model_label: model_label(&model),
             model,
             warmup,
-            series: FastMap::default(),
-            names: FastMap::default(),
+            series: Vec::new(),
+            by_device: FastMap::default(),
+            metric_names: Default::default(),
         }
     }
 
@@ -242,10 +302,10 @@ impl Scorer {
     pub fn swap_model(&mut self, model: Model, threshold: Option<f64>) {
         if model.window() != self.model.window() {
             self.series.clear();
+            self.by_device.clear();
         }
         self.threshold = threshold.unwrap_or(model.manifest.threshold);
         self.warmup = self.warmup.max(model.window() as u64);
-        self.model_label = model_label(&model);
         self.model = model;
     }
 
@@ -253,102 +313,140 @@ impl Scorer {
         self.series.len()
     }
 
-    fn intern(&mut self, s: &str) -> Arc<str> {
-        if let Some(a) = self.names.get(s) {
-            return a.clone();
+    /// The id of a series, created on first sight.
+    fn resolve(&mut self, device: &str, metric: &str) -> usize {
+        let known = self.by_device.get_key_value(device);
+        if let Some((_, list)) = known
+            && let Some(&(_, id)) = list.iter().find(|(m, _)| &**m == metric)
+        {
+            return id as usize;
         }
-        let a: Arc<str> = Arc::from(s);
-        self.names.insert(s.into(), a.clone());
-        a
+        let device: Arc<str> = known.map_or_else(|| Arc::from(device), |(d, _)| d.clone());
+        let metric = match self.metric_names.get(metric) {
+            Some(m) => m.clone(),
+            None => {
+                let m: Arc<str> = Arc::from(metric);
+                self.metric_names.insert(m.clone());
+                m
+            }
+        };
+        let device_index = match known {
+            Some((_, list)) => self.series[list[0].1 as usize].device_index,
+            None => u32::try_from(self.by_device.len()).expect("fewer than 2^32 devices"),
+        };
+        let id = self.series.len();
+        self.series.push(SeriesState {
+            device_index,
+            device: device.clone(),
+            metric: metric.clone(),
+            norm: Normalisation::default(),
+            window: SlidingWindow::new(self.model.window()),
+            scores: ScoreStats::default(),
+            in_anomaly: false,
+        });
+        let id32 = u32::try_from(id).expect("fewer than 2^32 series");
+        self.by_device
+            .entry(device)
+            .or_default()
+            .push((metric, id32));
+        id
     }
 
     pub fn score(&mut self, batch: &DecodedBatch, ingested_at_us: i64) -> ScoredBatch {
         let view =
             ReadingView::try_new(&batch.readings).expect("decoder verified the reading columns");
         let n = batch.readings.num_rows();
-        let w = self.model.window();
         let clip = self.model.manifest.input.clip;
         let warmup = self.warmup;
 
-        // Pass 1: update windows, collect the windows that need a score.
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by_key(|&i| view.ts.value(i));
-        let mut keys = vec![None; n];
-        let mut scored_rows: Vec<usize> = Vec::new();
-        let mut queued = vec![false; n];
-        let mut late = vec![false; n];
-        let mut window_start_of = vec![0i64; n];
-        // The (mean, std) each scored window was normalised with.
+        // The series of every row (a run of rows of one series resolves once).
+        let mut series_of: Vec<usize> = Vec::with_capacity(n);
+        for i in 0..n {
+            let (device, metric) = (view.device.value(i), view.metric.value(i));
+            let same_as_previous =
+                i > 0 && device == view.device.value(i - 1) && metric == view.metric.value(i - 1);
+            let id = match series_of.last() {
+                Some(&previous) if same_as_previous => previous,
+                _ => self.resolve(device, metric),
+            };
+            series_of.push(id);
+        }
+        // Output order: a device's rows together, each series' rows
+        // together in time order (stable). Series are independent, so this
+        // is the time order scoring needs, and the rows come out grouped as
+        // the state and the archive want them.
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        order.sort_by_key(|&i| {
+            let (i, series) = (i as usize, series_of[i as usize]);
+            let device = self.series[series].device_index;
+            (device, series, view.ts.value(i))
+        });
+
+        // Pass 1, by output position: update windows, collect the windows
+        // that need a score (normalised with the statistics as they stand).
+        let mut status_at: Vec<&'static str> = vec![status::WARMING_UP; n];
+        let mut window_start_at = vec![0i64; n];
+        let mut queued: Vec<usize> = Vec::new();
+        // The (mean, std) each queued window was normalised with.
         let mut scales: Vec<(f64, f64)> = Vec::new();
         let mut matrix: Vec<f32> = Vec::new();
-        for &i in &order {
-            let key = (
-                self.intern(view.device.value(i)),
-                self.intern(view.metric.value(i)),
-            );
+        for (k, &i) in order.iter().enumerate() {
+            let i = i as usize;
             let (x, ts) = (view.value.value(i), view.ts.value(i));
-            let state = self.series.entry(key.clone()).or_default();
-            keys[i] = Some(key);
-            if state.recent_ts.back().is_some_and(|&newest| ts < newest) {
-                late[i] = true;
+            let state = &mut self.series[series_of[i]];
+            if !x.is_finite() {
+                // NaN or infinite: archived as sent, kept out of the window
+                // and the normalisation (it would poison both for good).
+                status_at[k] = status::UNSCORED;
                 continue;
             }
-            state.recent.push_back(x);
-            state.recent_ts.push_back(ts);
-            if state.recent.len() > w {
-                state.recent.pop_front();
-                state.recent_ts.pop_front();
+            if state.window.newest_ts().is_some_and(|newest| ts < newest) {
+                status_at[k] = status::LATE;
+                continue;
             }
-            window_start_of[i] = state.recent_ts.front().copied().unwrap_or(ts);
-            if state.count < warmup {
-                state.learn_warmup(x, warmup);
-            } else {
-                let (mean, std) = (state.mean, state.std(warmup));
-                matrix.extend(
-                    state
-                        .recent
-                        .iter()
-                        .map(|v| ((v - mean) / std).clamp(-clip, clip) as f32),
-                );
-                scored_rows.push(i);
-                queued[i] = true;
-                scales.push((mean, std));
+            state.window.push(x, ts);
+            window_start_at[k] = state.window.start_ts().unwrap_or(ts);
+            if state.norm.count < warmup {
+                state.norm.learn_warmup(x, warmup);
+                continue;
             }
+            if !state.window.is_full() {
+                continue; // only after a model swap to a longer window
+            }
+            let (mean, std) = (state.norm.mean, state.norm.std(warmup));
+            let row = matrix.len();
+            matrix.resize(row + state.window.window, 0.0);
+            normalise_into(&mut matrix[row..], state.window.values(), mean, std, clip);
+            queued.push(k);
+            scales.push((mean, std));
         }
-        let keys: Vec<(Arc<str>, Arc<str>)> = keys
-            .into_iter()
-            .map(|k| k.expect("every row keyed"))
-            .collect();
         // A model failure must not lose durable readings: they are archived
         // as `unscored` and the failure is logged and counted by the caller.
         let (output, model_error) = match self.model.run(&matrix) {
             Ok(o) => (o, None),
             Err(e) => (crate::model::ModelOutput::default(), Some(e)),
         };
-
-        // Pass 2: statuses, normalisation follow-up, output columns.
-        let mut score_of: Vec<Option<f64>> = vec![None; n];
-        let mut expected_of: Vec<Option<(f64, f64)>> = vec![None; n];
-        let bound = self.threshold.sqrt();
-        for (k, (row, s)) in scored_rows.iter().zip(&output.scores).enumerate() {
-            score_of[*row] = Some(f64::from(*s));
-            if let Some(f) = output.forecast.as_ref().and_then(|f| f.get(k)) {
-                let (mean, std) = scales[k];
-                expected_of[*row] = Some((mean + f64::from(*f) * std, bound * std));
-            }
+        let mut score_at: Vec<Option<f64>> = vec![None; n];
+        // Position -> index into `queued` (the model's output rows).
+        let mut queue_index_at: Vec<u32> = vec![u32::MAX; n];
+        for (q, &k) in queued.iter().enumerate() {
+            score_at[k] = output.scores.get(q).map(|s| f64::from(*s));
+            queue_index_at[k] = q as u32;
         }
+
+        // Pass 2: statuses, normalisation follow-up, events.
+        let bound = self.threshold.sqrt();
         let header = &batch.header;
-        let mut out = ScoredColumns::new(n);
-        let mut anomalies = ScoredColumns::new(0);
         let mut events = Vec::new();
-        let mut updates: FastMap<(Arc<str>, Arc<str>), SeriesUpdate> = FastMap::default();
-        for &i in &order {
-            let (device, metric) = &keys[i];
+        for (k, &i) in order.iter().enumerate() {
+            let i = i as usize;
             let (ts, x) = (view.ts.value(i), view.value.value(i));
-            let st = match (score_of[i], self.series.get_mut(&keys[i])) {
-                _ if late[i] => status::LATE,
-                (None, _) if model_error.is_some() && queued[i] => status::UNSCORED,
-                (Some(score), Some(state)) => {
+            let state = &mut self.series[series_of[i]];
+            let was_queued = queue_index_at[k] != u32::MAX;
+            let st = match score_at[k] {
+                _ if status_at[k] != status::WARMING_UP => status_at[k],
+                None if was_queued && model_error.is_some() => status::UNSCORED,
+                Some(score) => {
                     let l = score.ln_1p();
                     let z = state.scores.z(l);
                     state.scores.update(l);
@@ -358,66 +456,51 @@ impl Scorer {
                         Some(_) => status::OK,
                     }
                 }
-                _ => status::WARMING_UP,
+                None => status::WARMING_UP,
             };
+            status_at[k] = st;
             // Every scored reading, anomalous or not, moves the normalisation:
             // following only "normal" readings locks a series that enters a
             // noisier regime into flagging everything, for ever.
-            if st != status::WARMING_UP
-                && st != status::LATE
-                && let Some(state) = self.series.get_mut(&keys[i])
-            {
-                state.follow(x, warmup);
+            if was_queued && st != status::WARMING_UP {
+                state.norm.follow(x, warmup);
             }
-            out.push_scored(device, metric, ts, x, st, score_of[i], self.threshold);
-            let starts_event = match self.series.get_mut(&keys[i]) {
-                Some(state) if score_of[i].is_some() => {
-                    let starts = st == status::ANOMALOUS && !state.in_anomaly;
-                    state.in_anomaly = st == status::ANOMALOUS;
-                    starts
-                }
-                _ => false,
-            };
-            if let (true, Some(score)) = (starts_event, score_of[i]) {
-                let window_start = window_start_of[i];
-                let event = AnomalyEvent {
-                    id: 0,
-                    device: device.to_string(),
-                    metric: metric.to_string(),
-                    ts: format_ts(ts),
-                    ts_us: ts,
-                    value: x,
-                    score,
-                    threshold: self.threshold,
-                    severity: score / self.threshold,
-                    window_start_us: window_start,
-                    model_id: self.model.manifest.id.clone(),
-                    model_version: self.model.manifest.version.clone(),
-                    gateway: header.gateway.clone(),
-                    seq: header.seq,
-                    expected: expected_of[i].map(|(e, _)| e),
-                    expected_low: expected_of[i].map(|(e, b)| e - b),
-                    expected_high: expected_of[i].map(|(e, b)| e + b),
-                    contributions: None,
-                };
-                anomalies.push_anomaly(&event, window_start);
-                events.push(event);
-            }
-            let newer = updates.get(&keys[i]).is_none_or(|u| u.ts_us <= ts);
-            if newer {
-                updates.insert(
-                    keys[i].clone(),
-                    SeriesUpdate {
-                        device: device.clone(),
-                        metric: metric.clone(),
+            if let Some(score) = score_at[k] {
+                let starts_event = st == status::ANOMALOUS && !state.in_anomaly;
+                state.in_anomaly = st == status::ANOMALOUS;
+                if starts_event {
+                    let q = queue_index_at[k] as usize;
+                    let expected = output.forecast.as_ref().and_then(|f| f.get(q)).map(|f| {
+                        let (mean, std) = scales[q];
+                        (mean + f64::from(*f) * std, bound * std)
+                    });
+                    events.push(AnomalyEvent {
+                        id: 0,
+                        device: state.device.to_string(),
+                        metric: state.metric.to_string(),
+                        ts: format_ts(ts),
                         ts_us: ts,
                         value: x,
-                        score: score_of[i],
-                        status: st,
-                        model: self.model_label.clone(),
-                    },
-                );
+                        score,
+                        threshold: self.threshold,
+                        severity: score / self.threshold,
+                        window_start_us: window_start_at[k],
+                        model_id: self.model.manifest.id.clone(),
+                        model_version: self.model.manifest.version.clone(),
+                        gateway: header.gateway.clone(),
+                        seq: header.seq,
+                        expected: expected.map(|(e, _)| e),
+                        expected_low: expected.map(|(e, b)| e - b),
+                        expected_high: expected.map(|(e, b)| e + b),
+                        contributions: None,
+                    });
+                }
             }
+        }
+        events.sort_by_key(|e| e.ts_us);
+        let mut anomalies = ScoredColumns::new(events.len());
+        for e in &events {
+            anomalies.push_anomaly(e, e.window_start_us);
         }
         let ctx = BatchContext {
             gateway: &header.gateway,
@@ -427,25 +510,154 @@ impl Scorer {
             model_version: &self.model.manifest.version,
             ingested_at_us,
         };
+        let rows = ScoredRows {
+            view: &view,
+            order: &order,
+            status: &status_at,
+            score: &score_at,
+            threshold: self.threshold,
+        };
         ScoredBatch {
             model_error,
-            scored: out.finish_scored(&ctx),
+            scored: rows.finish(&ctx),
             anomalies: anomalies.finish_anomalies(&ctx),
             events,
-            updates: updates.into_values().collect(),
         }
     }
 }
 
-/// How series updates name a model: `<id> <version>`.
-fn model_label(model: &Model) -> Arc<str> {
-    Arc::from(format!("{} {}", model.manifest.id, model.manifest.version))
+/// The scored table's columns from a batch's readings taken in `order`,
+/// with each output row's status and score: device and metric are gathered
+/// from the input arrays, numbers copied once.
+struct ScoredRows<'a> {
+    view: &'a ReadingView<'a>,
+    order: &'a [u32],
+    status: &'a [&'static str],
+    score: &'a [Option<f64>],
+    threshold: f64,
+}
+
+impl ScoredRows<'_> {
+    fn finish(&self, ctx: &BatchContext<'_>) -> RecordBatch {
+        use arrow_array::{Float64Array, StringArray, TimestampMicrosecondArray, UInt32Array};
+        let n = self.order.len();
+        let idx = UInt32Array::from(self.order.to_vec());
+        let gather = |a: &StringArray| -> ArrayRef {
+            arrow_select::take::take(a, &idx, None).expect("indices are in range")
+        };
+        let ts: Vec<i64> = self
+            .order
+            .iter()
+            .map(|&i| self.view.ts.value(i as usize))
+            .collect();
+        let value: Vec<f64> = self
+            .order
+            .iter()
+            .map(|&i| self.view.value.value(i as usize))
+            .collect();
+        let threshold: Float64Array = self
+            .score
+            .iter()
+            .map(|s| s.map(|_| self.threshold))
+            .collect();
+        let [model_id, model_version, gateway, incarnation, seq, ingested] =
+            context_columns(n, ctx);
+        let columns: Vec<ArrayRef> = vec![
+            gather(self.view.device),
+            gather(self.view.metric),
+            Arc::new(TimestampMicrosecondArray::from(ts).with_timezone(tables::UTC)),
+            Arc::new(Float64Array::from(value)),
+            Arc::new(StringArray::from_iter_values(self.status.iter().copied())),
+            Arc::new(Float64Array::from(self.score.to_vec())),
+            Arc::new(threshold),
+            model_id,
+            model_version,
+            gateway,
+            incarnation,
+            seq,
+            ingested,
+        ];
+        RecordBatch::try_new(tables::scored_schema(), columns)
+            .expect("columns match the scored schema")
+    }
+}
+
+/// `out[i] = clamp((values[i] - mean) / std, -clip, clip)` as f32, in a
+/// form the compiler vectorises (this runs for every value of every window).
+fn normalise_into(out: &mut [f32], values: &[f64], mean: f64, std: f64, clip: f64) {
+    let inverse = 1.0 / std;
+    for (o, v) in out.iter_mut().zip(values) {
+        *o = ((v - mean) * inverse).max(-clip).min(clip) as f32;
+    }
 }
 
 pub fn format_ts(ts_us: i64) -> String {
     chrono::DateTime::from_timestamp_micros(ts_us)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
         .unwrap_or_default()
+}
+
+/// The columns every row of a batch shares: model, gateway, batch identity,
+/// ingestion time.
+fn context_columns(n: usize, ctx: &BatchContext<'_>) -> [ArrayRef; 6] {
+    let repeat_str = |s: &str| -> ArrayRef { Arc::new(repeat_string(s, n)) };
+    let repeat_u64 = |v: u64| -> ArrayRef {
+        let mut b = UInt64Builder::with_capacity(n);
+        b.append_value_n(v, n);
+        Arc::new(b.finish())
+    };
+    let mut ingested = TimestampMicrosecondBuilder::with_capacity(n).with_timezone(tables::UTC);
+    ingested.append_value_n(ctx.ingested_at_us, n);
+    [
+        repeat_str(ctx.model_id),
+        repeat_str(ctx.model_version),
+        repeat_str(ctx.gateway),
+        repeat_u64(ctx.incarnation),
+        repeat_u64(ctx.seq),
+        Arc::new(ingested.finish()),
+    ]
+}
+
+/// Row indices of a batch grouped by device, then by metric (each numbered
+/// in order of first appearance), each series in time order: the order of
+/// [`ScoredBatch::scored`].
+fn grouped_order(view: &ReadingView<'_>) -> Vec<u32> {
+    let number = |col: &arrow_array::StringArray| -> Vec<u32> {
+        let mut seen: FastMap<&str, u32> = FastMap::default();
+        let mut ids: Vec<u32> = Vec::with_capacity(col.len());
+        for i in 0..col.len() {
+            let name = col.value(i);
+            let id = match ids.last() {
+                Some(&previous) if col.value(i - 1) == name => previous,
+                _ => {
+                    let next = seen.len() as u32;
+                    *seen.entry(name).or_insert(next)
+                }
+            };
+            ids.push(id);
+        }
+        ids
+    };
+    let (device, metric) = (number(view.device), number(view.metric));
+    let mut order: Vec<u32> = (0..view.device.len() as u32).collect();
+    order.sort_by_key(|&i| {
+        let i = i as usize;
+        (device[i], metric[i], view.ts.value(i))
+    });
+    order
+}
+
+/// `s` repeated `n` times, built in two copies rather than `n` appends.
+fn repeat_string(s: &str, n: usize) -> arrow_array::StringArray {
+    let len = s.len();
+    let end = i32::try_from(len * n).expect("a batch's strings fit Arrow's i32 offsets");
+    let offsets: Vec<i32> = (0..=n).map(|i| (i * len) as i32).collect();
+    debug_assert_eq!(offsets.last().copied(), Some(end));
+    arrow_array::StringArray::new(
+        arrow_buffer::OffsetBuffer::new(offsets.into()),
+        arrow_buffer::Buffer::from(s.repeat(n).into_bytes()),
+        None,
+    )
 }
 
 struct BatchContext<'a> {
@@ -532,33 +744,9 @@ impl ScoredColumns {
         self.len += 1;
     }
 
-    fn context_columns(&self, ctx: &BatchContext<'_>) -> [ArrayRef; 6] {
-        let n = self.len;
-        let repeat_str = |s: &str| -> ArrayRef {
-            Arc::new(arrow_array::StringArray::from_iter_values(
-                std::iter::repeat_n(s, n),
-            ))
-        };
-        let repeat_u64 = |v: u64| -> ArrayRef {
-            let mut b = UInt64Builder::with_capacity(n);
-            b.append_value_n(v, n);
-            Arc::new(b.finish())
-        };
-        let mut ingested = TimestampMicrosecondBuilder::with_capacity(n).with_timezone(tables::UTC);
-        ingested.append_value_n(ctx.ingested_at_us, n);
-        [
-            repeat_str(ctx.model_id),
-            repeat_str(ctx.model_version),
-            repeat_str(ctx.gateway),
-            repeat_u64(ctx.incarnation),
-            repeat_u64(ctx.seq),
-            Arc::new(ingested.finish()),
-        ]
-    }
-
     fn finish_scored(mut self, ctx: &BatchContext<'_>) -> RecordBatch {
         let [model_id, model_version, gateway, incarnation, seq, ingested] =
-            self.context_columns(ctx);
+            context_columns(self.len, ctx);
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.device.finish()),
             Arc::new(self.metric.finish()),
@@ -580,7 +768,7 @@ impl ScoredColumns {
 
     fn finish_anomalies(mut self, ctx: &BatchContext<'_>) -> RecordBatch {
         let [model_id, model_version, gateway, incarnation, seq, ingested] =
-            self.context_columns(ctx);
+            context_columns(self.len, ctx);
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.device.finish()),
             Arc::new(self.metric.finish()),

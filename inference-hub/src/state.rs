@@ -7,15 +7,24 @@
 //! `Last-Event-ID` gets what it missed if it is still among them).
 //!
 //! Stream events have increasing ids: an `anomaly` event per anomaly, and an
-//! `update` event per device per batch (its metrics' new values).
+//! `update` event per device per batch (its metrics' new latest values). A
+//! series' latest value only moves forward in event time: readings older
+//! than it (a backlog drained behind live data) add points, not updates.
+//!
+//! The pipeline hands over each scored batch whole ([`HubState::record`]);
+//! scorers emit a device's rows together and each series' rows in time
+//! order, so recording costs one map lookup per device and per series of
+//! the batch, not per reading. Names are shared (`Arc<str>`) and times kept
+//! as numbers: text is rendered only when the API asks.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, RwLock};
 
+use arrow_array::Array;
 use schemas::tables::status;
 use serde::Serialize;
 
-use crate::scoring::{AnomalyEvent, SeriesUpdate, format_ts};
+use crate::scoring::{AnomalyEvent, format_ts};
 
 pub const MAX_RECENT_ANOMALIES: usize = 10_000;
 /// Stream events kept for clients that reconnect.
@@ -50,7 +59,45 @@ pub struct StreamEvent {
 enum StreamPayload {
     Anomaly(Box<AnomalyEvent>),
     /// A device's series updated by one batch.
-    Update(Vec<SeriesUpdate>),
+    Update(Vec<MetricUpdate>),
+}
+
+/// A [`Point`] as the state keeps it: 32 bytes instead of 48 (the state
+/// writes one per reading, so its size is memory traffic on the pipeline).
+#[derive(Debug, Clone, Copy)]
+struct StoredPoint {
+    ts_us: i64,
+    value: f64,
+    /// NaN: no score.
+    score: f64,
+    status: u8,
+}
+
+/// Statuses by [`StoredPoint::status`].
+const STATUSES: [&str; 5] = [
+    status::WARMING_UP,
+    status::OK,
+    status::ANOMALOUS,
+    status::UNSCORED,
+    status::LATE,
+];
+
+impl StoredPoint {
+    fn point(self) -> Point {
+        Point {
+            ts_us: self.ts_us,
+            value: self.value,
+            score: (!self.score.is_nan()).then_some(self.score),
+            status: STATUSES[usize::from(self.status)],
+        }
+    }
+}
+
+/// A series' newest reading in a batch, for the stream.
+#[derive(Debug)]
+struct MetricUpdate {
+    metric: Arc<str>,
+    point: Point,
 }
 
 impl StreamEvent {
@@ -64,10 +111,10 @@ impl StreamEvent {
                     .map(|u| {
                         serde_json::json!({
                             "metric": &*u.metric,
-                            "ts": format_ts(u.ts_us),
-                            "value": u.value,
-                            "score": u.score,
-                            "status": u.status,
+                            "ts": format_ts(u.point.ts_us),
+                            "value": u.point.value,
+                            "score": u.point.score,
+                            "status": u.point.status,
                         })
                     })
                     .collect();
@@ -100,22 +147,32 @@ pub struct DeviceState {
     pub metrics: Vec<MetricState>,
 }
 
-#[derive(Debug, Default)]
+/// A device as the pipeline leaves it.
+#[derive(Debug)]
 struct Device {
+    name: Arc<str>,
     gateway: String,
     last_seen_us: i64,
-    metrics: BTreeMap<String, MetricState>,
+    metrics: BTreeMap<Arc<str>, Series>,
+}
+
+/// One series: its newest reading and the newest points, which cover range
+/// queries until the archive has committed them.
+#[derive(Debug)]
+struct Series {
+    name: Arc<str>,
+    latest: Point,
+    /// `<model id> <version>` that scored the newest reading.
+    model: Arc<str>,
+    points: VecDeque<StoredPoint>,
 }
 
 #[derive(Debug)]
 pub struct HubState {
-    devices: RwLock<BTreeMap<String, Device>>,
+    devices: RwLock<FastMap<Arc<str>, Device>>,
     anomalies: RwLock<VecDeque<AnomalyEvent>>,
     stream: std::sync::Mutex<(u64, VecDeque<Arc<StreamEvent>>)>,
     live: tokio::sync::broadcast::Sender<Arc<StreamEvent>>,
-    /// device -> metric -> newest points (nested so that a reading is looked
-    /// up by borrowed names: no allocation per reading on the pipeline's path).
-    recent: RwLock<RecentPoints>,
 }
 
 impl Default for HubState {
@@ -125,26 +182,35 @@ impl Default for HubState {
             anomalies: RwLock::default(),
             stream: std::sync::Mutex::new((0, VecDeque::new())),
             live: tokio::sync::broadcast::channel(4096).0,
-            recent: RwLock::default(),
         }
     }
 }
 
 type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-type RecentPoints = FastMap<String, FastMap<String, VecDeque<Point>>>;
 
-fn device_state(name: &str, d: &Device) -> DeviceState {
+fn device_state(d: &Device) -> DeviceState {
     DeviceState {
-        device: name.to_owned(),
+        device: d.name.to_string(),
         gateway: d.gateway.clone(),
         status: d
             .metrics
             .values()
-            .map(|m| m.status)
+            .map(|m| m.latest.status)
             .max_by_key(|s| rank(s))
             .unwrap_or(status::WARMING_UP),
         last_seen: format_ts(d.last_seen_us),
-        metrics: d.metrics.values().cloned().collect(),
+        metrics: d
+            .metrics
+            .values()
+            .map(|m| MetricState {
+                metric: m.name.to_string(),
+                ts: format_ts(m.latest.ts_us),
+                value: m.latest.value,
+                score: m.latest.score,
+                status: m.latest.status,
+                model: m.model.to_string(),
+            })
+            .collect(),
     }
 }
 
@@ -158,40 +224,34 @@ fn rank(s: &str) -> u8 {
 }
 
 impl HubState {
-    pub fn apply(&self, updates: &[SeriesUpdate], events: Vec<AnomalyEvent>, now_us: i64) {
-        self.apply_from(updates, events, now_us, "");
+    /// Publishes anomaly events that did not come with a scored batch.
+    pub fn record_events(&self, events: Vec<AnomalyEvent>) {
+        self.record(
+            &arrow_array::RecordBatch::new_empty(schemas::tables::scored_schema()),
+            events,
+            0,
+            "",
+        );
     }
 
-    /// [`HubState::apply`] for a batch from `gateway`.
-    pub fn apply_from(
+    /// Takes in one scored batch from `gateway` (a batch of the scored
+    /// table) and its anomaly events: devices' latest values, the newest
+    /// points, the stream, the recent anomalies.
+    pub fn record(
         &self,
-        updates: &[SeriesUpdate],
+        scored: &arrow_array::RecordBatch,
         mut events: Vec<AnomalyEvent>,
         now_us: i64,
         gateway: &str,
     ) {
-        self.publish(updates, &mut events);
-        {
-            let mut devices = self.devices.write().expect("state lock");
-            for u in updates {
-                let d = devices.entry(u.device.to_string()).or_default();
-                d.last_seen_us = now_us;
-                if !gateway.is_empty() && d.gateway != gateway {
-                    d.gateway = gateway.to_owned();
-                }
-                d.metrics.insert(
-                    u.metric.to_string(),
-                    MetricState {
-                        metric: u.metric.to_string(),
-                        ts: format_ts(u.ts_us),
-                        value: u.value,
-                        score: u.score,
-                        status: u.status,
-                        model: u.model.to_string(),
-                    },
-                );
+        let updates = match ScoredView::new(scored) {
+            Ok(view) => self.record_rows(&view, now_us, gateway),
+            Err(e) => {
+                tracing::error!(error = %e, "a scored batch without the scored table's columns");
+                Vec::new()
             }
-        }
+        };
+        self.publish(updates, &mut events);
         if !events.is_empty() {
             let mut recent = self.anomalies.write().expect("state lock");
             for e in events {
@@ -203,28 +263,94 @@ impl HubState {
         }
     }
 
-    /// Keeps the newest scored readings of each series (from a batch of the
-    /// scored table).
-    pub fn record_points(&self, scored: &arrow_array::RecordBatch) {
-        let Ok(view) = ScoredView::new(scored) else {
-            return;
-        };
-        let mut recent = self.recent.write().expect("state lock");
-        for i in 0..scored.num_rows() {
-            let (device, metric) = (view.device.value(i), view.metric.value(i));
-            if !recent.contains_key(device) {
-                recent.insert(device.to_owned(), FastMap::default());
+    /// Updates devices and series from the rows, one run of a device's rows
+    /// and one run of a series' rows at a time. Returns each device's
+    /// updates for the stream.
+    fn record_rows(
+        &self,
+        view: &ScoredView<'_>,
+        now_us: i64,
+        gateway: &str,
+    ) -> Vec<(Arc<str>, Vec<MetricUpdate>)> {
+        let n = view.device.len();
+        let mut updates: Vec<(Arc<str>, Vec<MetricUpdate>)> = Vec::new();
+        // Only consulted when a device's rows are not all together.
+        let mut update_slot: FastMap<Arc<str>, usize> = FastMap::default();
+        let mut label: Option<(usize, Arc<str>)> = None;
+        let mut devices = self.devices.write().expect("state lock");
+        let mut start = 0;
+        while start < n {
+            let name = view.device.value(start);
+            let end = run_end(view.device, start, n);
+            if !devices.contains_key(name) {
+                let name: Arc<str> = Arc::from(name);
+                devices.insert(
+                    name.clone(),
+                    Device {
+                        name,
+                        gateway: String::new(),
+                        last_seen_us: 0,
+                        metrics: BTreeMap::new(),
+                    },
+                );
             }
-            let metrics = recent.get_mut(device).expect("inserted");
-            if !metrics.contains_key(metric) {
-                metrics.insert(metric.to_owned(), VecDeque::new());
+            let device = devices.get_mut(name).expect("inserted");
+            device.last_seen_us = now_us;
+            if !gateway.is_empty() && device.gateway != gateway {
+                gateway.clone_into(&mut device.gateway);
             }
-            let ring = metrics.get_mut(metric).expect("inserted");
-            if ring.len() == RECENT_POINTS {
-                ring.pop_front();
+            let mut metric_updates = Vec::new();
+            let mut s = start;
+            while s < end {
+                let metric = view.metric.value(s);
+                let e = run_end(view.metric, s, end);
+                if !device.metrics.contains_key(metric) {
+                    let name: Arc<str> = Arc::from(metric);
+                    let series = Series {
+                        name: name.clone(),
+                        latest: view.point(s),
+                        model: Arc::from(""),
+                        points: VecDeque::with_capacity(RECENT_POINTS),
+                    };
+                    device.metrics.insert(name, series);
+                }
+                let series = device.metrics.get_mut(metric).expect("inserted");
+                for i in e.saturating_sub(RECENT_POINTS).max(s)..e {
+                    if series.points.len() == RECENT_POINTS {
+                        series.points.pop_front();
+                    }
+                    series.points.push_back(view.stored_point(i));
+                }
+                // The newest of the run (the last of equal times) becomes the
+                // series' latest unless the series has a newer one already (a
+                // backlog arriving behind live data).
+                let newest = (s..e)
+                    .max_by_key(|&i| view.ts.value(i))
+                    .expect("a run has a row");
+                if view.ts.value(newest) >= series.latest.ts_us {
+                    series.latest = view.point(newest);
+                    series.model = view.model_label(newest, &mut label);
+                    metric_updates.push(MetricUpdate {
+                        metric: series.name.clone(),
+                        point: series.latest,
+                    });
+                }
+                s = e;
             }
-            ring.push_back(view.point(i));
+            if metric_updates.is_empty() {
+                start = end;
+                continue;
+            }
+            match update_slot.get(&device.name) {
+                Some(&slot) => updates[slot].1.extend(metric_updates),
+                None => {
+                    update_slot.insert(device.name.clone(), updates.len());
+                    updates.push((device.name.clone(), metric_updates));
+                }
+            }
+            start = end;
         }
+        updates
     }
 
     /// Kept points of a series in `[from, to)`, oldest first.
@@ -235,14 +361,16 @@ impl HubState {
         from_us: i64,
         to_us: i64,
     ) -> Vec<Point> {
-        let recent = self.recent.read().expect("state lock");
-        let mut out: Vec<Point> = recent
+        let devices = self.devices.read().expect("state lock");
+        let mut out: Vec<Point> = devices
             .get(device)
-            .and_then(|metrics| metrics.get(metric))
-            .map(|r| {
-                r.iter()
+            .and_then(|d| d.metrics.get(metric))
+            .map(|series| {
+                series
+                    .points
+                    .iter()
                     .filter(|p| p.ts_us >= from_us && p.ts_us < to_us)
-                    .copied()
+                    .map(|p| p.point())
                     .collect()
             })
             .unwrap_or_default();
@@ -251,11 +379,7 @@ impl HubState {
     }
 
     /// Assigns ids and appends the batch's stream events (anomalies first).
-    fn publish(&self, updates: &[SeriesUpdate], events: &mut [AnomalyEvent]) {
-        let mut by_device: FastMap<&str, Vec<SeriesUpdate>> = FastMap::default();
-        for u in updates {
-            by_device.entry(&*u.device).or_default().push(u.clone());
-        }
+    fn publish(&self, updates: Vec<(Arc<str>, Vec<MetricUpdate>)>, events: &mut [AnomalyEvent]) {
         let mut stream = self.stream.lock().expect("stream lock");
         let push =
             |stream: &mut (u64, VecDeque<Arc<StreamEvent>>), kind, device: Arc<str>, payload| {
@@ -283,8 +407,7 @@ impl HubState {
                 StreamPayload::Anomaly(Box::new(e.clone())),
             );
         }
-        for (_, metrics) in by_device {
-            let device = metrics[0].device.clone();
+        for (device, metrics) in updates {
             push(
                 &mut stream,
                 "update",
@@ -318,15 +441,15 @@ impl HubState {
     /// One device, if the hub has seen it.
     pub fn device(&self, name: &str) -> Option<DeviceState> {
         let devices = self.devices.read().expect("state lock");
-        devices.get(name).map(|d| device_state(name, d))
+        devices.get(name).map(device_state)
     }
 
+    /// Every device, by name.
     pub fn devices(&self) -> Vec<DeviceState> {
         let devices = self.devices.read().expect("state lock");
-        devices
-            .iter()
-            .map(|(name, d)| device_state(name, d))
-            .collect()
+        let mut all: Vec<&Device> = devices.values().collect();
+        all.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        all.into_iter().map(device_state).collect()
     }
 
     /// Newest first, filtered; `before_id` continues a page (cursor).
@@ -359,7 +482,15 @@ pub struct AnomalyFilter<'a> {
     pub before_id: Option<u64>,
 }
 
-/// Typed access to the columns of a scored-table batch that points need.
+/// The end of the run of equal values that starts at `start` (before `end`).
+fn run_end(col: &arrow_array::StringArray, start: usize, end: usize) -> usize {
+    let value = col.value(start);
+    (start + 1..end)
+        .find(|&i| col.value(i) != value)
+        .unwrap_or(end)
+}
+
+/// Typed access to the columns of a scored-table batch that the state needs.
 #[derive(Debug)]
 pub struct ScoredView<'a> {
     pub device: &'a arrow_array::StringArray,
@@ -368,6 +499,8 @@ pub struct ScoredView<'a> {
     pub value: &'a arrow_array::Float64Array,
     pub score: &'a arrow_array::Float64Array,
     pub status: &'a arrow_array::StringArray,
+    pub model_id: &'a arrow_array::StringArray,
+    pub model_version: &'a arrow_array::StringArray,
 }
 
 impl<'a> ScoredView<'a> {
@@ -388,23 +521,167 @@ impl<'a> ScoredView<'a> {
             value: col(b, t::VALUE)?,
             score: col(b, t::SCORE)?,
             status: col(b, t::STATUS)?,
+            model_id: col(b, t::MODEL_ID)?,
+            model_version: col(b, t::MODEL_VERSION)?,
         })
     }
 
     pub fn point(&self, i: usize) -> Point {
-        use arrow_array::Array;
-        let status = match self.status.value(i) {
-            status::OK => status::OK,
-            status::ANOMALOUS => status::ANOMALOUS,
-            status::UNSCORED => status::UNSCORED,
-            status::LATE => status::LATE,
-            _ => status::WARMING_UP,
+        self.stored_point(i).point()
+    }
+
+    fn stored_point(&self, i: usize) -> StoredPoint {
+        // The statuses differ in their first byte.
+        let status = match self.status.value(i).as_bytes().first() {
+            Some(b'o') => 1,
+            Some(b'a') => 2,
+            Some(b'u') => 3,
+            Some(b'l') => 4,
+            _ => 0,
         };
-        Point {
+        StoredPoint {
             ts_us: self.ts.value(i),
             value: self.value.value(i),
-            score: self.score.is_valid(i).then(|| self.score.value(i)),
+            score: if self.score.is_valid(i) {
+                self.score.value(i)
+            } else {
+                f64::NAN
+            },
             status,
         }
+    }
+
+    /// `<model id> <version>` of row `i`; `cache` holds the last one made
+    /// (a batch is scored by one model version, so it is made once).
+    fn model_label(&self, i: usize, cache: &mut Option<(usize, Arc<str>)>) -> Arc<str> {
+        if let Some((row, label)) = cache
+            && self.model_id.value(*row) == self.model_id.value(i)
+            && self.model_version.value(*row) == self.model_version.value(i)
+        {
+            return label.clone();
+        }
+        let label: Arc<str> = Arc::from(format!(
+            "{} {}",
+            self.model_id.value(i),
+            self.model_version.value(i)
+        ));
+        *cache = Some((i, label.clone()));
+        label
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use schemas::ReadingColumns;
+    use schemas::envelope::{self, DecodeLimits};
+
+    use super::*;
+    use crate::model::Model;
+    use crate::scoring::Scorer;
+
+    /// A scored batch of `rows` (device, metric, seconds, value).
+    fn scored(rows: &[(&str, &str, i64, f64)]) -> arrow_array::RecordBatch {
+        let model = Model::load(
+            &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/univariate-forecast"),
+        )
+        .unwrap();
+        let mut cols = ReadingColumns::default();
+        for (d, m, t, v) in rows {
+            cols.push(d, m, 1_700_000_000_000_000 + t * 1_000_000, *v);
+        }
+        let (_, bytes) = envelope::encode("gw", 1, 1, &cols.finish()).unwrap();
+        let batch = envelope::decode(&bytes, &DecodeLimits::default()).unwrap();
+        Scorer::new(model, 10, None).score(&batch, 0).scored
+    }
+
+    fn update_events(state: &HubState) -> Vec<(String, String)> {
+        let (events, _) = state.subscribe(0);
+        events
+            .iter()
+            .filter(|e| e.kind == "update")
+            .map(|e| (e.device.to_string(), e.data()))
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_sets_each_series_newest_value_keeps_its_points_and_streams_one_update_per_device() {
+        let state = HubState::default();
+        let batch = scored(&[
+            ("d2", "b", 5, 2.5),
+            ("d1", "a", 3, 1.3),
+            ("d2", "a", 1, 2.1),
+            ("d1", "a", 1, 1.1),
+            ("d2", "b", 4, 2.4),
+            ("d1", "a", 2, 1.2),
+        ]);
+        state.record(&batch, Vec::new(), 7, "gw-1");
+        let devices = state.devices();
+        let names: Vec<&str> = devices.iter().map(|d| d.device.as_str()).collect();
+        assert_eq!(names, ["d1", "d2"]);
+        assert_eq!(devices[1].gateway, "gw-1");
+        let latest: Vec<(&str, f64)> = devices[1]
+            .metrics
+            .iter()
+            .map(|m| (m.metric.as_str(), m.value))
+            .collect();
+        assert_eq!(latest, [("a", 2.1), ("b", 2.5)]);
+        assert_eq!(devices[1].metrics[0].model, "univariate-forecast 1.0.0");
+        let points = state.recent_points("d1", "a", i64::MIN, i64::MAX);
+        let values: Vec<f64> = points.iter().map(|p| p.value).collect();
+        assert_eq!(values, [1.1, 1.2, 1.3]);
+        assert!(points.iter().all(|p| p.status == status::WARMING_UP));
+        let updates = update_events(&state);
+        assert_eq!(updates.len(), 2, "{updates:?}");
+        let d2 = &updates.iter().find(|(d, _)| d == "d2").unwrap().1;
+        assert!(
+            d2.contains("\"metric\":\"b\"") && d2.contains("\"value\":2.5"),
+            "{d2}"
+        );
+        assert!(
+            d2.contains("\"metric\":\"a\"") && d2.contains("\"value\":2.1"),
+            "{d2}"
+        );
+    }
+
+    #[test]
+    fn rows_of_a_device_that_are_not_together_still_make_one_update_and_the_newest_wins() {
+        let state = HubState::default();
+        let grouped = scored(&[
+            ("d1", "a", 1, 1.0),
+            ("d1", "a", 9, 9.0),
+            ("d2", "a", 1, 5.0),
+        ]);
+        // Reorder so that d1's rows are split by d2's and time runs backwards.
+        let idx = arrow_array::UInt32Array::from(vec![1u32, 2, 0]);
+        let columns = grouped
+            .columns()
+            .iter()
+            .map(|c| arrow_select::take::take(c.as_ref(), &idx, None).unwrap())
+            .collect();
+        let split = arrow_array::RecordBatch::try_new(grouped.schema(), columns).unwrap();
+        state.record(&split, Vec::new(), 0, "");
+        let d1 = state.device("d1").unwrap();
+        assert_eq!(d1.metrics[0].value, 9.0);
+        assert_eq!(update_events(&state).len(), 2);
+        assert_eq!(state.recent_points("d1", "a", i64::MIN, i64::MAX).len(), 2);
+        // A later batch with an older reading adds a point, not an update.
+        state.record(&scored(&[("d1", "a", 5, 5.0)]), Vec::new(), 0, "");
+        assert_eq!(state.device("d1").unwrap().metrics[0].value, 9.0);
+        assert_eq!(update_events(&state).len(), 2);
+        assert_eq!(state.recent_points("d1", "a", i64::MIN, i64::MAX).len(), 3);
+    }
+
+    #[test]
+    fn a_series_keeps_only_its_newest_points() {
+        let state = HubState::default();
+        let rows: Vec<(&str, &str, i64, f64)> = (0..300).map(|t| ("d", "m", t, t as f64)).collect();
+        state.record(&scored(&rows[..200]), Vec::new(), 0, "");
+        state.record(&scored(&rows[200..]), Vec::new(), 0, "");
+        let points = state.recent_points("d", "m", i64::MIN, i64::MAX);
+        assert_eq!(points.len(), RECENT_POINTS);
+        assert_eq!(points.last().unwrap().value, 299.0);
+        assert_eq!(points[0].value, (300 - RECENT_POINTS) as f64);
     }
 }

@@ -47,6 +47,25 @@ pub struct HubStats {
     pub archive_failed: AtomicBool,
     pub series: AtomicU64,
     pub open_files: AtomicU64,
+    /// Time the pipeline thread spent per stage (nanoseconds): where a
+    /// saturated hub's time goes.
+    pub pipeline_score_ns: AtomicU64,
+    pub pipeline_archive_ns: AtomicU64,
+    pub pipeline_state_ns: AtomicU64,
+}
+
+/// A nanosecond counter as a seconds sample of the pipeline-stage family.
+fn metric_seconds(
+    sample: &mut impl FnMut(&str, &str, &str, &dyn std::fmt::Display),
+    name: &str,
+    ns: u64,
+) {
+    sample(
+        "counter",
+        name,
+        "Time the pipeline thread spent scoring, archiving and updating the API's state.",
+        &format_args!("{:.6}", ns as f64 / 1e9),
+    );
 }
 
 impl HubStats {
@@ -57,11 +76,22 @@ impl HubStats {
     pub fn render_prometheus(&self) -> String {
         let mut out = String::with_capacity(4096);
         let get = |c: &AtomicU64| c.load(Relaxed);
+        // HELP and TYPE once per family (the text format refuses a second
+        // TYPE line for a name): labelled series of a family are adjacent.
+        let mut family = String::new();
+        let mut sample = |kind: &str, name: &str, help: &str, value: &dyn std::fmt::Display| {
+            let this_family = name.split('{').next().unwrap_or(name);
+            if this_family != family {
+                let _ = writeln!(
+                    out,
+                    "# HELP {this_family} {help}\n# TYPE {this_family} {kind}"
+                );
+                this_family.clone_into(&mut family);
+            }
+            let _ = writeln!(out, "{name} {value}");
+        };
         let mut metric = |kind: &str, name: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+            sample(kind, name, help, &value);
         };
         metric(
             "counter",
@@ -237,6 +267,41 @@ impl HubStats {
             "1 when WAL and archive are writable.",
             u64::from(self.healthy()),
         );
+        for (stage, ns) in [
+            ("score", &self.pipeline_score_ns),
+            ("archive", &self.pipeline_archive_ns),
+            ("state", &self.pipeline_state_ns),
+        ] {
+            metric_seconds(
+                &mut sample,
+                &format!("hub_pipeline_seconds_total{{stage=\"{stage}\"}}"),
+                get(ns),
+            );
+        }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_has_one_help_and_one_type_line_before_its_samples() {
+        let stats = HubStats::default();
+        stats.pipeline_archive_ns.store(1_500_000_000, Relaxed);
+        let text = stats.render_prometheus();
+        let mut typed = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let family = rest.split(' ').next().unwrap();
+                assert!(typed.insert(family.to_owned()), "second TYPE for {family}");
+            } else if !line.starts_with('#') {
+                let family = line.split(['{', ' ']).next().unwrap();
+                assert!(typed.contains(family), "sample before TYPE: {line}");
+            }
+        }
+        assert!(text.contains("hub_pipeline_seconds_total{stage=\"archive\"} 1.500000\n"));
+        assert!(text.contains("hub_batches_received_total{transport=\"mqtt\"} 0\n"));
     }
 }

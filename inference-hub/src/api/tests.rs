@@ -222,7 +222,7 @@ async fn anomalies_page_with_an_opaque_cursor_and_filter() {
     let events: Vec<_> = (0..25)
         .map(|i| anomaly(i, if i % 2 == 0 { "a" } else { "b" }))
         .collect();
-    hub.state.apply(&[], events, 0);
+    hub.state.record_events(events);
     let app = router_for(&hub);
     let mut seen = Vec::new();
     let mut uri = "/v1/anomalies?limit=10".to_string();
@@ -296,14 +296,14 @@ async fn the_stream_delivers_live_events_and_a_reconnect_resumes_after_last_even
     let state = hub.state.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        state.apply(&[], (0..3).map(|i| anomaly(i, "a")).collect(), 0);
+        state.record_events((0..3).map(|i| anomaly(i, "a")).collect());
     });
     let first = sse_events(resp, 3).await;
     assert!(first.iter().all(|(_, kind, _)| kind == "anomaly"));
     let last = first[1].0;
     // Two more while the client is away; it reconnects after the second event.
     hub.state
-        .apply(&[], (3..5).map(|i| anomaly(i, "a")).collect(), 0);
+        .record_events((3..5).map(|i| anomaly(i, "a")).collect());
     let resp = client
         .get(&url)
         .header("last-event-id", last.to_string())

@@ -26,8 +26,8 @@ use schemas::envelope::DecodedBatch;
 use schemas::tables::{ReadingView, status};
 
 use super::{
-    AnomalyEvent, BatchContext, SCORE_Z_LIMIT, ScoreStats, ScoredBatch, ScoredColumns, SeriesState,
-    SeriesUpdate, format_ts,
+    AnomalyEvent, BatchContext, Normalisation, SCORE_Z_LIMIT, ScoreStats, ScoredBatch,
+    ScoredColumns, format_ts,
 };
 use crate::model::{Decision, Model, ModelOutput};
 
@@ -36,7 +36,7 @@ const MAX_PENDING_RECORDS: usize = 16;
 
 #[derive(Debug, Default)]
 struct DeviceState {
-    norms: Vec<SeriesState>,
+    norms: Vec<Normalisation>,
     /// Records being assembled: timestamp -> one value per metric.
     pending: BTreeMap<i64, Vec<Option<f64>>>,
     /// The last `window` complete records: (timestamp, values).
@@ -59,7 +59,6 @@ struct Queued<'a> {
 #[derive(Debug)]
 pub struct MultivariateScorer {
     model: Model,
-    model_label: Arc<str>,
     threshold: f64,
     warmup: u64,
     metrics: Vec<Arc<str>>,
@@ -78,7 +77,6 @@ impl MultivariateScorer {
         let warmup = u64::from(warmup_readings).max(model.window() as u64).max(2);
         Self {
             threshold: threshold.unwrap_or(model.manifest.threshold),
-            model_label: super::model_label(&model),
             model,
             warmup,
             metrics,
@@ -102,7 +100,6 @@ impl MultivariateScorer {
             return;
         }
         self.threshold = threshold.unwrap_or(model.manifest.threshold);
-        self.model_label = super::model_label(&model);
         self.model = model;
     }
 
@@ -138,7 +135,7 @@ impl MultivariateScorer {
                 self.devices.insert(
                     Arc::from(device),
                     DeviceState {
-                        norms: (0..f).map(|_| SeriesState::default()).collect(),
+                        norms: (0..f).map(|_| Normalisation::default()).collect(),
                         ..DeviceState::default()
                     },
                 );
@@ -251,14 +248,13 @@ impl MultivariateScorer {
             }
         }
 
-        // Output: every reading in batch order.
+        // Output: every reading, grouped by device and series.
         let mut out = ScoredColumns::new(n);
-        // The newest reading of each series in the batch: (row, status, score).
-        let mut newest: HashMap<(&str, &str), (usize, &'static str, Option<f64>)> = HashMap::new();
-        for (i, record) in row_record.iter().enumerate() {
+        for i in super::grouped_order(&view) {
+            let i = i as usize;
             let (device, metric) = (view.device.value(i), view.metric.value(i));
             let (ts, x) = (view.ts.value(i), view.value.value(i));
-            let (st, score) = match record {
+            let (st, score) = match &row_record[i] {
                 None => (status::UNSCORED, None),
                 Some(key) => match record_status.get(key) {
                     Some(&st) => (st, record_score.get(key).copied()),
@@ -272,12 +268,6 @@ impl MultivariateScorer {
                 st
             };
             out.push_scored(device, metric, ts, x, st, score, self.threshold);
-            if newest
-                .get(&(device, metric))
-                .is_none_or(|&(j, _, _)| view.ts.value(j) <= ts)
-            {
-                newest.insert((device, metric), (i, st, score));
-            }
         }
         let header = &batch.header;
         let ctx = BatchContext {
@@ -293,18 +283,6 @@ impl MultivariateScorer {
             scored: out.finish_scored(&ctx),
             anomalies: anomalies.finish_anomalies(&ctx),
             events,
-            updates: newest
-                .into_iter()
-                .map(|((device, metric), (i, status, score))| SeriesUpdate {
-                    device: Arc::from(device),
-                    metric: Arc::from(metric),
-                    ts_us: view.ts.value(i),
-                    value: view.value.value(i),
-                    score,
-                    status,
-                    model: self.model_label.clone(),
-                })
-                .collect(),
         }
     }
 

@@ -271,7 +271,6 @@ fn merge(parts: Vec<ScoredBatch>) -> ScoredBatch {
         scored.push(p.scored);
         anomalies.push(p.anomalies);
         first.events.extend(p.events);
-        first.updates.extend(p.updates);
         if first.model_error.is_none() {
             first.model_error = p.model_error;
         }

@@ -272,3 +272,106 @@ fn readings_are_taken_in_time_order_and_older_ones_than_the_series_has_seen_are_
         .clone();
     assert_eq!(scores.null_count(), 2, "late readings carry no score");
 }
+
+#[test]
+fn a_non_finite_value_is_archived_unscored_and_does_not_poison_its_series() {
+    let mut scorer = Scorer::new(model(), 100, None);
+    scorer.score(&batch("d1", 1.0, 200, None, 1), 0);
+    let mut cols = ReadingColumns::default();
+    let t0 = 1_700_000_000_000_000 + 50_000 * 1_000_000;
+    for i in 0..200 {
+        let v = match i {
+            50 => f64::NAN,
+            60 => f64::INFINITY,
+            _ => 10.0 + (i as f64 / 20.0).sin(),
+        };
+        cols.push("d1", "temp", t0 + i * 1_000_000, v);
+    }
+    let (_, bytes) = envelope::encode("gw", 1, 2, &cols.finish()).unwrap();
+    let out = scorer.score(
+        &envelope::decode(&bytes, &DecodeLimits::default()).unwrap(),
+        0,
+    );
+    let st = statuses(&out.scored);
+    assert_eq!(st[50], status::UNSCORED);
+    assert_eq!(st[60], status::UNSCORED);
+    let values = out
+        .scored
+        .column_by_name("value")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
+    assert!(values.value(50).is_nan(), "archived as sent");
+    // The series goes on being scored normally around and after them.
+    let scores = out
+        .scored
+        .column_by_name("score")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
+    assert_eq!(scores.null_count(), 2);
+    assert!(scores.iter().flatten().all(f64::is_finite));
+    let after = scorer.score(&batch("d1", 1.0, 100, None, 9), 0);
+    assert!(
+        statuses(&after.scored).iter().all(|s| s == status::OK),
+        "the series was poisoned: {:?}",
+        statuses(&after.scored)
+    );
+}
+
+#[test]
+fn scored_rows_come_grouped_by_device_then_series_each_in_time_order() {
+    let mut scorer = Scorer::new(model(), 10, None);
+    let mut cols = ReadingColumns::default();
+    let mut sent = Vec::new();
+    // Devices and metrics interleaved, times shuffled.
+    let mut rng = fastrand::Rng::with_seed(3);
+    for k in 0..120 {
+        let (device, metric) = (["d2", "d1", "d3"][k % 3], ["b", "a"][k % 2]);
+        let ts = 1_700_000_000_000_000 + rng.i64(0..1_000) * 1_000_000;
+        let value = k as f64;
+        cols.push(device, metric, ts, value);
+        sent.push((device.to_owned(), metric.to_owned(), ts, value.to_bits()));
+    }
+    let (_, bytes) = envelope::encode("gw", 1, 1, &cols.finish()).unwrap();
+    let out = scorer.score(
+        &envelope::decode(&bytes, &DecodeLimits::default()).unwrap(),
+        0,
+    );
+    let view = crate::state::ScoredView::new(&out.scored).unwrap();
+    let rows: Vec<(String, String, i64, u64)> = (0..out.scored.num_rows())
+        .map(|i| {
+            (
+                view.device.value(i).to_owned(),
+                view.metric.value(i).to_owned(),
+                view.ts.value(i),
+                view.value.value(i).to_bits(),
+            )
+        })
+        .collect();
+    // Every reading once, as sent.
+    let (mut a, mut b) = (rows.clone(), sent);
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+    // A device's rows together, a series' rows together and in time order.
+    let mut devices_done = std::collections::HashSet::new();
+    let mut series_done = std::collections::HashSet::new();
+    for (i, r) in rows.iter().enumerate() {
+        let previous = i.checked_sub(1).map(|p| &rows[p]);
+        if previous.is_none_or(|p| p.0 != r.0) {
+            assert!(devices_done.insert(r.0.clone()), "{} split", r.0);
+        }
+        if previous.is_none_or(|p| (&p.0, &p.1) != (&r.0, &r.1)) {
+            assert!(
+                series_done.insert((r.0.clone(), r.1.clone())),
+                "{r:?} split"
+            );
+        } else {
+            assert!(previous.unwrap().2 <= r.2, "out of time order at {i}");
+        }
+    }
+    assert_eq!(series_done.len(), 6);
+}
