@@ -476,6 +476,11 @@ impl Archive {
     }
 
     /// How often compaction and retention run.
+    /// Rows sorted into one row group.
+    pub fn row_group_rows(&self) -> usize {
+        self.settings.row_group_rows
+    }
+
     pub fn maintenance_interval(&self) -> Duration {
         self.settings.compaction_interval
     }

@@ -12,7 +12,9 @@
 //! fsync (it is answered at the end of the same or a later group), so
 //! `duplicate` always means "durable". After a WAL write or fsync error the
 //! hub stops acknowledging altogether (the state of an fsync-failed file is
-//! unknown) and reports unhealthy.
+//! unknown) and reports unhealthy; after an archive failure it refuses new
+//! batches too (what it acknowledged stays in the WAL for the next start,
+//! and gateways keep the rest or hand it to another hub).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -192,6 +194,7 @@ fn run_sequencer(
     out: std::sync::mpsc::SyncSender<DurableBatch>,
 ) -> Sequencer {
     let mut closing = false;
+    let mut pipeline_gone = false;
     while !closing {
         let first = match rx.blocking_recv() {
             Some(Message::Batch(r)) => r,
@@ -200,6 +203,15 @@ fn run_sequencer(
         if s.stats.wal_failed.load(Relaxed) {
             let _ = first.reply.send(Err(SubmitError::Unavailable(
                 "the WAL failed; the hub needs an operator",
+            )));
+            s.stats.batches_unavailable.fetch_add(1, Relaxed);
+            continue;
+        }
+        if s.stats.archive_failed.load(Relaxed) {
+            // What is acknowledged stays in the WAL for the next start; new
+            // batches stay with their gateways (or go to another hub).
+            let _ = first.reply.send(Err(SubmitError::Unavailable(
+                "the archive failed; the hub needs an operator",
             )));
             s.stats.batches_unavailable.fetch_add(1, Relaxed);
             continue;
@@ -275,15 +287,14 @@ fn run_sequencer(
                 .readings_durable
                 .fetch_add(u64::from(req.batch.header.row_count), Relaxed);
             let _ = req.reply.send(Ok(AckStatus::Durable));
-            if out
-                .send(DurableBatch {
-                    pos,
-                    batch: req.batch,
-                })
-                .is_err()
-            {
+            let sent = out.send(DurableBatch {
+                pos,
+                batch: req.batch,
+            });
+            if sent.is_err() && !pipeline_gone {
+                pipeline_gone = true;
                 tracing::error!(
-                    "pipeline is gone; durable batches stay in the WAL for the next start"
+                    "the pipeline is gone; durable batches stay in the WAL for the next start"
                 );
             }
         }

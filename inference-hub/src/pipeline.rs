@@ -1,18 +1,27 @@
-//! The pipeline thread: durable batches in WAL order -> scoring -> archive,
-//! plus the in-memory state the API serves.
+//! The pipeline: durable batches in WAL order -> scoring -> archive, plus the
+//! in-memory state the API serves.
 //!
-//! Runs on its own thread because both halves are CPU- and disk-bound
-//! (tract, Parquet encoding, fsync). After every batch it publishes the
-//! archive's low-water mark so the sequencer can trim the WAL. When archiving
-//! fails (disk full, I/O error) it logs at ERROR, marks the hub unhealthy and
-//! stops consuming: the WAL keeps every acknowledged batch, the bounded queue
-//! fills, and intake stops acknowledging instead of losing data.
+//! Two threads, so that a hub uses two cores when it is busy: the *scoring*
+//! stage (`hub-pipeline`: models, the API's state, model hot reload) hands
+//! each scored batch to the *archive* stage (`hub-archive`: Parquet files,
+//! commits, compaction and retention, S3 uploads) over a short bounded queue.
+//! Both take batches in WAL order. After every batch the archive stage
+//! publishes its low-water mark so the sequencer can trim the WAL.
+//!
+//! When archiving fails (disk full, I/O error) the archive stage logs at
+//! ERROR, marks the hub unhealthy and stops; the scoring stage stops when it
+//! can no longer hand over, the bounded queues fill, and intake stops
+//! acknowledging instead of losing data: the WAL keeps every acknowledged
+//! batch for the next start.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
 
 use crate::archive::{Archive, CommittedFile, Table};
 use crate::intake::DurableBatch;
@@ -35,6 +44,126 @@ pub struct Pipeline {
     pub uploader: Option<crate::archive::s3::Uploader>,
 }
 
+/// What the scoring stage hands to the archive stage for one WAL record.
+struct ScoredRecord {
+    pos: u64,
+    scored: RecordBatch,
+    anomalies: RecordBatch,
+    shadow: Option<RecordBatch>,
+}
+
+/// The queue between the stages, bounded by the rows it holds (one record
+/// always fits, however large). Either side hanging up (drop) ends it.
+struct Handover {
+    state: Mutex<HandoverState>,
+    changed: Condvar,
+    max_rows: usize,
+}
+
+#[derive(Default)]
+struct HandoverState {
+    queue: std::collections::VecDeque<ScoredRecord>,
+    rows: usize,
+    sender_gone: bool,
+    receiver_gone: bool,
+}
+
+impl ScoredRecord {
+    fn rows(&self) -> usize {
+        self.scored.num_rows() + self.shadow.as_ref().map_or(0, RecordBatch::num_rows)
+    }
+}
+
+impl Handover {
+    fn new(max_rows: usize) -> Self {
+        Self {
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            max_rows,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HandoverState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The archive stage has hung up (it failed; see its log).
+#[derive(Debug)]
+struct ArchiveStopped;
+
+/// The scoring stage's end of the [`Handover`].
+struct HandoverSender(Arc<Handover>);
+
+impl HandoverSender {
+    /// Waits for room; `Err` when the archive stage has stopped.
+    fn send(&self, record: ScoredRecord) -> Result<(), ArchiveStopped> {
+        let rows = record.rows();
+        let mut state = self.0.lock();
+        while !state.receiver_gone && !state.queue.is_empty() && state.rows + rows > self.0.max_rows
+        {
+            state = self
+                .0
+                .changed
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        if state.receiver_gone {
+            return Err(ArchiveStopped);
+        }
+        state.rows += rows;
+        state.queue.push_back(record);
+        self.0.changed.notify_all();
+        Ok(())
+    }
+}
+
+impl Drop for HandoverSender {
+    fn drop(&mut self) {
+        self.0.lock().sender_gone = true;
+        self.0.changed.notify_all();
+    }
+}
+
+/// The archive stage's end of the [`Handover`].
+struct HandoverReceiver(Arc<Handover>);
+
+impl HandoverReceiver {
+    fn recv_timeout(&self, timeout: Duration) -> Result<ScoredRecord, RecvTimeoutError> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.0.lock();
+        loop {
+            if let Some(record) = state.queue.pop_front() {
+                state.rows -= record.rows();
+                self.0.changed.notify_all();
+                return Ok(record);
+            }
+            if state.sender_gone {
+                return Err(RecvTimeoutError::Disconnected);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(RecvTimeoutError::Timeout);
+            }
+            state = self
+                .0
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+impl Drop for HandoverReceiver {
+    fn drop(&mut self) {
+        self.0.lock().receiver_gone = true;
+        self.0.changed.notify_all();
+    }
+}
+
 fn add_ns(counter: &AtomicU64, from: Instant, to: Instant) {
     let ns = u64::try_from(to.duration_since(from).as_nanos()).unwrap_or(u64::MAX);
     counter.fetch_add(ns, Relaxed);
@@ -43,14 +172,61 @@ fn add_ns(counter: &AtomicU64, from: Instant, to: Instant) {
 impl Pipeline {
     /// Consumes until the sender side is dropped, then commits every open
     /// file. Returns the archive's final low-water mark.
-    pub fn run(mut self, rx: Receiver<DurableBatch>) -> u64 {
-        let mut next_reload_check = Instant::now() + self.reload_interval;
-        let mut next_maintenance = Instant::now() + self.archive.maintenance_interval();
-        loop {
-            if Instant::now() >= next_maintenance {
-                next_maintenance = Instant::now() + self.archive.maintenance_interval();
-                self.maintain_archive();
+    pub fn run(self, rx: Receiver<DurableBatch>) -> u64 {
+        let Pipeline {
+            scorer,
+            reload_interval,
+            archive,
+            state,
+            stats,
+            low_water,
+            uploader,
+        } = self;
+        // The archive stage works in bursts (a row group is sorted and
+        // encoded at once): the queue holds two row groups' worth of rows so
+        // that scoring goes on meanwhile, and no more (memory).
+        let handover = Arc::new(Handover::new(2 * archive.row_group_rows()));
+        let (to_archive, archive_rx) =
+            (HandoverSender(handover.clone()), HandoverReceiver(handover));
+        let archive_stage = ArchiveStage {
+            archive,
+            stats: stats.clone(),
+            low_water,
+            uploader,
+        };
+        let archive_thread = std::thread::Builder::new()
+            .name("hub-archive".into())
+            .spawn(move || archive_stage.run(archive_rx));
+        let archive_thread = match archive_thread {
+            Ok(t) => t,
+            Err(e) => {
+                stats.archive_failed.store(true, Relaxed);
+                tracing::error!(error = %e, "cannot start the archive thread: nothing is archived");
+                return 0;
             }
+        };
+        let scoring = ScoringStage {
+            scorer,
+            reload_interval,
+            state,
+            stats,
+        };
+        scoring.run(rx, to_archive); // drops the sender: the archive stage finishes
+        archive_thread.join().expect("archive thread panicked")
+    }
+}
+
+struct ScoringStage {
+    scorer: Router,
+    reload_interval: Duration,
+    state: Arc<HubState>,
+    stats: Arc<HubStats>,
+}
+
+impl ScoringStage {
+    fn run(mut self, rx: Receiver<DurableBatch>, to_archive: HandoverSender) {
+        let mut next_reload_check = Instant::now() + self.reload_interval;
+        loop {
             // Between batches: a batch is scored by one model version only.
             if Instant::now() >= next_reload_check {
                 next_reload_check = Instant::now() + self.reload_interval;
@@ -58,7 +234,98 @@ impl Pipeline {
             }
             match rx.recv_timeout(TICK) {
                 Ok(batch) => {
-                    if let Err(e) = self.process(batch) {
+                    if to_archive.send(self.process(batch)).is_err() {
+                        // The archive stage failed and said so; stop taking
+                        // batches so that intake stops acknowledging.
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn process(&mut self, durable: DurableBatch) -> ScoredRecord {
+        let now_us = chrono::Utc::now().timestamp_micros();
+        let started = Instant::now();
+        let routed = self.scorer.score(&durable.batch, now_us);
+        let scored_at = Instant::now();
+        add_ns(&self.stats.pipeline_score_ns, started, scored_at);
+        let out = routed.live;
+        if let Some(e) = &out.model_error {
+            self.stats.scoring_errors.fetch_add(1, Relaxed);
+            tracing::error!(error = %e, seq = durable.batch.header.seq, "model failed; batch archived unscored");
+        }
+        let rows = out.scored.num_rows() as u64;
+        let unscored = out
+            .scored
+            .column_by_name(schemas::tables::SCORE)
+            .map_or(0, |c| arrow_array::Array::null_count(c.as_ref()));
+        self.stats
+            .readings_scored
+            .fetch_add(rows - unscored as u64, Relaxed);
+        self.stats
+            .anomalies
+            .fetch_add(out.events.len() as u64, Relaxed);
+        self.stats
+            .series
+            .store(self.scorer.series_count() as u64, Relaxed);
+        self.state.record(
+            &out.scored,
+            out.events,
+            now_us,
+            &durable.batch.header.gateway,
+        );
+        add_ns(&self.stats.pipeline_state_ns, scored_at, Instant::now());
+        ScoredRecord {
+            pos: durable.pos,
+            scored: out.scored,
+            anomalies: out.anomalies,
+            shadow: routed.shadow,
+        }
+    }
+
+    fn reload_models(&mut self) {
+        for reload in self.scorer.reload_changed() {
+            match reload.result {
+                Ok(version) => {
+                    self.stats.model_reloads.fetch_add(1, Relaxed);
+                    tracing::info!(route = %reload.route, model = %version, "model reloaded; the next batch is scored by it");
+                }
+                Err(e) => {
+                    self.stats.model_reload_failures.fetch_add(1, Relaxed);
+                    tracing::error!(route = %reload.route, error = %e, "model reload failed; the previous model keeps scoring");
+                }
+            }
+        }
+    }
+}
+
+struct ArchiveStage {
+    archive: Archive,
+    stats: Arc<HubStats>,
+    low_water: Arc<AtomicU64>,
+    uploader: Option<crate::archive::s3::Uploader>,
+}
+
+impl ArchiveStage {
+    /// Archives until the scoring stage hangs up, then commits every open
+    /// file; returns the final low-water mark. On an archive failure it
+    /// returns at once (dropping the queue tells the scoring stage).
+    fn run(mut self, rx: HandoverReceiver) -> u64 {
+        let mut next_maintenance = Instant::now() + self.archive.maintenance_interval();
+        loop {
+            if Instant::now() >= next_maintenance {
+                next_maintenance = Instant::now() + self.archive.maintenance_interval();
+                self.maintain_archive();
+            }
+            match rx.recv_timeout(TICK) {
+                Ok(record) => {
+                    let started = Instant::now();
+                    let result = self.append(&record);
+                    add_ns(&self.stats.pipeline_archive_ns, started, Instant::now());
+                    if let Err(e) = result {
                         self.fail(&e);
                         return self.archive.low_water();
                     }
@@ -88,55 +355,24 @@ impl Pipeline {
         low_water
     }
 
-    fn process(&mut self, durable: DurableBatch) -> std::io::Result<()> {
-        let now_us = chrono::Utc::now().timestamp_micros();
-        let started = Instant::now();
-        let routed = self.scorer.score(&durable.batch, now_us);
-        let scored = Instant::now();
-        add_ns(&self.stats.pipeline_score_ns, started, scored);
-        let out = routed.live;
-        if let Some(e) = &out.model_error {
-            self.stats.scoring_errors.fetch_add(1, Relaxed);
-            tracing::error!(error = %e, seq = durable.batch.header.seq, "model failed; batch archived unscored");
-        }
-        let rows = out.scored.num_rows() as u64;
+    fn append(&mut self, record: &ScoredRecord) -> std::io::Result<()> {
         let mut files = self
             .archive
-            .append(Table::Scored, durable.pos, &out.scored)?;
+            .append(Table::Scored, record.pos, &record.scored)?;
         files.extend(
             self.archive
-                .append(Table::Anomalies, durable.pos, &out.anomalies)?,
+                .append(Table::Anomalies, record.pos, &record.anomalies)?,
         );
-        if let Some(shadow) = &routed.shadow {
-            files.extend(self.archive.append(Table::Shadow, durable.pos, shadow)?);
+        if let Some(shadow) = &record.shadow {
+            files.extend(self.archive.append(Table::Shadow, record.pos, shadow)?);
             self.stats
                 .shadow_rows
                 .fetch_add(shadow.num_rows() as u64, Relaxed);
         }
         self.committed(&files);
-        let archived = Instant::now();
-        add_ns(&self.stats.pipeline_archive_ns, scored, archived);
-        self.stats.readings_archived.fetch_add(rows, Relaxed);
-        let unscored = out
-            .scored
-            .column_by_name(schemas::tables::SCORE)
-            .map_or(0, |c| arrow_array::Array::null_count(c.as_ref()));
         self.stats
-            .readings_scored
-            .fetch_add(rows - unscored as u64, Relaxed);
-        self.stats
-            .anomalies
-            .fetch_add(out.events.len() as u64, Relaxed);
-        self.stats
-            .series
-            .store(self.scorer.series_count() as u64, Relaxed);
-        self.state.record(
-            &out.scored,
-            out.events,
-            now_us,
-            &durable.batch.header.gateway,
-        );
-        add_ns(&self.stats.pipeline_state_ns, archived, Instant::now());
+            .readings_archived
+            .fetch_add(record.scored.num_rows() as u64, Relaxed);
         Ok(())
     }
 
@@ -170,21 +406,6 @@ impl Pipeline {
             Err(e) => {
                 self.stats.maintenance_errors.fetch_add(1, Relaxed);
                 tracing::error!(error = %e, "archive compaction failed; the partition is left as it was");
-            }
-        }
-    }
-
-    fn reload_models(&mut self) {
-        for reload in self.scorer.reload_changed() {
-            match reload.result {
-                Ok(version) => {
-                    self.stats.model_reloads.fetch_add(1, Relaxed);
-                    tracing::info!(route = %reload.route, model = %version, "model reloaded; the next batch is scored by it");
-                }
-                Err(e) => {
-                    self.stats.model_reload_failures.fetch_add(1, Relaxed);
-                    tracing::error!(route = %reload.route, error = %e, "model reload failed; the previous model keeps scoring");
-                }
             }
         }
     }

@@ -933,3 +933,98 @@ async fn an_archive_replays_from_parquet_into_another_hub_once() {
         .sum();
     assert_eq!(rows, 900);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_that_cannot_be_written_stops_acknowledgements_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut cfg = HubConfig::for_dir("blocked", &dir.path().join("hub"));
+        cfg.mqtt.enabled = false;
+        cfg.archive.max_file_age = Duration::from_millis(100);
+        cfg
+    };
+    // Every reading falls on 2026-01-01; a file where that day's directory
+    // of the scored table must go makes archiving it fail.
+    let blocker = config()
+        .archive_root()
+        .join("table=scored")
+        .join("date=2026-01-01");
+    std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let envelope = |seq: u64| {
+        let mut cols = schemas::ReadingColumns::default();
+        for r in 0..20i64 {
+            let ts = 1_767_225_600_000_000 + (seq as i64 * 20 + r) * 1_000_000;
+            cols.push(&format!("dev{}", r % 4), "temp", ts, r as f64);
+        }
+        schemas::envelope::encode("gw-blocked", 1, seq, &cols.finish())
+            .unwrap()
+            .1
+    };
+    let client = reqwest::Client::new();
+    let post = |hub: &inference_hub::HubHandle, seq: u64| {
+        let request = client
+            .post(format!("http://{}/v1/batches", hub.http_addr))
+            .body(envelope(seq))
+            .send();
+        async move { request.await.unwrap().status() }
+    };
+
+    let hub = inference_hub::start(config()).await.unwrap();
+    let mut acknowledged = Vec::new();
+    let mut refused = Vec::new();
+    for seq in 1..=200u64 {
+        let status = post(&hub, seq).await;
+        if status.is_success() {
+            acknowledged.push(seq);
+        } else {
+            assert_eq!(
+                status,
+                reqwest::StatusCode::SERVICE_UNAVAILABLE,
+                "batch {seq}"
+            );
+            refused.push(seq);
+        }
+        if refused.len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!acknowledged.is_empty(), "the first batch is durable");
+    assert_eq!(
+        refused.len(),
+        5,
+        "the hub kept acknowledging: {acknowledged:?}"
+    );
+    let health = client
+        .get(format!("http://{}/health", hub.http_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    hub.shutdown().await;
+
+    // The operator clears the cause and restarts: the WAL holds what was
+    // acknowledged; the refused batches come again from their gateway.
+    std::fs::remove_file(&blocker).unwrap();
+    let hub = inference_hub::start(config()).await.unwrap();
+    for &seq in &refused {
+        assert!(
+            post(&hub, seq).await.is_success(),
+            "batch {seq} after the fix"
+        );
+    }
+    let root = hub.archive_root.clone();
+    hub.shutdown().await;
+    let archived = read_archive(&root);
+    let expected = (acknowledged.len() + refused.len()) * 20;
+    assert_eq!(
+        archived.len(),
+        expected,
+        "every batch's readings, each key once"
+    );
+    assert!(
+        archived.values().all(|rows| rows.len() == 1),
+        "a reading archived twice"
+    );
+}
