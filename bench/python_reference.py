@@ -9,9 +9,10 @@ every reading with the same algorithm as the hub (per-series warm-up
 mean/std, 16-reading windows normalised and clipped, the ONNX model through
 onnxruntime on one thread, threshold plus the adaptive z-test on the series'
 own ln(1+score) history), then write Parquet partitioned by event hour,
-sorted by device and time, zstd. Vectorised with numpy (series are processed
-in "rounds" of at most one reading each, so the windows of a round go
-through onnxruntime in one call); not a naive per-row loop.
+sorted by device and time, zstd. Vectorised with numpy and pyarrow: series
+are processed in "rounds" of at most one reading each, so the windows of a
+round go through onnxruntime in one call; Python code runs per batch, per
+round and per distinct (device, metric) of a batch, never per reading.
 
 Usage: python bench/python_reference.py --envelopes /tmp/bench-env --model-dir models/univariate-forecast --out /tmp/pyref
 """
@@ -34,6 +35,7 @@ WARMUP = 200
 MIN_SCORE_HISTORY = 50
 SCORE_Z_LIMIT = 3.5
 SCORE_HORIZON = 1000.0
+STATUSES = pa.array(["warming_up", "ok", "anomalous"])
 
 
 def parse_envelope(buf):
@@ -84,23 +86,31 @@ class Scorer:
         b[:cap] = self.buf
         self.buf = b
 
-    def series_ids(self, devices, metrics):
-        keys = [d + "\0" + m for d, m in zip(devices, metrics)]
-        out = np.empty(len(keys), np.int64)
-        for i, k in enumerate(keys):
+    def series_ids(self, device_col, metric_col):
+        """Series id per row. Python touches only the batch's distinct
+        (device, metric) pairs; the per-row work is pyarrow/numpy."""
+        dev = device_col.combine_chunks().dictionary_encode() if hasattr(device_col, "combine_chunks") else device_col.dictionary_encode()
+        met = metric_col.combine_chunks().dictionary_encode() if hasattr(metric_col, "combine_chunks") else metric_col.dictionary_encode()
+        dcode = dev.indices.to_numpy().astype(np.int64)
+        mcode = met.indices.to_numpy().astype(np.int64)
+        pair = dcode * len(met.dictionary) + mcode
+        uniq, inverse = np.unique(pair, return_inverse=True)
+        dnames, mnames = dev.dictionary.to_pylist(), met.dictionary.to_pylist()
+        local = np.empty(len(uniq), np.int64)
+        for j, p in enumerate(uniq.tolist()):
+            k = dnames[p // len(mnames)] + "\0" + mnames[p % len(mnames)]
             sid = self.ids.get(k)
             if sid is None:
                 sid = len(self.ids)
                 self.ids[k] = sid
-            out[i] = sid
+            local[j] = sid
         self._grow(len(self.ids))
-        return out
+        return local[inverse]
 
     def score(self, sid, values):
         n = len(sid)
         scores = np.full(n, np.nan)
-        status = np.empty(n, dtype=object)
-        status[:] = "warming_up"
+        status = np.zeros(n, np.int8)  # index into STATUSES
         # Rounds: the k-th reading of each series in this batch.
         order = np.argsort(sid, kind="stable")
         s_sorted = sid[order]
@@ -133,7 +143,7 @@ class Scorer:
             l = np.log1p(sc)
             hist = self.sn[ri] >= MIN_SCORE_HISTORY
             z = (l - self.smean[ri]) / np.sqrt(np.maximum(self.svar[ri], 1e-6))
-            st = np.where(hist, np.where((sc > self.threshold) & (z > SCORE_Z_LIMIT), "anomalous", "ok"), "warming_up")
+            st = np.where(hist, np.where((sc > self.threshold) & (z > SCORE_Z_LIMIT), 2, 1), 0).astype(np.int8)
             status[rrows] = st
             self.sn[ri] += 1
             d = l - self.smean[ri]
@@ -142,7 +152,7 @@ class Scorer:
             self.smean[ri] += a * d
             self.svar[ri] = np.where(early, self.svar[ri] + (d * (l - self.smean[ri]) - self.svar[ri]) / self.sn[ri],
                                      (1 - a) * (self.svar[ri] + a * d * d))
-            follow = st != "warming_up"
+            follow = st != 0
             fi, fx = ri[follow], rx[follow]
             a = 1.0 / WARMUP
             d = fx - self.mean[fi]
@@ -176,19 +186,18 @@ def main():
         wal.flush()
         os.fsync(wal.fileno())
         seen.add(key)
-        devices = table.column("device").to_pylist()
-        metrics = table.column("metric").to_pylist()
         values = table.column("value").to_numpy()
-        sid = scorer.series_ids(devices, metrics)
+        sid = scorer.series_ids(table.column("device"), table.column("metric"))
         scores, status = scorer.score(sid, values)
         n = table.num_rows
         readings += n
-        out = table.append_column("status", pa.array(status.tolist(), pa.string())) \
-            .append_column("score", pa.array(scores, mask=np.isnan(scores))) \
-            .append_column("threshold", pa.array(np.where(np.isnan(scores), np.nan, scorer.threshold), mask=np.isnan(scores))) \
-            .append_column("model_id", pa.array([scorer.manifest["id"]] * n)) \
-            .append_column("model_version", pa.array([scorer.manifest["version"]] * n)) \
-            .append_column("gateway", pa.array([key[0]] * n)) \
+        unscored = np.isnan(scores)
+        out = table.append_column("status", STATUSES.take(pa.array(status))) \
+            .append_column("score", pa.array(scores, mask=unscored)) \
+            .append_column("threshold", pa.array(np.full(n, scorer.threshold), mask=unscored)) \
+            .append_column("model_id", pa.repeat(scorer.manifest["id"], n)) \
+            .append_column("model_version", pa.repeat(scorer.manifest["version"], n)) \
+            .append_column("gateway", pa.repeat(key[0], n)) \
             .append_column("incarnation", pa.array(np.full(n, key[1], np.uint64))) \
             .append_column("seq", pa.array(np.full(n, key[2], np.uint64)))
         hours = table.column("ts").cast(pa.int64()).to_numpy() // 3_600_000_000

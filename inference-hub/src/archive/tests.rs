@@ -277,6 +277,107 @@ fn row_groups_are_sorted_by_device_metric_and_time() {
     );
 }
 
+#[test]
+fn a_row_group_gathered_from_many_batches_holds_every_row_once_in_order_with_plain_string_columns()
+{
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut sent: Vec<(String, String, i64, u64, String)> = Vec::new();
+    let batches: Vec<RecordBatch> = (0..7u64)
+        .map(|b| {
+            let n = 40 + b as usize * 3;
+            let base = rows(Table::Scored, &vec![(0, 0.0); n]);
+            let mut columns = base.columns().to_vec();
+            let set = |columns: &mut Vec<ArrayRef>, name: &str, array: ArrayRef| {
+                columns[base.schema().index_of(name).unwrap()] = array;
+            };
+            let device: Vec<String> = (0..n).map(|_| format!("dev{}", rng.u8(0..9))).collect();
+            let metric: Vec<&str> = (0..n)
+                .map(|_| ["rpm", "temp", "a"][rng.usize(0..3)])
+                .collect();
+            let ts: Vec<i64> = (0..n).map(|_| rng.i64(0..H)).collect();
+            let value: Vec<f64> = (0..n).map(|i| (b * 1000 + i as u64) as f64).collect();
+            let status: Vec<&str> = (0..n).map(|i| ["ok", "anomalous"][i % 2]).collect();
+            for i in 0..n {
+                sent.push((
+                    device[i].clone(),
+                    metric[i].to_owned(),
+                    ts[i],
+                    value[i].to_bits(),
+                    status[i].to_owned(),
+                ));
+            }
+            set(&mut columns, "device", Arc::new(StringArray::from(device)));
+            set(&mut columns, "metric", Arc::new(StringArray::from(metric)));
+            set(
+                &mut columns,
+                "ts",
+                Arc::new(TimestampMicrosecondArray::from(ts).with_timezone("UTC")),
+            );
+            set(&mut columns, "value", Arc::new(Float64Array::from(value)));
+            set(&mut columns, "status", Arc::new(StringArray::from(status)));
+            RecordBatch::try_new(base.schema(), columns).unwrap()
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(1 << 30);
+    settings.row_group_rows = 100_000; // one row group for all of them
+    let mut archive = Archive::open(dir.path(), "hub", settings).unwrap();
+    for (pos, b) in batches.iter().enumerate() {
+        archive.append(Table::Scored, pos as u64, b).unwrap();
+    }
+    archive.commit_all().unwrap();
+    let read = read_table(dir.path(), Table::Scored).unwrap();
+    assert_eq!(read.len(), 1, "one row group");
+    let got = &read[0];
+    assert_eq!(
+        got.schema().fields(),
+        Table::Scored.schema().fields(),
+        "plain string columns"
+    );
+    let s = |name: &str| {
+        got.column_by_name(name)
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .clone()
+    };
+    let (device, metric, status) = (s("device"), s("metric"), s("status"));
+    let ts = got
+        .column_by_name("ts")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .unwrap();
+    let value = got
+        .column_by_name("value")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
+    let archived: Vec<(String, String, i64, u64, String)> = (0..got.num_rows())
+        .map(|i| {
+            (
+                device.value(i).to_owned(),
+                metric.value(i).to_owned(),
+                ts.value(i),
+                value.value(i).to_bits(),
+                status.value(i).to_owned(),
+            )
+        })
+        .collect();
+    let keys: Vec<_> = archived.iter().map(|r| (&r.0, &r.1, r.2)).collect();
+    assert!(
+        keys.windows(2).all(|w| w[0] <= w[1]),
+        "sorted by device, metric, time"
+    );
+    let mut expected = sent;
+    expected.sort();
+    let mut archived = archived;
+    archived.sort();
+    assert_eq!(archived, expected, "every row once, columns kept together");
+}
+
 fn compaction_settings() -> ArchiveSettings {
     ArchiveSettings {
         compaction_grace: Duration::ZERO,
