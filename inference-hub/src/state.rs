@@ -153,6 +153,10 @@ struct Device {
     name: Arc<str>,
     gateway: String,
     last_seen_us: i64,
+    /// The batch (see `HubState::batches`) that last updated the device and
+    /// where its stream update sits among that batch's updates: a device
+    /// whose rows are not all together still gets one update per batch.
+    update: (u64, usize),
     metrics: BTreeMap<Arc<str>, Series>,
 }
 
@@ -173,11 +177,14 @@ pub struct HubState {
     anomalies: RwLock<VecDeque<AnomalyEvent>>,
     stream: std::sync::Mutex<(u64, VecDeque<Arc<StreamEvent>>)>,
     live: tokio::sync::broadcast::Sender<Arc<StreamEvent>>,
+    /// Batches recorded so far.
+    batches: std::sync::atomic::AtomicU64,
 }
 
 impl Default for HubState {
     fn default() -> Self {
         Self {
+            batches: std::sync::atomic::AtomicU64::new(0),
             devices: RwLock::default(),
             anomalies: RwLock::default(),
             stream: std::sync::Mutex::new((0, VecDeque::new())),
@@ -274,8 +281,10 @@ impl HubState {
     ) -> Vec<(Arc<str>, Vec<MetricUpdate>)> {
         let n = view.device.len();
         let mut updates: Vec<(Arc<str>, Vec<MetricUpdate>)> = Vec::new();
-        // Only consulted when a device's rows are not all together.
-        let mut update_slot: FastMap<Arc<str>, usize> = FastMap::default();
+        let batch = self
+            .batches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         let mut label: Option<(usize, Arc<str>)> = None;
         let mut devices = self.devices.write().expect("state lock");
         let mut start = 0;
@@ -290,6 +299,7 @@ impl HubState {
                         name,
                         gateway: String::new(),
                         last_seen_us: 0,
+                        update: (0, 0),
                         metrics: BTreeMap::new(),
                     },
                 );
@@ -341,10 +351,10 @@ impl HubState {
                 start = end;
                 continue;
             }
-            match update_slot.get(&device.name) {
-                Some(&slot) => updates[slot].1.extend(metric_updates),
-                None => {
-                    update_slot.insert(device.name.clone(), updates.len());
+            match device.update {
+                (b, slot) if b == batch => updates[slot].1.extend(metric_updates),
+                _ => {
+                    device.update = (batch, updates.len());
                     updates.push((device.name.clone(), metric_updates));
                 }
             }
