@@ -375,12 +375,17 @@ impl Scorer {
         // together in time order (stable). Series are independent, so this
         // is the time order scoring needs, and the rows come out grouped as
         // the state and the archive want them.
-        let mut order: Vec<u32> = (0..n as u32).collect();
-        order.sort_by_key(|&i| {
-            let (i, series) = (i as usize, series_of[i as usize]);
-            let device = self.series[series].device_index;
-            (device, series, view.ts.value(i))
-        });
+        let mut keyed: Vec<(u32, u32, i64, u32)> = series_of
+            .iter()
+            .enumerate()
+            .map(|(i, &series)| {
+                let device = self.series[series].device_index;
+                (device, series as u32, view.ts.value(i), i as u32)
+            })
+            .collect();
+        // Unique keys (the row is the last): unstable is stable here.
+        keyed.sort_unstable();
+        let order: Vec<u32> = keyed.into_iter().map(|(.., i)| i).collect();
 
         // Pass 1, by output position: update windows, collect the windows
         // that need a score (normalised with the statistics as they stand).

@@ -49,8 +49,9 @@ pub mod status {
     pub const WARMING_UP: &str = "warming_up";
     pub const OK: &str = "ok";
     pub const ANOMALOUS: &str = "anomalous";
-    /// The model failed on this batch (or, for a multivariate model, the
-    /// reading's record was incomplete); archived without a score.
+    /// The model failed on this batch, the value is NaN or infinite, or (for
+    /// a multivariate model) the reading's record was incomplete; archived
+    /// without a score.
     pub const UNSCORED: &str = "unscored";
     /// Older than a reading of its series the hub has already scored (e.g. a
     /// gateway's backlog arriving after its live data): archived without a
