@@ -168,6 +168,9 @@ struct OpenFile {
     first_pos: u64,
     last_pos: u64,
     opened_at: Instant,
+    /// `Archive::appends` when rows were last added (least recently
+    /// written files are committed first when too many are open).
+    last_append: u64,
 }
 
 /// A file that became visible.
@@ -188,6 +191,8 @@ pub struct Archive {
     committed_through: HashMap<PartitionKey, u64>,
     /// The WAL position after the last record appended.
     appended_until: u64,
+    /// Partitions appended to so far (a clock for `OpenFile::last_append`).
+    appends: u64,
 }
 
 impl std::fmt::Debug for Archive {
@@ -312,6 +317,7 @@ impl Archive {
             open: HashMap::new(),
             committed_through,
             appended_until,
+            appends: 0,
         })
     }
 
@@ -364,13 +370,22 @@ impl Archive {
                     .map_err(io::Error::other)?;
                 RecordBatch::try_new(batch.schema(), cols).map_err(io::Error::other)?
             };
-            let file = match self.open.get_mut(&key) {
-                Some(f) => f,
-                None => {
-                    let f = self.create(key, pos)?;
-                    self.open.entry(key).or_insert(f)
+            if !self.open.contains_key(&key) {
+                if self.open.len() >= self.settings.max_open_files
+                    && let Some(lru) = self
+                        .open
+                        .iter()
+                        .min_by_key(|(_, f)| f.last_append)
+                        .map(|(k, _)| *k)
+                {
+                    committed.push(self.commit(lru)?);
                 }
-            };
+                let f = self.create(key, pos)?;
+                self.open.insert(key, f);
+            }
+            self.appends += 1;
+            let file = self.open.get_mut(&key).expect("opened above");
+            file.last_append = self.appends;
             file.pending_rows += part.num_rows();
             file.pending.push(part);
             if file.pending_rows >= self.settings.row_group_rows {
@@ -389,7 +404,25 @@ impl Archive {
                 committed.push(self.commit(key)?);
             }
         }
+        self.bound_buffered_rows()?;
         Ok(committed)
+    }
+
+    /// Rows waiting for their row group, over all open files.
+    pub fn buffered_rows(&self) -> usize {
+        self.open.values().map(|f| f.pending_rows).sum()
+    }
+
+    /// Writes row groups early, largest first, until the buffered rows are
+    /// within `max-buffered-rows`.
+    fn bound_buffered_rows(&mut self) -> io::Result<()> {
+        while self.buffered_rows() > self.settings.max_buffered_rows {
+            let Some(largest) = self.open.values_mut().max_by_key(|f| f.pending_rows) else {
+                break;
+            };
+            largest.flush_row_group()?;
+        }
+        Ok(())
     }
 
     fn create(&self, key: PartitionKey, first_pos: u64) -> io::Result<OpenFile> {
@@ -412,6 +445,7 @@ impl Archive {
             first_pos,
             last_pos: first_pos,
             opened_at: Instant::now(),
+            last_append: 0,
         })
     }
 

@@ -129,6 +129,14 @@ pub struct ArchiveSettings {
     /// Rows per Parquet row group; each row group is sorted by device,
     /// metric and time, so this many rows per open file are buffered.
     pub row_group_rows: usize,
+    /// Files open at once (one per table and hour partition being written).
+    /// A backfill spanning many hours would otherwise open one per hour:
+    /// past this, the file written to least recently is committed.
+    pub max_open_files: usize,
+    /// Rows buffered for row groups across all open files; past this, the
+    /// file with the most buffered rows writes its row group early. Bounds
+    /// the archive's memory (about 100 bytes per row).
+    pub max_buffered_rows: usize,
     /// A partition is closed (eligible for compaction) once its hour ended
     /// this long ago.
     #[serde(with = "duration")]
@@ -153,6 +161,8 @@ impl Default for ArchiveSettings {
             target_file_bytes: 128 * 1024 * 1024,
             max_file_age: Duration::from_secs(300),
             row_group_rows: 128 * 1024,
+            max_open_files: 64,
+            max_buffered_rows: 1024 * 1024,
             compaction_grace: Duration::from_secs(3600),
             compaction_interval: Duration::from_secs(60),
             retention: None,
@@ -303,6 +313,18 @@ impl Validate for HubConfig {
             problems.push(ConfigProblem::new(
                 "archive.max-file-age",
                 "must be at least 100ms",
+            ));
+        }
+        if self.archive.max_open_files == 0 {
+            problems.push(ConfigProblem::new(
+                "archive.max-open-files",
+                "must be at least 1",
+            ));
+        }
+        if self.archive.max_buffered_rows < self.archive.row_group_rows {
+            problems.push(ConfigProblem::new(
+                "archive.max-buffered-rows",
+                "must be at least archive.row-group-rows",
             ));
         }
         if self.archive.row_group_rows < 1024 {
