@@ -209,10 +209,30 @@ impl Pipeline {
             scorer,
             reload_interval,
             state,
-            stats,
+            stats: stats.clone(),
         };
-        scoring.run(rx, to_archive); // drops the sender: the archive stage finishes
-        archive_thread.join().expect("archive thread panicked")
+        // A panic in either stage (a bug) must not leave a hub that looks
+        // healthy and acknowledges batches it will never archive: it stops
+        // archiving as an archive failure does (the WAL keeps the data).
+        let scoring = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            scoring.run(rx, to_archive); // drops the sender: the archive stage finishes
+        }));
+        if scoring.is_err() {
+            stats.archive_failed.store(true, Relaxed);
+            tracing::error!(
+                "the scoring stage panicked: archiving stops; acknowledged batches stay in the WAL for the next start"
+            );
+        }
+        match archive_thread.join() {
+            Ok(low_water) => low_water,
+            Err(_) => {
+                stats.archive_failed.store(true, Relaxed);
+                tracing::error!(
+                    "the archive stage panicked: archiving stops; acknowledged batches stay in the WAL for the next start"
+                );
+                0
+            }
+        }
     }
 }
 
