@@ -101,13 +101,27 @@ pub enum ModelError {
 #[derive(Debug, Clone)]
 pub struct Model {
     pub manifest: Manifest,
-    plan: Arc<TypedRunnableModel>,
+    /// One plan per chunk size of [`CHUNK_ROWS`], largest first.
+    plans: Arc<[(usize, Arc<TypedRunnableModel>)]>,
     score_index: usize,
     contributions_index: Option<usize>,
     forecast_index: Option<usize>,
 }
 
-type Loaded = (Arc<TypedRunnableModel>, usize, Option<usize>, Option<usize>);
+/// Windows per model call. tract optimises a plan for concrete shapes about
+/// three times better than for a symbolic batch dimension (it then picks its
+/// matrix kernels and lays out every intermediate once, at load time), so the
+/// model is compiled for these batch sizes and a call is split into chunks
+/// of them, largest first; only the last few windows (under the smallest
+/// size) are padded.
+const CHUNK_ROWS: [usize; 5] = [4096, 1024, 256, 64, 16];
+
+type Loaded = (
+    Arc<[(usize, Arc<TypedRunnableModel>)]>,
+    usize,
+    Option<usize>,
+    Option<usize>,
+);
 
 impl Model {
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
@@ -148,10 +162,6 @@ impl Model {
         let width = manifest.input.window * manifest.input.metrics.as_ref().map_or(1, Vec::len);
         let loaded = catch_unwind(AssertUnwindSafe(|| -> TractResult<Loaded> {
             let model = tract_onnx::onnx().model_for_read(&mut bytes.as_slice())?;
-            let batch = model.symbols.sym("batch");
-            let model = model
-                .with_input_fact(0, f32::fact(&[batch.to_dim(), width.to_dim()]).into())?
-                .into_optimized()?;
             let index_of = |name: &str| {
                 model.output_outlets().ok()?.iter().position(|o| {
                     model.node(o.node).name == name || model.outlet_label(*o) == Some(name)
@@ -160,9 +170,20 @@ impl Model {
             let score_index = index_of(&manifest.score_output).unwrap_or(0);
             let contributions = manifest.contributions_output.as_deref().and_then(index_of);
             let forecast = manifest.forecast_output.as_deref().and_then(index_of);
-            Ok((model.into_runnable()?, score_index, contributions, forecast))
+            let plans = CHUNK_ROWS
+                .iter()
+                .map(|&rows| -> TractResult<(usize, Arc<TypedRunnableModel>)> {
+                    let plan = model
+                        .clone()
+                        .with_input_fact(0, f32::fact([rows, width]).into())?
+                        .into_optimized()?
+                        .into_runnable()?;
+                    Ok((rows, plan))
+                })
+                .collect::<TractResult<Vec<_>>>()?;
+            Ok((plans.into(), score_index, contributions, forecast))
         }));
-        let (plan, score_index, contributions_index, forecast_index) = match loaded {
+        let (plans, score_index, contributions_index, forecast_index) = match loaded {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => return Err(ModelError::Load(format!("{e:#}"))),
             Err(_) => {
@@ -173,7 +194,7 @@ impl Model {
         };
         Ok(Self {
             manifest,
-            plan,
+            plans,
             score_index,
             contributions_index,
             forecast_index,
@@ -210,21 +231,52 @@ impl Model {
         if n == 0 {
             return Ok(ModelOutput::default());
         }
+        let per_window = self.metrics().map_or(1, <[String]>::len);
         let run = catch_unwind(AssertUnwindSafe(|| -> TractResult<ModelOutput> {
-            let input = Tensor::from_shape(&[n, w], windows)?;
-            let outputs = self.plan.run(tvec![input.into()])?;
-            let flat = |i: usize| -> TractResult<Vec<f32>> {
-                Ok(outputs[i]
-                    .to_plain_array_view::<f32>()?
-                    .iter()
-                    .copied()
-                    .collect())
+            let mut out = ModelOutput {
+                scores: Vec::with_capacity(n),
+                contributions: self
+                    .contributions_index
+                    .map(|_| Vec::with_capacity(n * per_window)),
+                forecast: self.forecast_index.map(|_| Vec::with_capacity(n)),
             };
-            Ok(ModelOutput {
-                scores: flat(self.score_index)?,
-                contributions: self.contributions_index.map(flat).transpose()?,
-                forecast: self.forecast_index.map(flat).transpose()?,
-            })
+            let mut start = 0;
+            while start < n {
+                let left = n - start;
+                let (rows, plan) = self
+                    .plans
+                    .iter()
+                    .find(|(rows, _)| *rows <= left)
+                    .unwrap_or_else(|| self.plans.last().expect("a plan per chunk size"));
+                let (rows, used) = (*rows, (*rows).min(left));
+                let chunk = &windows[start * w..(start + used) * w];
+                let input = if used == rows {
+                    Tensor::from_shape(&[rows, w], chunk)?
+                } else {
+                    // The last windows, padded up to the smallest plan.
+                    let mut padded = chunk.to_vec();
+                    padded.resize(rows * w, 0.0);
+                    Tensor::from_shape(&[rows, w], &padded)?
+                };
+                let outputs = plan.run(tvec![input.into()])?;
+                let take = |i: usize, into: &mut Vec<f32>| -> TractResult<()> {
+                    let view = outputs[i].to_plain_array_view::<f32>()?;
+                    let per_row = view.len() / rows;
+                    into.extend(view.iter().copied().take(used * per_row));
+                    Ok(())
+                };
+                take(self.score_index, &mut out.scores)?;
+                if let (Some(i), Some(into)) =
+                    (self.contributions_index, out.contributions.as_mut())
+                {
+                    take(i, into)?;
+                }
+                if let (Some(i), Some(into)) = (self.forecast_index, out.forecast.as_mut()) {
+                    take(i, into)?;
+                }
+                start += used;
+            }
+            Ok(out)
         }));
         let per_metric = n * self.metrics().map_or(1, <[String]>::len);
         match run {

@@ -88,3 +88,38 @@ fn a_file_that_is_not_onnx_is_an_error_not_a_panic() {
     std::fs::write(dir.path().join("model.onnx"), junk).unwrap();
     assert!(matches!(Model::load(dir.path()), Err(ModelError::Load(_))));
 }
+
+/// A call is split into chunks of the sizes the model was compiled for, and
+/// the last windows are padded: every window must come out as if it had
+/// been scored alone, in its place, with every output.
+#[test]
+fn any_number_of_windows_scores_each_as_if_alone_across_chunk_sizes_and_padding() {
+    for name in ["univariate-forecast", "multivariate-autoencoder"] {
+        let model = Model::load(&models_dir().join(name)).unwrap();
+        let w = model.input_width();
+        let mut rng = fastrand::Rng::with_seed(5);
+        // 4096 + 1024 + 256 + 64 + 16 + 7: every plan, then padding.
+        let n = 4096 + 1024 + 256 + 64 + 16 + 7;
+        let windows: Vec<f32> = (0..n * w).map(|_| (rng.f32() - 0.5) * 3.0).collect();
+        let all = model.run(&windows).unwrap();
+        assert_eq!(all.scores.len(), n);
+        let per_window = model.metrics().map_or(1, <[String]>::len);
+        for i in (0..n).step_by(97).chain([n - 1]) {
+            let alone = model.run(&windows[i * w..(i + 1) * w]).unwrap();
+            let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 + 1e-5 * b.abs();
+            assert!(close(all.scores[i], alone.scores[0]), "{name} window {i}");
+            if let (Some(c), Some(a)) = (&all.contributions, &alone.contributions) {
+                for m in 0..per_window {
+                    assert!(
+                        close(c[i * per_window + m], a[m]),
+                        "{name} window {i} metric {m}"
+                    );
+                }
+            }
+            if let (Some(f), Some(a)) = (&all.forecast, &alone.forecast) {
+                let per = f.len() / n;
+                assert!(close(f[i * per], a[0]), "{name} window {i} forecast");
+            }
+        }
+    }
+}
