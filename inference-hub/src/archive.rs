@@ -305,6 +305,22 @@ impl Archive {
                 parquet::basic::Encoding::DELTA_BINARY_PACKED,
             );
         }
+        if settings.float_encoding == crate::config::FloatEncoding::ByteStreamSplit {
+            for column in [
+                schemas::tables::VALUE,
+                schemas::tables::SCORE,
+                schemas::tables::THRESHOLD,
+                schemas::tables::SEVERITY,
+                schemas::tables::EXPECTED,
+                schemas::tables::EXPECTED_LOW,
+                schemas::tables::EXPECTED_HIGH,
+            ] {
+                props = props.set_column_encoding(
+                    ColumnPath::from(column),
+                    parquet::basic::Encoding::BYTE_STREAM_SPLIT,
+                );
+            }
+        }
         let props = props
             .set_created_by(format!("inference-hub {}", env!("CARGO_PKG_VERSION")))
             .build();

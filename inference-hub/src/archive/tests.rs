@@ -444,6 +444,46 @@ fn settings_like(max_open_files: usize) -> ArchiveSettings {
     }
 }
 
+#[test]
+fn byte_stream_split_float_columns_read_back_the_same_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = ArchiveSettings {
+        float_encoding: crate::config::FloatEncoding::ByteStreamSplit,
+        ..settings(1 << 30)
+    };
+    let mut archive = Archive::open(dir.path(), "hub", settings).unwrap();
+    let sent: Vec<(i64, f64)> = (0..500)
+        .map(|i| (0, 20.0 + (i as f64 / 7.0).sin()))
+        .collect();
+    archive
+        .append(Table::Scored, 0, &rows(Table::Scored, &sent))
+        .unwrap();
+    let files = archive.commit_all().unwrap();
+    let mut got = values(dir.path(), Table::Scored);
+    let mut want: Vec<f64> = sent.iter().map(|(_, v)| *v).collect();
+    got.sort_by(f64::total_cmp);
+    want.sort_by(f64::total_cmp);
+    assert_eq!(got, want);
+    let reader = parquet::file::reader::SerializedFileReader::new(
+        std::fs::File::open(&files[0].path).unwrap(),
+    )
+    .unwrap();
+    use parquet::file::reader::FileReader;
+    let row_group = reader.metadata().row_group(0);
+    let value = row_group
+        .columns()
+        .iter()
+        .find(|c| c.column_path().string() == "value")
+        .unwrap();
+    assert!(
+        value
+            .encodings()
+            .any(|e| e == parquet::basic::Encoding::BYTE_STREAM_SPLIT),
+        "{:?}",
+        value.encodings().collect::<Vec<_>>()
+    );
+}
+
 fn compaction_settings() -> ArchiveSettings {
     ArchiveSettings {
         compaction_grace: Duration::ZERO,
