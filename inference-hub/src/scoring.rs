@@ -383,8 +383,9 @@ impl Scorer {
                 (device, series as u32, view.ts.value(i), i as u32)
             })
             .collect();
-        // Unique keys (the row is the last): unstable is stable here.
-        keyed.sort_unstable();
+        // The run-aware merge sort: a gateway's batch is typically a few
+        // ascending runs (one per polling cycle of its devices).
+        keyed.sort();
         let order: Vec<u32> = keyed.into_iter().map(|(.., i)| i).collect();
 
         // Pass 1, by output position: update windows, collect the windows
