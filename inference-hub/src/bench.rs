@@ -670,7 +670,7 @@ pub struct HubThroughputReport {
     /// User + system CPU time of the whole process while the hub worked.
     pub cpu: Duration,
     pub parquet_bytes: u64,
-    /// The pipeline thread's time scoring, archiving and updating the API's
+    /// The pipeline's time scoring, archiving and updating the API's
     /// state (the rest of the CPU time is intake: decode, dedup, WAL).
     pub pipeline_stages: [Duration; 3],
 }

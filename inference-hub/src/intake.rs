@@ -3,7 +3,7 @@
 //! ```text
 //! HTTP handler / MQTT task --submit()--> decode + verify (caller's task)
 //!     --bounded queue--> sequencer thread: dedup -> WAL append -> group fsync
-//!     --answers--> Durable | Duplicate   --bounded queue--> pipeline thread
+//!     --answers--> Durable | Duplicate   --bounded queue--> pipeline (scoring, then archive)
 //! ```
 //!
 //! The sequencer is the only owner of the dedup index and the WAL, so the

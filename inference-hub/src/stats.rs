@@ -47,7 +47,7 @@ pub struct HubStats {
     pub archive_failed: AtomicBool,
     pub series: AtomicU64,
     pub open_files: AtomicU64,
-    /// Time the pipeline thread spent per stage (nanoseconds): where a
+    /// Time the pipeline's threads spent per stage (nanoseconds): where a
     /// saturated hub's time goes.
     pub pipeline_score_ns: AtomicU64,
     pub pipeline_archive_ns: AtomicU64,
@@ -63,7 +63,7 @@ fn metric_seconds(
     sample(
         "counter",
         name,
-        "Time the pipeline thread spent scoring, archiving and updating the API's state.",
+        "Time the pipeline spent scoring and updating the API's state (scoring thread) and archiving (archive thread).",
         &format_args!("{:.6}", ns as f64 / 1e9),
     );
 }

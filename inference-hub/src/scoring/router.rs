@@ -11,7 +11,7 @@
 //! model can be compared with the live one on real traffic before it is
 //! promoted.
 //!
-//! Hot reload: [`Router::reload_changed`] (called by the pipeline thread
+//! Hot reload: [`Router::reload_changed`] (called by the pipeline's scoring thread
 //! between batches, every `scoring.reload-interval`) re-reads each route's
 //! `manifest.json`; when it changed, the new model is loaded and verified
 //! (checksum, tract) and swapped in before the next batch. A batch is
