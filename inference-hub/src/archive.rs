@@ -171,6 +171,8 @@ struct OpenFile {
     /// `Archive::appends` when rows were last added (least recently
     /// written files are committed first when too many are open).
     last_append: u64,
+    /// The batches whose rows the file holds (its `iot.batches` footer).
+    batches: std::collections::BTreeSet<BatchId>,
 }
 
 /// A file that became visible.
@@ -402,6 +404,7 @@ impl Archive {
             self.appends += 1;
             let file = self.open.get_mut(&key).expect("opened above");
             file.last_append = self.appends;
+            file.batches.extend(distinct_batch_ids(&part));
             file.pending_rows += part.num_rows();
             file.pending.push(part);
             if file.pending_rows >= self.settings.row_group_rows {
@@ -462,6 +465,7 @@ impl Archive {
             last_pos: first_pos,
             opened_at: Instant::now(),
             last_append: 0,
+            batches: std::collections::BTreeSet::new(),
         })
     }
 
@@ -477,6 +481,10 @@ impl Archive {
         file.writer.append_key_value_metadata(KeyValue::new(
             "iot.wal_last_pos".into(),
             file.last_pos.to_string(),
+        ));
+        file.writer.append_key_value_metadata(KeyValue::new(
+            BATCHES_KEY.into(),
+            encode_batch_ids(&file.batches),
         ));
         let meta = file.writer.close().map_err(io::Error::other)?;
         file.sync_handle.sync_all()?;
@@ -540,6 +548,11 @@ impl Archive {
     }
 
     /// How often compaction and retention run.
+    /// How this archive writes Parquet (a file rewritten elsewhere keeps it).
+    pub fn writer_properties(&self) -> WriterProperties {
+        self.props.clone()
+    }
+
     /// Rows sorted into one row group.
     pub fn row_group_rows(&self) -> usize {
         self.settings.row_group_rows
@@ -620,6 +633,8 @@ impl Archive {
             .into_iter()
             .map(|b| conform(&b, &schema))
             .collect::<io::Result<_>>()?;
+        let ids: std::collections::BTreeSet<BatchId> =
+            batches.iter().flat_map(distinct_batch_ids).collect();
         let merged = sort_by_device_metric_time(&schema, &batches)?;
         let staging = self.staging();
         create_dir_durable(&staging)?;
@@ -652,6 +667,7 @@ impl Archive {
             ("iot.wal_first_pos", first.to_string()),
             ("iot.wal_last_pos", last.to_string()),
             ("iot.compacted_files", files.len().to_string()),
+            (BATCHES_KEY, encode_batch_ids(&ids)),
         ] {
             writer.append_key_value_metadata(KeyValue::new(k.into(), v));
         }
@@ -761,9 +777,18 @@ impl Drop for PartitionLock {
 }
 
 /// A batch's identity: (gateway, incarnation, seq).
-type BatchId = (String, u64, u64);
+/// `(gateway, incarnation, seq)`: a batch's identity.
+pub type BatchId = (String, u64, u64);
 
 fn batch_ids(batch: &RecordBatch) -> Option<Vec<BatchId>> {
+    batch_ids_of_rows(batch, &(0..batch.num_rows()).collect::<Vec<_>>())
+}
+
+/// The identities of some rows (`None` without the identity columns).
+fn batch_ids_of_rows(batch: &RecordBatch, rows: &[usize]) -> Option<Vec<BatchId>> {
+    if batch.num_rows() == 0 {
+        return Some(Vec::new());
+    }
     use arrow_array::{StringArray, UInt64Array};
     let gw = batch
         .column_by_name(schemas::tables::GATEWAY)?
@@ -778,8 +803,8 @@ fn batch_ids(batch: &RecordBatch) -> Option<Vec<BatchId>> {
         .as_any()
         .downcast_ref::<UInt64Array>()?;
     Some(
-        (0..batch.num_rows())
-            .map(|i| (gw.value(i).to_owned(), inc.value(i), seq.value(i)))
+        rows.iter()
+            .map(|&i| (gw.value(i).to_owned(), inc.value(i), seq.value(i)))
             .collect(),
     )
 }
@@ -831,11 +856,12 @@ fn other_hubs_batches(
 
 /// Rewrites a (not yet visible) file without the rows of `taken` batches;
 /// returns the rows kept.
-fn drop_batches(
+pub(crate) fn drop_batches(
     path: &Path,
     taken: &std::collections::HashSet<BatchId>,
     props: &WriterProperties,
 ) -> io::Result<u64> {
+    let footer = file_key_values(path)?;
     let batches = read_file(path)?;
     let Some(schema) = batches.first().map(RecordBatch::schema) else {
         return Ok(0);
@@ -846,8 +872,10 @@ fn drop_batches(
     let mut writer =
         ArrowWriter::try_new(file, schema, Some(props.clone())).map_err(io::Error::other)?;
     let mut kept = 0u64;
+    let mut kept_ids = std::collections::BTreeSet::new();
     for b in &batches {
         let ids = batch_ids(b).ok_or_else(|| io::Error::other("no batch identity columns"))?;
+        kept_ids.extend(ids.iter().filter(|id| !taken.contains(*id)).cloned());
         let keep: Vec<u32> = ids
             .iter()
             .enumerate()
@@ -866,10 +894,88 @@ fn drop_batches(
             .write(&RecordBatch::try_new(b.schema(), cols).map_err(io::Error::other)?)
             .map_err(io::Error::other)?;
     }
+    for (k, v) in footer {
+        if k != BATCHES_KEY {
+            writer.append_key_value_metadata(KeyValue::new(k, v));
+        }
+    }
+    writer.append_key_value_metadata(KeyValue::new(
+        BATCHES_KEY.into(),
+        encode_batch_ids(&kept_ids),
+    ));
     writer.close().map_err(io::Error::other)?;
     sync.sync_all()?;
     fs::rename(&rewritten, path)?;
     Ok(kept)
+}
+
+/// Footer key listing the batches a file holds (see [`encode_batch_ids`]).
+pub const BATCHES_KEY: &str = "iot.batches";
+
+/// The batches of `ids` as JSON, `[[gateway, incarnation, [[first, last],
+/// ...]], ...]` with consecutive sequence numbers as one range: a file's
+/// batches are mostly consecutive per gateway, so this stays small. Other
+/// hubs read it from the footer alone (see `archive::s3`).
+pub fn encode_batch_ids(ids: &std::collections::BTreeSet<BatchId>) -> String {
+    let mut out: Vec<(String, u64, Vec<[u64; 2]>)> = Vec::new();
+    for (gateway, incarnation, seq) in ids {
+        match out.last_mut() {
+            Some((g, i, ranges)) if g == gateway && i == incarnation => match ranges.last_mut() {
+                Some(r) if r[1] + 1 == *seq => r[1] = *seq,
+                _ => ranges.push([*seq, *seq]),
+            },
+            _ => out.push((gateway.clone(), *incarnation, vec![[*seq, *seq]])),
+        }
+    }
+    serde_json::to_string(&out).unwrap_or_default()
+}
+
+/// The batches an `iot.batches` footer value lists.
+pub fn decode_batch_ids(text: &str) -> io::Result<Vec<BatchId>> {
+    let groups: Vec<(String, u64, Vec<[u64; 2]>)> =
+        serde_json::from_str(text).map_err(io::Error::other)?;
+    let mut out = Vec::new();
+    for (gateway, incarnation, ranges) in groups {
+        for [first, last] in ranges {
+            if last < first || last - first > 100_000_000 {
+                return Err(io::Error::other("an implausible batch range in a footer"));
+            }
+            out.extend((first..=last).map(|seq| (gateway.clone(), incarnation, seq)));
+        }
+    }
+    Ok(out)
+}
+
+/// A file's footer key-value metadata.
+pub fn file_key_values(path: &Path) -> io::Result<Vec<(String, String)>> {
+    use parquet::file::reader::FileReader;
+    let reader = parquet::file::reader::SerializedFileReader::new(File::open(path)?)
+        .map_err(io::Error::other)?;
+    Ok(reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .map(|kv| {
+            kv.iter()
+                .filter_map(|e| e.value.clone().map(|v| (e.key.clone(), v)))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// The distinct batches of a batch of an archive table (one envelope's
+/// rows carry one identity: the first and last row settle it).
+fn distinct_batch_ids(batch: &RecordBatch) -> Vec<BatchId> {
+    let Some(ids) = batch_ids_of_rows(batch, &[0, batch.num_rows().saturating_sub(1)]) else {
+        return Vec::new();
+    };
+    if ids.first() == ids.last() {
+        return ids.into_iter().take(1).collect();
+    }
+    let mut all = batch_ids(batch).unwrap_or_default();
+    all.sort();
+    all.dedup();
+    all
 }
 
 /// The WAL range a committed file's name records.

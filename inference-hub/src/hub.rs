@@ -188,8 +188,14 @@ fn recover(
     .map_err(io("the archive"))?;
     let uploader = match &cfg.archive.s3 {
         Some(s3) => Some(
-            crate::archive::s3::Uploader::start(s3.clone(), cfg.archive_root(), stats.clone())
-                .map_err(io("the S3 archive"))?,
+            crate::archive::s3::Uploader::start(
+                s3.clone(),
+                cfg.archive_root(),
+                &cfg.hub_id,
+                archive.writer_properties(),
+                stats.clone(),
+            )
+            .map_err(io("the S3 archive"))?,
         ),
         None => None,
     };

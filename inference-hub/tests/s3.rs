@@ -35,6 +35,40 @@ fn envelope(seq: u64) -> Vec<u8> {
         .1
 }
 
+/// moto's S3 server on a free loopback port with a `telemetry` bucket, and
+/// settings that archive under `archive/` in it.
+async fn start_moto(dir: &std::path::Path) -> (Process, S3Settings) {
+    let port = inference_hub::broker::free_port();
+    let moto = Process::spawn(
+        std::path::Path::new("moto_server"),
+        &["-H", "127.0.0.1", "-p", &port.to_string()],
+        &dir.join("moto.log"),
+    );
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..200 {
+        if let Ok(r) = client.put(format!("{endpoint}/telemetry")).send().await
+            && r.status().is_success()
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "moto_server did not start or refused the bucket");
+    let s3 = S3Settings {
+        bucket: "telemetry".into(),
+        prefix: "archive".into(),
+        endpoint: Some(endpoint),
+        region: "us-east-1".into(),
+        allow_http: true,
+        access_key_id: Some("test".into()),
+        secret_access_key: Some("test".into()),
+    };
+    (moto, s3)
+}
+
 async fn post_all(hub: &inference_hub::HubHandle, seqs: impl Iterator<Item = u64>) {
     let client = reqwest::Client::new();
     for seq in seqs {
@@ -97,35 +131,8 @@ async fn read_bucket(s3: &S3Settings) -> (usize, BTreeSet<(u64, i64)>, usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs moto_server (pip install 'moto[server]'); run by .ci/run"]
 async fn s3_archive_holds_every_batch_once_across_a_restart_and_reads_back_through_the_s3_api() {
-    let port = inference_hub::broker::free_port();
     let dir = tempfile::tempdir().unwrap();
-    let _moto = Process::spawn(
-        std::path::Path::new("moto_server"),
-        &["-H", "127.0.0.1", "-p", &port.to_string()],
-        &dir.path().join("moto.log"),
-    );
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let mut ready = false;
-    for _ in 0..200 {
-        if let Ok(r) = client.put(format!("{endpoint}/telemetry")).send().await
-            && r.status().is_success()
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "moto_server did not start or refused the bucket");
-    let s3 = S3Settings {
-        bucket: "telemetry".into(),
-        prefix: "archive".into(),
-        endpoint: Some(endpoint),
-        region: "us-east-1".into(),
-        allow_http: true,
-        access_key_id: Some("test".into()),
-        secret_access_key: Some("test".into()),
-    };
+    let (_moto, s3) = start_moto(dir.path()).await;
     let config = || {
         let mut cfg = HubConfig::for_dir("s3hub", &dir.path().join("hub"));
         cfg.mqtt.enabled = false;
@@ -165,4 +172,39 @@ async fn s3_archive_holds_every_batch_once_across_a_restart_and_reads_back_throu
     let (rows, keys, _) = read_bucket(&s3).await;
     assert_eq!(rows, 55 * ROWS, "each batch exactly once in the bucket");
     assert_eq!(keys.len(), rows);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto_server (pip install 'moto[server]'); run by .ci/run"]
+async fn s3_two_hubs_that_both_made_a_batch_durable_leave_it_in_the_bucket_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_moto, s3) = start_moto(dir.path()).await;
+    let config = |id: &str| {
+        let mut cfg = HubConfig::for_dir(id, &dir.path().join(id));
+        cfg.mqtt.enabled = false;
+        cfg.archive.max_file_age = Duration::from_millis(100);
+        cfg.archive.s3 = Some(s3.clone());
+        cfg
+    };
+    // A hub that died holding a partition's commit lock: its lease has
+    // expired, so the first upload into that partition takes the lock over.
+    let store = s3.connect().unwrap();
+    let stale = ObjectPath::from("archive/table=scored/date=2026-01-01/hour=00/.commit.lock");
+    store
+        .put(&stale, Bytes::from_static(b"crashed_hub 0").into())
+        .await
+        .unwrap();
+    let a = inference_hub::start(config("hub_a")).await.unwrap();
+    let b = inference_hub::start(config("hub_b")).await.unwrap();
+    // 21..=40 reach both hubs (a redelivery after a lost answer), at the
+    // same time, so both upload into the same partitions concurrently.
+    tokio::join!(post_all(&a, 1..=40), post_all(&b, 21..=60));
+    tokio::join!(a.shutdown(), b.shutdown());
+    let (rows, keys, _) = read_bucket(&s3).await;
+    assert_eq!(keys.len(), 60 * ROWS, "every batch in the bucket");
+    assert_eq!(
+        rows,
+        keys.len(),
+        "a batch both hubs held is in the bucket once"
+    );
 }

@@ -14,6 +14,21 @@
 //! files. Compaction is local-only (an object store has no atomic swap of a
 //! set of objects); with S3, files are sized by `target-file-bytes` and
 //! `max-file-age` when they are written.
+//!
+//! **Several hubs on one bucket** (a shared subscription; a batch a hub made
+//! durable but could not answer is resent to another hub, so two hubs may
+//! hold it): the upload into a partition is done under that partition's
+//! lease lock, `<partition>/.commit.lock`, taken with a conditional PUT
+//! (`If-None-Match: *`; an expired lease is taken over with `If-Match` on its
+//! ETag, so two hubs cannot both take it). Holding it, the hub reads which
+//! batches the other hubs' objects in the partition hold (from each file's
+//! `iot.batches` footer: two small ranged GETs per object, cached, objects
+//! never change), leaves those batches out of its own file, uploads, and
+//! releases the lock. Whichever hub uploads second sees the first one's
+//! object, so each batch is in the bucket once. This needs a store with
+//! conditional writes (AWS S3, MinIO, Ceph, R2; moto in the tests); a store
+//! without them is reported at ERROR once and uploads go on without the
+//! check.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -60,7 +75,10 @@ impl S3Settings {
         let mut b = AmazonS3Builder::from_env()
             .with_bucket_name(&self.bucket)
             .with_region(&self.region)
-            .with_allow_http(self.allow_http);
+            .with_allow_http(self.allow_http)
+            // Conditional PUTs (If-None-Match / If-Match) for the partitions'
+            // commit locks.
+            .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
         if let Some(e) = &self.endpoint {
             b = b.with_endpoint(e);
         }
@@ -118,6 +136,10 @@ pub fn list_own(settings: &S3Settings, hub_id: &str) -> std::io::Result<Vec<Path
     })
 }
 
+/// How long a partition's commit lock is held at most; a hub that died
+/// holding it delays the others by this much.
+const LEASE: Duration = Duration::from_secs(30);
+
 /// The background uploader.
 #[derive(Debug)]
 pub struct Uploader {
@@ -131,9 +153,12 @@ impl Uploader {
     pub fn start(
         settings: S3Settings,
         local_root: PathBuf,
+        hub_id: &str,
+        props: parquet::file::properties::WriterProperties,
         stats: Arc<HubStats>,
     ) -> std::io::Result<Self> {
         let store = settings.connect().map_err(std::io::Error::other)?;
+        let hub_id = hub_id.to_owned();
         let (tx, rx) = mpsc::channel::<PathBuf>();
         for table in super::Table::ALL {
             for f in super::committed_files(&local_root, table)? {
@@ -150,8 +175,19 @@ impl Uploader {
                         return;
                     }
                 };
+                let mut upload = Upload {
+                    rt: &rt,
+                    store: &store,
+                    settings: &settings,
+                    local_root: &local_root,
+                    hub_id: &hub_id,
+                    props: &props,
+                    stats: &stats,
+                    others: std::collections::HashMap::new(),
+                    conditional_writes: true,
+                };
                 for file in rx {
-                    upload_until_done(&rt, &store, &settings, &local_root, &file, &stats);
+                    upload.until_done(&file);
                 }
             })?;
         Ok(Self {
@@ -175,50 +211,249 @@ impl Uploader {
     }
 }
 
-fn upload_until_done(
-    rt: &tokio::runtime::Runtime,
-    store: &Arc<dyn ObjectStore>,
-    settings: &S3Settings,
-    local_root: &Path,
-    file: &Path,
-    stats: &HubStats,
-) {
-    let Ok(relative) = file.strip_prefix(local_root) else {
-        return;
-    };
-    let key = settings.key(relative);
-    let mut attempt = 0u32;
-    loop {
-        let bytes = match std::fs::read(file) {
-            Ok(b) => b,
-            // Already uploaded and removed (queued twice at start-up).
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-            Err(e) => {
-                tracing::error!(path = %file.display(), error = %e, "cannot read a committed file for upload");
-                return;
-            }
+/// The uploader thread's state.
+struct Upload<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    store: &'a Arc<dyn ObjectStore>,
+    settings: &'a S3Settings,
+    local_root: &'a Path,
+    hub_id: &'a str,
+    props: &'a parquet::file::properties::WriterProperties,
+    stats: &'a HubStats,
+    /// Batches held by other hubs' objects, by key (objects never change).
+    others: std::collections::HashMap<ObjectPath, Vec<super::BatchId>>,
+    /// Cleared when the store refuses conditional writes.
+    conditional_writes: bool,
+}
+
+/// Why an upload attempt did not finish.
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+impl Upload<'_> {
+    fn until_done(&mut self, file: &Path) {
+        let Ok(relative) = file.strip_prefix(self.local_root) else {
+            return;
         };
-        let len = bytes.len() as u64;
-        match rt.block_on(store.put(&key, bytes.into())) {
-            Ok(_) => {
-                stats.s3_uploads.fetch_add(1, Relaxed);
-                stats.s3_upload_bytes.fetch_add(len, Relaxed);
-                if let Err(e) = std::fs::remove_file(file) {
-                    tracing::warn!(path = %file.display(), error = %e, "uploaded, but the local copy could not be removed");
-                }
-                return;
+        let key = self.settings.key(relative);
+        let mut attempt = 0u32;
+        loop {
+            if !file.exists() {
+                return; // already uploaded and removed (queued twice at start-up)
             }
-            Err(e) => {
-                attempt += 1;
-                stats.s3_upload_failures.fetch_add(1, Relaxed);
-                let delay = edge_agent::mqtt::backoff(
-                    attempt,
-                    Duration::from_millis(200),
-                    Duration::from_secs(30),
-                );
-                tracing::warn!(key = %key, attempt, retry_in = ?delay, error = %e, "S3 upload failed; the file stays local and is retried");
-                std::thread::sleep(delay);
+            match self.attempt(file, relative, &key) {
+                Ok(len) => {
+                    self.stats.s3_uploads.fetch_add(1, Relaxed);
+                    self.stats.s3_upload_bytes.fetch_add(len, Relaxed);
+                    if let Err(e) = std::fs::remove_file(file) {
+                        tracing::warn!(path = %file.display(), error = %e, "uploaded, but the local copy could not be removed");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    self.stats.s3_upload_failures.fetch_add(1, Relaxed);
+                    let delay = edge_agent::mqtt::backoff(
+                        attempt,
+                        Duration::from_millis(200),
+                        Duration::from_secs(30),
+                    );
+                    tracing::warn!(key = %key, attempt, retry_in = ?delay, error = %e, "S3 upload failed; the file stays local and is retried");
+                    std::thread::sleep(delay);
+                }
             }
         }
+    }
+
+    /// One upload under the partition's lock; returns the bytes uploaded.
+    fn attempt(&mut self, file: &Path, relative: &Path, key: &ObjectPath) -> Result<u64, Failure> {
+        // <table>/<date>/<hour>/<hub>/<name>: the partition is three levels up.
+        let partition = relative
+            .parent()
+            .and_then(Path::parent)
+            .ok_or("an archive file outside the partition layout")?;
+        let lock_key = self.settings.key(&partition.join(".commit.lock"));
+        let lock = if self.conditional_writes {
+            match self
+                .rt
+                .block_on(acquire(self.store.as_ref(), &lock_key, self.hub_id))
+            {
+                Ok(etag) => Some(etag),
+                Err(object_store::Error::NotImplemented { .. }) => {
+                    self.conditional_writes = false;
+                    tracing::error!(
+                        "the object store refuses conditional writes: uploads go on without the cross-hub check (a batch two hubs both made durable can be archived twice)"
+                    );
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            None
+        };
+        let result = self.check_and_put(file, partition, key, lock.is_some());
+        if lock.is_some() {
+            // Best effort: an unreleased lock expires after the lease.
+            let _ = self.rt.block_on(self.store.delete(&lock_key));
+        }
+        result
+    }
+
+    fn check_and_put(
+        &mut self,
+        file: &Path,
+        partition: &Path,
+        key: &ObjectPath,
+        check: bool,
+    ) -> Result<u64, Failure> {
+        if check {
+            let taken = self.batches_of_other_hubs(partition)?;
+            let ours: std::collections::HashSet<super::BatchId> = own_batches(file)?;
+            let overlap: std::collections::HashSet<super::BatchId> =
+                ours.intersection(&taken).cloned().collect();
+            if !overlap.is_empty() {
+                tracing::info!(key = %key, batches = overlap.len(), "batches another hub already archived are left out of this file");
+                super::drop_batches(file, &overlap, self.props)?;
+            }
+        }
+        let bytes = std::fs::read(file)?;
+        let len = bytes.len() as u64;
+        self.rt.block_on(self.store.put(key, bytes.into()))?;
+        Ok(len)
+    }
+
+    /// The batches other hubs' objects in `partition` hold.
+    fn batches_of_other_hubs(
+        &mut self,
+        partition: &Path,
+    ) -> Result<std::collections::HashSet<super::BatchId>, Failure> {
+        use futures_util::TryStreamExt;
+        let prefix = self.settings.key(partition);
+        let own = format!("/hub={}/", self.hub_id);
+        let objects: Vec<object_store::ObjectMeta> = self
+            .rt
+            .block_on(self.store.list(Some(&prefix)).try_collect())?;
+        let mut out = std::collections::HashSet::new();
+        for o in objects {
+            let k = o.location.to_string();
+            if !k.ends_with(".parquet") || k.contains(&own) || !k.contains("/hub=") {
+                continue;
+            }
+            if !self.others.contains_key(&o.location) {
+                let ids = self.rt.block_on(footer_batches(self.store.as_ref(), &o))?;
+                self.others.insert(o.location.clone(), ids);
+            }
+            out.extend(self.others[&o.location].iter().cloned());
+        }
+        Ok(out)
+    }
+}
+
+/// Takes the partition's commit lock (waiting while another hub holds a live
+/// lease); returns the lock object's ETag.
+async fn acquire(
+    store: &dyn ObjectStore,
+    key: &ObjectPath,
+    hub_id: &str,
+) -> object_store::Result<Option<String>> {
+    use object_store::{PutMode, PutOptions, UpdateVersion};
+    let lease = || {
+        let until = chrono::Utc::now().timestamp_millis() + LEASE.as_millis() as i64;
+        object_store::PutPayload::from(format!("{hub_id} {until}"))
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let create = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match store.put_opts(key, lease(), create).await {
+            Ok(r) => return Ok(r.e_tag),
+            Err(object_store::Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let held = match store.get(key).await {
+            Ok(g) => g,
+            Err(object_store::Error::NotFound { .. }) => continue, // just released
+            Err(e) => return Err(e),
+        };
+        let etag = held.meta.e_tag.clone();
+        let text = held.bytes().await?;
+        let until: i64 = std::str::from_utf8(&text)
+            .ok()
+            .and_then(|t| t.rsplit(' ').next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        if until < chrono::Utc::now().timestamp_millis() {
+            // Expired (its hub died holding it): take it over, unless
+            // another hub does so first.
+            let take_over = PutOptions {
+                mode: PutMode::Update(UpdateVersion {
+                    e_tag: etag,
+                    version: None,
+                }),
+                ..Default::default()
+            };
+            match store.put_opts(key, lease(), take_over).await {
+                Ok(r) => return Ok(r.e_tag),
+                Err(object_store::Error::Precondition { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if started.elapsed() > 4 * LEASE {
+            return Err(object_store::Error::Generic {
+                store: "S3",
+                source: "a partition's commit lock stayed taken for longer than its lease".into(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The batches an object holds, from its footer (`iot.batches`); objects
+/// written before footers listed them are read whole.
+async fn footer_batches(
+    store: &dyn ObjectStore,
+    object: &object_store::ObjectMeta,
+) -> Result<Vec<super::BatchId>, Failure> {
+    let size = object.size;
+    if size < 12 {
+        return Err("an archive object too small to be Parquet".into());
+    }
+    let tail = store.get_range(&object.location, size - 8..size).await?;
+    let footer_len = u64::from(u32::from_le_bytes(tail[..4].try_into()?));
+    if &tail[4..] != b"PAR1" || footer_len + 8 > size {
+        return Err(format!("{} is not a Parquet file", object.location).into());
+    }
+    let footer = store
+        .get_range(&object.location, size - 8 - footer_len..size - 8)
+        .await?;
+    let meta = parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&footer)?;
+    if let Some(value) = meta
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|e| e.key == super::BATCHES_KEY))
+        .and_then(|e| e.value.clone())
+    {
+        return Ok(super::decode_batch_ids(&value)?);
+    }
+    let whole = store.get(&object.location).await?.bytes().await?;
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(whole)?.build()?;
+    let mut ids = Vec::new();
+    for batch in reader {
+        ids.extend(super::batch_ids(&batch?).unwrap_or_default());
+    }
+    Ok(ids)
+}
+
+/// The batches a local archive file holds.
+fn own_batches(file: &Path) -> std::io::Result<std::collections::HashSet<super::BatchId>> {
+    let footer = super::file_key_values(file)?;
+    match footer.iter().find(|(k, _)| k == super::BATCHES_KEY) {
+        Some((_, v)) => Ok(super::decode_batch_ids(v)?.into_iter().collect()),
+        None => Ok(super::read_file(file)?
+            .iter()
+            .flat_map(|b| super::batch_ids(b).unwrap_or_default())
+            .collect()),
     }
 }

@@ -706,3 +706,78 @@ fn a_batch_another_hub_already_committed_is_left_out_of_this_hubs_file() {
         .any(|p| p.ends_with(".commit.lock"));
     assert!(!lock_left, "the commit lock is released");
 }
+
+#[test]
+fn a_files_footer_lists_its_batches_compactly_and_a_rewrite_keeps_the_list_true() {
+    let ids: std::collections::BTreeSet<BatchId> = [
+        ("gw-a", 1, 5),
+        ("gw-a", 1, 6),
+        ("gw-a", 1, 7),
+        ("gw-a", 1, 9),
+        ("gw-a", 2, 1),
+        ("gw b\t\"odd\"", 1, 3),
+    ]
+    .into_iter()
+    .map(|(g, i, s)| (g.to_owned(), i, s))
+    .collect();
+    let text = encode_batch_ids(&ids);
+    assert!(
+        text.contains("[5,7]"),
+        "consecutive batches as one range: {text}"
+    );
+    let back: std::collections::BTreeSet<BatchId> =
+        decode_batch_ids(&text).unwrap().into_iter().collect();
+    assert_eq!(back, ids);
+    assert!(decode_batch_ids("[[\"g\",1,[[9,3]]]]").is_err());
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut archive = Archive::open(dir.path(), "hub", settings(1 << 30)).unwrap();
+    for seq in 1..=4 {
+        archive
+            .append(
+                Table::Scored,
+                seq,
+                &rows_of_batch(Table::Scored, seq, &[(0, 1.0)]),
+            )
+            .unwrap();
+    }
+    let files = archive.commit_all().unwrap();
+    let listed = |path: &Path| -> Vec<u64> {
+        let footer = file_key_values(path).unwrap();
+        let (_, value) = footer.iter().find(|(k, _)| k == BATCHES_KEY).unwrap();
+        decode_batch_ids(value)
+            .unwrap()
+            .into_iter()
+            .map(|(_, _, s)| s)
+            .collect()
+    };
+    assert_eq!(listed(&files[0].path), vec![1, 2, 3, 4]);
+    let taken: std::collections::HashSet<BatchId> = [("elsewhere".to_owned(), 1, 2)].into();
+    drop_batches(&files[0].path, &taken, &archive.writer_properties()).unwrap();
+    assert_eq!(
+        listed(&files[0].path),
+        vec![1, 2, 3, 4],
+        "nothing of that batch here"
+    );
+    let gateway = |p: &Path| {
+        read_file(p).unwrap()[0]
+            .column_by_name("gateway")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .value(0)
+            .to_owned()
+    };
+    let taken: std::collections::HashSet<BatchId> = [(gateway(&files[0].path), 1, 3)].into();
+    assert_eq!(
+        drop_batches(&files[0].path, &taken, &archive.writer_properties()).unwrap(),
+        3
+    );
+    assert_eq!(listed(&files[0].path), vec![1, 2, 4]);
+    let footer = file_key_values(&files[0].path).unwrap();
+    assert!(
+        footer.iter().any(|(k, _)| k == "iot.wal_last_pos"),
+        "other footer keys kept"
+    );
+}
