@@ -696,6 +696,13 @@ impl Archive {
 
     /// Deletes this hub's partitions older than the retention; returns how
     /// many.
+    /// The first event hour retention keeps (`None`: no retention).
+    pub fn retention_first_hour(&self, now_us: i64) -> Option<i64> {
+        let retention = self.settings.retention?;
+        let cutoff = now_us - retention.as_micros() as i64;
+        Some(cutoff.div_euclid(HOUR_US))
+    }
+
     pub fn apply_retention(&mut self, now_us: i64) -> io::Result<usize> {
         let Some(retention) = self.settings.retention else {
             return Ok(0);

@@ -412,9 +412,14 @@ impl ArchiveStage {
                 tracing::error!(error = %e, "archive retention failed");
             }
         }
-        if self.uploader.is_some() {
-            // Compaction needs the files locally and an atomic swap; with
-            // object storage files are sized when written (see archive::s3).
+        if let Some(uploader) = &self.uploader {
+            // The bucket's own objects past retention go too (done by the
+            // upload thread, after the uploads queued before). Compaction
+            // needs the files locally and an atomic swap; with object
+            // storage files are sized when written (see archive::s3).
+            if let Some(first_kept) = self.archive.retention_first_hour(now_us) {
+                uploader.expire_before(first_kept);
+            }
             return;
         }
         match self.archive.compact_one(now_us) {

@@ -208,3 +208,92 @@ async fn s3_two_hubs_that_both_made_a_batch_durable_leave_it_in_the_bucket_once(
         "a batch both hubs held is in the bucket once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto_server (pip install 'moto[server]'); run by .ci/run"]
+async fn s3_retention_deletes_only_this_hubs_objects_older_than_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_moto, s3) = start_moto(dir.path()).await;
+    let store = s3.connect().unwrap();
+    // Another hub's old object, and this hub's readings from 2026-01-01.
+    let foreign =
+        ObjectPath::from("archive/table=scored/date=2026-01-01/hour=00/hub=other/x.parquet");
+    store
+        .put(&foreign, Bytes::from_static(b"not ours").into())
+        .await
+        .unwrap();
+    let config = |retention: Option<Duration>| {
+        let mut cfg = HubConfig::for_dir("keeper", &dir.path().join("keeper"));
+        cfg.mqtt.enabled = false;
+        cfg.archive.max_file_age = Duration::from_millis(100);
+        cfg.archive.compaction_interval = Duration::from_millis(100);
+        cfg.archive.retention = retention;
+        cfg.archive.s3 = Some(s3.clone());
+        cfg
+    };
+    let own_objects = || async {
+        let listed: Vec<object_store::ObjectMeta> = store
+            .list(Some(&ObjectPath::from("archive")))
+            .try_collect()
+            .await
+            .unwrap();
+        listed
+            .iter()
+            .filter(|o| o.location.to_string().contains("/hub=keeper/"))
+            .count()
+    };
+    // Without retention the readings of 2026-01-01 land in the bucket...
+    let hub = inference_hub::start(config(None)).await.unwrap();
+    post_all(&hub, 1..=5).await;
+    hub.shutdown().await;
+    assert!(own_objects().await > 0);
+    // ...and with a one-day retention the hub deletes them from the bucket
+    // (nothing of them is local any more).
+    let hub = inference_hub::start(config(Some(Duration::from_secs(24 * 3600))))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while own_objects().await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention never ran on the bucket"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        hub.stats
+            .partitions_expired
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    hub.shutdown().await;
+    assert_eq!(own_objects().await, 0, "this hub's old objects are gone");
+    assert!(
+        store.head(&foreign).await.is_ok(),
+        "another hub's object is left to that hub"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto_server (pip install 'moto[server]'); run by .ci/run"]
+async fn s3_down_at_shutdown_leaves_files_local_instead_of_holding_the_hub() {
+    let dir = tempfile::tempdir().unwrap();
+    let (moto, s3) = start_moto(dir.path()).await;
+    let mut cfg = HubConfig::for_dir("stopper", &dir.path().join("stopper"));
+    cfg.mqtt.enabled = false;
+    cfg.archive.s3 = Some(s3.clone());
+    let root = cfg.archive_root();
+    let hub = inference_hub::start(cfg).await.unwrap();
+    post_all(&hub, 1..=5).await;
+    drop(moto); // the store goes away with files still to upload
+    tokio::time::timeout(Duration::from_secs(60), hub.shutdown())
+        .await
+        .expect("the hub stops although the store is down");
+    let staged =
+        inference_hub::archive::committed_files(&root, inference_hub::archive::Table::Scored)
+            .unwrap();
+    assert!(
+        !staged.is_empty(),
+        "the files wait locally for the next start"
+    );
+}

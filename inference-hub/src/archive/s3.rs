@@ -13,7 +13,10 @@
 //! so WAL replay skips what the bucket already holds, as it does for local
 //! files. Compaction is local-only (an object store has no atomic swap of a
 //! set of objects); with S3, files are sized by `target-file-bytes` and
-//! `max-file-age` when they are written.
+//! `max-file-age` when they are written. Retention (`archive.retention`)
+//! deletes this hub's objects of expired event hours, in the upload thread's
+//! order of work. At shutdown a failed upload is not retried: the file stays
+//! local for the next start.
 //!
 //! **Several hubs on one bucket** (a shared subscription; a batch a hub made
 //! durable but could not answer is resent to another hub, so two hubs may
@@ -140,11 +143,23 @@ pub fn list_own(settings: &S3Settings, hub_id: &str) -> std::io::Result<Vec<Path
 /// holding it delays the others by this much.
 const LEASE: Duration = Duration::from_secs(30);
 
+/// Work for the upload thread, in order.
+#[derive(Debug)]
+enum Job {
+    Upload(PathBuf),
+    /// Delete this hub's objects of event hours before this one (retention).
+    ExpireBefore(i64),
+}
+
 /// The background uploader.
 #[derive(Debug)]
 pub struct Uploader {
-    tx: Option<mpsc::Sender<PathBuf>>,
+    tx: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Set at shutdown: a failed upload is then not retried (the file stays
+    /// local and goes up at the next start), so a store that is down cannot
+    /// hold the hub's shutdown.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Uploader {
@@ -159,10 +174,12 @@ impl Uploader {
     ) -> std::io::Result<Self> {
         let store = settings.connect().map_err(std::io::Error::other)?;
         let hub_id = hub_id.to_owned();
-        let (tx, rx) = mpsc::channel::<PathBuf>();
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping_seen = stopping.clone();
+        let (tx, rx) = mpsc::channel::<Job>();
         for table in super::Table::ALL {
             for f in super::committed_files(&local_root, table)? {
-                let _ = tx.send(f);
+                let _ = tx.send(Job::Upload(f));
             }
         }
         let thread = std::thread::Builder::new()
@@ -185,25 +202,39 @@ impl Uploader {
                     stats: &stats,
                     others: std::collections::HashMap::new(),
                     conditional_writes: true,
+                    stopping: &stopping_seen,
                 };
-                for file in rx {
-                    upload.until_done(&file);
+                for job in rx {
+                    match job {
+                        Job::Upload(file) => upload.until_done(&file),
+                        Job::ExpireBefore(hour) => upload.expire_before(hour),
+                    }
                 }
             })?;
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
+            stopping,
         })
     }
 
     pub fn enqueue(&self, file: PathBuf) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(file);
+            let _ = tx.send(Job::Upload(file));
+        }
+    }
+
+    /// Retention in the bucket: this hub's objects of event hours before
+    /// `hour` (hours since the epoch) are deleted.
+    pub fn expire_before(&self, hour: i64) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Job::ExpireBefore(hour));
         }
     }
 
     /// Finishes the queued uploads (shutdown).
     pub fn finish(mut self) {
+        self.stopping.store(true, Relaxed);
         self.tx = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -224,6 +255,7 @@ struct Upload<'a> {
     others: std::collections::HashMap<ObjectPath, Vec<super::BatchId>>,
     /// Cleared when the store refuses conditional writes.
     conditional_writes: bool,
+    stopping: &'a std::sync::atomic::AtomicBool,
 }
 
 /// Why an upload attempt did not finish.
@@ -249,6 +281,11 @@ impl Upload<'_> {
                     }
                     return;
                 }
+                Err(e) if self.stopping.load(Relaxed) => {
+                    self.stats.s3_upload_failures.fetch_add(1, Relaxed);
+                    tracing::warn!(key = %key, error = %e, "S3 upload failed at shutdown; the file stays local and goes up at the next start");
+                    return;
+                }
                 Err(e) => {
                     attempt += 1;
                     self.stats.s3_upload_failures.fetch_add(1, Relaxed);
@@ -258,9 +295,63 @@ impl Upload<'_> {
                         Duration::from_secs(30),
                     );
                     tracing::warn!(key = %key, attempt, retry_in = ?delay, error = %e, "S3 upload failed; the file stays local and is retried");
-                    std::thread::sleep(delay);
+                    let until = std::time::Instant::now() + delay;
+                    while std::time::Instant::now() < until && !self.stopping.load(Relaxed) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
                 }
             }
+        }
+    }
+
+    /// Deletes this hub's objects whose event hour is before `first_kept`
+    /// (a failure is logged; the next round retries).
+    fn expire_before(&mut self, first_kept: i64) {
+        use futures_util::TryStreamExt;
+        let prefix = self.settings.prefix.trim_matches('/').to_owned();
+        let root = (!prefix.is_empty()).then(|| ObjectPath::from(prefix.as_str()));
+        let own = format!("/hub={}/", self.hub_id);
+        let listed: object_store::Result<Vec<object_store::ObjectMeta>> = self
+            .rt
+            .block_on(self.store.list(root.as_ref()).try_collect());
+        let objects = match listed {
+            Ok(o) => o,
+            Err(e) => {
+                self.stats.maintenance_errors.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "cannot list the bucket for retention");
+                return;
+            }
+        };
+        let mut hours = std::collections::BTreeSet::new();
+        for o in objects {
+            let key = o.location.to_string();
+            if !key.contains(&own) || !key.ends_with(".parquet") {
+                continue;
+            }
+            let Some(hour) = super::hour_of_file(Path::new(&key)) else {
+                continue;
+            };
+            if hour >= first_kept {
+                continue;
+            }
+            match self.rt.block_on(self.store.delete(&o.location)) {
+                Ok(()) => {
+                    hours.insert((key.split("/date=").next().unwrap_or("").to_owned(), hour));
+                }
+                Err(e) => {
+                    self.stats.maintenance_errors.fetch_add(1, Relaxed);
+                    tracing::error!(key = %key, error = %e, "cannot delete an object past retention");
+                }
+            }
+        }
+        if !hours.is_empty() {
+            self.stats
+                .partitions_expired
+                .fetch_add(hours.len() as u64, Relaxed);
+            tracing::info!(
+                partitions = hours.len(),
+                "bucket partitions past retention deleted"
+            );
         }
     }
 
@@ -339,7 +430,16 @@ impl Upload<'_> {
                 continue;
             }
             if !self.others.contains_key(&o.location) {
-                let ids = self.rt.block_on(footer_batches(self.store.as_ref(), &o))?;
+                let ids = match self.rt.block_on(footer_batches(self.store.as_ref(), &o)) {
+                    Ok(ids) => ids,
+                    Err(FooterError::NotParquet(why)) => {
+                        // Holds no batch anybody can read: nothing to leave
+                        // out for it.
+                        tracing::warn!(key = %o.location, why, "an object in the archive that is not a readable Parquet file; ignored by the cross-hub check");
+                        Vec::new()
+                    }
+                    Err(FooterError::Store(e)) => return Err(e),
+                };
                 self.others.insert(o.location.clone(), ids);
             }
             out.extend(self.others[&o.location].iter().cloned());
@@ -409,39 +509,57 @@ async fn acquire(
     }
 }
 
+/// Why another hub's object's batches are unknown.
+enum FooterError {
+    /// The store failed (retry).
+    Store(Failure),
+    /// The object is not a readable Parquet file (it holds no batch).
+    NotParquet(String),
+}
+
+impl From<object_store::Error> for FooterError {
+    fn from(e: object_store::Error) -> Self {
+        FooterError::Store(e.into())
+    }
+}
+
 /// The batches an object holds, from its footer (`iot.batches`); objects
 /// written before footers listed them are read whole.
 async fn footer_batches(
     store: &dyn ObjectStore,
     object: &object_store::ObjectMeta,
-) -> Result<Vec<super::BatchId>, Failure> {
+) -> Result<Vec<super::BatchId>, FooterError> {
+    let not_parquet = |why: &dyn std::fmt::Display| FooterError::NotParquet(why.to_string());
     let size = object.size;
     if size < 12 {
-        return Err("an archive object too small to be Parquet".into());
+        return Err(not_parquet(&"too small"));
     }
     let tail = store.get_range(&object.location, size - 8..size).await?;
-    let footer_len = u64::from(u32::from_le_bytes(tail[..4].try_into()?));
+    let footer_len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
     if &tail[4..] != b"PAR1" || footer_len + 8 > size {
-        return Err(format!("{} is not a Parquet file", object.location).into());
+        return Err(not_parquet(&"no Parquet footer"));
     }
     let footer = store
         .get_range(&object.location, size - 8 - footer_len..size - 8)
         .await?;
-    let meta = parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&footer)?;
+    let meta = parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&footer)
+        .map_err(|e| not_parquet(&e))?;
     if let Some(value) = meta
         .file_metadata()
         .key_value_metadata()
         .and_then(|kv| kv.iter().find(|e| e.key == super::BATCHES_KEY))
         .and_then(|e| e.value.clone())
     {
-        return Ok(super::decode_batch_ids(&value)?);
+        return super::decode_batch_ids(&value).map_err(|e| not_parquet(&e));
     }
     let whole = store.get(&object.location).await?.bytes().await?;
-    let reader =
-        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(whole)?.build()?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(whole)
+        .and_then(|b| b.build())
+        .map_err(|e| not_parquet(&e))?;
     let mut ids = Vec::new();
     for batch in reader {
-        ids.extend(super::batch_ids(&batch?).unwrap_or_default());
+        let batch = batch.map_err(|e| not_parquet(&e))?;
+        ids.extend(super::batch_ids(&batch).unwrap_or_default());
     }
     Ok(ids)
 }
