@@ -357,32 +357,32 @@ impl Upload<'_> {
 
     /// One upload under the partition's lock; returns the bytes uploaded.
     fn attempt(&mut self, file: &Path, relative: &Path, key: &ObjectPath) -> Result<u64, Failure> {
-        // <table>/<date>/<hour>/<hub>/<name>: the partition is three levels up.
+        // <table>/<date>/<hour>/<hub>/<name>: the partition is two levels up.
         let partition = relative
             .parent()
             .and_then(Path::parent)
             .ok_or("an archive file outside the partition layout")?;
         let lock_key = self.settings.key(&partition.join(".commit.lock"));
-        let lock = if self.conditional_writes {
+        let locked = if self.conditional_writes {
             match self
                 .rt
                 .block_on(acquire(self.store.as_ref(), &lock_key, self.hub_id))
             {
-                Ok(etag) => Some(etag),
+                Ok(()) => true,
                 Err(object_store::Error::NotImplemented { .. }) => {
                     self.conditional_writes = false;
                     tracing::error!(
                         "the object store refuses conditional writes: uploads go on without the cross-hub check (a batch two hubs both made durable can be archived twice)"
                     );
-                    None
+                    false
                 }
                 Err(e) => return Err(e.into()),
             }
         } else {
-            None
+            false
         };
-        let result = self.check_and_put(file, partition, key, lock.is_some());
-        if lock.is_some() {
+        let result = self.check_and_put(file, partition, key, locked);
+        if locked {
             // Best effort: an unreleased lock expires after the lease.
             let _ = self.rt.block_on(self.store.delete(&lock_key));
         }
@@ -448,13 +448,13 @@ impl Upload<'_> {
     }
 }
 
-/// Takes the partition's commit lock (waiting while another hub holds a live
-/// lease); returns the lock object's ETag.
+/// Takes the partition's commit lock, waiting while another hub holds a live
+/// lease.
 async fn acquire(
     store: &dyn ObjectStore,
     key: &ObjectPath,
     hub_id: &str,
-) -> object_store::Result<Option<String>> {
+) -> object_store::Result<()> {
     use object_store::{PutMode, PutOptions, UpdateVersion};
     let lease = || {
         let until = chrono::Utc::now().timestamp_millis() + LEASE.as_millis() as i64;
@@ -467,7 +467,7 @@ async fn acquire(
             ..Default::default()
         };
         match store.put_opts(key, lease(), create).await {
-            Ok(r) => return Ok(r.e_tag),
+            Ok(_) => return Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
         }
@@ -494,7 +494,7 @@ async fn acquire(
                 ..Default::default()
             };
             match store.put_opts(key, lease(), take_over).await {
-                Ok(r) => return Ok(r.e_tag),
+                Ok(_) => return Ok(()),
                 Err(object_store::Error::Precondition { .. }) => continue,
                 Err(e) => return Err(e),
             }
