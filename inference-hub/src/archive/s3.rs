@@ -22,8 +22,9 @@
 //! durable but could not answer is resent to another hub, so two hubs may
 //! hold it): the upload into a partition is done under that partition's
 //! lease lock, `<partition>/.commit.lock`, taken with a conditional PUT
-//! (`If-None-Match: *`; an expired lease is taken over with `If-Match` on its
-//! ETag, so two hubs cannot both take it). Holding it, the hub reads which
+//! (`If-None-Match: *`; a lease lasts 120 s, and an expired one is taken over
+//! with `If-Match` on its ETag, so two hubs cannot both take it; the holder
+//! starts its upload within 30 s or starts over). Holding it, the hub reads which
 //! batches the other hubs' objects in the partition hold (from each file's
 //! `iot.batches` footer: two small ranged GETs per object, cached, objects
 //! never change), leaves those batches out of its own file, uploads, and
@@ -140,8 +141,15 @@ pub fn list_own(settings: &S3Settings, hub_id: &str) -> std::io::Result<Vec<Path
 }
 
 /// How long a partition's commit lock is held at most; a hub that died
-/// holding it delays the others by this much.
-const LEASE: Duration = Duration::from_secs(30);
+/// holding it delays the others' uploads into that partition by this much.
+const LEASE: Duration = Duration::from_secs(120);
+/// The upload must start this soon after the lock was taken, or the attempt
+/// starts over: the rest of the lease covers the PUT itself and clock skew
+/// between hubs (they compare the lease's wall-clock end with their own).
+const LEASE_START_PUT_BY: Duration = Duration::from_secs(30);
+/// Other hubs' objects whose batches are remembered; past this the memory
+/// starts over (it is only a cache of footers).
+const MAX_REMEMBERED_OBJECTS: usize = 20_000;
 
 /// Work for the upload thread, in order.
 #[derive(Debug)]
@@ -381,7 +389,8 @@ impl Upload<'_> {
         } else {
             false
         };
-        let result = self.check_and_put(file, partition, key, locked);
+        let locked_at = std::time::Instant::now();
+        let result = self.check_and_put(file, partition, key, locked.then_some(locked_at));
         if locked {
             // Best effort: an unreleased lock expires after the lease.
             let _ = self.rt.block_on(self.store.delete(&lock_key));
@@ -389,14 +398,16 @@ impl Upload<'_> {
         result
     }
 
+    /// With `locked_at` (the partition's lock is held since then): leaves
+    /// out the batches other hubs' objects hold, then uploads.
     fn check_and_put(
         &mut self,
         file: &Path,
         partition: &Path,
         key: &ObjectPath,
-        check: bool,
+        locked_at: Option<std::time::Instant>,
     ) -> Result<u64, Failure> {
-        if check {
+        if let Some(locked_at) = locked_at {
             let taken = self.batches_of_other_hubs(partition)?;
             let ours: std::collections::HashSet<super::BatchId> = own_batches(file)?;
             let overlap: std::collections::HashSet<super::BatchId> =
@@ -404,6 +415,12 @@ impl Upload<'_> {
             if !overlap.is_empty() {
                 tracing::info!(key = %key, batches = overlap.len(), "batches another hub already archived are left out of this file");
                 super::drop_batches(file, &overlap, self.props)?;
+            }
+            if locked_at.elapsed() > LEASE_START_PUT_BY {
+                return Err(
+                    "the partition's lock was held too long before the upload; starting over"
+                        .into(),
+                );
             }
         }
         let bytes = std::fs::read(file)?;
@@ -423,6 +440,9 @@ impl Upload<'_> {
         let objects: Vec<object_store::ObjectMeta> = self
             .rt
             .block_on(self.store.list(Some(&prefix)).try_collect())?;
+        if self.others.len() > MAX_REMEMBERED_OBJECTS {
+            self.others.clear();
+        }
         let mut out = std::collections::HashSet::new();
         for o in objects {
             let k = o.location.to_string();
