@@ -71,6 +71,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use crate::config::ArchiveSettings;
+use crate::names::NumberedNames;
 
 /// The archive's tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -837,25 +838,7 @@ fn other_hubs_batches(
             if file.extension().is_none_or(|e| e != "parquet") {
                 continue;
             }
-            let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-                File::open(&file)?,
-            )
-            .map_err(io::Error::other)?;
-            let mask = parquet::arrow::ProjectionMask::columns(
-                builder.parquet_schema(),
-                [
-                    schemas::tables::GATEWAY,
-                    schemas::tables::INCARNATION,
-                    schemas::tables::SEQ,
-                ],
-            );
-            for batch in builder
-                .with_projection(mask)
-                .build()
-                .map_err(io::Error::other)?
-            {
-                out.extend(batch_ids(&batch.map_err(io::Error::other)?).unwrap_or_default());
-            }
+            out.extend(file_batches(&file)?);
         }
     }
     Ok(out)
@@ -949,6 +932,37 @@ pub fn decode_batch_ids(text: &str) -> io::Result<Vec<BatchId>> {
             }
             out.extend((first..=last).map(|seq| (gateway.clone(), incarnation, seq)));
         }
+    }
+    Ok(out)
+}
+
+/// The batches a local archive file holds: its `iot.batches` footer, or
+/// (files written before footers listed them) its three identity columns.
+pub(crate) fn file_batches(path: &Path) -> io::Result<Vec<BatchId>> {
+    if let Some((_, listed)) = file_key_values(path)?
+        .into_iter()
+        .find(|(k, _)| k == BATCHES_KEY)
+    {
+        return decode_batch_ids(&listed);
+    }
+    let builder =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)
+            .map_err(io::Error::other)?;
+    let mask = parquet::arrow::ProjectionMask::columns(
+        builder.parquet_schema(),
+        [
+            schemas::tables::GATEWAY,
+            schemas::tables::INCARNATION,
+            schemas::tables::SEQ,
+        ],
+    );
+    let mut out = Vec::new();
+    for batch in builder
+        .with_projection(mask)
+        .build()
+        .map_err(io::Error::other)?
+    {
+        out.extend(batch_ids(&batch.map_err(io::Error::other)?).unwrap_or_default());
     }
     Ok(out)
 }
@@ -1171,51 +1185,6 @@ pub fn sort_by_device_metric_time(
         &order,
         [(device_column, devices), (metric_column, metrics)],
     )
-}
-
-/// The names of a string column across batches, numbered in order of first
-/// appearance: one hash lookup per row (a run of equal names costs one).
-struct NumberedNames<'a> {
-    /// Per batch, per row.
-    ids: Vec<Vec<u32>>,
-    distinct: Vec<&'a str>,
-}
-
-impl<'a> NumberedNames<'a> {
-    /// Each name's rank in byte order, by id.
-    fn ranks(&self) -> Vec<u32> {
-        let mut by_name: Vec<u32> = (0..self.distinct.len() as u32).collect();
-        by_name.sort_unstable_by_key(|&id| self.distinct[id as usize]);
-        let mut rank_of = vec![0u32; self.distinct.len()];
-        for (rank, id) in by_name.into_iter().enumerate() {
-            rank_of[id as usize] = rank as u32;
-        }
-        rank_of
-    }
-
-    fn of(arrays: &[&'a arrow_array::StringArray]) -> Self {
-        let mut first_seen: HashMap<&str, u32, foldhash::fast::RandomState> = HashMap::default();
-        let mut distinct: Vec<&str> = Vec::new();
-        let ids = arrays
-            .iter()
-            .map(|col| {
-                let mut ids: Vec<u32> = Vec::with_capacity(col.len());
-                for i in 0..col.len() {
-                    let name = col.value(i);
-                    let id = match ids.last() {
-                        Some(&previous) if col.value(i - 1) == name => previous,
-                        _ => *first_seen.entry(name).or_insert_with(|| {
-                            distinct.push(name);
-                            (distinct.len() - 1) as u32
-                        }),
-                    };
-                    ids.push(id);
-                }
-                ids
-            })
-            .collect();
-        Self { ids, distinct }
-    }
 }
 
 /// One batch of the rows `order` (batch, row) picks from `batches`.

@@ -35,6 +35,7 @@ pub mod hub;
 pub mod intake;
 pub mod model;
 pub mod mqtt_intake;
+mod names;
 pub mod pipeline;
 pub mod replay_parquet;
 pub mod rescore;

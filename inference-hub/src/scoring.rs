@@ -80,6 +80,19 @@ impl ScoreStats {
         (self.n >= MIN_SCORE_HISTORY).then(|| (l - self.mean) / self.var.max(1e-6).sqrt())
     }
 
+    /// The adaptive decision for one score (above `threshold` and extreme
+    /// for this series), then the score joins the history.
+    fn decide(&mut self, score: f64, threshold: f64) -> &'static str {
+        let l = score.ln_1p();
+        let z = self.z(l);
+        self.update(l);
+        match z {
+            None => status::WARMING_UP,
+            Some(z) if score > threshold && z > SCORE_Z_LIMIT => status::ANOMALOUS,
+            Some(_) => status::OK,
+        }
+    }
+
     fn update(&mut self, l: f64) {
         self.n += 1;
         let d = l - self.mean;
@@ -452,16 +465,7 @@ impl Scorer {
             let st = match score_at[k] {
                 _ if status_at[k] != status::WARMING_UP => status_at[k],
                 None if was_queued && model_error.is_some() => status::UNSCORED,
-                Some(score) => {
-                    let l = score.ln_1p();
-                    let z = state.scores.z(l);
-                    state.scores.update(l);
-                    match z {
-                        None => status::WARMING_UP,
-                        Some(z) if score > self.threshold && z > SCORE_Z_LIMIT => status::ANOMALOUS,
-                        Some(_) => status::OK,
-                    }
-                }
+                Some(score) => state.scores.decide(score, self.threshold),
                 None => status::WARMING_UP,
             };
             status_at[k] = st;
@@ -546,7 +550,6 @@ struct ScoredRows<'a> {
 impl ScoredRows<'_> {
     fn finish(&self, ctx: &BatchContext<'_>) -> RecordBatch {
         use arrow_array::{Float64Array, StringArray, TimestampMicrosecondArray, UInt32Array};
-        let n = self.order.len();
         let idx = UInt32Array::from(self.order.to_vec());
         let gather = |a: &StringArray| -> ArrayRef {
             arrow_select::take::take(a, &idx, None).expect("indices are in range")
@@ -566,25 +569,18 @@ impl ScoredRows<'_> {
             .iter()
             .map(|s| s.map(|_| self.threshold))
             .collect();
-        let [model_id, model_version, gateway, incarnation, seq, ingested] =
-            context_columns(n, ctx);
-        let columns: Vec<ArrayRef> = vec![
-            gather(self.view.device),
-            gather(self.view.metric),
-            Arc::new(TimestampMicrosecondArray::from(ts).with_timezone(tables::UTC)),
-            Arc::new(Float64Array::from(value)),
-            Arc::new(StringArray::from_iter_values(self.status.iter().copied())),
-            Arc::new(Float64Array::from(self.score.to_vec())),
-            Arc::new(threshold),
-            model_id,
-            model_version,
-            gateway,
-            incarnation,
-            seq,
-            ingested,
-        ];
-        RecordBatch::try_new(tables::scored_schema(), columns)
-            .expect("columns match the scored schema")
+        scored_table(
+            [
+                gather(self.view.device),
+                gather(self.view.metric),
+                Arc::new(TimestampMicrosecondArray::from(ts).with_timezone(tables::UTC)),
+                Arc::new(Float64Array::from(value)),
+                Arc::new(StringArray::from_iter_values(self.status.iter().copied())),
+                Arc::new(Float64Array::from(self.score.to_vec())),
+                Arc::new(threshold),
+            ],
+            ctx,
+        )
     }
 }
 
@@ -601,6 +597,16 @@ pub fn format_ts(ts_us: i64) -> String {
     chrono::DateTime::from_timestamp_micros(ts_us)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
         .unwrap_or_default()
+}
+
+/// A batch of the scored table: the per-reading columns (device, metric,
+/// ts, value, status, score, threshold) and the batch's context.
+fn scored_table(readings: [ArrayRef; 7], ctx: &BatchContext<'_>) -> RecordBatch {
+    let [model_id, model_version, gateway, incarnation, seq, ingested] =
+        context_columns(readings[0].len(), ctx);
+    let mut columns = readings.to_vec();
+    columns.extend([model_id, model_version, gateway, incarnation, seq, ingested]);
+    RecordBatch::try_new(tables::scored_schema(), columns).expect("columns match the scored schema")
 }
 
 /// The columns every row of a batch shares: model, gateway, batch identity,
@@ -628,21 +634,11 @@ fn context_columns(n: usize, ctx: &BatchContext<'_>) -> [ArrayRef; 6] {
 /// in order of first appearance), each series in time order: the order of
 /// [`ScoredBatch::scored`].
 fn grouped_order(view: &ReadingView<'_>) -> Vec<u32> {
-    let number = |col: &arrow_array::StringArray| -> Vec<u32> {
-        let mut seen: FastMap<&str, u32> = FastMap::default();
-        let mut ids: Vec<u32> = Vec::with_capacity(col.len());
-        for i in 0..col.len() {
-            let name = col.value(i);
-            let id = match ids.last() {
-                Some(&previous) if col.value(i - 1) == name => previous,
-                _ => {
-                    let next = seen.len() as u32;
-                    *seen.entry(name).or_insert(next)
-                }
-            };
-            ids.push(id);
-        }
-        ids
+    let number = |col| {
+        crate::names::NumberedNames::of(&[col])
+            .ids
+            .pop()
+            .unwrap_or_default()
     };
     let (device, metric) = (number(view.device), number(view.metric));
     let mut order: Vec<u32> = (0..view.device.len() as u32).collect();
@@ -751,25 +747,18 @@ impl ScoredColumns {
     }
 
     fn finish_scored(mut self, ctx: &BatchContext<'_>) -> RecordBatch {
-        let [model_id, model_version, gateway, incarnation, seq, ingested] =
-            context_columns(self.len, ctx);
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(self.device.finish()),
-            Arc::new(self.metric.finish()),
-            Arc::new(self.ts.finish()),
-            Arc::new(self.value.finish()),
-            Arc::new(self.status.finish()),
-            Arc::new(self.score.finish()),
-            Arc::new(self.threshold.finish()),
-            model_id,
-            model_version,
-            gateway,
-            incarnation,
-            seq,
-            ingested,
-        ];
-        RecordBatch::try_new(tables::scored_schema(), columns)
-            .expect("columns match the scored schema")
+        scored_table(
+            [
+                Arc::new(self.device.finish()),
+                Arc::new(self.metric.finish()),
+                Arc::new(self.ts.finish()),
+                Arc::new(self.value.finish()),
+                Arc::new(self.status.finish()),
+                Arc::new(self.score.finish()),
+                Arc::new(self.threshold.finish()),
+            ],
+            ctx,
+        )
     }
 
     fn finish_anomalies(mut self, ctx: &BatchContext<'_>) -> RecordBatch {

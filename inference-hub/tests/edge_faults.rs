@@ -407,6 +407,17 @@ async fn failover_two_hubs_one_killed_mid_stream_lose_and_double_nothing() {
     let attempted: BTreeSet<(String, String, i64)> =
         publication.attempted.iter().map(|&n| key(n)).collect();
     let invented = archived.keys().filter(|k| !attempted.contains(*k)).count();
+    if missing > 0 || !doubled.is_empty() || invented > 0 {
+        // What the processes said, for whoever reads the failed run.
+        for log in ["hub_a.log", "hub_b.log", "edge.log"] {
+            let text = std::fs::read_to_string(dir.path().join(log)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().filter(|l| !l.contains(" DEBUG ")).collect();
+            eprintln!("--- last lines of {log}:");
+            for line in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{line}");
+            }
+        }
+    }
     assert!(
         missing == 0 && doubled.is_empty() && invented == 0,
         "failover: {missing} of {} acknowledged readings missing, doubled e.g. {doubled:?}, {invented} never published",

@@ -409,7 +409,8 @@ impl Upload<'_> {
     ) -> Result<u64, Failure> {
         if let Some(locked_at) = locked_at {
             let taken = self.batches_of_other_hubs(partition)?;
-            let ours: std::collections::HashSet<super::BatchId> = own_batches(file)?;
+            let ours: std::collections::HashSet<super::BatchId> =
+                super::file_batches(file)?.into_iter().collect();
             let overlap: std::collections::HashSet<super::BatchId> =
                 ours.intersection(&taken).cloned().collect();
             if !overlap.is_empty() {
@@ -582,16 +583,4 @@ async fn footer_batches(
         ids.extend(super::batch_ids(&batch).unwrap_or_default());
     }
     Ok(ids)
-}
-
-/// The batches a local archive file holds.
-fn own_batches(file: &Path) -> std::io::Result<std::collections::HashSet<super::BatchId>> {
-    let footer = super::file_key_values(file)?;
-    match footer.iter().find(|(k, _)| k == super::BATCHES_KEY) {
-        Some((_, v)) => Ok(super::decode_batch_ids(v)?.into_iter().collect()),
-        None => Ok(super::read_file(file)?
-            .iter()
-            .flat_map(|b| super::batch_ids(b).unwrap_or_default())
-            .collect()),
-    }
 }

@@ -26,8 +26,7 @@ use schemas::envelope::DecodedBatch;
 use schemas::tables::{ReadingView, status};
 
 use super::{
-    AnomalyEvent, BatchContext, Normalisation, SCORE_Z_LIMIT, ScoreStats, ScoredBatch,
-    ScoredColumns, format_ts,
+    AnomalyEvent, BatchContext, Normalisation, ScoreStats, ScoredBatch, ScoredColumns, format_ts,
 };
 use crate::model::{Decision, Model, ModelOutput};
 
@@ -223,14 +222,7 @@ impl MultivariateScorer {
                     status::OK
                 }
             } else {
-                let l = score.ln_1p();
-                let z = state.scores.z(l);
-                state.scores.update(l);
-                match z {
-                    None => status::WARMING_UP,
-                    Some(z) if score > self.threshold && z > SCORE_Z_LIMIT => status::ANOMALOUS,
-                    Some(_) => status::OK,
-                }
+                state.scores.decide(score, self.threshold)
             };
             if st != status::WARMING_UP && !fixed {
                 for (norm, x) in state.norms.iter_mut().zip(&q.values) {
