@@ -31,6 +31,16 @@ fn batch(device: &str, scale: f64, n: usize, spike_at: Option<usize>, seq: u64) 
     envelope::decode(&bytes, &DecodeLimits::default()).unwrap()
 }
 
+/// A float column of a scored batch.
+fn floats(b: &RecordBatch, name: &str) -> Float64Array {
+    b.column_by_name(name)
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap()
+        .clone()
+}
+
 fn statuses(b: &RecordBatch) -> Vec<String> {
     let col = b
         .column_by_name("status")
@@ -93,13 +103,7 @@ fn series_are_scored_independently() {
     scorer.score(&batch("small", 1.0, 100, None, 1), 0);
     scorer.score(&batch("large", 1000.0, 100, None, 2), 0);
     let out = scorer.score(&batch("small", 1.0, 60, None, 3), 0);
-    let scores = out
-        .scored
-        .column_by_name("score")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<Float64Array>()
-        .unwrap();
+    let scores = floats(&out.scored, "score");
     assert_eq!(scores.null_count(), 0);
     assert!(
         statuses(&out.scored).iter().all(|s| s == status::OK),
@@ -262,14 +266,7 @@ fn readings_are_taken_in_time_order_and_older_ones_than_the_series_has_seen_are_
     let out = s.score(&mk(&[150, 40, 41], 2), 0);
     let st = statuses(&out.scored);
     assert_eq!(st.iter().filter(|x| *x == "late").count(), 2, "{st:?}");
-    let scores = out
-        .scored
-        .column_by_name("score")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<Float64Array>()
-        .unwrap()
-        .clone();
+    let scores = floats(&out.scored, "score");
     assert_eq!(scores.null_count(), 2, "late readings carry no score");
 }
 
@@ -295,22 +292,10 @@ fn a_non_finite_value_is_archived_unscored_and_does_not_poison_its_series() {
     let st = statuses(&out.scored);
     assert_eq!(st[50], status::UNSCORED);
     assert_eq!(st[60], status::UNSCORED);
-    let values = out
-        .scored
-        .column_by_name("value")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<Float64Array>()
-        .unwrap();
+    let values = floats(&out.scored, "value");
     assert!(values.value(50).is_nan(), "archived as sent");
     // The series goes on being scored normally around and after them.
-    let scores = out
-        .scored
-        .column_by_name("score")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<Float64Array>()
-        .unwrap();
+    let scores = floats(&out.scored, "score");
     assert_eq!(scores.null_count(), 2);
     assert!(scores.iter().flatten().all(f64::is_finite));
     let after = scorer.score(&batch("d1", 1.0, 100, None, 9), 0);
