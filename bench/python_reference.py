@@ -9,7 +9,8 @@ every reading with the same algorithm as the hub (per-series warm-up
 mean/std, 16-reading windows normalised and clipped, the ONNX model through
 onnxruntime on one thread, threshold plus the adaptive z-test on the series'
 own ln(1+score) history), then write Parquet partitioned by event hour,
-sorted by device and time, zstd. Vectorised with numpy and pyarrow: series
+sorted by device and time, zstd, with the hub's `scored` columns (ingested_at
+included). Vectorised with numpy and pyarrow: series
 are processed in "rounds" of at most one reading each, so the windows of a
 round go through onnxruntime in one call; Python code runs per batch, per
 round and per distinct (device, metric) of a batch, never per reading.
@@ -166,6 +167,8 @@ def main():
     ap.add_argument("--envelopes", required=True)
     ap.add_argument("--model-dir", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--zstd-level", type=int, default=3,
+                    help="as the hub's archive.zstd-level (default 3, as the hub's)")
     args = ap.parse_args()
     files = sorted(glob.glob(os.path.join(args.envelopes, "*.iotb")))
     os.makedirs(args.out, exist_ok=True)
@@ -199,7 +202,9 @@ def main():
             .append_column("model_version", pa.repeat(scorer.manifest["version"], n)) \
             .append_column("gateway", pa.repeat(key[0], n)) \
             .append_column("incarnation", pa.array(np.full(n, key[1], np.uint64))) \
-            .append_column("seq", pa.array(np.full(n, key[2], np.uint64)))
+            .append_column("seq", pa.array(np.full(n, key[2], np.uint64))) \
+            .append_column("ingested_at", pa.array(np.full(n, time.time_ns() // 1000, np.int64))
+                           .cast(pa.timestamp("us", tz="UTC")))
         hours = table.column("ts").cast(pa.int64()).to_numpy() // 3_600_000_000
         for h in np.unique(hours):
             partitions.setdefault(int(h), []).append(out.filter(pa.array(hours == h)))
@@ -209,7 +214,7 @@ def main():
         d = os.path.join(args.out, "table=scored", f"hour={h}")
         os.makedirs(d, exist_ok=True)
         p = os.path.join(d, "part-0.parquet")
-        pq.write_table(t, p, compression="zstd", row_group_size=128 * 1024)
+        pq.write_table(t, p, compression="zstd", compression_level=args.zstd_level, row_group_size=128 * 1024)
         with open(p, "rb") as f:
             os.fsync(f.fileno())
         parquet_bytes += os.path.getsize(p)

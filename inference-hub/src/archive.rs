@@ -56,7 +56,7 @@
 //! [`Archive::low_water`] is the smallest WAL position that is not yet in a
 //! committed file.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -278,7 +278,7 @@ impl Archive {
         }
         let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(3).expect("valid level"),
+                ZstdLevel::try_new(settings.zstd_level).map_err(io::Error::other)?,
             ))
             .set_max_row_group_row_count(Some(settings.row_group_rows))
             .set_statistics_enabled(EnabledStatistics::Page)
@@ -590,28 +590,70 @@ impl Archive {
     /// Merges the small files of one closed partition (see the module docs);
     /// returns the merged file, if a partition needed it.
     pub fn compact_one(&mut self, now_us: i64) -> io::Result<Option<CommittedFile>> {
-        let grace = self.settings.compaction_grace.as_micros() as i64;
+        self.compact_one_skipping(now_us, &HashSet::new())
+    }
+
+    /// [`Archive::compact_one`], leaving alone the partitions that hold any
+    /// of `busy` (files handed to the S3 uploader).
+    pub fn compact_one_skipping(
+        &mut self,
+        now_us: i64,
+        busy: &HashSet<PathBuf>,
+    ) -> io::Result<Option<CommittedFile>> {
         for (key, files) in self.own_partitions()? {
-            let closed = (key.hour + 1) * HOUR_US + grace <= now_us;
-            if !closed || files.len() < 2 || self.open.contains_key(&key) {
+            if !self.is_closed(key, now_us) || files.iter().any(|f| busy.contains(f)) {
                 continue;
             }
-            let target = self.settings.target_file_bytes;
-            let (mut chosen, mut total) = (Vec::new(), 0u64);
-            for f in &files {
-                let size = fs::metadata(f)?.len();
-                if size < target / 2 && total + size <= target {
-                    chosen.push(f.clone());
-                    total += size;
-                }
-            }
-            if chosen.len() < 2 {
+            let chosen = self.compaction_choice(&files)?;
+            if chosen.is_empty() {
                 continue;
             }
             let keep: Vec<PathBuf> = files.into_iter().filter(|f| !chosen.contains(f)).collect();
             return self.compact(key, &chosen, &keep).map(Some);
         }
         Ok(None)
+    }
+
+    /// The committed files of closed partitions that compaction has nothing
+    /// left to merge in, except `busy` ones: with `upload = "when-closed"`
+    /// these go to the bucket.
+    pub fn settled_files(&self, now_us: i64, busy: &HashSet<PathBuf>) -> io::Result<Vec<PathBuf>> {
+        let mut settled = Vec::new();
+        for (key, files) in self.own_partitions()? {
+            if !self.is_closed(key, now_us)
+                || files.iter().any(|f| busy.contains(f))
+                || !self.compaction_choice(&files)?.is_empty()
+            {
+                continue;
+            }
+            settled.extend(files);
+        }
+        Ok(settled)
+    }
+
+    /// An hour partition is closed `compaction-grace` after its hour ended,
+    /// and while this hub has no file open in it.
+    fn is_closed(&self, key: PartitionKey, now_us: i64) -> bool {
+        let grace = self.settings.compaction_grace.as_micros() as i64;
+        (key.hour + 1) * HOUR_US + grace <= now_us && !self.open.contains_key(&key)
+    }
+
+    /// The files of a partition that compaction merges: the small ones (under
+    /// half the target size) up to the target in all; none if fewer than two.
+    fn compaction_choice(&self, files: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
+        let target = self.settings.target_file_bytes;
+        let (mut chosen, mut total) = (Vec::new(), 0u64);
+        for f in files {
+            let size = fs::metadata(f)?.len();
+            if size < target / 2 && total + size <= target {
+                chosen.push(f.clone());
+                total += size;
+            }
+        }
+        if chosen.len() < 2 {
+            chosen.clear();
+        }
+        Ok(chosen)
     }
 
     fn compact(

@@ -726,12 +726,14 @@ pub fn bench_envelopes(batches: u64, rows: usize, devices: usize) -> Vec<Vec<u8>
 pub async fn hub_throughput(
     envelopes: Vec<Vec<u8>>,
     model_dir: &std::path::Path,
+    zstd_level: i32,
 ) -> anyhow::Result<HubThroughputReport> {
     let dir = tempfile_dir()?.join("hub-throughput");
     let _ = std::fs::remove_dir_all(&dir);
     let mut cfg = HubConfig::for_dir("bench", &dir);
     cfg.mqtt.enabled = false;
     cfg.scoring.model_dir = model_dir.to_owned();
+    cfg.archive.zstd_level = zstd_level;
     let hub = crate::hub::start(cfg).await?;
     let total_rows: u64 = envelopes
         .iter()
@@ -783,6 +785,6 @@ pub async fn hub_throughput(
         ]
         .map(|ns| Duration::from_nanos(ns.load(Relaxed))),
     };
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap_or(&dir));
     Ok(report)
 }

@@ -187,16 +187,21 @@ fn recover(
     )
     .map_err(io("the archive"))?;
     let uploader = match &cfg.archive.s3 {
-        Some(s3) => Some(
-            crate::archive::s3::Uploader::start(
-                s3.clone(),
-                cfg.archive_root(),
-                &cfg.hub_id,
-                archive.writer_properties(),
-                stats.clone(),
+        Some(s3) => {
+            let resume = crate::archive::s3::files_to_resume(s3, &cfg.archive_root(), &remote)
+                .map_err(io("the S3 archive (local files)"))?;
+            Some(
+                crate::archive::s3::Uploader::start(
+                    s3.clone(),
+                    cfg.archive_root(),
+                    &cfg.hub_id,
+                    archive.writer_properties(),
+                    stats.clone(),
+                    &resume,
+                )
+                .map_err(io("the S3 archive"))?,
             )
-            .map_err(io("the S3 archive"))?,
-        ),
+        }
         None => None,
     };
     let (wal, wal_recovery) = Wal::open(&cfg.data_dir.join("wal"), cfg.intake.wal_segment_bytes)

@@ -136,6 +136,9 @@ enum Command {
         write_envelopes: Option<PathBuf>,
         #[arg(long, default_value = inference_hub::config::bundled_model_dir())]
         model_dir: PathBuf,
+        /// The archive's `zstd-level` (the Python reference takes the same flag).
+        #[arg(long, default_value_t = inference_hub::config::ArchiveSettings::default().zstd_level)]
+        zstd_level: i32,
     },
     /// Replay Parquet recordings (our own archive included: long tables with
     /// device, metric, ts, value; or wide tables with a time column) to a
@@ -322,6 +325,7 @@ fn main() -> ExitCode {
             devices,
             write_envelopes,
             model_dir,
+            zstd_level,
         } => {
             let envelopes =
                 inference_hub::bench::bench_envelopes(batches, rows.max(1), devices.max(1));
@@ -335,7 +339,9 @@ fn main() -> ExitCode {
                 eprintln!("cannot write envelopes to {}: {e}", dir.display());
                 return ExitCode::FAILURE;
             }
-            match runtime.block_on(inference_hub::bench::hub_throughput(envelopes, &model_dir)) {
+            match runtime.block_on(inference_hub::bench::hub_throughput(
+                envelopes, &model_dir, zstd_level,
+            )) {
                 Ok(r) => {
                     let wall = r.wall.as_secs_f64();
                     let cpu = r.cpu.as_secs_f64();

@@ -412,17 +412,22 @@ impl ArchiveStage {
                 tracing::error!(error = %e, "archive retention failed");
             }
         }
-        if let Some(uploader) = &self.uploader {
+        let mut busy = std::collections::HashSet::new();
+        if let Some(uploader) = &mut self.uploader {
             // The bucket's own objects past retention go too (done by the
-            // upload thread, after the uploads queued before). Compaction
-            // needs the files locally and an atomic swap; with object
-            // storage files are sized when written (see archive::s3).
+            // upload thread, after the uploads queued before).
             if let Some(first_kept) = self.archive.retention_first_hour(now_us) {
                 uploader.expire_before(first_kept);
             }
-            return;
+            // Compaction needs the files locally and an atomic swap: with
+            // uploads on commit, files are sized when written; with uploads
+            // of closed partitions, it runs before them (see archive::s3).
+            if !uploader.waits_for_closed_partitions() {
+                return;
+            }
+            busy = uploader.busy().clone();
         }
-        match self.archive.compact_one(now_us) {
+        match self.archive.compact_one_skipping(now_us, &busy) {
             Ok(None) => {}
             Ok(Some(file)) => {
                 self.stats.compactions.fetch_add(1, Relaxed);
@@ -433,12 +438,21 @@ impl ArchiveStage {
                 tracing::error!(error = %e, "archive compaction failed; the partition is left as it was");
             }
         }
+        if let Some(uploader) = &mut self.uploader {
+            match self.archive.settled_files(now_us, &busy) {
+                Ok(files) => files.into_iter().for_each(|f| uploader.enqueue(f)),
+                Err(e) => {
+                    self.stats.maintenance_errors.fetch_add(1, Relaxed);
+                    tracing::error!(error = %e, "cannot list closed partitions for upload; the next round retries");
+                }
+            }
+        }
     }
 
-    fn committed(&self, files: &[CommittedFile]) {
+    fn committed(&mut self, files: &[CommittedFile]) {
         for f in files {
-            if let Some(uploader) = &self.uploader {
-                uploader.enqueue(f.path.clone());
+            if let Some(uploader) = &mut self.uploader {
+                uploader.committed(&f.path);
             }
             self.stats.files_committed.fetch_add(1, Relaxed);
             self.stats.bytes_committed.fetch_add(f.bytes, Relaxed);

@@ -417,6 +417,14 @@ async fn failover_two_hubs_one_killed_mid_stream_lose_and_double_nothing() {
                 eprintln!("{line}");
             }
         }
+        let missing_keys: Vec<_> = expected
+            .iter()
+            .filter(|k| !archived.contains_key(*k))
+            .take(10)
+            .collect();
+        eprintln!("--- missing, first 10: {missing_keys:?}");
+        // Kept for a post-mortem (archive, WALs, spool, full logs).
+        eprintln!("--- test directory kept: {}", dir.keep().display());
     }
     assert!(
         missing == 0 && doubled.is_empty() && invented == 0,

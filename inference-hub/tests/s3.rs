@@ -65,6 +65,7 @@ async fn start_moto(dir: &std::path::Path) -> (Process, S3Settings) {
         allow_http: true,
         access_key_id: Some("test".into()),
         secret_access_key: Some("test".into()),
+        upload: Default::default(),
     };
     (moto, s3)
 }
@@ -296,4 +297,96 @@ async fn s3_down_at_shutdown_leaves_files_local_instead_of_holding_the_hub() {
         !staged.is_empty(),
         "the files wait locally for the next start"
     );
+}
+
+/// This hub's objects of the scored table in the bucket.
+async fn scored_objects(s3: &S3Settings) -> Vec<String> {
+    let store = s3.connect().unwrap();
+    let listed: Vec<object_store::ObjectMeta> = store
+        .list(Some(&ObjectPath::from("archive/table=scored")))
+        .try_collect()
+        .await
+        .unwrap();
+    listed.into_iter().map(|o| o.location.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto_server (pip install 'moto[server]'); run by .ci/run"]
+async fn s3_upload_when_closed_sends_one_merged_object_per_partition_and_resumes_a_cut_upload() {
+    use inference_hub::archive::s3::UploadWhen;
+    let dir = tempfile::tempdir().unwrap();
+    let (_moto, mut s3) = start_moto(dir.path()).await;
+    s3.upload = UploadWhen::WhenClosed;
+    let config = |grace: Duration| {
+        let mut cfg = HubConfig::for_dir("closer", &dir.path().join("closer"));
+        cfg.mqtt.enabled = false;
+        cfg.archive.max_file_age = Duration::from_millis(100);
+        cfg.archive.compaction_interval = Duration::from_millis(100);
+        cfg.archive.compaction_grace = grace;
+        cfg.archive.s3 = Some(s3.clone());
+        cfg
+    };
+    let root = dir.path().join("closer/archive");
+    let local = || {
+        inference_hub::archive::committed_files(&root, inference_hub::archive::Table::Scored)
+            .unwrap()
+    };
+
+    // 1. Partitions that are not closed yet (a grace of ten years) stay
+    // local, in several small files each (40 batches span two event hours).
+    let hub = inference_hub::start(config(Duration::from_secs(10 * 365 * 86_400)))
+        .await
+        .unwrap();
+    for part in 0..4u64 {
+        post_all(&hub, part * 10 + 1..=part * 10 + 10).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    hub.shutdown().await;
+    assert!(
+        scored_objects(&s3).await.is_empty(),
+        "nothing uploaded before the partitions close"
+    );
+    let small_files = local();
+    assert!(
+        small_files.len() >= 4,
+        "several files per partition: {small_files:?}"
+    );
+
+    // 2. A crash cut one upload short after its PUT: the bucket holds that
+    // file, the local copy is still there.
+    let cut = &small_files[0];
+    let key = s3.key(cut.strip_prefix(&root).unwrap());
+    let store = s3.connect().unwrap();
+    store
+        .put(&key, Bytes::from(std::fs::read(cut).unwrap()).into())
+        .await
+        .unwrap();
+
+    // 3. With the partitions closed, the hub finishes the cut upload as it
+    // was, merges the rest of each partition into one file and uploads it.
+    let hub = inference_hub::start(config(Duration::ZERO)).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !local().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "closed partitions never went up: {:?}",
+            local()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    hub.shutdown().await;
+    let objects = scored_objects(&s3).await;
+    let partitions: BTreeSet<&str> = objects
+        .iter()
+        .map(|o| o.rsplit_once("/hub=").unwrap().0)
+        .collect();
+    assert_eq!(partitions.len(), 2, "{objects:?}");
+    assert_eq!(
+        objects.len(),
+        partitions.len() + 1,
+        "one merged object per partition, plus the file whose upload was cut: {objects:?}"
+    );
+    let (rows, keys, _) = read_bucket(&s3).await;
+    assert_eq!(keys.len(), 40 * ROWS, "every batch in the bucket");
+    assert_eq!(rows, keys.len(), "no row twice");
 }

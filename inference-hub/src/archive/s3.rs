@@ -11,9 +11,12 @@
 //!
 //! At start-up the hub lists its own objects: their names carry the WAL range,
 //! so WAL replay skips what the bucket already holds, as it does for local
-//! files. Compaction is local-only (an object store has no atomic swap of a
-//! set of objects); with S3, files are sized by `target-file-bytes` and
-//! `max-file-age` when they are written. Retention (`archive.retention`)
+//! files. An object store has no atomic swap of a set of objects, so nothing
+//! is compacted in the bucket: with `upload = "on-commit"` files are sized by
+//! `target-file-bytes` and `max-file-age` when they are written; with
+//! `"when-closed"` they wait until their partition is closed and merged
+//! locally (see [`UploadWhen`]; files handed to the thread are never merged,
+//! nor is a file the bucket already holds, see [`files_to_resume`]). Retention (`archive.retention`)
 //! deletes this hub's objects of expired event hours, in the upload thread's
 //! order of work. At shutdown a failed upload is not retried: the file stays
 //! local for the next start.
@@ -68,6 +71,25 @@ pub struct S3Settings {
     pub access_key_id: Option<String>,
     #[serde(default)]
     pub secret_access_key: Option<String>,
+    /// When committed files go to the bucket.
+    #[serde(default)]
+    pub upload: UploadWhen,
+}
+
+/// `[archive.s3] upload`: when committed files go to the bucket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UploadWhen {
+    /// As soon as a file is committed: the bucket lags by `max-file-age` at
+    /// most, and files are sized when they are written (a quiet hub makes
+    /// files of `max-file-age` worth of data).
+    #[default]
+    OnCommit,
+    /// Once the file's hour partition is closed (`compaction-grace` after the
+    /// hour) and its small files are merged locally: about one object per
+    /// table, hour and hub, whatever the data rate, but the bucket lags by
+    /// up to an hour plus the grace, and the local disk holds that much.
+    WhenClosed,
 }
 
 fn default_region() -> String {
@@ -140,6 +162,34 @@ pub fn list_own(settings: &S3Settings, hub_id: &str) -> std::io::Result<Vec<Path
     })
 }
 
+/// The committed files still under `local_root` at start-up (a crash, an
+/// outage of the store, or files waiting for their partition to close) that
+/// go to the uploader at once: all of them with `upload = "on-commit"`. With
+/// `"when-closed"` only those the bucket already holds (`remote`, from
+/// [`list_own`]): their upload was cut short after the PUT, and the
+/// re-upload writes the same bytes under the same key and removes the local
+/// copy. They must not be merged with others first, or the bucket would hold
+/// their rows twice; the other files wait for their partition to close.
+pub fn files_to_resume(
+    settings: &S3Settings,
+    local_root: &Path,
+    remote: &[PathBuf],
+) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for table in super::Table::ALL {
+        files.extend(super::committed_files(local_root, table)?);
+    }
+    if settings.upload == UploadWhen::WhenClosed {
+        let remote: std::collections::HashSet<&Path> =
+            remote.iter().map(PathBuf::as_path).collect();
+        files.retain(|f| {
+            f.strip_prefix(local_root)
+                .is_ok_and(|relative| remote.contains(relative))
+        });
+    }
+    Ok(files)
+}
+
 /// How long a partition's commit lock is held at most; a hub that died
 /// holding it delays the others' uploads into that partition by this much.
 const LEASE: Duration = Duration::from_secs(120);
@@ -168,27 +218,30 @@ pub struct Uploader {
     /// local and goes up at the next start), so a store that is down cannot
     /// hold the hub's shutdown.
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    when: UploadWhen,
+    /// Files handed to the thread and perhaps not uploaded yet (it removes
+    /// each one once uploaded): compaction must leave their partitions alone.
+    handed: std::collections::HashSet<PathBuf>,
 }
 
 impl Uploader {
-    /// Starts the thread and queues every committed file still under
-    /// `local_root` (left by a crash or an outage).
+    /// Starts the thread with `resume` queued (see [`files_to_resume`]).
     pub fn start(
         settings: S3Settings,
         local_root: PathBuf,
         hub_id: &str,
         props: parquet::file::properties::WriterProperties,
         stats: Arc<HubStats>,
+        resume: &[PathBuf],
     ) -> std::io::Result<Self> {
         let store = settings.connect().map_err(std::io::Error::other)?;
+        let settings_when = settings.upload;
         let hub_id = hub_id.to_owned();
         let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopping_seen = stopping.clone();
         let (tx, rx) = mpsc::channel::<Job>();
-        for table in super::Table::ALL {
-            for f in super::committed_files(&local_root, table)? {
-                let _ = tx.send(Job::Upload(f));
-            }
+        for f in resume {
+            let _ = tx.send(Job::Upload(f.clone()));
         }
         let thread = std::thread::Builder::new()
             .name("hub-s3-upload".into())
@@ -223,13 +276,36 @@ impl Uploader {
             tx: Some(tx),
             thread: Some(thread),
             stopping,
+            when: settings_when,
+            handed: resume.iter().cloned().collect(),
         })
     }
 
-    pub fn enqueue(&self, file: PathBuf) {
+    /// A file was committed: it goes up now with `upload = "on-commit"`;
+    /// with `"when-closed"` it waits for [`Uploader::enqueue`].
+    pub fn committed(&mut self, file: &Path) {
+        if self.when == UploadWhen::OnCommit {
+            self.enqueue(file.to_owned());
+        }
+    }
+
+    pub fn waits_for_closed_partitions(&self) -> bool {
+        self.when == UploadWhen::WhenClosed
+    }
+
+    pub fn enqueue(&mut self, file: PathBuf) {
         if let Some(tx) = &self.tx {
+            if self.when == UploadWhen::WhenClosed {
+                self.handed.insert(file.clone());
+            }
             let _ = tx.send(Job::Upload(file));
         }
+    }
+
+    /// Files handed over and still local (being uploaded, or waiting).
+    pub fn busy(&mut self) -> &std::collections::HashSet<PathBuf> {
+        self.handed.retain(|f| f.exists());
+        &self.handed
     }
 
     /// Retention in the bucket: this hub's objects of event hours before
