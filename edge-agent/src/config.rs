@@ -274,9 +274,16 @@ pub struct UplinkMqtt {
     pub port: u16,
     /// Defaults to `edge-<gateway-id>-uplink`.
     pub client_id: Option<String>,
-    /// Batches go to `<prefix>/batches/<gateway>`, acks come back on
+    /// Batches go to `<prefix>/batches/<gateway>` (or, sticky, to
+    /// `<prefix>/hub/<hub-id>/batches/<gateway>`), acks come back on
     /// `<prefix>/acks/<gateway>`.
     pub topic_prefix: String,
+    /// Send all of this gateway's batches to one hub (chosen by rendezvous
+    /// hashing among the hubs announced on `<prefix>/hubs/+`), so that one
+    /// hub sees each series whole; see [`crate::hub_routing`]. Off: every
+    /// batch goes to the shared subscription, which spreads them over the
+    /// hubs (and reaches every share group on the prefix).
+    pub sticky: bool,
     #[serde(with = "duration")]
     pub keep_alive: Duration,
     /// Cap of the reconnect backoff (see `mqtt.reconnect-max`).
@@ -291,6 +298,7 @@ impl Default for UplinkMqtt {
             port: 1883,
             client_id: None,
             topic_prefix: "iot".into(),
+            sticky: true,
             keep_alive: Duration::from_secs(30),
             reconnect_max: crate::mqtt::RECONNECT_MAX,
         }

@@ -17,6 +17,7 @@
 //! - [`dry_run`]: a recording through the decoders and rules, offline.
 //! - [`batcher`]: groups readings by size or age into envelopes.
 //! - [`uplink`]: sends envelopes to the hub, retries, and releases device acks.
+//! - [`hub_routing`]: which hub takes this gateway's batches over MQTT.
 //! - [`mqtt`]: in-order acknowledgements and reconnect backoff (shared with
 //!   the hub).
 //! - [`metrics`]: the optional `/metrics` and `/health` endpoint.
@@ -42,6 +43,7 @@ pub mod dead_letter;
 pub mod decode;
 pub mod dry_run;
 pub mod filter;
+pub mod hub_routing;
 pub mod ingest;
 pub mod metrics;
 pub mod mqtt;

@@ -21,8 +21,9 @@
 //!   keeps flowing during a drain. Memory stays bounded: at most
 //!   `max-in-flight` batches in flight plus `spool.live-queue` waiting.
 //!
-//! Transports: MQTT (publish QoS 1 to `<prefix>/batches/<gateway>`, answers
-//! on `<prefix>/acks/<gateway>`) or HTTP (`POST <url>/v1/batches`, answer in
+//! Transports: MQTT (publish QoS 1 to the gateway's hub, see
+//! [`crate::hub_routing`], or to the shared `<prefix>/batches/<gateway>`;
+//! answers on `<prefix>/acks/<gateway>`) or HTTP (`POST <url>/v1/batches`, answer in
 //! the response body).
 
 use std::collections::{BTreeMap, VecDeque};
@@ -39,6 +40,7 @@ use tokio::time::Instant;
 
 use crate::batcher::{PendingAck, SealedBatch};
 use crate::config::{EdgeConfig, UplinkKind, UplinkSettings};
+use crate::hub_routing::HubDirectory;
 use crate::mqtt::{OrderedAcker, backoff, next_reconnect_delay};
 use crate::spool::service::{SpoolEvent, SpoolHandle};
 use crate::stats::EdgeStats;
@@ -62,7 +64,10 @@ pub enum SendOutcome {
 pub enum Transport {
     Mqtt {
         client: AsyncClient,
-        topic: String,
+        prefix: String,
+        gateway: String,
+        /// Sticky routing: the hubs announced on the broker.
+        hubs: Option<HubDirectory>,
     },
     Http {
         client: reqwest::Client,
@@ -93,20 +98,25 @@ impl Transport {
                     .set_inflight(cfg.uplink.max_in_flight.clamp(1, u16::MAX as usize) as u16 * 2);
                 let (client, eventloop) =
                     crate::mqtt::client(opts, cfg.uplink.max_in_flight * 2 + 8);
-                let ack_topic = format!("{}/acks/{}", m.topic_prefix, cfg.gateway_id);
+                let hubs = m.sticky.then(HubDirectory::default);
                 tokio::spawn(run_mqtt_answers(
                     client.clone(),
                     eventloop,
-                    ack_topic,
-                    cfg.gateway_id.clone(),
-                    m.reconnect_max,
+                    MqttAnswers {
+                        prefix: m.topic_prefix.clone(),
+                        gateway: cfg.gateway_id.clone(),
+                        hubs: hubs.clone(),
+                        reconnect_max: m.reconnect_max,
+                    },
                     tx,
                     stats,
                     shutdown,
                 ));
                 Transport::Mqtt {
                     client,
-                    topic: format!("{}/batches/{}", m.topic_prefix, cfg.gateway_id),
+                    prefix: m.topic_prefix.clone(),
+                    gateway: cfg.gateway_id.clone(),
+                    hubs,
                 }
             }
             UplinkKind::Http => {
@@ -127,11 +137,22 @@ impl Transport {
 
     async fn send(&self, batch: &Outgoing) {
         match self {
-            Transport::Mqtt { client, topic } => {
+            Transport::Mqtt {
+                client,
+                prefix,
+                gateway,
+                hubs,
+            } => {
+                // Chosen per send: a resend after the owner left goes to
+                // the new owner.
+                let topic = match hubs {
+                    Some(hubs) => hubs.batch_topic(prefix, gateway),
+                    None => format!("{prefix}/batches/{gateway}"),
+                };
                 // Queued into the MQTT client; a failed publish shows up as a
                 // missing answer and is retried after the ack timeout.
                 if let Err(e) = client
-                    .publish_bytes(topic.clone(), QoS::AtLeastOnce, false, batch.bytes.clone())
+                    .publish_bytes(topic, QoS::AtLeastOnce, false, batch.bytes.clone())
                     .await
                 {
                     tracing::warn!(error = %e, seq = batch.header.seq, "cannot queue batch publish");
@@ -179,17 +200,29 @@ impl Transport {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the uplink's MQTT connection listens for.
+struct MqttAnswers {
+    prefix: String,
+    gateway: String,
+    hubs: Option<HubDirectory>,
+    reconnect_max: Duration,
+}
+
 async fn run_mqtt_answers(
     client: AsyncClient,
     mut eventloop: rumqttc::EventLoop,
-    ack_topic: String,
-    gateway: String,
-    reconnect_max: Duration,
+    listen: MqttAnswers,
     answers: mpsc::UnboundedSender<SendOutcome>,
     stats: Arc<EdgeStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let MqttAnswers {
+        prefix,
+        gateway,
+        hubs,
+        reconnect_max,
+    } = listen;
+    let ack_topic = format!("{prefix}/acks/{gateway}");
     let mut failures = 0u32;
     loop {
         let event = tokio::select! {
@@ -203,7 +236,21 @@ async fn run_mqtt_answers(
                 if let Err(e) = client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce) {
                     tracing::error!(error = %e, "cannot subscribe to hub acks");
                 }
+                if let Some(hubs) = &hubs {
+                    // A hub that left while we were away sent its goodbye
+                    // to nobody: start over from the retained announcements
+                    // (a subscription re-sends them).
+                    hubs.clear();
+                    let filter = crate::hub_routing::membership_filter(&prefix);
+                    if let Err(e) = client.try_subscribe(filter, QoS::AtMostOnce) {
+                        tracing::error!(error = %e, "cannot subscribe to hub announcements");
+                    }
+                }
             }
+            Ok(Event::Incoming(Packet::Publish(p)))
+                if hubs
+                    .as_ref()
+                    .is_some_and(|h| h.observe(&prefix, &p.topic, &p.payload)) => {}
             Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => {
                 match serde_json::from_slice::<BatchAck>(&p.payload) {
                     // Any incarnation: spooled batches of earlier runs keep

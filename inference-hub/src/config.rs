@@ -45,6 +45,12 @@ pub struct HubMqtt {
     /// (`$share/<group>/<prefix>/batches/+`).
     pub share_group: String,
     pub topic_prefix: String,
+    /// Announce this hub on `<prefix>/hubs/<hub-id>` (retained; cleared by
+    /// the MQTT will if it dies) and take the batches gateways send to it on
+    /// `<prefix>/hub/<hub-id>/batches/+`: gateways then keep to one hub, so
+    /// it sees their series whole (see `edge_agent::hub_routing`). The
+    /// announcement is withdrawn while the hub is unhealthy.
+    pub announce: bool,
     #[serde(with = "duration")]
     pub keep_alive: Duration,
 }
@@ -58,6 +64,7 @@ impl Default for HubMqtt {
             client_id: None,
             share_group: "hubs".into(),
             topic_prefix: "iot".into(),
+            announce: true,
             keep_alive: Duration::from_secs(30),
         }
     }

@@ -1,5 +1,11 @@
 //! Batches over MQTT: a shared subscription `$share/<group>/<prefix>/batches/+`
-//! so that several hubs split the gateways' batches between them.
+//! so that several hubs split the gateways' batches between them, and (with
+//! `mqtt.announce`) the batches gateways send to this hub alone, on
+//! `<prefix>/hub/<hub-id>/batches/+`. The hub announces itself with a
+//! retained message on `<prefix>/hubs/<hub-id>`, which its MQTT will clears
+//! if it dies and which it withdraws itself when it stops or turns unhealthy
+//! (an archive or WAL failure), so that gateways move to another hub instead
+//! of resending to one that refuses (see `edge_agent::hub_routing`).
 //!
 //! Each batch is submitted to intake on its own task (bounded by
 //! [`MAX_CONCURRENT`]) so that many batches share one WAL fsync. The answer
@@ -14,7 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use rumqttc::{Event, MqttOptions, Packet, QoS};
+use edge_agent::hub_routing;
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::{Semaphore, watch};
 
 use edge_agent::mqtt::{OrderedAcker, next_reconnect_delay};
@@ -25,6 +32,25 @@ use crate::stats::HubStats;
 
 /// Batches handled at the same time by one hub.
 pub const MAX_CONCURRENT: usize = 64;
+
+/// How often the announcement is checked against the hub's health.
+const HEALTH_CHECK: Duration = Duration::from_secs(1);
+
+/// Announces the hub (retained), or withdraws the announcement.
+fn announce(client: &AsyncClient, topic: &str, hub_id: &str, present: bool) {
+    let payload = if present {
+        serde_json::json!({ "hub": hub_id })
+            .to_string()
+            .into_bytes()
+    } else {
+        Vec::new()
+    };
+    if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, true, payload) {
+        tracing::warn!(error = %e, present, "cannot update the hub's announcement");
+    } else if !present {
+        tracing::info!("hub announcement withdrawn; gateways move to other hubs");
+    }
+}
 
 pub async fn run(
     cfg: HubConfig,
@@ -39,8 +65,21 @@ pub async fn run(
         .set_manual_acks(true)
         .set_max_packet_size(intake.limits().max_envelope_bytes + 1024, 64 * 1024)
         .set_request_channel_capacity(MAX_CONCURRENT * 2 + 16);
+    let membership = hub_routing::membership_topic(&m.topic_prefix, &cfg.hub_id);
+    if m.announce {
+        opts.set_last_will(LastWill::new(
+            membership.clone(),
+            Vec::new(),
+            QoS::AtLeastOnce,
+            true,
+        ));
+    }
     let (client, mut eventloop) = edge_agent::mqtt::client(opts, MAX_CONCURRENT * 2 + 16);
     let filter = format!("$share/{}/{}/batches/+", m.share_group, m.topic_prefix);
+    let direct = hub_routing::direct_filter(&m.topic_prefix, &cfg.hub_id);
+    // Whether the broker holds our announcement (as far as we know).
+    let mut announced = false;
+    let mut health_check = tokio::time::interval(HEALTH_CHECK);
     let ack_prefix = format!("{}/acks/", m.topic_prefix);
     let permits = Arc::new(Semaphore::new(MAX_CONCURRENT));
     // Deliveries are acknowledged in arrival order (rumqttd drops clients
@@ -50,6 +89,14 @@ pub async fn run(
     loop {
         let event = tokio::select! {
             ev = eventloop.poll() => ev,
+            _ = health_check.tick(), if m.announce => {
+                let healthy = stats.healthy();
+                if healthy != announced {
+                    announce(&client, &membership, &cfg.hub_id, healthy);
+                    announced = healthy;
+                }
+                continue;
+            }
             _ = shutdown.changed() => break,
         };
         match event {
@@ -59,6 +106,17 @@ pub async fn run(
                 tracing::info!(filter = %filter, "hub subscribed to batches");
                 if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
                     tracing::error!(error = %e, "cannot subscribe to batches");
+                }
+                if m.announce {
+                    // Subscribed before announced: a gateway that hears of
+                    // this hub finds it listening.
+                    if let Err(e) = client.try_subscribe(direct.clone(), QoS::AtLeastOnce) {
+                        tracing::error!(error = %e, "cannot subscribe to direct batches");
+                    }
+                    announced = stats.healthy();
+                    if announced {
+                        announce(&client, &membership, &cfg.hub_id, true);
+                    }
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -114,6 +172,10 @@ pub async fn run(
                 }
             }
         }
+    }
+    if m.announce {
+        // Gateways move on now; batches already on their way are handled.
+        announce(&client, &membership, &cfg.hub_id, false);
     }
     // Let in-flight submissions finish and their acks be sent.
     let _ = tokio::time::timeout(

@@ -149,12 +149,10 @@ async fn two_hubs_on_one_shared_subscription_split_the_batches_without_duplicate
         cfg.scoring.warmup_readings = 100;
         hubs.push(inference_hub::start(cfg).await.unwrap());
     }
-    let agent = Agent::start(
-        agent_config("gw-s", "plant-s", port, UplinkKind::Mqtt, hubs[0].http_addr),
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
+    // Without sticky routing every batch goes to the shared subscription.
+    let mut cfg = agent_config("gw-s", "plant-s", port, UplinkKind::Mqtt, hubs[0].http_addr);
+    cfg.uplink.mqtt.sticky = false;
+    let agent = Agent::start(cfg, Duration::from_secs(10)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let published = publish_fleet(port, "fleet-s", "plant-s", 4, 240, 200).await;
@@ -191,6 +189,116 @@ async fn two_hubs_on_one_shared_subscription_split_the_batches_without_duplicate
     // device's batches over both hubs, so neither sees its whole series.)
     let merged = read_archive(&archive);
     assert_archive_matches(&merged, &published);
+}
+
+/// The hubs whose announcement the broker retains (what a gateway that
+/// connects now would hear).
+async fn announced_hubs(port: u16) -> std::collections::BTreeSet<String> {
+    use rumqttc::{Event, MqttOptions, Packet, QoS};
+    let mut opts = MqttOptions::new(format!("listener-{}", fastrand::u64(..)), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = edge_agent::mqtt::client(opts, 10);
+    client
+        .subscribe("iot/hubs/+", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    let mut hubs = std::collections::BTreeSet::new();
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) if !p.payload.is_empty() => {
+                    hubs.insert(p.topic.trim_start_matches("iot/hubs/").to_owned());
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    })
+    .await;
+    let _ = client.try_disconnect();
+    hubs
+}
+
+/// Waits (up to 10 s) until the broker retains an announcement of `hub`, or
+/// none; returns whether it came to that.
+async fn wait_for_announcement(port: u16, hub: &str, present: bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if announced_hubs(port).await.contains(hub) == present {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_routing_sends_each_gateway_to_one_hub_which_sees_its_series_whole() {
+    let port = broker::free_port();
+    broker::start_embedded(([127, 0, 0, 1], port).into());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let hub_ids = ["hub_one", "hub_two"];
+    let mut hubs = Vec::new();
+    for id in hub_ids {
+        let mut cfg = HubConfig::for_dir(id, &dir.path().join(id));
+        cfg.mqtt.port = port;
+        cfg.scoring.warmup_readings = 100;
+        hubs.push(inference_hub::start(cfg).await.unwrap());
+    }
+    // Two gateways that hash to different hubs (the owner is a pure
+    // function of the gateway and the hubs' ids).
+    let owner = |gw: &str| edge_agent::hub_routing::owner(gw, hub_ids).unwrap();
+    let gw_one = (0..)
+        .map(|i| format!("gw-{i}"))
+        .find(|g| owner(g) == "hub_one")
+        .unwrap();
+    let gw_two = (0..)
+        .map(|i| format!("gw-{i}"))
+        .find(|g| owner(g) == "hub_two")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // announcements retained
+    let mut agents = Vec::new();
+    for (gw, root) in [(&gw_one, "plant-one"), (&gw_two, "plant-two")] {
+        let cfg = agent_config(gw, root, port, UplinkKind::Mqtt, hubs[0].http_addr);
+        agents.push(Agent::start(cfg, Duration::from_secs(10)).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (one, two) = tokio::join!(
+        publish_fleet(port, "fleet-one", "plant-one", 3, 240, 200),
+        publish_fleet(port, "fleet-two", "plant-two", 3, 240, 200),
+    );
+    let expected = (one.readings.len() + two.readings.len()) as u64;
+    let stats: Vec<_> = hubs.iter().map(|h| h.stats.clone()).collect();
+    let all = wait_until(Duration::from_secs(90), || {
+        stats
+            .iter()
+            .map(|s| s.readings_archived.load(Relaxed))
+            .sum::<u64>()
+            >= expected
+    })
+    .await;
+    assert!(all, "not every reading was archived");
+    for agent in agents {
+        agent.shutdown().await;
+    }
+    for hub in hubs {
+        hub.shutdown().await;
+    }
+    // Each hub's own archive holds its gateway's readings, all of them, and
+    // nothing of the other gateway; so it scored every series whole, and the
+    // injected spikes are flagged.
+    for (hub, published, other_root) in [
+        ("hub_one", &one, "plant-two"),
+        ("hub_two", &two, "plant-one"),
+    ] {
+        let archived = read_archive(&dir.path().join(hub).join("archive"));
+        assert!(
+            !archived.keys().any(|(d, _, _)| d.starts_with(other_root)),
+            "{hub} archived readings of a gateway it does not own"
+        );
+        assert_archive_matches(&archived, published);
+        assert_spikes_flagged(&archived, published);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -937,9 +1045,12 @@ async fn an_archive_replays_from_parquet_into_another_hub_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_archive_that_cannot_be_written_stops_acknowledgements_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
+    let port = broker::free_port();
+    broker::start_embedded(([127, 0, 0, 1], port).into());
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let config = || {
         let mut cfg = HubConfig::for_dir("blocked", &dir.path().join("hub"));
-        cfg.mqtt.enabled = false;
+        cfg.mqtt.port = port;
         cfg.archive.max_file_age = Duration::from_millis(100);
         cfg
     };
@@ -971,6 +1082,8 @@ async fn an_archive_that_cannot_be_written_stops_acknowledgements_and_loses_noth
     };
 
     let hub = inference_hub::start(config()).await.unwrap();
+    let announced = wait_for_announcement(port, "blocked", true).await;
+    assert!(announced, "a healthy hub announces itself to the gateways");
     let mut acknowledged = Vec::new();
     let mut refused = Vec::new();
     for seq in 1..=200u64 {
@@ -1002,6 +1115,10 @@ async fn an_archive_that_cannot_be_written_stops_acknowledgements_and_loses_noth
         .await
         .unwrap();
     assert_eq!(health.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    // ...and withdraws its announcement, so sticky gateways move to another
+    // hub instead of resending to this one.
+    let withdrawn = wait_for_announcement(port, "blocked", false).await;
+    assert!(withdrawn, "an unhealthy hub still announces itself");
     hub.shutdown().await;
 
     // The operator clears the cause and restarts: the WAL holds what was

@@ -307,9 +307,11 @@ async fn edge_faults_kill_the_agent_restart_the_broker_and_cut_the_uplink_withou
     );
 }
 
-/// Failover: two hubs on one shared subscription and one archive root, one
-/// of them killed (SIGKILL) mid-stream and restarted later. Every reading the
-/// broker acknowledged to the publisher is in the shared archive exactly once.
+/// Failover: two hubs on one shared subscription and one archive root; the
+/// hub the gateway keeps to (sticky routing) is killed (SIGKILL) mid-stream
+/// and restarted, three times. Its MQTT will moves the gateway to the other
+/// hub meanwhile. Every reading the broker acknowledged to the publisher is
+/// in the shared archive exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Mosquitto installed; run by .ci/run"]
 async fn failover_two_hubs_one_killed_mid_stream_lose_and_double_nothing() {
@@ -360,8 +362,16 @@ async fn failover_two_hubs_one_killed_mid_stream_lose_and_double_nothing() {
         ),
     )
     .unwrap();
-    let mut hub_a = start_hub(&a_toml, "hub_a.log");
-    let hub_b = start_hub(&b_toml, "hub_b.log");
+    // The gateway keeps to one hub (sticky routing): that one is killed, so
+    // its batches must move to the other and back.
+    let owner = edge_agent::hub_routing::owner("gw-failover", ["hub_a", "hub_b"]).unwrap();
+    let (victim_toml, victim_log, survivor_toml, survivor_log) = if owner == "hub_a" {
+        (&a_toml, "hub_a.log", &b_toml, "hub_b.log")
+    } else {
+        (&b_toml, "hub_b.log", &a_toml, "hub_a.log")
+    };
+    let mut victim = start_hub(victim_toml, victim_log);
+    let survivor = start_hub(survivor_toml, survivor_log);
     let edge = Process::spawn(
         &edge_binary(),
         &["--config", edge_toml.to_str().unwrap(), "run"],
@@ -373,9 +383,9 @@ async fn failover_two_hubs_one_killed_mid_stream_lose_and_double_nothing() {
     let mut rng = fastrand::Rng::with_seed(0xfa11);
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(rng.u64(1000..2500))).await;
-        hub_a.kill();
+        victim.kill();
         tokio::time::sleep(Duration::from_millis(rng.u64(500..2000))).await;
-        hub_a = start_hub(&a_toml, "hub_a.log");
+        victim = start_hub(victim_toml, victim_log);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Relaxed);
@@ -391,8 +401,8 @@ async fn failover_two_hubs_one_killed_mid_stream_lose_and_double_nothing() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     assert!(edge.terminate().success());
-    assert!(hub_a.terminate().success());
-    assert!(hub_b.terminate().success());
+    assert!(victim.terminate().success());
+    assert!(survivor.terminate().success());
     let archived = read_archive(&archive);
     let missing = expected
         .iter()
@@ -426,13 +436,27 @@ async fn failover_two_hubs_one_killed_mid_stream_lose_and_double_nothing() {
         // Kept for a post-mortem (archive, WALs, spool, full logs).
         eprintln!("--- test directory kept: {}", dir.keep().display());
     }
+    let survivor_id = if owner == "hub_a" { "hub_b" } else { "hub_a" };
+    let survivor_files =
+        inference_hub::archive::committed_files(&archive, inference_hub::archive::Table::Scored)
+            .unwrap()
+            .into_iter()
+            .filter(|f| {
+                f.to_string_lossy()
+                    .contains(&format!("/hub={survivor_id}/"))
+            })
+            .count();
+    assert!(
+        survivor_files > 0,
+        "the other hub never took the gateway's batches while its hub was down"
+    );
     assert!(
         missing == 0 && doubled.is_empty() && invented == 0,
         "failover: {missing} of {} acknowledged readings missing, doubled e.g. {doubled:?}, {invented} never published",
         expected.len()
     );
     println!(
-        "failover: 3 SIGKILLs of one of two hubs; {} acknowledged readings, each exactly once in the shared archive",
+        "failover: 3 SIGKILLs of the gateway's hub, one of two; {} acknowledged readings, each exactly once in the shared archive",
         expected.len()
     );
 }
