@@ -36,8 +36,9 @@ pub const MAX_CONCURRENT: usize = 64;
 /// How often the announcement is checked against the hub's health.
 const HEALTH_CHECK: Duration = Duration::from_secs(1);
 
-/// Announces the hub (retained), or withdraws the announcement.
-fn announce(client: &AsyncClient, topic: &str, hub_id: &str, present: bool) {
+/// Announces the hub (retained), or withdraws the announcement; returns
+/// whether the update was queued (if not, the next health check retries).
+fn announce(client: &AsyncClient, topic: &str, hub_id: &str, present: bool) -> bool {
     let payload = if present {
         serde_json::json!({ "hub": hub_id })
             .to_string()
@@ -45,10 +46,17 @@ fn announce(client: &AsyncClient, topic: &str, hub_id: &str, present: bool) {
     } else {
         Vec::new()
     };
-    if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, true, payload) {
-        tracing::warn!(error = %e, present, "cannot update the hub's announcement");
-    } else if !present {
-        tracing::info!("hub announcement withdrawn; gateways move to other hubs");
+    match client.try_publish(topic, QoS::AtLeastOnce, true, payload) {
+        Err(e) => {
+            tracing::warn!(error = %e, present, "cannot update the hub's announcement");
+            false
+        }
+        Ok(()) => {
+            if !present {
+                tracing::info!("hub announcement withdrawn; gateways move to other hubs");
+            }
+            true
+        }
     }
 }
 
@@ -91,8 +99,7 @@ pub async fn run(
             ev = eventloop.poll() => ev,
             _ = health_check.tick(), if m.announce => {
                 let healthy = stats.healthy();
-                if healthy != announced {
-                    announce(&client, &membership, &cfg.hub_id, healthy);
+                if healthy != announced && announce(&client, &membership, &cfg.hub_id, healthy) {
                     announced = healthy;
                 }
                 continue;
@@ -113,10 +120,8 @@ pub async fn run(
                     if let Err(e) = client.try_subscribe(direct.clone(), QoS::AtLeastOnce) {
                         tracing::error!(error = %e, "cannot subscribe to direct batches");
                     }
-                    announced = stats.healthy();
-                    if announced {
-                        announce(&client, &membership, &cfg.hub_id, true);
-                    }
+                    announced =
+                        stats.healthy() && announce(&client, &membership, &cfg.hub_id, true);
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -175,7 +180,7 @@ pub async fn run(
     }
     if m.announce {
         // Gateways move on now; batches already on their way are handled.
-        announce(&client, &membership, &cfg.hub_id, false);
+        let _ = announce(&client, &membership, &cfg.hub_id, false);
     }
     // Let in-flight submissions finish and their acks be sent.
     let _ = tokio::time::timeout(
