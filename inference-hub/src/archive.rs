@@ -159,7 +159,8 @@ fn create_dir_durable(dir: &Path) -> io::Result<()> {
 }
 
 struct OpenFile {
-    writer: ArrowWriter<File>,
+    writer: ArchiveFileWriter,
+    row_group_rows: usize,
     /// Rows waiting to be sorted into the next row group.
     pending: Vec<RecordBatch>,
     pending_rows: usize,
@@ -413,7 +414,6 @@ impl Archive {
             }
             file.last_pos = pos;
             let size = file.writer.bytes_written()
-                + file.writer.in_progress_size()
                 + file
                     .pending
                     .iter()
@@ -454,10 +454,15 @@ impl Archive {
         ));
         let file = File::create(&tmp_path)?;
         let sync_handle = file.try_clone()?;
-        let writer = ArrowWriter::try_new(file, key.table.schema(), Some(self.props.clone()))
-            .map_err(io::Error::other)?;
+        let writer = ArchiveFileWriter::try_new(
+            file,
+            key.table.schema(),
+            self.props.clone(),
+            self.settings.zstd_level,
+        )?;
         Ok(OpenFile {
             writer,
+            row_group_rows: self.settings.row_group_rows,
             pending: Vec::new(),
             pending_rows: 0,
             sync_handle,
@@ -487,7 +492,7 @@ impl Archive {
             BATCHES_KEY.into(),
             encode_batch_ids(&file.batches),
         ));
-        let meta = file.writer.close().map_err(io::Error::other)?;
+        let meta = file.writer.close()?;
         file.sync_handle.sync_all()?;
         let dir = key.hub_dir(&self.root, &self.hub_id);
         let path = dir.join(format!(
@@ -693,18 +698,9 @@ impl Archive {
         let path = work.join(&name);
         let file = File::create(&path)?;
         let sync_handle = file.try_clone()?;
-        let mut writer = ArrowWriter::try_new(file, schema, Some(self.props.clone()))
-            .map_err(io::Error::other)?;
-        for chunk_start in (0..merged.num_rows()).step_by(self.settings.row_group_rows.max(1)) {
-            let len = self
-                .settings
-                .row_group_rows
-                .min(merged.num_rows() - chunk_start);
-            writer
-                .write(&merged.slice(chunk_start, len))
-                .map_err(io::Error::other)?;
-            writer.flush().map_err(io::Error::other)?;
-        }
+        let mut writer =
+            ArchiveFileWriter::try_new(file, schema, self.props.clone(), self.settings.zstd_level)?;
+        writer.write_row_groups(&merged, self.settings.row_group_rows)?;
         for (k, v) in [
             ("iot.hub_id", self.hub_id.clone()),
             ("iot.wal_first_pos", first.to_string()),
@@ -714,7 +710,7 @@ impl Archive {
         ] {
             writer.append_key_value_metadata(KeyValue::new(k.into(), v));
         }
-        let meta = writer.close().map_err(io::Error::other)?;
+        let meta = writer.close()?;
         sync_handle.sync_all()?;
         // The partition's other files stay, as hard links in the new set.
         for f in keep {
@@ -1142,8 +1138,7 @@ impl OpenFile {
         let batches = std::mem::take(&mut self.pending);
         self.pending_rows = 0;
         let sorted = sort_by_device_metric_time(&batches[0].schema(), &batches)?;
-        self.writer.write(&sorted).map_err(io::Error::other)?;
-        self.writer.flush().map_err(io::Error::other)
+        self.writer.write_row_groups(&sorted, self.row_group_rows)
     }
 }
 
@@ -1375,6 +1370,8 @@ pub fn read_table(root: &Path, table: Table) -> io::Result<Vec<RecordBatch>> {
 }
 
 pub mod s3;
+mod writer;
+use writer::ArchiveFileWriter;
 
 #[cfg(test)]
 mod tests;
