@@ -361,7 +361,7 @@ fn main() -> ExitCode {
                     );
                     let [score, archive, state] = r.pipeline_stages.map(|d| d.as_secs_f64());
                     println!(
-                        "\npipeline: scoring {score:.2} s and API state {state:.2} s (scoring thread), archive {archive:.2} s (archive thread); \
+                        "\npipeline (one thread per stage): scoring {score:.2} s, API state {state:.2} s, archive {archive:.2} s; \
                          other threads (decode, dedup, WAL) {:.2} s of CPU",
                         (cpu - score - archive - state).max(0.0)
                     );

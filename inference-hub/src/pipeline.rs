@@ -1,12 +1,15 @@
-//! The pipeline: durable batches in WAL order -> scoring -> archive, plus the
-//! in-memory state the API serves.
+//! The pipeline: durable batches in WAL order -> scoring -> the in-memory
+//! state the API serves -> archive.
 //!
-//! Two threads, so that a hub uses two cores when it is busy: the *scoring*
-//! stage (`hub-pipeline`: models, the API's state, model hot reload) hands
-//! each scored batch to the *archive* stage (`hub-archive`: Parquet files,
-//! commits, compaction and retention, S3 uploads) over a short bounded queue.
-//! Both take batches in WAL order. After every batch the archive stage
-//! publishes its low-water mark so the sequencer can trim the WAL.
+//! Three threads, so that a busy hub uses its cores: the *scoring* stage
+//! (`hub-pipeline`: models, model hot reload) hands each scored batch to the
+//! *state* stage (`hub-state`: devices' latest values, newest points, the
+//! live stream, recent anomalies), which hands it on to the *archive* stage
+//! (`hub-archive`: Parquet files, commits, compaction and retention, S3
+//! uploads), each over a short queue bounded in rows. All take batches in WAL
+//! order, and the API shows a batch before it is archived. After every batch
+//! the archive stage publishes its low-water mark so the sequencer can trim
+//! the WAL.
 //!
 //! When archiving fails (disk full, I/O error) the archive stage logs at
 //! ERROR, marks the hub unhealthy and stops; the scoring stage stops when it
@@ -44,7 +47,7 @@ pub struct Pipeline {
     pub uploader: Option<crate::archive::s3::Uploader>,
 }
 
-/// What the scoring stage hands to the archive stage for one WAL record.
+/// What the state stage hands to the archive stage for one WAL record.
 struct ScoredRecord {
     pos: u64,
     scored: RecordBatch,
@@ -52,54 +55,80 @@ struct ScoredRecord {
     shadow: Option<RecordBatch>,
 }
 
-/// The queue between the stages, bounded by the rows it holds (one record
-/// always fits, however large). Either side hanging up (drop) ends it.
-struct Handover {
-    state: Mutex<HandoverState>,
-    changed: Condvar,
-    max_rows: usize,
+/// What the scoring stage hands to the state stage: the record, and what
+/// the state needs besides.
+struct StateRecord {
+    record: ScoredRecord,
+    events: Vec<crate::scoring::AnomalyEvent>,
+    now_us: i64,
+    gateway: String,
 }
 
-#[derive(Default)]
-struct HandoverState {
-    queue: std::collections::VecDeque<ScoredRecord>,
-    rows: usize,
-    sender_gone: bool,
-    receiver_gone: bool,
+/// Rows a queued item holds (the queues are bounded in rows).
+trait Rows {
+    fn rows(&self) -> usize;
 }
 
-impl ScoredRecord {
+impl Rows for ScoredRecord {
     fn rows(&self) -> usize {
         self.scored.num_rows() + self.shadow.as_ref().map_or(0, RecordBatch::num_rows)
     }
 }
 
-impl Handover {
-    fn new(max_rows: usize) -> Self {
-        Self {
-            state: Mutex::default(),
+impl Rows for StateRecord {
+    fn rows(&self) -> usize {
+        self.record.rows()
+    }
+}
+
+/// A queue between two stages, bounded by the rows it holds (one item
+/// always fits, however large). Either side hanging up (drop) ends it.
+struct Handover<T> {
+    state: Mutex<HandoverState<T>>,
+    changed: Condvar,
+    max_rows: usize,
+}
+
+struct HandoverState<T> {
+    queue: std::collections::VecDeque<T>,
+    rows: usize,
+    sender_gone: bool,
+    receiver_gone: bool,
+}
+
+impl<T: Rows> Handover<T> {
+    /// The two ends of a new queue.
+    fn open(max_rows: usize) -> (HandoverSender<T>, HandoverReceiver<T>) {
+        let handover = Arc::new(Self {
+            state: Mutex::new(HandoverState {
+                queue: std::collections::VecDeque::new(),
+                rows: 0,
+                sender_gone: false,
+                receiver_gone: false,
+            }),
             changed: Condvar::new(),
             max_rows,
-        }
+        });
+        (HandoverSender(handover.clone()), HandoverReceiver(handover))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HandoverState> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HandoverState<T>> {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-/// The archive stage has hung up (it failed; see its log).
+/// The next stage has hung up (the archive failed; see its log).
 #[derive(Debug)]
 struct ArchiveStopped;
 
-/// The scoring stage's end of the [`Handover`].
-struct HandoverSender(Arc<Handover>);
+/// The sending end of a [`Handover`].
+struct HandoverSender<T: Rows>(Arc<Handover<T>>);
 
-impl HandoverSender {
-    /// Waits for room; `Err` when the archive stage has stopped.
-    fn send(&self, record: ScoredRecord) -> Result<(), ArchiveStopped> {
+impl<T: Rows> HandoverSender<T> {
+    /// Waits for room; `Err` when the receiving stage has stopped.
+    fn send(&self, record: T) -> Result<(), ArchiveStopped> {
         let rows = record.rows();
         let mut state = self.0.lock();
         while !state.receiver_gone && !state.queue.is_empty() && state.rows + rows > self.0.max_rows
@@ -120,18 +149,18 @@ impl HandoverSender {
     }
 }
 
-impl Drop for HandoverSender {
+impl<T: Rows> Drop for HandoverSender<T> {
     fn drop(&mut self) {
         self.0.lock().sender_gone = true;
         self.0.changed.notify_all();
     }
 }
 
-/// The archive stage's end of the [`Handover`].
-struct HandoverReceiver(Arc<Handover>);
+/// The receiving end of a [`Handover`].
+struct HandoverReceiver<T: Rows>(Arc<Handover<T>>);
 
-impl HandoverReceiver {
-    fn recv_timeout(&self, timeout: Duration) -> Result<ScoredRecord, RecvTimeoutError> {
+impl<T: Rows> HandoverReceiver<T> {
+    fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
         let deadline = Instant::now() + timeout;
         let mut state = self.0.lock();
         loop {
@@ -157,15 +186,22 @@ impl HandoverReceiver {
     }
 }
 
-impl Drop for HandoverReceiver {
+impl<T: Rows> Drop for HandoverReceiver<T> {
     fn drop(&mut self) {
         self.0.lock().receiver_gone = true;
         self.0.changed.notify_all();
     }
 }
 
-fn add_ns(counter: &AtomicU64, from: Instant, to: Instant) {
-    let ns = u64::try_from(to.duration_since(from).as_nanos()).unwrap_or(u64::MAX);
+/// This thread's CPU time so far (a stage's busy time excludes the time
+/// the OS gave its core to another stage).
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+fn add_ns(counter: &AtomicU64, from: Duration, to: Duration) {
+    let ns = u64::try_from(to.saturating_sub(from).as_nanos()).unwrap_or(u64::MAX);
     counter.fetch_add(ns, Relaxed);
 }
 
@@ -183,11 +219,11 @@ impl Pipeline {
             uploader,
         } = self;
         // The archive stage works in bursts (a row group is sorted and
-        // encoded at once): the queue holds two row groups' worth of rows so
-        // that scoring goes on meanwhile, and no more (memory).
-        let handover = Arc::new(Handover::new(2 * archive.row_group_rows()));
-        let (to_archive, archive_rx) =
-            (HandoverSender(handover.clone()), HandoverReceiver(handover));
+        // encoded at once): its queue holds two row groups' worth of rows so
+        // that the other stages go on meanwhile, and no more (memory). The
+        // state stage keeps pace with scoring: a short queue.
+        let (to_archive, archive_rx) = Handover::open(2 * archive.row_group_rows());
+        let (to_state, state_rx) = Handover::open(STATE_QUEUE_ROWS);
         let archive_stage = ArchiveStage {
             archive,
             stats: stats.clone(),
@@ -205,22 +241,44 @@ impl Pipeline {
                 return 0;
             }
         };
+        let state_stage = StateStage {
+            state,
+            stats: stats.clone(),
+        };
+        let state_thread = std::thread::Builder::new()
+            .name("hub-state".into())
+            .spawn(move || state_stage.run(state_rx, to_archive));
+        let state_thread = match state_thread {
+            Ok(t) => t,
+            Err(e) => {
+                // Dropping the archive stage's sender (moved into the
+                // closure, gone with it) lets it finish.
+                stats.archive_failed.store(true, Relaxed);
+                tracing::error!(error = %e, "cannot start the state thread: nothing is archived");
+                return archive_thread.join().unwrap_or(0);
+            }
+        };
         let scoring = ScoringStage {
             scorer,
             reload_interval,
-            state,
             stats: stats.clone(),
         };
         // A panic in either stage (a bug) must not leave a hub that looks
         // healthy and acknowledges batches it will never archive: it stops
         // archiving as an archive failure does (the WAL keeps the data).
         let scoring = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-            scoring.run(rx, to_archive); // drops the sender: the archive stage finishes
+            scoring.run(rx, to_state); // drops the sender: the next stages finish
         }));
         if scoring.is_err() {
             stats.archive_failed.store(true, Relaxed);
             tracing::error!(
                 "the scoring stage panicked: archiving stops; acknowledged batches stay in the WAL for the next start"
+            );
+        }
+        if state_thread.join().is_err() {
+            stats.archive_failed.store(true, Relaxed);
+            tracing::error!(
+                "the state stage panicked: archiving stops; acknowledged batches stay in the WAL for the next start"
             );
         }
         match archive_thread.join() {
@@ -239,12 +297,11 @@ impl Pipeline {
 struct ScoringStage {
     scorer: Router,
     reload_interval: Duration,
-    state: Arc<HubState>,
     stats: Arc<HubStats>,
 }
 
 impl ScoringStage {
-    fn run(mut self, rx: Receiver<DurableBatch>, to_archive: HandoverSender) {
+    fn run(mut self, rx: Receiver<DurableBatch>, to_state: HandoverSender<StateRecord>) {
         let mut next_reload_check = Instant::now() + self.reload_interval;
         loop {
             // Between batches: a batch is scored by one model version only.
@@ -254,7 +311,7 @@ impl ScoringStage {
             }
             match rx.recv_timeout(TICK) {
                 Ok(batch) => {
-                    if to_archive.send(self.process(batch)).is_err() {
+                    if to_state.send(self.process(batch)).is_err() {
                         // The archive stage failed and said so; stop taking
                         // batches so that intake stops acknowledging.
                         return;
@@ -266,12 +323,11 @@ impl ScoringStage {
         }
     }
 
-    fn process(&mut self, durable: DurableBatch) -> ScoredRecord {
+    fn process(&mut self, durable: DurableBatch) -> StateRecord {
         let now_us = chrono::Utc::now().timestamp_micros();
-        let started = Instant::now();
+        let started = thread_cpu();
         let routed = self.scorer.score(&durable.batch, now_us);
-        let scored_at = Instant::now();
-        add_ns(&self.stats.pipeline_score_ns, started, scored_at);
+        add_ns(&self.stats.pipeline_score_ns, started, thread_cpu());
         let out = routed.live;
         if let Some(e) = &out.model_error {
             self.stats.scoring_errors.fetch_add(1, Relaxed);
@@ -291,18 +347,16 @@ impl ScoringStage {
         self.stats
             .series
             .store(self.scorer.series_count() as u64, Relaxed);
-        self.state.record(
-            &out.scored,
-            out.events,
+        StateRecord {
+            record: ScoredRecord {
+                pos: durable.pos,
+                scored: out.scored,
+                anomalies: out.anomalies,
+                shadow: routed.shadow,
+            },
+            events: out.events,
             now_us,
-            &durable.batch.header.gateway,
-        );
-        add_ns(&self.stats.pipeline_state_ns, scored_at, Instant::now());
-        ScoredRecord {
-            pos: durable.pos,
-            scored: out.scored,
-            anomalies: out.anomalies,
-            shadow: routed.shadow,
+            gateway: durable.batch.header.gateway,
         }
     }
 
@@ -322,6 +376,41 @@ impl ScoringStage {
     }
 }
 
+/// Rows waiting between scoring and the state (a few batches).
+const STATE_QUEUE_ROWS: usize = 64 * 1024;
+
+struct StateStage {
+    state: Arc<HubState>,
+    stats: Arc<HubStats>,
+}
+
+impl StateStage {
+    /// Updates the state from each scored batch, then hands it to the archive
+    /// stage; stops when scoring hangs up (after passing on what it has) or
+    /// when the archive stage has stopped.
+    fn run(self, rx: HandoverReceiver<StateRecord>, to_archive: HandoverSender<ScoredRecord>) {
+        loop {
+            match rx.recv_timeout(TICK) {
+                Ok(StateRecord {
+                    record,
+                    events,
+                    now_us,
+                    gateway,
+                }) => {
+                    let started = thread_cpu();
+                    self.state.record(&record.scored, events, now_us, &gateway);
+                    add_ns(&self.stats.pipeline_state_ns, started, thread_cpu());
+                    if to_archive.send(record).is_err() {
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+}
+
 struct ArchiveStage {
     archive: Archive,
     stats: Arc<HubStats>,
@@ -333,7 +422,7 @@ impl ArchiveStage {
     /// Archives until the scoring stage hangs up, then commits every open
     /// file; returns the final low-water mark. On an archive failure it
     /// returns at once (dropping the queue tells the scoring stage).
-    fn run(mut self, rx: HandoverReceiver) -> u64 {
+    fn run(mut self, rx: HandoverReceiver<ScoredRecord>) -> u64 {
         let mut next_maintenance = Instant::now() + self.archive.maintenance_interval();
         loop {
             if Instant::now() >= next_maintenance {
@@ -342,9 +431,9 @@ impl ArchiveStage {
             }
             match rx.recv_timeout(TICK) {
                 Ok(record) => {
-                    let started = Instant::now();
+                    let started = thread_cpu();
                     let result = self.append(&record);
-                    add_ns(&self.stats.pipeline_archive_ns, started, Instant::now());
+                    add_ns(&self.stats.pipeline_archive_ns, started, thread_cpu());
                     if let Err(e) = result {
                         self.fail(&e);
                         return self.archive.low_water();

@@ -1,8 +1,8 @@
 //! What the API serves from memory: the latest value, score and status of
 //! every series, the most recent anomaly events, and the live stream.
 //!
-//! Written by the pipeline's scoring thread after each batch, read by API
-//! handlers.
+//! Written by the pipeline's state thread after each batch (before the batch
+//! is archived), read by API handlers.
 //! Bounded: one entry per series, at most `MAX_RECENT_ANOMALIES` events, and
 //! the last `STREAM_MEMORY` stream events (a client reconnecting with
 //! `Last-Event-ID` gets what it missed if it is still among them).

@@ -63,7 +63,7 @@ fn metric_seconds(
     sample(
         "counter",
         name,
-        "Time the pipeline spent scoring and updating the API's state (scoring thread) and archiving (archive thread).",
+        "Time the pipeline's stages spent busy: scoring, the API's state and archiving (one thread each).",
         &format_args!("{:.6}", ns as f64 / 1e9),
     );
 }
