@@ -1243,6 +1243,8 @@ fn gather(
     use arrow_schema::{DataType, Field};
     let mut fields = Vec::with_capacity(schema.fields().len());
     let mut columns: Vec<arrow_array::ArrayRef> = Vec::with_capacity(schema.fields().len());
+    // For the columns that need arrow's general gather (nulls, other types).
+    let mut interleave_indices: Option<Vec<(usize, usize)>> = None;
     for (c, field) in schema.fields().iter().enumerate() {
         let strings: Option<Vec<&StringArray>> = batches
             .iter()
@@ -1282,14 +1284,20 @@ fn gather(
             None => {
                 let arrays: Vec<&dyn Array> =
                     batches.iter().map(|b| b.column(c).as_ref()).collect();
-                let indices: Vec<(usize, usize)> = order
-                    .iter()
-                    .map(|&(b, i)| (b as usize, i as usize))
-                    .collect();
-                columns.push(
-                    arrow_select::interleave::interleave(&arrays, &indices)
-                        .map_err(io::Error::other)?,
-                );
+                let gathered = match gather_values(&arrays, order, field.data_type()) {
+                    Some(values) => values,
+                    None => {
+                        let indices = interleave_indices.get_or_insert_with(|| {
+                            order
+                                .iter()
+                                .map(|&(b, i)| (b as usize, i as usize))
+                                .collect()
+                        });
+                        arrow_select::interleave::interleave(&arrays, indices)
+                            .map_err(io::Error::other)?
+                    }
+                };
+                columns.push(gathered);
                 fields.push(field.as_ref().clone());
             }
         }
@@ -1299,6 +1307,50 @@ fn gather(
         schema.metadata().clone(),
     ));
     RecordBatch::try_new(gathered, columns).map_err(io::Error::other)
+}
+
+/// The rows `order` picks from one numeric column without nulls (times,
+/// values, batch numbers): a plain copy out of the value buffers. `None` for
+/// other columns.
+fn gather_values(
+    arrays: &[&dyn Array],
+    order: &[(u32, u32)],
+    data_type: &arrow_schema::DataType,
+) -> Option<arrow_array::ArrayRef> {
+    use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType, UInt64Type};
+    use arrow_schema::{DataType, TimeUnit};
+    fn copy<T: arrow_array::ArrowPrimitiveType>(
+        arrays: &[&dyn Array],
+        order: &[(u32, u32)],
+        data_type: &DataType,
+    ) -> Option<arrow_array::ArrayRef> {
+        let slices: Vec<&[T::Native]> = arrays
+            .iter()
+            .map(|a| {
+                a.as_any()
+                    .downcast_ref::<arrow_array::PrimitiveArray<T>>()
+                    .filter(|a| a.null_count() == 0)
+                    .map(|a| a.values().as_ref())
+            })
+            .collect::<Option<_>>()?;
+        let values: Vec<T::Native> = order
+            .iter()
+            .map(|&(b, i)| slices[b as usize][i as usize])
+            .collect();
+        Some(std::sync::Arc::new(
+            arrow_array::PrimitiveArray::<T>::new(values.into(), None)
+                .with_data_type(data_type.clone()),
+        ))
+    }
+    match data_type {
+        DataType::Float64 => copy::<Float64Type>(arrays, order, data_type),
+        DataType::Int64 => copy::<Int64Type>(arrays, order, data_type),
+        DataType::UInt64 => copy::<UInt64Type>(arrays, order, data_type),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            copy::<TimestampMicrosecondType>(arrays, order, data_type)
+        }
+        _ => None,
+    }
 }
 
 /// The event hour (hours since the epoch) of a file in the archive layout

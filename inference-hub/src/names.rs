@@ -32,6 +32,14 @@ impl<'a> NumberedNames<'a> {
         let ids = arrays
             .iter()
             .map(|col| {
+                if let Some(only) = single_value(col) {
+                    // A batch's model, gateway...: one lookup for the column.
+                    let id = *first_seen.entry(only).or_insert_with(|| {
+                        distinct.push(only);
+                        (distinct.len() - 1) as u32
+                    });
+                    return vec![id; col.len()];
+                }
                 let mut ids: Vec<u32> = Vec::with_capacity(col.len());
                 for i in 0..col.len() {
                     let name = col.value(i);
@@ -48,5 +56,58 @@ impl<'a> NumberedNames<'a> {
             })
             .collect();
         Self { ids, distinct }
+    }
+}
+
+/// The value every row of `col` holds, if they all hold the same one (and
+/// there is a row): equal lengths, and the value bytes repeat with that
+/// period, checked with integer compares and one memory compare instead of
+/// a string compare per row.
+fn single_value(col: &arrow_array::StringArray) -> Option<&str> {
+    use arrow_array::Array;
+    if col.is_empty() || col.null_count() > 0 {
+        return None;
+    }
+    let offsets = col.value_offsets();
+    let len = offsets[1] - offsets[0];
+    if offsets.windows(2).any(|w| w[1] - w[0] != len) {
+        return None;
+    }
+    let len = usize::try_from(len).ok()?;
+    let start = usize::try_from(offsets[0]).ok()?;
+    let bytes = &col.value_data()[start..start + len * col.len()];
+    (len == 0 || bytes[len..] == bytes[..bytes.len() - len]).then(|| col.value(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow_array::StringArray;
+
+    use super::*;
+
+    #[test]
+    fn names_are_numbered_by_first_appearance_across_arrays() {
+        let a = StringArray::from(vec!["x", "x", "y", "x"]);
+        let constant = StringArray::from(vec!["gw", "gw", "gw"]);
+        // Same lengths, different values: not taken for a constant column.
+        let same_lengths = StringArray::from(vec!["ab", "ab", "ac", "ab"]);
+        let empty = StringArray::from(vec!["", ""]);
+        let sliced = StringArray::from(vec!["q", "gw", "gw"]).slice(1, 2);
+        let n = NumberedNames::of(&[&a, &constant, &same_lengths, &empty, &sliced]);
+        assert_eq!(n.distinct, vec!["x", "y", "gw", "ab", "ac", ""]);
+        assert_eq!(
+            n.ids,
+            vec![
+                vec![0, 0, 1, 0],
+                vec![2, 2, 2],
+                vec![3, 3, 4, 3],
+                vec![5, 5],
+                vec![2, 2]
+            ]
+        );
+        assert_eq!(single_value(&constant), Some("gw"));
+        assert_eq!(single_value(&same_lengths), None);
+        assert_eq!(single_value(&sliced), Some("gw"));
+        assert_eq!(single_value(&StringArray::from(Vec::<&str>::new())), None);
     }
 }
