@@ -15,7 +15,8 @@
 //! `row-group-rows`, each sorted by device, metric and time (so readers can
 //! skip row groups by device through the statistics); string columns are
 //! dictionary-encoded, numeric ones are not (their dictionaries would not pay);
-//! zstd; page-level statistics.
+//! zstd; page-level statistics. [`writer`] writes the row groups, encoding the
+//! string columns from the dictionary keys the sort gathers.
 //!
 //! # Commit protocol (no reader ever sees a torn file)
 //! Each partition has at most one open file, written under a hidden temporary
