@@ -589,7 +589,14 @@ impl ScoredRows<'_> {
 fn normalise_into(out: &mut [f32], values: &[f64], mean: f64, std: f64, clip: f64) {
     let inverse = 1.0 / std;
     for (o, v) in out.iter_mut().zip(values) {
-        *o = ((v - mean) * inverse).max(-clip).min(clip) as f32;
+        let x = (v - mean) * inverse;
+        // Compare-and-select rather than f64::min/max, whose NaN rules keep
+        // the compiler from using the plain vector min/max instructions. A
+        // NaN (impossible for the finite values a window holds) becomes
+        // `clip` here, never a NaN input to the model.
+        let x = if x < clip { x } else { clip };
+        let x = if x > -clip { x } else { -clip };
+        *o = x as f32;
     }
 }
 

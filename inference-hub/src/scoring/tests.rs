@@ -360,3 +360,28 @@ fn scored_rows_come_grouped_by_device_then_series_each_in_time_order() {
     }
     assert_eq!(series_done.len(), 6);
 }
+
+#[test]
+fn normalisation_clips_like_min_max_and_never_feeds_the_model_a_nan() {
+    let mut rng = fastrand::Rng::with_seed(3);
+    let clip = 10.0;
+    for _ in 0..200 {
+        let (mean, std) = (rng.f64() * 200.0 - 100.0, rng.f64() * 5.0 + 1e-3);
+        let values: Vec<f64> = (0..16)
+            .map(|i| match i % 4 {
+                0 => mean + clip * std, // exactly on the bound
+                1 => rng.f64() * 2e6 - 1e6,
+                _ => mean + (rng.f64() - 0.5) * 30.0 * std,
+            })
+            .collect();
+        let mut out = vec![0f32; 16];
+        normalise_into(&mut out, &values, mean, std, clip);
+        for (o, v) in out.iter().zip(&values) {
+            let expected = ((v - mean) * (1.0 / std)).max(-clip).min(clip) as f32;
+            assert_eq!(*o, expected, "value {v}, mean {mean}, std {std}");
+        }
+    }
+    let mut out = vec![0f32; 2];
+    normalise_into(&mut out, &[1.0, f64::MAX], f64::NAN, 1.0, clip);
+    assert!(out.iter().all(|x| x.abs() <= clip as f32), "{out:?}");
+}
