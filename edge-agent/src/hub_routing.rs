@@ -57,9 +57,14 @@ impl HubDirectory {
         let hubs = self.0.lock().expect("hub directory lock");
         match owner(gateway, hubs.iter().map(String::as_str)) {
             Some(hub) => direct_topic(prefix, hub, gateway),
-            None => format!("{prefix}/batches/{gateway}"),
+            None => shared_topic(prefix, gateway),
         }
     }
+}
+
+/// A batch for whichever hub of the shared subscription takes it.
+pub fn shared_topic(prefix: &str, gateway: &str) -> String {
+    format!("{prefix}/batches/{gateway}")
 }
 
 /// Filter of the membership messages.

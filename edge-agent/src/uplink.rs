@@ -147,7 +147,7 @@ impl Transport {
                 // the new owner.
                 let topic = match hubs {
                     Some(hubs) => hubs.batch_topic(prefix, gateway),
-                    None => format!("{prefix}/batches/{gateway}"),
+                    None => crate::hub_routing::shared_topic(prefix, gateway),
                 };
                 // Queued into the MQTT client; a failed publish shows up as a
                 // missing answer and is retried after the ack timeout.

@@ -455,12 +455,7 @@ impl Archive {
         ));
         let file = File::create(&tmp_path)?;
         let sync_handle = file.try_clone()?;
-        let writer = ArchiveFileWriter::try_new(
-            file,
-            key.table.schema(),
-            self.props.clone(),
-            self.settings.zstd_level,
-        )?;
+        let writer = ArchiveFileWriter::try_new(file, key.table.schema(), self.props.clone())?;
         Ok(OpenFile {
             writer,
             row_group_rows: self.settings.row_group_rows,
@@ -699,8 +694,7 @@ impl Archive {
         let path = work.join(&name);
         let file = File::create(&path)?;
         let sync_handle = file.try_clone()?;
-        let mut writer =
-            ArchiveFileWriter::try_new(file, schema, self.props.clone(), self.settings.zstd_level)?;
+        let mut writer = ArchiveFileWriter::try_new(file, schema, self.props.clone())?;
         writer.write_row_groups(&merged, self.settings.row_group_rows)?;
         for (k, v) in [
             ("iot.hub_id", self.hub_id.clone()),

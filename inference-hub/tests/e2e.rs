@@ -12,7 +12,8 @@ use inference_hub::broker;
 use inference_hub::config::HubConfig;
 
 use crate::harness::{
-    assert_archive_matches, assert_spikes_flagged, publish_fleet, read_archive, wait_until,
+    assert_archive_matches, assert_spikes_flagged, publish_fleet, read_archive,
+    start_embedded_broker, wait_until,
 };
 
 fn agent_config(
@@ -38,9 +39,7 @@ fn agent_config(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_valid_reading_lands_in_parquet_exactly_once_with_scores() {
-    let port = broker::free_port();
-    broker::start_embedded(([127, 0, 0, 1], port).into());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let port = start_embedded_broker().await;
     let dir = tempfile::tempdir().unwrap();
     let mut hub_cfg = HubConfig::for_dir("e2e", dir.path());
     hub_cfg.mqtt.port = port;
@@ -136,9 +135,7 @@ async fn every_valid_reading_lands_in_parquet_exactly_once_with_scores() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hubs_on_one_shared_subscription_split_the_batches_without_duplicates() {
-    let port = broker::free_port();
-    broker::start_embedded(([127, 0, 0, 1], port).into());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let port = start_embedded_broker().await;
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("shared-archive");
     let mut hubs = Vec::new();
@@ -233,9 +230,7 @@ async fn wait_for_announcement(port: u16, hub: &str, present: bool) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_routing_sends_each_gateway_to_one_hub_which_sees_its_series_whole() {
-    let port = broker::free_port();
-    broker::start_embedded(([127, 0, 0, 1], port).into());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let port = start_embedded_broker().await;
     let dir = tempfile::tempdir().unwrap();
     let hub_ids = ["hub_one", "hub_two"];
     let mut hubs = Vec::new();
@@ -305,9 +300,7 @@ async fn sticky_routing_sends_each_gateway_to_one_hub_which_sees_its_series_whol
 async fn filter_rules_drop_exactly_what_they_say_and_count_it() {
     use edge_agent::filter::{DropReason, RuleConfig};
 
-    let port = broker::free_port();
-    broker::start_embedded(([127, 0, 0, 1], port).into());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let port = start_embedded_broker().await;
     let dir = tempfile::tempdir().unwrap();
     let mut hub_cfg = HubConfig::for_dir("filters", dir.path());
     hub_cfg.mqtt.port = port;
@@ -358,9 +351,7 @@ async fn filter_rules_drop_exactly_what_they_say_and_count_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_messages_are_acknowledged_only_after_a_hub_holds_their_readings() {
-    let port = broker::free_port();
-    broker::start_embedded(([127, 0, 0, 1], port).into());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let port = start_embedded_broker().await;
     // No hub yet: batches go nowhere, so nothing may be acknowledged.
     let mut cfg = agent_config(
         "gw-h",
@@ -421,9 +412,7 @@ async fn device_messages_are_acknowledged_only_after_a_hub_holds_their_readings(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_spool_devices_are_acknowledged_while_the_hub_is_away_and_the_backlog_drains_after_a_restart()
  {
-    let port = broker::free_port();
-    broker::start_embedded(([127, 0, 0, 1], port).into());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let port = start_embedded_broker().await;
     let spool_dir = tempfile::tempdir().unwrap();
     let config = || {
         let mut cfg = agent_config(
@@ -508,9 +497,7 @@ async fn with_a_spool_devices_are_acknowledged_while_the_hub_is_away_and_the_bac
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_spool_blocks_acknowledgements_until_the_hub_drains_it() {
-    let port = broker::free_port();
-    broker::start_embedded(([127, 0, 0, 1], port).into());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let port = start_embedded_broker().await;
     let spool_dir = tempfile::tempdir().unwrap();
     let mut cfg = agent_config(
         "gw-full",
@@ -746,9 +733,7 @@ async fn recorded_nab_and_skab_files_replay_through_the_pipeline_and_a_second_re
         eprintln!("skipped: ../shared/datasets not found (set IOT_DATASETS)");
         return;
     };
-    let port = broker::free_port();
-    broker::start_embedded(([127, 0, 0, 1], port).into());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let port = start_embedded_broker().await;
     let dir = tempfile::tempdir().unwrap();
     let mut hub_cfg = HubConfig::for_dir("replay", dir.path());
     hub_cfg.mqtt.port = port;
@@ -1045,9 +1030,7 @@ async fn an_archive_replays_from_parquet_into_another_hub_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_archive_that_cannot_be_written_stops_acknowledgements_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let port = broker::free_port();
-    broker::start_embedded(([127, 0, 0, 1], port).into());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let port = start_embedded_broker().await;
     let config = || {
         let mut cfg = HubConfig::for_dir("blocked", &dir.path().join("hub"));
         cfg.mqtt.port = port;

@@ -197,6 +197,15 @@ pub(crate) async fn publish_fleet(
 }
 
 /// Polls `f` until it returns true or `limit` passes.
+/// The embedded broker (rumqttd) on a free loopback port, given a moment
+/// to start listening; returns the port.
+pub(crate) async fn start_embedded_broker() -> u16 {
+    let port = inference_hub::broker::free_port();
+    inference_hub::broker::start_embedded(([127, 0, 0, 1], port).into());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    port
+}
+
 pub(crate) async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {

@@ -86,20 +86,18 @@ async fn post_all(hub: &inference_hub::HubHandle, seqs: impl Iterator<Item = u64
 /// Every (seq, ts) archived in the bucket, with how often.
 async fn read_bucket(s3: &S3Settings) -> (usize, BTreeSet<(u64, i64)>, usize) {
     let store = s3.connect().unwrap();
-    let objects: Vec<object_store::ObjectMeta> = store
-        .list(Some(&ObjectPath::from("archive/table=scored")))
-        .try_collect()
-        .await
-        .unwrap();
+    let objects = scored_objects(s3).await;
     let mut rows = 0;
     let mut keys = BTreeSet::new();
     for o in &objects {
-        assert!(
-            o.location.to_string().ends_with(".parquet"),
-            "{}",
-            o.location
-        );
-        let bytes: Bytes = store.get(&o.location).await.unwrap().bytes().await.unwrap();
+        assert!(o.ends_with(".parquet"), "{o}");
+        let bytes: Bytes = store
+            .get(&ObjectPath::from(o.as_str()))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
             .unwrap()
             .build()
@@ -299,7 +297,7 @@ async fn s3_down_at_shutdown_leaves_files_local_instead_of_holding_the_hub() {
     );
 }
 
-/// This hub's objects of the scored table in the bucket.
+/// The keys of the scored table's objects in the bucket (every hub's).
 async fn scored_objects(s3: &S3Settings) -> Vec<String> {
     let store = s3.connect().unwrap();
     let listed: Vec<object_store::ObjectMeta> = store

@@ -235,7 +235,7 @@ impl Uploader {
         resume: &[PathBuf],
     ) -> std::io::Result<Self> {
         let store = settings.connect().map_err(std::io::Error::other)?;
-        let settings_when = settings.upload;
+        let when = settings.upload;
         let hub_id = hub_id.to_owned();
         let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopping_seen = stopping.clone();
@@ -276,7 +276,7 @@ impl Uploader {
             tx: Some(tx),
             thread: Some(thread),
             stopping,
-            when: settings_when,
+            when,
             handed: resume.iter().cloned().collect(),
         })
     }

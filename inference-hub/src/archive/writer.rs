@@ -25,7 +25,7 @@ use arrow_schema::SchemaRef;
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::{ArrowRowGroupWriterFactory, compute_leaves};
-use parquet::basic::{Encoding, PageType, Type as PhysicalType};
+use parquet::basic::{Compression, Encoding, PageType, Type as PhysicalType, ZstdLevel};
 use parquet::column::page::{CompressedPage, Page, PageWriter};
 use parquet::column::writer::ColumnCloseResult;
 use parquet::data_type::ByteArray;
@@ -36,7 +36,7 @@ use parquet::file::metadata::{
 use parquet::file::properties::WriterProperties;
 use parquet::file::statistics::{Statistics, ValueStatistics};
 use parquet::file::writer::{SerializedFileWriter, SerializedPageWriter, TrackedWrite};
-use parquet::schema::types::ColumnDescPtr;
+use parquet::schema::types::{ColumnDescPtr, ColumnPath};
 
 /// Longest value written through the direct path: statistics and the page
 /// index hold values whole up to parquet's default truncation length.
@@ -48,17 +48,25 @@ pub(crate) struct ArchiveFileWriter {
     columns: ArrowRowGroupWriterFactory,
     schema: SchemaRef,
     props: WriterProperties,
-    zstd: zstd::bulk::Compressor<'static>,
+    /// The files' zstd level (from `props`) and a compressor for it; without
+    /// zstd every column takes parquet's own path.
+    zstd: Option<(ZstdLevel, zstd::bulk::Compressor<'static>)>,
 }
 
 impl ArchiveFileWriter {
-    /// `props` must compress with zstd at `zstd_level` (the archive's).
     pub(crate) fn try_new(
         file: File,
         schema: SchemaRef,
         props: WriterProperties,
-        zstd_level: i32,
     ) -> io::Result<Self> {
+        // The files' default codec (no column of the archive overrides it).
+        let zstd = match props.compression(&ColumnPath::from(String::new())) {
+            Compression::ZSTD(level) => Some((
+                level,
+                zstd::bulk::Compressor::new(level.compression_level())?,
+            )),
+            _ => None,
+        };
         // ArrowWriter embeds the Arrow schema in the footer; the row groups
         // are then written below it.
         let (file, columns) = ArrowWriter::try_new(file, schema.clone(), Some(props.clone()))
@@ -69,7 +77,7 @@ impl ArchiveFileWriter {
             columns,
             schema,
             props,
-            zstd: zstd::bulk::Compressor::new(zstd_level)?,
+            zstd,
         })
     }
 
@@ -101,15 +109,19 @@ impl ArchiveFileWriter {
         for (c, field) in self.schema.fields().iter().enumerate() {
             let column = batch.column(c);
             let writer = writers.next().expect("one writer per (flat) column");
-            let direct = direct_column(&descriptors[c], column.as_ref(), &self.props);
+            let direct = self.zstd.as_mut().and_then(|(level, compressor)| {
+                direct_column(&descriptors[c], column.as_ref(), &self.props, *level)
+                    .map(|keys| (keys, *level, compressor))
+            });
             match direct {
-                Some((descr, keys)) => {
+                Some((keys, level, compressor)) => {
                     direct_columns += 1;
                     let (bytes, close) = encode_dictionary_column(
-                        descr,
+                        descriptors[c].clone(),
                         keys,
                         self.props.data_page_row_count_limit(),
-                        &mut self.zstd,
+                        level,
+                        compressor,
                     )?;
                     row_group
                         .append_column(&bytes, close)
@@ -159,12 +171,14 @@ impl ArchiveFileWriter {
     }
 }
 
-/// The column's descriptor and dictionary if it takes the direct path.
+/// The column's dictionary if it takes the direct path (compressed with
+/// the files' zstd `level`, like the rest).
 fn direct_column<'a>(
     descr: &ColumnDescPtr,
     column: &'a dyn Array,
     props: &WriterProperties,
-) -> Option<(ColumnDescPtr, &'a DictionaryArray<UInt32Type>)> {
+    level: ZstdLevel,
+) -> Option<&'a DictionaryArray<UInt32Type>> {
     let keys = column
         .as_any()
         .downcast_ref::<DictionaryArray<UInt32Type>>()?;
@@ -175,11 +189,12 @@ fn direct_column<'a>(
         && descr.max_rep_level() == 0
         && keys.null_count() == 0
         && values.null_count() == 0
+        && props.compression(path) == Compression::ZSTD(level)
         && props.dictionary_enabled(path)
         && props.statistics_enabled(path) != parquet::file::properties::EnabledStatistics::None
         && (0..values.len()).all(|i| values.value(i).len() <= MAX_DIRECT_VALUE_BYTES)
         && values.value_data().len() + 4 * values.len() <= props.dictionary_page_size_limit();
-    eligible.then(|| (descr.clone(), keys))
+    eligible.then_some(keys)
 }
 
 /// One column chunk of a required string column from its dictionary array:
@@ -188,6 +203,7 @@ fn encode_dictionary_column(
     descr: ColumnDescPtr,
     array: &DictionaryArray<UInt32Type>,
     page_rows: usize,
+    level: ZstdLevel,
     zstd: &mut zstd::bulk::Compressor<'static>,
 ) -> io::Result<(Bytes, ColumnCloseResult)> {
     let values = array
@@ -227,7 +243,7 @@ fn encode_dictionary_column(
     let mut uncompressed_total = 0u64;
     let mut compressed_total = 0u64;
 
-    let mut dictionary = Vec::with_capacity(used.iter().map(|_| 4).sum::<usize>() + 64);
+    let mut dictionary = Vec::new();
     for local in 0..used.len() as u32 {
         let v = value(local);
         dictionary.extend_from_slice(&(v.len() as u32).to_le_bytes());
@@ -295,9 +311,7 @@ fn encode_dictionary_column(
     )
     .into();
     let metadata = ColumnChunkMetaData::builder(descr)
-        .set_compression(parquet::basic::Compression::ZSTD(
-            parquet::basic::ZstdLevel::default(),
-        ))
+        .set_compression(Compression::ZSTD(level))
         .set_encodings(vec![
             Encoding::PLAIN,
             Encoding::RLE,
@@ -346,7 +360,7 @@ fn bits_for(max: u32) -> u8 {
 /// prefix, as in a dictionary data page): runs of eight or more equal values
 /// as RLE runs, the rest bit-packed in groups of eight (the last group padded
 /// with zeros, which readers skip by the page's value count).
-pub(crate) fn encode_hybrid(values: &[u32], bit_width: u8, out: &mut Vec<u8>) {
+fn encode_hybrid(values: &[u32], bit_width: u8, out: &mut Vec<u8>) {
     /// Groups of eight per bit-packed run (a one-byte header, as parquet-mr
     /// writes them).
     const MAX_GROUPS: usize = 63;

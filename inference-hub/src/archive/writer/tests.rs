@@ -79,7 +79,7 @@ fn write(batches: &[RecordBatch]) -> (Bytes, usize) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.parquet");
     let mut writer =
-        ArchiveFileWriter::try_new(File::create(&path).unwrap(), schema(), props(), 3).unwrap();
+        ArchiveFileWriter::try_new(File::create(&path).unwrap(), schema(), props()).unwrap();
     let mut direct = 0;
     for b in batches {
         direct += writer.write_row_group(b).unwrap();
