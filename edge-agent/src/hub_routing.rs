@@ -15,19 +15,63 @@
 //!
 //! With no hub announced (older hubs, or none connected yet) batches go to the
 //! shared topic `<prefix>/batches/<gateway>` as before.
+//!
+//! An announcement can outlive its hub: a broker that keeps retained
+//! messages across a restart while the hub died during the outage, a hub
+//! cut off from the broker before its keep-alive runs out, a hub that is
+//! alive but no longer answers. So the agent also judges hubs by what they
+//! do: a hub that has left batches unanswered for [`PASS_OVER_AFTER`] ack
+//! timeouts in a row is passed over (its gateways go to the next hub by the
+//! same hashing, or to the shared topic if none is left) until it announces
+//! itself again live, the agent reconnects, or [`PASS_OVER_FOR`] has passed.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Ack timeouts in a row, with no answer from a hub in between, after which
+/// the hub is passed over.
+pub const PASS_OVER_AFTER: u32 = 2;
+/// How long a silent hub is passed over, unless it re-announces itself first.
+pub const PASS_OVER_FOR: Duration = Duration::from_secs(600);
+
+/// What the agent knows of one announced hub.
+#[derive(Debug, Default)]
+struct HubStanding {
+    /// Ack timeouts of batches sent to it since its last answer (counted
+    /// at most once per ack timeout), and when the last one counted.
+    silent_timeouts: u32,
+    last_counted: Option<Instant>,
+    /// Passed over until then.
+    passed_over_until: Option<Instant>,
+}
+
+impl HubStanding {
+    fn passed_over(&self, now: Instant) -> bool {
+        self.passed_over_until.is_some_and(|until| now < until)
+    }
+}
 
 /// The hubs announced on the broker.
 #[derive(Debug, Clone, Default)]
-pub struct HubDirectory(Arc<Mutex<BTreeSet<String>>>);
+pub struct HubDirectory(Arc<Mutex<BTreeMap<String, HubStanding>>>);
+
+/// Where one batch goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub topic: String,
+    /// The hub the topic addresses (`None`: the shared subscription).
+    pub hub: Option<String>,
+}
 
 impl HubDirectory {
     /// The membership message on `topic` (`<prefix>/hubs/<hub-id>`): a
     /// non-empty payload announces the hub, an empty one (its will, or its
-    /// goodbye) removes it. Returns whether `topic` was a membership topic.
-    pub fn observe(&self, prefix: &str, topic: &str, payload: &[u8]) -> bool {
+    /// goodbye) removes it. `retained` is the broker replaying a stored
+    /// announcement (on subscribing) rather than the hub announcing itself
+    /// now; only the latter ends a pass-over. Returns whether `topic` was a
+    /// membership topic.
+    pub fn observe(&self, prefix: &str, topic: &str, payload: &[u8], retained: bool) -> bool {
         let Some(hub) = topic
             .strip_prefix(prefix)
             .and_then(|t| t.strip_prefix("/hubs/"))
@@ -37,11 +81,23 @@ impl HubDirectory {
         };
         let mut hubs = self.0.lock().expect("hub directory lock");
         if payload.is_empty() {
-            if hubs.remove(hub) {
+            if hubs.remove(hub).is_some() {
                 tracing::info!(hub, "hub left; its gateways move to the others");
             }
-        } else if hubs.insert(hub.to_owned()) {
-            tracing::info!(hub, "hub announced");
+            return true;
+        }
+        match hubs.get_mut(hub) {
+            None => {
+                hubs.insert(hub.to_owned(), HubStanding::default());
+                tracing::info!(hub, "hub announced");
+            }
+            Some(standing) if !retained => {
+                if standing.passed_over_until.is_some() {
+                    tracing::info!(hub, "a passed-over hub announced itself again");
+                }
+                *standing = HubStanding::default();
+            }
+            Some(_) => {}
         }
         true
     }
@@ -52,13 +108,71 @@ impl HubDirectory {
         self.0.lock().expect("hub directory lock").clear();
     }
 
-    /// The topic for this gateway's next batch.
-    pub fn batch_topic(&self, prefix: &str, gateway: &str) -> String {
+    /// Where this gateway's next batch goes: its owner among the hubs not
+    /// passed over, else the shared topic.
+    pub fn route(&self, prefix: &str, gateway: &str) -> Route {
         let hubs = self.0.lock().expect("hub directory lock");
-        match owner(gateway, hubs.iter().map(String::as_str)) {
-            Some(hub) => direct_topic(prefix, hub, gateway),
-            None => shared_topic(prefix, gateway),
+        let now = Instant::now();
+        let eligible = hubs
+            .iter()
+            .filter(|(_, standing)| !standing.passed_over(now))
+            .map(|(hub, _)| hub.as_str());
+        match owner(gateway, eligible) {
+            Some(hub) => Route {
+                topic: direct_topic(prefix, hub, gateway),
+                hub: Some(hub.to_owned()),
+            },
+            None => Route {
+                topic: shared_topic(prefix, gateway),
+                hub: None,
+            },
         }
+    }
+
+    /// `hub` answered a batch: it is alive.
+    pub fn answered(&self, hub: &str) {
+        if let Some(standing) = self.0.lock().expect("hub directory lock").get_mut(hub) {
+            *standing = HubStanding::default();
+        }
+    }
+
+    /// A batch sent to `hub` went unanswered for an ack timeout. Several
+    /// batches timing out together count once per `ack_timeout`, so a hub is
+    /// passed over only after [`PASS_OVER_AFTER`] timeouts' worth of silence,
+    /// however many batches were in flight. Returns whether this passed it
+    /// over.
+    pub fn unanswered(&self, hub: &str, ack_timeout: Duration) -> bool {
+        let mut hubs = self.0.lock().expect("hub directory lock");
+        let Some(standing) = hubs.get_mut(hub) else {
+            return false;
+        };
+        let now = Instant::now();
+        if standing.passed_over(now) {
+            return false;
+        }
+        // A timer may fire a little early: three quarters of the timeout
+        // tell the next round of timeouts from the same round.
+        if standing
+            .last_counted
+            .is_some_and(|last| now.duration_since(last) < ack_timeout * 3 / 4)
+        {
+            return false;
+        }
+        standing.last_counted = Some(now);
+        standing.silent_timeouts += 1;
+        if standing.silent_timeouts < PASS_OVER_AFTER {
+            return false;
+        }
+        standing.silent_timeouts = 0;
+        standing.last_counted = None;
+        standing.passed_over_until = Some(now + PASS_OVER_FOR);
+        tracing::warn!(
+            hub,
+            silent_for = ?ack_timeout * PASS_OVER_AFTER,
+            passed_over_for = ?PASS_OVER_FOR,
+            "the gateway's hub answers nothing although announced; its batches go elsewhere"
+        );
+        true
     }
 }
 
@@ -114,6 +228,12 @@ fn weight(hub: &str, gateway: &str) -> u64 {
 mod tests {
     use super::*;
 
+    impl HubDirectory {
+        fn observe_live(&self, prefix: &str, topic: &str, payload: &[u8]) -> bool {
+            self.observe(prefix, topic, payload, false)
+        }
+    }
+
     fn owners<'a>(hubs: &[&'a str], gateways: &[String]) -> Vec<&'a str> {
         gateways
             .iter()
@@ -142,29 +262,88 @@ mod tests {
     #[test]
     fn the_directory_follows_announcements_and_wills() {
         let d = HubDirectory::default();
-        assert_eq!(d.batch_topic("iot", "gw1"), "iot/batches/gw1");
-        assert!(d.observe("iot", "iot/hubs/hub_a", b"{\"hub\":\"hub_a\"}"));
-        assert!(!d.observe("iot", "iot/acks/gw1", b"{}"));
-        assert!(!d.observe("iot", "other/hubs/hub_x", b"x"));
-        assert_eq!(d.batch_topic("iot", "gw1"), "iot/hub/hub_a/batches/gw1");
-        assert!(d.observe("iot", "iot/hubs/hub_b", b"x"));
+        assert_eq!(d.route("iot", "gw1").topic, "iot/batches/gw1");
+        assert!(d.observe_live("iot", "iot/hubs/hub_a", b"{\"hub\":\"hub_a\"}"));
+        assert!(!d.observe_live("iot", "iot/acks/gw1", b"{}"));
+        assert!(!d.observe_live("iot", "other/hubs/hub_x", b"x"));
+        assert_eq!(d.route("iot", "gw1").topic, "iot/hub/hub_a/batches/gw1");
+        assert!(d.observe_live("iot", "iot/hubs/hub_b", b"x"));
         let owner_of_gw1 = owner("gw1", ["hub_a", "hub_b"]).unwrap();
         assert_eq!(
-            d.batch_topic("iot", "gw1"),
+            d.route("iot", "gw1").topic,
             format!("iot/hub/{owner_of_gw1}/batches/gw1")
         );
         // The owner's will: its gateways go to the hub that is left.
-        d.observe("iot", &format!("iot/hubs/{owner_of_gw1}"), b"");
+        d.observe_live("iot", &format!("iot/hubs/{owner_of_gw1}"), b"");
         let left = if owner_of_gw1 == "hub_a" {
             "hub_b"
         } else {
             "hub_a"
         };
         assert_eq!(
-            d.batch_topic("iot", "gw1"),
+            d.route("iot", "gw1").topic,
             format!("iot/hub/{left}/batches/gw1")
         );
-        d.observe("iot", &format!("iot/hubs/{left}"), b"");
-        assert_eq!(d.batch_topic("iot", "gw1"), "iot/batches/gw1");
+        d.observe_live("iot", &format!("iot/hubs/{left}"), b"");
+        assert_eq!(d.route("iot", "gw1").topic, "iot/batches/gw1");
+    }
+
+    #[test]
+    fn a_hub_that_leaves_batches_unanswered_is_passed_over_until_it_announces_itself_live() {
+        let timeout = Duration::from_millis(40);
+        let d = HubDirectory::default();
+        d.observe("iot", "iot/hubs/hub_a", b"x", true);
+        d.observe("iot", "iot/hubs/hub_b", b"x", true);
+        let own = owner("gw1", ["hub_a", "hub_b"]).unwrap();
+        let other = if own == "hub_a" { "hub_b" } else { "hub_a" };
+        assert_eq!(d.route("iot", "gw1").hub.as_deref(), Some(own));
+        // A whole round of batches timing out together is one timeout.
+        for _ in 0..8 {
+            assert!(!d.unanswered(own, timeout));
+        }
+        assert_eq!(d.route("iot", "gw1").hub.as_deref(), Some(own));
+        // An answer in between starts the count over.
+        std::thread::sleep(timeout);
+        d.answered(own);
+        assert!(!d.unanswered(own, timeout));
+        std::thread::sleep(timeout);
+        assert!(
+            d.unanswered(own, timeout),
+            "the second silent timeout passes it over"
+        );
+        assert_eq!(
+            d.route("iot", "gw1"),
+            Route {
+                topic: format!("iot/hub/{other}/batches/gw1"),
+                hub: Some(other.to_owned())
+            }
+        );
+        // The broker replaying its retained announcement changes nothing...
+        d.observe("iot", &format!("iot/hubs/{own}"), b"x", true);
+        assert_eq!(d.route("iot", "gw1").hub.as_deref(), Some(other));
+        // ...the hub announcing itself now does.
+        d.observe("iot", &format!("iot/hubs/{own}"), b"x", false);
+        assert_eq!(d.route("iot", "gw1").hub.as_deref(), Some(own));
+    }
+
+    #[test]
+    fn with_every_hub_passed_over_batches_go_to_the_shared_topic() {
+        let timeout = Duration::from_millis(20);
+        let d = HubDirectory::default();
+        d.observe("iot", "iot/hubs/ghost", b"x", true);
+        assert!(!d.unanswered("ghost", timeout));
+        std::thread::sleep(timeout);
+        assert!(d.unanswered("ghost", timeout));
+        assert_eq!(
+            d.route("iot", "gw1"),
+            Route {
+                topic: "iot/batches/gw1".into(),
+                hub: None
+            }
+        );
+        // Reconnecting forgets the verdict along with the hubs.
+        d.clear();
+        d.observe("iot", "iot/hubs/ghost", b"x", true);
+        assert_eq!(d.route("iot", "gw1").hub.as_deref(), Some("ghost"));
     }
 }

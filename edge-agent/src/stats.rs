@@ -16,6 +16,8 @@ pub struct EdgeStats {
     pub batches_sealed: AtomicU64,
     pub batch_sends: AtomicU64,
     pub batch_retries: AtomicU64,
+    /// Announced hubs passed over for answering nothing (sticky routing).
+    pub hubs_passed_over: AtomicU64,
     pub batches_acked: AtomicU64,
     pub batches_rejected_by_hub: AtomicU64,
     pub readings_delivered: AtomicU64,
@@ -118,6 +120,11 @@ impl EdgeStats {
             "edge_batch_retries_total",
             "Batch retransmissions.",
             get(&self.batch_retries),
+        );
+        counter(
+            "edge_hubs_passed_over_total",
+            "Times an announced hub that answered nothing was passed over.",
+            get(&self.hubs_passed_over),
         );
         counter(
             "edge_batches_acked_total",

@@ -135,7 +135,8 @@ impl Transport {
         (transport, rx)
     }
 
-    async fn send(&self, batch: &Outgoing) {
+    /// Sends one batch; returns the hub it was addressed to (sticky MQTT).
+    async fn send(&self, batch: &Outgoing) -> Option<String> {
         match self {
             Transport::Mqtt {
                 client,
@@ -145,18 +146,22 @@ impl Transport {
             } => {
                 // Chosen per send: a resend after the owner left goes to
                 // the new owner.
-                let topic = match hubs {
-                    Some(hubs) => hubs.batch_topic(prefix, gateway),
-                    None => crate::hub_routing::shared_topic(prefix, gateway),
+                let route = match hubs {
+                    Some(hubs) => hubs.route(prefix, gateway),
+                    None => crate::hub_routing::Route {
+                        topic: crate::hub_routing::shared_topic(prefix, gateway),
+                        hub: None,
+                    },
                 };
                 // Queued into the MQTT client; a failed publish shows up as a
                 // missing answer and is retried after the ack timeout.
                 if let Err(e) = client
-                    .publish_bytes(topic, QoS::AtLeastOnce, false, batch.bytes.clone())
+                    .publish_bytes(route.topic, QoS::AtLeastOnce, false, batch.bytes.clone())
                     .await
                 {
                     tracing::warn!(error = %e, seq = batch.header.seq, "cannot queue batch publish");
                 }
+                route.hub
             }
             Transport::Http {
                 client,
@@ -195,7 +200,16 @@ impl Transport {
                     };
                     let _ = outcomes.send(outcome);
                 });
+                None
             }
+        }
+    }
+
+    /// The hubs announced on the broker (sticky MQTT only).
+    fn hubs(&self) -> Option<&HubDirectory> {
+        match self {
+            Transport::Mqtt { hubs, .. } => hubs.as_ref(),
+            Transport::Http { .. } => None,
         }
     }
 }
@@ -250,7 +264,7 @@ async fn run_mqtt_answers(
             Ok(Event::Incoming(Packet::Publish(p)))
                 if hubs
                     .as_ref()
-                    .is_some_and(|h| h.observe(&prefix, &p.topic, &p.payload)) => {}
+                    .is_some_and(|h| h.observe(&prefix, &p.topic, &p.payload, p.retain)) => {}
             Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => {
                 match serde_json::from_slice::<BatchAck>(&p.payload) {
                     // Any incarnation: spooled batches of earlier runs keep
@@ -331,6 +345,8 @@ struct InFlight {
     /// When to send again if no answer arrived.
     resend_at: Instant,
     from_backlog: bool,
+    /// The hub the last send was addressed to (sticky MQTT).
+    sent_to: Option<String>,
 }
 
 /// The uplink's queues: what is in flight, what waits.
@@ -462,6 +478,9 @@ pub async fn run(
             Some(outcome) = answers.recv() => match outcome {
                 SendOutcome::Answered(ack) => {
                     let Some(entry) = q.in_flight.remove(&(ack.incarnation, ack.seq)) else { continue };
+                    if let (Some(hubs), Some(hub)) = (transport.hubs(), &entry.sent_to) {
+                        hubs.answered(hub);
+                    }
                     if entry.from_backlog {
                         q.backlog_in_flight -= 1;
                     }
@@ -492,7 +511,12 @@ pub async fn run(
                 for entry in q.in_flight.values_mut().filter(|e| e.resend_at <= now) {
                     entry.attempts += 1;
                     stats.batch_retries.fetch_add(1, Relaxed);
-                    transmit(&transport, &entry.batch, &stats).await;
+                    if let (Some(hubs), Some(hub)) = (transport.hubs(), &entry.sent_to)
+                        && hubs.unanswered(hub, settings.ack_timeout)
+                    {
+                        stats.hubs_passed_over.fetch_add(1, Relaxed);
+                    }
+                    entry.sent_to = transmit(&transport, &entry.batch, &stats).await;
                     let delay = backoff(entry.attempts, settings.retry_initial, settings.retry_max);
                     entry.resend_at = Instant::now() + settings.ack_timeout.max(delay);
                 }
@@ -553,7 +577,7 @@ async fn send_new(
     settings: &UplinkSettings,
     stats: &EdgeStats,
 ) {
-    transmit(transport, &batch, stats).await;
+    let sent_to = transmit(transport, &batch, stats).await;
     if from_backlog {
         q.backlog_in_flight += 1;
     }
@@ -563,6 +587,7 @@ async fn send_new(
         attempts: 1,
         resend_at: Instant::now() + settings.ack_timeout,
         from_backlog,
+        sent_to,
     };
     if let Some(old) = q.in_flight.insert(key, entry) {
         // The same batch twice (a backlog copy of a live one after a spool
@@ -597,10 +622,11 @@ fn settle(custody: &Custody, batch: &Outgoing) {
     }
 }
 
-async fn transmit(transport: &Transport, batch: &Outgoing, stats: &EdgeStats) {
+/// Sends a batch; returns the hub it was addressed to (sticky MQTT).
+async fn transmit(transport: &Transport, batch: &Outgoing, stats: &EdgeStats) -> Option<String> {
     stats.batch_sends.fetch_add(1, Relaxed);
     stats
         .uplink_bytes
         .fetch_add(batch.bytes.len() as u64, Relaxed);
-    transport.send(batch).await;
+    transport.send(batch).await
 }

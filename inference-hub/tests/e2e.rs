@@ -296,6 +296,72 @@ async fn sticky_routing_sends_each_gateway_to_one_hub_which_sees_its_series_whol
     }
 }
 
+/// Retains an announcement for a hub that does not exist (what a broker
+/// that keeps retained messages across a restart holds for a hub that died
+/// during the outage).
+async fn announce_ghost_hub(port: u16, hub: &str) {
+    use rumqttc::{Event, MqttOptions, Outgoing, QoS};
+    let mut opts = MqttOptions::new(format!("ghost-{}", fastrand::u64(..)), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = edge_agent::mqtt::client(opts, 10);
+    client
+        .publish(format!("iot/hubs/{hub}"), QoS::AtLeastOnce, true, "{}")
+        .await
+        .unwrap();
+    client.disconnect().await.unwrap();
+    // Driven until the disconnect is on the wire (the publish before it).
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_whose_announced_hub_never_answers_delivers_through_another_hub() {
+    let port = start_embedded_broker().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A stale announcement of `ghost`, and one live hub.
+    announce_ghost_hub(port, "ghost").await;
+    assert!(announced_hubs(port).await.contains("ghost"));
+    let mut cfg = HubConfig::for_dir("hub_live", dir.path());
+    cfg.mqtt.port = port;
+    let hub = inference_hub::start(cfg).await.unwrap();
+    assert!(wait_for_announcement(port, "hub_live", true).await);
+    // A gateway that the ghost owns.
+    let gateway = (0..)
+        .map(|i| format!("gw-{i}"))
+        .find(|g| edge_agent::hub_routing::owner(g, ["ghost", "hub_live"]) == Some("ghost"))
+        .unwrap();
+    let mut agent_cfg = agent_config(&gateway, "plant-g", port, UplinkKind::Mqtt, hub.http_addr);
+    agent_cfg.uplink.ack_timeout = Duration::from_millis(500);
+    let agent = Agent::start(agent_cfg, Duration::from_secs(10))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let published = publish_fleet(port, "fleet-g", "plant-g", 3, 60, 500).await;
+    let expected = published.readings.len() as u64;
+    let archived_by_hub = hub.stats.clone();
+    let all = wait_until(Duration::from_secs(60), || {
+        archived_by_hub.readings_archived.load(Relaxed) >= expected
+    })
+    .await;
+    let passed_over = agent.stats.hubs_passed_over.load(Relaxed);
+    agent.shutdown().await;
+    hub.shutdown().await;
+    assert!(
+        all,
+        "the readings stayed with a hub that never answers (passed over {passed_over} times)"
+    );
+    assert!(passed_over >= 1, "the ghost hub was never passed over");
+    assert_archive_matches(&read_archive(&dir.path().join("archive")), &published);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filter_rules_drop_exactly_what_they_say_and_count_it() {
     use edge_agent::filter::{DropReason, RuleConfig};
