@@ -12,7 +12,7 @@ use inference_hub::broker;
 use inference_hub::config::HubConfig;
 
 use crate::harness::{
-    assert_archive_matches, assert_spikes_flagged, publish_fleet, read_archive,
+    CuttableRelay, assert_archive_matches, assert_spikes_flagged, publish_fleet, read_archive,
     start_embedded_broker, wait_until,
 };
 
@@ -360,6 +360,103 @@ async fn a_gateway_whose_announced_hub_never_answers_delivers_through_another_hu
     );
     assert!(passed_over >= 1, "the ghost hub was never passed over");
     assert_archive_matches(&read_archive(&dir.path().join("archive")), &published);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_reconnects_forgets_a_hub_that_left_while_it_was_away() {
+    // rumqttd keeps even QoS 0 messages for an absent persistent session, so
+    // here the gateway hears the goodbye on reconnecting anyway; on
+    // Mosquitto (`mosquitto::…`) it does not, and only relearning the hubs
+    // keeps it off the departed one.
+    gateway_reconnecting_after_its_hub_left(start_embedded_broker().await).await;
+}
+
+/// A gateway's uplink loses the network; meanwhile its hub stops, and its
+/// goodbye reaches everyone but the gateway. Once back, the gateway sends
+/// straight to the hub that stayed: no batch waits on the departed one.
+pub(crate) async fn gateway_reconnecting_after_its_hub_left(port: u16) {
+    let relay = CuttableRelay::start(port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let hub_ids = ["hub_gone", "hub_stays"];
+    let mut hubs = Vec::new();
+    for id in hub_ids {
+        let mut cfg = HubConfig::for_dir(id, &dir.path().join(id));
+        cfg.mqtt.port = port;
+        hubs.push(inference_hub::start(cfg).await.unwrap());
+        assert!(wait_for_announcement(port, id, true).await);
+    }
+    let gateway = (0..)
+        .map(|i| format!("gw-{i}"))
+        .find(|g| edge_agent::hub_routing::owner(g, hub_ids) == Some("hub_gone"))
+        .unwrap();
+    // Devices reach the broker directly; the uplink goes through the relay.
+    let mut cfg = agent_config(
+        &gateway,
+        "plant-r1",
+        port,
+        UplinkKind::Mqtt,
+        hubs[0].http_addr,
+    );
+    let mut second_plant = cfg.subscriptions[0].clone();
+    second_plant.filter = "plant-r2/+/+".into();
+    second_plant.topic_template = "plant-r2/{device}/{metric}".into();
+    cfg.subscriptions.push(second_plant);
+    cfg.uplink.mqtt.port = relay.port;
+    cfg.uplink.mqtt.reconnect_max = Duration::from_millis(500);
+    let agent = Agent::start(cfg, Duration::from_secs(10)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let before = publish_fleet(port, "fleet-r1", "plant-r1", 2, 30, 1000).await;
+    let stats = agent.stats.clone();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            stats.readings_delivered.load(Relaxed) >= before.readings.len() as u64
+        })
+        .await,
+        "the gateway's own hub did not take its readings"
+    );
+    // The uplink loses the network; meanwhile its hub stops (its goodbye
+    // clears the announcement, and the gateway does not hear it).
+    let connects = agent.stats.broker_connects.load(Relaxed);
+    relay.cut();
+    hubs.remove(0).shutdown().await;
+    assert!(wait_for_announcement(port, "hub_gone", false).await);
+    assert_archive_matches(
+        &read_archive(&dir.path().join("hub_gone").join("archive")),
+        &before,
+    );
+    relay.restore();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            stats.broker_connects.load(Relaxed) > connects
+        })
+        .await,
+        "the uplink did not reconnect"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await; // announcements replayed
+
+    let after = publish_fleet(port, "fleet-r2", "plant-r2", 2, 30, 1000).await;
+    let stays_stats = hubs[0].stats.clone();
+    let delivered = wait_until(Duration::from_secs(60), || {
+        stays_stats.readings_archived.load(Relaxed) >= after.readings.len() as u64
+    })
+    .await;
+    let passed_over = agent.stats.hubs_passed_over.load(Relaxed);
+    agent.shutdown().await;
+    hubs.remove(0).shutdown().await;
+    assert!(
+        delivered,
+        "the readings after the reconnect were not delivered"
+    );
+    // Straight to the hub that stayed: no batch waited on the one that left.
+    assert_eq!(
+        passed_over, 0,
+        "the gateway kept sending to the hub that left while it was away"
+    );
+    assert_archive_matches(
+        &read_archive(&dir.path().join("hub_stays").join("archive")),
+        &after,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -196,6 +196,56 @@ pub(crate) async fn publish_fleet(
     published
 }
 
+/// A TCP relay to the broker that a test can cut: while cut, it closes the
+/// connections it relays and refuses new ones (a gateway's uplink losing
+/// the network).
+pub(crate) struct CuttableRelay {
+    pub port: u16,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    cuts: tokio::sync::watch::Sender<u64>,
+}
+
+impl CuttableRelay {
+    pub(crate) async fn start(broker_port: u16) -> Self {
+        use std::sync::atomic::AtomicBool;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(true));
+        let (cuts, _) = tokio::sync::watch::channel(0u64);
+        let (open_in_loop, cuts_in_loop) = (open.clone(), cuts.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !open_in_loop.load(Relaxed) {
+                    continue; // dropped: refused
+                }
+                let mut cut = cuts_in_loop.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { port, open, cuts }
+    }
+
+    /// Closes every relayed connection and refuses new ones.
+    pub(crate) fn cut(&self) {
+        self.open.store(false, Relaxed);
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    pub(crate) fn restore(&self) {
+        self.open.store(true, Relaxed);
+    }
+}
+
 /// Polls `f` until it returns true or `limit` passes.
 /// The embedded broker (rumqttd) on a free loopback port, given a moment
 /// to start listening; returns the port.

@@ -143,3 +143,15 @@ async fn separate_processes_on_mosquitto_archive_every_valid_reading_once() {
     assert_spikes_flagged(&part("site-m2"), &b);
     assert_eq!(archive.len() as u64, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Mosquitto broker on MOSQUITTO_PORT; run by .ci/run"]
+async fn mosquitto_a_gateway_that_reconnects_forgets_a_hub_that_left_while_it_was_away() {
+    // Mosquitto drops QoS 0 messages for an absent session (the default
+    // `queue_qos0_messages false`): the hub's goodbye is lost to the gateway.
+    let port: u16 = std::env::var("MOSQUITTO_PORT")
+        .expect("MOSQUITTO_PORT must name a running Mosquitto broker")
+        .parse()
+        .unwrap();
+    crate::e2e::gateway_reconnecting_after_its_hub_left(port).await;
+}
