@@ -72,7 +72,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use crate::config::ArchiveSettings;
-use crate::names::NumberedNames;
+use crate::names::{NumberedNames, StrColumn};
 
 /// The archive's tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -830,11 +830,8 @@ fn batch_ids_of_rows(batch: &RecordBatch, rows: &[usize]) -> Option<Vec<BatchId>
     if batch.num_rows() == 0 {
         return Some(Vec::new());
     }
-    use arrow_array::{StringArray, UInt64Array};
-    let gw = batch
-        .column_by_name(schemas::tables::GATEWAY)?
-        .as_any()
-        .downcast_ref::<StringArray>()?;
+    use arrow_array::UInt64Array;
+    let gw = StrColumn::of(batch.column_by_name(schemas::tables::GATEWAY)?.as_ref())?;
     let inc = batch
         .column_by_name(schemas::tables::INCARNATION)?
         .as_any()
@@ -1143,10 +1140,9 @@ pub fn sort_by_device_metric_time(
     schema: &arrow_schema::SchemaRef,
     batches: &[RecordBatch],
 ) -> io::Result<RecordBatch> {
-    use arrow_array::StringArray;
     struct Columns<'a> {
-        device: &'a StringArray,
-        metric: &'a StringArray,
+        device: StrColumn<'a>,
+        metric: StrColumn<'a>,
         ts: &'a TimestampMicrosecondArray,
     }
     let columns = batches
@@ -1155,7 +1151,7 @@ pub fn sort_by_device_metric_time(
             let strings = |name: &str| {
                 batch
                     .column_by_name(name)
-                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                    .and_then(|c| StrColumn::of(c.as_ref()))
                     .ok_or_else(|| io::Error::other(format!("no {name} string column")))
             };
             Ok(Columns {
@@ -1221,10 +1217,11 @@ pub fn sort_by_device_metric_time(
 
 /// One batch of the rows `order` (batch, row) picks from `batches`.
 ///
-/// String columns without nulls come out as dictionary arrays (keys into
-/// their distinct values): gathering a 4-byte key instead of copying every
-/// string was a fifth of the archive's time. The Parquet writer takes them
-/// for the table's plain string columns and writes the same file.
+/// String columns without nulls (plain or keyed) come out as dictionary
+/// arrays (keys into their distinct values): gathering a 4-byte key instead
+/// of copying every string was a fifth of the archive's time. The Parquet
+/// writer takes them for the table's plain string columns and writes the
+/// same file.
 fn gather(
     schema: &arrow_schema::SchemaRef,
     batches: &[RecordBatch],
@@ -1241,14 +1238,9 @@ fn gather(
     // For the columns that need arrow's general gather (nulls, other types).
     let mut interleave_indices: Option<Vec<(usize, usize)>> = None;
     for (c, field) in schema.fields().iter().enumerate() {
-        let strings: Option<Vec<&StringArray>> = batches
+        let strings: Option<Vec<StrColumn<'_>>> = batches
             .iter()
-            .map(|b| {
-                b.column(c)
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .filter(|a| a.null_count() == 0)
-            })
+            .map(|b| StrColumn::of(b.column(c).as_ref()))
             .collect();
         let known = numbered.iter().find(|(column, _)| *column == Some(c));
         match strings {

@@ -93,8 +93,8 @@ impl Replay {
             anomalous: scored
                 .scored
                 .column_by_name(schemas::tables::STATUS)
-                .and_then(|c| c.as_any().downcast_ref::<arrow_array::StringArray>())
-                .is_some_and(|st| st.iter().any(|s| s == Some(status::ANOMALOUS))),
+                .and_then(|c| crate::names::StrColumn::of(c.as_ref()))
+                .is_some_and(|st| (0..st.len()).any(|i| st.value(i) == status::ANOMALOUS)),
             event_severity: scored
                 .events
                 .iter()

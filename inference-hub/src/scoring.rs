@@ -523,6 +523,8 @@ impl Scorer {
         let rows = ScoredRows {
             view: &view,
             order: &order,
+            series_of: &series_of,
+            series: &self.series,
             status: &status_at,
             score: &score_at,
             threshold: self.threshold,
@@ -537,11 +539,15 @@ impl Scorer {
 }
 
 /// The scored table's columns from a batch's readings taken in `order`,
-/// with each output row's status and score: device and metric are gathered
-/// from the input arrays, numbers copied once.
+/// with each output row's status and score. Device, metric and status come
+/// keyed (dictionary arrays: a 4-byte key per row into the batch's distinct
+/// names), taken from the series the rows belong to; numbers are copied once.
 struct ScoredRows<'a> {
     view: &'a ReadingView<'a>,
     order: &'a [u32],
+    /// Series id of each input row.
+    series_of: &'a [usize],
+    series: &'a [SeriesState],
     status: &'a [&'static str],
     score: &'a [Option<f64>],
     threshold: f64,
@@ -549,11 +555,48 @@ struct ScoredRows<'a> {
 
 impl ScoredRows<'_> {
     fn finish(&self, ctx: &BatchContext<'_>) -> RecordBatch {
-        use arrow_array::{Float64Array, StringArray, TimestampMicrosecondArray, UInt32Array};
-        let idx = UInt32Array::from(self.order.to_vec());
-        let gather = |a: &StringArray| -> ArrayRef {
-            arrow_select::take::take(a, &idx, None).expect("indices are in range")
-        };
+        use arrow_array::{Float64Array, TimestampMicrosecondArray};
+        let n = self.order.len();
+        // The rows come grouped by device, each device's by series: a new
+        // device key per device run, a metric lookup per series run.
+        let mut device_keys: Vec<u32> = Vec::with_capacity(n);
+        let mut devices: Vec<&str> = Vec::new();
+        let mut metric_keys: Vec<u32> = Vec::with_capacity(n);
+        let mut metrics: Vec<&str> = Vec::new();
+        let mut metric_key_of: FastMap<*const u8, u32> = FastMap::default();
+        let mut previous: Option<(u32, usize, u32)> = None; // (device index, series, metric key)
+        for &i in self.order {
+            let id = self.series_of[i as usize];
+            let series = &self.series[id];
+            let (device_key, metric_key) = match previous {
+                Some((_, same_series, metric)) if same_series == id => {
+                    (*device_keys.last().expect("a previous row"), metric)
+                }
+                _ => {
+                    let device_key = match previous {
+                        Some((device, ..)) if device == series.device_index => {
+                            *device_keys.last().expect("a previous row")
+                        }
+                        _ => {
+                            devices.push(&series.device);
+                            (devices.len() - 1) as u32
+                        }
+                    };
+                    // Metric names are interned: one pointer per name.
+                    let metric_key =
+                        *metric_key_of
+                            .entry(series.metric.as_ptr())
+                            .or_insert_with(|| {
+                                metrics.push(&series.metric);
+                                (metrics.len() - 1) as u32
+                            });
+                    (device_key, metric_key)
+                }
+            };
+            previous = Some((series.device_index, id, metric_key));
+            device_keys.push(device_key);
+            metric_keys.push(metric_key);
+        }
         let ts: Vec<i64> = self
             .order
             .iter()
@@ -571,17 +614,48 @@ impl ScoredRows<'_> {
             .collect();
         scored_table(
             [
-                gather(self.view.device),
-                gather(self.view.metric),
+                keyed_strings(device_keys, &devices),
+                keyed_strings(metric_keys, &metrics),
                 Arc::new(TimestampMicrosecondArray::from(ts).with_timezone(tables::UTC)),
                 Arc::new(Float64Array::from(value)),
-                Arc::new(StringArray::from_iter_values(self.status.iter().copied())),
+                keyed_statuses(self.status),
                 Arc::new(Float64Array::from(self.score.to_vec())),
                 Arc::new(threshold),
             ],
             ctx,
         )
     }
+}
+
+/// A keyed string column: row `i` holds `values[keys[i]]` (`values`
+/// distinct, every one used).
+fn keyed_strings(keys: Vec<u32>, values: &[&str]) -> ArrayRef {
+    let values: ArrayRef = Arc::new(arrow_array::StringArray::from_iter_values(values));
+    Arc::new(
+        arrow_array::DictionaryArray::<arrow_array::types::UInt32Type>::try_new(
+            keys.into(),
+            values,
+        )
+        .expect("keys index their values"),
+    )
+}
+
+/// The status column, keyed over the statuses the batch uses.
+fn keyed_statuses(statuses: &[&'static str]) -> ArrayRef {
+    let mut used: Vec<&str> = Vec::new();
+    let keys = statuses
+        .iter()
+        .map(
+            |&st| match used.iter().position(|u| std::ptr::eq(*u, st) || *u == st) {
+                Some(k) => k as u32,
+                None => {
+                    used.push(st);
+                    (used.len() - 1) as u32
+                }
+            },
+        )
+        .collect();
+    keyed_strings(keys, &used)
 }
 
 /// `out[i] = clamp((values[i] - mean) / std, -clip, clip)` as f32, in a
@@ -607,19 +681,41 @@ pub fn format_ts(ts_us: i64) -> String {
 }
 
 /// A batch of the scored table: the per-reading columns (device, metric,
-/// ts, value, status, score, threshold) and the batch's context.
+/// ts, value, status, score, threshold) and the batch's context. String
+/// columns may come plain or keyed; the batch's schema says which.
 fn scored_table(readings: [ArrayRef; 7], ctx: &BatchContext<'_>) -> RecordBatch {
     let [model_id, model_version, gateway, incarnation, seq, ingested] =
         context_columns(readings[0].len(), ctx);
     let mut columns = readings.to_vec();
     columns.extend([model_id, model_version, gateway, incarnation, seq, ingested]);
-    RecordBatch::try_new(tables::scored_schema(), columns).expect("columns match the scored schema")
+    RecordBatch::try_new(schema_of(&tables::scored_schema(), &columns), columns)
+        .expect("columns match the scored schema")
+}
+
+/// `table`'s schema with each field's type taken from its column (a string
+/// field may hold a keyed column).
+fn schema_of(table: &arrow_schema::Schema, columns: &[ArrayRef]) -> arrow_schema::SchemaRef {
+    let fields: Vec<arrow_schema::Field> = table
+        .fields()
+        .iter()
+        .zip(columns)
+        .map(|(field, column)| {
+            field
+                .as_ref()
+                .clone()
+                .with_data_type(column.data_type().clone())
+        })
+        .collect();
+    Arc::new(arrow_schema::Schema::new_with_metadata(
+        fields,
+        table.metadata().clone(),
+    ))
 }
 
 /// The columns every row of a batch shares: model, gateway, batch identity,
-/// ingestion time.
+/// ingestion time (the strings keyed: one value, a zero key per row).
 fn context_columns(n: usize, ctx: &BatchContext<'_>) -> [ArrayRef; 6] {
-    let repeat_str = |s: &str| -> ArrayRef { Arc::new(repeat_string(s, n)) };
+    let repeat_str = |s: &str| -> ArrayRef { keyed_strings(vec![0; n], &[s]) };
     let repeat_u64 = |v: u64| -> ArrayRef {
         let mut b = UInt64Builder::with_capacity(n);
         b.append_value_n(v, n);
@@ -647,26 +743,16 @@ fn grouped_order(view: &ReadingView<'_>) -> Vec<u32> {
             .pop()
             .unwrap_or_default()
     };
-    let (device, metric) = (number(view.device), number(view.metric));
+    let (device, metric) = (
+        number(crate::names::StrColumn::Plain(view.device)),
+        number(crate::names::StrColumn::Plain(view.metric)),
+    );
     let mut order: Vec<u32> = (0..view.device.len() as u32).collect();
     order.sort_by_key(|&i| {
         let i = i as usize;
         (device[i], metric[i], view.ts.value(i))
     });
     order
-}
-
-/// `s` repeated `n` times, built in two copies rather than `n` appends.
-fn repeat_string(s: &str, n: usize) -> arrow_array::StringArray {
-    let len = s.len();
-    let end = i32::try_from(len * n).expect("a batch's strings fit Arrow's i32 offsets");
-    let offsets: Vec<i32> = (0..=n).map(|i| (i * len) as i32).collect();
-    debug_assert_eq!(offsets.last().copied(), Some(end));
-    arrow_array::StringArray::new(
-        arrow_buffer::OffsetBuffer::new(offsets.into()),
-        arrow_buffer::Buffer::from(s.repeat(n).into_bytes()),
-        None,
-    )
 }
 
 struct BatchContext<'a> {
@@ -791,7 +877,7 @@ impl ScoredColumns {
             Arc::new(self.expected_high.finish()),
             Arc::new(self.contributions.finish()),
         ];
-        RecordBatch::try_new(tables::anomaly_schema(), columns)
+        RecordBatch::try_new(schema_of(&tables::anomaly_schema(), &columns), columns)
             .expect("columns match the anomaly schema")
     }
 }

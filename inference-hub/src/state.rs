@@ -18,6 +18,7 @@
 //! the batch, not per reading. Names are shared (`Arc<str>`) and times kept
 //! as numbers: text is rendered only when the API asks.
 
+use crate::names::StrColumn;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, RwLock};
 
@@ -494,28 +495,28 @@ pub struct AnomalyFilter<'a> {
 }
 
 /// The end of the run of equal values that starts at `start` (before `end`).
-fn run_end(col: &arrow_array::StringArray, start: usize, end: usize) -> usize {
-    let value = col.value(start);
+fn run_end(col: StrColumn<'_>, start: usize, end: usize) -> usize {
     (start + 1..end)
-        .find(|&i| col.value(i) != value)
+        .find(|&i| !col.same(i, start))
         .unwrap_or(end)
 }
 
-/// Typed access to the columns of a scored-table batch that the state needs.
+/// Typed access to the columns of a scored-table batch that the state needs
+/// (string columns plain or keyed).
 #[derive(Debug)]
-pub struct ScoredView<'a> {
-    pub device: &'a arrow_array::StringArray,
-    pub metric: &'a arrow_array::StringArray,
-    pub ts: &'a arrow_array::TimestampMicrosecondArray,
-    pub value: &'a arrow_array::Float64Array,
-    pub score: &'a arrow_array::Float64Array,
-    pub status: &'a arrow_array::StringArray,
-    pub model_id: &'a arrow_array::StringArray,
-    pub model_version: &'a arrow_array::StringArray,
+pub(crate) struct ScoredView<'a> {
+    pub(crate) device: StrColumn<'a>,
+    pub(crate) metric: StrColumn<'a>,
+    pub(crate) ts: &'a arrow_array::TimestampMicrosecondArray,
+    pub(crate) value: &'a arrow_array::Float64Array,
+    pub(crate) score: &'a arrow_array::Float64Array,
+    pub(crate) status: StrColumn<'a>,
+    pub(crate) model_id: StrColumn<'a>,
+    pub(crate) model_version: StrColumn<'a>,
 }
 
 impl<'a> ScoredView<'a> {
-    pub fn new(b: &'a arrow_array::RecordBatch) -> Result<Self, String> {
+    pub(crate) fn new(b: &'a arrow_array::RecordBatch) -> Result<Self, String> {
         fn col<'b, T: 'static>(
             b: &'b arrow_array::RecordBatch,
             name: &str,
@@ -524,20 +525,28 @@ impl<'a> ScoredView<'a> {
                 .and_then(|c| c.as_any().downcast_ref::<T>())
                 .ok_or_else(|| format!("no {name} column of the expected type"))
         }
+        fn strings<'b>(
+            b: &'b arrow_array::RecordBatch,
+            name: &str,
+        ) -> Result<StrColumn<'b>, String> {
+            b.column_by_name(name)
+                .and_then(|c| StrColumn::of(c.as_ref()))
+                .ok_or_else(|| format!("no {name} string column without nulls"))
+        }
         use schemas::tables as t;
         Ok(Self {
-            device: col(b, t::DEVICE)?,
-            metric: col(b, t::METRIC)?,
+            device: strings(b, t::DEVICE)?,
+            metric: strings(b, t::METRIC)?,
             ts: col(b, t::TS)?,
             value: col(b, t::VALUE)?,
             score: col(b, t::SCORE)?,
-            status: col(b, t::STATUS)?,
-            model_id: col(b, t::MODEL_ID)?,
-            model_version: col(b, t::MODEL_VERSION)?,
+            status: strings(b, t::STATUS)?,
+            model_id: strings(b, t::MODEL_ID)?,
+            model_version: strings(b, t::MODEL_VERSION)?,
         })
     }
 
-    pub fn point(&self, i: usize) -> Point {
+    pub(crate) fn point(&self, i: usize) -> Point {
         self.stored_point(i).point()
     }
 
@@ -566,8 +575,8 @@ impl<'a> ScoredView<'a> {
     /// (a batch is scored by one model version, so it is made once).
     fn model_label(&self, i: usize, cache: &mut Option<(usize, Arc<str>)>) -> Arc<str> {
         if let Some((row, label)) = cache
-            && self.model_id.value(*row) == self.model_id.value(i)
-            && self.model_version.value(*row) == self.model_version.value(i)
+            && self.model_id.same(*row, i)
+            && self.model_version.same(*row, i)
         {
             return label.clone();
         }

@@ -257,8 +257,15 @@ fn concat(parts: Vec<RecordBatch>) -> RecordBatch {
     if parts.len() == 1 {
         return parts.into_iter().next().expect("one");
     }
-    arrow_select::concat::concat_batches(&parts[0].schema(), &parts)
-        .expect("parts share the table schema")
+    let schema = parts[0].schema();
+    if parts.iter().all(|p| p.schema() == schema) {
+        return arrow_select::concat::concat_batches(&schema, &parts)
+            .expect("parts share one schema");
+    }
+    // Routes whose scorers key different string columns: all plain.
+    let plain: Vec<RecordBatch> = parts.iter().map(crate::names::plain_strings).collect();
+    arrow_select::concat::concat_batches(&plain[0].schema(), &plain)
+        .expect("plain parts share the table schema")
 }
 
 fn merge(parts: Vec<ScoredBatch>) -> ScoredBatch {

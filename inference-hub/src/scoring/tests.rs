@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use arrow_array::{Array, Float64Array, StringArray};
+use arrow_array::{Array, Float64Array};
 use schemas::ReadingColumns;
 use schemas::envelope::{self, DecodeLimits};
 
@@ -41,14 +41,15 @@ fn floats(b: &RecordBatch, name: &str) -> Float64Array {
         .clone()
 }
 
+/// A string column's values, whether it comes plain or keyed.
+fn strings(b: &RecordBatch, name: &str) -> Vec<String> {
+    let col = crate::names::StrColumn::of(b.column_by_name(name).unwrap().as_ref())
+        .expect("a string column without nulls");
+    (0..col.len()).map(|i| col.value(i).to_owned()).collect()
+}
+
 fn statuses(b: &RecordBatch) -> Vec<String> {
-    let col = b
-        .column_by_name("status")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .unwrap();
-    col.iter().map(|s| s.unwrap().to_owned()).collect()
+    strings(b, "status")
 }
 
 #[test]
@@ -118,14 +119,11 @@ fn every_row_keeps_its_identity_and_model_version() {
     let input = batch("d9", 1.0, 30, None, 7);
     let out = scorer.score(&input, 123);
     assert_eq!(out.scored.num_rows(), 30);
-    let version = out
-        .scored
-        .column_by_name("model_version")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .unwrap();
-    assert!(version.iter().all(|v| v == Some("1.0.0")));
+    assert!(
+        strings(&out.scored, "model_version")
+            .iter()
+            .all(|v| v == "1.0.0")
+    );
     let seq = out
         .scored
         .column_by_name("seq")

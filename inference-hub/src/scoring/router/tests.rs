@@ -1,6 +1,5 @@
 use std::path::{Path, PathBuf};
 
-use arrow_array::{Array, StringArray};
 use schemas::ReadingColumns;
 use schemas::envelope::{self, DecodeLimits};
 
@@ -58,13 +57,10 @@ fn batch(seq: u64) -> DecodedBatch {
     envelope::decode(&bytes, &DecodeLimits::default()).unwrap()
 }
 
+/// A string column's values, plain or keyed.
 fn column(b: &RecordBatch, name: &str) -> Vec<String> {
-    let c = b
-        .column_by_name(name)
-        .unwrap()
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .unwrap();
+    let c = crate::names::StrColumn::of(b.column_by_name(name).unwrap().as_ref())
+        .expect("a string column without nulls");
     (0..c.len()).map(|i| c.value(i).to_owned()).collect()
 }
 
