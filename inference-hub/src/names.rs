@@ -42,6 +42,7 @@ impl<'a> StrColumn<'a> {
         })
     }
 
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         match self {
             Self::Plain(a) => a.len(),
@@ -49,6 +50,7 @@ impl<'a> StrColumn<'a> {
         }
     }
 
+    #[inline]
     pub(crate) fn value(&self, i: usize) -> &'a str {
         match self {
             Self::Plain(a) => a.value(i),
@@ -58,6 +60,7 @@ impl<'a> StrColumn<'a> {
 
     /// Whether rows `i` and `j` hold the same string (equal keys settle it
     /// without a string compare).
+    #[inline]
     pub(crate) fn same(&self, i: usize, j: usize) -> bool {
         match self {
             Self::Plain(a) => a.value(i) == a.value(j),
