@@ -190,13 +190,13 @@ async fn two_hubs_on_one_shared_subscription_split_the_batches_without_duplicate
 
 /// The hubs whose announcement the broker retains (what a gateway that
 /// connects now would hear).
-async fn announced_hubs(port: u16) -> std::collections::BTreeSet<String> {
+async fn announced_hubs(port: u16, prefix: &str) -> std::collections::BTreeSet<String> {
     use rumqttc::{Event, MqttOptions, Packet, QoS};
     let mut opts = MqttOptions::new(format!("listener-{}", fastrand::u64(..)), "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(5));
     let (client, mut eventloop) = edge_agent::mqtt::client(opts, 10);
     client
-        .subscribe("iot/hubs/+", QoS::AtMostOnce)
+        .subscribe(format!("{prefix}/hubs/+"), QoS::AtMostOnce)
         .await
         .unwrap();
     let mut hubs = std::collections::BTreeSet::new();
@@ -204,7 +204,11 @@ async fn announced_hubs(port: u16) -> std::collections::BTreeSet<String> {
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::Publish(p))) if !p.payload.is_empty() => {
-                    hubs.insert(p.topic.trim_start_matches("iot/hubs/").to_owned());
+                    hubs.insert(
+                        p.topic
+                            .trim_start_matches(&format!("{prefix}/hubs/"))
+                            .to_owned(),
+                    );
                 }
                 Ok(_) => {}
                 Err(_) => break,
@@ -218,10 +222,10 @@ async fn announced_hubs(port: u16) -> std::collections::BTreeSet<String> {
 
 /// Waits (up to 10 s) until the broker retains an announcement of `hub`, or
 /// none; returns whether it came to that.
-async fn wait_for_announcement(port: u16, hub: &str, present: bool) -> bool {
+async fn wait_for_announcement(port: u16, prefix: &str, hub: &str, present: bool) -> bool {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::time::Instant::now() < deadline {
-        if announced_hubs(port).await.contains(hub) == present {
+        if announced_hubs(port, prefix).await.contains(hub) == present {
             return true;
         }
     }
@@ -327,11 +331,11 @@ async fn a_gateway_whose_announced_hub_never_answers_delivers_through_another_hu
     let dir = tempfile::tempdir().unwrap();
     // A stale announcement of `ghost`, and one live hub.
     announce_ghost_hub(port, "ghost").await;
-    assert!(announced_hubs(port).await.contains("ghost"));
+    assert!(announced_hubs(port, "iot").await.contains("ghost"));
     let mut cfg = HubConfig::for_dir("hub_live", dir.path());
     cfg.mqtt.port = port;
     let hub = inference_hub::start(cfg).await.unwrap();
-    assert!(wait_for_announcement(port, "hub_live", true).await);
+    assert!(wait_for_announcement(port, "iot", "hub_live", true).await);
     // A gateway that the ghost owns.
     let gateway = (0..)
         .map(|i| format!("gw-{i}"))
@@ -375,6 +379,9 @@ async fn a_gateway_that_reconnects_forgets_a_hub_that_left_while_it_was_away() {
 /// goodbye reaches everyone but the gateway. Once back, the gateway sends
 /// straight to the hub that stayed: no batch waits on the departed one.
 pub(crate) async fn gateway_reconnecting_after_its_hub_left(port: u16) {
+    // Its own topic prefix: on a broker shared with other tests, their hubs
+    // and gateways stay out of this one's share group and announcements.
+    const PREFIX: &str = "reconnect-test";
     let relay = CuttableRelay::start(port).await;
     let dir = tempfile::tempdir().unwrap();
     let hub_ids = ["hub_gone", "hub_stays"];
@@ -382,8 +389,9 @@ pub(crate) async fn gateway_reconnecting_after_its_hub_left(port: u16) {
     for id in hub_ids {
         let mut cfg = HubConfig::for_dir(id, &dir.path().join(id));
         cfg.mqtt.port = port;
+        cfg.mqtt.topic_prefix = PREFIX.into();
         hubs.push(inference_hub::start(cfg).await.unwrap());
-        assert!(wait_for_announcement(port, id, true).await);
+        assert!(wait_for_announcement(port, PREFIX, id, true).await);
     }
     let gateway = (0..)
         .map(|i| format!("gw-{i}"))
@@ -402,6 +410,7 @@ pub(crate) async fn gateway_reconnecting_after_its_hub_left(port: u16) {
     second_plant.topic_template = "plant-r2/{device}/{metric}".into();
     cfg.subscriptions.push(second_plant);
     cfg.uplink.mqtt.port = relay.port;
+    cfg.uplink.mqtt.topic_prefix = PREFIX.into();
     cfg.uplink.mqtt.reconnect_max = Duration::from_millis(500);
     let agent = Agent::start(cfg, Duration::from_secs(10)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -420,7 +429,7 @@ pub(crate) async fn gateway_reconnecting_after_its_hub_left(port: u16) {
     let connects = agent.stats.broker_connects.load(Relaxed);
     relay.cut();
     hubs.remove(0).shutdown().await;
-    assert!(wait_for_announcement(port, "hub_gone", false).await);
+    assert!(wait_for_announcement(port, PREFIX, "hub_gone", false).await);
     assert_archive_matches(
         &read_archive(&dir.path().join("hub_gone").join("archive")),
         &before,
@@ -1228,7 +1237,7 @@ async fn an_archive_that_cannot_be_written_stops_acknowledgements_and_loses_noth
     };
 
     let hub = inference_hub::start(config()).await.unwrap();
-    let announced = wait_for_announcement(port, "blocked", true).await;
+    let announced = wait_for_announcement(port, "iot", "blocked", true).await;
     assert!(announced, "a healthy hub announces itself to the gateways");
     let mut acknowledged = Vec::new();
     let mut refused = Vec::new();
@@ -1263,7 +1272,7 @@ async fn an_archive_that_cannot_be_written_stops_acknowledgements_and_loses_noth
     assert_eq!(health.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
     // ...and withdraws its announcement, so sticky gateways move to another
     // hub instead of resending to this one.
-    let withdrawn = wait_for_announcement(port, "blocked", false).await;
+    let withdrawn = wait_for_announcement(port, "iot", "blocked", false).await;
     assert!(withdrawn, "an unhealthy hub still announces itself");
     hub.shutdown().await;
 
