@@ -197,6 +197,12 @@ const LEASE: Duration = Duration::from_secs(120);
 /// starts over: the rest of the lease covers the PUT itself and clock skew
 /// between hubs (they compare the lease's wall-clock end with their own).
 const LEASE_START_PUT_BY: Duration = Duration::from_secs(30);
+/// The upload must finish this long before the lease ends, or it is cut off
+/// (with its retries) and the lock is left to expire rather than released:
+/// another hub looks at the partition only after the lease, by which time a
+/// cut-off PUT has either landed or never will. So a slow store cannot make
+/// a PUT outlast the lease and land after another hub's check.
+const LEASE_FINISH_PUT_BEFORE_END: Duration = Duration::from_secs(30);
 /// Other hubs' objects whose batches are remembered; past this the memory
 /// starts over (it is only a cache of footers).
 const MAX_REMEMBERED_OBJECTS: usize = 20_000;
@@ -452,22 +458,22 @@ impl Upload<'_> {
                 .rt
                 .block_on(acquire(self.store.as_ref(), &lock_key, self.hub_id))
             {
-                Ok(()) => true,
+                Ok(leased_at) => Some(leased_at),
                 Err(object_store::Error::NotImplemented { .. }) => {
                     self.conditional_writes = false;
                     tracing::error!(
                         "the object store refuses conditional writes: uploads go on without the cross-hub check (a batch two hubs both made durable can be archived twice)"
                     );
-                    false
+                    None
                 }
                 Err(e) => return Err(e.into()),
             }
         } else {
-            false
+            None
         };
-        let locked_at = std::time::Instant::now();
-        let result = self.check_and_put(file, partition, key, locked.then_some(locked_at));
-        if locked {
+        let result = self.check_and_put(file, partition, key, locked);
+        let cut_off = result.as_ref().is_err_and(|e| e.is::<PutCutOff>());
+        if locked.is_some() && !cut_off {
             // Best effort: an unreleased lock expires after the lease.
             let _ = self.rt.block_on(self.store.delete(&lock_key));
         }
@@ -502,7 +508,21 @@ impl Upload<'_> {
         }
         let bytes = std::fs::read(file)?;
         let len = bytes.len() as u64;
-        self.rt.block_on(self.store.put(key, bytes.into()))?;
+        match locked_at {
+            Some(locked_at) => {
+                let finish_by =
+                    (LEASE - LEASE_FINISH_PUT_BEFORE_END).saturating_sub(locked_at.elapsed());
+                self.rt.block_on(put_within(
+                    self.store.as_ref(),
+                    key,
+                    bytes.into(),
+                    finish_by,
+                ))?;
+            }
+            None => {
+                self.rt.block_on(self.store.put(key, bytes.into()))?;
+            }
+        }
         Ok(len)
     }
 
@@ -545,13 +565,45 @@ impl Upload<'_> {
     }
 }
 
+/// An upload under a partition's lock that did not finish in time.
+#[derive(Debug)]
+struct PutCutOff(Duration);
+
+impl std::fmt::Display for PutCutOff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the upload did not finish within the partition's lease (cut off after {:?}); it is tried again under a new lock",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for PutCutOff {}
+
+/// Uploads `payload` to `key` if that finishes within `limit` (retries
+/// included); else the request is dropped and the upload fails with
+/// [`PutCutOff`].
+async fn put_within(
+    store: &dyn ObjectStore,
+    key: &ObjectPath,
+    payload: object_store::PutPayload,
+    limit: Duration,
+) -> Result<(), Failure> {
+    match tokio::time::timeout(limit, store.put(key, payload)).await {
+        Ok(done) => done.map(|_| ()).map_err(Failure::from),
+        Err(_) => Err(Box::new(PutCutOff(limit))),
+    }
+}
+
 /// Takes the partition's commit lock, waiting while another hub holds a live
-/// lease.
+/// lease. Returns when the lease began (just before the request that took
+/// it: the lease's end was computed then).
 async fn acquire(
     store: &dyn ObjectStore,
     key: &ObjectPath,
     hub_id: &str,
-) -> object_store::Result<()> {
+) -> object_store::Result<std::time::Instant> {
     use object_store::{PutMode, PutOptions, UpdateVersion};
     let lease = || {
         let until = chrono::Utc::now().timestamp_millis() + LEASE.as_millis() as i64;
@@ -563,8 +615,9 @@ async fn acquire(
             mode: PutMode::Create,
             ..Default::default()
         };
+        let issued = std::time::Instant::now();
         match store.put_opts(key, lease(), create).await {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(issued),
             Err(object_store::Error::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
         }
@@ -590,8 +643,9 @@ async fn acquire(
                 }),
                 ..Default::default()
             };
+            let issued = std::time::Instant::now();
             match store.put_opts(key, lease(), take_over).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(issued),
                 Err(object_store::Error::Precondition { .. }) => continue,
                 Err(e) => return Err(e),
             }
@@ -659,4 +713,52 @@ async fn footer_batches(
         ids.extend(super::batch_ids(&batch).unwrap_or_default());
     }
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::memory::InMemory;
+    use object_store::throttle::{ThrottleConfig, ThrottledStore};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn an_upload_that_cannot_finish_within_the_lease_is_cut_off_and_never_lands() {
+        let slow = ThrottledStore::new(
+            InMemory::new(),
+            ThrottleConfig {
+                wait_put_per_call: Duration::from_millis(500),
+                ..ThrottleConfig::default()
+            },
+        );
+        let key = ObjectPath::from("table=scored/date=2026-01-01/hour=00/hub=a/x.parquet");
+        let cut = put_within(
+            &slow,
+            &key,
+            b"rows".to_vec().into(),
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap_err();
+        assert!(cut.is::<PutCutOff>(), "{cut}");
+        // Well past the store's delay: the dropped request never completes.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(
+            matches!(
+                slow.head(&key).await,
+                Err(object_store::Error::NotFound { .. })
+            ),
+            "an upload cut off at the end of its lease landed afterwards"
+        );
+        put_within(
+            &slow,
+            &key,
+            b"rows".to_vec().into(),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        let stored = slow.get(&key).await.unwrap().bytes().await.unwrap();
+        assert_eq!(stored.as_ref(), b"rows");
+    }
 }
