@@ -262,7 +262,11 @@ impl Model {
                 let take = |i: usize, into: &mut Vec<f32>| -> TractResult<()> {
                     let view = outputs[i].to_plain_array_view::<f32>()?;
                     let per_row = view.len() / rows;
-                    into.extend(view.iter().copied().take(used * per_row));
+                    match view.as_slice() {
+                        // Contiguous (as outputs are): one copy.
+                        Some(values) => into.extend_from_slice(&values[..used * per_row]),
+                        None => into.extend(view.iter().copied().take(used * per_row)),
+                    }
                     Ok(())
                 };
                 take(self.score_index, &mut out.scores)?;
