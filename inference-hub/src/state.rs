@@ -18,7 +18,6 @@
 //! the batch, not per reading. Names are shared (`Arc<str>`) and times kept
 //! as numbers: text is rendered only when the API asks.
 
-use crate::names::StrColumn;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, RwLock};
 
@@ -26,6 +25,7 @@ use arrow_array::Array;
 use schemas::tables::status;
 use serde::Serialize;
 
+use crate::names::StrColumn;
 use crate::scoring::{AnomalyEvent, format_ts};
 
 pub const MAX_RECENT_ANOMALIES: usize = 10_000;
