@@ -324,6 +324,14 @@ mod tests {
         // ...the hub announcing itself now does.
         d.observe("iot", &format!("iot/hubs/{own}"), b"x", false);
         assert_eq!(d.route("iot", "gw1").hub.as_deref(), Some(own));
+        // Passed over again; once the verdict has run out, it is back.
+        std::thread::sleep(timeout);
+        assert!(!d.unanswered(own, timeout));
+        std::thread::sleep(timeout);
+        assert!(d.unanswered(own, timeout));
+        assert_eq!(d.route("iot", "gw1").hub.as_deref(), Some(other));
+        d.0.lock().unwrap().get_mut(own).unwrap().passed_over_until = Some(Instant::now());
+        assert_eq!(d.route("iot", "gw1").hub.as_deref(), Some(own));
     }
 
     #[test]

@@ -563,38 +563,26 @@ impl ScoredRows<'_> {
         let mut devices: Vec<&str> = Vec::new();
         let mut metric_keys: Vec<u32> = Vec::with_capacity(n);
         let mut metrics: Vec<&str> = Vec::new();
+        // Metric names are interned: one pointer per name.
         let mut metric_key_of: FastMap<*const u8, u32> = FastMap::default();
-        let mut previous: Option<(u32, usize, u32)> = None; // (device index, series, metric key)
+        let (mut last_device, mut last_series, mut metric_key) = (None, None, 0);
         for &i in self.order {
             let id = self.series_of[i as usize];
             let series = &self.series[id];
-            let (device_key, metric_key) = match previous {
-                Some((_, same_series, metric)) if same_series == id => {
-                    (*device_keys.last().expect("a previous row"), metric)
-                }
-                _ => {
-                    let device_key = match previous {
-                        Some((device, ..)) if device == series.device_index => {
-                            *device_keys.last().expect("a previous row")
-                        }
-                        _ => {
-                            devices.push(&series.device);
-                            (devices.len() - 1) as u32
-                        }
-                    };
-                    // Metric names are interned: one pointer per name.
-                    let metric_key =
-                        *metric_key_of
-                            .entry(series.metric.as_ptr())
-                            .or_insert_with(|| {
-                                metrics.push(&series.metric);
-                                (metrics.len() - 1) as u32
-                            });
-                    (device_key, metric_key)
-                }
-            };
-            previous = Some((series.device_index, id, metric_key));
-            device_keys.push(device_key);
+            if last_device != Some(series.device_index) {
+                devices.push(&series.device);
+                last_device = Some(series.device_index);
+            }
+            if last_series != Some(id) {
+                metric_key = *metric_key_of
+                    .entry(series.metric.as_ptr())
+                    .or_insert_with(|| {
+                        metrics.push(&series.metric);
+                        (metrics.len() - 1) as u32
+                    });
+                last_series = Some(id);
+            }
+            device_keys.push((devices.len() - 1) as u32);
             metric_keys.push(metric_key);
         }
         let ts: Vec<i64> = self

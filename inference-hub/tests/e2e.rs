@@ -156,21 +156,10 @@ async fn two_hubs_on_one_shared_subscription_split_the_batches_without_duplicate
     let expected = published.readings.len() as u64;
     let stats: Vec<_> = hubs.iter().map(|h| h.stats.clone()).collect();
     let all = wait_until(Duration::from_secs(90), || {
-        stats
-            .iter()
-            .map(|s| s.readings_archived.load(Relaxed))
-            .sum::<u64>()
-            >= expected
+        archived_by(&stats).iter().sum::<u64>() >= expected
     })
     .await;
-    assert!(
-        all,
-        "hubs archived {:?} of {expected}",
-        stats
-            .iter()
-            .map(|s| s.readings_archived.load(Relaxed))
-            .collect::<Vec<_>>()
-    );
+    assert!(all, "hubs archived {:?} of {expected}", archived_by(&stats));
     for s in &stats {
         assert!(
             s.batches_durable.load(Relaxed) > 0,
@@ -186,6 +175,14 @@ async fn two_hubs_on_one_shared_subscription_split_the_batches_without_duplicate
     // device's batches over both hubs, so neither sees its whole series.)
     let merged = read_archive(&archive);
     assert_archive_matches(&merged, &published);
+}
+
+/// The readings each hub has archived.
+fn archived_by(stats: &[std::sync::Arc<inference_hub::stats::HubStats>]) -> Vec<u64> {
+    stats
+        .iter()
+        .map(|s| s.readings_archived.load(Relaxed))
+        .collect()
 }
 
 /// The hubs whose announcement the broker retains (what a gateway that
@@ -269,11 +266,7 @@ async fn sticky_routing_sends_each_gateway_to_one_hub_which_sees_its_series_whol
     let expected = (one.readings.len() + two.readings.len()) as u64;
     let stats: Vec<_> = hubs.iter().map(|h| h.stats.clone()).collect();
     let all = wait_until(Duration::from_secs(90), || {
-        stats
-            .iter()
-            .map(|s| s.readings_archived.load(Relaxed))
-            .sum::<u64>()
-            >= expected
+        archived_by(&stats).iter().sum::<u64>() >= expected
     })
     .await;
     assert!(all, "not every reading was archived");

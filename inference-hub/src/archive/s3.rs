@@ -472,8 +472,7 @@ impl Upload<'_> {
             None
         };
         let result = self.check_and_put(file, partition, key, locked);
-        let cut_off = result.as_ref().is_err_and(|e| e.is::<PutCutOff>());
-        if locked.is_some() && !cut_off {
+        if locked.is_some() && releases_lock(&result) {
             // Best effort: an unreleased lock expires after the lease.
             let _ = self.rt.block_on(self.store.delete(&lock_key));
         }
@@ -580,6 +579,13 @@ impl std::fmt::Display for PutCutOff {
 }
 
 impl std::error::Error for PutCutOff {}
+
+/// Whether an upload attempt that held the partition's lock gives it back:
+/// yes, unless its PUT was cut off, which leaves the lock to expire (no
+/// other hub looks at the partition before the dropped request is settled).
+fn releases_lock(result: &Result<u64, Failure>) -> bool {
+    !result.as_ref().is_err_and(|e| e.is::<PutCutOff>())
+}
 
 /// Uploads `payload` to `key` if that finishes within `limit` (retries
 /// included); else the request is dropped and the upload fails with
@@ -760,5 +766,14 @@ mod tests {
         .unwrap();
         let stored = slow.get(&key).await.unwrap().bytes().await.unwrap();
         assert_eq!(stored.as_ref(), b"rows");
+    }
+
+    #[test]
+    fn only_a_cut_off_upload_keeps_the_partition_lock() {
+        assert!(!releases_lock(&Err(Box::new(PutCutOff(
+            Duration::from_secs(90)
+        )))));
+        assert!(releases_lock(&Ok(10)));
+        assert!(releases_lock(&Err("the store refused".into())));
     }
 }
