@@ -44,6 +44,8 @@ pub struct EdgeStats {
     pub spool_dropped_records: AtomicU64,
     pub spool_read_errors: AtomicU64,
     pub spool_quarantined_segments: AtomicU64,
+    /// Spooled batches lost to damaged bytes found at start-up.
+    pub spool_records_lost: AtomicU64,
     /// Spool records waiting to be read back and sent.
     pub backlog_waiting: AtomicU64,
     /// Batches sent from the backlog (read back from disk).
@@ -195,6 +197,11 @@ impl EdgeStats {
             "edge_spool_quarantined_segments_total",
             "Damaged spool segments quarantined at start-up.",
             get(&self.spool_quarantined_segments),
+        );
+        counter(
+            "edge_spool_records_lost_total",
+            "Spooled batches lost to damaged bytes found at start-up (logged at ERROR).",
+            get(&self.spool_records_lost),
         );
         counter(
             "edge_backlog_sends_total",

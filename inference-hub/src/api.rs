@@ -61,6 +61,8 @@ pub struct ApiContext {
     pub access: Arc<access::Access>,
     /// The Parquet archive range queries read (local archives).
     pub archive_root: Option<std::path::PathBuf>,
+    /// Acknowledged data the hub lost (see [`crate::losses`]).
+    pub losses: Option<Arc<crate::losses::LossLedger>>,
 }
 
 impl ApiContext {
@@ -72,7 +74,14 @@ impl ApiContext {
             batch_permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_BATCHES)),
             access: Arc::new(access::Access::open()),
             archive_root: None,
+            losses: None,
         }
+    }
+
+    /// Reports losses in `/health` and the admin routes.
+    pub fn with_losses(mut self, losses: Arc<crate::losses::LossLedger>) -> Self {
+        self.losses = Some(losses);
+        self
     }
 
     /// Lets range queries read the committed archive under `root`.
@@ -109,6 +118,8 @@ fn handler(
         ("get", "/v1/stream") => get(stream),
         ("get", "/v1/query") => get(query::query),
         ("get", "/v1/devices/{device}/metrics/{metric}/readings") => get(readings),
+        ("get", "/v1/admin/losses") => get(list_losses),
+        ("post", "/v1/admin/losses/acknowledge") => post(acknowledge_losses),
         ("post", "/v1/batches") => post(batches).layer(DefaultBodyLimit::max(body_limit)),
         (method, path) => unreachable!("documented route {method} {path} has no handler"),
     }
@@ -167,17 +178,54 @@ async fn health(State(ctx): State<ApiContext>) -> Response {
         "ok"
     };
     let healthy = ctx.stats.healthy();
+    let losses = ctx.losses.as_ref().map_or(0, |l| l.entries().len());
     let status = if healthy {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let summary = match (healthy, losses) {
+        (false, _) => "unhealthy",
+        (true, 0) => "ok",
+        (true, _) => "degraded",
+    };
     let body = serde_json::json!({
-        "status": if healthy { "ok" } else { "unhealthy" },
+        "status": summary,
         "wal": wal,
         "archive": archive,
+        "unacknowledged_losses": losses,
     });
     (status, Json(body)).into_response()
+}
+
+/// `GET /v1/admin/losses`: acknowledged data the hub lost.
+async fn list_losses(State(ctx): State<ApiContext>) -> Response {
+    let entries = ctx.losses.as_ref().map(|l| l.entries()).unwrap_or_default();
+    Json(serde_json::json!({ "losses": entries })).into_response()
+}
+
+/// `POST /v1/admin/losses/acknowledge`: an operator has seen the losses.
+async fn acknowledge_losses(State(ctx): State<ApiContext>) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(ledger) = &ctx.losses else {
+        return Json(serde_json::json!({ "acknowledged": 0 })).into_response();
+    };
+    match ledger.acknowledge() {
+        Ok(n) => {
+            ctx.stats.losses_unacknowledged.store(0, Relaxed);
+            tracing::warn!(entries = n, "an operator acknowledged the recorded losses");
+            Json(serde_json::json!({ "acknowledged": n })).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot persist the acknowledged loss ledger");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the loss ledger cannot be written",
+            )
+            .into_response()
+        }
+    }
 }
 
 async fn metrics(State(ctx): State<ApiContext>) -> Response {

@@ -61,6 +61,8 @@ pub struct HubHandle {
     pub state: Arc<HubState>,
     pub intake: IntakeHandle,
     pub archive_root: std::path::PathBuf,
+    /// Acknowledged data the hub lost, until an operator acknowledges it.
+    pub losses: Arc<crate::losses::LossLedger>,
     pub model_id: String,
     pub model_version: String,
     shutdown: watch::Sender<bool>,
@@ -80,11 +82,23 @@ pub async fn start(cfg: HubConfig) -> Result<HubHandle, StartError> {
         ..DecodeLimits::default()
     };
 
+    std::fs::create_dir_all(&cfg.data_dir).map_err(io("the data directory"))?;
+    let losses = Arc::new(
+        crate::losses::LossLedger::open(&cfg.data_dir.join("losses.json"))
+            .map_err(io("the loss ledger"))?,
+    );
     let recovery_cfg = cfg.clone();
     let recovery_stats = stats.clone();
     let recovery_state = state.clone();
+    let recovery_losses = losses.clone();
     let recovered = tokio::task::spawn_blocking(move || {
-        recover(recovery_cfg, recovery_stats, recovery_state, limits)
+        recover(
+            recovery_cfg,
+            recovery_stats,
+            recovery_state,
+            &recovery_losses,
+            limits,
+        )
     })
     .await
     .expect("recovery task panicked")?;
@@ -109,6 +123,7 @@ pub async fn start(cfg: HubConfig) -> Result<HubHandle, StartError> {
     let app = api::router(
         ApiContext::new(intake.clone(), state.clone(), stats.clone())
             .with_archive(cfg.archive_root())
+            .with_losses(losses.clone())
             .with_access(api::access::Access::new(
                 &cfg.http.tokens,
                 cfg.http.cors_origins.clone(),
@@ -141,6 +156,7 @@ pub async fn start(cfg: HubConfig) -> Result<HubHandle, StartError> {
         state,
         intake,
         archive_root: cfg.archive_root(),
+        losses,
         model_id,
         model_version,
         shutdown: shutdown_tx,
@@ -163,6 +179,7 @@ fn recover(
     cfg: HubConfig,
     stats: Arc<HubStats>,
     state: Arc<HubState>,
+    losses: &crate::losses::LossLedger,
     limits: DecodeLimits,
 ) -> Result<Recovered, StartError> {
     let scorer = Router::new(&cfg.scoring)?;
@@ -204,18 +221,62 @@ fn recover(
         }
         None => None,
     };
-    let (wal, wal_recovery) = Wal::open(&cfg.data_dir.join("wal"), cfg.intake.wal_segment_bytes)
-        .map_err(io("the WAL"))?;
-    if wal_recovery.truncated_bytes > 0 {
-        tracing::warn!(
-            bytes = wal_recovery.truncated_bytes,
-            corrupt_segments = wal_recovery.corrupt_segments,
-            "WAL had a damaged tail; it was truncated"
-        );
-    }
     let dedup_path = cfg.data_dir.join("dedup.json");
     let (mut dedup, dedup_covers) =
         DedupIndex::load(&dedup_path).map_err(io("the dedup snapshot"))?;
+    // WAL positions name archive files and must never go back: they resume
+    // above whatever the archive or the dedup snapshot has already seen.
+    let floor = archive.low_water().max(dedup_covers);
+    let (mut wal, wal_recovery) = Wal::open(
+        &cfg.data_dir.join("wal"),
+        cfg.intake.wal_segment_bytes,
+        floor,
+    )
+    .map_err(io("the WAL"))?;
+    if wal_recovery.torn_bytes > 0 {
+        tracing::warn!(
+            bytes = wal_recovery.torn_bytes,
+            "the WAL ended in a write cut short by a crash (never acknowledged); it was truncated"
+        );
+    }
+    let mut lost = Vec::new();
+    for d in &wal_recovery.damage {
+        let (first, last) = match d.lost {
+            seglog::Lost::Nothing => (None, None),
+            seglog::Lost::Ids { first, last } => (Some(first), Some(last)),
+            seglog::Lost::From { first } => (Some(first), None),
+        };
+        let records = match d.lost {
+            seglog::Lost::Nothing => 0,
+            seglog::Lost::Ids { first, last } => last - first + 1,
+            seglog::Lost::From { .. } => 1,
+        };
+        let headers = crate::wal::salvage_headers(&cfg.data_dir.join("wal"), d);
+        let batches: Vec<String> = headers
+            .iter()
+            .map(|h| format!("{}/{}/{}", h.gateway, h.incarnation, h.seq))
+            .collect();
+        stats.wal_records_lost.fetch_add(records, Relaxed);
+        tracing::error!(
+            segment = %d.segment,
+            offset = d.offset,
+            bytes = d.bytes,
+            first_pos = ?first,
+            last_pos = ?last,
+            batches = ?batches,
+            quarantine = %d.quarantine,
+            "acknowledged batches lost: WAL records are damaged on disk; the bytes are kept for inspection"
+        );
+        let mut entry = crate::losses::LossEntry::new(format!(
+            "{} damaged bytes at offset {} of WAL segment {}",
+            d.bytes, d.offset, d.segment
+        ));
+        entry.first_pos = first;
+        entry.last_pos = last;
+        entry.batches = batches;
+        entry.quarantine = Some(d.quarantine.clone());
+        lost.push(entry);
+    }
     let low_water = Arc::new(AtomicU64::new(archive.low_water()));
 
     let (tx, rx) = std::sync::mpsc::sync_channel(PIPELINE_QUEUE);
@@ -241,17 +302,35 @@ fn recover(
         ..limits
     };
     let mut replayed = 0u64;
-    wal.replay(0, |pos, bytes| match envelope::decode(bytes, &replay_limits) {
-        Ok(batch) => {
-            if pos >= dedup_covers {
-                dedup.insert(&batch.header.key());
+    wal.replay(0, |pos, bytes| {
+        let decoded = bytes.and_then(|b| {
+            envelope::decode(b, &replay_limits).map_err(std::io::Error::other)
+        });
+        match decoded {
+            Ok(batch) => {
+                if pos >= dedup_covers {
+                    dedup.insert(&batch.header.key());
+                }
+                replayed += 1;
+                let _ = tx.send(DurableBatch { pos, batch });
             }
-            replayed += 1;
-            let _ = tx.send(DurableBatch { pos, batch });
+            Err(e) => {
+                stats.wal_records_lost.fetch_add(1, Relaxed);
+                tracing::error!(pos, error = %e, "acknowledged batch lost: its WAL record cannot be read back; skipped");
+                let mut entry = crate::losses::LossEntry::new(format!(
+                    "WAL record {pos} cannot be read back: {e}"
+                ));
+                entry.first_pos = Some(pos);
+                entry.last_pos = Some(pos);
+                lost.push(entry);
+            }
         }
-        Err(e) => tracing::error!(pos, error = %e, "WAL record passed its checksum but does not decode; skipped"),
     })
     .map_err(io("the WAL for replay"))?;
+    losses.record(lost).map_err(io("the loss ledger"))?;
+    stats
+        .losses_unacknowledged
+        .store(losses.entries().len() as u64, Relaxed);
     stats.batches_replayed.store(replayed, Relaxed);
     if replayed > 0 {
         tracing::info!(batches = replayed, "replayed the WAL");

@@ -9,7 +9,8 @@
 //!
 //! - [`intake`]: envelope verification, dedup, WAL group commit; the
 //!   acknowledgement is sent here, once the batch is durable.
-//! - [`wal`] and [`dedup`]: the durable log and the batch-identity index.
+//! - [`wal`] and [`dedup`]: the durable log and the batch-identity index;
+//!   [`losses`]: acknowledged data lost to damage, until an operator sees it.
 //! - [`pipeline`], [`scoring`], [`model`]: per-series state and ONNX scoring.
 //! - [`archive`]: partitioned Parquet files with an atomic commit protocol.
 //! - [`mqtt_intake`], [`api`]: the transports and the dashboard API.
@@ -33,6 +34,7 @@ pub mod demo;
 pub mod eval;
 pub mod hub;
 pub mod intake;
+pub mod losses;
 pub mod model;
 pub mod mqtt_intake;
 mod names;

@@ -21,6 +21,11 @@ pub struct HubStats {
     pub wal_syncs: AtomicU64,
     pub wal_bytes: AtomicU64,
     pub wal_segments_deleted: AtomicU64,
+    /// Acknowledged batches lost: WAL records damaged on disk, or that no
+    /// longer decode (each logged at ERROR and put in the loss ledger).
+    pub wal_records_lost: AtomicU64,
+    /// Entries in the loss ledger no operator has acknowledged yet.
+    pub losses_unacknowledged: AtomicU64,
     pub files_committed: AtomicU64,
     pub bytes_committed: AtomicU64,
     pub scoring_errors: AtomicU64,
@@ -182,6 +187,18 @@ impl HubStats {
             "hub_wal_segments_deleted_total",
             "WAL segments deleted after archiving.",
             get(&self.wal_segments_deleted),
+        );
+        metric(
+            "counter",
+            "hub_wal_records_lost_total",
+            "Acknowledged batches lost to WAL damage (logged at ERROR, listed at /v1/admin/losses).",
+            get(&self.wal_records_lost),
+        );
+        metric(
+            "gauge",
+            "hub_losses_unacknowledged",
+            "Loss-ledger entries no operator has acknowledged (/health says degraded meanwhile).",
+            get(&self.losses_unacknowledged),
         );
         metric(
             "counter",

@@ -4,6 +4,8 @@
 mod crash;
 mod e2e;
 mod edge_faults;
+mod guarantees;
 mod harness;
+mod hub_process;
 mod mosquitto;
 mod s3;

@@ -271,6 +271,40 @@ pub fn peek_header(bytes: &[u8], limits: &DecodeLimits) -> Result<(u16, BatchHea
     Ok((version, header))
 }
 
+/// Whether `bytes` are exactly one envelope whose checksum holds (nothing
+/// else is checked: for logs that store envelopes and want to know whether
+/// one survived intact).
+pub fn checksum_ok(bytes: &[u8]) -> bool {
+    split(
+        bytes,
+        &DecodeLimits {
+            max_envelope_bytes: usize::MAX,
+            ..DecodeLimits::default()
+        },
+    )
+    .is_ok()
+}
+
+/// Reads the identity of an envelope whose bytes may be damaged, without
+/// verifying its checksum: only for naming what was lost (the header may be
+/// the damaged part, so the answer is a best guess, never a decision).
+/// Returns the header and the envelope's declared length.
+pub fn salvage_header(bytes: &[u8]) -> Option<(BatchHeader, usize)> {
+    let mut r = ByteReader::new(bytes);
+    if r.take(4).ok()? != MAGIC {
+        return None;
+    }
+    let version = r.u16().ok()?;
+    if version == 0 || version > CURRENT_VERSION {
+        return None;
+    }
+    let header_len = r.u16().ok()? as usize;
+    let payload_len = r.u32().ok()? as usize;
+    let head = bytes.get(PREAMBLE_LEN..PREAMBLE_LEN + header_len)?;
+    let header = decode_header(version, head).ok()?;
+    Some((header, PREAMBLE_LEN + header_len + payload_len))
+}
+
 /// Fully decodes and verifies an envelope from untrusted bytes.
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedBatch, DecodeError> {
     let (version, header, payload) = split(bytes, limits)?;

@@ -134,16 +134,28 @@ pub fn start(
     stats: Arc<EdgeStats>,
 ) -> io::Result<Started> {
     let (mut spool, recovery) = Spool::open(DirFs::new(&settings.dir)?, settings.spool)?;
-    if recovery.truncated_bytes > 0 || recovery.quarantined_segments > 0 {
+    if recovery.truncated_bytes > 0 {
         tracing::warn!(
-            truncated_bytes = recovery.truncated_bytes,
-            quarantined_segments = recovery.quarantined_segments,
-            "spool recovered from damage; quarantined bytes are kept as *.corrupt"
+            bytes = recovery.truncated_bytes,
+            "spool had a write cut short by a crash (never acknowledged); it was truncated"
+        );
+    }
+    for d in &recovery.damage {
+        tracing::error!(
+            segment = %d.segment,
+            offset = d.offset,
+            bytes = d.bytes,
+            lost = ?d.lost,
+            quarantine = %d.quarantine,
+            "spooled batches lost to damaged bytes on disk; the bytes are kept for inspection"
         );
     }
     stats
         .spool_quarantined_segments
         .fetch_add(recovery.quarantined_segments as u64, Relaxed);
+    stats
+        .spool_records_lost
+        .fetch_add(recovery.lost_records(), Relaxed);
     let newest_payloads = spool.newest_payloads(GUARD_RECORDS);
     let backlog = spool.undelivered();
     tracing::info!(

@@ -113,6 +113,7 @@ impl Access {
         match (method, path) {
             (_, "/health" | "/") => None,
             (&Method::POST, "/v1/batches") => Some(Scope::Ingest),
+            (_, p) if p.starts_with("/v1/admin/") => Some(Scope::Admin),
             (&Method::GET | &Method::HEAD, _) => Some(Scope::Read),
             _ => Some(Scope::Admin),
         }

@@ -1,4 +1,4 @@
-//! The spool's view of a directory, behind a trait so that tests can inject
+//! A log's view of its directory, behind a trait so that tests can inject
 //! short writes, I/O errors and power loss.
 //!
 //! [`DirFs`] is the real thing (`std::fs`, with directory fsyncs on create and
@@ -11,12 +11,14 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
 
-pub trait SpoolFs: Send {
-    /// Names of the files in the spool directory.
+pub trait LogFs: Send {
+    /// Names of the files in the log's directory.
     fn list(&mut self) -> io::Result<Vec<String>>;
     fn read(&mut self, name: &str) -> io::Result<Vec<u8>>;
     /// Reads exactly `len` bytes at `offset`.
     fn read_at(&mut self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// The file's length in bytes.
+    fn size(&mut self, name: &str) -> io::Result<u64>;
     /// Creates an empty file and makes its directory entry durable.
     fn create(&mut self, name: &str) -> io::Result<()>;
     /// Appends; may write only part of `data` before failing.
@@ -59,7 +61,7 @@ impl DirFs {
     }
 }
 
-impl SpoolFs for DirFs {
+impl LogFs for DirFs {
     fn list(&mut self) -> io::Result<Vec<String>> {
         let mut names: Vec<String> = fs::read_dir(&self.dir)?
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -77,6 +79,10 @@ impl SpoolFs for DirFs {
         let mut buf = vec![0u8; len];
         File::open(self.dir.join(name))?.read_exact_at(&mut buf, offset)?;
         Ok(buf)
+    }
+
+    fn size(&mut self, name: &str) -> io::Result<u64> {
+        Ok(fs::metadata(self.dir.join(name))?.len())
     }
 
     fn create(&mut self, name: &str) -> io::Result<()> {
@@ -162,6 +168,20 @@ impl FaultyFs {
         Some(&mut f.written)
     }
 
+    /// Damages one byte of a file, durably (a bad sector, not a write in
+    /// flight). Does nothing past the end.
+    pub fn flip(&mut self, name: &str, offset: u64) {
+        if let Some(f) = self.files.get_mut(name) {
+            let at = offset as usize;
+            if let Some(b) = f.written.get_mut(at) {
+                *b ^= 0xa5;
+            }
+            if let Some(b) = f.durable.get_mut(at) {
+                *b ^= 0xa5;
+            }
+        }
+    }
+
     pub fn total_bytes(&self) -> usize {
         self.files.values().map(|f| f.written.len()).sum()
     }
@@ -175,7 +195,7 @@ impl FaultyFs {
     }
 }
 
-impl SpoolFs for FaultyFs {
+impl LogFs for FaultyFs {
     fn list(&mut self) -> io::Result<Vec<String>> {
         Ok(self.files.keys().cloned().collect())
     }
@@ -194,6 +214,13 @@ impl SpoolFs for FaultyFs {
             .get(start..start.saturating_add(len))
             .map(<[u8]>::to_vec)
             .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end"))
+    }
+
+    fn size(&mut self, name: &str) -> io::Result<u64> {
+        self.files
+            .get(name)
+            .map(|f| f.written.len() as u64)
+            .ok_or_else(|| Self::missing(name))
     }
 
     fn create(&mut self, name: &str) -> io::Result<()> {

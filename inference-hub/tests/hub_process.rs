@@ -1,0 +1,134 @@
+//! A hub run as a separate process (the release or test binary) over HTTP:
+//! what a kill -9 test needs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use schemas::ReadingColumns;
+
+/// A hub configuration in `dir` (data under `dir/hub`), with its HTTP
+/// address. `extra` is appended to the TOML.
+pub(crate) struct HubProcessConfig {
+    pub(crate) config: PathBuf,
+    pub(crate) data: PathBuf,
+    pub(crate) http: String,
+    pub(crate) log: PathBuf,
+}
+
+impl HubProcessConfig {
+    pub(crate) fn write(dir: &Path, hub_id: &str, data: PathBuf, extra: &str) -> Self {
+        let http = format!("127.0.0.1:{}", inference_hub::broker::free_port());
+        let config = dir.join(format!("{hub_id}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "hub-id = \"{hub_id}\"\ndata-dir = {:?}\n[mqtt]\nenabled = false\n[http]\nlisten = \"{http}\"\n\
+                 {extra}\n[scoring]\nmodel-dir = {:?}\nwarmup-readings = 20\n",
+                data.display().to_string(),
+                inference_hub::config::bundled_model_dir()
+            ),
+        )
+        .unwrap();
+        Self {
+            config,
+            data,
+            http,
+            log: dir.join(format!("{hub_id}.log")),
+        }
+    }
+
+    pub(crate) fn start(&self) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_inference-hub"))
+            .args(["--config", self.config.to_str().unwrap(), "run"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    pub(crate) fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// SIGTERM and wait: a graceful stop must succeed.
+pub(crate) fn terminate(mut hub: Child, cfg: &HubProcessConfig) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(hub.id().to_string())
+        .status();
+    assert!(
+        hub.wait().unwrap().success(),
+        "graceful stop failed: {}",
+        cfg.log_text()
+    );
+}
+
+/// SIGKILL: no chance to clean up.
+pub(crate) fn kill(mut hub: Child) {
+    hub.kill().unwrap();
+    hub.wait().unwrap();
+}
+
+pub(crate) async fn wait_healthy(client: &reqwest::Client, http: &str) {
+    for _ in 0..800 {
+        if client
+            .get(format!("http://{http}/health"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("hub did not become healthy");
+}
+
+pub(crate) async fn get_json(client: &reqwest::Client, url: String) -> serde_json::Value {
+    let resp = client.get(url).send().await.unwrap();
+    serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap()
+}
+
+/// An envelope of `rows` readings whose values encode `(seq, row)`.
+pub(crate) fn envelope(gateway: &str, incarnation: u64, seq: u64, rows: usize) -> Vec<u8> {
+    let mut cols = ReadingColumns::default();
+    for r in 0..rows {
+        let ts = 1_767_225_600_000_000 + (seq as i64 * 60 + r as i64) * 1_000_000;
+        cols.push(
+            &format!("dev{}", r % 4),
+            "load",
+            ts,
+            seq as f64 * 1000.0 + r as f64,
+        );
+    }
+    schemas::envelope::encode(gateway, incarnation, seq, &cols.finish())
+        .unwrap()
+        .1
+}
+
+/// Posts one envelope; Some(status) when the hub answered.
+pub(crate) async fn post(client: &reqwest::Client, http: &str, body: Vec<u8>) -> Option<String> {
+    let resp = client
+        .post(format!("http://{http}/v1/batches"))
+        .body(body)
+        .send()
+        .await
+        .ok()?;
+    let body: serde_json::Value = serde_json::from_slice(&resp.bytes().await.ok()?).ok()?;
+    body["status"].as_str().map(str::to_owned)
+}
+
+pub(crate) fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
