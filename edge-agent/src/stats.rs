@@ -19,6 +19,10 @@ pub struct EdgeStats {
     /// Announced hubs passed over for answering nothing (sticky routing).
     pub hubs_passed_over: AtomicU64,
     pub batches_acked: AtomicU64,
+    /// Hub answers ignored: they do not name the content of the batch in
+    /// flight (forged, meant for other bytes, or from a hub too old to name
+    /// content), or cannot be read.
+    pub acks_ignored: AtomicU64,
     pub batches_rejected_by_hub: AtomicU64,
     pub readings_delivered: AtomicU64,
     pub readings_rejected_by_hub: AtomicU64,
@@ -132,6 +136,11 @@ impl EdgeStats {
             "edge_batches_acked_total",
             "Batches the hub acknowledged.",
             get(&self.batches_acked),
+        );
+        counter(
+            "edge_acks_ignored_total",
+            "Hub answers ignored because they do not name the batch's content (forged, stale, unreadable, or from an older hub).",
+            get(&self.acks_ignored),
         );
         counter(
             "edge_batches_rejected_total",

@@ -275,7 +275,10 @@ async fn run_mqtt_answers(
                         }
                     }
                     Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "unreadable ack from hub"),
+                    Err(e) => {
+                        stats.acks_ignored.fetch_add(1, Relaxed);
+                        tracing::debug!(error = %e, "unreadable answer on the ack topic");
+                    }
                 }
             }
             Ok(_) => {}
@@ -477,7 +480,17 @@ pub async fn run(
             },
             Some(outcome) = answers.recv() => match outcome {
                 SendOutcome::Answered(ack) => {
-                    let Some(entry) = q.in_flight.remove(&(ack.incarnation, ack.seq)) else { continue };
+                    let key = (ack.incarnation, ack.seq);
+                    let Some(entry) = q.in_flight.get(&key) else { continue };
+                    if !ack.names(&entry.batch.bytes) {
+                        // Not about these bytes: a forged answer, or one for
+                        // other content under the same identity. The batch
+                        // stays in flight and is sent again.
+                        stats.acks_ignored.fetch_add(1, Relaxed);
+                        tracing::warn!(seq = ack.seq, "ignored an answer that does not name the batch's content");
+                        continue;
+                    }
+                    let entry = q.in_flight.remove(&key).expect("checked above");
                     if let (Some(hubs), Some(hub)) = (transport.hubs(), &entry.sent_to) {
                         hubs.answered(hub);
                     }

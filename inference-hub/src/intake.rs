@@ -36,6 +36,7 @@ use crate::wal::Wal;
 #[derive(Debug)]
 pub struct Queued {
     header: schemas::envelope::BatchHeader,
+    crc32c: u32,
     answer: oneshot::Receiver<Result<AckStatus, SubmitError>>,
 }
 
@@ -50,6 +51,7 @@ impl Queued {
             gateway: self.header.gateway,
             incarnation: self.header.incarnation,
             seq: self.header.seq,
+            crc32c: self.crc32c,
             status,
         })
     }
@@ -129,6 +131,7 @@ impl IntakeHandle {
                     gateway: header.gateway,
                     incarnation: header.incarnation,
                     seq: header.seq,
+                    crc32c: envelope::content_crc(&raw).unwrap_or_default(),
                     status: AckStatus::Rejected {
                         reason: e.to_string(),
                     },
@@ -137,12 +140,17 @@ impl IntakeHandle {
             }
         };
         let header = batch.header.clone();
+        let crc32c = envelope::content_crc(&raw).unwrap_or_default();
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Message::Batch(Request { batch, raw, reply }))
             .await
             .map_err(|_| SubmitError::Unavailable("intake is shut down"))?;
-        Ok(Queued { header, answer })
+        Ok(Queued {
+            header,
+            crc32c,
+            answer,
+        })
     }
 
     pub fn limits(&self) -> DecodeLimits {

@@ -16,7 +16,7 @@ use crate::harness::{
     start_embedded_broker, wait_until,
 };
 
-fn agent_config(
+pub(crate) fn agent_config(
     gateway: &str,
     root: &str,
     port: u16,

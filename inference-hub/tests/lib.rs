@@ -6,6 +6,7 @@ mod e2e;
 mod edge_faults;
 mod guarantees;
 mod harness;
+mod hostile;
 mod hub_process;
 mod mosquitto;
 mod s3;

@@ -1,5 +1,12 @@
 //! The hub's answer to a batch, sent back over MQTT (`<prefix>/acks/<gateway>`)
 //! or as the body of the HTTP response. JSON, so that any client can read it.
+//!
+//! An answer names the batch by its identity *and* its content: the
+//! envelope's CRC32C as the hub read it. A gateway acts on an answer (deletes
+//! a spooled batch, releases device acknowledgements) only when both match
+//! the batch it sent, so an answer forged by a client that never saw the
+//! batch, or one meant for other bytes, releases nothing (see
+//! [`BatchAck::names`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +29,15 @@ pub struct BatchAck {
     pub gateway: String,
     pub incarnation: u64,
     pub seq: u64,
+    /// The envelope's CRC32C (its preamble's checksum field) as received.
+    pub crc32c: u32,
     #[serde(flatten)]
     pub status: AckStatus,
+}
+
+impl BatchAck {
+    /// Whether this answer is about exactly these envelope bytes.
+    pub fn names(&self, envelope: &[u8]) -> bool {
+        crate::envelope::content_crc(envelope) == Some(self.crc32c)
+    }
 }

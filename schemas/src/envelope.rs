@@ -271,6 +271,12 @@ pub fn peek_header(bytes: &[u8], limits: &DecodeLimits) -> Result<(u16, BatchHea
     Ok((version, header))
 }
 
+/// The checksum field of an envelope's preamble (CRC32C of header and
+/// payload), unverified: what a hub's answer names a batch's content by.
+pub fn content_crc(bytes: &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes(bytes.get(12..16)?.try_into().ok()?))
+}
+
 /// Whether `bytes` are exactly one envelope whose checksum holds (nothing
 /// else is checked: for logs that store envelopes and want to know whether
 /// one survived intact).

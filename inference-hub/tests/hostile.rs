@@ -1,0 +1,108 @@
+//! Clients that lie, flood or send too much, against the agent and the hub
+//! on a real broker.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use edge_agent::Agent;
+use edge_agent::config::UplinkKind;
+use inference_hub::config::HubConfig;
+use rumqttc::{Event, MqttOptions, Packet, QoS};
+
+use crate::e2e::agent_config;
+use crate::harness::{
+    assert_archive_matches, publish_fleet, read_archive, start_embedded_broker, wait_until,
+};
+
+/// A client that reads every batch on the broker and answers each with
+/// forged acknowledgements: one naming other content, one naming none.
+fn start_forger(port: u16) -> tokio::task::JoinHandle<()> {
+    let mut opts = MqttOptions::new("forger", "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(16 << 20, 16 << 20);
+    let (client, mut eventloop) = edge_agent::mqtt::client(opts, 100);
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    client.subscribe("iot/batches/+", QoS::AtMostOnce).await.unwrap();
+                    client.subscribe("iot/hub/+/batches/+", QoS::AtMostOnce).await.unwrap();
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let Ok((_, h)) = schemas::envelope::peek_header(
+                        &p.payload,
+                        &schemas::DecodeLimits::default(),
+                    ) else {
+                        continue;
+                    };
+                    let crc = schemas::envelope::content_crc(&p.payload).unwrap();
+                    let topic = format!("iot/acks/{}", h.gateway);
+                    for body in [
+                        serde_json::json!({"gateway": h.gateway, "incarnation": h.incarnation,
+                            "seq": h.seq, "crc32c": crc.wrapping_add(1), "status": "durable"}),
+                        serde_json::json!({"gateway": h.gateway, "incarnation": h.incarnation,
+                            "seq": h.seq, "status": "durable"}),
+                        serde_json::json!({"gateway": h.gateway, "incarnation": h.incarnation,
+                            "seq": h.seq, "crc32c": crc ^ 0x8000_0000,
+                            "status": "rejected", "reason": "forged"}),
+                    ] {
+                        let _ = client
+                            .publish(topic.clone(), QoS::AtLeastOnce, false, body.to_string())
+                            .await;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_acknowledgements_release_nothing_from_the_spool() {
+    let port = start_embedded_broker().await;
+    let spool_dir = tempfile::tempdir().unwrap();
+    let mut cfg = agent_config(
+        "gw-forged",
+        "plant-x",
+        port,
+        UplinkKind::Mqtt,
+        "127.0.0.1:9".parse().unwrap(),
+    );
+    cfg.uplink.ack_timeout = Duration::from_millis(300);
+    cfg.uplink.retry_max = Duration::from_millis(300);
+    cfg.spool.dir = Some(spool_dir.path().to_path_buf());
+    let agent = Agent::start(cfg, Duration::from_secs(10)).await.unwrap();
+    let forger = start_forger(port);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let published = publish_fleet(port, "fleet-x", "plant-x", 3, 40, 1000).await;
+    let stats = agent.stats.clone();
+    assert!(
+        wait_until(Duration::from_secs(20), || stats.acks_ignored.load(Relaxed) >= 30).await,
+        "forged answers seen: {}",
+        stats.acks_ignored.load(Relaxed)
+    );
+    assert_eq!(stats.readings_delivered.load(Relaxed), 0, "forged answers delivered nothing");
+    assert_eq!(stats.batches_acked.load(Relaxed), 0);
+    assert_eq!(stats.batches_rejected_by_hub.load(Relaxed), 0);
+    assert!(stats.spool_records.load(Relaxed) > 0, "the spool still holds the batches");
+
+    // A real hub then gets every reading, exactly once, while the forger
+    // keeps answering.
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub_cfg = HubConfig::for_dir("forged", dir.path());
+    hub_cfg.mqtt.port = port;
+    let hub = inference_hub::start(hub_cfg).await.unwrap();
+    let expected = published.readings.len() as u64;
+    let hub_stats = hub.stats.clone();
+    assert!(
+        wait_until(Duration::from_secs(60), || hub_stats.readings_archived.load(Relaxed) >= expected).await,
+        "archived {} of {expected}",
+        hub_stats.readings_archived.load(Relaxed)
+    );
+    forger.abort();
+    agent.shutdown().await;
+    let root = hub.archive_root.clone();
+    hub.shutdown().await;
+    assert_archive_matches(&read_archive(&root), &published);
+}
