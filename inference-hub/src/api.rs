@@ -51,6 +51,7 @@ pub const MAX_CONCURRENT_BATCHES: usize = 64;
 pub mod access;
 pub mod openapi;
 pub mod query;
+pub mod serve;
 
 #[derive(Debug, Clone)]
 pub struct ApiContext {

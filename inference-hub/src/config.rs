@@ -83,6 +83,13 @@ pub struct HubHttp {
     /// Requests running longer are answered 504 (the stream is exempt).
     #[serde(with = "duration")]
     pub request_timeout: Duration,
+    /// A client must send a request's headers within this time, and an idle
+    /// keep-alive connection is closed after it.
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Open connections at most (and never more than half the open-file
+    /// limit); past it new clients wait in the kernel's backlog.
+    pub max_connections: usize,
 }
 
 impl Default for HubHttp {
@@ -93,6 +100,8 @@ impl Default for HubHttp {
             allow_anonymous: false,
             cors_origins: Vec::new(),
             request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
         }
     }
 }
@@ -322,6 +331,18 @@ impl Validate for HubConfig {
             problems.push(ConfigProblem::new(
                 "intake.max-batch-rows",
                 "must be at least 1",
+            ));
+        }
+        if self.http.max_connections == 0 {
+            problems.push(ConfigProblem::new(
+                "http.max-connections",
+                "must be at least 1",
+            ));
+        }
+        if self.http.header_read_timeout.is_zero() {
+            problems.push(ConfigProblem::new(
+                "http.header-read-timeout",
+                "must be longer than zero",
             ));
         }
         if self.intake.wal_segment_bytes < 1024 * 1024 {

@@ -9,12 +9,21 @@
 //! the sequencer drains and saves the dedup snapshot, the pipeline commits
 //! every open file, and the WAL is trimmed to what is not archived (normally
 //! nothing).
+//!
+//! # Archive failures are retried, not sticky
+//! When archiving fails (disk full, out of descriptors, an I/O error), the
+//! pipeline stops and intake refuses new batches (`503`; gateways keep them
+//! or go to another hub). A supervisor then rebuilds the pipeline with
+//! backoff (1 s doubling to 30 s): a new archive opened from what is
+//! committed, and the WAL replayed into it by the sequencer, exactly as at
+//! start-up. Once that works, intake takes batches again. Only an fsync
+//! failure of the WAL stays fatal (the page cache's state is then unknown).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use schemas::envelope::{self, DecodeLimits};
+use schemas::envelope::DecodeLimits;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -69,7 +78,8 @@ pub struct HubHandle {
     http: JoinHandle<()>,
     mqtt: Option<JoinHandle<()>>,
     sequencer: std::thread::JoinHandle<Sequencer>,
-    pipeline: std::thread::JoinHandle<u64>,
+    /// Watches the pipeline; hands back its thread at shutdown.
+    supervisor: JoinHandle<std::thread::JoinHandle<u64>>,
 }
 
 /// Starts a hub on the current tokio runtime.
@@ -82,6 +92,9 @@ pub async fn start(cfg: HubConfig) -> Result<HubHandle, StartError> {
         ..DecodeLimits::default()
     };
 
+    // A server's descriptors: the soft limit goes up to the hard one.
+    let open_files = api::serve::raise_open_file_limit();
+    tracing::debug!(?open_files, "open-file limit");
     std::fs::create_dir_all(&cfg.data_dir).map_err(io("the data directory"))?;
     let losses = Arc::new(
         crate::losses::LossLedger::open(&cfg.data_dir.join("losses.json"))
@@ -112,6 +125,14 @@ pub async fn start(cfg: HubConfig) -> Result<HubHandle, StartError> {
 
     let (intake, sequencer) = intake::start(sequencer, limits, INTAKE_QUEUE, pipeline_tx);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let supervisor = tokio::spawn(supervise_pipeline(
+        pipeline,
+        cfg.clone(),
+        stats.clone(),
+        state.clone(),
+        intake.clone(),
+        shutdown_rx.clone(),
+    ));
 
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
@@ -130,17 +151,18 @@ pub async fn start(cfg: HubConfig) -> Result<HubHandle, StartError> {
                 cfg.http.request_timeout,
             )),
     );
-    let mut http_shutdown = shutdown_rx.clone();
-    let http = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_shutdown.changed().await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
+    let limits = api::serve::ServeLimits {
+        max_connections: api::serve::effective_max_connections(cfg.http.max_connections),
+        header_read_timeout: cfg.http.header_read_timeout,
+        shutdown_grace: cfg.http.request_timeout,
+    };
+    let http = tokio::spawn(api::serve::serve(
+        listener,
+        app,
+        limits,
+        stats.clone(),
+        shutdown_rx.clone(),
+    ));
     let mqtt = cfg.mqtt.enabled.then(|| {
         tokio::spawn(mqtt_intake::run(
             cfg.clone(),
@@ -163,7 +185,7 @@ pub async fn start(cfg: HubConfig) -> Result<HubHandle, StartError> {
         http,
         mqtt,
         sequencer,
-        pipeline,
+        supervisor,
     })
 }
 
@@ -175,13 +197,23 @@ struct Recovered {
     model_version: String,
 }
 
-fn recover(
-    cfg: HubConfig,
-    stats: Arc<HubStats>,
-    state: Arc<HubState>,
-    losses: &crate::losses::LossLedger,
-    limits: DecodeLimits,
-) -> Result<Recovered, StartError> {
+/// A pipeline thread and what feeds and watches it.
+struct StartedPipeline {
+    thread: std::thread::JoinHandle<u64>,
+    tx: std::sync::mpsc::SyncSender<DurableBatch>,
+    /// The archive's low-water mark as the pipeline publishes it.
+    low_water: Arc<AtomicU64>,
+    model_id: String,
+    model_version: String,
+}
+
+/// Loads the models, opens the archive (and the S3 uploader) and starts the
+/// pipeline thread, empty: the caller replays the WAL into it.
+fn start_pipeline(
+    cfg: &HubConfig,
+    stats: &Arc<HubStats>,
+    state: &Arc<HubState>,
+) -> Result<StartedPipeline, StartError> {
     let scorer = Router::new(&cfg.scoring)?;
     let default_model = &scorer.default_model().manifest;
     let (model_id, model_version) = (default_model.id.clone(), default_model.version.clone());
@@ -221,12 +253,44 @@ fn recover(
         }
         None => None,
     };
+    let low_water = Arc::new(AtomicU64::new(archive.low_water()));
+    let (tx, rx) = std::sync::mpsc::sync_channel(PIPELINE_QUEUE);
+    let pipeline = Pipeline {
+        scorer,
+        reload_interval: cfg.scoring.reload_interval,
+        archive,
+        state: state.clone(),
+        stats: stats.clone(),
+        low_water: low_water.clone(),
+        uploader,
+    };
+    let thread = std::thread::Builder::new()
+        .name("hub-pipeline".into())
+        .spawn(move || pipeline.run(rx))
+        .map_err(io("the pipeline thread"))?;
+    Ok(StartedPipeline {
+        thread,
+        tx,
+        low_water,
+        model_id,
+        model_version,
+    })
+}
+
+fn recover(
+    cfg: HubConfig,
+    stats: Arc<HubStats>,
+    state: Arc<HubState>,
+    losses: &crate::losses::LossLedger,
+    limits: DecodeLimits,
+) -> Result<Recovered, StartError> {
+    let pipeline = start_pipeline(&cfg, &stats, &state)?;
     let dedup_path = cfg.data_dir.join("dedup.json");
     let (mut dedup, dedup_covers) =
         DedupIndex::load(&dedup_path).map_err(io("the dedup snapshot"))?;
     // WAL positions name archive files and must never go back: they resume
     // above whatever the archive or the dedup snapshot has already seen.
-    let floor = archive.low_water().max(dedup_covers);
+    let floor = pipeline.low_water.load(Relaxed).max(dedup_covers);
     let (mut wal, wal_recovery) = Wal::open(
         &cfg.data_dir.join("wal"),
         cfg.intake.wal_segment_bytes,
@@ -241,92 +305,25 @@ fn recover(
     }
     let mut lost = Vec::new();
     for d in &wal_recovery.damage {
-        let (first, last) = match d.lost {
-            seglog::Lost::Nothing => (None, None),
-            seglog::Lost::Ids { first, last } => (Some(first), Some(last)),
-            seglog::Lost::From { first } => (Some(first), None),
-        };
-        let records = match d.lost {
-            seglog::Lost::Nothing => 0,
-            seglog::Lost::Ids { first, last } => last - first + 1,
-            seglog::Lost::From { .. } => 1,
-        };
-        let headers = crate::wal::salvage_headers(&cfg.data_dir.join("wal"), d);
-        let batches: Vec<String> = headers
-            .iter()
-            .map(|h| format!("{}/{}/{}", h.gateway, h.incarnation, h.seq))
-            .collect();
-        stats.wal_records_lost.fetch_add(records, Relaxed);
-        tracing::error!(
-            segment = %d.segment,
-            offset = d.offset,
-            bytes = d.bytes,
-            first_pos = ?first,
-            last_pos = ?last,
-            batches = ?batches,
-            quarantine = %d.quarantine,
-            "acknowledged batches lost: WAL records are damaged on disk; the bytes are kept for inspection"
-        );
-        let mut entry = crate::losses::LossEntry::new(format!(
-            "{} damaged bytes at offset {} of WAL segment {}",
-            d.bytes, d.offset, d.segment
-        ));
-        entry.first_pos = first;
-        entry.last_pos = last;
-        entry.batches = batches;
-        entry.quarantine = Some(d.quarantine.clone());
-        lost.push(entry);
+        lost.push(report_wal_damage(&cfg, &stats, d));
     }
-    let low_water = Arc::new(AtomicU64::new(archive.low_water()));
-
-    let (tx, rx) = std::sync::mpsc::sync_channel(PIPELINE_QUEUE);
-    let pipeline = Pipeline {
-        scorer,
-        reload_interval: cfg.scoring.reload_interval,
-        archive,
-        state,
-        stats: stats.clone(),
-        low_water: low_water.clone(),
-        uploader,
-    };
-    let pipeline = std::thread::Builder::new()
-        .name("hub-pipeline".into())
-        .spawn(move || pipeline.run(rx))
-        .map_err(io("the pipeline thread"))?;
-
     // Replay everything still in the WAL: the archive skips, per partition,
     // what its committed files already hold.
-    let replay_limits = DecodeLimits {
-        max_envelope_bytes: usize::MAX,
-        max_rows: u32::MAX,
-        ..limits
-    };
-    let mut replayed = 0u64;
-    wal.replay(0, |pos, bytes| {
-        let decoded = bytes.and_then(|b| {
-            envelope::decode(b, &replay_limits).map_err(std::io::Error::other)
-        });
-        match decoded {
-            Ok(batch) => {
-                if pos >= dedup_covers {
-                    dedup.insert(&batch.header.key());
-                }
-                replayed += 1;
-                let _ = tx.send(DurableBatch { pos, batch });
+    let (replayed, unreadable) =
+        intake::replay_wal(&mut wal, &limits, &pipeline.tx, &stats, |pos, batch| {
+            if pos >= dedup_covers {
+                dedup.insert(&batch.header.key());
             }
-            Err(e) => {
-                stats.wal_records_lost.fetch_add(1, Relaxed);
-                tracing::error!(pos, error = %e, "acknowledged batch lost: its WAL record cannot be read back; skipped");
-                let mut entry = crate::losses::LossEntry::new(format!(
-                    "WAL record {pos} cannot be read back: {e}"
-                ));
-                entry.first_pos = Some(pos);
-                entry.last_pos = Some(pos);
-                lost.push(entry);
-            }
-        }
-    })
-    .map_err(io("the WAL for replay"))?;
+        })
+        .map_err(io("the WAL for replay"))?;
+    for (pos, reason) in unreadable {
+        let mut entry = crate::losses::LossEntry::new(format!(
+            "WAL record {pos} cannot be read back: {reason}"
+        ));
+        entry.first_pos = Some(pos);
+        entry.last_pos = Some(pos);
+        lost.push(entry);
+    }
     losses.record(lost).map_err(io("the loss ledger"))?;
     stats
         .losses_unacknowledged
@@ -342,14 +339,103 @@ fn recover(
             dedup_path,
             dedup_covers,
             group_commit_delay: cfg.intake.group_commit_delay,
-            archive_low_water: low_water,
+            archive_low_water: pipeline.low_water,
             stats,
         },
-        pipeline,
-        pipeline_tx: tx,
-        model_id,
-        model_version,
+        pipeline: pipeline.thread,
+        pipeline_tx: pipeline.tx,
+        model_id: pipeline.model_id,
+        model_version: pipeline.model_version,
     })
+}
+
+/// Logs, counts and describes a damaged stretch of the WAL (a loss).
+fn report_wal_damage(
+    cfg: &HubConfig,
+    stats: &HubStats,
+    d: &seglog::Damage,
+) -> crate::losses::LossEntry {
+    let (first, last, records) = match d.lost {
+        seglog::Lost::Nothing => (None, None, 0),
+        seglog::Lost::Ids { first, last } => (Some(first), Some(last), last - first + 1),
+        seglog::Lost::From { first } => (Some(first), None, 1),
+    };
+    let batches: Vec<String> = crate::wal::salvage_headers(&cfg.data_dir.join("wal"), d)
+        .iter()
+        .map(|h| format!("{}/{}/{}", h.gateway, h.incarnation, h.seq))
+        .collect();
+    stats.wal_records_lost.fetch_add(records, Relaxed);
+    tracing::error!(
+        segment = %d.segment,
+        offset = d.offset,
+        bytes = d.bytes,
+        first_pos = ?first,
+        last_pos = ?last,
+        batches = ?batches,
+        quarantine = %d.quarantine,
+        "acknowledged batches lost: WAL records are damaged on disk; the bytes are kept for inspection"
+    );
+    let mut entry = crate::losses::LossEntry::new(format!(
+        "{} damaged bytes at offset {} of WAL segment {}",
+        d.bytes, d.offset, d.segment
+    ));
+    entry.first_pos = first;
+    entry.last_pos = last;
+    entry.batches = batches;
+    entry.quarantine = Some(d.quarantine.clone());
+    entry
+}
+
+/// Watches the pipeline thread: when it has stopped on an archive failure,
+/// rebuilds it with backoff and has the sequencer replay the WAL into it.
+/// Returns the current pipeline thread at shutdown.
+async fn supervise_pipeline(
+    mut thread: std::thread::JoinHandle<u64>,
+    cfg: HubConfig,
+    stats: Arc<HubStats>,
+    state: Arc<HubState>,
+    intake: IntakeHandle,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::thread::JoinHandle<u64> {
+    const FIRST_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+    const LAST_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+    let mut retry = FIRST_RETRY;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(retry) => {}
+            _ = shutdown.changed() => return thread,
+        }
+        if !(stats.archive_failed.load(Relaxed) && thread.is_finished()) {
+            retry = FIRST_RETRY;
+            continue;
+        }
+        let (c, st, sa) = (cfg.clone(), stats.clone(), state.clone());
+        let started = tokio::task::spawn_blocking(move || start_pipeline(&c, &st, &sa))
+            .await
+            .expect("pipeline start panicked");
+        let new = match started {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::error!(error = %schemas::error_chain(&e), retry_in = ?retry, "archiving cannot resume yet");
+                retry = (retry * 2).min(LAST_RETRY);
+                continue;
+            }
+        };
+        let old = std::mem::replace(&mut thread, new.thread);
+        let _ = tokio::task::spawn_blocking(move || old.join()).await;
+        match intake.restart_pipeline(new.tx, new.low_water).await {
+            Some(replayed) => {
+                stats.archive_restarts.fetch_add(1, Relaxed);
+                stats.archive_failed.store(false, Relaxed);
+                tracing::warn!(
+                    batches = replayed,
+                    "archiving resumed: the pipeline was rebuilt from the WAL; the hub takes batches again"
+                );
+                retry = FIRST_RETRY;
+            }
+            None => return thread,
+        }
+    }
 }
 
 impl HubHandle {
@@ -360,8 +446,9 @@ impl HubHandle {
             let _ = mqtt.await;
         }
         let _ = self.http.await;
+        let pipeline = self.supervisor.await.expect("pipeline supervisor panicked");
         self.intake.close().await;
-        let (sequencer, pipeline) = (self.sequencer, self.pipeline);
+        let sequencer = self.sequencer;
         tokio::task::spawn_blocking(move || {
             let mut sequencer = sequencer.join().expect("sequencer thread panicked");
             let low_water = pipeline.join().expect("pipeline thread panicked");

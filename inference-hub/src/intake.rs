@@ -89,6 +89,18 @@ enum Message {
     /// Finish what is queued before this and stop; later submissions are
     /// refused as unavailable.
     Close,
+    /// A new pipeline replaces one whose archive failed: replay the WAL
+    /// into it, then hand it every new durable batch.
+    Restart(PipelineRestart),
+}
+
+/// What the sequencer needs to resume archiving after a failure.
+#[derive(Debug)]
+pub struct PipelineRestart {
+    pub out: std::sync::mpsc::SyncSender<DurableBatch>,
+    pub archive_low_water: Arc<AtomicU64>,
+    /// Answered with the number of batches replayed.
+    pub done: oneshot::Sender<usize>,
 }
 
 /// Cheap, cloneable entry point used by every transport.
@@ -161,6 +173,63 @@ impl IntakeHandle {
     pub async fn close(&self) {
         let _ = self.tx.send(Message::Close).await;
     }
+
+    /// Hands the sequencer a new pipeline (see [`Message::Restart`]); returns
+    /// the number of batches replayed into it, or `None` if intake is shut
+    /// down.
+    pub async fn restart_pipeline(
+        &self,
+        out: std::sync::mpsc::SyncSender<DurableBatch>,
+        archive_low_water: Arc<AtomicU64>,
+    ) -> Option<usize> {
+        let (done, answer) = oneshot::channel();
+        self.tx
+            .send(Message::Restart(PipelineRestart {
+                out,
+                archive_low_water,
+                done,
+            }))
+            .await
+            .ok()?;
+        answer.await.ok()
+    }
+}
+
+/// Sends every record of the WAL, in order, into a pipeline (start-up and
+/// restarts after an archive failure; the archive skips, per partition,
+/// what its committed files already hold). `each` sees every batch first.
+/// A record that cannot be read back or decoded is lost: it is logged at
+/// ERROR, counted, and returned with its position and reason.
+pub fn replay_wal(
+    wal: &mut Wal,
+    limits: &DecodeLimits,
+    out: &std::sync::mpsc::SyncSender<DurableBatch>,
+    stats: &HubStats,
+    mut each: impl FnMut(u64, &DecodedBatch),
+) -> std::io::Result<(u64, Vec<(u64, String)>)> {
+    let replay_limits = DecodeLimits {
+        max_envelope_bytes: usize::MAX,
+        max_rows: u32::MAX,
+        ..*limits
+    };
+    let (mut replayed, mut lost) = (0u64, Vec::new());
+    wal.replay(0, |pos, bytes| {
+        let decoded =
+            bytes.and_then(|b| envelope::decode(b, &replay_limits).map_err(std::io::Error::other));
+        match decoded {
+            Ok(batch) => {
+                each(pos, &batch);
+                replayed += 1;
+                let _ = out.send(DurableBatch { pos, batch });
+            }
+            Err(e) => {
+                stats.wal_records_lost.fetch_add(1, Relaxed);
+                tracing::error!(pos, error = %e, "acknowledged batch lost: its WAL record cannot be read back; skipped");
+                lost.push((pos, e.to_string()));
+            }
+        }
+    })?;
+    Ok((replayed, lost))
 }
 
 /// Everything the sequencer thread owns.
@@ -189,7 +258,7 @@ pub fn start(
     let stats = seq.stats.clone();
     let thread = std::thread::Builder::new()
         .name("hub-sequencer".into())
-        .spawn(move || run_sequencer(seq, rx, out))
+        .spawn(move || run_sequencer(seq, rx, out, limits))
         .expect("spawn sequencer thread");
     (IntakeHandle { tx, limits, stats }, thread)
 }
@@ -199,13 +268,34 @@ const MAX_GROUP: usize = 4096;
 fn run_sequencer(
     mut s: Sequencer,
     mut rx: mpsc::Receiver<Message>,
-    out: std::sync::mpsc::SyncSender<DurableBatch>,
+    mut out: std::sync::mpsc::SyncSender<DurableBatch>,
+    limits: DecodeLimits,
 ) -> Sequencer {
     let mut closing = false;
     let mut pipeline_gone = false;
     while !closing {
         let first = match rx.blocking_recv() {
             Some(Message::Batch(r)) => r,
+            Some(Message::Restart(restart)) => {
+                let replayed = match replay_wal(
+                    &mut s.wal,
+                    &limits,
+                    &restart.out,
+                    &s.stats,
+                    |_, _| {},
+                ) {
+                    Ok((n, _)) => n as usize,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read the WAL back for the new pipeline");
+                        0
+                    }
+                };
+                out = restart.out;
+                s.archive_low_water = restart.archive_low_water;
+                pipeline_gone = false;
+                let _ = restart.done.send(replayed);
+                continue;
+            }
             Some(Message::Close) | None => break,
         };
         if s.stats.wal_failed.load(Relaxed) {
@@ -219,7 +309,7 @@ fn run_sequencer(
             // What is acknowledged stays in the WAL for the next start; new
             // batches stay with their gateways (or go to another hub).
             let _ = first.reply.send(Err(SubmitError::Unavailable(
-                "the archive failed; the hub needs an operator",
+                "the archive failed; the hub retries it",
             )));
             s.stats.batches_unavailable.fetch_add(1, Relaxed);
             continue;
@@ -235,17 +325,27 @@ fn run_sequencer(
                     closing = true;
                     break;
                 }
+                Ok(Message::Restart(restart)) => {
+                    // Only sent while the archive has failed, when no batch
+                    // is taken: refuse it and let the supervisor retry.
+                    drop(restart);
+                    break;
+                }
                 Err(_) => break,
             }
         }
         let mut fresh = Vec::with_capacity(group.len());
         let mut duplicates = Vec::new();
+        // Refused for now (a transient WAL error): not in the WAL, not in
+        // the dedup index; the gateway sends them again.
+        let mut refused = Vec::new();
         let mut rolled = false;
+        let mut transient: Option<std::io::Error> = None;
         let mut failure: Option<std::io::Error> = None;
         for req in group {
             let key = req.batch.header.key();
-            if failure.is_some() {
-                fresh.push((u64::MAX, req));
+            if transient.is_some() || failure.is_some() {
+                refused.push(req);
                 continue;
             }
             if s.dedup.contains(&key) {
@@ -259,9 +359,16 @@ fn run_sequencer(
                     s.stats.wal_bytes.fetch_add(req.raw.len() as u64, Relaxed);
                     fresh.push((pos, req));
                 }
+                // A write cut back cleanly, or a segment that could not be
+                // created (out of descriptors): nothing is unknown, what
+                // was appended before stays valid.
+                Err(e) if !s.wal.is_failed() => {
+                    transient = Some(e);
+                    refused.push(req);
+                }
                 Err(e) => {
                     failure = Some(e);
-                    fresh.push((u64::MAX, req));
+                    refused.push(req);
                 }
             }
         }
@@ -274,13 +381,16 @@ fn run_sequencer(
             }
         }
         if let Some(e) = failure {
-            // Nothing of this group is acknowledged; gateways retry. Further
-            // batches are refused until an operator restarts the hub.
-            tracing::error!(error = %e, "WAL write failed: the hub stops acknowledging batches");
+            // An fsync failed: what the page cache holds is unknown, so
+            // nothing of this group is acknowledged and further batches are
+            // refused until an operator restarts the hub.
+            tracing::error!(error = %e, "WAL fsync failed: the hub stops acknowledging batches");
             s.stats.wal_failed.store(true, Relaxed);
-            for (_, req) in fresh
+            for req in fresh
                 .into_iter()
-                .chain(duplicates.into_iter().map(|r| (0, r)))
+                .map(|(_, r)| r)
+                .chain(duplicates)
+                .chain(refused)
             {
                 s.stats.batches_unavailable.fetch_add(1, Relaxed);
                 let _ = req
@@ -288,6 +398,16 @@ fn run_sequencer(
                     .send(Err(SubmitError::Unavailable("the WAL failed")));
             }
             continue;
+        }
+        if let Some(e) = transient {
+            s.stats.wal_write_errors.fetch_add(1, Relaxed);
+            tracing::warn!(error = %e, refused = refused.len(), "WAL write failed; those batches are refused for now and the next ones retry");
+        }
+        for req in refused {
+            s.stats.batches_unavailable.fetch_add(1, Relaxed);
+            let _ = req.reply.send(Err(SubmitError::Unavailable(
+                "the WAL cannot take the batch now; retry",
+            )));
         }
         for (pos, req) in fresh {
             s.stats.batches_durable.fetch_add(1, Relaxed);

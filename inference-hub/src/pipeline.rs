@@ -11,11 +11,13 @@
 //! the archive stage publishes its low-water mark so the sequencer can trim
 //! the WAL.
 //!
-//! When archiving fails (disk full, I/O error) the archive stage logs at
-//! ERROR, marks the hub unhealthy and stops; the scoring stage stops when it
-//! can no longer hand over, the bounded queues fill, and intake stops
-//! acknowledging instead of losing data: the WAL keeps every acknowledged
-//! batch for the next start.
+//! When archiving fails (disk full, I/O error, out of descriptors) the
+//! archive stage logs at ERROR, marks the hub unhealthy and stops; the
+//! other stages stop when they can no longer hand over (or find the next
+//! stage gone while idle), and intake stops acknowledging instead of losing
+//! data: the WAL keeps every acknowledged batch. The hub then rebuilds the
+//! pipeline from the WAL (see `hub`); the state stage does not record twice
+//! what the API already shows.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -146,6 +148,13 @@ impl<T: Rows> HandoverSender<T> {
         state.queue.push_back(record);
         self.0.changed.notify_all();
         Ok(())
+    }
+}
+
+impl<T: Rows> HandoverSender<T> {
+    /// Whether the receiving stage has stopped.
+    fn is_closed(&self) -> bool {
+        self.0.lock().receiver_gone
     }
 }
 
@@ -317,6 +326,9 @@ impl ScoringStage {
                         return;
                     }
                 }
+                // Idle, but the stages after this one stopped (an archive
+                // failure): stop too, so the pipeline can be rebuilt.
+                Err(RecvTimeoutError::Timeout) if to_state.is_closed() => return,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
@@ -397,13 +409,19 @@ impl StateStage {
                     now_us,
                     gateway,
                 }) => {
-                    let started = thread_cpu();
-                    self.state.record(&record.scored, events, now_us, &gateway);
-                    add_ns(&self.stats.pipeline_state_ns, started, thread_cpu());
+                    // After a rebuild the WAL is replayed from its start:
+                    // what the API state already shows is not shown twice.
+                    if record.pos >= self.state.recorded_until() {
+                        let started = thread_cpu();
+                        self.state.record(&record.scored, events, now_us, &gateway);
+                        self.state.recorded_through(record.pos);
+                        add_ns(&self.stats.pipeline_state_ns, started, thread_cpu());
+                    }
                     if to_archive.send(record).is_err() {
                         return;
                     }
                 }
+                Err(RecvTimeoutError::Timeout) if to_archive.is_closed() => return,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
@@ -436,7 +454,7 @@ impl ArchiveStage {
                     add_ns(&self.stats.pipeline_archive_ns, started, thread_cpu());
                     if let Err(e) = result {
                         self.fail(&e);
-                        return self.archive.low_water();
+                        return self.stop_after_failure();
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -446,7 +464,7 @@ impl ArchiveStage {
                 Ok(files) => self.committed(&files),
                 Err(e) => {
                     self.fail(&e);
-                    return self.archive.low_water();
+                    return self.stop_after_failure();
                 }
             }
             self.low_water.store(self.archive.low_water(), Relaxed);
@@ -554,6 +572,15 @@ impl ArchiveStage {
 
     fn fail(&self, e: &std::io::Error) {
         self.stats.archive_failed.store(true, Relaxed);
-        tracing::error!(error = %e, "archive write failed: archiving stops; acknowledged batches stay in the WAL for the next start");
+        tracing::error!(error = %e, "archive write failed: archiving stops and is retried; acknowledged batches stay in the WAL");
+    }
+
+    /// Stops the uploader (what it has not sent stays local for the next
+    /// archive) and returns the low-water mark, which the failure froze.
+    fn stop_after_failure(mut self) -> u64 {
+        if let Some(uploader) = self.uploader.take() {
+            uploader.finish();
+        }
+        self.archive.low_water()
     }
 }

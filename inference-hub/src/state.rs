@@ -181,12 +181,15 @@ pub struct HubState {
     live: tokio::sync::broadcast::Sender<Arc<StreamEvent>>,
     /// Batches recorded so far.
     batches: std::sync::atomic::AtomicU64,
+    /// The WAL position after the last batch recorded.
+    recorded_until: std::sync::atomic::AtomicU64,
 }
 
 impl Default for HubState {
     fn default() -> Self {
         Self {
             batches: std::sync::atomic::AtomicU64::new(0),
+            recorded_until: std::sync::atomic::AtomicU64::new(0),
             devices: RwLock::default(),
             anomalies: RwLock::default(),
             stream: std::sync::Mutex::new((0, VecDeque::new())),
@@ -234,6 +237,19 @@ fn rank(s: &str) -> u8 {
 
 impl HubState {
     /// Publishes anomaly events that did not come with a scored batch.
+    /// The WAL position after the last batch recorded (a rebuilt pipeline
+    /// skips what is below it).
+    pub fn recorded_until(&self) -> u64 {
+        self.recorded_until
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Notes that the batch at WAL position `pos` is recorded.
+    pub fn recorded_through(&self, pos: u64) {
+        self.recorded_until
+            .fetch_max(pos + 1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn record_events(&self, events: Vec<AnomalyEvent>) {
         self.record(
             &arrow_array::RecordBatch::new_empty(schemas::tables::scored_schema()),

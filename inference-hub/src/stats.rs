@@ -24,6 +24,11 @@ pub struct HubStats {
     /// Acknowledged batches lost: WAL records damaged on disk, or that no
     /// longer decode (each logged at ERROR and put in the loss ledger).
     pub wal_records_lost: AtomicU64,
+    /// WAL appends that failed without leaving the log in doubt (a write
+    /// cut back, a segment that could not be created): retried.
+    pub wal_write_errors: AtomicU64,
+    /// Archive failures after which the pipeline was rebuilt from the WAL.
+    pub archive_restarts: AtomicU64,
     /// Entries in the loss ledger no operator has acknowledged yet.
     pub losses_unacknowledged: AtomicU64,
     pub files_committed: AtomicU64,
@@ -51,6 +56,11 @@ pub struct HubStats {
     /// keeps the data for the next start.
     pub archive_failed: AtomicBool,
     pub series: AtomicU64,
+    /// Open HTTP connections; accepts that failed for want of descriptors
+    /// or memory; connections closed for a header-read timeout.
+    pub http_connections: AtomicU64,
+    pub http_accept_errors: AtomicU64,
+    pub http_timeouts: AtomicU64,
     pub open_files: AtomicU64,
     /// Time the pipeline's threads spent per stage (nanoseconds): where a
     /// saturated hub's time goes.
@@ -189,10 +199,40 @@ impl HubStats {
             get(&self.wal_segments_deleted),
         );
         metric(
+            "gauge",
+            "hub_http_connections",
+            "Open HTTP connections.",
+            get(&self.http_connections),
+        );
+        metric(
+            "counter",
+            "hub_http_accept_errors_total",
+            "HTTP accepts that failed for want of descriptors or memory (retried).",
+            get(&self.http_accept_errors),
+        );
+        metric(
+            "counter",
+            "hub_http_timeouts_total",
+            "HTTP connections closed because headers did not arrive in time (slow or idle clients).",
+            get(&self.http_timeouts),
+        );
+        metric(
             "counter",
             "hub_wal_records_lost_total",
             "Acknowledged batches lost to WAL damage (logged at ERROR, listed at /v1/admin/losses).",
             get(&self.wal_records_lost),
+        );
+        metric(
+            "counter",
+            "hub_wal_write_errors_total",
+            "WAL writes that failed cleanly (batches refused for now, retried by their gateways).",
+            get(&self.wal_write_errors),
+        );
+        metric(
+            "counter",
+            "hub_archive_restarts_total",
+            "Times archiving resumed after a failure (the pipeline rebuilt from the WAL).",
+            get(&self.archive_restarts),
         );
         metric(
             "gauge",

@@ -71,6 +71,12 @@ impl Wal {
         Ok((a.id, a.new_segment))
     }
 
+    /// Whether an fsync or a cut-back failed: the log then refuses appends
+    /// until it is reopened (other errors are transient).
+    pub fn is_failed(&self) -> bool {
+        self.log.is_failed()
+    }
+
     /// Fsyncs everything appended.
     pub fn sync(&mut self) -> io::Result<()> {
         self.log.sync().map_err(io_error)

@@ -1193,7 +1193,8 @@ async fn an_archive_replays_from_parquet_into_another_hub_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_archive_that_cannot_be_written_stops_acknowledgements_and_loses_nothing_acknowledged() {
+async fn an_archive_that_cannot_be_written_stops_acknowledgements_resumes_by_itself_and_loses_nothing()
+ {
     let dir = tempfile::tempdir().unwrap();
     let port = start_embedded_broker().await;
     let config = || {
@@ -1267,12 +1268,39 @@ async fn an_archive_that_cannot_be_written_stops_acknowledgements_and_loses_noth
     // hub instead of resending to this one.
     let withdrawn = wait_for_announcement(port, "iot", "blocked", false).await;
     assert!(withdrawn, "an unhealthy hub still announces itself");
-    hub.shutdown().await;
 
-    // The operator clears the cause and restarts: the WAL holds what was
-    // acknowledged; the refused batches come again from their gateway.
+    // The cause goes away (an operator frees the disk, descriptors come
+    // back): the hub resumes by itself, rebuilding its pipeline from the
+    // WAL, with no restart; the refused batches come again from their
+    // gateway.
     std::fs::remove_file(&blocker).unwrap();
-    let hub = inference_hub::start(config()).await.unwrap();
+    let health_url = format!("http://{}/health", hub.http_addr);
+    let mut healthy = false;
+    for _ in 0..100 {
+        if client
+            .get(&health_url)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+        {
+            healthy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(healthy, "the hub did not resume archiving by itself");
+    assert!(
+        hub.stats
+            .archive_restarts
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    assert!(
+        wait_for_announcement(port, "iot", "blocked", true).await,
+        "a hub that resumed announces itself again"
+    );
     for &seq in &refused {
         assert!(
             post(&hub, seq).await.is_success(),

@@ -16,7 +16,7 @@ use crate::hub_process::{
 const ROWS: usize = 20;
 
 /// (gateway, seq) -> how many times each of its rows is archived.
-fn archived(root: &Path) -> BTreeMap<(String, u64), BTreeMap<i64, usize>> {
+pub(crate) fn archived(root: &Path) -> BTreeMap<(String, u64), BTreeMap<i64, usize>> {
     let mut out: BTreeMap<(String, u64), BTreeMap<i64, usize>> = BTreeMap::new();
     for batch in archive::read_table(root, Table::Scored).unwrap() {
         let col = |n: &str| batch.column_by_name(n).unwrap().clone();
@@ -108,7 +108,7 @@ async fn a_flipped_wal_byte_costs_one_batch_and_the_loss_is_loud() {
         dir.path(),
         "flip",
         dir.path().join("hub"),
-        "[archive]\nmax-file-age = \"1h\"",
+        "archive.max-file-age = \"1h\"",
     );
     let client = client();
     let hub = cfg.start();
@@ -212,7 +212,7 @@ async fn run_sequence(ops: Vec<HubOp>) -> Result<(), String> {
         dir.path(),
         "props",
         dir.path().join("hub"),
-        "[intake]\nwal-segment-bytes = 1048576\n[archive]\nmax-file-age = \"200ms\"",
+        "intake.wal-segment-bytes = 1048576\narchive.max-file-age = \"200ms\"",
     );
     let client = client();
     let mut hub = cfg.start();

@@ -13,6 +13,7 @@ use crate::e2e::agent_config;
 use crate::harness::{
     assert_archive_matches, publish_fleet, read_archive, start_embedded_broker, wait_until,
 };
+use crate::hub_process::{HubProcessConfig, client, envelope, post, terminate, wait_healthy};
 
 /// A client that reads every batch on the broker and answers each with
 /// forged acknowledgements: one naming other content, one naming none.
@@ -25,8 +26,14 @@ fn start_forger(port: u16) -> tokio::task::JoinHandle<()> {
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    client.subscribe("iot/batches/+", QoS::AtMostOnce).await.unwrap();
-                    client.subscribe("iot/hub/+/batches/+", QoS::AtMostOnce).await.unwrap();
+                    client
+                        .subscribe("iot/batches/+", QoS::AtMostOnce)
+                        .await
+                        .unwrap();
+                    client
+                        .subscribe("iot/hub/+/batches/+", QoS::AtMostOnce)
+                        .await
+                        .unwrap();
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let Ok((_, h)) = schemas::envelope::peek_header(
@@ -78,14 +85,23 @@ async fn forged_acknowledgements_release_nothing_from_the_spool() {
     let published = publish_fleet(port, "fleet-x", "plant-x", 3, 40, 1000).await;
     let stats = agent.stats.clone();
     assert!(
-        wait_until(Duration::from_secs(20), || stats.acks_ignored.load(Relaxed) >= 30).await,
+        wait_until(Duration::from_secs(20), || stats.acks_ignored.load(Relaxed)
+            >= 30)
+        .await,
         "forged answers seen: {}",
         stats.acks_ignored.load(Relaxed)
     );
-    assert_eq!(stats.readings_delivered.load(Relaxed), 0, "forged answers delivered nothing");
+    assert_eq!(
+        stats.readings_delivered.load(Relaxed),
+        0,
+        "forged answers delivered nothing"
+    );
     assert_eq!(stats.batches_acked.load(Relaxed), 0);
     assert_eq!(stats.batches_rejected_by_hub.load(Relaxed), 0);
-    assert!(stats.spool_records.load(Relaxed) > 0, "the spool still holds the batches");
+    assert!(
+        stats.spool_records.load(Relaxed) > 0,
+        "the spool still holds the batches"
+    );
 
     // A real hub then gets every reading, exactly once, while the forger
     // keeps answering.
@@ -96,7 +112,11 @@ async fn forged_acknowledgements_release_nothing_from_the_spool() {
     let expected = published.readings.len() as u64;
     let hub_stats = hub.stats.clone();
     assert!(
-        wait_until(Duration::from_secs(60), || hub_stats.readings_archived.load(Relaxed) >= expected).await,
+        wait_until(Duration::from_secs(60), || hub_stats
+            .readings_archived
+            .load(Relaxed)
+            >= expected)
+        .await,
         "archived {} of {expected}",
         hub_stats.readings_archived.load(Relaxed)
     );
@@ -105,4 +125,109 @@ async fn forged_acknowledgements_release_nothing_from_the_spool() {
     let root = hub.archive_root.clone();
     hub.shutdown().await;
     assert_archive_matches(&read_archive(&root), &published);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_half_sent_connections_cannot_take_the_hub_down() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The test opens more connections than a default process may.
+    let mut limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    limit.current = limit.maximum;
+    let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, limit);
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = HubProcessConfig::write(
+        dir.path(),
+        "flooded",
+        dir.path().join("hub"),
+        "http.header-read-timeout = \"2s\"\nhttp.request-timeout = \"3s\"\narchive.max-file-age = \"200ms\"",
+    );
+    let client = client();
+    let hub = cfg.start_with_file_limit(1024);
+    wait_healthy(&client, &cfg.http).await;
+
+    // A client that sends its headers and then trickles its body is cut at
+    // the request timeout.
+    let mut slow = tokio::net::TcpStream::connect(&cfg.http).await.unwrap();
+    slow.write_all(b"POST /v1/batches HTTP/1.1\r\nHost: hub\r\nContent-Length: 100000\r\n\r\nIOTB")
+        .await
+        .unwrap();
+    let slow_started = std::time::Instant::now();
+
+    // 1100 clients that send half a request and then nothing.
+    let mut idle = Vec::new();
+    for _ in 0..1100 {
+        let connect = tokio::net::TcpStream::connect(&cfg.http);
+        if let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_millis(200), connect).await
+        {
+            let _ = stream
+                .write_all(b"POST /v1/batches HTTP/1.1\r\nHost: hub\r\nContent-Le")
+                .await;
+            idle.push(stream);
+        }
+    }
+    // Meanwhile gateways' batches are still taken and archived.
+    let started = std::time::Instant::now();
+    for seq in 1..=20 {
+        let status = post(&client, &cfg.http, envelope("gw-flood", 1, seq, 20)).await;
+        assert_eq!(
+            status.as_deref(),
+            Some("durable"),
+            "batch {seq}: {}",
+            cfg.log_text()
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let health = client
+        .get(format!("http://{}/health", cfg.http))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        health.status().is_success(),
+        "{}",
+        health.text().await.unwrap()
+    );
+
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), slow.read_to_end(&mut answer)).await;
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 504"),
+        "a slow body is answered 504: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(slow_started.elapsed() < Duration::from_secs(15));
+
+    // The half-sent requests were cut at the header-read timeout.
+    let first = idle.first_mut().unwrap();
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(Duration::from_secs(10), first.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(_)) | Ok(Err(_))),
+        "an idle client was never disconnected"
+    );
+    drop(idle);
+    let metrics = client
+        .get(format!("http://{}/metrics", cfg.http))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let timeouts: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hub_http_timeouts_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(timeouts >= 500, "timeouts: {timeouts}");
+    terminate(hub, &cfg);
+    assert!(
+        !cfg.log_text().contains("Too many open files"),
+        "{}",
+        cfg.log_text()
+    );
+    let archived = crate::guarantees::archived(&cfg.data.join("archive"));
+    assert_eq!(archived.len(), 20, "every acknowledged batch is archived");
 }

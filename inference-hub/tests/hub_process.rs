@@ -8,7 +8,8 @@ use std::time::Duration;
 use schemas::ReadingColumns;
 
 /// A hub configuration in `dir` (data under `dir/hub`), with its HTTP
-/// address. `extra` is appended to the TOML.
+/// address. `extra` is appended to the TOML: dotted keys
+/// (`archive.max-file-age = "1h"`), no table headers.
 pub(crate) struct HubProcessConfig {
     pub(crate) config: PathBuf,
     pub(crate) data: PathBuf,
@@ -23,8 +24,8 @@ impl HubProcessConfig {
         std::fs::write(
             &config,
             format!(
-                "hub-id = \"{hub_id}\"\ndata-dir = {:?}\n[mqtt]\nenabled = false\n[http]\nlisten = \"{http}\"\n\
-                 {extra}\n[scoring]\nmodel-dir = {:?}\nwarmup-readings = 20\n",
+                "hub-id = \"{hub_id}\"\ndata-dir = {:?}\nmqtt.enabled = false\nhttp.listen = \"{http}\"\n\
+                 scoring.model-dir = {:?}\nscoring.warmup-readings = 20\n{extra}\n",
                 data.display().to_string(),
                 inference_hub::config::bundled_model_dir()
             ),
@@ -38,18 +39,33 @@ impl HubProcessConfig {
         }
     }
 
-    pub(crate) fn start(&self) -> Child {
+    pub(crate) fn start(&self) -> HubChild {
+        self.start_with(Command::new(env!("CARGO_BIN_EXE_inference-hub")))
+    }
+
+    /// Starts the hub with at most `files` open descriptors (soft and hard
+    /// limit, as `ulimit -n` on a default system).
+    pub(crate) fn start_with_file_limit(&self, files: u64) -> HubChild {
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--nofile={files}:{files}"))
+            .arg(env!("CARGO_BIN_EXE_inference-hub"));
+        self.start_with(command)
+    }
+
+    fn start_with(&self, mut command: Command) -> HubChild {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
-        Command::new(env!("CARGO_BIN_EXE_inference-hub"))
+        command
             .args(["--config", self.config.to_str().unwrap(), "run"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .stdin(Stdio::null())
             .spawn()
+            .map(HubChild)
             .unwrap()
     }
 
@@ -58,23 +74,32 @@ impl HubProcessConfig {
     }
 }
 
+/// A hub process, killed if the test ends without stopping it.
+pub(crate) struct HubChild(Child);
+
+impl Drop for HubChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// SIGTERM and wait: a graceful stop must succeed.
-pub(crate) fn terminate(mut hub: Child, cfg: &HubProcessConfig) {
+pub(crate) fn terminate(mut hub: HubChild, cfg: &HubProcessConfig) {
     let _ = Command::new("kill")
         .arg("-TERM")
-        .arg(hub.id().to_string())
+        .arg(hub.0.id().to_string())
         .status();
     assert!(
-        hub.wait().unwrap().success(),
+        hub.0.wait().unwrap().success(),
         "graceful stop failed: {}",
         cfg.log_text()
     );
 }
 
 /// SIGKILL: no chance to clean up.
-pub(crate) fn kill(mut hub: Child) {
-    hub.kill().unwrap();
-    hub.wait().unwrap();
+pub(crate) fn kill(hub: HubChild) {
+    drop(hub);
 }
 
 pub(crate) async fn wait_healthy(client: &reqwest::Client, http: &str) {

@@ -29,6 +29,9 @@ pub trait LogFs: Send {
     /// Removes a file and makes the removal durable.
     fn remove(&mut self, name: &str) -> io::Result<()>;
     fn rename(&mut self, from: &str, to: &str) -> io::Result<()>;
+    /// The file will not be written again for a while: release what is
+    /// held for writing it.
+    fn close(&mut self, _name: &str) {}
 }
 
 /// A real directory.
@@ -54,7 +57,7 @@ impl DirFs {
 
     fn handle(&mut self, name: &str) -> io::Result<&mut File> {
         if !self.open.contains_key(name) {
-            let f = OpenOptions::new().append(true).open(self.dir.join(name))?;
+            let f = OpenOptions::new().write(true).open(self.dir.join(name))?;
             self.open.insert(name.to_owned(), f);
         }
         Ok(self.open.get_mut(name).expect("inserted"))
@@ -86,12 +89,25 @@ impl LogFs for DirFs {
     }
 
     fn create(&mut self, name: &str) -> io::Result<()> {
-        File::create(self.dir.join(name))?.sync_all()?;
-        self.sync_dir()
+        // The handle is kept: appends, syncs and cut-backs of this file
+        // never need a new descriptor (so running out of them cannot turn
+        // a clean failure into a doubtful one).
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(self.dir.join(name))?;
+        file.sync_all()?;
+        self.sync_dir()?;
+        self.open.insert(name.to_owned(), file);
+        Ok(())
     }
 
     fn append(&mut self, name: &str, data: &[u8]) -> io::Result<()> {
-        self.handle(name)?.write_all(data)
+        use std::io::{Seek, SeekFrom};
+        let file = self.handle(name)?;
+        file.seek(SeekFrom::End(0))?;
+        file.write_all(data)
     }
 
     fn sync(&mut self, name: &str) -> io::Result<()> {
@@ -99,8 +115,7 @@ impl LogFs for DirFs {
     }
 
     fn truncate(&mut self, name: &str, len: u64) -> io::Result<()> {
-        self.open.remove(name);
-        let f = OpenOptions::new().write(true).open(self.dir.join(name))?;
+        let f = self.handle(name)?;
         f.set_len(len)?;
         f.sync_all()
     }
@@ -113,8 +128,13 @@ impl LogFs for DirFs {
 
     fn rename(&mut self, from: &str, to: &str) -> io::Result<()> {
         self.open.remove(from);
+        self.open.remove(to);
         fs::rename(self.dir.join(from), self.dir.join(to))?;
         self.sync_dir()
+    }
+
+    fn close(&mut self, name: &str) {
+        self.open.remove(name);
     }
 }
 

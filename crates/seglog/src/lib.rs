@@ -450,8 +450,10 @@ impl<F: LogFs> Log<F> {
         let new_segment =
             !active.entries.is_empty() && active.bytes + size > self.opts.segment_bytes;
         if new_segment {
+            let previous = active.name.clone();
             self.sync()?;
             self.create_segment(self.next_id).map_err(LogError::Io)?;
+            self.fs.close(&previous);
         }
         let id = self.next_id;
         self.scratch.clear();

@@ -1,0 +1,162 @@
+//! The HTTP listener: how connections are accepted and how long they may
+//! take, so that idle, slow or numerous clients cannot take the hub down.
+//!
+//! - **A cap on open connections** (`http.max-connections`, and never more
+//!   than half the process's open-file limit, so the WAL, the archive and
+//!   the broker link always have descriptors left). At the cap the listener
+//!   stops accepting; new clients wait in the kernel's backlog.
+//! - **A header-read timeout** (`http.header-read-timeout`): a client must
+//!   send a request's headers within it, and an idle keep-alive connection
+//!   is closed after it (the timer restarts for every request). Bodies and
+//!   handlers are bounded by `http.request-timeout` (see [`super::access`]).
+//! - **Running out of descriptors is transient**: an `accept` that fails
+//!   with EMFILE/ENFILE (or ENOBUFS/ENOMEM) is counted, logged once per
+//!   episode, and retried after a short pause; nothing else is affected.
+//!
+//! On shutdown the listener stops accepting, asks every connection to finish
+//! its current request, and waits for them (bounded by the grace period).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tower::ServiceExt;
+
+use crate::stats::HubStats;
+
+/// How the listener bounds its clients.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    /// How long shutdown waits for open connections.
+    pub shutdown_grace: Duration,
+}
+
+/// The connection cap actually used: the configured one, but at most half
+/// of the open-file limit.
+pub fn effective_max_connections(configured: usize) -> usize {
+    let files = open_file_limit().unwrap_or(1024);
+    configured.min((files / 2) as usize).max(1)
+}
+
+/// The soft limit of open files, raised to the hard limit first (as a
+/// server should: the soft default of 1024 is for interactive shells).
+pub fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let (Some(cur), Some(max)) = (limit.current, limit.maximum)
+        && cur < max
+    {
+        limit.current = Some(max);
+        if setrlimit(Resource::Nofile, limit).is_err() {
+            return Some(cur);
+        }
+    }
+    open_file_limit()
+}
+
+fn open_file_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+}
+
+/// Errors of `accept` that mean "out of a resource for now", not "the
+/// listener is broken".
+fn is_resource_exhaustion(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    Errno::from_io_error(e)
+        .is_some_and(|n| [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM].contains(&n))
+}
+
+/// Serves `app` on `listener` until `shutdown` flips.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ServeLimits,
+    stats: Arc<HubStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let (closing_tx, closing) = watch::channel(false);
+    let mut starved = false;
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = shutdown.changed() => break,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                if starved {
+                    starved = false;
+                    tracing::info!("the HTTP listener accepts connections again");
+                }
+                stream
+            }
+            Err(e) if is_resource_exhaustion(&e) => {
+                stats.http_accept_errors.fetch_add(1, Relaxed);
+                if !starved {
+                    starved = true;
+                    tracing::error!(error = %e, "the HTTP listener is out of descriptors or memory; retrying");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => {
+                // A connection that failed between SYN and accept.
+                tracing::debug!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        stats.http_connections.fetch_add(1, Relaxed);
+        let service = TowerToHyperService::new(
+            app.clone()
+                .map_request(|req: Request<hyper::body::Incoming>| req.map(axum::body::Body::new))
+                .map_err(|e: Infallible| match e {}),
+        );
+        let mut closing = closing.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .keep_alive(true);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = closing.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result
+                && e.is_timeout()
+            {
+                stats.http_timeouts.fetch_add(1, Relaxed);
+            }
+            stats.http_connections.fetch_sub(1, Relaxed);
+        });
+    }
+    drop(listener);
+    let _ = closing_tx.send(true);
+    // Every connection holds a permit: all back means all closed.
+    let _ = tokio::time::timeout(
+        limits.shutdown_grace,
+        permits.acquire_many(limits.max_connections as u32),
+    )
+    .await;
+}
