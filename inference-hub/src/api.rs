@@ -349,15 +349,10 @@ async fn readings(
         .as_deref()
         .map(parse_time)
         .transpose()?
-        .unwrap_or(to - 24 * 3_600_000_000);
+        .unwrap_or(to.saturating_sub(24 * 3_600_000_000));
     let unprocessable =
         |code, msg: &str| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, msg);
-    if from >= to || to - from > MAX_RANGE_US {
-        return Err(unprocessable(
-            "bad_range",
-            "from must be before to, at most 31 days apart",
-        ));
-    }
+    check_range(from, to, MAX_RANGE_US)?;
     let limit = q.limit.unwrap_or(10_000);
     if limit == 0 || limit > MAX_READINGS_LIMIT {
         return Err(unprocessable("bad_limit", "limit must be 1..=100000"));
@@ -367,9 +362,14 @@ async fn readings(
         Some(s) => Some(
             schemas::settings::parse_duration(s)
                 .ok()
-                .map(|d| d.as_micros() as i64)
-                .filter(|&d| d > 0)
-                .ok_or_else(|| unprocessable("bad_step", "step must be a duration such as 5m"))?,
+                .and_then(|d| i64::try_from(d.as_micros()).ok())
+                .filter(|&d| d >= 1_000_000)
+                .ok_or_else(|| {
+                    unprocessable(
+                        "bad_step",
+                        "step must be a duration of at least 1s, such as 5m",
+                    )
+                })?,
         ),
     };
     let agg = q.agg.as_deref().unwrap_or("mean");
@@ -382,9 +382,12 @@ async fn readings(
     // Archive (committed files) merged with the newest in-memory points.
     let archive_root = ctx.archive_root.clone();
     let (d, m) = (device.clone(), metric.clone());
+    // The scan stops when this request is gone (timed out, client left).
+    let cancel = CancelOnDrop::default();
+    let cancelled = cancel.token();
     let mut points: std::collections::BTreeMap<i64, crate::state::Point> =
         tokio::task::spawn_blocking(move || match archive_root {
-            Some(root) => crate::archive::read_points(&root, &d, &m, from, to),
+            Some(root) => query::read_points(&root, &d, &m, from, to, &cancelled),
             None => Ok(Default::default()),
         })
         .await
@@ -395,13 +398,8 @@ async fn readings(
                 "query failed",
             )
         })?
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "archive_unavailable",
-                "the archive cannot be read",
-            )
-        })?;
+        .map_err(query::ScanError::into_api_error)?;
+    drop(cancel);
     for p in ctx.state.recent_points(&device, &metric, from, to) {
         points.insert(p.ts_us, p);
     }
@@ -530,19 +528,70 @@ async fn stream(
         .into_response())
 }
 
+/// Earliest and latest times the API accepts (years 1 to 9999), so that
+/// every difference of two times fits an `i64` of microseconds.
+const MIN_TIME_US: i64 = -62_135_596_800_000_000;
+const MAX_TIME_US: i64 = 253_402_300_799_999_999;
+
+/// A time in a query: RFC 3339, or epoch milliseconds; years 1 to 9999.
 fn parse_time(s: &str) -> Result<i64, ApiError> {
-    if let Ok(ms) = s.parse::<i64>() {
-        return Ok(ms.saturating_mul(1000));
+    let bad = || {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_time",
+            "times must be RFC 3339 or epoch milliseconds, years 1 to 9999",
+        )
+    };
+    let us = match s.parse::<i64>() {
+        Ok(ms) => ms.checked_mul(1000).ok_or_else(bad)?,
+        Err(_) => chrono::DateTime::parse_from_rfc3339(s)
+            .map_err(|_| bad())?
+            .timestamp_micros(),
+    };
+    if (MIN_TIME_US..=MAX_TIME_US).contains(&us) {
+        Ok(us)
+    } else {
+        Err(bad())
     }
-    chrono::DateTime::parse_from_rfc3339(s)
-        .map(|t| t.timestamp_micros())
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "bad_time",
-                "since must be RFC 3339 or epoch milliseconds",
-            )
-        })
+}
+
+/// Checks a `[from, to)` range of at most `max_us` (times from [`parse_time`]).
+fn check_range(from: i64, to: i64, max_us: i64) -> Result<(), ApiError> {
+    match to.checked_sub(from) {
+        Some(span) if span > 0 && span <= max_us => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_range",
+            "from must be before to, at most 31 days apart",
+        )),
+    }
+}
+
+/// Set when the request that started blocking work is gone (answered,
+/// timed out or dropped by its client): the work checks it and stops.
+#[derive(Debug, Clone, Default)]
+pub struct Cancelled(Arc<std::sync::atomic::AtomicBool>);
+
+impl Cancelled {
+    pub fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Sets its [`Cancelled`] when dropped: held by the request's future.
+#[derive(Debug, Default)]
+pub struct CancelOnDrop(Cancelled);
+
+impl CancelOnDrop {
+    pub fn token(&self) -> Cancelled {
+        self.0.clone()
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 async fn batches(State(ctx): State<ApiContext>, body: Bytes) -> Response {

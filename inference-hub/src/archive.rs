@@ -1038,44 +1038,6 @@ pub fn wal_range(file: &Path) -> Option<(u64, u64)> {
     Some((first, last))
 }
 
-/// The scored readings of one series in `[from, to)` from the committed
-/// files of the hour partitions the range touches, keyed by time.
-pub fn read_points(
-    root: &Path,
-    device: &str,
-    metric: &str,
-    from_us: i64,
-    to_us: i64,
-) -> io::Result<BTreeMap<i64, crate::state::Point>> {
-    let mut out = BTreeMap::new();
-    for hour in from_us.div_euclid(HOUR_US)..=(to_us - 1).div_euclid(HOUR_US) {
-        let dir = PartitionKey {
-            table: Table::Scored,
-            hour,
-        }
-        .dir(root);
-        for file in walk_files(&dir)?
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        {
-            for batch in read_file(&file)? {
-                let view = crate::state::ScoredView::new(&batch).map_err(io::Error::other)?;
-                for i in 0..batch.num_rows() {
-                    let ts = view.ts.value(i);
-                    if ts >= from_us
-                        && ts < to_us
-                        && view.device.value(i) == device
-                        && view.metric.value(i) == metric
-                    {
-                        out.insert(ts, view.point(i));
-                    }
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Every record batch of one Parquet file.
 pub fn read_file(path: &Path) -> io::Result<Vec<RecordBatch>> {
     parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)

@@ -20,12 +20,107 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{ApiContext, ApiError, parse_time};
+use super::{ApiContext, ApiError, CancelOnDrop, Cancelled, check_range, parse_time};
 use crate::archive::{self, PartitionKey, Table};
 
 pub const MAX_QUERY_ROWS: usize = 1_000_000;
+/// Files and rows one request may read, whatever its range and filters.
 const MAX_FILES: usize = 10_000;
+const MAX_SCAN_ROWS: usize = 50_000_000;
 const MAX_RANGE_US: i64 = 31 * 24 * 3_600_000_000;
+
+/// Why an archive read stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("the range touches too many files")]
+    TooManyFiles,
+    #[error("the range holds too many rows")]
+    TooManyRows,
+    #[error("the request is gone")]
+    Cancelled,
+    #[error("the archive cannot be read")]
+    Io(#[from] std::io::Error),
+}
+
+impl ScanError {
+    pub fn into_api_error(self) -> ApiError {
+        match self {
+            ScanError::TooManyFiles | ScanError::TooManyRows => {
+                bad("too_much_to_scan", format!("{self}: narrow it"))
+            }
+            ScanError::Cancelled => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "the request was cancelled",
+            ),
+            ScanError::Io(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "archive_unavailable",
+                "the archive cannot be read",
+            ),
+        }
+    }
+}
+
+/// The committed Parquet files of `table` whose hours meet `[from, to)`
+/// (a range already checked to be at most 31 days).
+fn range_files(
+    root: &std::path::Path,
+    table: Table,
+    from: i64,
+    to: i64,
+) -> Result<Vec<PathBuf>, ScanError> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for hour in from.div_euclid(3_600_000_000)..=(to - 1).div_euclid(3_600_000_000) {
+        let dir = PartitionKey { table, hour }.dir(root);
+        files.extend(
+            archive::walk_files(&dir)?
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "parquet")),
+        );
+        if files.len() > MAX_FILES {
+            return Err(ScanError::TooManyFiles);
+        }
+    }
+    Ok(files)
+}
+
+/// One series' archived points in `[from_us, to_us)`, bounded in files and
+/// rows read, stopping when `cancelled`.
+pub fn read_points(
+    root: &std::path::Path,
+    device: &str,
+    metric: &str,
+    from_us: i64,
+    to_us: i64,
+    cancelled: &Cancelled,
+) -> Result<std::collections::BTreeMap<i64, crate::state::Point>, ScanError> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut scanned = 0usize;
+    for file in range_files(root, Table::Scored, from_us, to_us)? {
+        for batch in archive::read_file(&file)? {
+            if cancelled.is_set() {
+                return Err(ScanError::Cancelled);
+            }
+            scanned += batch.num_rows();
+            if scanned > MAX_SCAN_ROWS {
+                return Err(ScanError::TooManyRows);
+            }
+            let view = crate::state::ScoredView::new(&batch).map_err(std::io::Error::other)?;
+            for i in 0..batch.num_rows() {
+                let ts = view.ts.value(i);
+                if ts >= from_us
+                    && ts < to_us
+                    && view.device.value(i) == device
+                    && view.metric.value(i) == metric
+                {
+                    out.insert(ts, view.point(i));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
 
 #[derive(Debug, Deserialize)]
 pub struct QueryParams {
@@ -88,12 +183,7 @@ pub async fn query(
         return Err(bad("bad_range", "from and to are required"));
     };
     let (from, to) = (parse_time(from)?, parse_time(to)?);
-    if from >= to || to - from > MAX_RANGE_US {
-        return Err(bad(
-            "bad_range",
-            "from must be before to, at most 31 days apart",
-        ));
-    }
+    check_range(from, to, MAX_RANGE_US)?;
     let limit = q.limit.unwrap_or(100_000);
     if limit == 0 || limit > MAX_QUERY_ROWS {
         return Err(bad(
@@ -139,28 +229,7 @@ pub async fn query(
             "this hub serves no local archive",
         ));
     };
-    let mut files: Vec<PathBuf> = Vec::new();
-    for hour in from.div_euclid(3_600_000_000)..=(to - 1).div_euclid(3_600_000_000) {
-        let dir = PartitionKey { table, hour }.dir(&root);
-        files.extend(
-            archive::walk_files(&dir)
-                .map_err(|_| {
-                    ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "archive_unavailable",
-                        "the archive cannot be read",
-                    )
-                })?
-                .into_iter()
-                .filter(|p| p.extension().is_some_and(|e| e == "parquet")),
-        );
-        if files.len() > MAX_FILES {
-            return Err(bad(
-                "too_many_files",
-                "the range touches too many files: narrow it",
-            ));
-        }
-    }
+    let files = range_files(&root, table, from, to).map_err(ScanError::into_api_error)?;
     let filter = Filter {
         from,
         to,
@@ -170,9 +239,13 @@ pub async fn query(
         columns,
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
-    tokio::task::spawn_blocking(move || produce(files, filter, limit, format, tx));
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
+    // The producer stops when the response body is dropped (client gone,
+    // request timed out): the stream owns the guard.
+    let cancel = CancelOnDrop::default();
+    let cancelled = cancel.token();
+    tokio::task::spawn_blocking(move || produce(files, filter, limit, format, tx, &cancelled));
+    let stream = futures_util::stream::unfold((rx, cancel), |(mut rx, cancel)| async move {
+        rx.recv().await.map(|item| (item, (rx, cancel)))
     });
     Ok((
         [(header::CONTENT_TYPE, format.content_type())],
@@ -246,7 +319,9 @@ fn produce(
     limit: usize,
     format: Format,
     tx: tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
+    cancelled: &Cancelled,
 ) {
+    let mut scanned = 0usize;
     let send = |b: Vec<u8>| tx.blocking_send(Ok(bytes::Bytes::from(b))).is_ok();
     let mut left = limit;
     let mut first = true;
@@ -270,6 +345,16 @@ fn produce(
             }
         };
         for b in batches {
+            scanned += b.num_rows();
+            if cancelled.is_set() || tx.is_closed() {
+                return;
+            }
+            if scanned > MAX_SCAN_ROWS {
+                let _ = tx.blocking_send(Err(std::io::Error::other(
+                    "the query scans too many rows: narrow it",
+                )));
+                return;
+            }
             let rows = match filter.apply(&b) {
                 Ok(r) if r.num_rows() > left => r.slice(0, left),
                 Ok(r) => r,

@@ -521,6 +521,19 @@ async fn readings_over_a_range_merge_the_archive_with_memory_and_downsample() {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
         assert_eq!(body["error"]["code"], code);
     }
+    // A scan whose request is gone stops at the next batch it reads.
+    let gone = CancelOnDrop::default();
+    let token = gone.token();
+    drop(gone);
+    let scan = query::read_points(
+        &hub.archive_root,
+        "pump-7",
+        "temp",
+        t0,
+        t0 + 5 * 3_600_000_000,
+        &token,
+    );
+    assert!(matches!(scan, Err(query::ScanError::Cancelled)), "{scan:?}");
     hub.shutdown().await;
 }
 
@@ -736,5 +749,43 @@ async fn a_device_shows_its_gateway_and_the_model_of_each_metric() {
     let (status, body) = call(&app, get("/v1/devices/nope")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "unknown_device");
+    hub.shutdown().await;
+}
+
+/// Hostile ranges: extreme and overflowing times are refused at once with
+/// 422, before any file is touched.
+#[tokio::test]
+async fn overflowing_and_absurd_ranges_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = test_hub(dir.path()).await;
+    let app = router(
+        ApiContext::new(hub.intake.clone(), hub.state.clone(), hub.stats.clone())
+            .with_archive(hub.archive_root.clone()),
+    );
+    let base = "/v1/devices/pump-7/metrics/temp/readings";
+    for (route, range, code) in [
+        ("/v1/query", "from=-9223372036854775808&to=0", "bad_time"),
+        ("/v1/query", "from=-9223372036854775&to=0", "bad_time"),
+        ("/v1/query", "from=0&to=9223372036854775807", "bad_time"),
+        ("/v1/query", "from=1&to=0", "bad_range"),
+        (base, "from=-9223372036854775808&to=0", "bad_time"),
+        (base, "from=-62135596800000&to=253402300799999", "bad_range"),
+        (base, "to=-62135596800001", "bad_time"),
+        (base, "from=0&to=1000&step=1ms", "bad_step"),
+        (
+            base,
+            "from=0&to=1000&step=99999999999999999999h",
+            "bad_step",
+        ),
+        ("/v1/anomalies", "since=-9223372036854775808", "bad_time"),
+    ] {
+        let (status, body) = call(&app, get(&format!("{route}?{range}"))).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{route}?{range}: {body}"
+        );
+        assert_eq!(body["error"]["code"], code, "{route}?{range}");
+    }
     hub.shutdown().await;
 }
