@@ -501,7 +501,12 @@ pub async fn run(
                     match &ack.status {
                         AckStatus::Durable | AckStatus::Duplicate => {
                             stats.batches_acked.fetch_add(1, Relaxed);
-                            stats.readings_delivered.fetch_add(rows, Relaxed);
+                            let dropped = ack.dropped.as_ref().map_or(0, |d| u64::from(d.rows).min(rows));
+                            stats.readings_delivered.fetch_add(rows - dropped, Relaxed);
+                            if let Some(d) = &ack.dropped {
+                                stats.readings_rejected_by_hub.fetch_add(dropped, Relaxed);
+                                tracing::error!(seq = ack.seq, rows = d.rows, reason = %d.reason, "the hub kept the batch but refused some of its readings; they are dropped");
+                            }
                         }
                         AckStatus::Rejected { reason } => {
                             stats.batches_rejected_by_hub.fetch_add(1, Relaxed);

@@ -605,6 +605,14 @@ async fn batches(State(ctx): State<ApiContext>, body: Bytes) -> Response {
         return unavailable("too many batch uploads in progress");
     };
     match ctx.intake.submit(body).await {
+        // Refused whole by screening (every reading out of its window, or
+        // of new series past the caps): a valid envelope the hub will not hold.
+        Ok(
+            ack @ BatchAck {
+                status: schemas::ack::AckStatus::Rejected { .. },
+                ..
+            },
+        ) => (StatusCode::UNPROCESSABLE_ENTITY, Json::<BatchAck>(ack)).into_response(),
         Ok(ack) => (StatusCode::OK, Json::<BatchAck>(ack)).into_response(),
         Err(SubmitError::Rejected { ack, error }) => {
             (status_for(&error), Json::<BatchAck>(ack)).into_response()

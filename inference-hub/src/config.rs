@@ -119,6 +119,33 @@ pub struct IntakeSettings {
     pub group_commit_delay: Duration,
     /// A WAL segment is closed (and can later be deleted) past this size.
     pub wal_segment_bytes: u64,
+    /// Gateway incarnations the dedup index remembers at most, and how long
+    /// one is remembered after its last batch (longer than the agents'
+    /// spool TTL, so that their resends are recognised).
+    pub dedup_max_sources: usize,
+    #[serde(with = "duration")]
+    pub dedup_retention: Duration,
+    /// Readings stamped further from the hub's clock than these are refused
+    /// (the rest of their batch is kept; the gateway is told).
+    #[serde(with = "duration")]
+    pub max_past: Duration,
+    #[serde(with = "duration")]
+    pub max_future: Duration,
+    /// Series (device, metric) one gateway, and the whole hub, may hold;
+    /// readings of new series past either are refused (the gateway is told).
+    pub max_series_per_gateway: usize,
+    pub max_series: usize,
+}
+
+impl IntakeSettings {
+    pub fn screen_rules(&self) -> crate::screen::ScreenRules {
+        crate::screen::ScreenRules {
+            max_past: self.max_past,
+            max_future: self.max_future,
+            max_series: self.max_series,
+            max_series_per_gateway: self.max_series_per_gateway,
+        }
+    }
 }
 
 impl Default for IntakeSettings {
@@ -128,6 +155,14 @@ impl Default for IntakeSettings {
             max_batch_rows: 1_000_000,
             group_commit_delay: Duration::from_millis(2),
             wal_segment_bytes: 64 * 1024 * 1024,
+            dedup_max_sources: 100_000,
+            dedup_retention: Duration::from_secs(35 * 24 * 3600),
+            // Recorded data from years back can be replayed; 1970 (a device
+            // without a clock) cannot.
+            max_past: Duration::from_secs(20 * 365 * 24 * 3600),
+            max_future: Duration::from_secs(24 * 3600),
+            max_series_per_gateway: 50_000,
+            max_series: 250_000,
         }
     }
 }
@@ -330,6 +365,18 @@ impl Validate for HubConfig {
         if self.intake.max_batch_rows == 0 {
             problems.push(ConfigProblem::new(
                 "intake.max-batch-rows",
+                "must be at least 1",
+            ));
+        }
+        if self.intake.max_series == 0 || self.intake.max_series_per_gateway == 0 {
+            problems.push(ConfigProblem::new(
+                "intake.max-series",
+                "max-series and max-series-per-gateway must be at least 1",
+            ));
+        }
+        if self.intake.dedup_max_sources == 0 {
+            problems.push(ConfigProblem::new(
+                "intake.dedup-max-sources",
                 "must be at least 1",
             ));
         }

@@ -286,8 +286,22 @@ fn recover(
 ) -> Result<Recovered, StartError> {
     let pipeline = start_pipeline(&cfg, &stats, &state)?;
     let dedup_path = cfg.data_dir.join("dedup.json");
-    let (mut dedup, dedup_covers) =
-        DedupIndex::load(&dedup_path).map_err(io("the dedup snapshot"))?;
+    let dedup_limits = crate::dedup::DedupLimits {
+        max_sources: cfg.intake.dedup_max_sources,
+        retention: cfg.intake.dedup_retention,
+        ..crate::dedup::DedupLimits::default()
+    };
+    let (mut dedup, dedup_covers) = match DedupIndex::load(&dedup_path, dedup_limits) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            // Never a reason not to start: rebuilt from the whole WAL, and
+            // a resend from before that is archived twice, never lost.
+            stats.dedup_snapshots_refused.fetch_add(1, Relaxed);
+            tracing::error!(error = %schemas::error_chain(&e), path = %dedup_path.display(),
+                "the dedup snapshot is unusable; the index is rebuilt from the WAL, and batches resent from before it may be archived twice");
+            (DedupIndex::new(dedup_limits), 0)
+        }
+    };
     // WAL positions name archive files and must never go back: they resume
     // above whatever the archive or the dedup snapshot has already seen.
     let floor = pipeline.low_water.load(Relaxed).max(dedup_covers);
@@ -309,11 +323,13 @@ fn recover(
     }
     // Replay everything still in the WAL: the archive skips, per partition,
     // what its committed files already hold.
+    let mut series = crate::screen::SeriesRegistry::default();
     let (replayed, unreadable) =
         intake::replay_wal(&mut wal, &limits, &pipeline.tx, &stats, |pos, batch| {
             if pos >= dedup_covers {
                 dedup.insert(&batch.header.key());
             }
+            series.observe(batch);
         })
         .map_err(io("the WAL for replay"))?;
     for (pos, reason) in unreadable {
@@ -341,6 +357,8 @@ fn recover(
             group_commit_delay: cfg.intake.group_commit_delay,
             archive_low_water: pipeline.low_water,
             stats,
+            screen_rules: cfg.intake.screen_rules(),
+            series,
         },
         pipeline: pipeline.thread,
         pipeline_tx: pipeline.tx,

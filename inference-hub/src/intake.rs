@@ -37,13 +37,30 @@ use crate::wal::Wal;
 pub struct Queued {
     header: schemas::envelope::BatchHeader,
     crc32c: u32,
-    answer: oneshot::Receiver<Result<AckStatus, SubmitError>>,
+    answer: oneshot::Receiver<Result<Answer, SubmitError>>,
+}
+
+/// The sequencer's answer to one batch.
+#[derive(Debug)]
+struct Answer {
+    status: AckStatus,
+    /// Rows refused by screening (the rest is durable).
+    dropped: Option<schemas::ack::Dropped>,
+}
+
+impl Answer {
+    fn plain(status: AckStatus) -> Self {
+        Self {
+            status,
+            dropped: None,
+        }
+    }
 }
 
 impl Queued {
     /// Waits until the batch is durable (or a known duplicate).
     pub async fn answer(self) -> Result<BatchAck, SubmitError> {
-        let status = self
+        let answer = self
             .answer
             .await
             .map_err(|_| SubmitError::Unavailable("intake is shut down"))??;
@@ -52,7 +69,8 @@ impl Queued {
             incarnation: self.header.incarnation,
             seq: self.header.seq,
             crc32c: self.crc32c,
-            status,
+            status: answer.status,
+            dropped: answer.dropped,
         })
     }
 }
@@ -81,7 +99,7 @@ pub enum SubmitError {
 struct Request {
     batch: DecodedBatch,
     raw: Bytes,
-    reply: oneshot::Sender<Result<AckStatus, SubmitError>>,
+    reply: oneshot::Sender<Result<Answer, SubmitError>>,
 }
 
 enum Message {
@@ -147,6 +165,7 @@ impl IntakeHandle {
                     status: AckStatus::Rejected {
                         reason: e.to_string(),
                     },
+                    dropped: None,
                 };
                 return Err(SubmitError::Rejected { ack, error: e });
             }
@@ -244,6 +263,9 @@ pub struct Sequencer {
     /// Smallest WAL position not yet archived (written by the pipeline).
     pub archive_low_water: Arc<AtomicU64>,
     pub stats: Arc<HubStats>,
+    /// What the hub refuses to hold (see [`crate::screen`]).
+    pub screen_rules: crate::screen::ScreenRules,
+    pub series: crate::screen::SeriesRegistry,
 }
 
 /// Starts the sequencer thread; returns the intake handle. `out` feeds the
@@ -339,6 +361,8 @@ fn run_sequencer(
         // Refused for now (a transient WAL error): not in the WAL, not in
         // the dedup index; the gateway sends them again.
         let mut refused = Vec::new();
+        // Refused for good by screening (see crate::screen).
+        let mut rejected: Vec<(Request, String)> = Vec::new();
         let mut rolled = false;
         let mut transient: Option<std::io::Error> = None;
         let mut failure: Option<std::io::Error> = None;
@@ -352,12 +376,48 @@ fn run_sequencer(
                 duplicates.push(req);
                 continue;
             }
+            let mut req = req;
+            let mut dropped = None;
+            let now_us = chrono::Utc::now().timestamp_micros();
+            match crate::screen::screen(
+                &req.batch,
+                &s.screen_rules,
+                &mut s.series,
+                now_us,
+                &s.stats,
+            ) {
+                crate::screen::Verdict::Keep => {}
+                crate::screen::Verdict::Some(kept, why) => {
+                    // The rest of the batch, re-encoded under its identity.
+                    let h = &req.batch.header;
+                    match envelope::encode(&h.gateway, h.incarnation, h.seq, &kept) {
+                        Ok((header, bytes)) => {
+                            req.batch = DecodedBatch {
+                                header,
+                                version: req.batch.version,
+                                readings: kept,
+                            };
+                            req.raw = Bytes::from(bytes);
+                            dropped = Some(why);
+                        }
+                        Err(e) => {
+                            rejected
+                                .push((req, format!("cannot re-encode the kept readings: {e}")));
+                            continue;
+                        }
+                    }
+                }
+                crate::screen::Verdict::None(reason) => {
+                    rejected.push((req, reason));
+                    continue;
+                }
+            }
             match s.wal.append(&req.raw) {
                 Ok((pos, r)) => {
                     rolled |= r;
                     s.dedup.insert(&key);
                     s.stats.wal_bytes.fetch_add(req.raw.len() as u64, Relaxed);
-                    fresh.push((pos, req));
+                    fresh.push((pos, req, dropped));
                 }
                 // A write cut back cleanly, or a segment that could not be
                 // created (out of descriptors): nothing is unknown, what
@@ -388,9 +448,10 @@ fn run_sequencer(
             s.stats.wal_failed.store(true, Relaxed);
             for req in fresh
                 .into_iter()
-                .map(|(_, r)| r)
+                .map(|(_, r, _)| r)
                 .chain(duplicates)
                 .chain(refused)
+                .chain(rejected.into_iter().map(|(r, _)| r))
             {
                 s.stats.batches_unavailable.fetch_add(1, Relaxed);
                 let _ = req
@@ -409,12 +470,21 @@ fn run_sequencer(
                 "the WAL cannot take the batch now; retry",
             )));
         }
-        for (pos, req) in fresh {
+        for (req, reason) in rejected {
+            s.stats.batches_rejected.fetch_add(1, Relaxed);
+            let _ = req
+                .reply
+                .send(Ok(Answer::plain(AckStatus::Rejected { reason })));
+        }
+        for (pos, req, dropped) in fresh {
             s.stats.batches_durable.fetch_add(1, Relaxed);
             s.stats
                 .readings_durable
                 .fetch_add(u64::from(req.batch.header.row_count), Relaxed);
-            let _ = req.reply.send(Ok(AckStatus::Durable));
+            let _ = req.reply.send(Ok(Answer {
+                status: AckStatus::Durable,
+                dropped,
+            }));
             let sent = out.send(DurableBatch {
                 pos,
                 batch: req.batch,
@@ -428,7 +498,7 @@ fn run_sequencer(
         }
         for req in duplicates {
             s.stats.batches_duplicate.fetch_add(1, Relaxed);
-            let _ = req.reply.send(Ok(AckStatus::Duplicate));
+            let _ = req.reply.send(Ok(Answer::plain(AckStatus::Duplicate)));
         }
         if rolled {
             let covers = s.wal.next_pos();
@@ -439,6 +509,8 @@ fn run_sequencer(
                 }
             }
         }
+        s.stats.dedup_forgotten.store(s.dedup.forgotten(), Relaxed);
+        s.stats.series_held.store(s.series.total() as u64, Relaxed);
         s.trim_wal();
     }
     rx.close();

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! - [`intake`]: envelope verification, dedup, WAL group commit; the
-//!   acknowledgement is sent here, once the batch is durable.
+//!   acknowledgement is sent here, once the batch is durable. [`screen`]:
+//!   what it refuses to hold (absurd times, series past the caps).
 //! - [`wal`] and [`dedup`]: the durable log and the batch-identity index;
 //!   [`losses`]: acknowledged data lost to damage, until an operator sees it.
 //! - [`pipeline`], [`scoring`], [`model`]: per-series state and ONNX scoring.
@@ -42,6 +43,7 @@ pub mod pipeline;
 pub mod replay_parquet;
 pub mod rescore;
 pub mod scoring;
+pub mod screen;
 pub mod state;
 pub mod stats;
 pub mod wal;

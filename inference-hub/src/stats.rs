@@ -27,6 +27,16 @@ pub struct HubStats {
     /// WAL appends that failed without leaving the log in doubt (a write
     /// cut back, a segment that could not be created): retried.
     pub wal_write_errors: AtomicU64,
+    /// Readings the hub refused to hold (the rest of their batch is
+    /// durable): stamped outside the time window, or new series past a cap.
+    pub readings_refused_time: AtomicU64,
+    pub readings_refused_series: AtomicU64,
+    /// Series the hub holds (the screening registry).
+    pub series_held: AtomicU64,
+    /// Dedup keys forgotten to keep the index bounded (a resend of one is
+    /// archived again), and snapshots found unusable at start-up.
+    pub dedup_forgotten: AtomicU64,
+    pub dedup_snapshots_refused: AtomicU64,
     /// Archive failures after which the pipeline was rebuilt from the WAL.
     pub archive_restarts: AtomicU64,
     /// Entries in the loss ledger no operator has acknowledged yet.
@@ -227,6 +237,36 @@ impl HubStats {
             "hub_wal_write_errors_total",
             "WAL writes that failed cleanly (batches refused for now, retried by their gateways).",
             get(&self.wal_write_errors),
+        );
+        metric(
+            "counter",
+            "hub_readings_refused_total{reason=\"time\"}",
+            "Readings refused before the WAL: stamped outside the time window, or new series past a cap (the gateway is told).",
+            get(&self.readings_refused_time),
+        );
+        metric(
+            "counter",
+            "hub_readings_refused_total{reason=\"series\"}",
+            "Readings refused before the WAL: stamped outside the time window, or new series past a cap (the gateway is told).",
+            get(&self.readings_refused_series),
+        );
+        metric(
+            "gauge",
+            "hub_series_held",
+            "Series (gateway, device, metric) the hub holds against intake.max-series.",
+            get(&self.series_held),
+        );
+        metric(
+            "counter",
+            "hub_dedup_forgotten_total",
+            "Dedup keys forgotten to keep the index bounded (a resend of one is archived again).",
+            get(&self.dedup_forgotten),
+        );
+        metric(
+            "counter",
+            "hub_dedup_snapshots_refused_total",
+            "Dedup snapshots found damaged or oversized at start-up (rebuilt from the WAL).",
+            get(&self.dedup_snapshots_refused),
         );
         metric(
             "counter",

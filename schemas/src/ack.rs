@@ -33,6 +33,17 @@ pub struct BatchAck {
     pub crc32c: u32,
     #[serde(flatten)]
     pub status: AckStatus,
+    /// With `durable`: readings of the batch the hub refused to hold (the
+    /// rest is durable), and why. They will never be accepted as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<Dropped>,
+}
+
+/// Readings of a durable batch the hub did not keep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dropped {
+    pub rows: u32,
+    pub reason: String,
 }
 
 impl BatchAck {

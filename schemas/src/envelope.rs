@@ -31,10 +31,10 @@
 //!
 //! [`decode`] is written for bytes from the network: every length is checked
 //! before it is used, the checksum is verified before Arrow sees a byte, the
-//! Arrow stream is pre-walked so that no declared (decompressed) buffer size
-//! exceeds [`DecodeLimits::max_decoded_bytes`] (a zstd bomb cannot make the
-//! hub allocate), and the Arrow decoder itself runs under `catch_unwind` as a
-//! last line of defence. Every failure is a [`DecodeError`], never a panic.
+//! Arrow stream is pre-walked so that the declared (decompressed) buffer
+//! sizes stay within [`DecodeLimits::decoded_limit`], absolute and relative
+//! to the bytes received (a zstd bomb cannot make the hub allocate), and the
+//! Arrow decoder itself runs under `catch_unwind` as a last line of defence. Every failure is a [`DecodeError`], never a panic.
 
 use std::io::Cursor;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -94,6 +94,24 @@ pub struct DecodeLimits {
     pub max_rows: u32,
     /// Upper bound of the sum of all Arrow buffer sizes after decompression.
     pub max_decoded_bytes: u64,
+    /// ...and relative to the payload's size on the wire: at most this many
+    /// times the payload, plus [`EXPANSION_SLACK`]. Real readings expand
+    /// tens of times at most (even flat-lining sensors: their timestamps
+    /// differ); a compression bomb expands thousands of times.
+    pub max_expansion: u64,
+}
+
+/// Decoded bytes always allowed on top of [`DecodeLimits::max_expansion`].
+pub const EXPANSION_SLACK: u64 = 4 * 1024 * 1024;
+
+impl DecodeLimits {
+    /// The decoded-size limit for a payload of `wire` bytes.
+    pub fn decoded_limit(&self, wire: usize) -> u64 {
+        (wire as u64)
+            .saturating_mul(self.max_expansion)
+            .saturating_add(EXPANSION_SLACK)
+            .min(self.max_decoded_bytes)
+    }
 }
 
 impl Default for DecodeLimits {
@@ -102,6 +120,7 @@ impl Default for DecodeLimits {
             max_envelope_bytes: 16 * 1024 * 1024,
             max_rows: 1_000_000,
             max_decoded_bytes: 512 * 1024 * 1024,
+            max_expansion: 1024,
         }
     }
 }
@@ -467,6 +486,7 @@ fn precheck_ipc_stream(payload: &[u8], limits: &DecodeLimits) -> Result<(), Deco
     let bad = |msg: &str| DecodeError::Payload(msg.to_owned());
     let mut r = ByteReader::new(payload);
     let mut decoded: u64 = 0;
+    let decoded_limit = limits.decoded_limit(payload.len());
     let mut batches = 0usize;
     let mut saw_schema = false;
     let mut layouts: Vec<Layout> = Vec::new();
@@ -565,9 +585,9 @@ fn precheck_ipc_stream(payload: &[u8], limits: &DecodeLimits) -> Result<(), Deco
                         length
                     };
                     decoded = decoded.saturating_add(size);
-                    if decoded > limits.max_decoded_bytes {
+                    if decoded > decoded_limit {
                         return Err(DecodeError::DecodedTooLarge {
-                            limit: limits.max_decoded_bytes,
+                            limit: decoded_limit,
                         });
                     }
                     sizes.push(size);

@@ -789,3 +789,117 @@ async fn overflowing_and_absurd_ranges_are_refused_at_once() {
     }
     hub.shutdown().await;
 }
+
+fn envelope_of(gateway: &str, seq: u64, rows: &[(&str, i64)]) -> Vec<u8> {
+    let mut cols = ReadingColumns::default();
+    for (device, ts) in rows {
+        cols.push(device, "temp", *ts, 1.0);
+    }
+    envelope::encode(gateway, 1, seq, &cols.finish()).unwrap().1
+}
+
+/// Readings stamped 1970 or in a far-future year are refused before the
+/// WAL, with a reason in the answer; the rest of their batch is kept.
+#[tokio::test]
+async fn absurd_timestamps_are_refused_with_a_reason_and_never_archived() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = HubConfig::for_dir("times", dir.path());
+    cfg.mqtt.enabled = false;
+    let hub = crate::hub::start(cfg).await.unwrap();
+    let app = router_for(&hub);
+    let now = chrono::Utc::now().timestamp_micros();
+    let year_3000 = 32_503_680_000_000_000;
+    let (status, body) = call(
+        &app,
+        post(envelope_of(
+            "gw-t",
+            1,
+            &[("d1", now), ("d1", 0), ("d2", year_3000)],
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "durable");
+    assert_eq!(body["dropped"]["rows"], 2, "{body}");
+    assert!(
+        body["dropped"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("before the hub's clock")
+    );
+    let (status, body) = call(&app, post(envelope_of("gw-t", 2, &[("d1", 0)]))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["status"], "rejected");
+    let root = hub.archive_root.clone();
+    hub.shutdown().await;
+    let hours: Vec<String> = crate::archive::committed_files(&root, crate::archive::Table::Scored)
+        .unwrap()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(
+        hours
+            .iter()
+            .all(|p| !p.contains("date=1970") && !p.contains("date=3000")),
+        "{hours:?}"
+    );
+    let rows: usize = crate::archive::read_table(&root, crate::archive::Table::Scored)
+        .unwrap()
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(rows, 1);
+}
+
+/// A gateway naming ever more series is capped: readings of new series past
+/// the cap are refused with a reason, known series keep flowing, and other
+/// gateways keep their own room.
+#[tokio::test]
+async fn series_past_the_caps_are_refused_and_known_series_keep_flowing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = HubConfig::for_dir("series", dir.path());
+    cfg.mqtt.enabled = false;
+    cfg.intake.max_series_per_gateway = 100;
+    cfg.intake.max_series = 150;
+    let hub = crate::hub::start(cfg).await.unwrap();
+    let app = router_for(&hub);
+    let now = chrono::Utc::now().timestamp_micros();
+    let names: Vec<String> = (0..1000).map(|i| format!("dev-{i}")).collect();
+    let flood: Vec<(&str, i64)> = names.iter().map(|n| (n.as_str(), now)).collect();
+    let (status, body) = call(&app, post(envelope_of("gw-flood", 1, &flood))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["dropped"]["rows"], 900, "{body}");
+    assert!(
+        body["dropped"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("series limit")
+    );
+    // Known series still flow; another new one does not.
+    let (_, body) = call(
+        &app,
+        post(envelope_of(
+            "gw-flood",
+            2,
+            &[("dev-1", now + 1), ("dev-999", now)],
+        )),
+    )
+    .await;
+    assert_eq!(body["dropped"]["rows"], 1, "{body}");
+    // Another gateway gets the hub's remaining room (50), not more.
+    let (_, body) = call(&app, post(envelope_of("gw-other", 1, &flood[..80]))).await;
+    assert_eq!(body["dropped"]["rows"], 30, "{body}");
+    assert_eq!(
+        hub.stats
+            .series_held
+            .load(std::sync::atomic::Ordering::Relaxed),
+        150
+    );
+    assert_eq!(
+        hub.stats
+            .readings_refused_series
+            .load(std::sync::atomic::Ordering::Relaxed),
+        931
+    );
+    hub.shutdown().await;
+}

@@ -103,6 +103,43 @@ fn rejects_payload_that_would_decompress_past_the_limit() {
 }
 
 #[test]
+fn a_compression_bomb_is_refused_before_anything_is_allocated() {
+    // A real envelope whose compressed timestamp buffer now declares 400 MB
+    // once decompressed: within the absolute limit, far past what 10 KB on
+    // the wire can honestly hold.
+    let (_, mut bytes) = encode("gw", 1, 1, &sample(1000)).unwrap();
+    let declared = 8000i64.to_le_bytes();
+    let at = bytes
+        .windows(8)
+        .position(|w| w == declared)
+        .expect("the timestamp buffer's length prefix");
+    bytes[at..at + 8].copy_from_slice(&400_000_000i64.to_le_bytes());
+    reseal(&mut bytes);
+    assert!(bytes.len() < 20_000);
+    assert!(matches!(
+        decode(&bytes, &DecodeLimits::default()),
+        Err(DecodeError::DecodedTooLarge { limit }) if limit < 64 * 1024 * 1024
+    ));
+}
+
+#[test]
+fn highly_compressible_real_readings_stay_within_the_expansion_limit() {
+    // A flat-lining sensor: one series, one value, a reading a second.
+    let mut cols = ReadingColumns::with_capacity(200_000);
+    for i in 0..200_000 {
+        cols.push(
+            "pump-7",
+            "pressure",
+            1_700_000_000_000_000 + i * 1_000_000,
+            1.0,
+        );
+    }
+    let (_, bytes) = encode("gw", 1, 1, &cols.finish()).unwrap();
+    let decoded = decode(&bytes, &DecodeLimits::default()).unwrap();
+    assert_eq!(decoded.readings.num_rows(), 200_000);
+}
+
+#[test]
 fn rejects_unknown_future_version_with_a_typed_error() {
     let (_, mut bytes) = encode("gw", 1, 1, &sample(3)).unwrap();
     bytes[4..6].copy_from_slice(&(CURRENT_VERSION + 1).to_le_bytes());
