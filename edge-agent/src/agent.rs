@@ -98,6 +98,7 @@ impl Agent {
         );
         let ingest = tokio::spawn(ingest::run(
             cfg.subscriptions.clone(),
+            cfg.mqtt.max_packet_size,
             filter,
             dead_letters,
             client,

@@ -132,8 +132,14 @@ pub struct MqttSettings {
     pub client_id: Option<String>,
     #[serde(with = "duration")]
     pub keep_alive: Duration,
-    /// Largest device message accepted, in bytes.
+    /// Largest device message accepted, in bytes; a larger one is refused
+    /// as `too_large`, dead-lettered and acknowledged.
     pub max_packet_size: usize,
+    /// Largest MQTT packet the connection takes at all. A packet past it
+    /// breaks the connection, and a persistent session would redeliver it
+    /// forever: set the broker's own limit (Mosquitto `max_packet_size`) to
+    /// this or less, so it refuses such messages itself.
+    pub max_transport_bytes: usize,
     /// How many unacknowledged QoS 1 messages the broker sends this client
     /// before it waits (Mosquitto: `max_inflight_messages`, default 20;
     /// rumqttd: 100). The agent holds acknowledgements until readings are
@@ -155,6 +161,7 @@ impl Default for MqttSettings {
             client_id: None,
             keep_alive: Duration::from_secs(30),
             max_packet_size: 256 * 1024,
+            max_transport_bytes: DEFAULT_TRANSPORT_BYTES,
             broker_inflight: 20,
             reconnect_max: crate::mqtt::RECONNECT_MAX,
         }
@@ -289,7 +296,15 @@ pub struct UplinkMqtt {
     /// Cap of the reconnect backoff (see `mqtt.reconnect-max`).
     #[serde(with = "duration")]
     pub reconnect_max: Duration,
+    /// Largest MQTT packet the uplink takes (see `mqtt.max-transport-bytes`):
+    /// answers and hub announcements are small, but a retained message past
+    /// this would break the connection for good.
+    pub max_transport_bytes: usize,
 }
+
+/// The MQTT packet limit both connections default to: the broker's limit in
+/// `deploy/mosquitto` (16 MiB, room for the largest batch envelope).
+pub const DEFAULT_TRANSPORT_BYTES: usize = 16 * 1024 * 1024;
 
 impl Default for UplinkMqtt {
     fn default() -> Self {
@@ -301,6 +316,7 @@ impl Default for UplinkMqtt {
             sticky: true,
             keep_alive: Duration::from_secs(30),
             reconnect_max: crate::mqtt::RECONNECT_MAX,
+            max_transport_bytes: DEFAULT_TRANSPORT_BYTES,
         }
     }
 }
@@ -366,6 +382,12 @@ impl Validate for EdgeConfig {
             problems.push(ConfigProblem::new(
                 "gateway-id",
                 "must not contain MQTT topic characters '/', '+' or '#'",
+            ));
+        }
+        if self.mqtt.max_transport_bytes < self.mqtt.max_packet_size {
+            problems.push(ConfigProblem::new(
+                "mqtt.max-transport-bytes",
+                "must be at least mqtt.max-packet-size",
             ));
         }
         if self.subscriptions.is_empty() {

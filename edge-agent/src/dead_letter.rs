@@ -2,8 +2,9 @@
 //! why data was refused: a topic on the gateway broker and/or a bounded file.
 //!
 //! Each dead letter is one JSON object:
-//! `{"received_at": RFC 3339, "topic": ..., "reason": ..., "payload": ...}`,
-//! the payload as text when it is UTF-8 and as hex otherwise. The file is
+//! `{"received_at": RFC 3339, "topic": ..., "reason": ..., "size": bytes, "payload": ...}`,
+//! the payload (its first 4 KiB) as text when it is UTF-8 and as hex
+//! otherwise. The file is
 //! JSON Lines; when it would pass `max-bytes` it is renamed to `<file>.1`
 //! (replacing the previous one) and a new file is started, so at most about
 //! twice `max-bytes` is ever used. Dead letters are best effort: a full MQTT
@@ -40,6 +41,8 @@ pub struct DeadLetters {
 }
 
 const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024;
+/// Payload bytes kept in a dead letter.
+const MAX_PAYLOAD_SHOWN: usize = 4096;
 
 impl DeadLetters {
     pub fn new(
@@ -63,6 +66,10 @@ impl DeadLetters {
         if !self.enabled() {
             return;
         }
+        // A dead letter shows what came, not all of it: an oversized
+        // message is cut to its first bytes (its size is recorded).
+        let size = payload.len();
+        let payload = &payload[..size.min(MAX_PAYLOAD_SHOWN)];
         let payload_text = match std::str::from_utf8(payload) {
             Ok(t) => t.to_owned(),
             Err(_) => payload.iter().map(|b| format!("{b:02x}")).collect(),
@@ -71,6 +78,7 @@ impl DeadLetters {
             "received_at": chrono::Utc::now().to_rfc3339(),
             "topic": topic,
             "reason": reason,
+            "size": size,
             "payload": payload_text,
         });
         let mut line = record.to_string();

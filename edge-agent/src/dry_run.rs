@@ -40,7 +40,8 @@ pub struct RuleReport {
 }
 
 pub fn run(cfg: &EdgeConfig, input: impl BufRead) -> std::io::Result<DryRunReport> {
-    let mut decoder = MessageDecoder::new(&cfg.subscriptions);
+    let mut decoder =
+        MessageDecoder::new(&cfg.subscriptions).with_max_message_bytes(cfg.mqtt.max_packet_size);
     let mut filter = Filter::new(cfg.rules.clone());
     let mut report = DryRunReport::default();
     let now = chrono::Utc::now().timestamp_micros();

@@ -24,6 +24,12 @@
 //! timeouts in a row is passed over (its gateways go to the next hub by the
 //! same hashing, or to the shared topic if none is left) until it announces
 //! itself again live, the agent reconnects, or [`PASS_OVER_FOR`] has passed.
+//!
+//! Anyone on an open broker can publish on the membership topics, so an
+//! announcement is believed only when it is what a hub sends: at most
+//! [`MAX_ANNOUNCEMENT_BYTES`], `{"hub": "<id>"}` naming the hub of its topic,
+//! an id a hub could have. Anything else is ignored and counted, and at most
+//! [`MAX_HUBS`] hubs are tracked.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -34,6 +40,10 @@ use std::time::{Duration, Instant};
 pub const PASS_OVER_AFTER: u32 = 2;
 /// How long a silent hub is passed over, unless it re-announces itself first.
 pub const PASS_OVER_FOR: Duration = Duration::from_secs(600);
+/// Largest announcement believed.
+pub const MAX_ANNOUNCEMENT_BYTES: usize = 1024;
+/// Hubs tracked at most; announcements of more are ignored.
+pub const MAX_HUBS: usize = 256;
 
 /// What the agent knows of one announced hub.
 #[derive(Debug, Default)]
@@ -54,7 +64,24 @@ impl HubStanding {
 
 /// The hubs announced on the broker.
 #[derive(Debug, Clone, Default)]
-pub struct HubDirectory(Arc<Mutex<BTreeMap<String, HubStanding>>>);
+pub struct HubDirectory {
+    hubs: Arc<Mutex<BTreeMap<String, HubStanding>>>,
+    /// Membership messages ignored as malformed, or past [`MAX_HUBS`].
+    ignored: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Whether an announcement is what a hub sends for `hub` (see the module
+/// docs).
+fn is_announcement_of(hub: &str, payload: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Announcement<'a> {
+        hub: &'a str,
+    }
+    let id_ok = hub.len() <= 64 && hub.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    id_ok
+        && payload.len() <= MAX_ANNOUNCEMENT_BYTES
+        && serde_json::from_slice::<Announcement<'_>>(payload).is_ok_and(|a| a.hub == hub)
+}
 
 /// Where one batch goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,14 +106,30 @@ impl HubDirectory {
         else {
             return false;
         };
-        let mut hubs = self.0.lock().expect("hub directory lock");
+        let mut hubs = self.hubs.lock().expect("hub directory lock");
         if payload.is_empty() {
             if hubs.remove(hub).is_some() {
                 tracing::info!(hub, "hub left; its gateways move to the others");
             }
             return true;
         }
+        if !is_announcement_of(hub, payload) {
+            self.ignored
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(
+                topic,
+                bytes = payload.len(),
+                "ignored a malformed hub announcement"
+            );
+            return true;
+        }
+        let full = hubs.len() >= MAX_HUBS;
         match hubs.get_mut(hub) {
+            None if full => {
+                self.ignored
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(hub, "ignored a hub announcement past the hub limit");
+            }
             None => {
                 hubs.insert(hub.to_owned(), HubStanding::default());
                 tracing::info!(hub, "hub announced");
@@ -102,16 +145,21 @@ impl HubDirectory {
         true
     }
 
+    /// Membership messages ignored so far (malformed, or past [`MAX_HUBS`]).
+    pub fn ignored(&self) -> u64 {
+        self.ignored.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Forgets every hub (before re-subscribing: the broker re-sends the
     /// announcements that still stand).
     pub fn clear(&self) {
-        self.0.lock().expect("hub directory lock").clear();
+        self.hubs.lock().expect("hub directory lock").clear();
     }
 
     /// Where this gateway's next batch goes: its owner among the hubs not
     /// passed over, else the shared topic.
     pub fn route(&self, prefix: &str, gateway: &str) -> Route {
-        let hubs = self.0.lock().expect("hub directory lock");
+        let hubs = self.hubs.lock().expect("hub directory lock");
         let now = Instant::now();
         let eligible = hubs
             .iter()
@@ -131,7 +179,7 @@ impl HubDirectory {
 
     /// `hub` answered a batch: it is alive.
     pub fn answered(&self, hub: &str) {
-        if let Some(standing) = self.0.lock().expect("hub directory lock").get_mut(hub) {
+        if let Some(standing) = self.hubs.lock().expect("hub directory lock").get_mut(hub) {
             *standing = HubStanding::default();
         }
     }
@@ -142,7 +190,7 @@ impl HubDirectory {
     /// however many batches were in flight. Returns whether this passed it
     /// over.
     pub fn unanswered(&self, hub: &str, ack_timeout: Duration) -> bool {
-        let mut hubs = self.0.lock().expect("hub directory lock");
+        let mut hubs = self.hubs.lock().expect("hub directory lock");
         let Some(standing) = hubs.get_mut(hub) else {
             return false;
         };
@@ -228,6 +276,32 @@ fn weight(hub: &str, gateway: &str) -> u64 {
 mod tests {
     use super::*;
 
+    fn announcement(hub: &str) -> Vec<u8> {
+        format!("{{\"hub\":\"{hub}\"}}").into_bytes()
+    }
+
+    #[test]
+    fn malformed_or_excess_announcements_are_ignored_and_counted() {
+        let d = HubDirectory::default();
+        let big = format!("{{\"hub\":\"hub_a\",\"pad\":\"{}\"}}", "x".repeat(100_000));
+        for (topic, payload) in [
+            ("iot/hubs/hub_a", big.as_bytes()),
+            ("iot/hubs/hub_a", b"x".as_slice()),
+            ("iot/hubs/hub_a", b"{\"hub\":\"hub_b\"}".as_slice()),
+            ("iot/hubs/hub a", b"{\"hub\":\"hub a\"}".as_slice()),
+        ] {
+            assert!(d.observe_live("iot", topic, payload));
+        }
+        assert_eq!(d.ignored(), 4);
+        assert_eq!(d.route("iot", "gw1").hub, None, "no hub was believed");
+        for i in 0..MAX_HUBS + 10 {
+            let hub = format!("hub_{i}");
+            d.observe_live("iot", &format!("iot/hubs/{hub}"), &announcement(&hub));
+        }
+        assert_eq!(d.hubs.lock().unwrap().len(), MAX_HUBS);
+        assert_eq!(d.ignored(), 14);
+    }
+
     impl HubDirectory {
         fn observe_live(&self, prefix: &str, topic: &str, payload: &[u8]) -> bool {
             self.observe(prefix, topic, payload, false)
@@ -267,7 +341,7 @@ mod tests {
         assert!(!d.observe_live("iot", "iot/acks/gw1", b"{}"));
         assert!(!d.observe_live("iot", "other/hubs/hub_x", b"x"));
         assert_eq!(d.route("iot", "gw1").topic, "iot/hub/hub_a/batches/gw1");
-        assert!(d.observe_live("iot", "iot/hubs/hub_b", b"x"));
+        assert!(d.observe_live("iot", "iot/hubs/hub_b", &announcement("hub_b")));
         let owner_of_gw1 = owner("gw1", ["hub_a", "hub_b"]).unwrap();
         assert_eq!(
             d.route("iot", "gw1").topic,
@@ -292,8 +366,8 @@ mod tests {
     fn a_hub_that_leaves_batches_unanswered_is_passed_over_until_it_announces_itself_live() {
         let timeout = Duration::from_millis(40);
         let d = HubDirectory::default();
-        d.observe("iot", "iot/hubs/hub_a", b"x", true);
-        d.observe("iot", "iot/hubs/hub_b", b"x", true);
+        d.observe("iot", "iot/hubs/hub_a", &announcement("hub_a"), true);
+        d.observe("iot", "iot/hubs/hub_b", &announcement("hub_b"), true);
         let own = owner("gw1", ["hub_a", "hub_b"]).unwrap();
         let other = if own == "hub_a" { "hub_b" } else { "hub_a" };
         assert_eq!(d.route("iot", "gw1").hub.as_deref(), Some(own));
@@ -319,10 +393,10 @@ mod tests {
             }
         );
         // The broker replaying its retained announcement changes nothing...
-        d.observe("iot", &format!("iot/hubs/{own}"), b"x", true);
+        d.observe("iot", &format!("iot/hubs/{own}"), &announcement(own), true);
         assert_eq!(d.route("iot", "gw1").hub.as_deref(), Some(other));
         // ...the hub announcing itself now does.
-        d.observe("iot", &format!("iot/hubs/{own}"), b"x", false);
+        d.observe("iot", &format!("iot/hubs/{own}"), &announcement(own), false);
         assert_eq!(d.route("iot", "gw1").hub.as_deref(), Some(own));
         // Passed over again; once the verdict has run out, it is back.
         std::thread::sleep(timeout);
@@ -330,7 +404,12 @@ mod tests {
         std::thread::sleep(timeout);
         assert!(d.unanswered(own, timeout));
         assert_eq!(d.route("iot", "gw1").hub.as_deref(), Some(other));
-        d.0.lock().unwrap().get_mut(own).unwrap().passed_over_until = Some(Instant::now());
+        d.hubs
+            .lock()
+            .unwrap()
+            .get_mut(own)
+            .unwrap()
+            .passed_over_until = Some(Instant::now());
         assert_eq!(d.route("iot", "gw1").hub.as_deref(), Some(own));
     }
 
@@ -338,7 +417,7 @@ mod tests {
     fn with_every_hub_passed_over_batches_go_to_the_shared_topic() {
         let timeout = Duration::from_millis(20);
         let d = HubDirectory::default();
-        d.observe("iot", "iot/hubs/ghost", b"x", true);
+        d.observe("iot", "iot/hubs/ghost", &announcement("ghost"), true);
         assert!(!d.unanswered("ghost", timeout));
         std::thread::sleep(timeout);
         assert!(d.unanswered("ghost", timeout));
@@ -351,7 +430,7 @@ mod tests {
         );
         // Reconnecting forgets the verdict along with the hubs.
         d.clear();
-        d.observe("iot", "iot/hubs/ghost", b"x", true);
+        d.observe("iot", "iot/hubs/ghost", &announcement("ghost"), true);
         assert_eq!(d.route("iot", "gw1").hub.as_deref(), Some("ghost"));
     }
 }

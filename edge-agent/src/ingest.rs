@@ -25,7 +25,7 @@ use crate::config::{EdgeConfig, PayloadFormat, Subscription};
 use crate::dead_letter::DeadLetters;
 use crate::decode::{self, Rejection, TopicTemplate};
 use crate::filter::Filter;
-use crate::mqtt::{OrderedAcker, next_reconnect_delay};
+use crate::mqtt::{OrderedAcker, Reconnect};
 use crate::redelivery::RedeliveryGuard;
 use crate::senml;
 use crate::sparkplug::SparkplugState;
@@ -44,6 +44,8 @@ struct Route {
 #[derive(Debug)]
 pub struct MessageDecoder {
     routes: Vec<Route>,
+    /// Larger payloads are refused as `too_large` before any parsing.
+    max_message_bytes: usize,
 }
 
 impl std::fmt::Debug for Route {
@@ -65,7 +67,16 @@ impl MessageDecoder {
                 sparkplug: SparkplugState::default(),
             })
             .collect();
-        Self { routes }
+        Self {
+            routes,
+            max_message_bytes: usize::MAX,
+        }
+    }
+
+    /// Refuses payloads over `bytes` (`mqtt.max-packet-size`).
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
     }
 
     pub fn decode(
@@ -74,6 +85,9 @@ impl MessageDecoder {
         payload: &[u8],
         received_us: i64,
     ) -> Result<decode::Decoded, Rejection> {
+        if payload.len() > self.max_message_bytes {
+            return Err(Rejection::TooLarge);
+        }
         let route = self
             .routes
             .iter_mut()
@@ -97,7 +111,7 @@ pub fn connect(cfg: &EdgeConfig, ack_capacity: usize) -> (AsyncClient, EventLoop
     opts.set_keep_alive(cfg.mqtt.keep_alive)
         .set_clean_session(false)
         .set_manual_acks(true)
-        .set_max_packet_size(cfg.mqtt.max_packet_size, 64 * 1024)
+        .set_max_packet_size(cfg.mqtt.max_transport_bytes, 64 * 1024)
         // Every held acknowledgement may be queued at once when a batch is
         // acknowledged; size the request channel for it.
         .set_request_channel_capacity(ack_capacity);
@@ -112,6 +126,7 @@ pub fn connect(cfg: &EdgeConfig, ack_capacity: usize) -> (AsyncClient, EventLoop
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     subscriptions: Vec<Subscription>,
+    max_message_bytes: usize,
     mut filter: Filter,
     mut dead_letters: DeadLetters,
     client: AsyncClient,
@@ -125,8 +140,8 @@ pub async fn run(
     mut finish: watch::Receiver<bool>,
 ) {
     let mut to_batcher = Some(to_batcher);
-    let mut decoder = MessageDecoder::new(&subscriptions);
-    let mut failures = 0u32;
+    let mut decoder = MessageDecoder::new(&subscriptions).with_max_message_bytes(max_message_bytes);
+    let mut reconnect = Reconnect::new(reconnect_max);
     let mut window_clock = tokio::time::interval(Duration::from_secs(1));
     window_clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let downsamples = filter.downsamples();
@@ -158,7 +173,7 @@ pub async fn run(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                failures = 0;
+                reconnect.connected();
                 stats.broker_connects.fetch_add(1, Relaxed);
                 acker.new_generation();
                 guard.connected(std::time::Instant::now());
@@ -246,7 +261,7 @@ pub async fn run(
             Ok(_) => {}
             Err(e) => {
                 stats.broker_errors.fetch_add(1, Relaxed);
-                let delay = next_reconnect_delay(&mut failures, reconnect_max);
+                let delay = reconnect.failed();
                 tracing::warn!(error = %e, retry_in = ?delay, "gateway broker connection failed");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}

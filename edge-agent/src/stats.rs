@@ -23,6 +23,8 @@ pub struct EdgeStats {
     /// flight (forged, meant for other bytes, or from a hub too old to name
     /// content), or cannot be read.
     pub acks_ignored: AtomicU64,
+    /// Hub announcements ignored (malformed, or past the hub limit).
+    pub announcements_ignored: AtomicU64,
     pub batches_rejected_by_hub: AtomicU64,
     pub readings_delivered: AtomicU64,
     pub readings_rejected_by_hub: AtomicU64,
@@ -141,6 +143,11 @@ impl EdgeStats {
             "edge_acks_ignored_total",
             "Hub answers ignored because they do not name the batch's content (forged, stale, unreadable, or from an older hub).",
             get(&self.acks_ignored),
+        );
+        counter(
+            "edge_announcements_ignored_total",
+            "Hub announcements ignored as malformed or past the hub limit.",
+            get(&self.announcements_ignored),
         );
         counter(
             "edge_batches_rejected_total",

@@ -41,7 +41,7 @@ use tokio::time::Instant;
 use crate::batcher::{PendingAck, SealedBatch};
 use crate::config::{EdgeConfig, UplinkKind, UplinkSettings};
 use crate::hub_routing::HubDirectory;
-use crate::mqtt::{OrderedAcker, backoff, next_reconnect_delay};
+use crate::mqtt::{OrderedAcker, Reconnect, backoff};
 use crate::spool::service::{SpoolEvent, SpoolHandle};
 use crate::stats::EdgeStats;
 
@@ -92,7 +92,7 @@ impl Transport {
                 opts.set_keep_alive(m.keep_alive)
                     .set_clean_session(false)
                     .set_max_packet_size(
-                        64 * 1024,
+                        m.max_transport_bytes,
                         schemas::DecodeLimits::default().max_envelope_bytes,
                     )
                     .set_inflight(cfg.uplink.max_in_flight.clamp(1, u16::MAX as usize) as u16 * 2);
@@ -237,7 +237,7 @@ async fn run_mqtt_answers(
         reconnect_max,
     } = listen;
     let ack_topic = format!("{prefix}/acks/{gateway}");
-    let mut failures = 0u32;
+    let mut reconnect = Reconnect::new(reconnect_max);
     loop {
         let event = tokio::select! {
             ev = eventloop.poll() => ev,
@@ -245,7 +245,7 @@ async fn run_mqtt_answers(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                failures = 0;
+                reconnect.connected();
                 stats.broker_connects.fetch_add(1, Relaxed);
                 if let Err(e) = client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce) {
                     tracing::error!(error = %e, "cannot subscribe to hub acks");
@@ -262,9 +262,11 @@ async fn run_mqtt_answers(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p)))
-                if hubs
-                    .as_ref()
-                    .is_some_and(|h| h.observe(&prefix, &p.topic, &p.payload, p.retain)) => {}
+                if hubs.as_ref().is_some_and(|h| {
+                    let membership = h.observe(&prefix, &p.topic, &p.payload, p.retain);
+                    stats.announcements_ignored.store(h.ignored(), Relaxed);
+                    membership
+                }) => {}
             Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => {
                 match serde_json::from_slice::<BatchAck>(&p.payload) {
                     // Any incarnation: spooled batches of earlier runs keep
@@ -284,7 +286,7 @@ async fn run_mqtt_answers(
             Ok(_) => {}
             Err(e) => {
                 stats.broker_errors.fetch_add(1, Relaxed);
-                let delay = next_reconnect_delay(&mut failures, reconnect_max);
+                let delay = reconnect.failed();
                 tracing::warn!(error = %e, retry_in = ?delay, "uplink broker connection failed");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}

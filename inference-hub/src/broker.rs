@@ -18,7 +18,9 @@ pub const EMBEDDED_INFLIGHT: usize = 100;
 pub fn start_embedded(listen: SocketAddr) -> std::thread::JoinHandle<()> {
     let connections = ConnectionSettings {
         connection_timeout_ms: 60_000,
-        max_payload_size: 32 * 1024 * 1024,
+        // The agent's default packet limit (`mqtt.max-transport-bytes`):
+        // the broker refuses what the agent could not take.
+        max_payload_size: edge_agent::config::DEFAULT_TRANSPORT_BYTES,
         max_inflight_count: u16::MAX as usize,
         auth: None,
         external_auth: None,

@@ -24,7 +24,7 @@ use edge_agent::hub_routing;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::{Semaphore, watch};
 
-use edge_agent::mqtt::{OrderedAcker, next_reconnect_delay};
+use edge_agent::mqtt::{OrderedAcker, Reconnect};
 
 use crate::config::HubConfig;
 use crate::intake::{IntakeHandle, SubmitError};
@@ -93,7 +93,7 @@ pub async fn run(
     // Deliveries are acknowledged in arrival order (rumqttd drops clients
     // that do otherwise), although batches finish in any order.
     let acker = OrderedAcker::new(&client, Arc::default(), Arc::default());
-    let mut failures = 0u32;
+    let mut reconnect = Reconnect::new(edge_agent::mqtt::RECONNECT_MAX);
     loop {
         let event = tokio::select! {
             ev = eventloop.poll() => ev,
@@ -108,7 +108,7 @@ pub async fn run(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                failures = 0;
+                reconnect.connected();
                 acker.new_generation();
                 tracing::info!(filter = %filter, "hub subscribed to batches");
                 if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
@@ -169,7 +169,7 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => {
-                let delay = next_reconnect_delay(&mut failures, edge_agent::mqtt::RECONNECT_MAX);
+                let delay = reconnect.failed();
                 tracing::warn!(error = %e, retry_in = ?delay, "hub broker connection failed");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}

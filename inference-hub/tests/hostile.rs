@@ -231,3 +231,97 @@ async fn idle_and_half_sent_connections_cannot_take_the_hub_down() {
     let archived = crate::guarantees::archived(&cfg.data.join("archive"));
     assert_eq!(archived.len(), 20, "every acknowledged batch is archived");
 }
+
+/// Publishes `payload` once at QoS 1 (or retained), waiting for the broker.
+async fn publish_raw(port: u16, topic: &str, payload: Vec<u8>, retain: bool) {
+    let mut opts = MqttOptions::new(format!("raw-{}", fastrand::u32(..)), "127.0.0.1", port);
+    opts.set_max_packet_size(32 << 20, 32 << 20);
+    let (client, mut eventloop) = edge_agent::mqtt::client(opts, 10);
+    client
+        .publish(topic, QoS::AtLeastOnce, retain, payload)
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            other => panic!("publish failed: {other:?}"),
+        }
+    }
+    let _ = client.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_device_message_is_dead_lettered_and_the_gateway_goes_on() {
+    let port = start_embedded_broker().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub_cfg = HubConfig::for_dir("oversized", &dir.path().join("hub"));
+    hub_cfg.mqtt.port = port;
+    let hub = inference_hub::start(hub_cfg).await.unwrap();
+    let dead_letters = dir.path().join("dead.jsonl");
+    let mut cfg = agent_config("gw-big", "plant-big", port, UplinkKind::Mqtt, hub.http_addr);
+    cfg.spool.dir = Some(dir.path().join("spool"));
+    cfg.dead_letter.file = Some(dead_letters.clone());
+    let mut after = cfg.subscriptions[0].clone();
+    after.filter = "plant-after/+/+".into();
+    after.topic_template = "plant-after/{device}/{metric}".into();
+    cfg.subscriptions.push(after);
+    let agent = Agent::start(cfg, Duration::from_secs(10)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut published = publish_fleet(port, "fleet-a", "plant-big", 2, 30, 1000).await;
+    // 300 KB on a device topic: past the agent's 256 KiB message limit.
+    let big = format!("{{\"value\": 1.0, \"note\": \"{}\"}}", "x".repeat(300_000));
+    publish_raw(
+        port,
+        "plant-big/plant-big-dev0/temp",
+        big.into_bytes(),
+        false,
+    )
+    .await;
+    // A 100 KB retained "announcement" on the membership topic.
+    let fake = format!(
+        "{{\"hub\": \"evil\", \"pad\": \"{}\"}}",
+        "y".repeat(100_000)
+    );
+    publish_raw(port, "iot/hubs/evil", fake.into_bytes(), true).await;
+    let later = publish_fleet(port, "fleet-b", "plant-after", 2, 30, 2000).await;
+    let later_keys: Vec<_> = later.readings.keys().cloned().collect();
+    published.readings.extend(later.readings);
+    published.malformed += later.malformed;
+    let expected = published.readings.len() as u64;
+    let hub_stats = hub.stats.clone();
+    assert!(
+        wait_until(Duration::from_secs(30), || hub_stats
+            .readings_archived
+            .load(Relaxed)
+            >= expected)
+        .await,
+        "archived {} of {expected}: the gateway is wedged (broker connects {}, uplink)",
+        hub_stats.readings_archived.load(Relaxed),
+        agent.stats.broker_connects.load(Relaxed)
+    );
+    let stats = agent.stats.clone();
+    assert_eq!(stats.rejected(edge_agent::decode::Rejection::TooLarge), 1);
+    assert!(stats.announcements_ignored.load(Relaxed) >= 1);
+    assert!(
+        stats.broker_connects.load(Relaxed) <= 3,
+        "reconnected {} times",
+        stats.broker_connects.load(Relaxed)
+    );
+    agent.shutdown().await;
+    let letters = std::fs::read_to_string(&dead_letters).unwrap();
+    let too_large: Vec<&str> = letters
+        .lines()
+        .filter(|l| l.contains("\"too_large\""))
+        .collect();
+    assert_eq!(too_large.len(), 1, "{letters}");
+    assert!(too_large[0].contains("\"size\":3000") && too_large[0].len() < 10_000);
+    let root = hub.archive_root.clone();
+    hub.shutdown().await;
+    let archived = read_archive(&root);
+    assert!(
+        later_keys.iter().all(|k| archived.contains_key(k)),
+        "readings after the big message are archived"
+    );
+    assert_archive_matches(&archived, &published);
+}
