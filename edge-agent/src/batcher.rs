@@ -128,6 +128,7 @@ mod tests {
                 metric: "m".into(),
                 ts_us: i as i64,
                 value: i as f64,
+                unit: None,
             }],
             ack: Some(PendingAck {
                 ordinal: i as u64,

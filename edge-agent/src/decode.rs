@@ -256,6 +256,7 @@ pub(crate) fn make_reading(
         metric: metric.to_owned(),
         ts_us,
         value,
+        unit: None,
     })
 }
 
@@ -307,7 +308,8 @@ mod tests {
                 device: "pump-1".into(),
                 metric: "temp".into(),
                 ts_us: NOW,
-                value: 21.5
+                value: 21.5,
+                unit: None,
             }]
         );
     }

@@ -295,6 +295,8 @@ struct SeriesState {
     recent_ts: VecDeque<i64>,
     last_sent: Option<(f64, i64)>,
     window: Option<OpenWindow>,
+    /// The unit of the series' newest reading (carried by its aggregates).
+    unit: Option<std::sync::Arc<str>>,
     /// Start of the newest window that closed.
     last_closed_us: Option<i64>,
     last_touch: u64,
@@ -411,6 +413,7 @@ impl Filter {
                     metric: metric.clone(),
                     ts_us: w.start_us,
                     value: w.value(ds.aggregate),
+                    unit: state.unit.clone(),
                 });
             }
         }
@@ -499,11 +502,15 @@ impl Filter {
                 metric,
                 ts_us: w.start_us,
                 value: w.value(ds.aggregate),
+                unit: old.unit,
             });
         }
         let mut state = stateful.then(|| {
             let state = self.series.entry(series_key).or_default();
             state.last_touch = clock;
+            if r.unit.is_some() {
+                state.unit.clone_from(&r.unit);
+            }
             state
         });
         // 2. duplicates
@@ -560,6 +567,7 @@ impl Filter {
                         metric: r.metric.clone(),
                         ts_us: closed.start_us,
                         value: closed.value(ds.aggregate),
+                        unit: state.unit.clone(),
                     });
                     self.counts[idx].aggregates += 1;
                     state.last_closed_us = Some(closed.start_us);
@@ -649,6 +657,7 @@ mod tests {
 
     fn r(device: &str, metric: &str, ts_s: i64, value: f64) -> Reading {
         Reading {
+            unit: None,
             device: device.into(),
             metric: metric.into(),
             ts_us: ts_s * 1_000_000,

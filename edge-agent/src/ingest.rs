@@ -73,6 +73,14 @@ impl MessageDecoder {
         }
     }
 
+    /// Messages the decoders want published (Sparkplug rebirth requests).
+    pub fn take_commands(&mut self) -> Vec<(String, Vec<u8>)> {
+        self.routes
+            .iter_mut()
+            .flat_map(|r| r.sparkplug.take_commands())
+            .collect()
+    }
+
     /// Refuses payloads over `bytes` (`mqtt.max-packet-size`).
     pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
@@ -198,11 +206,23 @@ pub async fn run(
                 };
                 stats.messages_received.fetch_add(1, Relaxed);
                 let ack = acker.register(&publish);
-                match decoder.decode(
+                let result = decoder.decode(
                     &publish.topic,
                     &publish.payload,
                     chrono::Utc::now().timestamp_micros(),
-                ) {
+                );
+                for (topic, payload) in decoder.take_commands() {
+                    stats.sparkplug_rebirths_requested.fetch_add(1, Relaxed);
+                    if let Err(e) = client.try_publish(topic, QoS::AtMostOnce, false, payload) {
+                        tracing::warn!(error = %e, "cannot queue a Sparkplug rebirth request");
+                    }
+                }
+                match result {
+                    // A control message (Sparkplug death, command): nothing
+                    // to keep, nothing wrong.
+                    Ok(decoded) if decoded.readings.is_empty() => {
+                        acker.release(&ack.into_iter().collect::<Vec<_>>());
+                    }
                     Ok(mut decoded) => {
                         if guard.is_redelivery(&decoded.readings, std::time::Instant::now()) {
                             // Spooled before a crash; its PUBACK was lost.

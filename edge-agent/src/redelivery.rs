@@ -138,6 +138,7 @@ mod tests {
             metric: "m".into(),
             ts_us: i,
             value: i as f64,
+            unit: None,
         }
     }
 

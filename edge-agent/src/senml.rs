@@ -1,11 +1,13 @@
 //! SenML (RFC 8428), JSON representation: a pack (array) of records.
 //!
-//! Base fields (`bn`, `bt`, `bu`, `bv`) apply to the record that carries them
-//! and to every later record until replaced. A record's full name is `bn + n`
-//! and its time is `bt + t`. Times below 2^28 are relative to now (RFC 8428
-//! §4.5.3); larger ones are seconds since the epoch. Values: `v` (number),
-//! `vb` (boolean, read as 0/1) and `s` (sum) become readings; `vs` and `vd`
-//! (string, data) are not numeric and are skipped and counted.
+//! Base fields (`bn`, `bt`, `bu`, `bv`, `bs`) apply to the record that
+//! carries them and to every later record until replaced. A record's full
+//! name is `bn + n`, its time `bt + t`, its value `bv + v` or, for a sum,
+//! `bs + s`, and its unit `u` or else `bu` (kept with the reading). Times
+//! below 2^28 are relative to now (RFC 8428 §4.5.3); larger ones are seconds
+//! since the epoch. Values: `v` (number), `vb` (boolean, read as 0/1) and `s`
+//! (sum) become readings; `vs` and `vd` (string, data) are not numeric and
+//! are skipped and counted.
 //!
 //! Mapping to our model: the device comes from the topic template when it has
 //! `{device}`; otherwise the full name is split at its last `/` or `:` into
@@ -35,6 +37,8 @@ pub fn decode_senml(
     };
     let mut out = Decoded::default();
     let (mut base_name, mut base_time, mut base_value) = (String::new(), 0.0f64, 0.0f64);
+    let mut base_sum = 0.0f64;
+    let mut base_unit: Option<std::sync::Arc<str>> = None;
     for record in &records {
         let Value::Object(r) = record else {
             return Err(Rejection::UnsupportedShape);
@@ -48,6 +52,12 @@ pub fn decode_senml(
         if let Some(bv) = r.get("bv") {
             base_value = finite(bv).ok_or(Rejection::NoNumericValue)?;
         }
+        if let Some(bs) = r.get("bs") {
+            base_sum = finite(bs).ok_or(Rejection::NoNumericValue)?;
+        }
+        if let Some(bu) = r.get("bu") {
+            base_unit = Some(unit(bu)?);
+        }
         let name = match r.get("n") {
             Some(n) => format!("{base_name}{}", n.as_str().ok_or(Rejection::BadName)?),
             None => base_name.clone(),
@@ -55,7 +65,7 @@ pub fn decode_senml(
         let value = if let Some(v) = r.get("v") {
             finite(v).ok_or(Rejection::NoNumericValue)? + base_value
         } else if let Some(s) = r.get("s") {
-            finite(s).ok_or(Rejection::NoNumericValue)? + base_value
+            finite(s).ok_or(Rejection::NoNumericValue)? + base_sum
         } else if let Some(vb) = r.get("vb") {
             f64::from(u8::from(vb.as_bool().ok_or(Rejection::NoNumericValue)?))
         } else {
@@ -82,13 +92,27 @@ pub fn decode_senml(
             Some(d) => (d.to_owned(), name),
             None => split_name(&name).ok_or(Rejection::NoDevice)?,
         };
-        let reading: Reading = make_reading(&device, &metric, ts_us, value)?;
+        let mut reading: Reading = make_reading(&device, &metric, ts_us, value)?;
+        reading.unit = match r.get("u") {
+            Some(u) => Some(unit(u)?),
+            None => base_unit.clone(),
+        };
         out.readings.push(reading);
     }
     if out.readings.is_empty() {
         return Err(Rejection::NoNumericValue);
     }
     Ok(out)
+}
+
+/// Longest unit kept (SenML's registered units are a few characters).
+const MAX_UNIT_LEN: usize = 32;
+
+fn unit(v: &Value) -> Result<std::sync::Arc<str>, Rejection> {
+    v.as_str()
+        .filter(|u| !u.is_empty() && u.len() <= MAX_UNIT_LEN)
+        .map(std::sync::Arc::from)
+        .ok_or(Rejection::UnsupportedShape)
 }
 
 fn finite(v: &Value) -> Option<f64> {
@@ -107,6 +131,33 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// Packs written by KPN's SenML library (see the fixture's generator),
+    /// each with the absolute readings it must resolve to.
+    #[test]
+    fn packs_from_an_independent_encoder() {
+        let cases: Vec<Value> =
+            serde_json::from_str(include_str!("../tests/fixtures/senml/packs.json")).unwrap();
+        assert!(cases.len() >= 3);
+        for case in cases {
+            let title = case["title"].as_str().unwrap();
+            let pack = serde_json::to_vec(&case["pack"]).unwrap();
+            let got = decode_senml(&any_topic(), "senml/x", &pack, NOW)
+                .unwrap_or_else(|e| panic!("{title}: {e:?}"));
+            let expected = case["expected"].as_array().unwrap();
+            assert_eq!(got.readings.len(), expected.len(), "{title}");
+            for (r, e) in got.readings.iter().zip(expected) {
+                assert_eq!(r.device, e["device"].as_str().unwrap(), "{title}");
+                assert_eq!(r.metric, e["metric"].as_str().unwrap(), "{title}");
+                assert_eq!(r.ts_us, e["ts"].as_i64().unwrap() * 1_000_000, "{title}");
+                assert!(
+                    (r.value - e["value"].as_f64().unwrap()).abs() < 1e-9,
+                    "{title}: {r:?}"
+                );
+                assert_eq!(r.unit.as_deref(), e["unit"].as_str(), "{title}");
+            }
+        }
+    }
 
     const NOW: i64 = 1_700_000_000_000_000;
 

@@ -4,10 +4,18 @@
 //! Birth certificates (NBIRTH, DBIRTH) name every metric and may give it a
 //! numeric alias; later DATA messages may carry only the alias. Aliases are
 //! scoped to the edge node (a node's devices share its alias space), and an
-//! NBIRTH starts the node's table afresh. A DATA metric whose alias was never
-//! born (for example after the agent restarted mid-session) cannot be named:
-//! it is counted, and the message is rejected if nothing else in it could be
-//! read.
+//! NBIRTH starts the node's session afresh.
+//!
+//! The agent plays the primary host's part of the session (Sparkplug B 3.0):
+//! - a DATA metric whose alias was never born (the agent started after the
+//!   node's birth, or missed it) cannot be named: it is counted, and the
+//!   agent asks the node for a rebirth (NCMD `Node Control/Rebirth`, at most
+//!   every [`REBIRTH_INTERVAL`] per node); the node's next birth names it;
+//! - every message after a birth carries `seq` (0..=255, wrapping); a gap
+//!   means messages were lost, and the agent asks for a rebirth too;
+//! - an NDEATH (the node's will) ends the session only when its `bdSeq`
+//!   matches the birth's: the will of an older session arriving late is
+//!   ignored. DDEATH and the node's commands carry no readings.
 //!
 //! Device naming: `<edge-node>/<device>` for device messages and
 //! `<edge-node>` for node messages. Numeric datatypes (Int8..UInt64, Float,
@@ -20,16 +28,48 @@
 //! without a depth limit.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use schemas::reading::TimestampMicros;
 
 use crate::decode::{Decoded, Rejection, make_reading};
 
-/// Alias tables learned from birth certificates, per `(group, edge node)`.
+/// The primary host's side of the Sparkplug session state, per
+/// `(group, edge node)`: alias tables from birth certificates, the birth's
+/// `bdSeq`, the expected `seq`, and rebirth requests to send.
 #[derive(Debug, Default)]
 pub struct SparkplugState {
-    aliases: HashMap<(String, String), HashMap<u64, String>>,
+    nodes: HashMap<(String, String), NodeSession>,
+    /// NCMD messages to publish (topic, payload): rebirth requests.
+    commands: Vec<(String, Vec<u8>)>,
+    /// Rebirths requested so far.
+    rebirths_requested: u64,
 }
+
+#[derive(Debug, Default)]
+struct NodeSession {
+    /// Alias -> metric name, learned from NBIRTH and DBIRTH.
+    aliases: HashMap<u64, String>,
+    /// Whether an NBIRTH of the current session was seen (and no valid
+    /// NDEATH since).
+    born: bool,
+    /// The session's `bdSeq` (from the NBIRTH): an NDEATH naming another is
+    /// the will of an older session, and is ignored.
+    bd_seq: Option<u64>,
+    /// The `seq` the next message must carry (0..=255, wrapping).
+    next_seq: Option<u64>,
+    last_rebirth_request: Option<Instant>,
+}
+
+/// A node is asked for a rebirth at most this often.
+pub const REBIRTH_INTERVAL: Duration = Duration::from_secs(5);
+/// Sparkplug's name of the rebirth command metric.
+pub const REBIRTH_METRIC: &str = "Node Control/Rebirth";
+/// Sparkplug's name of the birth/death sequence metric.
+pub const BD_SEQ_METRIC: &str = "bdSeq";
+/// Nodes tracked at most; messages of further nodes are still decoded by
+/// name, but their aliases and sequence are not kept.
+const MAX_NODES: usize = 10_000;
 
 #[derive(Debug, Default, Clone, PartialEq)]
 struct Metric {
@@ -58,11 +98,21 @@ pub mod datatype {
     pub const INT16: u32 = 2;
     pub const INT32: u32 = 3;
     pub const INT64: u32 = 4;
+    pub const BOOLEAN: u32 = 11;
     pub const DATETIME: u32 = 13;
 }
 
+/// A decoded Sparkplug payload: timestamp, sequence number, metrics.
+struct Payload {
+    timestamp_ms: Option<u64>,
+    seq: Option<u64>,
+    metrics: Vec<Metric>,
+}
+
 impl SparkplugState {
-    /// Decodes one Sparkplug message received at `received_us`.
+    /// Decodes one Sparkplug message received at `received_us`. Control
+    /// messages (deaths, commands, host state) carry no readings: they
+    /// update the session and decode to nothing.
     pub fn decode(
         &mut self,
         topic: &str,
@@ -80,58 +130,179 @@ impl SparkplugState {
             return Err(Rejection::TopicMismatch);
         }
         let device = match (kind, device_level) {
-            ("DBIRTH" | "DDATA", Some(d)) => format!("{node}/{d}"),
-            ("NBIRTH" | "NDATA", None) => node.to_owned(),
-            // Deaths, commands and state messages carry no readings.
-            ("NDEATH" | "DDEATH" | "NCMD" | "DCMD" | "STATE", _) => {
-                return Err(Rejection::NoNumericValue);
-            }
+            ("DBIRTH" | "DDATA" | "DDEATH", Some(d)) => format!("{node}/{d}"),
+            ("NBIRTH" | "NDATA" | "NDEATH", None) => node.to_owned(),
+            // Commands (ours included) and host state carry no readings.
+            ("NCMD" | "DCMD", _) | ("STATE", _) => return Ok(Decoded::default()),
             _ => return Err(Rejection::TopicMismatch),
         };
-        let (payload_ts, metrics) =
-            parse_payload(payload).map_err(|_| Rejection::InvalidPayload)?;
+        let parsed = parse_payload(payload).map_err(|_| Rejection::InvalidPayload)?;
         let key = (group.to_owned(), node.to_owned());
-        if kind == "NBIRTH" {
-            self.aliases.insert(key.clone(), HashMap::new());
+        if !self.nodes.contains_key(&key) && self.nodes.len() >= MAX_NODES {
+            // Past the node limit: named metrics only, no session state.
+            return readings(&device, &parsed, &HashMap::new(), received_us, false);
         }
-        let is_birth = kind.ends_with("BIRTH");
-        let mut out = Decoded::default();
-        for m in metrics {
-            let table = self.aliases.entry(key.clone()).or_default();
-            if is_birth && let (Some(alias), Some(name)) = (m.alias, &m.name) {
-                table.insert(alias, name.clone());
+        let now = Instant::now();
+        let session = self.nodes.entry(key.clone()).or_default();
+        let mut rebirth = false;
+        match kind {
+            "NBIRTH" => {
+                // A new session: aliases, bdSeq and seq start afresh.
+                *session = NodeSession {
+                    last_rebirth_request: session.last_rebirth_request,
+                    born: true,
+                    bd_seq: bd_seq(&parsed.metrics),
+                    next_seq: parsed.seq.map(|s| (s + 1) % 256),
+                    ..NodeSession::default()
+                };
             }
-            let name = match (&m.name, m.alias) {
-                (Some(n), _) => n.clone(),
-                (None, Some(a)) => match table.get(&a) {
-                    Some(n) => n.clone(),
-                    None => {
-                        out.skipped_fields += 1;
-                        continue;
-                    }
-                },
-                (None, None) => {
+            "NDEATH" => {
+                // The will of this session ends it; one of an older
+                // session (another bdSeq) is stale and ignored.
+                let dead = bd_seq(&parsed.metrics);
+                if session.born && (dead.is_none() || dead == session.bd_seq) {
+                    session.born = false;
+                    session.aliases.clear();
+                    session.next_seq = None;
+                }
+                return Ok(Decoded::default());
+            }
+            _ => {
+                // DBIRTH, DDEATH and data continue the node's sequence; a
+                // gap means messages were lost, and data from a node whose
+                // birth we never saw cannot be named: ask for a rebirth.
+                match (session.born, parsed.seq, session.next_seq) {
+                    (false, _, _) => rebirth = true,
+                    (true, Some(seq), Some(expected)) if seq != expected => rebirth = true,
+                    _ => {}
+                }
+                if let Some(seq) = parsed.seq {
+                    session.next_seq = Some((seq + 1) % 256);
+                }
+            }
+        }
+        if kind == "DDEATH" {
+            self.request_rebirth_if(rebirth, group, node, now);
+            return Ok(Decoded::default());
+        }
+        let session = self.nodes.get_mut(&key).expect("inserted above");
+        if kind.ends_with("BIRTH") {
+            for m in &parsed.metrics {
+                if let (Some(alias), Some(name)) = (m.alias, &m.name) {
+                    session.aliases.insert(alias, name.clone());
+                }
+            }
+        }
+        let decoded = readings(
+            &device,
+            &parsed,
+            &session.aliases,
+            received_us,
+            kind.ends_with("BIRTH"),
+        );
+        let unknown_alias = parsed.metrics.iter().any(|m| {
+            m.name.is_none() && m.alias.is_some_and(|a| !session.aliases.contains_key(&a))
+        });
+        self.request_rebirth_if(rebirth || unknown_alias, group, node, now);
+        decoded
+    }
+
+    /// Queues a rebirth request (NCMD `Node Control/Rebirth`) for the node,
+    /// at most once per [`REBIRTH_INTERVAL`].
+    fn request_rebirth_if(&mut self, wanted: bool, group: &str, node: &str, now: Instant) {
+        if !wanted {
+            return;
+        }
+        let Some(session) = self.nodes.get_mut(&(group.to_owned(), node.to_owned())) else {
+            return;
+        };
+        if session
+            .last_rebirth_request
+            .is_some_and(|at| now.duration_since(at) < REBIRTH_INTERVAL)
+        {
+            return;
+        }
+        session.last_rebirth_request = Some(now);
+        self.rebirths_requested += 1;
+        tracing::info!(group, node, "asking a Sparkplug node for a rebirth");
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.commands.push((
+            format!("spBv1.0/{group}/NCMD/{node}"),
+            encode::rebirth_command(ms),
+        ));
+    }
+
+    /// Commands to publish (QoS 0, not retained), oldest first.
+    pub fn take_commands(&mut self) -> Vec<(String, Vec<u8>)> {
+        std::mem::take(&mut self.commands)
+    }
+
+    /// Rebirths requested so far.
+    pub fn rebirths_requested(&self) -> u64 {
+        self.rebirths_requested
+    }
+}
+
+/// The `bdSeq` metric of a birth or death certificate.
+fn bd_seq(metrics: &[Metric]) -> Option<u64> {
+    metrics
+        .iter()
+        .find(|m| m.name.as_deref() == Some(BD_SEQ_METRIC))
+        .and_then(|m| match m.value {
+            Some(Value::Long(v)) => Some(v),
+            Some(Value::Int(v)) => Some(u64::from(v)),
+            _ => None,
+        })
+}
+
+/// The readings of a birth or data payload; a metric named only by an
+/// alias nobody announced is skipped and counted. `bdSeq` in a birth is
+/// session bookkeeping, not a reading.
+fn readings(
+    device: &str,
+    payload: &Payload,
+    aliases: &HashMap<u64, String>,
+    received_us: TimestampMicros,
+    is_birth: bool,
+) -> Result<Decoded, Rejection> {
+    let mut out = Decoded::default();
+    for m in &payload.metrics {
+        let name = match (&m.name, m.alias) {
+            (Some(n), _) => n.clone(),
+            (None, Some(a)) => match aliases.get(&a) {
+                Some(n) => n.clone(),
+                None => {
                     out.skipped_fields += 1;
                     continue;
                 }
-            };
-            let Some(value) = (!m.is_null).then(|| numeric(&m)).flatten() else {
+            },
+            (None, None) => {
                 out.skipped_fields += 1;
                 continue;
-            };
-            let ts_us = match m.timestamp_ms.or(payload_ts) {
-                Some(ms) if ms < 9_000_000_000_000 => ms as i64 * 1000,
-                Some(_) => return Err(Rejection::BadTimestamp),
-                None => received_us,
-            };
-            out.readings
-                .push(make_reading(&device, &name, ts_us, value)?);
+            }
+        };
+        if is_birth && name == BD_SEQ_METRIC {
+            continue;
         }
-        if out.readings.is_empty() {
-            return Err(Rejection::NoNumericValue);
-        }
-        Ok(out)
+        let Some(value) = (!m.is_null).then(|| numeric(m)).flatten() else {
+            out.skipped_fields += 1;
+            continue;
+        };
+        let ts_us = match m.timestamp_ms.or(payload.timestamp_ms) {
+            Some(ms) if ms < 9_000_000_000_000 => ms as i64 * 1000,
+            Some(_) => return Err(Rejection::BadTimestamp),
+            None => received_us,
+        };
+        out.readings
+            .push(make_reading(device, &name, ts_us, value)?);
     }
+    // A birth may hold nothing to read (only bdSeq); data must.
+    if out.readings.is_empty() && !is_birth {
+        return Err(Rejection::NoNumericValue);
+    }
+    Ok(out)
 }
 
 fn numeric(m: &Metric) -> Option<f64> {
@@ -216,17 +387,22 @@ impl<'a> Wire<'a> {
     }
 }
 
-fn parse_payload(buf: &[u8]) -> Result<(Option<u64>, Vec<Metric>), WireError> {
+fn parse_payload(buf: &[u8]) -> Result<Payload, WireError> {
     let mut w = Wire::new(buf);
-    let (mut timestamp, mut metrics) = (None, Vec::new());
+    let mut p = Payload {
+        timestamp_ms: None,
+        seq: None,
+        metrics: Vec::new(),
+    };
     while !w.done() {
         match w.key()? {
-            (1, 0) => timestamp = Some(w.varint()?),
-            (2, 2) => metrics.push(parse_metric(w.len_delimited()?)?),
+            (1, 0) => p.timestamp_ms = Some(w.varint()?),
+            (2, 2) => p.metrics.push(parse_metric(w.len_delimited()?)?),
+            (3, 0) => p.seq = Some(w.varint()?),
             (_, wt) => w.skip(wt)?,
         }
     }
-    Ok((timestamp, metrics))
+    Ok(p)
 }
 
 fn parse_metric(buf: &[u8]) -> Result<Metric, WireError> {
@@ -299,10 +475,37 @@ pub mod encode {
         varint(out, field << 3 | wire);
     }
 
+    /// The rebirth request a primary host sends in an NCMD.
+    pub fn rebirth_command(timestamp_ms: u64) -> Vec<u8> {
+        payload(
+            timestamp_ms,
+            &[MetricOut {
+                name: Some(super::REBIRTH_METRIC),
+                alias: None,
+                datatype: super::datatype::BOOLEAN,
+                value: ValueOut::Bool(true),
+                timestamp_ms: Some(timestamp_ms),
+            }],
+        )
+    }
+
     pub fn payload(timestamp_ms: u64, metrics: &[MetricOut<'_>]) -> Vec<u8> {
+        payload_with_seq(timestamp_ms, None, metrics)
+    }
+
+    /// A payload with its sequence number (`seq`, 0..=255).
+    pub fn payload_with_seq(
+        timestamp_ms: u64,
+        seq: Option<u64>,
+        metrics: &[MetricOut<'_>],
+    ) -> Vec<u8> {
         let mut out = Vec::new();
         key(&mut out, 1, 0);
         varint(&mut out, timestamp_ms);
+        if let Some(seq) = seq {
+            key(&mut out, 3, 0);
+            varint(&mut out, seq);
+        }
         for m in metrics {
             let mut body = Vec::new();
             if let Some(n) = m.name {
@@ -463,6 +666,145 @@ mod tests {
         assert_eq!(
             state.decode("spBv1.0/g/NDATA/n", &data, NOW),
             Err(Rejection::NoNumericValue)
+        );
+    }
+
+    fn with_seq(seq: u64, metrics: &[MetricOut<'static>]) -> Vec<u8> {
+        super::encode::payload_with_seq(1_700_000_000_000, Some(seq), metrics)
+    }
+
+    fn bd(n: u64) -> MetricOut<'static> {
+        metric(
+            Some(BD_SEQ_METRIC),
+            None,
+            datatype::INT64,
+            ValueOut::Long(n),
+        )
+    }
+
+    /// The rebirth commands queued, as (topic, is a rebirth request).
+    fn commands(state: &mut SparkplugState) -> Vec<String> {
+        state
+            .take_commands()
+            .into_iter()
+            .map(|(topic, payload)| {
+                let p = parse_payload(&payload).unwrap();
+                assert_eq!(p.metrics[0].name.as_deref(), Some(REBIRTH_METRIC));
+                assert_eq!(p.metrics[0].value, Some(Value::Bool(true)));
+                topic
+            })
+            .collect()
+    }
+
+    #[test]
+    fn data_from_a_node_whose_birth_was_missed_asks_it_for_a_rebirth_once() {
+        let mut state = SparkplugState::default();
+        let data = with_seq(7, &[metric(None, Some(1), 10, ValueOut::Double(5.0))]);
+        assert!(state.decode("spBv1.0/plant/NDATA/n1", &data, NOW).is_err());
+        assert_eq!(commands(&mut state), vec!["spBv1.0/plant/NCMD/n1"]);
+        // Not again within the interval, however much data comes.
+        let more = with_seq(8, &[metric(None, Some(1), 10, ValueOut::Double(6.0))]);
+        assert!(state.decode("spBv1.0/plant/NDATA/n1", &more, NOW).is_err());
+        assert!(commands(&mut state).is_empty());
+        // The rebirth names the alias; data flows; bdSeq is not a reading.
+        let birth = with_seq(
+            0,
+            &[
+                metric(Some("temp"), Some(1), 10, ValueOut::Double(5.0)),
+                bd(3),
+            ],
+        );
+        let b = state
+            .decode("spBv1.0/plant/NBIRTH/n1", &birth, NOW)
+            .unwrap();
+        assert_eq!(b.readings.len(), 1);
+        let next = with_seq(1, &[metric(None, Some(1), 10, ValueOut::Double(7.0))]);
+        let d = state.decode("spBv1.0/plant/NDATA/n1", &next, NOW).unwrap();
+        assert_eq!(
+            (d.readings[0].metric.as_str(), d.readings[0].value),
+            ("temp", 7.0)
+        );
+        assert_eq!(state.rebirths_requested(), 1);
+    }
+
+    #[test]
+    fn a_gap_in_seq_asks_for_a_rebirth() {
+        let mut state = SparkplugState::default();
+        let m = || [metric(Some("x"), Some(1), 10, ValueOut::Double(1.0))];
+        state
+            .decode("spBv1.0/g/NBIRTH/n", &with_seq(0, &m()), NOW)
+            .unwrap();
+        state
+            .decode("spBv1.0/g/NDATA/n", &with_seq(1, &m()), NOW)
+            .unwrap();
+        assert!(commands(&mut state).is_empty());
+        state
+            .decode("spBv1.0/g/NDATA/n", &with_seq(3, &m()), NOW)
+            .unwrap();
+        assert_eq!(commands(&mut state), vec!["spBv1.0/g/NCMD/n"]);
+        // seq wraps from 255 to 0.
+        let mut state = SparkplugState::default();
+        state
+            .decode("spBv1.0/g/NBIRTH/n", &with_seq(254, &m()), NOW)
+            .unwrap();
+        state
+            .decode("spBv1.0/g/NDATA/n", &with_seq(255, &m()), NOW)
+            .unwrap();
+        state
+            .decode("spBv1.0/g/NDATA/n", &with_seq(0, &m()), NOW)
+            .unwrap();
+        assert!(commands(&mut state).is_empty());
+    }
+
+    #[test]
+    fn only_the_current_sessions_death_ends_it() {
+        let mut state = SparkplugState::default();
+        let birth = with_seq(
+            0,
+            &[metric(Some("x"), Some(1), 10, ValueOut::Double(1.0)), bd(5)],
+        );
+        state.decode("spBv1.0/g/NBIRTH/n", &birth, NOW).unwrap();
+        // The will of an older session, delivered late: ignored.
+        let stale = payload(1, &[bd(4)]);
+        assert_eq!(
+            state
+                .decode("spBv1.0/g/NDEATH/n", &stale, NOW)
+                .unwrap()
+                .readings
+                .len(),
+            0
+        );
+        let data = with_seq(1, &[metric(None, Some(1), 10, ValueOut::Double(2.0))]);
+        assert_eq!(
+            state
+                .decode("spBv1.0/g/NDATA/n", &data, NOW)
+                .unwrap()
+                .readings
+                .len(),
+            1
+        );
+        // This session's death ends it: its aliases are gone.
+        let death = payload(2, &[bd(5)]);
+        assert!(
+            state
+                .decode("spBv1.0/g/NDEATH/n", &death, NOW)
+                .unwrap()
+                .readings
+                .is_empty()
+        );
+        let after = with_seq(2, &[metric(None, Some(1), 10, ValueOut::Double(3.0))]);
+        assert!(state.decode("spBv1.0/g/NDATA/n", &after, NOW).is_err());
+        assert_eq!(commands(&mut state), vec!["spBv1.0/g/NCMD/n"]);
+        // Deaths of devices and the host's own commands are not rejections.
+        assert!(
+            state
+                .decode("spBv1.0/g/DDEATH/n/d", &payload(3, &[]), NOW)
+                .is_ok()
+        );
+        assert!(
+            state
+                .decode("spBv1.0/g/NCMD/n", &super::encode::rebirth_command(1), NOW)
+                .is_ok()
         );
     }
 

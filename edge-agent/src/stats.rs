@@ -23,6 +23,8 @@ pub struct EdgeStats {
     /// flight (forged, meant for other bytes, or from a hub too old to name
     /// content), or cannot be read.
     pub acks_ignored: AtomicU64,
+    /// Sparkplug rebirth requests sent to edge nodes.
+    pub sparkplug_rebirths_requested: AtomicU64,
     /// Hub announcements ignored (malformed, or past the hub limit).
     pub announcements_ignored: AtomicU64,
     pub batches_rejected_by_hub: AtomicU64,
@@ -143,6 +145,11 @@ impl EdgeStats {
             "edge_acks_ignored_total",
             "Hub answers ignored because they do not name the batch's content (forged, stale, unreadable, or from an older hub).",
             get(&self.acks_ignored),
+        );
+        counter(
+            "edge_sparkplug_rebirths_requested_total",
+            "Sparkplug rebirth requests (NCMD) sent to edge nodes whose birth was missed or whose seq jumped.",
+            get(&self.sparkplug_rebirths_requested),
         );
         counter(
             "edge_announcements_ignored_total",

@@ -432,6 +432,7 @@ fn run_sequencer(
                 }
             }
         }
+        s.stats.series_held.store(s.series.total() as u64, Relaxed);
         if failure.is_none() {
             match s.wal.sync() {
                 Ok(()) => {

@@ -610,6 +610,7 @@ impl ScoredRows<'_> {
                 Arc::new(Float64Array::from(self.score.to_vec())),
                 Arc::new(threshold),
             ],
+            unit_column(self.view.unit, self.order),
             ctx,
         )
     }
@@ -668,14 +669,35 @@ pub fn format_ts(ts_us: i64) -> String {
         .unwrap_or_default()
 }
 
+/// The unit column of scored rows taken, in order, from input rows `rows`
+/// of a batch whose readings may carry units.
+fn unit_column(unit: Option<&arrow_array::StringArray>, rows: &[u32]) -> ArrayRef {
+    match unit {
+        Some(units) => {
+            arrow_select::take::take(units, &arrow_array::UInt32Array::from(rows.to_vec()), None)
+                .expect("row indices are in range")
+        }
+        None => arrow_array::new_null_array(&arrow_schema::DataType::Utf8, rows.len()),
+    }
+}
+
 /// A batch of the scored table: the per-reading columns (device, metric,
-/// ts, value, status, score, threshold) and the batch's context. String
-/// columns may come plain or keyed; the batch's schema says which.
-fn scored_table(readings: [ArrayRef; 7], ctx: &BatchContext<'_>) -> RecordBatch {
+/// ts, value, status, score, threshold), the batch's context and the
+/// readings' units. String columns may come plain or keyed; the batch's
+/// schema says which.
+fn scored_table(readings: [ArrayRef; 7], unit: ArrayRef, ctx: &BatchContext<'_>) -> RecordBatch {
     let [model_id, model_version, gateway, incarnation, seq, ingested] =
         context_columns(readings[0].len(), ctx);
     let mut columns = readings.to_vec();
-    columns.extend([model_id, model_version, gateway, incarnation, seq, ingested]);
+    columns.extend([
+        model_id,
+        model_version,
+        gateway,
+        incarnation,
+        seq,
+        ingested,
+        unit,
+    ]);
     RecordBatch::try_new(schema_of(&tables::scored_schema(), &columns), columns)
         .expect("columns match the scored schema")
 }
@@ -767,6 +789,8 @@ struct ScoredColumns {
     expected_low: Float64Builder,
     expected_high: Float64Builder,
     contributions: StringBuilder,
+    /// The input row of each scored row (for columns taken whole, the unit).
+    rows: Vec<u32>,
     len: usize,
 }
 
@@ -786,6 +810,7 @@ impl ScoredColumns {
             expected_low: Float64Builder::new(),
             expected_high: Float64Builder::new(),
             contributions: StringBuilder::new(),
+            rows: Vec::with_capacity(rows),
             len: 0,
         }
     }
@@ -793,6 +818,7 @@ impl ScoredColumns {
     #[allow(clippy::too_many_arguments)]
     fn push_scored(
         &mut self,
+        row: u32,
         device: &str,
         metric: &str,
         ts: i64,
@@ -808,6 +834,7 @@ impl ScoredColumns {
         self.status.append_value(st);
         self.score.append_option(score);
         self.threshold.append_option(score.map(|_| threshold));
+        self.rows.push(row);
         self.len += 1;
     }
 
@@ -827,7 +854,12 @@ impl ScoredColumns {
         self.len += 1;
     }
 
-    fn finish_scored(mut self, ctx: &BatchContext<'_>) -> RecordBatch {
+    fn finish_scored(
+        mut self,
+        unit: Option<&arrow_array::StringArray>,
+        ctx: &BatchContext<'_>,
+    ) -> RecordBatch {
+        let unit = unit_column(unit, &self.rows);
         scored_table(
             [
                 Arc::new(self.device.finish()),
@@ -838,6 +870,7 @@ impl ScoredColumns {
                 Arc::new(self.score.finish()),
                 Arc::new(self.threshold.finish()),
             ],
+            unit,
             ctx,
         )
     }

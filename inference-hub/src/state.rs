@@ -135,6 +135,9 @@ pub struct MetricState {
     pub status: &'static str,
     /// The model (id and version) that scored the last reading.
     pub model: String,
+    /// The unit the device gave, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -170,6 +173,8 @@ struct Series {
     latest: Point,
     /// `<model id> <version>` that scored the newest reading.
     model: Arc<str>,
+    /// The unit of the newest reading that had one.
+    unit: Option<Arc<str>>,
     points: VecDeque<StoredPoint>,
 }
 
@@ -221,6 +226,7 @@ fn device_state(d: &Device) -> DeviceState {
                 score: m.latest.score,
                 status: m.latest.status,
                 model: m.model.to_string(),
+                unit: m.unit.as_deref().map(str::to_owned),
             })
             .collect(),
     }
@@ -338,6 +344,7 @@ impl HubState {
                         name: name.clone(),
                         latest: view.point(s),
                         model: Arc::from(""),
+                        unit: None,
                         points: VecDeque::with_capacity(RECENT_POINTS),
                     };
                     device.metrics.insert(name, series);
@@ -358,6 +365,11 @@ impl HubState {
                 if view.ts.value(newest) >= series.latest.ts_us {
                     series.latest = view.point(newest);
                     series.model = view.model_label(newest, &mut label);
+                    if let Some(unit) = view.unit.filter(|u| u.is_valid(newest))
+                        && series.unit.as_deref() != Some(unit.value(newest))
+                    {
+                        series.unit = Some(Arc::from(unit.value(newest)));
+                    }
                     metric_updates.push(MetricUpdate {
                         metric: series.name.clone(),
                         point: series.latest,
@@ -529,6 +541,8 @@ pub(crate) struct ScoredView<'a> {
     pub(crate) status: StrColumn<'a>,
     pub(crate) model_id: StrColumn<'a>,
     pub(crate) model_version: StrColumn<'a>,
+    /// Absent in files written before units were kept.
+    pub(crate) unit: Option<&'a arrow_array::StringArray>,
 }
 
 impl<'a> ScoredView<'a> {
@@ -559,6 +573,9 @@ impl<'a> ScoredView<'a> {
             status: strings(b, t::STATUS)?,
             model_id: strings(b, t::MODEL_ID)?,
             model_version: strings(b, t::MODEL_VERSION)?,
+            unit: b
+                .column_by_name(t::UNIT)
+                .and_then(|c| c.as_any().downcast_ref::<arrow_array::StringArray>()),
         })
     }
 

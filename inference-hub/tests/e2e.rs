@@ -302,7 +302,12 @@ async fn announce_ghost_hub(port: u16, hub: &str) {
     opts.set_keep_alive(Duration::from_secs(5));
     let (client, mut eventloop) = edge_agent::mqtt::client(opts, 10);
     client
-        .publish(format!("iot/hubs/{hub}"), QoS::AtLeastOnce, true, "{}")
+        .publish(
+            format!("iot/hubs/{hub}"),
+            QoS::AtLeastOnce,
+            true,
+            format!("{{\"hub\": \"{hub}\"}}"),
+        )
         .await
         .unwrap();
     client.disconnect().await.unwrap();

@@ -155,3 +155,107 @@ async fn mosquitto_a_gateway_that_reconnects_forgets_a_hub_that_left_while_it_wa
         .unwrap();
     crate::e2e::gateway_reconnecting_after_its_hub_left(port).await;
 }
+
+/// A Sparkplug B edge node from an independent implementation (Eclipse
+/// Tahu's payloads via mqtt-spb-wrapper, paho-mqtt) births before the agent
+/// listens, then sends alias-only data: the agent asks it for a rebirth,
+/// names every later message, and ignores the late will of an older
+/// session. Needs `pip install paho-mqtt==1.6.1 mqtt-spb-wrapper==2.1.2`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Mosquitto broker on MOSQUITTO_PORT and the Python Sparkplug node's packages; run by .ci/run"]
+async fn mosquitto_sparkplug_node_born_before_the_agent_is_asked_to_rebirth() {
+    use std::io::{BufRead, Write};
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use edge_agent::config::{EdgeConfig, PayloadFormat, Subscription};
+
+    let port: u16 = std::env::var("MOSQUITTO_PORT")
+        .expect("MOSQUITTO_PORT must name a running Mosquitto broker")
+        .parse()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub_cfg = inference_hub::config::HubConfig::for_dir("spb", dir.path());
+    hub_cfg.mqtt.port = port;
+    hub_cfg.mqtt.topic_prefix = "spbtest".into();
+    let hub = inference_hub::start(hub_cfg).await.unwrap();
+
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sparkplug/edge_node.py");
+    let mut node = std::process::Command::new("python3")
+        .arg(&script)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--group",
+            "plant",
+            "--node",
+            "node1",
+            "--count",
+            "60",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with paho-mqtt and mqtt-spb-wrapper");
+    let mut out = std::io::BufReader::new(node.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "born", "the node did not start");
+
+    // The agent starts after the birth: it has never seen the aliases.
+    let mut cfg = EdgeConfig::for_gateway("gw-spb", port);
+    cfg.subscriptions = vec![Subscription {
+        filter: "spBv1.0/#".into(),
+        qos: 0,
+        topic_template: "spBv1.0/+/+/{device}".into(),
+        format: PayloadFormat::SparkplugB,
+    }];
+    cfg.batch.max_age = Duration::from_millis(100);
+    cfg.uplink.mqtt.topic_prefix = "spbtest".into();
+    let agent = edge_agent::Agent::start(cfg, Duration::from_secs(10))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut stdin = node.stdin.take().unwrap();
+    writeln!(stdin, "go").unwrap();
+    let summary = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    assert!(node.wait().unwrap().success());
+    let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(
+        summary["rebirths"], 1,
+        "one rebirth, and the stale will ignored: {summary}"
+    );
+    let named: Vec<&serde_json::Value> = summary["sent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["after_rebirth"] == true)
+        .collect();
+    assert!(named.len() >= 40, "data after the rebirth: {}", named.len());
+    let expected = 2 * named.len() as u64;
+    let hub_stats = hub.stats.clone();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats = agent.stats.clone();
+    assert_eq!(stats.sparkplug_rebirths_requested.load(Relaxed), 1);
+    agent.shutdown().await;
+    let root = hub.archive_root.clone();
+    let archived_now = hub_stats.readings_archived.load(Relaxed);
+    hub.shutdown().await;
+    let archive = crate::harness::read_archive(&root);
+    for s in named {
+        let ts = s["ts"].as_i64().unwrap() * 1000;
+        let temp = &archive[&("node1".to_owned(), "temp".to_owned(), ts)];
+        assert_eq!(temp[0].value, s["temp"].as_f64().unwrap());
+        let rpm = &archive[&("node1".to_owned(), "rpm".to_owned(), ts)];
+        assert_eq!(rpm[0].value, s["rpm"].as_f64().unwrap());
+    }
+    assert!(
+        archived_now >= expected,
+        "{archived_now} of at least {expected}"
+    );
+}

@@ -10,8 +10,8 @@
 
 use std::sync::Arc;
 
-use arrow_array::RecordBatch;
 use arrow_array::builder::{Float64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::{Array, RecordBatch};
 
 use crate::tables;
 
@@ -25,6 +25,8 @@ pub struct Reading {
     pub metric: String,
     pub ts_us: TimestampMicros,
     pub value: f64,
+    /// The unit the device gave (SenML `u`), if any.
+    pub unit: Option<Arc<str>>,
 }
 
 /// Column-wise accumulator for readings, turned into one Arrow batch with
@@ -35,6 +37,9 @@ pub struct ReadingColumns {
     metric: StringBuilder,
     ts: TimestampMicrosecondBuilder,
     value: Float64Builder,
+    /// Filled only once a reading with a unit arrives (nulls before it):
+    /// batches without units keep the plain reading schema.
+    unit: Option<StringBuilder>,
     len: usize,
     first_ts_us: TimestampMicros,
     last_ts_us: TimestampMicros,
@@ -53,6 +58,7 @@ impl ReadingColumns {
             metric: StringBuilder::with_capacity(rows, rows * 8),
             ts: TimestampMicrosecondBuilder::with_capacity(rows).with_timezone(tables::UTC),
             value: Float64Builder::with_capacity(rows),
+            unit: None,
             len: 0,
             first_ts_us: i64::MAX,
             last_ts_us: i64::MIN,
@@ -60,6 +66,27 @@ impl ReadingColumns {
     }
 
     pub fn push(&mut self, device: &str, metric: &str, ts_us: TimestampMicros, value: f64) {
+        self.push_with_unit(device, metric, ts_us, value, None);
+    }
+
+    pub fn push_with_unit(
+        &mut self,
+        device: &str,
+        metric: &str,
+        ts_us: TimestampMicros,
+        value: f64,
+        unit: Option<&str>,
+    ) {
+        match (&mut self.unit, unit) {
+            (Some(units), u) => units.append_option(u),
+            (None, Some(u)) => {
+                let mut units = StringBuilder::new();
+                units.append_nulls(self.len);
+                units.append_value(u);
+                self.unit = Some(units);
+            }
+            (None, None) => {}
+        }
         self.device.append_value(device);
         self.metric.append_value(metric);
         self.ts.append_value(ts_us);
@@ -70,11 +97,12 @@ impl ReadingColumns {
     }
 
     pub fn push_reading(&mut self, reading: &Reading) {
-        self.push(
+        self.push_with_unit(
             &reading.device,
             &reading.metric,
             reading.ts_us,
             reading.value,
+            reading.unit.as_deref(),
         );
     }
 
@@ -94,16 +122,23 @@ impl ReadingColumns {
     /// Builds the batch (schema [`tables::reading_schema`]) and resets the
     /// accumulator.
     pub fn finish(&mut self) -> RecordBatch {
-        let columns: Vec<arrow_array::ArrayRef> = vec![
+        let mut columns: Vec<arrow_array::ArrayRef> = vec![
             Arc::new(self.device.finish()),
             Arc::new(self.metric.finish()),
             Arc::new(self.ts.finish()),
             Arc::new(self.value.finish()),
         ];
+        let schema = match self.unit.take() {
+            Some(mut units) => {
+                columns.push(Arc::new(units.finish()));
+                tables::reading_schema_with_unit()
+            }
+            None => tables::reading_schema(),
+        };
         self.len = 0;
         self.first_ts_us = i64::MAX;
         self.last_ts_us = i64::MIN;
-        RecordBatch::try_new(tables::reading_schema(), columns)
+        RecordBatch::try_new(schema, columns)
             .expect("builders match the reading schema by construction")
     }
 }
@@ -118,6 +153,10 @@ pub fn readings_from_batch(batch: &RecordBatch) -> Vec<Reading> {
             metric: view.metric.value(i).to_owned(),
             ts_us: view.ts.value(i),
             value: view.value.value(i),
+            unit: view
+                .unit
+                .filter(|u| u.is_valid(i))
+                .map(|u| Arc::from(u.value(i))),
         })
         .collect()
 }

@@ -40,6 +40,8 @@ pub const EXPECTED_LOW: &str = "expected_low";
 pub const EXPECTED_HIGH: &str = "expected_high";
 /// JSON object: each input metric's share of the score (multivariate models).
 pub const CONTRIBUTIONS: &str = "contributions";
+/// The unit the device reported its value in (SenML `u`/`bu`), if any.
+pub const UNIT: &str = "unit";
 
 /// Values of the `status` column of the scored table.
 pub mod status {
@@ -61,6 +63,23 @@ pub mod status {
 
 fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into()))
+}
+
+/// Schema of the readings carried by an envelope when some reading has a
+/// unit: [`reading_schema`] and a nullable `unit` column.
+pub fn reading_schema_with_unit() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let mut fields: Vec<Field> = reading_schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            fields.push(Field::new(UNIT, DataType::Utf8, true));
+            Arc::new(Schema::new(fields))
+        })
+        .clone()
 }
 
 /// Schema of the readings carried by an envelope.
@@ -97,6 +116,8 @@ pub fn scored_schema() -> SchemaRef {
                 Field::new(INCARNATION, DataType::UInt64, false),
                 Field::new(SEQ, DataType::UInt64, false),
                 Field::new(INGESTED_AT, ts_type(), false),
+                // Added with units (nullable, at the end).
+                Field::new(UNIT, DataType::Utf8, true),
             ]))
         })
         .clone()
@@ -142,6 +163,8 @@ pub struct ReadingView<'a> {
     pub metric: &'a StringArray,
     pub ts: &'a TimestampMicrosecondArray,
     pub value: &'a Float64Array,
+    /// Present when some reading of the batch has a unit (nullable).
+    pub unit: Option<&'a StringArray>,
 }
 
 /// Why a batch does not carry the reading columns.
@@ -166,6 +189,16 @@ impl<'a> ReadingView<'a> {
             metric: column(batch, METRIC, &DataType::Utf8)?,
             ts: column(batch, TS, &ts_type())?,
             value: column(batch, VALUE, &DataType::Float64)?,
+            unit: match batch.column_by_name(UNIT) {
+                None => None,
+                Some(c) => Some(c.as_any().downcast_ref::<StringArray>().ok_or_else(|| {
+                    ColumnError::WrongType {
+                        column: UNIT,
+                        found: c.data_type().to_string(),
+                        expected: DataType::Utf8.to_string(),
+                    }
+                })?),
+            },
         })
     }
 }

@@ -903,3 +903,56 @@ async fn series_past_the_caps_are_refused_and_known_series_keep_flowing() {
     );
     hub.shutdown().await;
 }
+
+/// Units sent with readings (SenML `u`) reach the archive and the API.
+#[tokio::test]
+async fn units_are_archived_and_shown_per_metric() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = test_hub(dir.path()).await;
+    let app = router_for(&hub);
+    let now = chrono::Utc::now().timestamp_micros();
+    let mut cols = ReadingColumns::default();
+    cols.push("pump-9", "rpm", now, 1200.0);
+    cols.push_with_unit("pump-9", "temp", now, 21.5, Some("Cel"));
+    let bytes = envelope::encode("gw-u", 1, 1, &cols.finish()).unwrap().1;
+    assert_eq!(call(&app, post(bytes)).await.0, StatusCode::OK);
+    let mut body = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (status, b) = call(&app, get("/v1/devices/pump-9")).await;
+        if status == StatusCode::OK && b["metrics"].as_array().is_some_and(|m| m.len() == 2) {
+            body = b;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = body["metrics"].as_array().expect("two metrics");
+    let by_name = |n: &str| metrics.iter().find(|m| m["metric"] == n).unwrap().clone();
+    assert_eq!(by_name("temp")["unit"], "Cel");
+    assert!(by_name("rpm").get("unit").is_none());
+    let root = hub.archive_root.clone();
+    hub.shutdown().await;
+    use arrow_array::Array;
+    let batches = crate::archive::read_table(&root, crate::archive::Table::Scored).unwrap();
+    let mut units = Vec::new();
+    for b in &batches {
+        let metric = b.column_by_name("metric").unwrap();
+        let metric = crate::names::StrColumn::of(metric.as_ref()).unwrap();
+        let unit = b
+            .column_by_name("unit")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow_array::StringArray>()
+            .unwrap();
+        for i in 0..b.num_rows() {
+            units.push((
+                metric.value(i).to_owned(),
+                unit.is_valid(i).then(|| unit.value(i).to_owned()),
+            ));
+        }
+    }
+    units.sort();
+    assert_eq!(
+        units,
+        vec![("rpm".into(), None), ("temp".into(), Some("Cel".into()))]
+    );
+}

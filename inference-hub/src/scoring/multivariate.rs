@@ -259,7 +259,7 @@ impl MultivariateScorer {
             } else {
                 st
             };
-            out.push_scored(device, metric, ts, x, st, score, self.threshold);
+            out.push_scored(i as u32, device, metric, ts, x, st, score, self.threshold);
         }
         let header = &batch.header;
         let ctx = BatchContext {
@@ -272,7 +272,7 @@ impl MultivariateScorer {
         };
         ScoredBatch {
             model_error,
-            scored: out.finish_scored(&ctx),
+            scored: out.finish_scored(view.unit, &ctx),
             anomalies: anomalies.finish_anomalies(&ctx),
             events,
         }
