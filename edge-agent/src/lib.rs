@@ -43,6 +43,8 @@ pub mod dead_letter;
 pub mod decode;
 pub mod dry_run;
 pub mod filter;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hub_routing;
 pub mod ingest;
 pub mod metrics;

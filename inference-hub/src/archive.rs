@@ -957,13 +957,44 @@ pub fn decode_batch_ids(text: &str) -> io::Result<Vec<BatchId>> {
     let mut out = Vec::new();
     for (gateway, incarnation, ranges) in groups {
         for [first, last] in ranges {
-            if last < first || last - first > 100_000_000 {
-                return Err(io::Error::other("an implausible batch range in a footer"));
-            }
-            out.extend((first..=last).map(|seq| (gateway.clone(), incarnation, seq)));
+            // A footer may come from another hub's object: never expand it
+            // past what one file can hold.
+            let count = last
+                .checked_sub(first)
+                .and_then(|n| n.checked_add(1))
+                .filter(|&n| n as usize <= MAX_FOOTER_BATCHES - out.len())
+                .ok_or_else(|| io::Error::other("an implausible batch range in a footer"))?;
+            out.extend((first..first + count).map(|seq| (gateway.clone(), incarnation, seq)));
         }
     }
     Ok(out)
+}
+
+/// Most batches one file's footer may list (a file of `target-file-bytes`
+/// holds far fewer).
+pub const MAX_FOOTER_BATCHES: usize = 4_000_000;
+
+/// Largest Parquet footer read from another hub's object.
+pub const MAX_FOOTER_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The batches a Parquet footer lists (`iot.batches`), from its bytes
+/// (untrusted: another hub's object; fuzzed). `None` when the footer lists
+/// none (files written before footers did).
+pub fn footer_batch_ids(footer: &[u8]) -> io::Result<Option<Vec<BatchId>>> {
+    let decoded = std::panic::catch_unwind(|| {
+        parquet::file::metadata::ParquetMetaDataReader::decode_metadata(footer)
+    })
+    .map_err(|_| io::Error::other("the Parquet footer decoder panicked"))?
+    .map_err(io::Error::other)?;
+    match decoded
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|e| e.key == BATCHES_KEY))
+        .and_then(|e| e.value.as_deref())
+    {
+        Some(listed) => decode_batch_ids(listed).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// The batches a local archive file holds: its `iot.batches` footer, or

@@ -33,6 +33,8 @@ pub mod config;
 pub mod dedup;
 pub mod demo;
 pub mod eval;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hub;
 pub mod intake;
 pub mod losses;

@@ -17,6 +17,8 @@
 
 pub mod ack;
 pub mod envelope;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod reading;
 pub mod settings;
 pub mod tables;

@@ -39,6 +39,8 @@
 //! faults, for the model-based property tests in this crate and its users.
 
 pub mod fs;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod record;
 
 use std::collections::VecDeque;

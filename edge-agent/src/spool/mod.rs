@@ -360,7 +360,7 @@ pub fn now_us() -> i64 {
 }
 
 /// `(from, to)` id ranges of a `deliveries` file; `None` if it is damaged.
-fn decode_deliveries(data: &[u8]) -> Option<Vec<(u64, u64)>> {
+pub(crate) fn decode_deliveries(data: &[u8]) -> Option<Vec<(u64, u64)>> {
     let (body, crc) = data.split_at_checked(data.len().checked_sub(4)?)?;
     if body.len() % 16 != 0 || crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().ok()?) {
         return None;

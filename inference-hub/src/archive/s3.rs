@@ -693,21 +693,16 @@ async fn footer_batches(
     }
     let tail = store.get_range(&object.location, size - 8..size).await?;
     let footer_len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
-    if &tail[4..] != b"PAR1" || footer_len + 8 > size {
-        return Err(not_parquet(&"no Parquet footer"));
+    if &tail[4..] != b"PAR1" || footer_len + 8 > size || footer_len > super::MAX_FOOTER_BYTES {
+        return Err(not_parquet(
+            &"no Parquet footer (or an implausibly large one)",
+        ));
     }
     let footer = store
         .get_range(&object.location, size - 8 - footer_len..size - 8)
         .await?;
-    let meta = parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&footer)
-        .map_err(|e| not_parquet(&e))?;
-    if let Some(value) = meta
-        .file_metadata()
-        .key_value_metadata()
-        .and_then(|kv| kv.iter().find(|e| e.key == super::BATCHES_KEY))
-        .and_then(|e| e.value.clone())
-    {
-        return super::decode_batch_ids(&value).map_err(|e| not_parquet(&e));
+    if let Some(ids) = super::footer_batch_ids(&footer).map_err(|e| not_parquet(&e))? {
+        return Ok(ids);
     }
     let whole = store.get(&object.location).await?.bytes().await?;
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(whole)

@@ -1,0 +1,4 @@
+//! Untrusted bytes through `edge_agent::fuzzing::hub_announcement` (see there).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| edge_agent::fuzzing::hub_announcement(data));

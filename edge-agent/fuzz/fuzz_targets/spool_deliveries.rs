@@ -1,0 +1,4 @@
+//! Untrusted bytes through `edge_agent::fuzzing::spool_deliveries` (see there).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| edge_agent::fuzzing::spool_deliveries(data));
