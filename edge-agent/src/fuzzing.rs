@@ -67,23 +67,15 @@ mod tests {
     /// Every committed corpus input, through its target's body.
     #[test]
     fn fuzz_corpora_replay() {
-        let targets: [(&str, fn(&[u8])); 5] = [
-            ("json_payload", super::json_payload),
-            ("senml_payload", super::senml_payload),
-            ("sparkplug_payload", super::sparkplug_payload),
-            ("hub_announcement", super::hub_announcement),
-            ("spool_deliveries", super::spool_deliveries),
-        ];
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
-        for (name, body) in targets {
-            let files: Vec<_> = std::fs::read_dir(root.join(name))
-                .unwrap_or_else(|e| panic!("corpus of {name}: {e}"))
-                .map(|e| e.unwrap().path())
-                .collect();
-            assert!(!files.is_empty(), "the corpus of {name} is empty");
-            for f in files {
-                body(&std::fs::read(&f).unwrap());
-            }
-        }
+        schemas::fuzzing::replay_corpora(
+            env!("CARGO_MANIFEST_DIR"),
+            &[
+                ("json_payload", super::json_payload),
+                ("senml_payload", super::senml_payload),
+                ("sparkplug_payload", super::sparkplug_payload),
+                ("hub_announcement", super::hub_announcement),
+                ("spool_deliveries", super::spool_deliveries),
+            ],
+        );
     }
 }

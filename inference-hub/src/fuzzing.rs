@@ -52,20 +52,12 @@ mod tests {
     /// Every committed corpus input, through its target's body.
     #[test]
     fn fuzz_corpora_replay() {
-        let targets: [(&str, fn(&[u8])); 2] = [
-            ("dedup_snapshot", super::dedup_snapshot),
-            ("parquet_footer", super::parquet_footer),
-        ];
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
-        for (name, body) in targets {
-            let files: Vec<_> = std::fs::read_dir(root.join(name))
-                .unwrap_or_else(|e| panic!("corpus of {name}: {e}"))
-                .map(|e| e.unwrap().path())
-                .collect();
-            assert!(!files.is_empty(), "the corpus of {name} is empty");
-            for f in files {
-                body(&std::fs::read(&f).unwrap());
-            }
-        }
+        schemas::fuzzing::replay_corpora(
+            env!("CARGO_MANIFEST_DIR"),
+            &[
+                ("dedup_snapshot", super::dedup_snapshot),
+                ("parquet_footer", super::parquet_footer),
+            ],
+        );
     }
 }

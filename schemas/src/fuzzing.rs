@@ -6,6 +6,26 @@
 use crate::ack::BatchAck;
 use crate::envelope::{self, DecodeLimits, PREAMBLE_LEN};
 
+/// A fuzz target: its name (the corpus directory) and its body.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Runs every committed corpus input of each target
+/// (`<crate_dir>/fuzz/corpus/<name>/*`) through the target's body, as the
+/// fuzzer would; panics on an empty or missing corpus.
+pub fn replay_corpora(crate_dir: &str, targets: &[Target]) {
+    let root = std::path::Path::new(crate_dir).join("fuzz/corpus");
+    for (name, body) in targets {
+        let files: Vec<_> = std::fs::read_dir(root.join(name))
+            .unwrap_or_else(|e| panic!("corpus of {name}: {e}"))
+            .map(|e| e.expect("a corpus entry").path())
+            .collect();
+        assert!(!files.is_empty(), "the corpus of {name} is empty");
+        for f in files {
+            body(&std::fs::read(&f).expect("a corpus file"));
+        }
+    }
+}
+
 fn limits() -> DecodeLimits {
     DecodeLimits {
         max_envelope_bytes: 1 << 20,
@@ -51,21 +71,13 @@ mod tests {
     /// Every committed corpus input, through its target's body.
     #[test]
     fn fuzz_corpora_replay() {
-        let targets: [(&str, fn(&[u8])); 3] = [
-            ("envelope_decode", super::envelope_decode),
-            ("envelope_decode_resealed", super::envelope_decode_resealed),
-            ("batch_ack", super::batch_ack),
-        ];
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
-        for (name, body) in targets {
-            let files: Vec<_> = std::fs::read_dir(root.join(name))
-                .unwrap_or_else(|e| panic!("corpus of {name}: {e}"))
-                .map(|e| e.unwrap().path())
-                .collect();
-            assert!(!files.is_empty(), "the corpus of {name} is empty");
-            for f in files {
-                body(&std::fs::read(&f).unwrap());
-            }
-        }
+        super::replay_corpora(
+            env!("CARGO_MANIFEST_DIR"),
+            &[
+                ("envelope_decode", super::envelope_decode),
+                ("envelope_decode_resealed", super::envelope_decode_resealed),
+                ("batch_ack", super::batch_ack),
+            ],
+        );
     }
 }
