@@ -28,6 +28,7 @@
 pub mod api;
 pub mod archive;
 pub mod bench;
+pub mod bench_hostile;
 pub mod broker;
 pub mod config;
 pub mod dedup;

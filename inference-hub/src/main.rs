@@ -107,6 +107,10 @@ enum Command {
         #[arg(long)]
         spool: bool,
     },
+    /// The hub's memory and health under hostile loads: compression bombs,
+    /// a series flood, a dedup flood, idle clients, overflowing ranges (see
+    /// docs/BENCHMARKS.md).
+    BenchHostile,
     /// Scoring throughput on one thread: the model alone (tract) and the
     /// production scorer (see docs/BENCHMARKS.md; compare with
     /// models/bench_onnxruntime.py).
@@ -291,6 +295,36 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("bench failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::BenchHostile => {
+            let dir = std::env::temp_dir().join(format!("iot-hostile-{}", std::process::id()));
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+            let exe = std::env::current_exe().expect("the running binary");
+            match runtime.block_on(inference_hub::bench_hostile::run(&exe, &dir)) {
+                Ok(steps) => {
+                    println!("| load | RSS after (MiB) | peak RSS so far (MiB) | /health | |");
+                    println!("|---|---|---|---|---|");
+                    for s in steps {
+                        println!(
+                            "| {} | {:.1} | {:.1} | {} | {} |",
+                            s.load,
+                            s.rss_kib as f64 / 1024.0,
+                            s.peak_kib as f64 / 1024.0,
+                            if s.healthy { "200" } else { "not 200" },
+                            s.note
+                        );
+                    }
+                    let _ = std::fs::remove_dir_all(&dir);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
                     ExitCode::FAILURE
                 }
             }

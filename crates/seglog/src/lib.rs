@@ -82,7 +82,10 @@ impl LogOptions {
     }
 
     fn parse_name(&self, name: &str) -> Option<u64> {
-        name.strip_suffix(self.suffix)?.parse().ok()
+        name.strip_suffix(self.suffix)?
+            .parse()
+            .ok()
+            .filter(|&id| id <= record::MAX_ID)
     }
 }
 
@@ -207,7 +210,8 @@ const QUARANTINE_SUFFIX: &str = ".corrupt";
 impl<F: LogFs> Log<F> {
     /// Opens the log, repairing what a crash or damage left (see the crate
     /// docs). Ids continue at or above `id_floor`.
-    pub fn open(mut fs: F, opts: LogOptions, mut id_floor: u64) -> io::Result<(Self, Recovery)> {
+    pub fn open(mut fs: F, opts: LogOptions, id_floor: u64) -> io::Result<(Self, Recovery)> {
+        let mut id_floor = id_floor.min(record::MAX_ID);
         let mut named: Vec<(u64, String)> = Vec::new();
         for name in fs.list()? {
             if name.ends_with(REWRITE_SUFFIX) {

@@ -20,6 +20,10 @@ use crate::LogOptions;
 /// Bytes before `meta`: length, checksum, id.
 pub const BASE_HEADER: usize = 16;
 
+/// Largest id a record may carry: a log never gets near it, and ids above it
+/// (from damaged bytes) are refused, so `id + 1` never overflows.
+pub const MAX_ID: u64 = u64::MAX >> 1;
+
 /// A valid record found in an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Found {
@@ -82,6 +86,9 @@ pub fn decode(
     let id = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
     if len > max_len {
         return Err(RecordError::TooLong(len));
+    }
+    if id > MAX_ID {
+        return Err(RecordError::Checksum);
     }
     let payload = data
         .get(header..header + len as usize)
@@ -174,7 +181,7 @@ fn repair(data: &[u8], offset: usize, expected_id: u64, opts: &LogOptions) -> Op
         &[stored_id, expected_id]
     };
     let last_end = data.len().min(header + opts.max_record as usize);
-    for &id in ids.iter().filter(|&&id| id >= expected_id) {
+    for &id in ids.iter().filter(|&&id| id >= expected_id && id <= MAX_ID) {
         let next = (id + 1).to_le_bytes();
         let ends = (header..last_end)
             .filter(|&p| data.get(p + 8..p + 16) == Some(&next[..]))
