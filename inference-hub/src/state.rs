@@ -345,7 +345,8 @@ impl HubState {
                         latest: view.point(s),
                         model: Arc::from(""),
                         unit: None,
-                        points: VecDeque::with_capacity(RECENT_POINTS),
+                        // Grows with use: most series of a large fleet hold few points.
+                        points: VecDeque::new(),
                     };
                     device.metrics.insert(name, series);
                 }
