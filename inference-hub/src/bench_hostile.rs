@@ -11,6 +11,7 @@
 //! 3. a dedup flood: batches of random incarnations and sparse seqs;
 //! 4. idle clients: 1,100 connections that send half a request;
 //! 5. overflowing query ranges.
+//!
 //! After each, it records the hub's resident memory (VmRSS) and its peak so
 //! far (VmHWM) from `/proc`, and whether `/health` still answers 200. The
 //! steady-state memory per series is the resident memory the series flood
