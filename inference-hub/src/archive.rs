@@ -288,6 +288,7 @@ impl Archive {
         for column in [
             schemas::tables::VALUE,
             schemas::tables::SCORE,
+            schemas::tables::ANOMALY_SCORE,
             schemas::tables::THRESHOLD,
             schemas::tables::SEVERITY,
             schemas::tables::TS,
@@ -314,6 +315,7 @@ impl Archive {
             for column in [
                 schemas::tables::VALUE,
                 schemas::tables::SCORE,
+                schemas::tables::ANOMALY_SCORE,
                 schemas::tables::THRESHOLD,
                 schemas::tables::SEVERITY,
                 schemas::tables::EXPECTED,

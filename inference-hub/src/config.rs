@@ -287,7 +287,7 @@ pub struct RouteConfig {
 impl Default for ScoringSettings {
     fn default() -> Self {
         Self {
-            model_dir: PathBuf::from("models/univariate-forecast"),
+            model_dir: PathBuf::from("models/novelty"),
             warmup_readings: 200,
             threshold: None,
             routes: Vec::new(),
@@ -296,9 +296,21 @@ impl Default for ScoringSettings {
     }
 }
 
-/// The model shipped in this repository's `models/univariate-forecast`.
+/// The default model shipped in this repository: `models/novelty`.
 pub fn bundled_model_dir() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../models/novelty")
+}
+
+/// The ONNX forecaster shipped in `models/univariate-forecast` (expected
+/// values of the novelty model's events, and a shadow route).
+pub fn bundled_forecaster_dir() -> &'static str {
     concat!(env!("CARGO_MANIFEST_DIR"), "/../models/univariate-forecast")
+}
+
+/// The state monitor for record-shaped devices shipped in
+/// `models/state-monitor` (SKAB's pump rig metrics).
+pub fn bundled_state_monitor_dir() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../models/state-monitor")
 }
 
 impl HubConfig {

@@ -12,11 +12,20 @@
 //! - [`run_skab`]: `inference-hub eval skab`: SKAB's multi-sensor files in,
 //!   point-wise precision, recall, F1, false-alarm and missed-alarm rates out.
 //!
-//! What a row's `anomaly_score` means (NAB output): the hub raises an anomaly
-//! *event* at the first anomalous reading of a run; such a row scores
-//! `1 - 0.5 / severity` (severity = model score / threshold >= 1, so the
-//! value is in [0.5, 1)); every other row scores 0. NAB's threshold
-//! optimisation can therefore only choose how severe an event must be.
+//! What a row's `anomaly_score` means (NAB output): the scored table's
+//! `anomaly_score` column when the detector writes one (the novelty family:
+//! its per-reading score in [0, 1], so NAB's sweep sees a continuous
+//! score). For a detector without one (an ONNX model), the hub raises an
+//! anomaly *event* at the first anomalous reading of a run; such a row
+//! scores `1 - 0.5 / severity` (severity = model score / threshold >= 1, so
+//! the value is in [0.5, 1)) and every other row 0.
+//!
+//! NAB is reported at the swept threshold (NAB's protocol, comparable with
+//! published numbers) and, with `--frozen-threshold`, at the threshold
+//! frozen in the model's manifest (what the deployed hub does). SKAB is
+//! reported two ways: SKAB's protocol (each file's first 400 rows fit the
+//! detector and are not scored) and all rows (the first 400 predicted
+//! normal), each next to the trivial detector that flags every row.
 
 pub mod nab;
 
@@ -42,13 +51,20 @@ pub struct RowVerdict {
     pub anomalous: bool,
     /// Largest severity of an anomaly event that starts at this row.
     pub event_severity: Option<f64>,
+    /// Largest `anomaly_score` of the row's readings, if the detector
+    /// writes one.
+    pub anomaly_score: Option<f64>,
 }
 
 impl RowVerdict {
     /// NAB's `anomaly_score` in [0, 1].
     pub fn nab_score(&self) -> f64 {
-        self.event_severity
-            .map_or(0.0, |s| (1.0 - 0.5 / s.max(1.0)).clamp(0.0, 1.0))
+        match self.anomaly_score {
+            Some(a) => a.clamp(0.0, 1.0),
+            None => self
+                .event_severity
+                .map_or(0.0, |s| (1.0 - 0.5 / s.max(1.0)).clamp(0.0, 1.0)),
+        }
     }
 }
 
@@ -61,8 +77,11 @@ pub struct Replay {
 
 impl Replay {
     pub fn new(model_dir: &Path, warmup_readings: u32) -> anyhow::Result<Self> {
-        let model = Model::load(model_dir)
-            .with_context(|| format!("load the model from {}", model_dir.display()))?;
+        Self::with_model(load_model(model_dir, false)?, warmup_readings)
+    }
+
+    /// A replay through an already loaded model.
+    pub fn with_model(model: Model, warmup_readings: u32) -> anyhow::Result<Self> {
         Ok(Self {
             scorer: Engine::new(model, warmup_readings, None),
             seq: 0,
@@ -89,7 +108,16 @@ impl Replay {
             readings: cols.finish(),
         };
         let scored = self.scorer.score(&batch, ts_us);
+        let anomaly_score = scored
+            .scored
+            .column_by_name(schemas::tables::ANOMALY_SCORE)
+            .and_then(|c| {
+                c.as_any()
+                    .downcast_ref::<arrow_array::Float64Array>()
+                    .and_then(|a| a.iter().flatten().max_by(f64::total_cmp))
+            });
         RowVerdict {
+            anomaly_score,
             anomalous: scored
                 .scored
                 .column_by_name(schemas::tables::STATUS)
@@ -104,6 +132,22 @@ impl Replay {
     }
 }
 
+/// Loads a model for evaluation; `without_spatial_rule` turns a novelty
+/// model's spatial rule off (to measure what it contributes).
+pub fn load_model(model_dir: &Path, without_spatial_rule: bool) -> anyhow::Result<Model> {
+    let mut model = Model::load(model_dir)
+        .with_context(|| format!("load the model from {}", model_dir.display()))?;
+    if without_spatial_rule {
+        let cfg = model
+            .manifest
+            .novelty
+            .as_mut()
+            .context("--without-spatial-rule needs a novelty model")?;
+        cfg.spatial_rule = false;
+    }
+    Ok(model)
+}
+
 /// Options of `inference-hub eval nab`.
 #[derive(Debug, Clone)]
 pub struct NabOptions {
@@ -115,6 +159,10 @@ pub struct NabOptions {
     pub labels: Option<PathBuf>,
     pub model_dir: PathBuf,
     pub warmup_readings: u32,
+    /// Also score at the threshold frozen in the model's manifest.
+    pub frozen_threshold: bool,
+    /// Turn a novelty model's spatial rule off.
+    pub without_spatial_rule: bool,
 }
 
 /// Per-profile corpus scores, when labels were given.
@@ -122,7 +170,13 @@ pub struct NabOptions {
 pub struct NabReport {
     pub files: usize,
     pub rows: usize,
+    /// At the threshold NAB's sweep chose (NAB's protocol).
     pub scores: Vec<nab::CorpusScore>,
+    /// At the model's frozen threshold (with `frozen_threshold`).
+    pub frozen: Vec<nab::CorpusScore>,
+    /// The model's id, version and frozen threshold.
+    pub model: String,
+    pub threshold: f64,
 }
 
 /// `timestamp,value` rows of a NAB data file (header required).
@@ -183,12 +237,13 @@ pub fn run_nab(o: &NabOptions) -> anyhow::Result<NabReport> {
     if inputs.is_empty() {
         bail!("no <category>/<file>.csv under {}", o.data.display());
     }
+    let model = load_model(&o.model_dir, o.without_spatial_rule)?;
     let mut scored_files = Vec::new();
     let mut rows_total = 0;
     for (key, path) in &inputs {
         let rows = read_nab_data(path)?;
         rows_total += rows.len();
-        let mut replay = Replay::new(&o.model_dir, o.warmup_readings)?;
+        let mut replay = Replay::with_model(model.clone(), o.warmup_readings)?;
         let file_windows = windows
             .as_ref()
             .and_then(|w| w.get(key))
@@ -214,18 +269,37 @@ pub fn run_nab(o: &NabOptions) -> anyhow::Result<NabReport> {
             windows: file_windows,
         });
     }
-    let scores = if windows.is_some() {
-        nab::PROFILES
+    // The threshold a row's NAB score must reach to be an event: the
+    // anomaly score's own for detectors that write one, else an event's.
+    let threshold = if model.manifest.detector == crate::model::DetectorKind::Onnx {
+        0.5
+    } else {
+        model.manifest.threshold
+    };
+    let (scores, frozen) = if windows.is_some() {
+        let swept = nab::PROFILES
             .iter()
             .map(|p| nab::score_corpus(&scored_files, p))
-            .collect()
+            .collect();
+        let frozen = if o.frozen_threshold {
+            nab::PROFILES
+                .iter()
+                .map(|p| nab::score_at_threshold(&scored_files, p, threshold))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        (swept, frozen)
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
     Ok(NabReport {
         files: inputs.len(),
         rows: rows_total,
         scores,
+        frozen,
+        model: format!("{} {}", model.manifest.id, model.manifest.version),
+        threshold,
     })
 }
 
@@ -246,6 +320,13 @@ impl Confusion {
             (false, false) => self.tn += 1,
             (false, true) => self.fn_ += 1,
         }
+    }
+
+    pub fn merge(&mut self, other: &Confusion) {
+        self.tp += other.tp;
+        self.fp += other.fp;
+        self.tn += other.tn;
+        self.fn_ += other.fn_;
     }
 
     fn ratio(a: u64, b: u64) -> f64 {
@@ -290,11 +371,30 @@ pub struct SkabOptions {
     pub warmup_readings: u32,
 }
 
+/// Rows of each SKAB file its own protocol fits on (and does not score).
+pub const SKAB_FIT_ROWS: usize = 400;
+
 #[derive(Debug)]
 pub struct SkabReport {
     pub files: usize,
+    /// SKAB's protocol: rows after each file's first [`SKAB_FIT_ROWS`].
+    pub protocol: Confusion,
+    /// Every row (the detector's warm-up predicted normal).
     pub total: Confusion,
-    pub per_file: Vec<(String, Confusion)>,
+    /// Per file: (name, protocol, all rows).
+    pub per_file: Vec<(String, Confusion, Confusion)>,
+}
+
+impl SkabReport {
+    /// The trivial detector that flags every row, on the same rows.
+    pub fn trivial(c: &Confusion) -> Confusion {
+        Confusion {
+            tp: c.tp + c.fn_,
+            fp: c.fp + c.tn,
+            tn: 0,
+            fn_: 0,
+        }
+    }
 }
 
 /// Runs every labelled SKAB file through the production scorer (each sensor
@@ -303,7 +403,7 @@ pub struct SkabReport {
 /// verdict) and counts point-wise against the `anomaly` column.
 pub fn run_skab(o: &SkabOptions) -> anyhow::Result<SkabReport> {
     let mut per_file = Vec::new();
-    let mut total = Confusion::default();
+    let (mut protocol, mut total) = (Confusion::default(), Confusion::default());
     for group in sorted_dir(&o.data)? {
         if !group.is_dir() || file_name(&group) == "anomaly-free" {
             continue;
@@ -313,12 +413,10 @@ pub fn run_skab(o: &SkabOptions) -> anyhow::Result<SkabReport> {
                 continue;
             }
             let name = format!("{}/{}", file_name(&group), file_name(&file));
-            let confusion = skab_file(&file, o)?;
-            total.tp += confusion.tp;
-            total.fp += confusion.fp;
-            total.tn += confusion.tn;
-            total.fn_ += confusion.fn_;
-            per_file.push((name, confusion));
+            let (p, all) = skab_file(&file, o)?;
+            protocol.merge(&p);
+            total.merge(&all);
+            per_file.push((name, p, all));
         }
     }
     if per_file.is_empty() {
@@ -326,6 +424,7 @@ pub fn run_skab(o: &SkabOptions) -> anyhow::Result<SkabReport> {
     }
     Ok(SkabReport {
         files: per_file.len(),
+        protocol,
         total,
         per_file,
     })
@@ -382,11 +481,12 @@ pub fn read_skab(path: &Path) -> anyhow::Result<(Vec<String>, Vec<SkabRecord>)> 
     Ok((sensors.into_iter().map(|(_, h)| h).collect(), rows))
 }
 
-fn skab_file(path: &Path, o: &SkabOptions) -> anyhow::Result<Confusion> {
+/// One file's confusion under SKAB's protocol and over all rows.
+fn skab_file(path: &Path, o: &SkabOptions) -> anyhow::Result<(Confusion, Confusion)> {
     let (sensors, rows) = read_skab(path)?;
     let mut replay = Replay::new(&o.model_dir, o.warmup_readings)?;
-    let mut confusion = Confusion::default();
-    for (ts, values, label) in rows {
+    let (mut protocol, mut confusion) = (Confusion::default(), Confusion::default());
+    for (row, (ts, values, label)) in rows.into_iter().enumerate() {
         let metrics: Vec<(&str, f64)> = sensors
             .iter()
             .map(String::as_str)
@@ -394,8 +494,11 @@ fn skab_file(path: &Path, o: &SkabOptions) -> anyhow::Result<Confusion> {
             .collect();
         let verdict = replay.row("skab", ts, &metrics);
         confusion.add(verdict.anomalous, label);
+        if row >= SKAB_FIT_ROWS {
+            protocol.add(verdict.anomalous, label);
+        }
     }
-    Ok(confusion)
+    Ok((protocol, confusion))
 }
 
 fn sorted_dir(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
@@ -416,10 +519,26 @@ fn file_name(path: &Path) -> String {
 /// The NAB report as Markdown.
 pub fn nab_markdown(report: &NabReport) -> String {
     let mut out = format!(
-        "{} files, {} rows\n\n| profile | score (0 = never fires, 100 = perfect) | threshold | windows detected | false-positive rows |\n|---|---|---|---|---|\n",
-        report.files, report.rows
+        "{} files, {} rows, model {}\n\nNAB's protocol (threshold swept per profile):\n\n",
+        report.files, report.rows, report.model
     );
-    for s in &report.scores {
+    out.push_str(&nab_table(&report.scores));
+    if !report.frozen.is_empty() {
+        let _ = write!(
+            out,
+            "\nAt the frozen threshold {} (the model's manifest):\n\n",
+            report.threshold
+        );
+        out.push_str(&nab_table(&report.frozen));
+    }
+    out
+}
+
+fn nab_table(scores: &[nab::CorpusScore]) -> String {
+    let mut out = String::from(
+        "| profile | score (0 = never fires, 100 = perfect) | threshold | windows detected | false-positive rows |\n|---|---|---|---|---|\n",
+    );
+    for s in scores {
         let _ = writeln!(
             out,
             "| {} | {:.2} | {} | {} of {} | {} |",
@@ -429,37 +548,67 @@ pub fn nab_markdown(report: &NabReport) -> String {
     out
 }
 
-/// The SKAB report as Markdown.
+/// The SKAB report as Markdown, ending with one machine-readable line per
+/// protocol (`skab-protocol f1=... far=... mar=...`, `all-rows ...`).
 pub fn skab_markdown(report: &SkabReport) -> String {
-    let t = &report.total;
+    let line = |name: &str, c: &Confusion| {
+        format!(
+            "| {name} | {:.3} | {:.3} | {:.3} | {:.1} % | {:.1} % |\n",
+            c.f1(),
+            c.precision(),
+            c.recall(),
+            100.0 * c.false_alarm_rate(),
+            100.0 * c.missed_alarm_rate()
+        )
+    };
     let mut out = format!(
-        "{} files\n\n| F1 | precision | recall | false-alarm rate | missed-alarm rate |\n|---|---|---|---|---|\n| {:.2} | {:.2} | {:.2} | {:.2} % | {:.2} % |\n",
-        report.files,
-        t.f1(),
-        t.precision(),
-        t.recall(),
-        100.0 * t.false_alarm_rate(),
-        100.0 * t.missed_alarm_rate()
+        "{} files\n\n| rows | F1 | precision | recall | false-alarm rate | missed-alarm rate |\n|---|---|---|---|---|---|\n",
+        report.files
     );
-    let mut groups: BTreeMap<&str, Confusion> = BTreeMap::new();
-    for (name, c) in &report.per_file {
+    out.push_str(&line(
+        "SKAB's protocol (after each file's first 400)",
+        &report.protocol,
+    ));
+    out.push_str(&line(
+        "  trivial: every row anomalous",
+        &SkabReport::trivial(&report.protocol),
+    ));
+    out.push_str(&line("all rows", &report.total));
+    out.push_str(&line(
+        "  trivial: every row anomalous",
+        &SkabReport::trivial(&report.total),
+    ));
+    let mut groups: BTreeMap<&str, (Confusion, Confusion)> = BTreeMap::new();
+    for (name, p, all) in &report.per_file {
         let g = groups
             .entry(name.split('/').next().unwrap_or_default())
             .or_default();
-        g.tp += c.tp;
-        g.fp += c.fp;
-        g.tn += c.tn;
-        g.fn_ += c.fn_;
+        g.0.merge(p);
+        g.1.merge(all);
     }
-    out.push_str("\n| group | F1 | precision | recall |\n|---|---|---|---|\n");
-    for (g, c) in groups {
+    out.push_str(
+        "\n| group | F1 (protocol) | false-alarm rate | F1 (all rows) |\n|---|---|---|---|\n",
+    );
+    for (g, (p, all)) in groups {
         let _ = writeln!(
             out,
-            "| {g} | {:.2} | {:.2} | {:.2} |",
-            c.f1(),
-            c.precision(),
-            c.recall()
+            "| {g} | {:.3} | {:.1} % | {:.3} |",
+            p.f1(),
+            100.0 * p.false_alarm_rate(),
+            all.f1()
         );
     }
-    out
+    for (name, c) in [
+        ("skab-protocol", &report.protocol),
+        ("all-rows", &report.total),
+    ] {
+        let _ = writeln!(
+            out,
+            "\n{name} f1={:.3} far={:.3} mar={:.3}",
+            c.f1(),
+            c.false_alarm_rate(),
+            c.missed_alarm_rate()
+        );
+    }
+    out.replace("\n\nall-rows", "\nall-rows")
 }

@@ -40,13 +40,21 @@ enum EvalDataset {
         /// Readings per series before it is scored (the hub's scoring.warmup-readings).
         #[arg(long, default_value_t = 200)]
         warmup_readings: u32,
+        /// Also score at the threshold frozen in the model's manifest.
+        #[arg(long)]
+        frozen_threshold: bool,
+        /// Turn a novelty model's spatial rule off (what it contributes).
+        #[arg(long)]
+        without_spatial_rule: bool,
     },
     /// SKAB layout: <data>/<group>/<n>.csv, semicolon-separated, with the
-    /// anomaly column; prints point-wise F1, false- and missed-alarm rates.
+    /// anomaly column; prints point-wise F1, false- and missed-alarm rates
+    /// under SKAB's protocol and over all rows, and one machine-readable
+    /// line for each.
     Skab {
         #[arg(long)]
         data: PathBuf,
-        #[arg(long, default_value = inference_hub::config::bundled_model_dir())]
+        #[arg(long, default_value = inference_hub::config::bundled_state_monitor_dir())]
         model_dir: PathBuf,
         #[arg(long, default_value_t = 200)]
         warmup_readings: u32,
@@ -533,12 +541,16 @@ fn main() -> ExitCode {
                     labels,
                     model_dir,
                     warmup_readings,
+                    frozen_threshold,
+                    without_spatial_rule,
                 } => inference_hub::eval::run_nab(&inference_hub::eval::NabOptions {
                     data,
                     out: out.clone(),
                     labels: labels.clone(),
                     model_dir,
                     warmup_readings,
+                    frozen_threshold,
+                    without_spatial_rule,
                 })
                 .map(|r| {
                     if labels.is_some() {

@@ -1,15 +1,24 @@
-//! Loading an ONNX model from a model directory and running it with tract.
+//! Loading a model directory: an ONNX model run with tract, or one of the
+//! online detector families of the `detect` crate.
 //!
-//! A model directory holds `manifest.json` (the contract: id, version, input
-//! layout, window length, the metrics of a multivariate model, score output
-//! and optional contributions/forecast outputs, calibrated threshold, sha256
-//! of the ONNX file) and the ONNX file it names. A model without
-//! `input.metrics` is univariate: it scores windows of one series. With
-//! `input.metrics` it scores windows of records (one value per listed metric,
-//! time-major) of one device. Loading verifies the checksum,
-//! optimises the graph once, and runs tract behind `catch_unwind`: tract can
-//! panic on models it does not support, and a bad model must be an error, not
-//! a dead hub.
+//! A model directory holds `manifest.json`, the contract. Its `detector`
+//! says what it is:
+//! * `onnx` (the default): id, version, input layout, window length, the
+//!   metrics of a multivariate model, score output and optional
+//!   contributions/forecast outputs, calibrated threshold, sha256 of the
+//!   ONNX file it names. A model without `input.metrics` is univariate: it
+//!   scores windows of one series. With `input.metrics` it scores windows of
+//!   records (one value per listed metric, time-major) of one device.
+//!   Loading verifies the checksum, optimises the graph once, and runs tract
+//!   behind `catch_unwind`: tract can panic on models it does not support,
+//!   and a bad model must be an error, not a dead hub.
+//! * `novelty`: the univariate novelty family with its configuration
+//!   (`novelty`) and the threshold frozen on the development data; an
+//!   optional `expected_values` names a forecaster model directory (relative
+//!   to this one) whose forecasts explain events.
+//! * `state-monitor`: the multivariate T²+Q / MSET family for the devices
+//!   whose records carry `input.metrics`, with its configuration
+//!   (`state_monitor`); its threshold is 1 (a ratio to the limits).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -23,10 +32,18 @@ use tract_onnx::prelude::*;
 pub struct Manifest {
     pub id: String,
     pub version: String,
+    #[serde(default)]
+    pub detector: DetectorKind,
+    /// ONNX models: the file, its checksum and opset, the score output.
+    #[serde(default)]
     pub file: String,
+    #[serde(default)]
     pub sha256: String,
+    #[serde(default)]
     pub opset: u32,
+    #[serde(default)]
     pub input: InputSpec,
+    #[serde(default)]
     pub score_output: String,
     /// Per-metric contributions to the score, `[batch, metrics]`.
     #[serde(default)]
@@ -37,6 +54,29 @@ pub struct Manifest {
     pub threshold: f64,
     #[serde(default)]
     pub decision: Decision,
+    /// `novelty` models: the family's configuration.
+    #[serde(default)]
+    pub novelty: Option<detect::NoveltyConfig>,
+    /// `novelty` models: a forecaster model directory, relative to this
+    /// one, for the expected values of events.
+    #[serde(default)]
+    pub expected_values: Option<String>,
+    /// `state-monitor` models: the family's configuration.
+    #[serde(default)]
+    pub state_monitor: Option<detect::StateMonitorConfig>,
+}
+
+/// What scores readings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DetectorKind {
+    /// An ONNX model (tract).
+    #[default]
+    Onnx,
+    /// The univariate novelty family (`detect::novelty`).
+    Novelty,
+    /// The multivariate state monitor (`detect::state_monitor`).
+    StateMonitor,
 }
 
 /// How a score becomes a status.
@@ -56,13 +96,35 @@ pub enum Decision {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct InputSpec {
+    #[serde(default)]
     pub name: String,
+    #[serde(default = "one")]
     pub window: usize,
     /// Normalised values are clipped to +-clip before scoring.
+    #[serde(default = "ten")]
     pub clip: f64,
     /// The metrics of one record, in input order (multivariate models).
     #[serde(default)]
     pub metrics: Option<Vec<String>>,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn ten() -> f64 {
+    10.0
+}
+
+impl Default for InputSpec {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            window: one(),
+            clip: ten(),
+            metrics: None,
+        }
+    }
 }
 
 /// What a model run produced for `n` windows.
@@ -97,15 +159,18 @@ pub enum ModelError {
     Run(String),
 }
 
-/// A loaded, optimised model ready to score windows.
+/// A loaded model: an optimised ONNX model ready to score windows, or a
+/// detector family's configuration.
 #[derive(Debug, Clone)]
 pub struct Model {
     pub manifest: Manifest,
-    /// One plan per chunk size of [`CHUNK_ROWS`], largest first.
+    /// One plan per chunk size of [`CHUNK_ROWS`], largest first (ONNX).
     plans: Arc<[(usize, Arc<TypedRunnableModel>)]>,
     score_index: usize,
     contributions_index: Option<usize>,
     forecast_index: Option<usize>,
+    /// A novelty model's forecaster for expected values.
+    expected_values: Option<Arc<Model>>,
 }
 
 /// Windows per model call. tract optimises a plan for concrete shapes about
@@ -142,6 +207,58 @@ impl Model {
                 path: manifest_path,
                 message: "window must be positive and threshold a positive number".into(),
             });
+        }
+        let invalid = |message: String| ModelError::Manifest {
+            path: manifest_path.clone(),
+            message,
+        };
+        match manifest.detector {
+            DetectorKind::Onnx => {}
+            DetectorKind::Novelty => {
+                let cfg = manifest
+                    .novelty
+                    .as_ref()
+                    .ok_or_else(|| invalid("a novelty model needs `novelty`".into()))?;
+                cfg.validate().map_err(invalid)?;
+                if manifest.input.metrics.is_some() {
+                    return Err(invalid("a novelty model scores one metric".into()));
+                }
+                let expected_values = match &manifest.expected_values {
+                    Some(rel) => {
+                        let model = Self::load(&dir.join(rel))?;
+                        if model.manifest.detector != DetectorKind::Onnx
+                            || model.metrics().is_some()
+                            || model.forecast_index.is_none()
+                        {
+                            return Err(invalid(format!(
+                                "expected_values {rel} is not a univariate ONNX forecaster"
+                            )));
+                        }
+                        Some(Arc::new(model))
+                    }
+                    None => None,
+                };
+                let mut manifest = manifest;
+                // The window of the forecaster explaining events.
+                manifest.input.window = expected_values.as_ref().map_or(1, |m| m.window());
+                manifest.input.clip = expected_values
+                    .as_ref()
+                    .map_or(manifest.input.clip, |m| m.manifest.input.clip);
+                return Ok(Self::detector(manifest, expected_values));
+            }
+            DetectorKind::StateMonitor => {
+                let cfg = manifest
+                    .state_monitor
+                    .as_ref()
+                    .ok_or_else(|| invalid("a state-monitor model needs `state_monitor`".into()))?;
+                cfg.validate().map_err(invalid)?;
+                if manifest.input.metrics.as_ref().is_none_or(Vec::is_empty) {
+                    return Err(invalid(
+                        "a state-monitor model lists its metrics (`input.metrics`)".into(),
+                    ));
+                }
+                return Ok(Self::detector(manifest, None));
+            }
         }
         let onnx_path = dir.join(&manifest.file);
         let bytes = std::fs::read(&onnx_path).map_err(|source| ModelError::Read {
@@ -198,7 +315,39 @@ impl Model {
             score_index,
             contributions_index,
             forecast_index,
+            expected_values: None,
         })
+    }
+
+    /// A model that is a detector family's configuration (no ONNX plans).
+    fn detector(manifest: Manifest, expected_values: Option<Arc<Model>>) -> Self {
+        Self {
+            manifest,
+            plans: Arc::from(Vec::new()),
+            score_index: 0,
+            contributions_index: None,
+            forecast_index: None,
+            expected_values,
+        }
+    }
+
+    /// The novelty family's configuration, for a `novelty` model.
+    pub fn novelty(&self) -> Option<&detect::NoveltyConfig> {
+        (self.manifest.detector == DetectorKind::Novelty)
+            .then_some(self.manifest.novelty.as_ref())
+            .flatten()
+    }
+
+    /// The state monitor's configuration, for a `state-monitor` model.
+    pub fn state_monitor(&self) -> Option<&detect::StateMonitorConfig> {
+        (self.manifest.detector == DetectorKind::StateMonitor)
+            .then_some(self.manifest.state_monitor.as_ref())
+            .flatten()
+    }
+
+    /// A novelty model's forecaster for the expected values of events.
+    pub fn expected_values(&self) -> Option<&Model> {
+        self.expected_values.as_deref()
     }
 
     /// Records per window.
@@ -225,6 +374,12 @@ impl Model {
     /// Like [`Model::score`], with the contributions and forecasts the
     /// model reports.
     pub fn run(&self, windows: &[f32]) -> Result<ModelOutput, ModelError> {
+        if self.manifest.detector != DetectorKind::Onnx {
+            return Err(ModelError::Run(format!(
+                "{} is a {:?} detector, not an ONNX model",
+                self.manifest.id, self.manifest.detector
+            )));
+        }
         let w = self.input_width();
         debug_assert_eq!(windows.len() % w, 0);
         let n = windows.len() / w;

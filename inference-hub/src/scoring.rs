@@ -221,6 +221,8 @@ struct SeriesState {
     /// The previous reading was anomalous: a run of anomalous readings (a
     /// spike stays in the window for `window` readings) is one event.
     in_anomaly: bool,
+    /// The novelty detector (novelty models), created on first sight.
+    novelty: Option<Box<detect::Novelty>>,
 }
 
 /// One anomaly event, for the API's recent-events view.
@@ -284,6 +286,8 @@ pub struct Scorer {
     model: Model,
     threshold: f64,
     warmup: u64,
+    /// The novelty family's configuration, when the model is one.
+    novelty: Option<Arc<detect::NoveltyConfig>>,
     /// Indexed by series id.
     series: Vec<SeriesState>,
     /// device -> (metric, series id) of each of its series: one hash lookup
@@ -298,6 +302,7 @@ impl Scorer {
         let warmup = u64::from(warmup_readings).max(model.window() as u64).max(2);
         Self {
             threshold: threshold.unwrap_or(model.manifest.threshold),
+            novelty: model.novelty().cloned().map(Arc::new),
             model,
             warmup,
             series: Vec::new(),
@@ -313,10 +318,14 @@ impl Scorer {
     /// Replaces the model (hot reload). Series state is kept when the new
     /// model reads windows of the same length, else it is learned anew.
     pub fn swap_model(&mut self, model: Model, threshold: Option<f64>) {
-        if model.window() != self.model.window() {
+        let novelty = model.novelty().cloned().map(Arc::new);
+        if model.window() != self.model.window() || novelty != self.novelty {
+            // Another window, or another detector configuration: the state
+            // learned for the old one does not carry over.
             self.series.clear();
             self.by_device.clear();
         }
+        self.novelty = novelty;
         self.threshold = threshold.unwrap_or(model.manifest.threshold);
         self.warmup = self.warmup.max(model.window() as u64);
         self.model = model;
@@ -356,6 +365,7 @@ impl Scorer {
             window: SlidingWindow::new(self.model.window()),
             scores: ScoreStats::default(),
             in_anomaly: false,
+            novelty: None,
         });
         let id32 = u32::try_from(id).expect("fewer than 2^32 series");
         self.by_device
@@ -368,10 +378,17 @@ impl Scorer {
     pub fn score(&mut self, batch: &DecodedBatch, ingested_at_us: i64) -> ScoredBatch {
         let view =
             ReadingView::try_new(&batch.readings).expect("decoder verified the reading columns");
-        let n = batch.readings.num_rows();
-        let clip = self.model.manifest.input.clip;
-        let warmup = self.warmup;
+        let (series_of, order) = self.plan(&view);
+        match self.novelty.clone() {
+            Some(cfg) => self.score_novelty(batch, &view, &series_of, &order, &cfg, ingested_at_us),
+            None => self.score_forecaster(batch, &view, &series_of, &order, ingested_at_us),
+        }
+    }
 
+    /// The series of every row, and the output order: a device's rows
+    /// together, each series' rows together in time order (stable).
+    fn plan(&mut self, view: &ReadingView<'_>) -> (Vec<usize>, Vec<u32>) {
+        let n = view.device.len();
         // The series of every row (a run of rows of one series resolves once).
         let mut series_of: Vec<usize> = Vec::with_capacity(n);
         for i in 0..n {
@@ -400,6 +417,22 @@ impl Scorer {
         // ascending runs (one per polling cycle of its devices).
         keyed.sort();
         let order: Vec<u32> = keyed.into_iter().map(|(.., i)| i).collect();
+        (series_of, order)
+    }
+
+    /// Scores with the ONNX model (windows, normalisation, the adaptive
+    /// two-test decision).
+    fn score_forecaster(
+        &mut self,
+        batch: &DecodedBatch,
+        view: &ReadingView<'_>,
+        series_of: &[usize],
+        order: &[u32],
+        ingested_at_us: i64,
+    ) -> ScoredBatch {
+        let n = order.len();
+        let clip = self.model.manifest.input.clip;
+        let warmup = self.warmup;
 
         // Pass 1, by output position: update windows, collect the windows
         // that need a score (normalised with the statistics as they stand).
@@ -521,16 +554,173 @@ impl Scorer {
             ingested_at_us,
         };
         let rows = ScoredRows {
-            view: &view,
-            order: &order,
-            series_of: &series_of,
+            view,
+            order,
+            series_of,
             series: &self.series,
             status: &status_at,
             score: &score_at,
+            anomaly_score: None,
             threshold: self.threshold,
         };
         ScoredBatch {
             model_error,
+            scored: rows.finish(&ctx),
+            anomalies: anomalies.finish_anomalies(&ctx),
+            events,
+        }
+    }
+
+    /// Scores with the novelty family: one score per reading from the
+    /// series' own detector; a reading at or above the frozen threshold is
+    /// anomalous once the series is ready, and a run of them is one event.
+    /// A forecaster named by the manifest (`expected_values`) gives events
+    /// their expected value, run only on the windows of events.
+    fn score_novelty(
+        &mut self,
+        batch: &DecodedBatch,
+        view: &ReadingView<'_>,
+        series_of: &[usize],
+        order: &[u32],
+        cfg: &detect::NoveltyConfig,
+        ingested_at_us: i64,
+    ) -> ScoredBatch {
+        let n = order.len();
+        let warmup = self.warmup;
+        let forecaster = self.model.expected_values().cloned();
+        let clip = self.model.manifest.input.clip;
+        let mut status_at: Vec<&'static str> = vec![status::WARMING_UP; n];
+        let mut score_at: Vec<Option<f64>> = vec![None; n];
+        let mut anomaly_score_at: Vec<Option<f64>> = vec![None; n];
+        // Events: (position, window start, the window to forecast from).
+        let mut starts: Vec<(usize, i64, Option<(f64, f64)>)> = Vec::new();
+        let mut matrix: Vec<f32> = Vec::new();
+        for (k, &i) in order.iter().enumerate() {
+            let i = i as usize;
+            let (x, ts) = (view.value.value(i), view.ts.value(i));
+            let state = &mut self.series[series_of[i]];
+            if !x.is_finite() {
+                status_at[k] = status::UNSCORED;
+                continue;
+            }
+            if state.window.newest_ts().is_some_and(|newest| ts < newest) {
+                status_at[k] = status::LATE;
+                continue;
+            }
+            state.window.push(x, ts);
+            let verdict = state
+                .novelty
+                .get_or_insert_with(|| Box::new(detect::Novelty::new(cfg)))
+                .update(cfg, x);
+            anomaly_score_at[k] = Some(verdict.score);
+            if !verdict.ready {
+                state.in_anomaly = false;
+            } else {
+                score_at[k] = Some(verdict.score);
+                let anomalous = verdict.score >= self.threshold;
+                status_at[k] = if anomalous {
+                    status::ANOMALOUS
+                } else {
+                    status::OK
+                };
+                if anomalous && !state.in_anomaly {
+                    let window_start = state.window.start_ts().unwrap_or(ts);
+                    // The forecaster's view of the window before this
+                    // reading joined the normalisation.
+                    let scale = (forecaster.is_some()
+                        && state.norm.count >= warmup
+                        && state.window.is_full())
+                    .then(|| {
+                        let (mean, std) = (state.norm.mean, state.norm.std(warmup));
+                        let row = matrix.len();
+                        matrix.resize(row + state.window.window, 0.0);
+                        normalise_into(&mut matrix[row..], state.window.values(), mean, std, clip);
+                        (mean, std)
+                    });
+                    starts.push((k, window_start, scale));
+                }
+                state.in_anomaly = anomalous;
+            }
+            if forecaster.is_some() {
+                if state.norm.count < warmup {
+                    state.norm.learn_warmup(x, warmup);
+                } else {
+                    state.norm.follow(x, warmup);
+                }
+            }
+        }
+        // Expected values of the events (a failure only leaves them out).
+        let forecasts = match (&forecaster, matrix.is_empty()) {
+            (Some(model), false) => match model.run(&matrix) {
+                Ok(out) => out.forecast,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the expected-values forecaster failed; events go without expected values");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let bound = forecaster
+            .as_ref()
+            .map_or(0.0, |m| m.manifest.threshold.sqrt());
+        let header = &batch.header;
+        let mut events = Vec::with_capacity(starts.len());
+        let mut forecast_row = 0;
+        for (k, window_start, scale) in starts {
+            let i = order[k] as usize;
+            let state = &self.series[series_of[i]];
+            let expected = scale.and_then(|(mean, std)| {
+                let f = forecasts.as_ref()?.get(forecast_row).copied();
+                forecast_row += 1;
+                f.map(|f| (mean + f64::from(f) * std, bound * std))
+            });
+            let score = score_at[k].unwrap_or_default();
+            events.push(AnomalyEvent {
+                id: 0,
+                device: state.device.to_string(),
+                metric: state.metric.to_string(),
+                ts: format_ts(view.ts.value(i)),
+                ts_us: view.ts.value(i),
+                value: view.value.value(i),
+                score,
+                threshold: self.threshold,
+                severity: score / self.threshold,
+                window_start_us: window_start,
+                model_id: self.model.manifest.id.clone(),
+                model_version: self.model.manifest.version.clone(),
+                gateway: header.gateway.clone(),
+                seq: header.seq,
+                expected: expected.map(|(e, _)| e),
+                expected_low: expected.map(|(e, b)| e - b),
+                expected_high: expected.map(|(e, b)| e + b),
+                contributions: None,
+            });
+        }
+        events.sort_by_key(|e| e.ts_us);
+        let mut anomalies = ScoredColumns::new(events.len());
+        for e in &events {
+            anomalies.push_anomaly(e, e.window_start_us);
+        }
+        let ctx = BatchContext {
+            gateway: &header.gateway,
+            incarnation: header.incarnation,
+            seq: header.seq,
+            model_id: &self.model.manifest.id,
+            model_version: &self.model.manifest.version,
+            ingested_at_us,
+        };
+        let rows = ScoredRows {
+            view,
+            order,
+            series_of,
+            series: &self.series,
+            status: &status_at,
+            score: &score_at,
+            anomaly_score: Some(&anomaly_score_at),
+            threshold: self.threshold,
+        };
+        ScoredBatch {
+            model_error: None,
             scored: rows.finish(&ctx),
             anomalies: anomalies.finish_anomalies(&ctx),
             events,
@@ -550,6 +740,8 @@ struct ScoredRows<'a> {
     series: &'a [SeriesState],
     status: &'a [&'static str],
     score: &'a [Option<f64>],
+    /// The per-reading score in [0, 1], for detectors that produce one.
+    anomaly_score: Option<&'a [Option<f64>]>,
     threshold: f64,
 }
 
@@ -611,6 +803,10 @@ impl ScoredRows<'_> {
                 Arc::new(threshold),
             ],
             unit_column(self.view.unit, self.order),
+            match self.anomaly_score {
+                Some(a) => Arc::new(Float64Array::from(a.to_vec())),
+                None => arrow_array::new_null_array(&arrow_schema::DataType::Float64, n),
+            },
             ctx,
         )
     }
@@ -682,10 +878,15 @@ fn unit_column(unit: Option<&arrow_array::StringArray>, rows: &[u32]) -> ArrayRe
 }
 
 /// A batch of the scored table: the per-reading columns (device, metric,
-/// ts, value, status, score, threshold), the batch's context and the
-/// readings' units. String columns may come plain or keyed; the batch's
-/// schema says which.
-fn scored_table(readings: [ArrayRef; 7], unit: ArrayRef, ctx: &BatchContext<'_>) -> RecordBatch {
+/// ts, value, status, score, threshold), the batch's context, the
+/// readings' units and their anomaly scores. String columns may come plain
+/// or keyed; the batch's schema says which.
+fn scored_table(
+    readings: [ArrayRef; 7],
+    unit: ArrayRef,
+    anomaly_score: ArrayRef,
+    ctx: &BatchContext<'_>,
+) -> RecordBatch {
     let [model_id, model_version, gateway, incarnation, seq, ingested] =
         context_columns(readings[0].len(), ctx);
     let mut columns = readings.to_vec();
@@ -697,6 +898,7 @@ fn scored_table(readings: [ArrayRef; 7], unit: ArrayRef, ctx: &BatchContext<'_>)
         seq,
         ingested,
         unit,
+        anomaly_score,
     ]);
     RecordBatch::try_new(schema_of(&tables::scored_schema(), &columns), columns)
         .expect("columns match the scored schema")
@@ -782,6 +984,7 @@ struct ScoredColumns {
     value: Float64Builder,
     status: StringBuilder,
     score: Float64Builder,
+    anomaly_score: Float64Builder,
     threshold: Float64Builder,
     severity: Float64Builder,
     window_start: TimestampMicrosecondBuilder,
@@ -803,6 +1006,7 @@ impl ScoredColumns {
             value: Float64Builder::with_capacity(rows),
             status: StringBuilder::with_capacity(rows, rows * 2),
             score: Float64Builder::with_capacity(rows),
+            anomaly_score: Float64Builder::with_capacity(rows),
             threshold: Float64Builder::with_capacity(rows),
             severity: Float64Builder::new(),
             window_start: TimestampMicrosecondBuilder::new().with_timezone(tables::UTC),
@@ -825,6 +1029,7 @@ impl ScoredColumns {
         value: f64,
         st: &str,
         score: Option<f64>,
+        anomaly_score: Option<f64>,
         threshold: f64,
     ) {
         self.device.append_value(device);
@@ -833,6 +1038,7 @@ impl ScoredColumns {
         self.value.append_value(value);
         self.status.append_value(st);
         self.score.append_option(score);
+        self.anomaly_score.append_option(anomaly_score);
         self.threshold.append_option(score.map(|_| threshold));
         self.rows.push(row);
         self.len += 1;
@@ -871,6 +1077,7 @@ impl ScoredColumns {
                 Arc::new(self.threshold.finish()),
             ],
             unit,
+            Arc::new(self.anomaly_score.finish()),
             ctx,
         )
     }

@@ -241,6 +241,7 @@ def main():
             "forecast": "the expected value of the newest reading, in normalised units",
         },
         "score_output": "score",
+        "forecast_output": "forecast",
         "threshold": threshold,
         "threshold_calibration": f"{THRESHOLD_QUANTILE} quantile of the score on the training windows",
         "training": {

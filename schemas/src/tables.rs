@@ -42,6 +42,10 @@ pub const EXPECTED_HIGH: &str = "expected_high";
 pub const CONTRIBUTIONS: &str = "contributions";
 /// The unit the device reported its value in (SenML `u`/`bu`), if any.
 pub const UNIT: &str = "unit";
+/// A continuous per-reading score in `[0, 1]` (larger is more anomalous)
+/// from detectors that produce one, present while warming up too: what a
+/// threshold sweep (NAB) or a dashboard's heat map reads.
+pub const ANOMALY_SCORE: &str = "anomaly_score";
 
 /// Values of the `status` column of the scored table.
 pub mod status {
@@ -118,6 +122,8 @@ pub fn scored_schema() -> SchemaRef {
                 Field::new(INGESTED_AT, ts_type(), false),
                 // Added with units (nullable, at the end).
                 Field::new(UNIT, DataType::Utf8, true),
+                // Added with the novelty detectors.
+                Field::new(ANOMALY_SCORE, DataType::Float64, true),
             ]))
         })
         .clone()

@@ -29,7 +29,7 @@ use crate::stats::{self, Square};
 
 /// The family's configuration (recorded in the model manifest).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct StateMonitorConfig {
     pub warmup_records: u32,
     /// Share of the standardised variance the PCA keeps.

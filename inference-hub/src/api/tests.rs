@@ -745,7 +745,7 @@ async fn a_device_shows_its_gateway_and_the_model_of_each_metric() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(body["gateway"], "gw-api", "{body}");
-    assert_eq!(body["metrics"][0]["model"], "univariate-forecast 1.0.0");
+    assert_eq!(body["metrics"][0]["model"], "novelty 1.0.0");
     let (status, body) = call(&app, get("/v1/devices/nope")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "unknown_device");

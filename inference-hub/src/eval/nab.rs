@@ -160,6 +160,17 @@ pub struct CorpusScore {
 
 /// Optimises the threshold over the corpus and normalises the score.
 pub fn score_corpus(files: &[ScoredFile], profile: &Profile) -> CorpusScore {
+    evaluate(files, profile, None)
+}
+
+/// The corpus score at a threshold fixed beforehand (a row is a detection
+/// when its score is at least `threshold`): what a deployed detector with a
+/// frozen threshold would have scored.
+pub fn score_at_threshold(files: &[ScoredFile], profile: &Profile, threshold: f64) -> CorpusScore {
+    evaluate(files, profile, Some(threshold))
+}
+
+fn evaluate(files: &[ScoredFile], profile: &Profile, fixed: Option<f64>) -> CorpusScore {
     let mut points = Vec::new();
     let mut next_window = 0;
     for f in files {
@@ -181,10 +192,13 @@ pub fn score_corpus(files: &[ScoredFile], profile: &Profile) -> CorpusScore {
     let (mut fp_total, mut fp_count) = (0.0, 0usize);
     let mut detected_windows = 0usize;
     let mut windows_total = null;
-    let mut best = (1.1, null, 0usize, 0usize);
+    let mut best = (fixed.unwrap_or(1.1), null, 0usize, 0usize);
     let mut i = 0;
     while i < points.len() {
         let threshold = points[i].score;
+        if fixed.is_some_and(|f| threshold < f) {
+            break;
+        }
         while i < points.len() && points[i].score == threshold {
             let p = points[i];
             match p.window {
@@ -206,8 +220,11 @@ pub fn score_corpus(files: &[ScoredFile], profile: &Profile) -> CorpusScore {
             i += 1;
         }
         let total = windows_total + fp_total;
-        if total > best.1 {
-            best = (threshold, total, detected_windows, fp_count);
+        match fixed {
+            // Every threshold down to the fixed one is taken.
+            Some(f) => best = (f, total, detected_windows, fp_count),
+            None if total > best.1 => best = (threshold, total, detected_windows, fp_count),
+            None => {}
         }
     }
     let (threshold, raw, true_positives, false_positives) = best;

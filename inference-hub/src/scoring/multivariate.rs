@@ -43,6 +43,8 @@ struct DeviceState {
     records: u64,
     scores: ScoreStats,
     in_anomaly: bool,
+    /// The state monitor (state-monitor models), created on first sight.
+    monitor: Option<Box<detect::StateMonitor>>,
 }
 
 /// A complete record waiting for its score.
@@ -60,6 +62,8 @@ pub struct MultivariateScorer {
     model: Model,
     threshold: f64,
     warmup: u64,
+    /// The state monitor's configuration, when the model is one.
+    monitor: Option<Arc<detect::StateMonitorConfig>>,
     metrics: Vec<Arc<str>>,
     devices: HashMap<Arc<str>, DeviceState>,
 }
@@ -76,6 +80,7 @@ impl MultivariateScorer {
         let warmup = u64::from(warmup_readings).max(model.window() as u64).max(2);
         Self {
             threshold: threshold.unwrap_or(model.manifest.threshold),
+            monitor: model.state_monitor().cloned().map(Arc::new),
             model,
             warmup,
             metrics,
@@ -91,6 +96,7 @@ impl MultivariateScorer {
     /// model reads the same metrics in windows of the same length.
     pub fn swap_model(&mut self, model: Model, threshold: Option<f64>) {
         let same_layout = model.window() == self.model.window()
+            && model.state_monitor() == self.monitor.as_deref()
             && model.metrics().is_some_and(|m| {
                 m.len() == self.metrics.len() && m.iter().zip(&self.metrics).all(|(a, b)| a == &**b)
             });
@@ -117,6 +123,10 @@ impl MultivariateScorer {
         // Keys borrow the batch's names: nothing is allocated per reading.
         let mut row_record: Vec<Option<(&str, i64)>> = vec![None; n];
         let mut record_status: HashMap<(&str, i64), &'static str> = HashMap::new();
+        let mut record_score: HashMap<(&str, i64), f64> = HashMap::new();
+        let mut record_anomaly_score: HashMap<(&str, i64), f64> = HashMap::new();
+        let mut events = Vec::new();
+        let mut anomalies = ScoredColumns::new(0);
         let mut queued: Vec<Queued> = Vec::new();
         let mut matrix: Vec<f32> = Vec::new();
         for (i, slot) in row_record.iter_mut().enumerate() {
@@ -166,6 +176,42 @@ impl MultivariateScorer {
                 state.window.pop_front();
             }
             state.records += 1;
+            if let Some(cfg) = &self.monitor {
+                let verdict = state
+                    .monitor
+                    .get_or_insert_with(|| Box::new(detect::StateMonitor::new(f)))
+                    .update(cfg, &values);
+                let key = (device, ts);
+                if !verdict.ready {
+                    record_status.insert(key, status::WARMING_UP);
+                    continue;
+                }
+                let st = if verdict.anomalous {
+                    status::ANOMALOUS
+                } else {
+                    status::OK
+                };
+                record_status.insert(key, st);
+                record_score.insert(key, verdict.score);
+                // The ratio to the limits, mapped to [0, 1): 0.5 at the limit.
+                record_anomaly_score.insert(key, verdict.score / (1.0 + verdict.score));
+                let starts = verdict.anomalous && !state.in_anomaly;
+                state.in_anomaly = verdict.anomalous;
+                if starts {
+                    let window_start = state.window.front().map_or(ts, |(t, _)| *t);
+                    let event = self.monitor_event(
+                        device,
+                        ts,
+                        window_start,
+                        &values,
+                        &verdict,
+                        &batch.header,
+                    );
+                    anomalies.push_anomaly(&event, window_start);
+                    events.push(event);
+                }
+                continue;
+            }
             if state.records <= warmup {
                 for (norm, x) in state.norms.iter_mut().zip(&values) {
                     norm.learn_warmup(*x, warmup);
@@ -202,9 +248,6 @@ impl MultivariateScorer {
         };
 
         // Pass 2: decide per record, follow the normalisation, raise events.
-        let mut record_score: HashMap<(&str, i64), f64> = HashMap::new();
-        let mut events = Vec::new();
-        let mut anomalies = ScoredColumns::new(0);
         let bound = self.threshold.sqrt();
         let fixed = self.model.manifest.decision == Decision::Fixed;
         for (k, q) in queued.iter().enumerate() {
@@ -246,12 +289,16 @@ impl MultivariateScorer {
             let i = i as usize;
             let (device, metric) = (view.device.value(i), view.metric.value(i));
             let (ts, x) = (view.ts.value(i), view.value.value(i));
-            let (st, score) = match &row_record[i] {
-                None => (status::UNSCORED, None),
+            let (st, score, anomaly_score) = match &row_record[i] {
+                None => (status::UNSCORED, None, None),
                 Some(key) => match record_status.get(key) {
-                    Some(&st) => (st, record_score.get(key).copied()),
+                    Some(&st) => (
+                        st,
+                        record_score.get(key).copied(),
+                        record_anomaly_score.get(key).copied(),
+                    ),
                     // Still incomplete at the end of the batch.
-                    None => (status::UNSCORED, None),
+                    None => (status::UNSCORED, None, None),
                 },
             };
             let st = if model_error.is_some() && score.is_none() && st != status::WARMING_UP {
@@ -259,7 +306,17 @@ impl MultivariateScorer {
             } else {
                 st
             };
-            out.push_scored(i as u32, device, metric, ts, x, st, score, self.threshold);
+            out.push_scored(
+                i as u32,
+                device,
+                metric,
+                ts,
+                x,
+                st,
+                score,
+                anomaly_score,
+                self.threshold,
+            );
         }
         let header = &batch.header;
         let ctx = BatchContext {
@@ -275,6 +332,52 @@ impl MultivariateScorer {
             scored: out.finish_scored(view.unit, &ctx),
             anomalies: anomalies.finish_anomalies(&ctx),
             events,
+        }
+    }
+
+    /// The event of a record the state monitor found anomalous: named after
+    /// its top contributing metric, with the MSET estimate as its expected
+    /// value.
+    fn monitor_event(
+        &self,
+        device: &str,
+        ts: i64,
+        window_start: i64,
+        values: &[f64],
+        verdict: &detect::StateVerdict,
+        header: &schemas::envelope::BatchHeader,
+    ) -> AnomalyEvent {
+        let top = verdict
+            .contributions
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(i, _)| i);
+        let shares = self
+            .metrics
+            .iter()
+            .zip(&verdict.contributions)
+            .map(|(m, c)| (m.to_string(), *c))
+            .collect::<BTreeMap<_, _>>();
+        AnomalyEvent {
+            id: 0,
+            device: device.to_string(),
+            metric: self.metrics[top].to_string(),
+            ts: format_ts(ts),
+            ts_us: ts,
+            value: values[top],
+            score: verdict.score,
+            threshold: self.threshold,
+            severity: verdict.score / self.threshold,
+            window_start_us: window_start,
+            model_id: self.model.manifest.id.clone(),
+            model_version: self.model.manifest.version.clone(),
+            gateway: header.gateway.clone(),
+            seq: header.seq,
+            expected: verdict.expected.get(top).copied(),
+            expected_low: None,
+            expected_high: None,
+            contributions: Some(shares),
         }
     }
 

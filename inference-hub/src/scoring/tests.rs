@@ -383,3 +383,68 @@ fn normalisation_clips_like_min_max_and_never_feeds_the_model_a_nan() {
     normalise_into(&mut out, &[1.0, f64::MAX], f64::NAN, 1.0, clip);
     assert!(out.iter().all(|x| x.abs() <= clip as f32), "{out:?}");
 }
+
+fn novelty_model() -> Model {
+    Model::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/novelty")).unwrap()
+}
+
+/// The novelty route: a score for every reading (warming up too), nothing
+/// anomalous before reading 201, a planted spike flagged as one event with
+/// the forecaster's expected value, and the per-reading scores exactly the
+/// detector's own.
+#[test]
+fn the_novelty_route_scores_every_reading_and_flags_a_planted_spike_once() {
+    let mut scorer = Scorer::new(novelty_model(), 200, None);
+    let threshold = scorer.model().manifest.threshold;
+    let mut reference = detect::Novelty::new(&detect::NoveltyConfig::full());
+    let mut flagged = Vec::new();
+    for seq in 1..=6u64 {
+        let spike = (seq == 6).then_some(50);
+        let b = batch("d1", 1.0, 100, spike, seq);
+        let out = scorer.score(&b, 0);
+        let anomaly = floats(&out.scored, tables::ANOMALY_SCORE);
+        let score = floats(&out.scored, tables::SCORE);
+        let values = floats(&out.scored, tables::VALUE);
+        for (i, st) in statuses(&out.scored).iter().enumerate() {
+            let expected = reference.update(&detect::NoveltyConfig::full(), values.value(i));
+            assert_eq!(anomaly.value(i), expected.score, "the detector's own score");
+            let reading = (seq - 1) * 100 + i as u64 + 1;
+            if reading <= 200 {
+                assert_eq!(st, status::WARMING_UP);
+                assert!(score.is_null(i));
+            } else {
+                assert_eq!(score.value(i), expected.score);
+                assert_eq!(st == status::ANOMALOUS, expected.score >= threshold);
+            }
+            if st == status::ANOMALOUS {
+                flagged.push(reading);
+            }
+        }
+        if seq == 6 {
+            assert_eq!(
+                out.events.len(),
+                1,
+                "one event for the spike: {:?}",
+                out.events
+            );
+            let e = &out.events[0];
+            assert_eq!(
+                e.ts_us,
+                b.readings
+                    .column(2)
+                    .as_any()
+                    .downcast_ref::<arrow_array::TimestampMicrosecondArray>()
+                    .unwrap()
+                    .value(50)
+            );
+            assert!(e.expected.is_some(), "the forecaster explains the event");
+            assert!(e.expected_low < e.expected && e.expected < e.expected_high);
+        }
+    }
+    // The spike, and at most the return from it (a run: one event).
+    assert_eq!(flagged.first(), Some(&551), "{flagged:?}");
+    assert!(
+        flagged.windows(2).all(|w| w[1] == w[0] + 1) && flagged.len() <= 3,
+        "{flagged:?}"
+    );
+}

@@ -61,7 +61,7 @@ const REFIT_OUTSIDE_SHARE: f64 = 0.2;
 /// The family's configuration (recorded in the model manifest: a restored
 /// state is used only with the configuration it was built with).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct NoveltyConfig {
     /// Channel A: one instance per calibration length x range margin.
     pub calibration_lengths: Vec<u32>,

@@ -61,6 +61,21 @@ fn late_detections_and_false_positives_cost_what_the_rules_say() {
     assert_eq!(score_corpus(&[file(scores)], standard).false_positives, 0);
 }
 
+#[test]
+fn a_frozen_threshold_counts_only_what_reaches_it() {
+    let standard = &PROFILES[0];
+    let mut scores = vec![0.0; 100];
+    scores[20] = 0.9; // a false positive above both thresholds
+    scores[52] = 0.5; // an early detection the sweep would take at 0.5
+    let swept = score_corpus(&[file(scores.clone())], standard);
+    assert_eq!(swept.threshold, 0.5, "{swept:?}");
+    let frozen = score_at_threshold(&[file(scores.clone())], standard, 0.6);
+    assert_eq!((frozen.true_positives, frozen.false_positives), (0, 1));
+    assert!(frozen.normalized < swept.normalized);
+    let low = score_at_threshold(&[file(scores)], standard, 0.3);
+    assert_eq!((low.raw, low.threshold), (swept.raw, 0.3));
+}
+
 fn datasets() -> Option<PathBuf> {
     let root = std::env::var_os("IOT_DATASETS")
         .map(PathBuf::from)
