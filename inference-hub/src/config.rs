@@ -260,6 +260,13 @@ pub struct ScoringSettings {
     /// reload without a restart).
     #[serde(with = "duration")]
     pub reload_interval: std::time::Duration,
+    /// How often the detectors' learned state is saved to
+    /// `<data-dir>/detector-state` (see [`crate::detector_state`]); `0s`:
+    /// never (a restart learns anew).
+    #[serde(with = "duration")]
+    pub state_snapshot_interval: std::time::Duration,
+    /// Largest detector state snapshot written or read.
+    pub state_max_bytes: u64,
 }
 
 /// One `[[scoring.routes]]` entry.
@@ -292,6 +299,8 @@ impl Default for ScoringSettings {
             threshold: None,
             routes: Vec::new(),
             reload_interval: std::time::Duration::from_secs(5),
+            state_snapshot_interval: std::time::Duration::from_secs(300),
+            state_max_bytes: 64 << 30,
         }
     }
 }
@@ -314,6 +323,11 @@ pub fn bundled_state_monitor_dir() -> &'static str {
 }
 
 impl HubConfig {
+    /// Where the detectors' state snapshots live.
+    pub fn detector_state_dir(&self) -> PathBuf {
+        self.data_dir.join("detector-state")
+    }
+
     pub fn archive_root(&self) -> PathBuf {
         self.archive
             .path

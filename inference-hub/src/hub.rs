@@ -80,6 +80,8 @@ pub struct HubHandle {
     sequencer: std::thread::JoinHandle<Sequencer>,
     /// Watches the pipeline; hands back its thread at shutdown.
     supervisor: JoinHandle<std::thread::JoinHandle<u64>>,
+    /// Where the detector state is saved (committed at shutdown).
+    detector_state: Option<crate::detector_state::StateStore>,
 }
 
 /// Starts a hub on the current tokio runtime.
@@ -123,6 +125,7 @@ pub async fn start(cfg: HubConfig) -> Result<HubHandle, StartError> {
         model_version,
     } = recovered;
 
+    let detector_state_floor = sequencer.detector_state_floor.clone();
     let (intake, sequencer) = intake::start(sequencer, limits, INTAKE_QUEUE, pipeline_tx);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let supervisor = tokio::spawn(supervise_pipeline(
@@ -130,6 +133,7 @@ pub async fn start(cfg: HubConfig) -> Result<HubHandle, StartError> {
         cfg.clone(),
         stats.clone(),
         state.clone(),
+        detector_state_floor,
         intake.clone(),
         shutdown_rx.clone(),
     ));
@@ -186,6 +190,12 @@ pub async fn start(cfg: HubConfig) -> Result<HubHandle, StartError> {
         mqtt,
         sequencer,
         supervisor,
+        detector_state: (!cfg.scoring.state_snapshot_interval.is_zero()).then(|| {
+            crate::detector_state::StateStore::at(
+                &cfg.detector_state_dir(),
+                cfg.scoring.state_max_bytes,
+            )
+        }),
     })
 }
 
@@ -213,8 +223,11 @@ fn start_pipeline(
     cfg: &HubConfig,
     stats: &Arc<HubStats>,
     state: &Arc<HubState>,
+    detector_state_floor: &Arc<AtomicU64>,
 ) -> Result<StartedPipeline, StartError> {
-    let scorer = Router::new(&cfg.scoring)?;
+    let mut scorer = Router::new(&cfg.scoring)?;
+    let detector_state = restore_detector_state(cfg, stats, &mut scorer, detector_state_floor)
+        .map_err(io("the detector state directory"))?;
     let default_model = &scorer.default_model().manifest;
     let (model_id, model_version) = (default_model.id.clone(), default_model.version.clone());
     // With object storage, what the bucket already holds counts as committed.
@@ -263,6 +276,7 @@ fn start_pipeline(
         stats: stats.clone(),
         low_water: low_water.clone(),
         uploader,
+        detector_state,
     };
     let thread = std::thread::Builder::new()
         .name("hub-pipeline".into())
@@ -277,6 +291,62 @@ fn start_pipeline(
     })
 }
 
+/// Restores the newest committed detector state snapshot into `scorer`
+/// (see [`crate::detector_state`]); how the pipeline goes on saving.
+fn restore_detector_state(
+    cfg: &HubConfig,
+    stats: &HubStats,
+    scorer: &mut Router,
+    floor: &Arc<AtomicU64>,
+) -> std::io::Result<Option<crate::pipeline::DetectorStateSaving>> {
+    if cfg.scoring.state_snapshot_interval.is_zero() {
+        floor.store(u64::MAX, Relaxed);
+        return Ok(None);
+    }
+    let store = crate::detector_state::StateStore::open(
+        &cfg.detector_state_dir(),
+        cfg.scoring.state_max_bytes,
+    )?;
+    let snapshot = store.load(|path, e| {
+        stats.detector_state_refused.fetch_add(1, Relaxed);
+        tracing::error!(path = %path.display(), error = %schemas::error_chain(e),
+            "a detector state snapshot is unusable; it is kept as *.damaged and an older one (or none) is used");
+    })?;
+    let mut restored_through = None;
+    if let Some(snapshot) = snapshot {
+        match scorer.restore_state(&snapshot.payload) {
+            Ok(restored) => {
+                restored_through = Some(snapshot.position);
+                stats
+                    .detector_state_restored
+                    .store(scorer.series_count() as u64, Relaxed);
+                tracing::info!(
+                    position = snapshot.position,
+                    routes = restored.routes,
+                    series = scorer.series_count(),
+                    skipped = ?restored.skipped,
+                    "detector state restored; the WAL after it is replayed"
+                );
+            }
+            Err(e) => {
+                stats.detector_state_refused.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, position = snapshot.position,
+                    "the detector state snapshot cannot be decoded; series learn from the WAL anew");
+            }
+        }
+    }
+    floor.store(
+        store.newest_committed()?.map_or(u64::MAX, |p| p + 1),
+        Relaxed,
+    );
+    Ok(Some(crate::pipeline::DetectorStateSaving {
+        store,
+        interval: cfg.scoring.state_snapshot_interval,
+        restored_through,
+        wal_floor: floor.clone(),
+    }))
+}
+
 fn recover(
     cfg: HubConfig,
     stats: Arc<HubStats>,
@@ -284,7 +354,8 @@ fn recover(
     losses: &crate::losses::LossLedger,
     limits: DecodeLimits,
 ) -> Result<Recovered, StartError> {
-    let pipeline = start_pipeline(&cfg, &stats, &state)?;
+    let detector_state_floor = Arc::new(AtomicU64::new(u64::MAX));
+    let pipeline = start_pipeline(&cfg, &stats, &state, &detector_state_floor)?;
     let dedup_path = cfg.data_dir.join("dedup.json");
     let dedup_limits = crate::dedup::DedupLimits {
         max_sources: cfg.intake.dedup_max_sources,
@@ -356,6 +427,7 @@ fn recover(
             dedup_covers,
             group_commit_delay: cfg.intake.group_commit_delay,
             archive_low_water: pipeline.low_water,
+            detector_state_floor,
             stats,
             screen_rules: cfg.intake.screen_rules(),
             series,
@@ -412,6 +484,7 @@ async fn supervise_pipeline(
     cfg: HubConfig,
     stats: Arc<HubStats>,
     state: Arc<HubState>,
+    detector_state_floor: Arc<AtomicU64>,
     intake: IntakeHandle,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::thread::JoinHandle<u64> {
@@ -427,8 +500,13 @@ async fn supervise_pipeline(
             retry = FIRST_RETRY;
             continue;
         }
-        let (c, st, sa) = (cfg.clone(), stats.clone(), state.clone());
-        let started = tokio::task::spawn_blocking(move || start_pipeline(&c, &st, &sa))
+        let (c, st, sa, floor) = (
+            cfg.clone(),
+            stats.clone(),
+            state.clone(),
+            detector_state_floor.clone(),
+        );
+        let started = tokio::task::spawn_blocking(move || start_pipeline(&c, &st, &sa, &floor))
             .await
             .expect("pipeline start panicked");
         let new = match started {
@@ -467,10 +545,21 @@ impl HubHandle {
         let pipeline = self.supervisor.await.expect("pipeline supervisor panicked");
         self.intake.close().await;
         let sequencer = self.sequencer;
+        let detector_state = self.detector_state;
         tokio::task::spawn_blocking(move || {
             let mut sequencer = sequencer.join().expect("sequencer thread panicked");
             let low_water = pipeline.join().expect("pipeline thread panicked");
             sequencer.archive_low_water.store(low_water, Relaxed);
+            // The archive has closed its files: the last state saved is
+            // covered, and the next start restores it.
+            if let Some(store) = detector_state {
+                match store.promote(low_water) {
+                    Ok(newest) => sequencer
+                        .detector_state_floor
+                        .store(newest.map_or(u64::MAX, |p| p + 1), Relaxed),
+                    Err(e) => tracing::warn!(error = %e, "cannot commit the last detector state"),
+                }
+            }
             sequencer.trim_wal();
         })
         .await

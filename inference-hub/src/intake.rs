@@ -262,6 +262,9 @@ pub struct Sequencer {
     pub group_commit_delay: Duration,
     /// Smallest WAL position not yet archived (written by the pipeline).
     pub archive_low_water: Arc<AtomicU64>,
+    /// The WAL keeps every record from here on, for the detector state
+    /// snapshot a restart would restore (see `crate::detector_state`).
+    pub detector_state_floor: Arc<AtomicU64>,
     pub stats: Arc<HubStats>,
     /// What the hub refuses to hold (see [`crate::screen`]).
     pub screen_rules: crate::screen::ScreenRules,
@@ -527,10 +530,14 @@ fn run_sequencer(
 }
 
 impl Sequencer {
-    /// Deletes every WAL segment that is archived and covered by the dedup
-    /// snapshot.
+    /// Deletes every WAL segment that is archived, covered by the dedup
+    /// snapshot and older than the detector state a restart would restore.
     pub fn trim_wal(&mut self) {
-        let deletable = self.archive_low_water.load(Relaxed).min(self.dedup_covers);
+        let deletable = self
+            .archive_low_water
+            .load(Relaxed)
+            .min(self.dedup_covers)
+            .min(self.detector_state_floor.load(Relaxed));
         match self.wal.delete_below(deletable) {
             Ok(n) => {
                 self.stats.wal_segments_deleted.fetch_add(n as u64, Relaxed);

@@ -33,6 +33,7 @@ pub mod broker;
 pub mod config;
 pub mod dedup;
 pub mod demo;
+pub mod detector_state;
 pub mod eval;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -47,6 +47,23 @@ pub struct Pipeline {
     pub low_water: Arc<AtomicU64>,
     /// With `[archive.s3]`: uploads committed files to the bucket.
     pub uploader: Option<crate::archive::s3::Uploader>,
+    /// Saving the detectors' state (see [`crate::detector_state`]).
+    pub detector_state: Option<DetectorStateSaving>,
+}
+
+/// How the scoring stage saves the detectors' state.
+#[derive(Debug)]
+pub struct DetectorStateSaving {
+    pub store: crate::detector_state::StateStore,
+    pub interval: Duration,
+    /// The restored snapshot's position: batches at or below it were
+    /// absorbed by the restored state (and are archived), so they are not
+    /// scored again when the WAL is replayed.
+    pub restored_through: Option<u64>,
+    /// The WAL must keep every record from here on (the position after the
+    /// oldest snapshot that may still be the one restored); `u64::MAX`
+    /// when nothing is saved yet.
+    pub wal_floor: Arc<AtomicU64>,
 }
 
 /// What the state stage hands to the archive stage for one WAL record.
@@ -226,7 +243,9 @@ impl Pipeline {
             stats,
             low_water,
             uploader,
+            detector_state,
         } = self;
+        let archive_low_water = low_water.clone();
         // The archive stage works in bursts (a row group is sorted and
         // encoded at once): its queue holds two row groups' worth of rows so
         // that the other stages go on meanwhile, and no more (memory). The
@@ -271,6 +290,14 @@ impl Pipeline {
             scorer,
             reload_interval,
             stats: stats.clone(),
+            saving: detector_state.map(|saving| Saving {
+                next_at: Instant::now() + saving.interval,
+                pending: Vec::new(),
+                last_scored: None,
+                last_saved: saving.restored_through,
+                archive_low_water,
+                saving,
+            }),
         };
         // A panic in either stage (a bug) must not leave a hub that looks
         // healthy and acknowledges batches it will never archive: it stops
@@ -307,6 +334,72 @@ struct ScoringStage {
     scorer: Router,
     reload_interval: Duration,
     stats: Arc<HubStats>,
+    saving: Option<Saving>,
+}
+
+/// The scoring stage's side of saving the detectors' state.
+struct Saving {
+    saving: DetectorStateSaving,
+    next_at: Instant,
+    /// Positions of the pending snapshots written by this run.
+    pending: Vec<u64>,
+    /// The last batch scored, and the position of the last state saved.
+    last_scored: Option<u64>,
+    last_saved: Option<u64>,
+    archive_low_water: Arc<AtomicU64>,
+}
+
+impl Saving {
+    /// Writes a pending snapshot when one is due and the state changed.
+    fn save_if_due(&mut self, scorer: &Router, stats: &HubStats, force: bool) {
+        if !(force || Instant::now() >= self.next_at) {
+            return;
+        }
+        self.next_at = Instant::now() + self.saving.interval;
+        let Some(position) = self.last_scored.filter(|p| Some(*p) != self.last_saved) else {
+            return;
+        };
+        let started = Instant::now();
+        match self.saving.store.write_pending(position, scorer) {
+            Ok(bytes) => {
+                self.pending.push(position);
+                self.last_saved = Some(position);
+                stats.detector_state_saves.fetch_add(1, Relaxed);
+                stats.detector_state_bytes.store(bytes, Relaxed);
+                tracing::debug!(position, bytes, took = ?started.elapsed(), "detector state saved");
+            }
+            Err(e) => {
+                stats.detector_state_save_failures.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, "cannot save the detector state; a restart would learn from an older one (or anew)");
+            }
+        }
+        self.update_floor();
+    }
+
+    /// Commits the pending snapshots the archive has passed.
+    fn promote(&mut self) {
+        let low_water = self.archive_low_water.load(Relaxed);
+        if !self.pending.iter().any(|&p| p < low_water) {
+            return;
+        }
+        match self.saving.store.promote(low_water) {
+            Ok(_) => self.pending.retain(|&p| p >= low_water),
+            Err(e) => tracing::warn!(error = %e, "cannot commit a detector state snapshot"),
+        }
+        self.update_floor();
+    }
+
+    /// The WAL keeps what follows the oldest snapshot that may be restored.
+    fn update_floor(&self) {
+        let committed = self.saving.store.newest_committed().ok().flatten();
+        let oldest = committed
+            .into_iter()
+            .chain(self.pending.iter().copied())
+            .min();
+        self.saving
+            .wal_floor
+            .store(oldest.map_or(u64::MAX, |p| p + 1), Relaxed);
+    }
 }
 
 impl ScoringStage {
@@ -318,19 +411,39 @@ impl ScoringStage {
                 next_reload_check = Instant::now() + self.reload_interval;
                 self.reload_models();
             }
+            if let Some(saving) = &mut self.saving {
+                saving.promote();
+                saving.save_if_due(&self.scorer, &self.stats, false);
+            }
             match rx.recv_timeout(TICK) {
                 Ok(batch) => {
+                    let restored = self.saving.as_ref().and_then(|s| s.saving.restored_through);
+                    if restored.is_some_and(|through| batch.pos <= through) {
+                        // Absorbed by the restored state and archived.
+                        continue;
+                    }
+                    let pos = batch.pos;
                     if to_state.send(self.process(batch)).is_err() {
                         // The archive stage failed and said so; stop taking
                         // batches so that intake stops acknowledging.
                         return;
+                    }
+                    if let Some(saving) = &mut self.saving {
+                        saving.last_scored = Some(pos);
                     }
                 }
                 // Idle, but the stages after this one stopped (an archive
                 // failure): stop too, so the pipeline can be rebuilt.
                 Err(RecvTimeoutError::Timeout) if to_state.is_closed() => return,
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Disconnected) => {
+                    // Shutting down: the last state, committed by the hub
+                    // once the archive has closed its files.
+                    if let Some(saving) = &mut self.saving {
+                        saving.save_if_due(&self.scorer, &self.stats, true);
+                    }
+                    return;
+                }
             }
         }
     }

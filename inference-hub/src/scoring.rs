@@ -42,6 +42,7 @@ use arrow_array::builder::{
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use schemas::envelope::DecodedBatch;
 use schemas::tables::{self, ReadingView, status};
+use serde::{Deserialize, Serialize};
 
 use crate::model::{Model, ModelError};
 
@@ -67,8 +68,8 @@ const SCORE_HORIZON: f64 = 1000.0;
 
 /// Running statistics of one series' `ln(1 + score)`: Welford's until
 /// `MIN_SCORE_HISTORY`, then exponential forgetting.
-#[derive(Debug, Default)]
-struct ScoreStats {
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct ScoreStats {
     n: u64,
     mean: f64,
     var: f64,
@@ -110,8 +111,8 @@ impl ScoreStats {
 
 /// A series' normalisation: learned exactly (Welford) during warm-up, then
 /// followed with exponential forgetting over the same horizon.
-#[derive(Debug, Default)]
-struct Normalisation {
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Normalisation {
     count: u64,
     mean: f64,
     /// Welford's sum of squares during warm-up, then the variance itself.
@@ -154,8 +155,8 @@ impl Normalisation {
 /// a window is one slice: readings are appended to a buffer of twice the
 /// window, and when it is full the newest `window - 1` move to its front
 /// (one copy every `window + 1` readings).
-#[derive(Debug)]
-struct SlidingWindow {
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct SlidingWindow {
     window: usize,
     values: Vec<f64>,
     ts: Vec<i64>,
@@ -333,6 +334,24 @@ impl Scorer {
 
     pub fn series_count(&self) -> usize {
         self.series.len()
+    }
+
+    /// Replaces every series' state with saved ones (see
+    /// [`crate::detector_state`]); the caller has checked that they were
+    /// saved for a model with the same state key.
+    fn restore(&mut self, saved: Vec<SavedSeries>) {
+        self.series.clear();
+        self.by_device.clear();
+        self.metric_names.clear();
+        for (device, metric, norm, window, scores, in_anomaly, novelty) in saved {
+            let id = self.resolve(&device, &metric);
+            let state = &mut self.series[id];
+            state.norm = norm;
+            state.window = window;
+            state.scores = scores;
+            state.in_anomaly = in_anomaly;
+            state.novelty = novelty;
+        }
     }
 
     /// The id of a series, created on first sight.
@@ -592,8 +611,7 @@ impl Scorer {
         let mut status_at: Vec<&'static str> = vec![status::WARMING_UP; n];
         let mut score_at: Vec<Option<f64>> = vec![None; n];
         let mut anomaly_score_at: Vec<Option<f64>> = vec![None; n];
-        // Events: (position, window start, the window to forecast from).
-        let mut starts: Vec<(usize, i64, Option<(f64, f64)>)> = Vec::new();
+        let mut starts: Vec<EventStart> = Vec::new();
         let mut matrix: Vec<f32> = Vec::new();
         for (k, &i) in order.iter().enumerate() {
             let i = i as usize;
@@ -727,6 +745,11 @@ impl Scorer {
         }
     }
 }
+
+/// An event found by the novelty route: its output position, its window's
+/// start, and the (mean, std) its window was normalised with for the
+/// forecaster (when the forecaster can explain it).
+type EventStart = (usize, i64, Option<(f64, f64)>);
 
 /// The scored table's columns from a batch's readings taken in `order`,
 /// with each output row's status and score. Device, metric and status come
@@ -1113,6 +1136,52 @@ impl ScoredColumns {
 #[cfg(test)]
 mod tests;
 
+/// One series' state as saved: device, metric, normalisation, window, score
+/// history, whether it is in an anomaly, its novelty detector.
+type SavedSeries = (
+    String,
+    String,
+    Normalisation,
+    SlidingWindow,
+    ScoreStats,
+    bool,
+    Option<Box<detect::Novelty>>,
+);
+
+/// The series of a scorer, serialised as [`SavedSeries`] without copying.
+#[derive(Debug)]
+pub(crate) struct SeriesList<'a>(&'a [SeriesState]);
+
+impl Serialize for SeriesList<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|st| {
+            (
+                &*st.device,
+                &*st.metric,
+                &st.norm,
+                &st.window,
+                &st.scores,
+                st.in_anomaly,
+                &st.novelty,
+            )
+        }))
+    }
+}
+
+/// An engine's state, for saving (borrowed) ...
+#[derive(Debug, Serialize)]
+pub(crate) enum SavedEngineRef<'a> {
+    Univariate(SeriesList<'a>),
+    Multivariate(multivariate::DeviceList<'a>),
+}
+
+/// ... and as read back (the same layout, owned).
+#[derive(Debug, Deserialize)]
+pub(crate) enum SavedEngine {
+    Univariate(Vec<SavedSeries>),
+    Multivariate(Vec<multivariate::SavedDevice>),
+}
+
 /// A scorer for one model, whichever its family (univariate models score
 /// series, multivariate ones score a device's records).
 #[derive(Debug)]
@@ -1142,6 +1211,39 @@ impl Engine {
         match self {
             Engine::Univariate(s) => s.score(batch, ingested_at_us),
             Engine::Multivariate(s) => s.score(batch, ingested_at_us),
+        }
+    }
+
+    /// The state to save.
+    pub(crate) fn saved(&self) -> SavedEngineRef<'_> {
+        match self {
+            Engine::Univariate(s) => SavedEngineRef::Univariate(SeriesList(&s.series)),
+            Engine::Multivariate(s) => SavedEngineRef::Multivariate(s.saved()),
+        }
+    }
+
+    /// What saved state must have been saved for to be restored here: the
+    /// detector, its window and metrics and its configuration.
+    pub(crate) fn state_key(&self) -> String {
+        let m = &self.model().manifest;
+        format!(
+            "{:?}/{}/{:?}/{:?}/{:?}",
+            m.detector, m.input.window, m.input.metrics, m.novelty, m.state_monitor
+        )
+    }
+
+    /// Restores saved state (false when it is of the other family).
+    pub(crate) fn restore(&mut self, saved: SavedEngine) -> bool {
+        match (self, saved) {
+            (Engine::Univariate(s), SavedEngine::Univariate(series)) => {
+                s.restore(series);
+                true
+            }
+            (Engine::Multivariate(s), SavedEngine::Multivariate(devices)) => {
+                s.restore(devices);
+                true
+            }
+            _ => false,
         }
     }
 

@@ -37,6 +37,13 @@ pub struct HubStats {
     /// archived again), and snapshots found unusable at start-up.
     pub dedup_forgotten: AtomicU64,
     pub dedup_snapshots_refused: AtomicU64,
+    /// Detector state snapshots written, failed, found unusable at start-up,
+    /// the size of the last one, and the series/devices restored from one.
+    pub detector_state_saves: AtomicU64,
+    pub detector_state_save_failures: AtomicU64,
+    pub detector_state_refused: AtomicU64,
+    pub detector_state_bytes: AtomicU64,
+    pub detector_state_restored: AtomicU64,
     /// Archive failures after which the pipeline was rebuilt from the WAL.
     pub archive_restarts: AtomicU64,
     /// Entries in the loss ledger no operator has acknowledged yet.
@@ -267,6 +274,36 @@ impl HubStats {
             "hub_dedup_snapshots_refused_total",
             "Dedup snapshots found damaged or oversized at start-up (rebuilt from the WAL).",
             get(&self.dedup_snapshots_refused),
+        );
+        metric(
+            "counter",
+            "hub_detector_state_saves_total",
+            "Detector state snapshots written (scoring.state-snapshot-interval).",
+            get(&self.detector_state_saves),
+        );
+        metric(
+            "counter",
+            "hub_detector_state_save_failures_total",
+            "Detector state snapshots that could not be written.",
+            get(&self.detector_state_save_failures),
+        );
+        metric(
+            "counter",
+            "hub_detector_state_refused_total",
+            "Detector state snapshots found damaged or oversized at start-up (the next older one, or none, is used).",
+            get(&self.detector_state_refused),
+        );
+        metric(
+            "gauge",
+            "hub_detector_state_bytes",
+            "Size of the last detector state snapshot.",
+            get(&self.detector_state_bytes),
+        );
+        metric(
+            "gauge",
+            "hub_detector_state_restored_series",
+            "Series and devices whose learned state was restored at start-up.",
+            get(&self.detector_state_restored),
         );
         metric(
             "counter",

@@ -753,7 +753,7 @@ async fn a_model_swapped_under_load_scores_each_batch_once_with_one_version_and_
     let dir = tempfile::tempdir().unwrap();
     let model_dir = dir.path().join("model");
     std::fs::create_dir_all(&model_dir).unwrap();
-    let bundled = std::path::PathBuf::from(inference_hub::config::bundled_model_dir());
+    let bundled = std::path::PathBuf::from(inference_hub::config::bundled_forecaster_dir());
     for f in ["manifest.json", "model.onnx"] {
         std::fs::copy(bundled.join(f), model_dir.join(f)).unwrap();
     }
@@ -1069,7 +1069,7 @@ async fn rescoring_an_archive_writes_a_separate_table_and_never_touches_the_orig
 
     let model_dir = dir.path().join("model-v2");
     std::fs::create_dir_all(&model_dir).unwrap();
-    let bundled = std::path::PathBuf::from(inference_hub::config::bundled_model_dir());
+    let bundled = std::path::PathBuf::from(inference_hub::config::bundled_forecaster_dir());
     std::fs::copy(bundled.join("model.onnx"), model_dir.join("model.onnx")).unwrap();
     let manifest = std::fs::read_to_string(bundled.join("manifest.json")).unwrap();
     std::fs::write(

@@ -33,8 +33,8 @@ use crate::model::{Decision, Model, ModelOutput};
 /// Incomplete records kept per device (older ones are given up).
 const MAX_PENDING_RECORDS: usize = 16;
 
-#[derive(Debug, Default)]
-struct DeviceState {
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct DeviceState {
     norms: Vec<Normalisation>,
     /// Records being assembled: timestamp -> one value per metric.
     pending: BTreeMap<i64, Vec<Option<f64>>>,
@@ -45,6 +45,19 @@ struct DeviceState {
     in_anomaly: bool,
     /// The state monitor (state-monitor models), created on first sight.
     monitor: Option<Box<detect::StateMonitor>>,
+}
+
+/// One device's state as saved.
+pub(crate) type SavedDevice = (String, DeviceState);
+
+/// The devices of a scorer, serialised as [`SavedDevice`]s without copying.
+#[derive(Debug)]
+pub(crate) struct DeviceList<'a>(&'a HashMap<Arc<str>, DeviceState>);
+
+impl serde::Serialize for DeviceList<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|(device, state)| (&**device, state)))
+    }
 }
 
 /// A complete record waiting for its score.
@@ -110,6 +123,18 @@ impl MultivariateScorer {
 
     pub fn device_count(&self) -> usize {
         self.devices.len()
+    }
+
+    pub(crate) fn saved(&self) -> DeviceList<'_> {
+        DeviceList(&self.devices)
+    }
+
+    /// Replaces every device's state with saved ones.
+    pub(crate) fn restore(&mut self, saved: Vec<SavedDevice>) {
+        self.devices = saved
+            .into_iter()
+            .map(|(device, state)| (Arc::from(device), state))
+            .collect();
     }
 
     pub fn score(&mut self, batch: &DecodedBatch, ingested_at_us: i64) -> ScoredBatch {

@@ -226,6 +226,72 @@ impl Router {
     }
 }
 
+/// A route's state as saved: its name, what it was saved for, the engine's.
+#[derive(Debug, serde::Serialize)]
+struct SavedRouteRef<'a> {
+    name: &'a str,
+    key: String,
+    engine: super::SavedEngineRef<'a>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct SavedRoute {
+    name: String,
+    key: String,
+    engine: super::SavedEngine,
+}
+
+/// What [`Router::restore_state`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Routes whose state was restored.
+    pub routes: usize,
+    /// Saved routes left out: no route of that name now, or one whose
+    /// model keeps another kind of state (it learns anew).
+    pub skipped: Vec<String>,
+}
+
+impl Router {
+    /// Writes every route's state (live, then shadows) to `w` (postcard).
+    pub fn save_state<W: std::io::Write>(&self, w: W) -> Result<W, postcard::Error> {
+        let routes: Vec<SavedRouteRef<'_>> = self
+            .live
+            .iter()
+            .chain(&self.shadows)
+            .map(|r| SavedRouteRef {
+                name: &r.name,
+                key: r.engine.state_key(),
+                engine: r.engine.saved(),
+            })
+            .collect();
+        postcard::to_io(&routes, w)
+    }
+
+    /// Restores the routes saved in `bytes` (see [`Router::save_state`])
+    /// whose name and state key match a route of this router.
+    pub fn restore_state(&mut self, bytes: &[u8]) -> Result<Restored, postcard::Error> {
+        let saved: Vec<SavedRoute> = postcard::from_bytes(bytes)?;
+        let mut out = Restored::default();
+        for s in saved {
+            let route = self
+                .live
+                .iter_mut()
+                .chain(self.shadows.iter_mut())
+                .find(|r| r.name == s.name && r.engine.state_key() == s.key);
+            let restored = match route {
+                Some(r) => r.engine.restore(s.engine),
+                None => false,
+            };
+            if restored {
+                out.routes += 1;
+            } else {
+                out.skipped.push(s.name);
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// The rows of `batch` at `rows`: `None` when there are none, `Some(None)`
 /// when they are all of them (no copy), else a copy.
 #[allow(clippy::option_option)]
