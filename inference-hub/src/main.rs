@@ -344,15 +344,26 @@ fn main() -> ExitCode {
             seconds,
         } => {
             match inference_hub::bench::scoring(&model_dir, batch.max(1), series.max(1), seconds) {
-                Ok(r) => {
+                Ok(reports) => {
                     println!(
-                        "| model | batch | tract, model alone (windows/s, 1 thread) | production scorer (readings/s, 1 thread) |"
+                        "| model | configuration | batch | model alone (per s, 1 thread) | production scorer (readings/s, 1 thread) | state per series |"
                     );
-                    println!("|---|---|---|---|");
-                    println!(
-                        "| {} | {} | {:.0} | {:.0} |",
-                        r.model, r.batch, r.model_windows_per_s, r.scorer_readings_per_s
-                    );
+                    println!("|---|---|---|---|---|---|");
+                    for r in reports {
+                        println!(
+                            "| {} | {} | {} | {:.0} {} | {:.0} | {} |",
+                            r.model,
+                            r.config,
+                            r.batch,
+                            r.model_per_s,
+                            r.model_unit,
+                            r.scorer_readings_per_s,
+                            r.bytes_per_series.map_or_else(
+                                || "-".to_string(),
+                                |b| format!("{:.1} KiB", b as f64 / 1024.0)
+                            )
+                        );
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
