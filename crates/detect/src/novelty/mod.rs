@@ -317,7 +317,7 @@ impl Novelty {
         Self {
             readings: 0,
             instances,
-            surprise: Surprise::Fitting(Vec::with_capacity(FIT_READINGS)),
+            surprise: Surprise::Fitting(Vec::new()),
             recent_confirmers: VecDeque::with_capacity(CONFIRM_LOOKBACK + 1),
             range: RangeMemory::new(),
         }
