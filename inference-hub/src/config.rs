@@ -267,6 +267,19 @@ pub struct ScoringSettings {
     pub state_snapshot_interval: std::time::Duration,
     /// Largest detector state snapshot written or read.
     pub state_max_bytes: u64,
+    /// Threads that score a batch's series with the novelty family (the
+    /// detector dominates a hub's CPU); 0: one per core.
+    pub threads: usize,
+}
+
+impl ScoringSettings {
+    /// [`ScoringSettings::threads`], with 0 resolved to the core count.
+    pub fn threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            n => n,
+        }
+    }
 }
 
 /// One `[[scoring.routes]]` entry.
@@ -301,6 +314,7 @@ impl Default for ScoringSettings {
             reload_interval: std::time::Duration::from_secs(5),
             state_snapshot_interval: std::time::Duration::from_secs(300),
             state_max_bytes: 64 << 30,
+            threads: 0,
         }
     }
 }

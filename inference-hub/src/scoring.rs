@@ -289,6 +289,8 @@ pub struct Scorer {
     warmup: u64,
     /// The novelty family's configuration, when the model is one.
     novelty: Option<Arc<detect::NoveltyConfig>>,
+    /// Threads that score a batch's series (novelty models).
+    threads: usize,
     /// Indexed by series id.
     series: Vec<SeriesState>,
     /// device -> (metric, series id) of each of its series: one hash lookup
@@ -304,6 +306,7 @@ impl Scorer {
         Self {
             threshold: threshold.unwrap_or(model.manifest.threshold),
             novelty: model.novelty().cloned().map(Arc::new),
+            threads: 1,
             model,
             warmup,
             series: Vec::new(),
@@ -314,6 +317,12 @@ impl Scorer {
 
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    /// Scores a batch's series on up to `threads` threads (novelty models;
+    /// the results are the same as on one).
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
     }
 
     /// Replaces the model (hot reload). Series state is kept when the new
@@ -605,67 +614,97 @@ impl Scorer {
         ingested_at_us: i64,
     ) -> ScoredBatch {
         let n = order.len();
-        let warmup = self.warmup;
         let forecaster = self.model.expected_values().cloned();
-        let clip = self.model.manifest.input.clip;
+        let params = NoveltyParams {
+            cfg,
+            threshold: self.threshold,
+            warmup: self.warmup,
+            clip: self.model.manifest.input.clip,
+            explain: forecaster.is_some(),
+        };
+        // Each series' rows are one run of the output order.
+        let mut runs: Vec<(usize, usize, usize)> = Vec::new(); // (series, first k, end k)
+        for (k, &i) in order.iter().enumerate() {
+            let series = series_of[i as usize];
+            match runs.last_mut() {
+                Some((s, _, end)) if *s == series => *end = k + 1,
+                _ => runs.push((series, k, k + 1)),
+            }
+        }
+        let readings = |first: usize, end: usize| -> Vec<(usize, f64, i64)> {
+            (first..end)
+                .map(|k| {
+                    let i = order[k] as usize;
+                    (k, view.value.value(i), view.ts.value(i))
+                })
+                .collect()
+        };
+        let threads = self.threads.max(1).min(runs.len().max(1));
+        let passes: Vec<NoveltyPass> = if threads == 1 || n < PARALLEL_MIN_ROWS {
+            let mut pass = NoveltyPass::default();
+            for &(series, first, end) in &runs {
+                novelty_run(
+                    &params,
+                    &mut self.series[series],
+                    &readings(first, end),
+                    &mut pass,
+                );
+            }
+            vec![pass]
+        } else {
+            // Series are independent: shards of whole series, about equal
+            // in rows, each on its own thread; the result is the same as
+            // one thread's.
+            let mut slots: Vec<Option<&mut SeriesState>> =
+                self.series.iter_mut().map(Some).collect();
+            let mut shards: Vec<Vec<(&mut SeriesState, Vec<(usize, f64, i64)>)>> =
+                (0..threads).map(|_| Vec::new()).collect();
+            let per_shard = n.div_ceil(threads);
+            let (mut shard, mut in_shard) = (0, 0);
+            for &(series, first, end) in &runs {
+                if in_shard >= per_shard && shard + 1 < threads {
+                    shard += 1;
+                    in_shard = 0;
+                }
+                let state = slots[series]
+                    .take()
+                    .expect("a series has one run per batch");
+                shards[shard].push((state, readings(first, end)));
+                in_shard += end - first;
+            }
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = shards
+                    .into_iter()
+                    .map(|work| {
+                        let params = &params;
+                        scope.spawn(move || {
+                            let mut pass = NoveltyPass::default();
+                            for (state, rows) in work {
+                                novelty_run(params, state, &rows, &mut pass);
+                            }
+                            pass
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a scoring shard panicked"))
+                    .collect()
+            })
+        };
         let mut status_at: Vec<&'static str> = vec![status::WARMING_UP; n];
         let mut score_at: Vec<Option<f64>> = vec![None; n];
         let mut anomaly_score_at: Vec<Option<f64>> = vec![None; n];
         let mut starts: Vec<EventStart> = Vec::new();
         let mut matrix: Vec<f32> = Vec::new();
-        for (k, &i) in order.iter().enumerate() {
-            let i = i as usize;
-            let (x, ts) = (view.value.value(i), view.ts.value(i));
-            let state = &mut self.series[series_of[i]];
-            if !x.is_finite() {
-                status_at[k] = status::UNSCORED;
-                continue;
+        for pass in passes {
+            for (k, st, score, anomaly) in pass.rows {
+                status_at[k] = st;
+                score_at[k] = score;
+                anomaly_score_at[k] = anomaly;
             }
-            if state.window.newest_ts().is_some_and(|newest| ts < newest) {
-                status_at[k] = status::LATE;
-                continue;
-            }
-            state.window.push(x, ts);
-            let verdict = state
-                .novelty
-                .get_or_insert_with(|| Box::new(detect::Novelty::new(cfg)))
-                .update(cfg, x);
-            anomaly_score_at[k] = Some(verdict.score);
-            if !verdict.ready {
-                state.in_anomaly = false;
-            } else {
-                score_at[k] = Some(verdict.score);
-                let anomalous = verdict.score >= self.threshold;
-                status_at[k] = if anomalous {
-                    status::ANOMALOUS
-                } else {
-                    status::OK
-                };
-                if anomalous && !state.in_anomaly {
-                    let window_start = state.window.start_ts().unwrap_or(ts);
-                    // The forecaster's view of the window before this
-                    // reading joined the normalisation.
-                    let scale = (forecaster.is_some()
-                        && state.norm.count >= warmup
-                        && state.window.is_full())
-                    .then(|| {
-                        let (mean, std) = (state.norm.mean, state.norm.std(warmup));
-                        let row = matrix.len();
-                        matrix.resize(row + state.window.window, 0.0);
-                        normalise_into(&mut matrix[row..], state.window.values(), mean, std, clip);
-                        (mean, std)
-                    });
-                    starts.push((k, window_start, scale));
-                }
-                state.in_anomaly = anomalous;
-            }
-            if forecaster.is_some() {
-                if state.norm.count < warmup {
-                    state.norm.learn_warmup(x, warmup);
-                } else {
-                    state.norm.follow(x, warmup);
-                }
-            }
+            starts.extend(pass.starts);
+            matrix.extend(pass.matrix);
         }
         // Expected values of the events (a failure only leaves them out).
         let forecasts = match (&forecaster, matrix.is_empty()) {
@@ -742,6 +781,97 @@ impl Scorer {
             scored: rows.finish(&ctx),
             anomalies: anomalies.finish_anomalies(&ctx),
             events,
+        }
+    }
+}
+
+/// Batches with fewer readings are scored on one thread.
+const PARALLEL_MIN_ROWS: usize = 2048;
+
+/// What one novelty run needs besides the series.
+struct NoveltyParams<'a> {
+    cfg: &'a detect::NoveltyConfig,
+    threshold: f64,
+    warmup: u64,
+    clip: f64,
+    /// A forecaster explains events: keep the normalisation and queue the
+    /// windows of events.
+    explain: bool,
+}
+
+/// What scoring some series' readings found.
+#[derive(Default)]
+struct NoveltyPass {
+    /// (output position, status, score, anomaly score) per reading.
+    rows: Vec<(usize, &'static str, Option<f64>, Option<f64>)>,
+    starts: Vec<EventStart>,
+    /// The normalised windows of the events that the forecaster explains.
+    matrix: Vec<f32>,
+}
+
+/// Scores one series' readings of a batch, `(output position, value, ts)`
+/// in time order.
+fn novelty_run(
+    p: &NoveltyParams<'_>,
+    state: &mut SeriesState,
+    readings: &[(usize, f64, i64)],
+    out: &mut NoveltyPass,
+) {
+    for &(k, x, ts) in readings {
+        if !x.is_finite() {
+            out.rows.push((k, status::UNSCORED, None, None));
+            continue;
+        }
+        if state.window.newest_ts().is_some_and(|newest| ts < newest) {
+            out.rows.push((k, status::LATE, None, None));
+            continue;
+        }
+        state.window.push(x, ts);
+        let verdict = state
+            .novelty
+            .get_or_insert_with(|| Box::new(detect::Novelty::new(p.cfg)))
+            .update(p.cfg, x);
+        if !verdict.ready {
+            state.in_anomaly = false;
+            out.rows
+                .push((k, status::WARMING_UP, None, Some(verdict.score)));
+        } else {
+            let anomalous = verdict.score >= p.threshold;
+            let st = if anomalous {
+                status::ANOMALOUS
+            } else {
+                status::OK
+            };
+            out.rows
+                .push((k, st, Some(verdict.score), Some(verdict.score)));
+            if anomalous && !state.in_anomaly {
+                let window_start = state.window.start_ts().unwrap_or(ts);
+                // The forecaster's view of the window before this reading
+                // joined the normalisation.
+                let scale = (p.explain && state.norm.count >= p.warmup && state.window.is_full())
+                    .then(|| {
+                        let (mean, std) = (state.norm.mean, state.norm.std(p.warmup));
+                        let row = out.matrix.len();
+                        out.matrix.resize(row + state.window.window, 0.0);
+                        normalise_into(
+                            &mut out.matrix[row..],
+                            state.window.values(),
+                            mean,
+                            std,
+                            p.clip,
+                        );
+                        (mean, std)
+                    });
+                out.starts.push((k, window_start, scale));
+            }
+            state.in_anomaly = anomalous;
+        }
+        if p.explain {
+            if state.norm.count < p.warmup {
+                state.norm.learn_warmup(x, p.warmup);
+            } else {
+                state.norm.follow(x, p.warmup);
+            }
         }
     }
 }
@@ -1204,6 +1334,13 @@ impl Engine {
         match self {
             Engine::Univariate(s) => s.model(),
             Engine::Multivariate(s) => s.model(),
+        }
+    }
+
+    /// Threads that score a batch's series (see [`Scorer::set_threads`]).
+    pub fn set_threads(&mut self, threads: usize) {
+        if let Engine::Univariate(s) = self {
+            s.set_threads(threads);
         }
     }
 

@@ -46,10 +46,11 @@ struct Route {
     threshold: Option<f64>,
     manifest_sha: [u8; 32],
     engine: Engine,
+    threads: usize,
 }
 
 impl Route {
-    fn load(cfg: &RouteConfig, warmup: u32) -> Result<Self, ModelError> {
+    fn load(cfg: &RouteConfig, warmup: u32, threads: usize) -> Result<Self, ModelError> {
         let model = Model::load(&cfg.model_dir)?;
         Ok(Self {
             name: cfg.name.clone(),
@@ -58,7 +59,12 @@ impl Route {
             manifest_sha: manifest_sha(&cfg.model_dir).unwrap_or_default(),
             model_dir: cfg.model_dir.clone(),
             threshold: cfg.threshold,
-            engine: Engine::new(model, warmup, cfg.threshold),
+            engine: {
+                let mut engine = Engine::new(model, warmup, cfg.threshold);
+                engine.set_threads(threads);
+                engine
+            },
+            threads,
         })
     }
 
@@ -107,7 +113,7 @@ impl Router {
         let mut live = Vec::new();
         let mut shadows = Vec::new();
         for r in &cfg.routes {
-            let route = Route::load(r, cfg.warmup_readings)?;
+            let route = Route::load(r, cfg.warmup_readings, cfg.threads())?;
             if r.shadow {
                 shadows.push(route);
             } else {
@@ -124,6 +130,7 @@ impl Router {
                 threshold: cfg.threshold,
             },
             cfg.warmup_readings,
+            cfg.threads(),
         )?);
         Ok(Self {
             live,
@@ -215,6 +222,7 @@ impl Router {
             let result = Model::load(&route.model_dir).map(|model| {
                 let version = format!("{} {}", model.manifest.id, model.manifest.version);
                 route.engine.swap_model(model, warmup, route.threshold);
+                route.engine.set_threads(route.threads);
                 version
             });
             out.push(Reload {

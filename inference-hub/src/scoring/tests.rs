@@ -448,3 +448,53 @@ fn the_novelty_route_scores_every_reading_and_flags_a_planted_spike_once() {
         "{flagged:?}"
     );
 }
+
+/// Scoring a batch's series on several threads gives exactly what one
+/// thread gives: rows, statuses, scores and events.
+#[test]
+fn novelty_scoring_on_threads_matches_one_thread() {
+    let mut one = Scorer::new(novelty_model(), 200, None);
+    let mut three = Scorer::new(novelty_model(), 200, None);
+    three.set_threads(3);
+    let mut events = 0;
+    for seq in 1..=8u64 {
+        let mut rng = fastrand::Rng::with_seed(seq);
+        let mut cols = ReadingColumns::default();
+        // 40 series x 100 readings, interleaved, with spikes and a NaN.
+        for i in 0..100u64 {
+            for d in 0..40u64 {
+                let t = (seq - 1) * 100 + i;
+                let mut v = 10.0 * d as f64 + (t as f64 / 15.0).sin() + rng.f64();
+                if (t + d * 37) % 251 == 0 {
+                    v += 50.0;
+                }
+                if t == 450 && d == 3 {
+                    v = f64::NAN;
+                }
+                cols.push(
+                    &format!("d{d}"),
+                    "m",
+                    1_700_000_000_000_000 + t as i64 * 1_000_000,
+                    v,
+                );
+            }
+        }
+        let (_, bytes) = envelope::encode("gw", 1, seq, &cols.finish()).unwrap();
+        let b = envelope::decode(&bytes, &DecodeLimits::default()).unwrap();
+        let (a, c) = (one.score(&b, 0), three.score(&b, 0));
+        assert_eq!(a.scored, c.scored, "batch {seq}");
+        assert_eq!(a.anomalies, c.anomalies, "batch {seq}");
+        assert_eq!(
+            a.events
+                .iter()
+                .map(|e| (&e.device, e.ts_us, e.expected))
+                .collect::<Vec<_>>(),
+            c.events
+                .iter()
+                .map(|e| (&e.device, e.ts_us, e.expected))
+                .collect::<Vec<_>>()
+        );
+        events += a.events.len();
+    }
+    assert!(events > 0, "the spikes raise events");
+}
