@@ -657,8 +657,7 @@ impl Scorer {
             // one thread's.
             let mut slots: Vec<Option<&mut SeriesState>> =
                 self.series.iter_mut().map(Some).collect();
-            let mut shards: Vec<Vec<(&mut SeriesState, Vec<(usize, f64, i64)>)>> =
-                (0..threads).map(|_| Vec::new()).collect();
+            let mut shards: Vec<Vec<SeriesWork<'_>>> = (0..threads).map(|_| Vec::new()).collect();
             let per_shard = n.div_ceil(threads);
             let (mut shard, mut in_shard) = (0, 0);
             for &(series, first, end) in &runs {
@@ -787,6 +786,9 @@ impl Scorer {
 
 /// Batches with fewer readings are scored on one thread.
 const PARALLEL_MIN_ROWS: usize = 2048;
+
+/// One series of a shard and its readings `(output position, value, ts)`.
+type SeriesWork<'a> = (&'a mut SeriesState, Vec<(usize, f64, i64)>);
 
 /// What one novelty run needs besides the series.
 struct NoveltyParams<'a> {
