@@ -1,5 +1,5 @@
 """Reference hub pipeline in Python, for the throughput comparison in
-docs/BENCHMARKS.md: the same work as `inference-hub bench-hub` on the same
+docs/BENCHMARKS.md: the same work as `iot-lab bench-hub` on the same
 envelope files.
 
 Per batch: parse the envelope (header; the CRC32C check is skipped, which

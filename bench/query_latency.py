@@ -1,6 +1,6 @@
 """Query latency on the demo's data (docs/BENCHMARKS.md).
 
-Starts `inference-hub demo` (release build) for a while, then times each API
+Starts `iot-lab demo` (release build) for a while, then times each API
 query `--repeat` times over real HTTP and prints p50/p99/max per endpoint.
 
 Usage: python3 bench/query_latency.py --hub target/release/inference-hub --warmup 60

@@ -3,7 +3,7 @@
 Runs a committed model with onnxruntime (the reference runtime) on random
 normalised windows, `--batch` windows per call, on `--threads` intra-op
 threads, for about `--seconds`, and prints windows per second. Compare with
-`inference-hub bench-scoring --model-dir <same dir> --batch <same>` (tract,
+`iot-lab bench-scoring --model-dir <same dir> --batch <same>` (tract,
 one thread).
 
 Usage: python models/bench_onnxruntime.py --model-dir models/univariate-forecast

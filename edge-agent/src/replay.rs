@@ -191,7 +191,7 @@ pub fn read(path: &Path, o: &CsvOptions) -> anyhow::Result<Recording> {
         Some("csv") => read_csv(path, o),
         Some("jsonl" | "ndjson") => read_jsonl(path),
         Some("parquet") => bail!(
-            "{}: Parquet recordings (our archive included) are replayed by `inference-hub replay` (the edge agent links no Parquet)",
+            "{}: Parquet recordings (our archive included) are replayed by `iot-lab replay` (the edge agent links no Parquet)",
             path.display()
         ),
         _ => bail!("{}: expected .csv or .jsonl", path.display()),

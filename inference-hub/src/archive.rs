@@ -81,7 +81,7 @@ pub enum Table {
     Anomalies,
     /// What shadow models scored (the scored schema), for comparison.
     Shadow,
-    /// What `inference-hub rescore` produced from an archived range with
+    /// What `iot-lab rescore` produced from an archived range with
     /// another model (the scored schema); the original scores stay.
     Rescored,
 }

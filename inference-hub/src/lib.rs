@@ -1,5 +1,6 @@
 //! The inference hub: takes batches from edge agents, makes them durable,
-//! scores them with an ONNX model and archives them as Parquet.
+//! scores them (the novelty detectors of the `detect` crate, or ONNX
+//! models) and archives them as Parquet.
 //!
 //! ```text
 //! MQTT ($share/...) --+                                   +--> archive (Parquet, per table/date/hour)
@@ -12,29 +13,20 @@
 //!   what it refuses to hold (absurd times, series past the caps).
 //! - [`wal`] and [`dedup`]: the durable log and the batch-identity index;
 //!   [`losses`]: acknowledged data lost to damage, until an operator sees it.
-//! - [`pipeline`], [`scoring`], [`model`]: per-series state and ONNX scoring.
+//! - [`pipeline`], [`scoring`], [`model`]: per-series state and scoring;
+//!   [`detector_state`]: the learned state saved and restored.
 //! - [`archive`]: partitioned Parquet files with an atomic commit protocol.
 //! - [`mqtt_intake`], [`api`]: the transports and the dashboard API.
 //! - [`hub`]: start-up (recovery) and shutdown order.
-//! - [`replay_parquet`]: Parquet recordings (our archive included) for
-//!   replay through the agent library.
-//! - [`rescore`]: an archived range through another model, into
-//!   `table=rescored`.
-//! - [`eval`]: detection quality on labelled recordings (NAB, SKAB) through
-//!   the production scoring path.
-//! - [`broker`], [`demo`], [`bench`]: the embedded broker, the one-command
-//!   demo and the throughput benchmark.
+//!
+//! The demo, the benchmarks, evaluation, rescoring and Parquet replay live
+//! in the `lab` crate (`crates/lab`), not in the production binary.
 
 pub mod api;
 pub mod archive;
-pub mod bench;
-pub mod bench_hostile;
-pub mod broker;
 pub mod config;
 pub mod dedup;
-pub mod demo;
 pub mod detector_state;
-pub mod eval;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hub;
@@ -44,8 +36,6 @@ pub mod model;
 pub mod mqtt_intake;
 mod names;
 pub mod pipeline;
-pub mod replay_parquet;
-pub mod rescore;
 pub mod scoring;
 pub mod screen;
 pub mod state;

@@ -91,7 +91,7 @@ async fn hub_killed_repeatedly_archives_every_acknowledged_batch_exactly_once() 
         None => dir.path().join("hub"),
     };
     let _ = std::fs::remove_dir_all(&data);
-    let http = format!("127.0.0.1:{}", inference_hub::broker::free_port());
+    let http = format!("127.0.0.1:{}", lab::broker::free_port());
     let config = dir.path().join("hub.toml");
     std::fs::write(
         &config,

@@ -8,8 +8,8 @@ use std::time::Duration;
 use edge_agent::Agent;
 use edge_agent::config::{EdgeConfig, Subscription, UplinkKind};
 use edge_agent::decode::Rejection;
-use inference_hub::broker;
 use inference_hub::config::HubConfig;
+use lab::broker;
 
 use crate::harness::{
     CuttableRelay, assert_archive_matches, assert_spikes_flagged, publish_fleet, read_archive,
@@ -1077,7 +1077,7 @@ async fn rescoring_an_archive_writes_a_separate_table_and_never_touches_the_orig
         manifest.replace("\"version\": \"1.0.0\"", "\"version\": \"2.0.0\""),
     )
     .unwrap();
-    let opts = inference_hub::rescore::RescoreOptions {
+    let opts = lab::rescore::RescoreOptions {
         archive: root.clone(),
         model_dir,
         from_us: None,
@@ -1086,7 +1086,7 @@ async fn rescoring_an_archive_writes_a_separate_table_and_never_touches_the_orig
     };
     for _ in 0..2 {
         let mut calls = 0;
-        let report = inference_hub::rescore::run(&opts, |_, _, _| calls += 1).unwrap();
+        let report = lab::rescore::run(&opts, |_, _, _| calls += 1).unwrap();
         assert_eq!(report.readings, (10 * ROWS) as u64);
         assert!(report.partitions > 1 && calls == report.partitions);
     }
@@ -1159,8 +1159,7 @@ async fn an_archive_replays_from_parquet_into_another_hub_once() {
     let source_root = hub.archive_root.clone();
     hub.shutdown().await;
 
-    let recordings =
-        inference_hub::replay_parquet::read(&[source_root.join("table=scored")], None).unwrap();
+    let recordings = lab::replay_parquet::read(&[source_root.join("table=scored")], None).unwrap();
     assert!(!recordings.is_empty());
     let mut cfg = HubConfig::for_dir("target", &dir.path().join("b"));
     cfg.mqtt.enabled = false;

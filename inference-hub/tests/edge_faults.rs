@@ -145,8 +145,8 @@ async fn edge_faults_kill_the_agent_restart_the_broker_and_cut_the_uplink_withou
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
-    let port = inference_hub::broker::free_port();
-    let http = format!("127.0.0.1:{}", inference_hub::broker::free_port());
+    let port = lab::broker::free_port();
+    let http = format!("127.0.0.1:{}", lab::broker::free_port());
     let mosquitto_conf = write_mosquitto_config(dir.path(), port);
     let start_broker = || {
         Process::spawn(
@@ -320,7 +320,7 @@ async fn edge_faults_kill_the_agent_restart_the_broker_and_cut_the_uplink_withou
 #[ignore = "needs Mosquitto installed; run by .ci/run"]
 async fn failover_two_hubs_one_killed_mid_stream_lose_and_double_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let port = inference_hub::broker::free_port();
+    let port = lab::broker::free_port();
     let mosquitto_conf = write_mosquitto_config(dir.path(), port);
     let _broker = Process::spawn(
         &mosquitto_binary(),
@@ -331,7 +331,7 @@ async fn failover_two_hubs_one_killed_mid_stream_lose_and_double_nothing() {
     let archive = dir.path().join("archive");
     let hub_toml = |id: &str| {
         let path = dir.path().join(format!("{id}.toml"));
-        let http = inference_hub::broker::free_port();
+        let http = lab::broker::free_port();
         std::fs::write(
             &path,
             format!(
@@ -539,8 +539,8 @@ fn archived_batches(root: &Path) -> BTreeMap<(String, u64), BTreeSet<u64>> {
 async fn chaos_agent_hub_and_broker_killed_under_load() {
     let (agent_kills, hub_kills, broker_kills) = (22usize, 22usize, 12usize);
     let dir = tempfile::tempdir().unwrap();
-    let port = inference_hub::broker::free_port();
-    let http = format!("127.0.0.1:{}", inference_hub::broker::free_port());
+    let port = lab::broker::free_port();
+    let http = format!("127.0.0.1:{}", lab::broker::free_port());
     let mosquitto_conf = shipped_mosquitto_config(dir.path(), port);
     let start_broker = || {
         Process::spawn(

@@ -250,8 +250,8 @@ impl CuttableRelay {
 /// The embedded broker (rumqttd) on a free loopback port, given a moment
 /// to start listening; returns the port.
 pub(crate) async fn start_embedded_broker() -> u16 {
-    let port = inference_hub::broker::free_port();
-    inference_hub::broker::start_embedded(([127, 0, 0, 1], port).into());
+    let port = lab::broker::free_port();
+    lab::broker::start_embedded(([127, 0, 0, 1], port).into());
     tokio::time::sleep(Duration::from_millis(200)).await;
     port
 }

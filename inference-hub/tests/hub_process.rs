@@ -19,7 +19,7 @@ pub(crate) struct HubProcessConfig {
 
 impl HubProcessConfig {
     pub(crate) fn write(dir: &Path, hub_id: &str, data: PathBuf, extra: &str) -> Self {
-        let http = format!("127.0.0.1:{}", inference_hub::broker::free_port());
+        let http = format!("127.0.0.1:{}", lab::broker::free_port());
         let config = dir.join(format!("{hub_id}.toml"));
         std::fs::write(
             &config,

@@ -19,7 +19,7 @@ async fn separate_processes_on_mosquitto_archive_every_valid_reading_once() {
         .parse()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let http = format!("127.0.0.1:{}", inference_hub::broker::free_port());
+    let http = format!("127.0.0.1:{}", lab::broker::free_port());
     let hub_toml = dir.path().join("hub.toml");
     std::fs::write(
         &hub_toml,
@@ -109,7 +109,7 @@ async fn separate_processes_on_mosquitto_archive_every_valid_reading_once() {
     let expected = (a.readings.len() + b.readings.len()) as u64;
     let mut archived = 0;
     for _ in 0..1200 {
-        archived = inference_hub::bench::scrape(&client, &http, "hub_readings_archived_total")
+        archived = lab::bench::scrape(&client, &http, "hub_readings_archived_total")
             .await
             .unwrap_or(0);
         if archived >= expected {

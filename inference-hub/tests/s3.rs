@@ -38,7 +38,7 @@ fn envelope(seq: u64) -> Vec<u8> {
 /// moto's S3 server on a free loopback port with a `telemetry` bucket, and
 /// settings that archive under `archive/` in it.
 async fn start_moto(dir: &std::path::Path) -> (Process, S3Settings) {
-    let port = inference_hub::broker::free_port();
+    let port = lab::broker::free_port();
     let moto = Process::spawn(
         std::path::Path::new("moto_server"),
         &["-H", "127.0.0.1", "-p", &port.to_string()],

@@ -1,8 +1,8 @@
-//! `inference-hub rescore`: an archived range through another model.
+//! `iot-lab rescore`: an archived range through another model.
 //!
 //! Reads `table=scored` of an archive hour partition by hour partition (all
 //! hubs' files of the hour, in time order), runs the readings through a fresh
-//! production scorer ([`crate::scoring::Engine`], so warm-up, normalisation,
+//! production scorer ([`inference_hub::scoring::Engine`], so warm-up, normalisation,
 //! windows and decisions are exactly the hub's) with the given model, and
 //! writes the result to `table=rescored/.../hub=<model>_<version>/` with the
 //! archive's commit protocol. The original scores are never touched. Memory
@@ -16,10 +16,10 @@ use anyhow::Context;
 use arrow_array::RecordBatch;
 use schemas::envelope::{BatchHeader, DecodedBatch};
 
-use crate::archive::{self, Archive, PartitionKey, Table};
-use crate::config::ArchiveSettings;
-use crate::model::Model;
-use crate::scoring::Engine;
+use inference_hub::archive::{self, Archive, PartitionKey, Table};
+use inference_hub::config::ArchiveSettings;
+use inference_hub::model::Model;
+use inference_hub::scoring::Engine;
 
 /// Options of a rescore run.
 #[derive(Debug, Clone)]

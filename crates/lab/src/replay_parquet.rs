@@ -1,4 +1,4 @@
-//! Parquet recordings for `inference-hub replay` (the edge agent links no
+//! Parquet recordings for `iot-lab replay` (the edge agent links no
 //! Parquet, so this side of replay lives in the hub's binary and hands the
 //! rows to the agent library's replay, which publishes or posts them).
 //!
@@ -27,7 +27,7 @@ fn files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     for p in paths {
         if p.is_dir() {
             out.extend(
-                crate::archive::walk_files(p)?
+                inference_hub::archive::walk_files(p)?
                     .into_iter()
                     .filter(|f| f.extension().is_some_and(|e| e == "parquet")),
             );
@@ -76,7 +76,7 @@ pub fn read(paths: &[PathBuf], device: Option<&str>) -> anyhow::Result<Vec<Recor
     // device -> metric -> ts -> value
     let mut long: BTreeMap<String, BTreeMap<String, BTreeMap<i64, f64>>> = BTreeMap::new();
     for file in files(paths)? {
-        for batch in crate::archive::read_file(&file)? {
+        for batch in inference_hub::archive::read_file(&file)? {
             let schema = batch.schema();
             let time = TIME_COLUMNS
                 .iter()

@@ -1,4 +1,4 @@
-//! `inference-hub bench-hostile`: the hub's memory and health under the
+//! `iot-lab bench-hostile`: the hub's memory and health under the
 //! hostile loads of the guarantees work, measured on a real hub process.
 //!
 //! The hub (this binary, `run`) starts with the open-file limit of a default
@@ -101,7 +101,7 @@ pub async fn run(hub_bin: &Path, dir: &Path) -> anyhow::Result<Vec<Step>> {
             "hub-id = \"hostile\"\ndata-dir = {:?}\nmqtt.enabled = false\nhttp.listen = \"{http}\"\n\
              http.header-read-timeout = \"5s\"\nscoring.model-dir = {:?}\n",
             dir.join("data").display().to_string(),
-            crate::config::bundled_model_dir()
+            inference_hub::config::bundled_model_dir()
         ),
     )?;
     let mut command = if Path::new("/usr/bin/prlimit").exists() {

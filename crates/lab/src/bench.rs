@@ -1,4 +1,4 @@
-//! `inference-hub bench`: how fast each stage keeps up with a broker.
+//! `iot-lab bench`: how fast each stage keeps up with a broker.
 //!
 //! One load generator publishes `messages` JSON readings for `devices`
 //! devices (one topic each) as fast as the broker takes them. Measured on the
@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 use rumqttc::{Event, MqttOptions, Packet, QoS};
 
 use crate::broker;
-use crate::config::HubConfig;
+use inference_hub::config::HubConfig;
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -229,7 +229,7 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
     let mut hub_cfg = HubConfig::for_dir("bench", &dir);
     hub_cfg.mqtt.host = host.clone();
     hub_cfg.mqtt.port = port;
-    let hub = crate::hub::start(hub_cfg).await?;
+    let hub = inference_hub::hub::start(hub_cfg).await?;
 
     let metrics = format!("127.0.0.1:{}", broker::free_port());
     let edge_toml = dir.join("edge.toml");
@@ -399,7 +399,7 @@ pub async fn partition(o: PartitionOptions) -> anyhow::Result<PartitionReport> {
     let mut hub_cfg = HubConfig::for_dir("partition", &dir.join("hub"));
     hub_cfg.mqtt.host = host.clone();
     hub_cfg.mqtt.port = port;
-    let mut hub = Some(crate::hub::start(hub_cfg.clone()).await?);
+    let mut hub = Some(inference_hub::hub::start(hub_cfg.clone()).await?);
 
     let mut cfg = edge_agent::EdgeConfig::for_gateway("partition-gw", port);
     cfg.mqtt.host = host.clone();
@@ -472,24 +472,26 @@ pub async fn partition(o: PartitionOptions) -> anyhow::Result<PartitionReport> {
     // Latency samples: the probe's newest value as the hub state shows it.
     // Only probes sent after `since_ms` count (those sent during the outage
     // are backlog, not live data).
-    let probe_latency =
-        |hub: &crate::hub::HubHandle, since_ms: f64, newest: &mut f64, samples: &mut Vec<f64>| {
-            let sent = hub
-                .state
-                .devices()
-                .into_iter()
-                .find(|d| d.device == "probe")
-                .and_then(|d| d.metrics.into_iter().find(|m| m.metric == "sent"))
-                .map(|m| m.value);
-            if let Some(sent) = sent
-                && sent > *newest
-            {
-                *newest = sent;
-                if sent >= since_ms {
-                    samples.push(started.elapsed().as_secs_f64() * 1000.0 - sent);
-                }
+    let probe_latency = |hub: &inference_hub::hub::HubHandle,
+                         since_ms: f64,
+                         newest: &mut f64,
+                         samples: &mut Vec<f64>| {
+        let sent = hub
+            .state
+            .devices()
+            .into_iter()
+            .find(|d| d.device == "probe")
+            .and_then(|d| d.metrics.into_iter().find(|m| m.metric == "sent"))
+            .map(|m| m.value);
+        if let Some(sent) = sent
+            && sent > *newest
+        {
+            *newest = sent;
+            if sent >= since_ms {
+                samples.push(started.elapsed().as_secs_f64() * 1000.0 - sent);
             }
-        };
+        }
+    };
     let mut newest = f64::MIN;
     let mut before = Vec::new();
     let warm = Instant::now() + Duration::from_secs(5);
@@ -510,7 +512,7 @@ pub async fn partition(o: PartitionOptions) -> anyhow::Result<PartitionReport> {
     }
 
     // Back: measure the drain and the live latency meanwhile.
-    let hub_back = crate::hub::start(hub_cfg).await?;
+    let hub_back = inference_hub::hub::start(hub_cfg).await?;
     let reconnected = Instant::now();
     let reconnected_ms = started.elapsed().as_secs_f64() * 1000.0;
     let mut during = Vec::new();
@@ -606,7 +608,7 @@ pub fn scoring(
     series: usize,
     seconds: f64,
 ) -> anyhow::Result<Vec<ScoringReport>> {
-    use crate::model::Model;
+    use inference_hub::model::Model;
 
     let model = Model::load(model_dir)?;
     let mut out = vec![scoring_one(
@@ -625,13 +627,13 @@ pub fn scoring(
 }
 
 fn scoring_one(
-    model: crate::model::Model,
+    model: inference_hub::model::Model,
     config: &str,
     batch: usize,
     series: usize,
     seconds: f64,
 ) -> anyhow::Result<ScoringReport> {
-    use crate::scoring::Engine;
+    use inference_hub::scoring::Engine;
 
     let name = format!("{} {}", model.manifest.id, model.manifest.version);
     let mut rng = fastrand::Rng::with_seed(1);
@@ -819,7 +821,7 @@ pub async fn hub_throughput(
     cfg.mqtt.enabled = false;
     cfg.scoring.model_dir = model_dir.to_owned();
     cfg.archive.zstd_level = zstd_level;
-    let hub = crate::hub::start(cfg).await?;
+    let hub = inference_hub::hub::start(cfg).await?;
     let total_rows: u64 = envelopes
         .iter()
         .map(|e| {

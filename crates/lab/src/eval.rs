@@ -7,9 +7,9 @@
 //! - [`nab`]: the Numenta Anomaly Benchmark's scoring rules (windows,
 //!   probation, sigmoid weighting, per-profile threshold optimisation,
 //!   normalisation).
-//! - [`run_nab`]: `inference-hub eval nab`: any folder laid out like NAB's
+//! - [`run_nab`]: `iot-lab eval nab`: any folder laid out like NAB's
 //!   `data/` in, NAB results CSVs out (and scores when labels are given).
-//! - [`run_skab`]: `inference-hub eval skab`: SKAB's multi-sensor files in,
+//! - [`run_skab`]: `iot-lab eval skab`: SKAB's multi-sensor files in,
 //!   point-wise precision, recall, F1, false-alarm and missed-alarm rates out.
 //!
 //! What a row's `anomaly_score` means (NAB output): the scored table's
@@ -38,8 +38,8 @@ use chrono::NaiveDateTime;
 use schemas::envelope::{BatchHeader, DecodedBatch};
 use schemas::tables::status;
 
-use crate::model::Model;
-use crate::scoring::Engine;
+use inference_hub::model::Model;
+use inference_hub::scoring::Engine;
 
 /// Detector name in NAB result files.
 pub const DETECTOR: &str = "iothub";
@@ -121,8 +121,7 @@ impl Replay {
             anomalous: scored
                 .scored
                 .column_by_name(schemas::tables::STATUS)
-                .and_then(|c| crate::names::StrColumn::of(c.as_ref()))
-                .is_some_and(|st| (0..st.len()).any(|i| st.value(i) == status::ANOMALOUS)),
+                .is_some_and(|c| any_anomalous(c.as_ref())),
             event_severity: scored
                 .events
                 .iter()
@@ -148,7 +147,28 @@ pub fn load_model(model_dir: &Path, without_spatial_rule: bool) -> anyhow::Resul
     Ok(model)
 }
 
-/// Options of `inference-hub eval nab`.
+/// Whether a status column (plain or keyed strings) says `anomalous`.
+fn any_anomalous(column: &dyn arrow_array::Array) -> bool {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::UInt32Type;
+    match column.as_string_opt::<i32>() {
+        Some(plain) => plain.iter().flatten().any(|s| s == status::ANOMALOUS),
+        None => column
+            .as_dictionary_opt::<UInt32Type>()
+            .and_then(|d| {
+                let values = d.values().as_string_opt::<i32>()?;
+                Some(
+                    d.keys()
+                        .iter()
+                        .flatten()
+                        .any(|k| values.value(k as usize) == status::ANOMALOUS),
+                )
+            })
+            .unwrap_or(false),
+    }
+}
+
+/// Options of `iot-lab eval nab`.
 #[derive(Debug, Clone)]
 pub struct NabOptions {
     /// A folder laid out like NAB's `data/`: category folders of
@@ -271,7 +291,7 @@ pub fn run_nab(o: &NabOptions) -> anyhow::Result<NabReport> {
     }
     // The threshold a row's NAB score must reach to be an event: the
     // anomaly score's own for detectors that write one, else an event's.
-    let threshold = if model.manifest.detector == crate::model::DetectorKind::Onnx {
+    let threshold = if model.manifest.detector == inference_hub::model::DetectorKind::Onnx {
         0.5
     } else {
         model.manifest.threshold
@@ -361,7 +381,7 @@ impl Confusion {
     }
 }
 
-/// Options of `inference-hub eval skab`.
+/// Options of `iot-lab eval skab`.
 #[derive(Debug, Clone)]
 pub struct SkabOptions {
     /// SKAB's `data/` folder (`valve1/`, `valve2/`, `other/` with labelled

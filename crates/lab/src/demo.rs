@@ -1,4 +1,4 @@
-//! `inference-hub demo`: the whole pipeline on one machine.
+//! `iot-lab demo`: the whole pipeline on one machine.
 //!
 //! Starts the embedded broker, a hub, two edge agents (one forwarding over
 //! MQTT, one over HTTP) and simulated devices. Devices replay NAB recordings
@@ -19,8 +19,8 @@ use rumqttc::{MqttOptions, QoS};
 use tokio::sync::watch;
 
 use crate::broker;
-use crate::config::HubConfig;
-use crate::hub;
+use inference_hub::config::HubConfig;
+use inference_hub::hub;
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -52,7 +52,7 @@ const MALFORMED_EVERY: u64 = 997;
 
 /// Loads NAB-style CSVs (`timestamp,value`) below `nab/data`.
 pub fn load_nab(root: &Path, max_files: usize) -> Vec<DeviceSeries> {
-    let mut files: Vec<PathBuf> = crate::archive::walk_files(&root.join("data"))
+    let mut files: Vec<PathBuf> = inference_hub::archive::walk_files(&root.join("data"))
         .unwrap_or_default()
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "csv"))
@@ -172,7 +172,7 @@ pub async fn publish_devices(
                 b"{\"value\": not-a-number".to_vec()
             } else {
                 serde_json::to_vec(
-                    &serde_json::json!({"value": value, "ts": crate::scoring::format_ts(ts)}),
+                    &serde_json::json!({"value": value, "ts": inference_hub::scoring::format_ts(ts)}),
                 )
                 .expect("json")
             };

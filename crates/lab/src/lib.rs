@@ -1,0 +1,24 @@
+//! The lab: everything that exercises the pipeline but does not run in
+//! production, kept out of the `inference-hub` and `edge-agent` binaries.
+//!
+//! - [`demo`]: the whole pipeline on one machine (embedded broker, hub, two
+//!   edge agents, simulated devices): `cargo run --release -- demo`.
+//! - [`broker`]: the embedded MQTT broker (rumqttd) the demo and the
+//!   benchmarks use.
+//! - [`bench`]: agent and broker throughput, the partition benchmark,
+//!   scoring throughput and the hub's throughput against the Python
+//!   reference; [`bench_hostile`]: the hub's memory and health under
+//!   hostile loads.
+//! - [`eval`]: detection quality on labelled recordings (NAB, SKAB) through
+//!   the production scoring path.
+//! - [`rescore`]: an archived range through another model, into
+//!   `table=rescored`; [`replay_parquet`]: Parquet recordings (our archive
+//!   included) for replay through the agent library.
+
+pub mod bench;
+pub mod bench_hostile;
+pub mod broker;
+pub mod demo;
+pub mod eval;
+pub mod replay_parquet;
+pub mod rescore;
