@@ -16,10 +16,10 @@ use tokio::time::Instant;
 
 use crate::batcher::{Batcher, IngestItem, SealedBatch};
 use crate::config::EdgeConfig;
-use crate::mqtt::OrderedAcker;
 use crate::redelivery::RedeliveryGuard;
 use crate::stats::EdgeStats;
 use crate::{ingest, uplink};
+use iot_mqtt::OrderedAcker;
 
 /// Device messages buffered between ingest and the batcher.
 const INGEST_QUEUE: usize = 1024;
@@ -224,13 +224,4 @@ pub fn new_incarnation() -> u64 {
     fastrand::u64(..) ^ nanos.rotate_left(32)
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM (systemd, Kubernetes): the signals
-/// on which both binaries stop gracefully.
-pub async fn wait_for_stop_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
+pub use iot_mqtt::wait_for_stop_signal;

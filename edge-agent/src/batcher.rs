@@ -14,14 +14,9 @@ use schemas::envelope::{self, BatchHeader};
 
 use crate::config::BatchSettings;
 
-/// A device message awaiting acknowledgement: its place in the agent's
-/// acknowledgement queue (see [`crate::ingest::DeviceAcker`]), not its
-/// payload, so held acknowledgements cost a few bytes each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PendingAck {
-    pub ordinal: u64,
-    pub generation: u64,
-}
+/// A device message awaiting acknowledgement (see
+/// [`crate::ingest::DeviceAcker`]).
+pub use iot_mqtt::PendingAck;
 
 /// One decoded device message on its way to the batcher.
 #[derive(Debug)]

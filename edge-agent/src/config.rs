@@ -163,7 +163,7 @@ impl Default for MqttSettings {
             max_packet_size: 256 * 1024,
             max_transport_bytes: DEFAULT_TRANSPORT_BYTES,
             broker_inflight: 20,
-            reconnect_max: crate::mqtt::RECONNECT_MAX,
+            reconnect_max: iot_mqtt::RECONNECT_MAX,
         }
     }
 }
@@ -287,7 +287,7 @@ pub struct UplinkMqtt {
     pub topic_prefix: String,
     /// Send all of this gateway's batches to one hub (chosen by rendezvous
     /// hashing among the hubs announced on `<prefix>/hubs/+`), so that one
-    /// hub sees each series whole; see [`crate::hub_routing`]. Off: every
+    /// hub sees each series whole; see [`iot_mqtt::routing`]. Off: every
     /// batch goes to the shared subscription, which spreads them over the
     /// hubs (and reaches every share group on the prefix).
     pub sticky: bool,
@@ -315,7 +315,7 @@ impl Default for UplinkMqtt {
             topic_prefix: "iot".into(),
             sticky: true,
             keep_alive: Duration::from_secs(30),
-            reconnect_max: crate::mqtt::RECONNECT_MAX,
+            reconnect_max: iot_mqtt::RECONNECT_MAX,
             max_transport_bytes: DEFAULT_TRANSPORT_BYTES,
         }
     }

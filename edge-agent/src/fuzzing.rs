@@ -3,9 +3,9 @@
 //! what the fuzzer runs. Each takes untrusted bytes and must never panic.
 
 use crate::decode::{TopicTemplate, decode_json};
-use crate::hub_routing::HubDirectory;
 use crate::senml::decode_senml;
 use crate::sparkplug::SparkplugState;
+use iot_mqtt::routing::HubDirectory;
 
 const NOW: i64 = 1_700_000_000_000_000;
 

@@ -25,11 +25,11 @@ use crate::config::{EdgeConfig, PayloadFormat, Subscription};
 use crate::dead_letter::DeadLetters;
 use crate::decode::{self, Rejection, TopicTemplate};
 use crate::filter::Filter;
-use crate::mqtt::{OrderedAcker, Reconnect};
 use crate::redelivery::RedeliveryGuard;
 use crate::senml;
 use crate::sparkplug::SparkplugState;
 use crate::stats::EdgeStats;
+use iot_mqtt::{OrderedAcker, Reconnect};
 
 struct Route {
     filter: String,
@@ -123,7 +123,7 @@ pub fn connect(cfg: &EdgeConfig, ack_capacity: usize) -> (AsyncClient, EventLoop
         // Every held acknowledgement may be queued at once when a batch is
         // acknowledged; size the request channel for it.
         .set_request_channel_capacity(ack_capacity);
-    crate::mqtt::client(opts, ack_capacity)
+    iot_mqtt::client(opts, ack_capacity)
 }
 
 /// Runs in two phases. Until `stop_intake` flips, messages are decoded and

@@ -17,13 +17,14 @@
 //! - [`dry_run`]: a recording through the decoders and rules, offline.
 //! - [`batcher`]: groups readings by size or age into envelopes.
 //! - [`uplink`]: sends envelopes to the hub, retries, and releases device acks.
-//! - [`hub_routing`]: which hub takes this gateway's batches over MQTT.
-//! - [`mqtt`]: in-order acknowledgements and reconnect backoff (shared with
-//!   the hub).
+//! - The MQTT plumbing shared with the hub (in-order acknowledgements,
+//!   reconnect backoff, which hub takes this gateway's batches, topic
+//!   names) is the `iot-mqtt` crate (`crates/mqtt`).
 //! - [`metrics`]: the optional `/metrics` and `/health` endpoint.
 //! - [`replay`]: recorded CSV/JSON Lines data back through a broker or
 //!   straight to a hub.
-//! - [`spool`]: the durable store-and-forward log (core; not wired in yet).
+//! - [`spool`]: the durable store-and-forward log between batcher and
+//!   uplink (on `seglog`), and [`spool::service`], the thread that runs it.
 //! - [`stats`]: counters for every stage, rendered as Prometheus text.
 //! - [`config`]: the agent's TOML configuration.
 //!
@@ -45,10 +46,8 @@ pub mod dry_run;
 pub mod filter;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod hub_routing;
 pub mod ingest;
 pub mod metrics;
-pub mod mqtt;
 pub mod redelivery;
 pub mod replay;
 pub mod senml;

@@ -336,7 +336,7 @@ async fn replay_mqtt(
     opts.set_keep_alive(Duration::from_secs(30))
         .set_inflight(100)
         .set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = crate::mqtt::client(opts, 1000);
+    let (client, mut eventloop) = iot_mqtt::client(opts, 1000);
     let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let acked_in_loop = acked.clone();
     let poller = tokio::spawn(async move {
@@ -482,7 +482,7 @@ async fn replay_http(
             if attempt > 20 {
                 bail!("the hub did not take batch {} after 20 attempts", i + 1);
             }
-            tokio::time::sleep(crate::mqtt::backoff(
+            tokio::time::sleep(iot_mqtt::backoff(
                 attempt,
                 Duration::from_millis(200),
                 Duration::from_secs(10),

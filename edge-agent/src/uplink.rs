@@ -22,7 +22,7 @@
 //!   `max-in-flight` batches in flight plus `spool.live-queue` waiting.
 //!
 //! Transports: MQTT (publish QoS 1 to the gateway's hub, see
-//! [`crate::hub_routing`], or to the shared `<prefix>/batches/<gateway>`;
+//! [`iot_mqtt::routing`], or to the shared `<prefix>/batches/<gateway>`;
 //! answers on `<prefix>/acks/<gateway>`) or HTTP (`POST <url>/v1/batches`, answer in
 //! the response body).
 
@@ -40,10 +40,10 @@ use tokio::time::Instant;
 
 use crate::batcher::{PendingAck, SealedBatch};
 use crate::config::{EdgeConfig, UplinkKind, UplinkSettings};
-use crate::hub_routing::HubDirectory;
-use crate::mqtt::{OrderedAcker, Reconnect, backoff};
 use crate::spool::service::{SpoolEvent, SpoolHandle};
 use crate::stats::EdgeStats;
+use iot_mqtt::routing::HubDirectory;
+use iot_mqtt::{OrderedAcker, Reconnect, backoff};
 
 /// Content type of an envelope over HTTP.
 pub const ENVELOPE_CONTENT_TYPE: &str = "application/vnd.iot-pipeline.batch";
@@ -96,8 +96,7 @@ impl Transport {
                         schemas::DecodeLimits::default().max_envelope_bytes,
                     )
                     .set_inflight(cfg.uplink.max_in_flight.clamp(1, u16::MAX as usize) as u16 * 2);
-                let (client, eventloop) =
-                    crate::mqtt::client(opts, cfg.uplink.max_in_flight * 2 + 8);
+                let (client, eventloop) = iot_mqtt::client(opts, cfg.uplink.max_in_flight * 2 + 8);
                 let hubs = m.sticky.then(HubDirectory::default);
                 tokio::spawn(run_mqtt_answers(
                     client.clone(),
@@ -148,8 +147,8 @@ impl Transport {
                 // the new owner.
                 let route = match hubs {
                     Some(hubs) => hubs.route(prefix, gateway),
-                    None => crate::hub_routing::Route {
-                        topic: crate::hub_routing::shared_topic(prefix, gateway),
+                    None => iot_mqtt::routing::Route {
+                        topic: iot_mqtt::routing::shared_topic(prefix, gateway),
                         hub: None,
                     },
                 };
@@ -255,7 +254,7 @@ async fn run_mqtt_answers(
                     // to nobody: start over from the retained announcements
                     // (a subscription re-sends them).
                     hubs.clear();
-                    let filter = crate::hub_routing::membership_filter(&prefix);
+                    let filter = iot_mqtt::routing::membership_filter(&prefix);
                     if let Err(e) = client.try_subscribe(filter, QoS::AtMostOnce) {
                         tracing::error!(error = %e, "cannot subscribe to hub announcements");
                     }

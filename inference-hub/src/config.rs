@@ -48,7 +48,7 @@ pub struct HubMqtt {
     /// Announce this hub on `<prefix>/hubs/<hub-id>` (retained; cleared by
     /// the MQTT will if it dies) and take the batches gateways send to it on
     /// `<prefix>/hub/<hub-id>/batches/+`: gateways then keep to one hub, so
-    /// it sees their series whole (see `edge_agent::hub_routing`). The
+    /// it sees their series whole (see `iot_mqtt::routing`). The
     /// announcement is withdrawn while the hub is unhealthy.
     pub announce: bool,
     #[serde(with = "duration")]
@@ -524,6 +524,14 @@ impl Validate for HubConfig {
                     format!("{} has no manifest.json", route.model_dir.display()),
                 ));
             }
+            for (key, glob) in [("device", &route.device), ("metric", &route.metric)] {
+                if let Some(Err(e)) = glob.as_deref().map(crate::scoring::router::glob) {
+                    problems.push(ConfigProblem::new(
+                        format!("scoring.routes[{i}].{key}"),
+                        format!("not a glob: {e}"),
+                    ));
+                }
+            }
             if route.name.is_empty()
                 || self.scoring.routes[..i]
                     .iter()
@@ -594,5 +602,26 @@ mod tests {
         ] {
             assert!(paths.contains(&key), "{key} missing from {err}");
         }
+    }
+
+    #[test]
+    fn a_route_glob_that_does_not_compile_is_a_configuration_problem() {
+        let err = schemas::settings::load_str::<HubConfig>(
+            &format!(
+                "hub-id = 'h'\ndata-dir = '/tmp/x'\n[scoring]\nmodel-dir = {:?}\n\
+                 [[scoring.routes]]\nname = 'r'\ndevice = 'pump-[1'\nmodel-dir = {:?}\n",
+                bundled_model_dir(),
+                bundled_model_dir()
+            ),
+            ENV_PREFIX,
+            Vec::new(),
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["scoring.routes[0].device"], "{err}");
+        let router = crate::scoring::router::glob("pump-*").unwrap();
+        assert!(
+            router.is_match("pump-7") && router.is_match("pump-a/b") && !router.is_match("fan-1")
+        );
     }
 }

@@ -58,7 +58,7 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         match inference_hub::start(config).await {
             Ok(hub) => {
-                edge_agent::agent::wait_for_stop_signal().await;
+                iot_mqtt::wait_for_stop_signal().await;
                 tracing::info!("shutting down");
                 hub.shutdown().await;
                 ExitCode::SUCCESS

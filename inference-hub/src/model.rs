@@ -157,6 +157,8 @@ pub enum ModelError {
     Load(String),
     #[error("model run failed: {0}")]
     Run(String),
+    #[error("{0}")]
+    Route(String),
 }
 
 /// A loaded model: an optimised ONNX model ready to score windows, or a

@@ -5,7 +5,7 @@
 //! retained message on `<prefix>/hubs/<hub-id>`, which its MQTT will clears
 //! if it dies and which it withdraws itself when it stops or turns unhealthy
 //! (an archive or WAL failure), so that gateways move to another hub instead
-//! of resending to one that refuses (see `edge_agent::hub_routing`).
+//! of resending to one that refuses (see `iot_mqtt::routing`).
 //!
 //! Each batch is submitted to intake on its own task (bounded by
 //! [`MAX_CONCURRENT`]) so that many batches share one WAL fsync. The answer
@@ -20,11 +20,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use edge_agent::hub_routing;
+use iot_mqtt::routing;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::{Semaphore, watch};
 
-use edge_agent::mqtt::{OrderedAcker, Reconnect};
+use iot_mqtt::{OrderedAcker, Reconnect};
 
 use crate::config::HubConfig;
 use crate::intake::{IntakeHandle, SubmitError};
@@ -73,7 +73,7 @@ pub async fn run(
         .set_manual_acks(true)
         .set_max_packet_size(intake.limits().max_envelope_bytes + 1024, 64 * 1024)
         .set_request_channel_capacity(MAX_CONCURRENT * 2 + 16);
-    let membership = hub_routing::membership_topic(&m.topic_prefix, &cfg.hub_id);
+    let membership = routing::membership_topic(&m.topic_prefix, &cfg.hub_id);
     if m.announce {
         opts.set_last_will(LastWill::new(
             membership.clone(),
@@ -82,9 +82,9 @@ pub async fn run(
             true,
         ));
     }
-    let (client, mut eventloop) = edge_agent::mqtt::client(opts, MAX_CONCURRENT * 2 + 16);
+    let (client, mut eventloop) = iot_mqtt::client(opts, MAX_CONCURRENT * 2 + 16);
     let filter = format!("$share/{}/{}/batches/+", m.share_group, m.topic_prefix);
-    let direct = hub_routing::direct_filter(&m.topic_prefix, &cfg.hub_id);
+    let direct = routing::direct_filter(&m.topic_prefix, &cfg.hub_id);
     // Whether the broker holds our announcement (as far as we know).
     let mut announced = false;
     let mut health_check = tokio::time::interval(HEALTH_CHECK);
@@ -93,7 +93,7 @@ pub async fn run(
     // Deliveries are acknowledged in arrival order (rumqttd drops clients
     // that do otherwise), although batches finish in any order.
     let acker = OrderedAcker::new(&client, Arc::default(), Arc::default());
-    let mut reconnect = Reconnect::new(edge_agent::mqtt::RECONNECT_MAX);
+    let mut reconnect = Reconnect::new(iot_mqtt::RECONNECT_MAX);
     loop {
         let event = tokio::select! {
             ev = eventloop.poll() => ev,

@@ -191,7 +191,7 @@ async fn announced_hubs(port: u16, prefix: &str) -> std::collections::BTreeSet<S
     use rumqttc::{Event, MqttOptions, Packet, QoS};
     let mut opts = MqttOptions::new(format!("listener-{}", fastrand::u64(..)), "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(5));
-    let (client, mut eventloop) = edge_agent::mqtt::client(opts, 10);
+    let (client, mut eventloop) = iot_mqtt::client(opts, 10);
     client
         .subscribe(format!("{prefix}/hubs/+"), QoS::AtMostOnce)
         .await
@@ -243,7 +243,7 @@ async fn sticky_routing_sends_each_gateway_to_one_hub_which_sees_its_series_whol
     }
     // Two gateways that hash to different hubs (the owner is a pure
     // function of the gateway and the hubs' ids).
-    let owner = |gw: &str| edge_agent::hub_routing::owner(gw, hub_ids).unwrap();
+    let owner = |gw: &str| iot_mqtt::routing::owner(gw, hub_ids).unwrap();
     let gw_one = (0..)
         .map(|i| format!("gw-{i}"))
         .find(|g| owner(g) == "hub_one")
@@ -300,7 +300,7 @@ async fn announce_ghost_hub(port: u16, hub: &str) {
     use rumqttc::{Event, MqttOptions, Outgoing, QoS};
     let mut opts = MqttOptions::new(format!("ghost-{}", fastrand::u64(..)), "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(5));
-    let (client, mut eventloop) = edge_agent::mqtt::client(opts, 10);
+    let (client, mut eventloop) = iot_mqtt::client(opts, 10);
     client
         .publish(
             format!("iot/hubs/{hub}"),
@@ -337,7 +337,7 @@ async fn a_gateway_whose_announced_hub_never_answers_delivers_through_another_hu
     // A gateway that the ghost owns.
     let gateway = (0..)
         .map(|i| format!("gw-{i}"))
-        .find(|g| edge_agent::hub_routing::owner(g, ["ghost", "hub_live"]) == Some("ghost"))
+        .find(|g| iot_mqtt::routing::owner(g, ["ghost", "hub_live"]) == Some("ghost"))
         .unwrap();
     let mut agent_cfg = agent_config(&gateway, "plant-g", port, UplinkKind::Mqtt, hub.http_addr);
     agent_cfg.uplink.ack_timeout = Duration::from_millis(500);
@@ -393,7 +393,7 @@ pub(crate) async fn gateway_reconnecting_after_its_hub_left(port: u16) {
     }
     let gateway = (0..)
         .map(|i| format!("gw-{i}"))
-        .find(|g| edge_agent::hub_routing::owner(g, hub_ids) == Some("hub_gone"))
+        .find(|g| iot_mqtt::routing::owner(g, hub_ids) == Some("hub_gone"))
         .unwrap();
     // Devices reach the broker directly; the uplink goes through the relay.
     let mut cfg = agent_config(

@@ -81,7 +81,7 @@ async fn publish_numbered(port: u16, stop: Arc<AtomicBool>) -> Publication {
     opts.set_keep_alive(Duration::from_secs(5))
         .set_clean_session(false)
         .set_inflight(1);
-    let (client, mut eventloop) = edge_agent::mqtt::client(opts, 16);
+    let (client, mut eventloop) = iot_mqtt::client(opts, 16);
     let mut out = Publication::default();
     let start = Instant::now();
     let mut n = 0u64;
@@ -368,7 +368,7 @@ async fn failover_two_hubs_one_killed_mid_stream_lose_and_double_nothing() {
     .unwrap();
     // The gateway keeps to one hub (sticky routing): that one is killed, so
     // its batches must move to the other and back.
-    let owner = edge_agent::hub_routing::owner("gw-failover", ["hub_a", "hub_b"]).unwrap();
+    let owner = iot_mqtt::routing::owner("gw-failover", ["hub_a", "hub_b"]).unwrap();
     let (victim_toml, victim_log, survivor_toml, survivor_log) = if owner == "hub_a" {
         (&a_toml, "hub_a.log", &b_toml, "hub_b.log")
     } else {

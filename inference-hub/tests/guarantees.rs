@@ -321,6 +321,7 @@ proptest! {
     fn every_durable_batch_is_archived_once_or_its_loss_is_reported(
         ops in proptest::collection::vec(hub_op(), 4..12)
     ) {
+        let _heavy = crate::hub_process::heavy();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -409,6 +410,7 @@ fn judgements(root: &Path) -> BTreeMap<(String, i64), (String, Option<u64>)> {
 /// differently (the test can tell).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learned_state_survives_a_restart_and_a_kill_and_the_next_anomaly_is_judged_the_same() {
+    let _heavy = crate::hub_process::heavy();
     const BATCHES: u64 = 40;
     let spike_reading = (BATCHES - 5) * 50 + 20;
     let spike_at = Some(spike_reading);

@@ -97,7 +97,7 @@ pub(crate) async fn publish_fleet(
     let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(30))
         .set_inflight(500);
-    let (client, mut eventloop) = edge_agent::mqtt::client(opts, 1000);
+    let (client, mut eventloop) = iot_mqtt::client(opts, 1000);
     let acked = Arc::new(AtomicU64::new(0));
     let acked_in_loop = acked.clone();
     let poller = tokio::spawn(async move {

@@ -21,7 +21,7 @@ fn start_forger(port: u16) -> tokio::task::JoinHandle<()> {
     let mut opts = MqttOptions::new("forger", "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(16 << 20, 16 << 20);
-    let (client, mut eventloop) = edge_agent::mqtt::client(opts, 100);
+    let (client, mut eventloop) = iot_mqtt::client(opts, 100);
     tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
@@ -236,7 +236,7 @@ async fn idle_and_half_sent_connections_cannot_take_the_hub_down() {
 async fn publish_raw(port: u16, topic: &str, payload: Vec<u8>, retain: bool) {
     let mut opts = MqttOptions::new(format!("raw-{}", fastrand::u32(..)), "127.0.0.1", port);
     opts.set_max_packet_size(32 << 20, 32 << 20);
-    let (client, mut eventloop) = edge_agent::mqtt::client(opts, 10);
+    let (client, mut eventloop) = iot_mqtt::client(opts, 10);
     client
         .publish(topic, QoS::AtLeastOnce, retain, payload)
         .await

@@ -74,6 +74,16 @@ impl HubProcessConfig {
     }
 }
 
+/// Held by the tests that run whole hub processes through long sequences,
+/// so that two of them do not starve each other of the CPU (their clients
+/// time out after 10 s) when the test binary runs tests in parallel.
+pub(crate) fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A hub process, killed if the test ends without stopping it.
 pub(crate) struct HubChild(Child);
 

@@ -61,7 +61,7 @@ async fn generate(
     opts.set_keep_alive(Duration::from_secs(30))
         .set_inflight(1000)
         .set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = edge_agent::mqtt::client(opts, 10_000);
+    let (client, mut eventloop) = iot_mqtt::client(opts, 10_000);
     let acked = Arc::new(AtomicU64::new(0));
     let acked2 = acked.clone();
     let poller = tokio::spawn(async move {
@@ -104,7 +104,7 @@ async fn plain_subscriber(host: &str, port: u16, o: &BenchOptions) -> anyhow::Re
     let mut opts = MqttOptions::new("bench-plain-sub", host, port);
     opts.set_keep_alive(Duration::from_secs(30))
         .set_clean_session(true);
-    let (client, mut eventloop) = edge_agent::mqtt::client(opts, 10_000);
+    let (client, mut eventloop) = iot_mqtt::client(opts, 10_000);
     client.subscribe("bench-a/+/+", qos(o.qos)).await?;
     let received = Arc::new(AtomicU64::new(0));
     let first = Arc::new(std::sync::Mutex::new(None::<Instant>));
@@ -426,7 +426,7 @@ pub async fn partition(o: PartitionOptions) -> anyhow::Result<PartitionReport> {
             let mut opts = MqttOptions::new("partition-load", &host, port);
             opts.set_keep_alive(Duration::from_secs(30))
                 .set_inflight(1000);
-            let (client, mut eventloop) = edge_agent::mqtt::client(opts, 10_000);
+            let (client, mut eventloop) = iot_mqtt::client(opts, 10_000);
             let poller = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
             let t0 = 1_767_225_600_000i64;
             let mut i = 0u64;

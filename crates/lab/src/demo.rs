@@ -134,7 +134,7 @@ pub async fn publish_devices(
     let mut opts = MqttOptions::new(client_id, "127.0.0.1", broker_port);
     opts.set_keep_alive(Duration::from_secs(30))
         .set_inflight(1000);
-    let (client, mut eventloop) = edge_agent::mqtt::client(opts, 1000);
+    let (client, mut eventloop) = iot_mqtt::client(opts, 1000);
     let broker_acked = Arc::new(AtomicU64::new(0));
     let acked = broker_acked.clone();
     let poller = tokio::spawn(async move {

@@ -34,8 +34,8 @@ use tokio::time::Instant;
 use super::fs::DirFs;
 use super::{Spool, SpoolError, SpoolRecovery, SpoolSettings, now_us};
 use crate::batcher::SealedBatch;
-use crate::mqtt::{OrderedAcker, backoff};
 use crate::stats::EdgeStats;
+use iot_mqtt::{OrderedAcker, backoff};
 
 /// When appended batches are made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -379,7 +379,7 @@ impl Upload<'_> {
                 Err(e) => {
                     attempt += 1;
                     self.stats.s3_upload_failures.fetch_add(1, Relaxed);
-                    let delay = edge_agent::mqtt::backoff(
+                    let delay = iot_mqtt::backoff(
                         attempt,
                         Duration::from_millis(200),
                         Duration::from_secs(30),

@@ -32,16 +32,17 @@ use super::{Engine, ScoredBatch};
 use crate::config::{RouteConfig, ScoringSettings};
 use crate::model::{Model, ModelError};
 
-/// `*` and `?` glob match (the edge agent's rule globs).
-fn glob(pattern: Option<&str>, text: &str) -> bool {
-    pattern.is_none_or(|p| edge_agent::filter::glob_match(p, text))
+/// A device or metric glob of a route (`*`, `?`, `[...]`, `{a,b}`; `*`
+/// crosses `/`).
+pub fn glob(pattern: &str) -> Result<globset::GlobMatcher, globset::Error> {
+    Ok(globset::Glob::new(pattern)?.compile_matcher())
 }
 
 #[derive(Debug)]
 struct Route {
     name: String,
-    device: Option<String>,
-    metric: Option<String>,
+    device: Option<globset::GlobMatcher>,
+    metric: Option<globset::GlobMatcher>,
     model_dir: PathBuf,
     threshold: Option<f64>,
     manifest_sha: [u8; 32],
@@ -52,10 +53,17 @@ struct Route {
 impl Route {
     fn load(cfg: &RouteConfig, warmup: u32, threads: usize) -> Result<Self, ModelError> {
         let model = Model::load(&cfg.model_dir)?;
+        let compile = |pattern: &Option<String>| {
+            pattern
+                .as_deref()
+                .map(glob)
+                .transpose()
+                .map_err(|e| ModelError::Route(format!("route {}: {e}", cfg.name)))
+        };
         Ok(Self {
             name: cfg.name.clone(),
-            device: cfg.device.clone(),
-            metric: cfg.metric.clone(),
+            device: compile(&cfg.device)?,
+            metric: compile(&cfg.metric)?,
             manifest_sha: manifest_sha(&cfg.model_dir).unwrap_or_default(),
             model_dir: cfg.model_dir.clone(),
             threshold: cfg.threshold,
@@ -69,8 +77,8 @@ impl Route {
     }
 
     fn takes(&self, device: &str, metric: &str) -> bool {
-        glob(self.device.as_deref(), device)
-            && glob(self.metric.as_deref(), metric)
+        self.device.as_ref().is_none_or(|g| g.is_match(device))
+            && self.metric.as_ref().is_none_or(|g| g.is_match(metric))
             && self
                 .engine
                 .model()

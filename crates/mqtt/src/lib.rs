@@ -1,0 +1,21 @@
+//! MQTT plumbing shared by the edge agent and the inference hub, so that
+//! neither borrows the other's internals.
+//!
+//! - [`ack`]: acknowledgements of received messages released in arrival
+//!   order ([`OrderedAcker`], [`PendingAck`]); a reconnect starts a new
+//!   generation.
+//! - [`reconnect`]: exponential backoff with jitter ([`backoff`],
+//!   [`Reconnect`]) and a client with Nagle off ([`client`]).
+//! - [`routing`]: hub announcements, which hub owns a gateway (rendezvous
+//!   hashing over the announced hubs, silent hubs passed over) and every
+//!   topic name of the edge-to-hub exchange.
+//! - [`signal`]: the stop signal of both binaries.
+
+pub mod ack;
+pub mod reconnect;
+pub mod routing;
+pub mod signal;
+
+pub use ack::{OrderedAcker, PendingAck};
+pub use reconnect::{RECONNECT_MAX, Reconnect, STABLE_CONNECTION, backoff, client};
+pub use signal::wait_for_stop_signal;
