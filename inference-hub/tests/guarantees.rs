@@ -409,6 +409,9 @@ fn judgements(root: &Path) -> BTreeMap<(String, i64), (String, Option<u64>)> {
 /// that ran through, and a hub that does not save its state judges
 /// differently (the test can tell).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The guard only keeps the other heavy test (another thread, another
+// runtime) from running at the same time.
+#[allow(clippy::await_holding_lock)]
 async fn learned_state_survives_a_restart_and_a_kill_and_the_next_anomaly_is_judged_the_same() {
     let _heavy = crate::hub_process::heavy();
     const BATCHES: u64 = 40;
