@@ -5,6 +5,7 @@ use schemas::ReadingColumns;
 use schemas::envelope::{self, DecodeLimits};
 
 use super::*;
+use schemas::tables;
 
 fn model() -> Model {
     Model::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/univariate-forecast"))
