@@ -59,8 +59,8 @@ impl Agent {
         let (client, eventloop) = ingest::connect(&cfg, max_unacked.min(1 << 20));
         let acker = OrderedAcker::new(
             &client,
-            stats.device_acks.clone(),
-            stats.device_ack_failures.clone(),
+            Arc::clone(&stats.device_acks),
+            Arc::clone(&stats.device_ack_failures),
         );
         let (item_tx, item_rx) = mpsc::channel::<IngestItem>(INGEST_QUEUE);
         let (batch_tx, batch_rx) = mpsc::channel::<SealedBatch>(1);
@@ -70,8 +70,12 @@ impl Agent {
         let mut guard = RedeliveryGuard::new(cfg.mqtt.broker_inflight.saturating_mul(2));
         let (source, spool_thread) = match cfg.spool.service_settings() {
             Some(settings) => {
-                let started =
-                    crate::spool::service::start(settings, batch_rx, acker.clone(), stats.clone())?;
+                let started = crate::spool::service::start(
+                    settings,
+                    batch_rx,
+                    acker.clone(),
+                    Arc::clone(&stats),
+                )?;
                 guard.seed_from_envelopes(&started.newest_payloads);
                 let source = uplink::Source::Spool {
                     events: started.events,
@@ -94,7 +98,7 @@ impl Agent {
         let dead_letters = crate::dead_letter::DeadLetters::new(
             cfg.dead_letter.clone(),
             Some(client.clone()),
-            stats.clone(),
+            Arc::clone(&stats),
         );
         let ingest = tokio::spawn(ingest::run(
             cfg.subscriptions.clone(),
@@ -107,7 +111,7 @@ impl Agent {
             acker.clone(),
             guard,
             cfg.mqtt.reconnect_max,
-            stats.clone(),
+            Arc::clone(&stats),
             stop_rx.clone(),
             finish_rx.clone(),
         ));
@@ -120,23 +124,24 @@ impl Agent {
             ),
             item_rx,
             batch_tx,
-            stats.clone(),
+            Arc::clone(&stats),
         ));
         // The uplink connection must outlive the drain, so it stops with
         // `finish`, not with `stop_intake`.
-        let (transport, answers) = uplink::Transport::start(&cfg, stats.clone(), finish_rx.clone());
+        let (transport, answers) =
+            uplink::Transport::start(&cfg, Arc::clone(&stats), finish_rx.clone());
         let uplink = tokio::spawn(uplink::run(
             cfg.uplink.clone(),
             transport,
             answers,
             source,
-            stats.clone(),
+            Arc::clone(&stats),
             stop_rx,
             shutdown_grace,
         ));
         let metrics_addr = match cfg.metrics_listen {
             Some(listen) => Some(
-                crate::metrics::serve(listen, stats.clone(), finish_rx.clone())
+                crate::metrics::serve(listen, Arc::clone(&stats), finish_rx.clone())
                     .await?
                     .0,
             ),

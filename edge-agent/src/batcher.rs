@@ -14,8 +14,8 @@ use schemas::envelope::{self, BatchHeader};
 
 use crate::config::BatchSettings;
 
-/// A device message awaiting acknowledgement (see
-/// [`crate::ingest::DeviceAcker`]).
+/// A device message awaiting acknowledgement (the agent's device
+/// acknowledgements go through [`iot_mqtt::OrderedAcker`]).
 pub use iot_mqtt::PendingAck;
 
 /// One decoded device message on its way to the batcher.

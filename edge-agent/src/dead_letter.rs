@@ -147,7 +147,7 @@ mod tests {
             file: Some(path.clone()),
             max_bytes: Some(2_000),
         };
-        let mut dl = DeadLetters::new(settings, None, stats.clone());
+        let mut dl = DeadLetters::new(settings, None, Arc::clone(&stats));
         dl.send("sensors/a/b", "invalid_json", b"{not json");
         dl.send("sensors/a/b", "no_numeric_value", &[0xff, 0x00]);
         let text = std::fs::read_to_string(&path).unwrap();

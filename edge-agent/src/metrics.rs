@@ -39,7 +39,7 @@ pub async fn serve(
                     },
                     _ = shutdown.changed() => return,
                 };
-                let stats = stats.clone();
+                let stats = Arc::clone(&stats);
                 tokio::spawn(async move {
                     let response =
                         match tokio::time::timeout(Duration::from_secs(5), read_head(&mut socket))
@@ -139,7 +139,7 @@ mod tests {
         let stats = Arc::new(EdgeStats::default());
         stats.readings_accepted.fetch_add(42, Relaxed);
         let (_tx, rx) = watch::channel(false);
-        let (addr, _task) = serve("127.0.0.1:0".parse().unwrap(), stats.clone(), rx)
+        let (addr, _task) = serve("127.0.0.1:0".parse().unwrap(), Arc::clone(&stats), rx)
             .await
             .unwrap();
         let metrics = get(addr, "/metrics").await;

@@ -30,6 +30,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -338,7 +339,7 @@ async fn replay_mqtt(
         .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = iot_mqtt::client(opts, 1000);
     let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let acked_in_loop = acked.clone();
+    let acked_in_loop = Arc::clone(&acked);
     let poller = tokio::spawn(async move {
         loop {
             match eventloop.poll().await {

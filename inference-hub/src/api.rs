@@ -135,7 +135,7 @@ pub fn router(ctx: ApiContext) -> Router {
     }
     app.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::middleware::from_fn_with_state(
-            ctx.access.clone(),
+            Arc::clone(&ctx.access),
             access::guard,
         ))
         .with_state(ctx)
@@ -598,7 +598,7 @@ async fn batches(State(ctx): State<ApiContext>, body: Bytes) -> Response {
     ctx.stats
         .batches_received_http
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let Ok(_permit) = ctx.batch_permits.clone().try_acquire_owned() else {
+    let Ok(_permit) = Arc::clone(&ctx.batch_permits).try_acquire_owned() else {
         ctx.stats
             .batches_unavailable
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -15,7 +15,7 @@
 //! `row-group-rows`, each sorted by device, metric and time (so readers can
 //! skip row groups by device through the statistics); string columns are
 //! dictionary-encoded, numeric ones are not (their dictionaries would not pay);
-//! zstd; page-level statistics. [`writer`] writes the row groups, encoding the
+//! zstd; page-level statistics. `writer` writes the row groups, encoding the
 //! string columns from the dictionary keys the sort gathers.
 //!
 //! # Commit protocol (no reader ever sees a torn file)
@@ -61,6 +61,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow_array::{Array, RecordBatch, TimestampMicrosecondArray, UInt32Array};
@@ -1091,7 +1092,7 @@ pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> io::Result<RecordBatc
         .fields()
         .iter()
         .map(|f| match batch.column_by_name(f.name()) {
-            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) if c.data_type() == f.data_type() => Ok(Arc::clone(c)),
             Some(_) => Err(io::Error::other(format!(
                 "column {} changed type",
                 f.name()
@@ -1105,7 +1106,7 @@ pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> io::Result<RecordBatc
             ))),
         })
         .collect::<io::Result<Vec<_>>>()?;
-    RecordBatch::try_new(schema.clone(), columns).map_err(io::Error::other)
+    RecordBatch::try_new(Arc::clone(schema), columns).map_err(io::Error::other)
 }
 
 /// Swaps two directories atomically (Linux `renameat2` with

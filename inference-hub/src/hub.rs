@@ -103,9 +103,9 @@ pub async fn start(cfg: HubConfig) -> Result<HubHandle, StartError> {
             .map_err(io("the loss ledger"))?,
     );
     let recovery_cfg = cfg.clone();
-    let recovery_stats = stats.clone();
-    let recovery_state = state.clone();
-    let recovery_losses = losses.clone();
+    let recovery_stats = Arc::clone(&stats);
+    let recovery_state = Arc::clone(&state);
+    let recovery_losses = Arc::clone(&losses);
     let recovered = tokio::task::spawn_blocking(move || {
         recover(
             recovery_cfg,
@@ -125,14 +125,14 @@ pub async fn start(cfg: HubConfig) -> Result<HubHandle, StartError> {
         model_version,
     } = recovered;
 
-    let detector_state_floor = sequencer.detector_state_floor.clone();
+    let detector_state_floor = Arc::clone(&sequencer.detector_state_floor);
     let (intake, sequencer) = intake::start(sequencer, limits, INTAKE_QUEUE, pipeline_tx);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let supervisor = tokio::spawn(supervise_pipeline(
         pipeline,
         cfg.clone(),
-        stats.clone(),
-        state.clone(),
+        Arc::clone(&stats),
+        Arc::clone(&state),
         detector_state_floor,
         intake.clone(),
         shutdown_rx.clone(),
@@ -146,9 +146,9 @@ pub async fn start(cfg: HubConfig) -> Result<HubHandle, StartError> {
         tracing::warn!(listen = %http_addr, "the API has no access control (no [[http.tokens]])");
     }
     let app = api::router(
-        ApiContext::new(intake.clone(), state.clone(), stats.clone())
+        ApiContext::new(intake.clone(), Arc::clone(&state), Arc::clone(&stats))
             .with_archive(cfg.archive_root())
-            .with_losses(losses.clone())
+            .with_losses(Arc::clone(&losses))
             .with_access(api::access::Access::new(
                 &cfg.http.tokens,
                 cfg.http.cors_origins.clone(),
@@ -164,14 +164,14 @@ pub async fn start(cfg: HubConfig) -> Result<HubHandle, StartError> {
         listener,
         app,
         limits,
-        stats.clone(),
+        Arc::clone(&stats),
         shutdown_rx.clone(),
     ));
     let mqtt = cfg.mqtt.enabled.then(|| {
         tokio::spawn(mqtt_intake::run(
             cfg.clone(),
             intake.clone(),
-            stats.clone(),
+            Arc::clone(&stats),
             shutdown_rx,
         ))
     });
@@ -258,7 +258,7 @@ fn start_pipeline(
                     cfg.archive_root(),
                     &cfg.hub_id,
                     archive.writer_properties(),
-                    stats.clone(),
+                    Arc::clone(stats),
                     &resume,
                 )
                 .map_err(io("the S3 archive"))?,
@@ -272,9 +272,9 @@ fn start_pipeline(
         scorer,
         reload_interval: cfg.scoring.reload_interval,
         archive,
-        state: state.clone(),
-        stats: stats.clone(),
-        low_water: low_water.clone(),
+        state: Arc::clone(state),
+        stats: Arc::clone(stats),
+        low_water: Arc::clone(&low_water),
         uploader,
         detector_state,
     };
@@ -343,7 +343,7 @@ fn restore_detector_state(
         store,
         interval: cfg.scoring.state_snapshot_interval,
         restored_through,
-        wal_floor: floor.clone(),
+        wal_floor: Arc::clone(floor),
     }))
 }
 
@@ -502,9 +502,9 @@ async fn supervise_pipeline(
         }
         let (c, st, sa, floor) = (
             cfg.clone(),
-            stats.clone(),
-            state.clone(),
-            detector_state_floor.clone(),
+            Arc::clone(&stats),
+            Arc::clone(&state),
+            Arc::clone(&detector_state_floor),
         );
         let started = tokio::task::spawn_blocking(move || start_pipeline(&c, &st, &sa, &floor))
             .await

@@ -193,7 +193,7 @@ impl IntakeHandle {
         let _ = self.tx.send(Message::Close).await;
     }
 
-    /// Hands the sequencer a new pipeline (see [`Message::Restart`]); returns
+    /// Hands the sequencer a new pipeline (see `Message::Restart`); returns
     /// the number of batches replayed into it, or `None` if intake is shut
     /// down.
     pub async fn restart_pipeline(
@@ -280,7 +280,7 @@ pub fn start(
     out: std::sync::mpsc::SyncSender<DurableBatch>,
 ) -> (IntakeHandle, std::thread::JoinHandle<Sequencer>) {
     let (tx, rx) = mpsc::channel(queue);
-    let stats = seq.stats.clone();
+    let stats = Arc::clone(&seq.stats);
     let thread = std::thread::Builder::new()
         .name("hub-sequencer".into())
         .spawn(move || run_sequencer(seq, rx, out, limits))

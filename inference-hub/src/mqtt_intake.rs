@@ -127,7 +127,7 @@ pub async fn run(
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 stats.batches_received_mqtt.fetch_add(1, Relaxed);
                 let permit = tokio::select! {
-                    p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+                    p = Arc::clone(&permits).acquire_owned() => p.expect("semaphore never closed"),
                     _ = shutdown.changed() => break,
                 };
                 let pending = acker.register(&publish);

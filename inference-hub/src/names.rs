@@ -94,7 +94,7 @@ pub(crate) fn plain_strings(batch: &arrow_array::RecordBatch) -> arrow_array::Re
                     arrow_select::take::take(keyed.values().as_ref(), keyed.keys(), None)
                         .expect("keys index their values"),
                 ),
-                None => (field.as_ref().clone(), column.clone()),
+                None => (field.as_ref().clone(), Arc::clone(column)),
             }
         })
         .unzip();

@@ -128,7 +128,10 @@ impl<T: Rows> Handover<T> {
             changed: Condvar::new(),
             max_rows,
         });
-        (HandoverSender(handover.clone()), HandoverReceiver(handover))
+        (
+            HandoverSender(Arc::clone(&handover)),
+            HandoverReceiver(handover),
+        )
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HandoverState<T>> {
@@ -245,7 +248,7 @@ impl Pipeline {
             uploader,
             detector_state,
         } = self;
-        let archive_low_water = low_water.clone();
+        let archive_low_water = Arc::clone(&low_water);
         // The archive stage works in bursts (a row group is sorted and
         // encoded at once): its queue holds two row groups' worth of rows so
         // that the other stages go on meanwhile, and no more (memory). The
@@ -254,7 +257,7 @@ impl Pipeline {
         let (to_state, state_rx) = Handover::open(STATE_QUEUE_ROWS);
         let archive_stage = ArchiveStage {
             archive,
-            stats: stats.clone(),
+            stats: Arc::clone(&stats),
             low_water,
             uploader,
         };
@@ -271,7 +274,7 @@ impl Pipeline {
         };
         let state_stage = StateStage {
             state,
-            stats: stats.clone(),
+            stats: Arc::clone(&stats),
         };
         let state_thread = std::thread::Builder::new()
             .name("hub-state".into())
@@ -289,7 +292,7 @@ impl Pipeline {
         let scoring = ScoringStage {
             scorer,
             reload_interval,
-            stats: stats.clone(),
+            stats: Arc::clone(&stats),
             saving: detector_state.map(|saving| Saving {
                 next_at: Instant::now() + saving.interval,
                 pending: Vec::new(),

@@ -376,12 +376,12 @@ impl Scorer {
         {
             return id as usize;
         }
-        let device: Arc<str> = known.map_or_else(|| Arc::from(device), |(d, _)| d.clone());
+        let device: Arc<str> = known.map_or_else(|| Arc::from(device), |(d, _)| Arc::clone(d));
         let metric = match self.metric_names.get(metric) {
-            Some(m) => m.clone(),
+            Some(m) => Arc::clone(m),
             None => {
                 let m: Arc<str> = Arc::from(metric);
-                self.metric_names.insert(m.clone());
+                self.metric_names.insert(Arc::clone(&m));
                 m
             }
         };
@@ -392,8 +392,8 @@ impl Scorer {
         let id = self.series.len();
         self.series.push(SeriesState {
             device_index,
-            device: device.clone(),
-            metric: metric.clone(),
+            device: Arc::clone(&device),
+            metric: Arc::clone(&metric),
             norm: Normalisation::default(),
             window: SlidingWindow::new(self.model.window()),
             scores: ScoreStats::default(),

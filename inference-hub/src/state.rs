@@ -318,7 +318,7 @@ impl HubState {
             if !devices.contains_key(name) {
                 let name: Arc<str> = Arc::from(name);
                 devices.insert(
-                    name.clone(),
+                    Arc::clone(&name),
                     Device {
                         name,
                         gateway: String::new(),
@@ -341,7 +341,7 @@ impl HubState {
                 if !device.metrics.contains_key(metric) {
                     let name: Arc<str> = Arc::from(metric);
                     let series = Series {
-                        name: name.clone(),
+                        name: Arc::clone(&name),
                         latest: view.point(s),
                         model: Arc::from(""),
                         unit: None,
@@ -372,7 +372,7 @@ impl HubState {
                         series.unit = Some(Arc::from(unit.value(newest)));
                     }
                     metric_updates.push(MetricUpdate {
-                        metric: series.name.clone(),
+                        metric: Arc::clone(&series.name),
                         point: series.latest,
                     });
                 }
@@ -386,7 +386,7 @@ impl HubState {
                 (b, slot) if b == batch => updates[slot].1.extend(metric_updates),
                 _ => {
                     device.update = (batch, updates.len());
-                    updates.push((device.name.clone(), metric_updates));
+                    updates.push((Arc::clone(&device.name), metric_updates));
                 }
             }
             start = end;
@@ -434,7 +434,7 @@ impl HubState {
                 if stream.1.len() == STREAM_MEMORY {
                     stream.1.pop_front();
                 }
-                stream.1.push_back(event.clone());
+                stream.1.push_back(Arc::clone(&event));
                 // No subscriber is fine.
                 let _ = self.live.send(event);
             };
@@ -612,14 +612,14 @@ impl<'a> ScoredView<'a> {
             && self.model_id.same(*row, i)
             && self.model_version.same(*row, i)
         {
-            return label.clone();
+            return Arc::clone(label);
         }
         let label: Arc<str> = Arc::from(format!(
             "{} {}",
             self.model_id.value(i),
             self.model_version.value(i)
         ));
-        *cache = Some((i, label.clone()));
+        *cache = Some((i, Arc::clone(&label)));
         label
     }
 }

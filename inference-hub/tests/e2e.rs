@@ -2,6 +2,7 @@
 //! broker -> two edge agents (one forwarding over MQTT, one over HTTP) ->
 //! hub -> Parquet.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -67,7 +68,7 @@ async fn every_valid_reading_lands_in_parquet_exactly_once_with_scores() {
         publish_fleet(port, "fleet-b", "plant-b", 3, 240, 200),
     );
     let expected = (a.readings.len() + b.readings.len()) as u64;
-    let stats = hub.stats.clone();
+    let stats = Arc::clone(&hub.stats);
     let all_archived = wait_until(Duration::from_secs(90), || {
         stats.readings_archived.load(Relaxed) >= expected
     })
@@ -103,7 +104,7 @@ async fn every_valid_reading_lands_in_parquet_exactly_once_with_scores() {
     assert!(by_reason(Rejection::UnsupportedShape) > 0);
 
     for agent in agents {
-        let s = agent.stats.clone();
+        let s = Arc::clone(&agent.stats);
         let settled = wait_until(Duration::from_secs(10), || {
             s.readings_delivered.load(Relaxed) == s.readings_accepted.load(Relaxed)
         })
@@ -154,7 +155,7 @@ async fn two_hubs_on_one_shared_subscription_split_the_batches_without_duplicate
 
     let published = publish_fleet(port, "fleet-s", "plant-s", 4, 240, 200).await;
     let expected = published.readings.len() as u64;
-    let stats: Vec<_> = hubs.iter().map(|h| h.stats.clone()).collect();
+    let stats: Vec<_> = hubs.iter().map(|h| Arc::clone(&h.stats)).collect();
     let all = wait_until(Duration::from_secs(90), || {
         archived_by(&stats).iter().sum::<u64>() >= expected
     })
@@ -264,7 +265,7 @@ async fn sticky_routing_sends_each_gateway_to_one_hub_which_sees_its_series_whol
         publish_fleet(port, "fleet-two", "plant-two", 3, 240, 200),
     );
     let expected = (one.readings.len() + two.readings.len()) as u64;
-    let stats: Vec<_> = hubs.iter().map(|h| h.stats.clone()).collect();
+    let stats: Vec<_> = hubs.iter().map(|h| Arc::clone(&h.stats)).collect();
     let all = wait_until(Duration::from_secs(90), || {
         archived_by(&stats).iter().sum::<u64>() >= expected
     })
@@ -348,7 +349,7 @@ async fn a_gateway_whose_announced_hub_never_answers_delivers_through_another_hu
 
     let published = publish_fleet(port, "fleet-g", "plant-g", 3, 60, 500).await;
     let expected = published.readings.len() as u64;
-    let archived_by_hub = hub.stats.clone();
+    let archived_by_hub = Arc::clone(&hub.stats);
     let all = wait_until(Duration::from_secs(60), || {
         archived_by_hub.readings_archived.load(Relaxed) >= expected
     })
@@ -414,7 +415,7 @@ pub(crate) async fn gateway_reconnecting_after_its_hub_left(port: u16) {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let before = publish_fleet(port, "fleet-r1", "plant-r1", 2, 30, 1000).await;
-    let stats = agent.stats.clone();
+    let stats = Arc::clone(&agent.stats);
     assert!(
         wait_until(Duration::from_secs(30), || {
             stats.readings_delivered.load(Relaxed) >= before.readings.len() as u64
@@ -443,7 +444,7 @@ pub(crate) async fn gateway_reconnecting_after_its_hub_left(port: u16) {
     tokio::time::sleep(Duration::from_millis(300)).await; // announcements replayed
 
     let after = publish_fleet(port, "fleet-r2", "plant-r2", 2, 30, 1000).await;
-    let stays_stats = hubs[0].stats.clone();
+    let stays_stats = Arc::clone(&hubs[0].stats);
     let delivered = wait_until(Duration::from_secs(60), || {
         stays_stats.readings_archived.load(Relaxed) >= after.readings.len() as u64
     })
@@ -499,7 +500,7 @@ async fn filter_rules_drop_exactly_what_they_say_and_count_it() {
         published.readings.remove(k);
     }
     let expected = published.readings.len() as u64;
-    let stats = hub.stats.clone();
+    let stats = Arc::clone(&hub.stats);
     let all = wait_until(Duration::from_secs(60), || {
         stats.readings_archived.load(Relaxed) >= expected
     })
@@ -535,7 +536,7 @@ async fn device_messages_are_acknowledged_only_after_a_hub_holds_their_readings(
     let agent = Agent::start(cfg, Duration::from_secs(10)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let published = publish_fleet(port, "fleet-h", "plant-h", 2, 20, 1000).await;
-    let accepted = agent.stats.clone();
+    let accepted = Arc::clone(&agent.stats);
     assert!(
         wait_until(Duration::from_secs(10), || accepted
             .messages_received
@@ -557,7 +558,7 @@ async fn device_messages_are_acknowledged_only_after_a_hub_holds_their_readings(
     hub_cfg.mqtt.port = port;
     let hub = inference_hub::start(hub_cfg).await.unwrap();
     let expected = published.readings.len() as u64;
-    let stats = hub.stats.clone();
+    let stats = Arc::clone(&hub.stats);
     assert!(
         wait_until(Duration::from_secs(30), || stats
             .readings_archived
@@ -565,7 +566,7 @@ async fn device_messages_are_acknowledged_only_after_a_hub_holds_their_readings(
             >= expected)
         .await
     );
-    let acks = agent.stats.clone();
+    let acks = Arc::clone(&agent.stats);
     assert!(
         wait_until(Duration::from_secs(10), || acks.device_acks.load(Relaxed)
             == 40 + malformed_acks)
@@ -612,7 +613,7 @@ async fn with_a_spool_devices_are_acknowledged_while_the_hub_is_away_and_the_bac
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut published = publish_fleet(port, "fleet-s", "plant-s", 3, 60, 1000).await;
     let messages = 3 * 60;
-    let stats = agent.stats.clone();
+    let stats = Arc::clone(&agent.stats);
     assert!(
         wait_until(Duration::from_secs(20), || stats.device_acks.load(Relaxed)
             >= messages)
@@ -636,7 +637,7 @@ async fn with_a_spool_devices_are_acknowledged_while_the_hub_is_away_and_the_bac
     let live = publish_fleet(port, "fleet-t", "plant-t", 2, 60, 1000).await;
     published.readings.extend(live.readings);
     let expected = published.readings.len() as u64;
-    let hub_stats = hub.stats.clone();
+    let hub_stats = Arc::clone(&hub.stats);
     let all = wait_until(Duration::from_secs(60), || {
         hub_stats.readings_archived.load(Relaxed) >= expected
     })
@@ -649,7 +650,7 @@ async fn with_a_spool_devices_are_acknowledged_while_the_hub_is_away_and_the_bac
         agent.stats.backlog_waiting.load(Relaxed),
     );
     assert!(agent.stats.backlog_sends.load(Relaxed) > 0);
-    let drained = agent.stats.clone();
+    let drained = Arc::clone(&agent.stats);
     assert!(
         wait_until(Duration::from_secs(10), || drained
             .spool_records
@@ -686,7 +687,7 @@ async fn a_full_spool_blocks_acknowledgements_until_the_hub_drains_it() {
     let agent = Agent::start(cfg, Duration::from_secs(10)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let published = publish_fleet(port, "fleet-f", "plant-f", 4, 150, 1000).await;
-    let stats = agent.stats.clone();
+    let stats = Arc::clone(&agent.stats);
     assert!(
         wait_until(Duration::from_secs(20), || stats.spool_full.load(Relaxed)
             == 1)
@@ -713,7 +714,7 @@ async fn a_full_spool_blocks_acknowledgements_until_the_hub_drains_it() {
     hub_cfg.mqtt.port = port;
     let hub = inference_hub::start(hub_cfg).await.unwrap();
     let expected = published.readings.len() as u64;
-    let hub_stats = hub.stats.clone();
+    let hub_stats = Arc::clone(&hub.stats);
     assert!(
         wait_until(Duration::from_secs(60), || hub_stats
             .readings_archived
@@ -800,7 +801,7 @@ async fn a_model_swapped_under_load_scores_each_batch_once_with_one_version_and_
         assert!(resp.status().is_success(), "batch {seq}: {}", resp.status());
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let stats = hub.stats.clone();
+    let stats = Arc::clone(&hub.stats);
     assert_eq!(stats.model_reloads.load(Relaxed), 1);
     let root = hub.archive_root.clone();
     hub.shutdown().await;
@@ -952,7 +953,7 @@ async fn recorded_nab_and_skab_files_replay_through_the_pipeline_and_a_second_re
         .await
         .unwrap();
     let expected = (nab_rows.len() + skab_rows.len() * 8) as u64;
-    let stats = hub.stats.clone();
+    let stats = Arc::clone(&hub.stats);
     assert!(
         wait_until(Duration::from_secs(60), || stats
             .readings_archived
@@ -1003,7 +1004,7 @@ async fn recorded_nab_and_skab_files_replay_through_the_pipeline_and_a_second_re
     }
     let batches = nab_rows.len().div_ceil(1000) as u64;
     assert_eq!(hub.stats.batches_duplicate.load(Relaxed), batches);
-    let stats = hub.stats.clone();
+    let stats = Arc::clone(&hub.stats);
     assert!(
         wait_until(Duration::from_secs(30), || stats
             .readings_archived

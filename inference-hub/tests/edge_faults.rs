@@ -213,7 +213,7 @@ async fn edge_faults_kill_the_agent_restart_the_broker_and_cut_the_uplink_withou
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let publisher = tokio::spawn(publish_numbered(port, stop.clone()));
+    let publisher = tokio::spawn(publish_numbered(port, Arc::clone(&stop)));
     let mut rng = fastrand::Rng::with_seed(0x5eed_2026);
     let (hub_down_at, broker_restart_at) = (kills / 4, kills / 2);
     for k in 0..kills {
@@ -383,7 +383,7 @@ async fn failover_two_hubs_one_killed_mid_stream_lose_and_double_nothing() {
     );
     tokio::time::sleep(Duration::from_millis(800)).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let publisher = tokio::spawn(publish_numbered(port, stop.clone()));
+    let publisher = tokio::spawn(publish_numbered(port, Arc::clone(&stop)));
     let mut rng = fastrand::Rng::with_seed(0xfa11);
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(rng.u64(1000..2500))).await;
@@ -608,7 +608,7 @@ async fn chaos_agent_hub_and_broker_killed_under_load() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let publisher = tokio::spawn(publish_numbered(port, stop.clone()));
+    let publisher = tokio::spawn(publish_numbered(port, Arc::clone(&stop)));
     // The kills, shuffled: every kind spread over the whole run.
     let mut rng = fastrand::Rng::with_seed(0xc4a0_5eed);
     let mut plan: Vec<&str> = std::iter::repeat_n("agent", agent_kills)

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_array::{Array, Float64Array, StringArray, UInt64Array};
@@ -19,7 +20,7 @@ const ROWS: usize = 20;
 pub(crate) fn archived(root: &Path) -> BTreeMap<(String, u64), BTreeMap<i64, usize>> {
     let mut out: BTreeMap<(String, u64), BTreeMap<i64, usize>> = BTreeMap::new();
     for batch in archive::read_table(root, Table::Scored).unwrap() {
-        let col = |n: &str| batch.column_by_name(n).unwrap().clone();
+        let col = |n: &str| Arc::clone(batch.column_by_name(n).unwrap());
         let gateway = col("gateway");
         let gateway = gateway.as_any().downcast_ref::<StringArray>().unwrap();
         let seq = col("seq");
@@ -376,7 +377,7 @@ fn pump_batch(gateway: &str, seq: u64, spike_at: Option<u64>) -> Vec<u8> {
 fn judgements(root: &Path) -> BTreeMap<(String, i64), (String, Option<u64>)> {
     let mut out = BTreeMap::new();
     for batch in archive::read_table(root, Table::Scored).unwrap() {
-        let col = |n: &str| batch.column_by_name(n).unwrap().clone();
+        let col = |n: &str| Arc::clone(batch.column_by_name(n).unwrap());
         let (device, status, ts, score) = (
             col("device"),
             col("status"),

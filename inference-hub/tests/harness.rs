@@ -99,7 +99,7 @@ pub(crate) async fn publish_fleet(
         .set_inflight(500);
     let (client, mut eventloop) = iot_mqtt::client(opts, 1000);
     let acked = Arc::new(AtomicU64::new(0));
-    let acked_in_loop = acked.clone();
+    let acked_in_loop = Arc::clone(&acked);
     let poller = tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
@@ -212,7 +212,7 @@ impl CuttableRelay {
         let port = listener.local_addr().unwrap().port();
         let open = Arc::new(AtomicBool::new(true));
         let (cuts, _) = tokio::sync::watch::channel(0u64);
-        let (open_in_loop, cuts_in_loop) = (open.clone(), cuts.clone());
+        let (open_in_loop, cuts_in_loop) = (Arc::clone(&open), cuts.clone());
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if !open_in_loop.load(Relaxed) {

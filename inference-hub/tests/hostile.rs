@@ -1,6 +1,7 @@
 //! Clients that lie, flood or send too much, against the agent and the hub
 //! on a real broker.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -83,7 +84,7 @@ async fn forged_acknowledgements_release_nothing_from_the_spool() {
     let forger = start_forger(port);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let published = publish_fleet(port, "fleet-x", "plant-x", 3, 40, 1000).await;
-    let stats = agent.stats.clone();
+    let stats = Arc::clone(&agent.stats);
     assert!(
         wait_until(Duration::from_secs(20), || stats.acks_ignored.load(Relaxed)
             >= 30)
@@ -110,7 +111,7 @@ async fn forged_acknowledgements_release_nothing_from_the_spool() {
     hub_cfg.mqtt.port = port;
     let hub = inference_hub::start(hub_cfg).await.unwrap();
     let expected = published.readings.len() as u64;
-    let hub_stats = hub.stats.clone();
+    let hub_stats = Arc::clone(&hub.stats);
     assert!(
         wait_until(Duration::from_secs(60), || hub_stats
             .readings_archived
@@ -289,7 +290,7 @@ async fn an_oversized_device_message_is_dead_lettered_and_the_gateway_goes_on() 
     published.readings.extend(later.readings);
     published.malformed += later.malformed;
     let expected = published.readings.len() as u64;
-    let hub_stats = hub.stats.clone();
+    let hub_stats = Arc::clone(&hub.stats);
     assert!(
         wait_until(Duration::from_secs(30), || hub_stats
             .readings_archived
@@ -300,7 +301,7 @@ async fn an_oversized_device_message_is_dead_lettered_and_the_gateway_goes_on() 
         hub_stats.readings_archived.load(Relaxed),
         agent.stats.broker_connects.load(Relaxed)
     );
-    let stats = agent.stats.clone();
+    let stats = Arc::clone(&agent.stats);
     assert_eq!(stats.rejected(edge_agent::decode::Rejection::TooLarge), 1);
     assert!(stats.announcements_ignored.load(Relaxed) >= 1);
     assert!(

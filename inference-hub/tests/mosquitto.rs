@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::harness::{
@@ -238,9 +239,9 @@ async fn mosquitto_sparkplug_node_born_before_the_agent_is_asked_to_rebirth() {
         .collect();
     assert!(named.len() >= 40, "data after the rebirth: {}", named.len());
     let expected = 2 * named.len() as u64;
-    let hub_stats = hub.stats.clone();
+    let hub_stats = Arc::clone(&hub.stats);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let stats = agent.stats.clone();
+    let stats = Arc::clone(&agent.stats);
     assert_eq!(stats.sparkplug_rebirths_requested.load(Relaxed), 1);
     agent.shutdown().await;
     let root = hub.archive_root.clone();

@@ -73,92 +73,84 @@ fn ts_type() -> DataType {
 /// unit: [`reading_schema`] and a nullable `unit` column.
 pub fn reading_schema_with_unit() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
-    SCHEMA
-        .get_or_init(|| {
-            let mut fields: Vec<Field> = reading_schema()
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone())
-                .collect();
-            fields.push(Field::new(UNIT, DataType::Utf8, true));
-            Arc::new(Schema::new(fields))
-        })
-        .clone()
+    Arc::clone(SCHEMA.get_or_init(|| {
+        let mut fields: Vec<Field> = reading_schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(UNIT, DataType::Utf8, true));
+        Arc::new(Schema::new(fields))
+    }))
 }
 
 /// Schema of the readings carried by an envelope.
 pub fn reading_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
-    SCHEMA
-        .get_or_init(|| {
-            Arc::new(Schema::new(vec![
-                Field::new(DEVICE, DataType::Utf8, false),
-                Field::new(METRIC, DataType::Utf8, false),
-                Field::new(TS, ts_type(), false),
-                Field::new(VALUE, DataType::Float64, false),
-            ]))
-        })
-        .clone()
+    Arc::clone(SCHEMA.get_or_init(|| {
+        Arc::new(Schema::new(vec![
+            Field::new(DEVICE, DataType::Utf8, false),
+            Field::new(METRIC, DataType::Utf8, false),
+            Field::new(TS, ts_type(), false),
+            Field::new(VALUE, DataType::Float64, false),
+        ]))
+    }))
 }
 
 /// Schema of the `scored` table.
 pub fn scored_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
-    SCHEMA
-        .get_or_init(|| {
-            Arc::new(Schema::new(vec![
-                Field::new(DEVICE, DataType::Utf8, false),
-                Field::new(METRIC, DataType::Utf8, false),
-                Field::new(TS, ts_type(), false),
-                Field::new(VALUE, DataType::Float64, false),
-                Field::new(STATUS, DataType::Utf8, false),
-                Field::new(SCORE, DataType::Float64, true),
-                Field::new(THRESHOLD, DataType::Float64, true),
-                Field::new(MODEL_ID, DataType::Utf8, false),
-                Field::new(MODEL_VERSION, DataType::Utf8, false),
-                Field::new(GATEWAY, DataType::Utf8, false),
-                Field::new(INCARNATION, DataType::UInt64, false),
-                Field::new(SEQ, DataType::UInt64, false),
-                Field::new(INGESTED_AT, ts_type(), false),
-                // Added with units (nullable, at the end).
-                Field::new(UNIT, DataType::Utf8, true),
-                // Added with the novelty detectors.
-                Field::new(ANOMALY_SCORE, DataType::Float64, true),
-            ]))
-        })
-        .clone()
+    Arc::clone(SCHEMA.get_or_init(|| {
+        Arc::new(Schema::new(vec![
+            Field::new(DEVICE, DataType::Utf8, false),
+            Field::new(METRIC, DataType::Utf8, false),
+            Field::new(TS, ts_type(), false),
+            Field::new(VALUE, DataType::Float64, false),
+            Field::new(STATUS, DataType::Utf8, false),
+            Field::new(SCORE, DataType::Float64, true),
+            Field::new(THRESHOLD, DataType::Float64, true),
+            Field::new(MODEL_ID, DataType::Utf8, false),
+            Field::new(MODEL_VERSION, DataType::Utf8, false),
+            Field::new(GATEWAY, DataType::Utf8, false),
+            Field::new(INCARNATION, DataType::UInt64, false),
+            Field::new(SEQ, DataType::UInt64, false),
+            Field::new(INGESTED_AT, ts_type(), false),
+            // Added with units (nullable, at the end).
+            Field::new(UNIT, DataType::Utf8, true),
+            // Added with the novelty detectors.
+            Field::new(ANOMALY_SCORE, DataType::Float64, true),
+        ]))
+    }))
 }
 
 /// Schema of the `anomalies` table.
 pub fn anomaly_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
-    SCHEMA
-        .get_or_init(|| {
-            Arc::new(Schema::new(vec![
-                Field::new(DEVICE, DataType::Utf8, false),
-                Field::new(METRIC, DataType::Utf8, false),
-                Field::new(TS, ts_type(), false),
-                Field::new(VALUE, DataType::Float64, false),
-                Field::new(SCORE, DataType::Float64, false),
-                Field::new(THRESHOLD, DataType::Float64, false),
-                // score / threshold: 1.0 is the threshold itself.
-                Field::new(SEVERITY, DataType::Float64, false),
-                Field::new(WINDOW_START, ts_type(), false),
-                Field::new(MODEL_ID, DataType::Utf8, false),
-                Field::new(MODEL_VERSION, DataType::Utf8, false),
-                Field::new(GATEWAY, DataType::Utf8, false),
-                Field::new(INCARNATION, DataType::UInt64, false),
-                Field::new(SEQ, DataType::UInt64, false),
-                Field::new(INGESTED_AT, ts_type(), false),
-                // Added with the multivariate models (nullable, at the end:
-                // files written before them stay readable).
-                Field::new(EXPECTED, DataType::Float64, true),
-                Field::new(EXPECTED_LOW, DataType::Float64, true),
-                Field::new(EXPECTED_HIGH, DataType::Float64, true),
-                Field::new(CONTRIBUTIONS, DataType::Utf8, true),
-            ]))
-        })
-        .clone()
+    Arc::clone(SCHEMA.get_or_init(|| {
+        Arc::new(Schema::new(vec![
+            Field::new(DEVICE, DataType::Utf8, false),
+            Field::new(METRIC, DataType::Utf8, false),
+            Field::new(TS, ts_type(), false),
+            Field::new(VALUE, DataType::Float64, false),
+            Field::new(SCORE, DataType::Float64, false),
+            Field::new(THRESHOLD, DataType::Float64, false),
+            // score / threshold: 1.0 is the threshold itself.
+            Field::new(SEVERITY, DataType::Float64, false),
+            Field::new(WINDOW_START, ts_type(), false),
+            Field::new(MODEL_ID, DataType::Utf8, false),
+            Field::new(MODEL_VERSION, DataType::Utf8, false),
+            Field::new(GATEWAY, DataType::Utf8, false),
+            Field::new(INCARNATION, DataType::UInt64, false),
+            Field::new(SEQ, DataType::UInt64, false),
+            Field::new(INGESTED_AT, ts_type(), false),
+            // Added with the multivariate models (nullable, at the end:
+            // files written before them stay readable).
+            Field::new(EXPECTED, DataType::Float64, true),
+            Field::new(EXPECTED_LOW, DataType::Float64, true),
+            Field::new(EXPECTED_HIGH, DataType::Float64, true),
+            Field::new(CONTRIBUTIONS, DataType::Utf8, true),
+        ]))
+    }))
 }
 
 /// Typed access to the four reading columns of a batch, looked up by name so

@@ -63,7 +63,7 @@ async fn generate(
         .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = iot_mqtt::client(opts, 10_000);
     let acked = Arc::new(AtomicU64::new(0));
-    let acked2 = acked.clone();
+    let acked2 = Arc::clone(&acked);
     let poller = tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
@@ -108,7 +108,7 @@ async fn plain_subscriber(host: &str, port: u16, o: &BenchOptions) -> anyhow::Re
     client.subscribe("bench-a/+/+", qos(o.qos)).await?;
     let received = Arc::new(AtomicU64::new(0));
     let first = Arc::new(std::sync::Mutex::new(None::<Instant>));
-    let (r2, f2) = (received.clone(), first.clone());
+    let (r2, f2) = (Arc::clone(&received), Arc::clone(&first));
     let sub = tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
@@ -420,7 +420,7 @@ pub async fn partition(o: PartitionOptions) -> anyhow::Result<PartitionReport> {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let published = Arc::new(AtomicU64::new(0));
     let load = tokio::spawn({
-        let (host, stop, published) = (host.clone(), stop.clone(), published.clone());
+        let (host, stop, published) = (host.clone(), Arc::clone(&stop), Arc::clone(&published));
         let (devices, rate) = (o.devices as u64, o.rate);
         async move {
             let mut opts = MqttOptions::new("partition-load", &host, port);
@@ -835,7 +835,7 @@ pub async fn hub_throughput(
     let queue = Arc::new(std::sync::Mutex::new(envelopes.into_iter()));
     let workers: Vec<_> = (0..8)
         .map(|_| {
-            let (intake, queue) = (intake.clone(), queue.clone());
+            let (intake, queue) = (intake.clone(), Arc::clone(&queue));
             tokio::spawn(async move {
                 loop {
                     let next = queue.lock().expect("queue").next();
@@ -853,7 +853,7 @@ pub async fn hub_throughput(
     for w in workers {
         w.await??;
     }
-    let stats = hub.stats.clone();
+    let stats = Arc::clone(&hub.stats);
     while stats.readings_archived.load(Relaxed) < total_rows {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }

@@ -136,7 +136,7 @@ pub async fn publish_devices(
         .set_inflight(1000);
     let (client, mut eventloop) = iot_mqtt::client(opts, 1000);
     let broker_acked = Arc::new(AtomicU64::new(0));
-    let acked = broker_acked.clone();
+    let acked = Arc::clone(&broker_acked);
     let poller = tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
@@ -335,7 +335,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
             "site1".into(),
             site1,
             opts.rate,
-            counts.clone(),
+            Arc::clone(&counts),
             stop_rx.clone(),
         )),
         tokio::spawn(publish_devices(
@@ -344,7 +344,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
             "site2".into(),
             site2,
             opts.rate,
-            counts.clone(),
+            Arc::clone(&counts),
             stop_rx.clone(),
         )),
     ];
@@ -410,7 +410,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
         a.shutdown().await;
     }
     let archive_root = hub.archive_root.clone();
-    let stats = hub.stats.clone();
+    let stats = Arc::clone(&hub.stats);
     hub.shutdown().await;
     let report = DemoReport {
         published_valid: counts.valid.load(Relaxed),

@@ -1,5 +1,5 @@
 //! Detection quality on labelled recordings, through exactly the production
-//! scoring path: the same [`Scorer`] (per-series warm-up, normalisation,
+//! scoring path: the same [`inference_hub::scoring::Engine`] (per-series warm-up, normalisation,
 //! model windows, calibrated threshold and adaptive score test) the hub runs,
 //! fed one batch per recorded row, in file order, as a device sending live
 //! would feed it.

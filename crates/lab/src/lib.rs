@@ -5,7 +5,7 @@
 //!   edge agents, simulated devices): `cargo run --release -- demo`.
 //! - [`broker`]: the embedded MQTT broker (rumqttd) the demo and the
 //!   benchmarks use.
-//! - [`bench`]: agent and broker throughput, the partition benchmark,
+//! - [`mod@bench`]: agent and broker throughput, the partition benchmark,
 //!   scoring throughput and the hub's throughput against the Python
 //!   reference; [`bench_hostile`]: the hub's memory and health under
 //!   hostile loads.

@@ -1,5 +1,8 @@
 //! `iot-lab`: the demo, benchmarks, evaluation, rescoring and replay (the
 //! workspace's default binary: `cargo run --release -- demo`).
+// The doc comments below are the commands' help text (clap), with
+// `<placeholders>` that are not HTML.
+#![allow(rustdoc::invalid_html_tags)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

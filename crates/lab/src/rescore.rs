@@ -11,6 +11,7 @@
 //! again replaces its earlier output for the range instead of duplicating it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use arrow_array::RecordBatch;
@@ -161,7 +162,7 @@ fn readings_in_time_order(
                         .context("a reading column is missing")
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            Ok(RecordBatch::try_new(schema.clone(), columns)?)
+            Ok(RecordBatch::try_new(Arc::clone(&schema), columns)?)
         })
         .collect::<anyhow::Result<_>>()?;
     let all = arrow_select::concat::concat_batches(&schema, &projected)?;

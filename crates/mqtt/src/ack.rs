@@ -142,7 +142,7 @@ mod tests {
         let (client, eventloop) = AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1), 64);
         let sent = Arc::new(AtomicU64::new(0));
         (
-            OrderedAcker::new(&client, sent.clone(), Arc::default()),
+            OrderedAcker::new(&client, Arc::clone(&sent), Arc::default()),
             sent,
             eventloop,
         )

@@ -88,7 +88,7 @@ pub async fn serve(
     let mut starved = false;
     loop {
         let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            p = Arc::clone(&permits).acquire_owned() => p.expect("the semaphore is never closed"),
             _ = shutdown.changed() => break,
         };
         let accepted = tokio::select! {
@@ -126,7 +126,7 @@ pub async fn serve(
                 .map_err(|e: Infallible| match e {}),
         );
         let mut closing = closing.clone();
-        let stats = stats.clone();
+        let stats = Arc::clone(&stats);
         tokio::spawn(async move {
             let _permit = permit;
             let mut builder = hyper::server::conn::http1::Builder::new();

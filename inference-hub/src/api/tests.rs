@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -19,8 +20,8 @@ async fn test_hub(dir: &std::path::Path) -> crate::hub::HubHandle {
 fn router_for(hub: &crate::hub::HubHandle) -> Router {
     router(ApiContext::new(
         hub.intake.clone(),
-        hub.state.clone(),
-        hub.stats.clone(),
+        Arc::clone(&hub.state),
+        Arc::clone(&hub.stats),
     ))
 }
 
@@ -293,7 +294,7 @@ async fn the_stream_delivers_live_events_and_a_reconnect_resumes_after_last_even
     let client = reqwest::Client::new();
     let resp = client.get(&url).send().await.unwrap();
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
-    let state = hub.state.clone();
+    let state = Arc::clone(&hub.state);
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(200)).await;
         state.record_events((0..3).map(|i| anomaly(i, "a")).collect());
@@ -354,8 +355,12 @@ async fn tokens_scopes_rate_limits_and_cors_guard_every_route_but_health() {
         Duration::from_secs(5),
     );
     let app = router(
-        ApiContext::new(hub.intake.clone(), hub.state.clone(), hub.stats.clone())
-            .with_access(access),
+        ApiContext::new(
+            hub.intake.clone(),
+            Arc::clone(&hub.state),
+            Arc::clone(&hub.stats),
+        )
+        .with_access(access),
     );
     let with = |mut req: Request<Body>, t: &str| {
         req.headers_mut().insert(
@@ -461,8 +466,12 @@ async fn readings_over_a_range_merge_the_archive_with_memory_and_downsample() {
     cfg.archive.max_file_age = Duration::from_millis(100);
     let hub = crate::hub::start(cfg).await.unwrap();
     let app = router(
-        ApiContext::new(hub.intake.clone(), hub.state.clone(), hub.stats.clone())
-            .with_archive(hub.archive_root.clone()),
+        ApiContext::new(
+            hub.intake.clone(),
+            Arc::clone(&hub.state),
+            Arc::clone(&hub.stats),
+        )
+        .with_archive(hub.archive_root.clone()),
     );
     let t0 = 1_700_000_000_000_000i64 - 1_700_000_000_000_000 % 3_600_000_000; // an hour start
     for seq in 0..3u64 {
@@ -474,7 +483,7 @@ async fn readings_over_a_range_merge_the_archive_with_memory_and_downsample() {
         let (_, bytes) = envelope::encode("gw-range", 1, seq + 1, &cols.finish()).unwrap();
         assert_eq!(call(&app, post(bytes)).await.0, StatusCode::OK);
     }
-    let stats = hub.stats.clone();
+    let stats = Arc::clone(&hub.stats);
     for _ in 0..100 {
         if stats
             .readings_archived
@@ -624,8 +633,12 @@ async fn the_query_endpoint_streams_json_jsonl_csv_and_parquet_with_filters_and_
     cfg.archive.max_file_age = Duration::from_millis(50);
     let hub = crate::hub::start(cfg).await.unwrap();
     let app = router(
-        ApiContext::new(hub.intake.clone(), hub.state.clone(), hub.stats.clone())
-            .with_archive(hub.archive_root.clone()),
+        ApiContext::new(
+            hub.intake.clone(),
+            Arc::clone(&hub.state),
+            Arc::clone(&hub.stats),
+        )
+        .with_archive(hub.archive_root.clone()),
     );
     let t0 = 1_700_000_000_000_000i64;
     let mut cols = ReadingColumns::default();
@@ -759,8 +772,12 @@ async fn overflowing_and_absurd_ranges_are_refused_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let hub = test_hub(dir.path()).await;
     let app = router(
-        ApiContext::new(hub.intake.clone(), hub.state.clone(), hub.stats.clone())
-            .with_archive(hub.archive_root.clone()),
+        ApiContext::new(
+            hub.intake.clone(),
+            Arc::clone(&hub.state),
+            Arc::clone(&hub.stats),
+        )
+        .with_archive(hub.archive_root.clone()),
     );
     let base = "/v1/devices/pump-7/metrics/temp/readings";
     for (route, range, code) in [

@@ -244,7 +244,7 @@ impl Uploader {
         let when = settings.upload;
         let hub_id = hub_id.to_owned();
         let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopping_seen = stopping.clone();
+        let stopping_seen = Arc::clone(&stopping);
         let (tx, rx) = mpsc::channel::<Job>();
         for f in resume {
             let _ = tx.send(Job::Upload(f.clone()));

@@ -18,6 +18,7 @@
 
 use std::fs::File;
 use std::io;
+use std::sync::Arc;
 
 use arrow_array::types::UInt32Type;
 use arrow_array::{Array, DictionaryArray, RecordBatch, StringArray};
@@ -69,7 +70,7 @@ impl ArchiveFileWriter {
         };
         // ArrowWriter embeds the Arrow schema in the footer; the row groups
         // are then written below it.
-        let (file, columns) = ArrowWriter::try_new(file, schema.clone(), Some(props.clone()))
+        let (file, columns) = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props.clone()))
             .and_then(ArrowWriter::into_serialized_writer)
             .map_err(io::Error::other)?;
         Ok(Self {
@@ -117,7 +118,7 @@ impl ArchiveFileWriter {
                 Some((keys, level, compressor)) => {
                     direct_columns += 1;
                     let (bytes, close) = encode_dictionary_column(
-                        descriptors[c].clone(),
+                        Arc::clone(&descriptors[c]),
                         keys,
                         self.props.data_page_row_count_limit(),
                         level,

@@ -1,11 +1,11 @@
 //! The univariate novelty family: three causal channels fused into one
 //! per-reading score `S_t` in `[0, 1]`.
 //!
-//! * **A**, adaptive-resonance novelty ([`art`]): an ensemble of instances
+//! * **A**, adaptive-resonance novelty (`art`): an ensemble of instances
 //!   (calibration lengths x range margins); `A_t` is the largest confidence
 //!   any instance reports at reading `t`.
 //! * **B**, transition-memory surprise through an anomaly likelihood
-//!   ([`transition`], [`likelihood`]): fitted on the first 150 readings
+//!   (`transition`, `likelihood`): fitted on the first 150 readings
 //!   (which are then replayed), `L_t` in `[0, 1]`; the confirmer.
 //! * **C**, the spatial rule: armed after 150 readings, it fires when a
 //!   value leaves the range seen (over the spatial horizon) by more than

@@ -266,8 +266,11 @@ fn the_direct_writer_agrees_with_arrow_writer() {
             .iter()
             .map(|g| {
                 let device: ArrayRef = Arc::new(arrow_cast_utf8(g.column(0)));
-                RecordBatch::try_new(schema(), vec![device, g.column(1).clone(), g.column(2).clone()])
-                    .unwrap()
+                RecordBatch::try_new(
+                    schema(),
+                    vec![device, Arc::clone(g.column(1)), Arc::clone(g.column(2))],
+                )
+                .unwrap()
             })
             .collect();
         let mut theirs = Vec::new();
@@ -280,7 +283,11 @@ fn the_direct_writer_agrees_with_arrow_writer() {
         let theirs = Bytes::from(theirs);
         let (a, b) = (read(&ours), read(&theirs));
         for column in ["device", "tag"] {
-            assert_eq!(strings(&a, column), strings(&b, column), "{size}/{rows} {column}");
+            assert_eq!(
+                strings(&a, column),
+                strings(&b, column),
+                "{size}/{rows} {column}"
+            );
         }
         let numbers = |batches: &[RecordBatch]| -> Vec<i64> {
             batches
@@ -309,7 +316,13 @@ fn the_direct_writer_agrees_with_arrow_writer() {
                     mb.row_group(g).column(c).statistics(),
                 );
                 let describe = |s: Option<&Statistics>| {
-                    s.map(|s| (s.min_bytes_opt().map(<[u8]>::to_vec), s.max_bytes_opt().map(<[u8]>::to_vec), s.null_count_opt()))
+                    s.map(|s| {
+                        (
+                            s.min_bytes_opt().map(<[u8]>::to_vec),
+                            s.max_bytes_opt().map(<[u8]>::to_vec),
+                            s.null_count_opt(),
+                        )
+                    })
                 };
                 assert_eq!(describe(sa), describe(sb), "row group {g} column {c}");
             }
