@@ -1,0 +1,126 @@
+//! Reading the archive back: committed files, their WAL ranges and hours,
+//! whole tables.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::{Array, RecordBatch};
+use arrow_schema::SchemaRef;
+
+use super::*;
+
+/// The WAL range a committed file's name records.
+pub fn wal_range(file: &Path) -> Option<(u64, u64)> {
+    let stem = file.file_name()?.to_str()?.strip_suffix(".parquet")?;
+    let mut parts = stem.rsplitn(3, '-');
+    let last = parts.next()?.parse().ok()?;
+    let first = parts.next()?.parse().ok()?;
+    Some((first, last))
+}
+
+/// Every record batch of one Parquet file.
+pub fn read_file(path: &Path) -> io::Result<Vec<RecordBatch>> {
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)
+        .and_then(|b| b.build())
+        .map_err(io::Error::other)?
+        .map(|b| b.map_err(io::Error::other))
+        .collect()
+}
+
+/// `batch` with the columns of `schema`, by name: columns the file predates
+/// (added later, nullable) are filled with nulls. This is the schema
+/// evolution rule applied when old files are rewritten.
+pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> io::Result<RecordBatch> {
+    if batch.schema().fields() == schema.fields() {
+        return Ok(batch.clone());
+    }
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(Arc::clone(c)),
+            Some(_) => Err(io::Error::other(format!(
+                "column {} changed type",
+                f.name()
+            ))),
+            None if f.is_nullable() => {
+                Ok(arrow_array::new_null_array(f.data_type(), batch.num_rows()))
+            }
+            None => Err(io::Error::other(format!(
+                "required column {} is missing",
+                f.name()
+            ))),
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    RecordBatch::try_new(Arc::clone(schema), columns).map_err(io::Error::other)
+}
+
+/// The event hour (hours since the epoch) of a file in the archive layout
+/// (from its `date=`/`hour=` directories; a `hub=` level is skipped).
+pub fn hour_of_file(file: &Path) -> Option<i64> {
+    let mut hour_dir = file.parent()?;
+    if hour_dir.file_name()?.to_str()?.starts_with("hub=") {
+        hour_dir = hour_dir.parent()?;
+    }
+    let date_dir = hour_dir.parent()?;
+    let hour: i64 = hour_dir
+        .file_name()?
+        .to_str()?
+        .strip_prefix("hour=")?
+        .parse()
+        .ok()?;
+    let date = date_dir.file_name()?.to_str()?.strip_prefix("date=")?;
+    let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+    let midnight = day.and_hms_opt(0, 0, 0)?.and_utc().timestamp_micros();
+    Some(midnight.div_euclid(HOUR_US) + hour)
+}
+
+/// All files below `dir` (missing dir = none).
+pub fn walk_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let entries = match fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.push(entry.path());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Committed Parquet files of a table, for readers and tests.
+pub fn committed_files(root: &Path, table: Table) -> io::Result<Vec<PathBuf>> {
+    Ok(walk_files(&root.join(format!("table={}", table.name())))?
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect())
+}
+
+/// Reads every committed file of a table (tests, tools; not for large
+/// archives: it loads everything).
+pub fn read_table(root: &Path, table: Table) -> io::Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    for path in committed_files(root, table)? {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            File::open(&path)?,
+        )
+        .and_then(|b| b.build())
+        .map_err(io::Error::other)?;
+        for batch in reader {
+            out.push(batch.map_err(io::Error::other)?);
+        }
+    }
+    Ok(out)
+}
