@@ -5,10 +5,10 @@
 //!   edge agents, simulated devices): `cargo run --release -- demo`.
 //! - [`broker`]: the embedded MQTT broker (rumqttd) the demo and the
 //!   benchmarks use.
-//! - [`mod@bench`]: agent and broker throughput, the partition benchmark,
-//!   scoring throughput and the hub's throughput against the Python
-//!   reference; [`bench_hostile`]: the hub's memory and health under
-//!   hostile loads.
+//! - [`mod@bench`]: agent and broker throughput; [`bench_partition`]: the
+//!   hub away under load and back; [`bench_scoring`]: scoring throughput;
+//!   [`bench_hub`]: the hub's throughput against the Python reference;
+//!   [`bench_hostile`]: the hub's memory and health under hostile loads.
 //! - [`eval`]: detection quality on labelled recordings (NAB, SKAB) through
 //!   the production scoring path.
 //! - [`rescore`]: an archived range through another model, into
@@ -17,6 +17,9 @@
 
 pub mod bench;
 pub mod bench_hostile;
+pub mod bench_hub;
+pub mod bench_partition;
+pub mod bench_scoring;
 pub mod broker;
 pub mod demo;
 pub mod eval;

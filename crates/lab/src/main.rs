@@ -341,7 +341,7 @@ fn main() -> ExitCode {
             batch,
             series,
             seconds,
-        } => match lab::bench::scoring(&model_dir, batch.max(1), series.max(1), seconds) {
+        } => match lab::bench_scoring::scoring(&model_dir, batch.max(1), series.max(1), seconds) {
             Ok(reports) => {
                 println!(
                     "| model | configuration | batch | model alone (per s, 1 thread) | production scorer (readings/s, 1 thread) | state per series |"
@@ -377,7 +377,7 @@ fn main() -> ExitCode {
             model_dir,
             zstd_level,
         } => {
-            let envelopes = lab::bench::bench_envelopes(batches, rows.max(1), devices.max(1));
+            let envelopes = lab::bench_hub::bench_envelopes(batches, rows.max(1), devices.max(1));
             if let Some(dir) = &write_envelopes
                 && let Err(e) = std::fs::create_dir_all(dir).and_then(|()| {
                     envelopes.iter().enumerate().try_for_each(|(i, e)| {
@@ -388,7 +388,7 @@ fn main() -> ExitCode {
                 eprintln!("cannot write envelopes to {}: {e}", dir.display());
                 return ExitCode::FAILURE;
             }
-            match runtime.block_on(lab::bench::hub_throughput(
+            match runtime.block_on(lab::bench_hub::hub_throughput(
                 envelopes, &model_dir, zstd_level,
             )) {
                 Ok(r) => {
@@ -592,7 +592,7 @@ fn main() -> ExitCode {
             outage,
             drain_rate,
         } => {
-            let opts = lab::bench::PartitionOptions {
+            let opts = lab::bench_partition::PartitionOptions {
                 devices,
                 rate: rate.max(1),
                 outage,
@@ -600,7 +600,7 @@ fn main() -> ExitCode {
                 broker: None,
                 broker_inflight: lab::broker::EMBEDDED_INFLIGHT,
             };
-            match runtime.block_on(lab::bench::partition(opts)) {
+            match runtime.block_on(lab::bench_partition::partition(opts)) {
                 Ok(r) => {
                     println!(
                         "| outage | load msg/s | drain-rate | spool peak | backlog batches | drain time | hub archive readings/s during drain | live latency before (p50/p99/max ms) | live latency during drain (p50/p99/max ms) | all delivered |"
