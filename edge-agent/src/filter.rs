@@ -600,52 +600,40 @@ impl Filter {
     }
 }
 
-/// Prometheus lines for the per-rule counters.
-pub fn render_prometheus(counts: &[(String, RuleCounts)], out: &mut String) {
-    use std::fmt::Write;
-    if counts.is_empty() {
-        return;
-    }
-    let _ = writeln!(
-        out,
-        "# HELP edge_filter_kept_total Readings a rule forwarded.\n# TYPE edge_filter_kept_total counter"
-    );
+/// The per-rule counters, labelled by rule (names from the configuration:
+/// `iot_metrics` escapes them).
+pub fn add_metrics(counts: &[(String, RuleCounts)], samples: &mut iot_metrics::Samples) {
     for (name, c) in counts {
-        let _ = writeln!(out, "edge_filter_kept_total{{rule=\"{name}\"}} {}", c.kept);
-    }
-    let _ = writeln!(
-        out,
-        "# HELP edge_filter_downsampled_total Readings absorbed into downsampling windows.\n# TYPE edge_filter_downsampled_total counter"
-    );
-    for (name, c) in counts {
-        let _ = writeln!(
-            out,
-            "edge_filter_downsampled_total{{rule=\"{name}\"}} {}",
-            c.absorbed
+        samples.labelled_counter(
+            "edge_filter_kept_total",
+            "Readings a rule forwarded.",
+            &[("rule", name)],
+            c.kept,
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP edge_filter_aggregates_total Aggregates emitted by closed downsampling windows.\n# TYPE edge_filter_aggregates_total counter"
-    );
     for (name, c) in counts {
-        let _ = writeln!(
-            out,
-            "edge_filter_aggregates_total{{rule=\"{name}\"}} {}",
-            c.aggregates
+        samples.labelled_counter(
+            "edge_filter_downsampled_total",
+            "Readings absorbed into downsampling windows.",
+            &[("rule", name)],
+            c.absorbed,
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP edge_filter_dropped_total Readings a rule dropped, by reason.\n# TYPE edge_filter_dropped_total counter"
-    );
+    for (name, c) in counts {
+        samples.labelled_counter(
+            "edge_filter_aggregates_total",
+            "Aggregates emitted by closed downsampling windows.",
+            &[("rule", name)],
+            c.aggregates,
+        );
+    }
     for (name, c) in counts {
         for reason in DropReason::ALL {
-            let _ = writeln!(
-                out,
-                "edge_filter_dropped_total{{rule=\"{name}\",reason=\"{}\"}} {}",
-                reason.as_str(),
-                c.dropped(reason)
+            samples.labelled_counter(
+                "edge_filter_dropped_total",
+                "Readings a rule dropped, by reason.",
+                &[("rule", name), ("reason", reason.as_str())],
+                c.dropped(reason),
             );
         }
     }

@@ -76,7 +76,7 @@ fn respond(head: &str, stats: &EdgeStats) -> String {
         parts.next().unwrap_or_default(),
     );
     match (method, path.split('?').next().unwrap_or_default()) {
-        ("GET", "/metrics") => http(200, "text/plain; version=0.0.4", &stats.render_prometheus()),
+        ("GET", "/metrics") => http(200, iot_metrics::CONTENT_TYPE, &stats.render_prometheus()),
         ("GET", "/health") => health(stats),
         ("GET", _) => http(404, "text/plain", "not found\n"),
         _ => http(405, "text/plain", "method not allowed\n"),

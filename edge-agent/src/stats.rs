@@ -1,7 +1,6 @@
 //! Counters of every edge stage, shared by the tasks through an `Arc` and
 //! rendered as Prometheus text. Metric names live here and nowhere else.
 
-use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -92,13 +91,11 @@ impl EdgeStats {
         self.rejected.iter().map(|c| c.load(Relaxed)).sum()
     }
 
+    /// The `/metrics` text (OpenMetrics, see `iot_metrics`).
     pub fn render_prometheus(&self) -> String {
-        let mut out = String::with_capacity(2048);
+        let mut samples = iot_metrics::Samples::default();
         let mut counter = |name: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
+            samples.counter(name, help, value);
         };
         let get = |c: &AtomicU64| c.load(Relaxed);
         counter(
@@ -236,16 +233,12 @@ impl EdgeStats {
             "Device messages recognised as redeliveries of spooled readings.",
             get(&self.redeliveries_suppressed),
         );
-        let _ = writeln!(
-            out,
-            "# HELP edge_messages_rejected_total Device messages that produced no reading, by reason.\n# TYPE edge_messages_rejected_total counter"
-        );
         for reason in Rejection::ALL {
-            let _ = writeln!(
-                out,
-                "edge_messages_rejected_total{{reason=\"{}\"}} {}",
-                reason.as_str(),
-                self.rejected(reason)
+            samples.labelled_counter(
+                "edge_messages_rejected_total",
+                "Device messages that produced no reading, by reason.",
+                &[("reason", reason.as_str())],
+                self.rejected(reason),
             );
         }
         for (name, help, value) in [
@@ -280,16 +273,14 @@ impl EdgeStats {
                 get(&self.spool_dropped_records),
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
+            samples.gauge(name, help, value);
         }
-        let _ = writeln!(
-            out,
-            "# HELP edge_batches_in_flight Batches sent and not yet acknowledged.\n# TYPE edge_batches_in_flight gauge\nedge_batches_in_flight {}",
-            get(&self.in_flight)
+        samples.gauge(
+            "edge_batches_in_flight",
+            "Batches sent and not yet acknowledged.",
+            get(&self.in_flight),
         );
-        out
+        crate::filter::add_metrics(&self.filter.lock().expect("stats lock"), &mut samples);
+        samples.render()
     }
 }

@@ -231,7 +231,7 @@ async fn acknowledge_losses(State(ctx): State<ApiContext>) -> Response {
 
 async fn metrics(State(ctx): State<ApiContext>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, iot_metrics::CONTENT_TYPE)],
         ctx.stats.render_prometheus(),
     )
         .into_response()

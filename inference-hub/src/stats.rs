@@ -1,7 +1,6 @@
 //! Counters of every hub stage, rendered as Prometheus text. Metric names
 //! live here and nowhere else.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 #[derive(Debug, Default)]
@@ -86,44 +85,30 @@ pub struct HubStats {
     pub pipeline_state_ns: AtomicU64,
 }
 
-/// A nanosecond counter as a seconds sample of the pipeline-stage family.
-fn metric_seconds(
-    sample: &mut impl FnMut(&str, &str, &str, &dyn std::fmt::Display),
-    name: &str,
-    ns: u64,
-) {
-    sample(
-        "counter",
-        name,
-        "Time the pipeline's stages spent busy: scoring, the API's state and archiving (one thread each).",
-        &format_args!("{:.6}", ns as f64 / 1e9),
-    );
-}
-
 impl HubStats {
     pub fn healthy(&self) -> bool {
         !self.wal_failed.load(Relaxed) && !self.archive_failed.load(Relaxed)
     }
 
+    /// The `/metrics` text (OpenMetrics, see `iot_metrics`).
     pub fn render_prometheus(&self) -> String {
-        let mut out = String::with_capacity(4096);
+        let mut samples = iot_metrics::Samples::default();
         let get = |c: &AtomicU64| c.load(Relaxed);
-        // HELP and TYPE once per family (the text format refuses a second
-        // TYPE line for a name): labelled series of a family are adjacent.
-        let mut family = String::new();
-        let mut sample = |kind: &str, name: &str, help: &str, value: &dyn std::fmt::Display| {
-            let this_family = name.split('{').next().unwrap_or(name);
-            if this_family != family {
-                let _ = writeln!(
-                    out,
-                    "# HELP {this_family} {help}\n# TYPE {this_family} {kind}"
-                );
-                this_family.clone_into(&mut family);
-            }
-            let _ = writeln!(out, "{name} {value}");
-        };
+        // `name{label="value",...}`: the labels of a sample are code
+        // constants here.
         let mut metric = |kind: &str, name: &str, help: &str, value: u64| {
-            sample(kind, name, help, &value);
+            let (family, labels) = name.split_once('{').unwrap_or((name, ""));
+            let labels: Vec<(&str, &str)> = labels
+                .trim_end_matches('}')
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k, v.trim_matches('"')))
+                .collect();
+            if kind == "counter" {
+                samples.labelled_counter(family, help, &labels, value);
+            } else {
+                samples.gauge(family, help, value);
+            }
         };
         metric(
             "counter",
@@ -406,13 +391,14 @@ impl HubStats {
             ("archive", &self.pipeline_archive_ns),
             ("state", &self.pipeline_state_ns),
         ] {
-            metric_seconds(
-                &mut sample,
-                &format!("hub_pipeline_seconds_total{{stage=\"{stage}\"}}"),
-                get(ns),
+            samples.labelled_seconds(
+                "hub_pipeline_seconds_total",
+                "Time the pipeline's stages spent busy: scoring, the API's state and archiving (one thread each).",
+                &[("stage", stage)],
+                get(ns) as f64 / 1e9,
             );
         }
-        out
+        samples.render()
     }
 }
 
@@ -431,11 +417,19 @@ mod tests {
                 let family = rest.split(' ').next().unwrap();
                 assert!(typed.insert(family.to_owned()), "second TYPE for {family}");
             } else if !line.starts_with('#') {
-                let family = line.split(['{', ' ']).next().unwrap();
+                let name = line.split(['{', ' ']).next().unwrap();
+                let family = name.strip_suffix("_total").unwrap_or(name);
                 assert!(typed.contains(family), "sample before TYPE: {line}");
             }
         }
-        assert!(text.contains("hub_pipeline_seconds_total{stage=\"archive\"} 1.500000\n"));
-        assert!(text.contains("hub_batches_received_total{transport=\"mqtt\"} 0\n"));
+        assert!(
+            text.contains("hub_pipeline_seconds_total{stage=\"archive\"} 1.5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hub_batches_received_total{transport=\"mqtt\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
     }
 }

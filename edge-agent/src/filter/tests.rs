@@ -253,3 +253,24 @@ fn invalid_rules_are_reported_with_their_keys() {
             && paths.contains(&"rules[0].deadband")
     );
 }
+
+/// The per-rule counters reach `/metrics` under their rule's name, escaped
+/// (names come from the configuration).
+#[test]
+fn per_rule_counters_are_in_the_metrics_text_with_escaped_names() {
+    let stats = crate::stats::EdgeStats::default();
+    let counts = RuleCounts {
+        kept: 5,
+        absorbed: 2,
+        ..RuleCounts::default()
+    };
+    stats.set_filter_counts(vec![("pumps \"east\"".to_owned(), counts)]);
+    let text = stats.render_prometheus();
+    assert!(
+        text.contains("edge_filter_kept_total{rule=\"pumps \\\"east\\\"\"} 5\n"),
+        "{text}"
+    );
+    assert!(text.contains("edge_filter_downsampled_total{rule=\"pumps \\\"east\\\"\"} 2\n"));
+    assert_eq!(text.matches("# TYPE edge_filter_dropped counter").count(), 1);
+    assert!(text.ends_with("# EOF\n"));
+}

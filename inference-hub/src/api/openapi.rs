@@ -96,10 +96,10 @@ pub const ROUTES: &[RouteDoc] = &[
         scope: Some("read"),
         params: &[],
         responses: &[
-            (200, "Prometheus text"),
+            (200, "OpenMetrics text (Prometheus reads it)"),
             (401, "no or unknown bearer token"),
         ],
-        produces: "text/plain",
+        produces: "application/openmetrics-text",
     },
     RouteDoc {
         method: "get",
