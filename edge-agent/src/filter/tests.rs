@@ -271,6 +271,9 @@ fn per_rule_counters_are_in_the_metrics_text_with_escaped_names() {
         "{text}"
     );
     assert!(text.contains("edge_filter_downsampled_total{rule=\"pumps \\\"east\\\"\"} 2\n"));
-    assert_eq!(text.matches("# TYPE edge_filter_dropped counter").count(), 1);
+    assert_eq!(
+        text.matches("# TYPE edge_filter_dropped counter").count(),
+        1
+    );
     assert!(text.ends_with("# EOF\n"));
 }
