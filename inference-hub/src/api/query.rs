@@ -373,17 +373,18 @@ fn produce(
                     None
                 }
                 Format::Csv => Some(csv_rows(&rows)),
-                Format::Json | Format::JsonLines => {
-                    let mut out = Vec::new();
-                    for obj in json_rows(&rows) {
-                        if format == Format::Json && !first {
+                Format::JsonLines => Some(json_lines(&rows)),
+                Format::Json => {
+                    // The lines of JSON Lines, joined by commas inside the
+                    // array opened above.
+                    let lines = json_lines(&rows);
+                    let mut out = Vec::with_capacity(lines.len() + 1);
+                    for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                        if !first {
                             out.push(b',');
                         }
                         first = false;
-                        out.extend_from_slice(obj.to_string().as_bytes());
-                        if format == Format::JsonLines {
-                            out.push(b'\n');
-                        }
+                        out.extend_from_slice(line);
                     }
                     Some(out)
                 }
@@ -432,55 +433,66 @@ fn produce(
     }
 }
 
-fn cell(col: &dyn Array, i: usize) -> serde_json::Value {
-    use arrow_array::{Float64Array, StringArray, TimestampMicrosecondArray, UInt64Array};
-    if col.is_null(i) {
-        return serde_json::Value::Null;
-    }
-    let any = col.as_any();
-    if let Some(a) = any.downcast_ref::<StringArray>() {
-        serde_json::json!(a.value(i))
-    } else if let Some(a) = any.downcast_ref::<Float64Array>() {
-        serde_json::json!(a.value(i))
-    } else if let Some(a) = any.downcast_ref::<UInt64Array>() {
-        serde_json::json!(a.value(i))
-    } else if let Some(a) = any.downcast_ref::<TimestampMicrosecondArray>() {
-        serde_json::json!(crate::scoring::format_ts(a.value(i)))
-    } else {
-        serde_json::Value::Null
-    }
-}
-
-fn json_rows(b: &RecordBatch) -> Vec<serde_json::Value> {
-    let schema = b.schema();
-    (0..b.num_rows())
-        .map(|i| {
-            let mut obj = serde_json::Map::new();
-            for (f, c) in schema.fields().iter().zip(b.columns()) {
-                obj.insert(f.name().clone(), cell(c.as_ref(), i));
+/// `b` as the text formats show it: times as RFC 3339 strings with
+/// microseconds (`2026-01-01T00:00:00.000000Z`, as the rest of the API),
+/// every other column as it is.
+fn for_text(b: &RecordBatch) -> RecordBatch {
+    use arrow_array::{StringArray, TimestampMicrosecondArray};
+    let mut fields = Vec::with_capacity(b.num_columns());
+    let mut columns: Vec<arrow_array::ArrayRef> = Vec::with_capacity(b.num_columns());
+    for (f, c) in b.schema().fields().iter().zip(b.columns()) {
+        match c.as_any().downcast_ref::<TimestampMicrosecondArray>() {
+            Some(ts) => {
+                let text: StringArray = ts
+                    .iter()
+                    .map(|v| v.map(crate::scoring::format_ts))
+                    .collect();
+                fields.push(arrow_schema::Field::new(
+                    f.name(),
+                    arrow_schema::DataType::Utf8,
+                    f.is_nullable(),
+                ));
+                columns.push(std::sync::Arc::new(text));
             }
-            serde_json::Value::Object(obj)
-        })
-        .collect()
+            None => {
+                fields.push(f.as_ref().clone());
+                columns.push(std::sync::Arc::clone(c));
+            }
+        }
+    }
+    RecordBatch::try_new(
+        std::sync::Arc::new(arrow_schema::Schema::new(fields)),
+        columns,
+    )
+    .expect("same lengths, matching types")
 }
 
-fn csv_rows(b: &RecordBatch) -> Vec<u8> {
-    let mut out = String::new();
-    for i in 0..b.num_rows() {
-        let cells: Vec<String> = b
-            .columns()
-            .iter()
-            .map(|c| match cell(c.as_ref(), i) {
-                serde_json::Value::Null => String::new(),
-                serde_json::Value::String(s) if s.contains([',', '"', '\n']) => {
-                    format!("\"{}\"", s.replace('"', "\"\""))
-                }
-                serde_json::Value::String(s) => s,
-                v => v.to_string(),
-            })
-            .collect();
-        out.push_str(&cells.join(","));
-        out.push('\n');
+/// Rows as JSON Lines (arrow-json; nulls written as `null`).
+fn json_lines(b: &RecordBatch) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut writer = arrow_json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, arrow_json::writer::LineDelimited>(&mut out);
+    // Writing to memory fails only on types the archive does not have.
+    if writer
+        .write(&for_text(b))
+        .and_then(|()| writer.finish())
+        .is_err()
+    {
+        tracing::warn!("a query batch could not be written as JSON");
     }
-    out.into_bytes()
+    out
+}
+
+/// Rows as CSV without a header (arrow-csv; the header goes first).
+fn csv_rows(b: &RecordBatch) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut writer = arrow_csv::WriterBuilder::new()
+        .with_header(false)
+        .build(&mut out);
+    if writer.write(&for_text(b)).is_err() {
+        tracing::warn!("a query batch could not be written as CSV");
+    }
+    drop(writer);
+    out
 }
