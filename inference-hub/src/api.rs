@@ -1,31 +1,28 @@
-//! The hub's HTTP API (axum).
+//! The hub's HTTP API (axum): the router, the handlers of the small routes,
+//! and the one error type. Every route is a handler with a
+//! `#[utoipa::path]` attribute; the router and the OpenAPI document
+//! (`GET /v1/openapi.json`, see [`openapi`]) are built from the same list, so
+//! the document is the API's reference. In short:
 //!
-//! - `GET /health`: 200 when the WAL and the archive are writable, else 503.
-//! - `GET /metrics`: Prometheus text.
-//! - `GET /v1/devices`: every device with its metrics' last value, score and
-//!   status.
-//! - `GET /v1/anomalies?since=&until=&device=&model=&min_severity=&limit=&cursor=`:
-//!   recent anomaly events, newest first (times: RFC 3339 or epoch
-//!   milliseconds; `limit` 1..=1000, default 100). The answer carries
-//!   `next_cursor` (opaque; absent on the last page): pass it as `cursor` for
-//!   the next, older page.
-//! - `GET /v1/devices/{device}/metrics/{metric}/readings?from=&to=&step=&agg=&limit=`:
-//!   readings and scores over a time range (at most 31 days), from the
-//!   committed archive merged with the hub's newest in-memory readings;
-//!   `step` (e.g. `5m`) with `agg` (`mean`, `min`, `max`, `last`, `count`)
-//!   returns one point per step instead, with the bucket's largest score and
-//!   number of anomalous readings. Raw answers are capped at `limit`
-//!   (default 10,000, at most 100,000): a larger range needs a `step`.
-//! - `GET /v1/stream?device=&types=anomaly,update`: server-sent events, one
-//!   `anomaly` event per anomaly and one `update` per device per batch, with
-//!   ids; a client that reconnects with `Last-Event-ID` first gets the events
-//!   it missed that are still in memory. Keep-alive comments every 15 s.
-//! - `POST /v1/batches`: a batch envelope; answers with the [`BatchAck`] JSON
-//!   (200 durable/duplicate, 400 malformed, 413 too large, 422 invalid
-//!   content, 503 hub cannot make it durable now).
+//! - `GET /` the dashboard page; `GET /health` (503 when the WAL or the
+//!   archive cannot be written); `GET /metrics` (OpenMetrics text).
+//! - `GET /v1/devices`, `GET /v1/devices/{device}`: devices with their
+//!   metrics' last value, score, status and model.
+//! - `GET /v1/anomalies`: recent anomaly events, newest first, with opaque
+//!   cursors (`next_cursor`, null on the last page).
+//! - `GET /v1/devices/{device}/metrics/{metric}/readings` ([`readings`]) and
+//!   `GET /v1/query` ([`query`]): reads of the archive over a range.
+//! - `GET /v1/stream`: server-sent events (`anomaly`, `update`), resumable
+//!   with `Last-Event-ID`; keep-alive comments every 15 s.
+//! - `POST /v1/batches`: a batch envelope, answered with the [`BatchAck`]
+//!   once durable (or why not).
+//! - `GET /v1/admin/losses`, `POST /v1/admin/losses/acknowledge`: the loss
+//!   ledger.
 //!
-//! Errors other than batch answers share one body:
-//! `{"error": {"code": "...", "message": "..."}}`, without internals.
+//! Access (tokens, scopes, rate limits, CORS, the request timeout) is the
+//! [`access`] guard in front of all of them. Errors other than batch answers
+//! share one body: `{"error": {"code": "...", "message": "..."}}`, without
+//! internals.
 
 use std::sync::Arc;
 
@@ -34,7 +31,6 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::{get, post};
 use schemas::ack::BatchAck;
 use schemas::envelope::{DecodeError, DecodeErrorClass};
 use serde::Deserialize;
@@ -49,8 +45,10 @@ pub const MAX_ANOMALY_LIMIT: usize = 1000;
 pub const MAX_CONCURRENT_BATCHES: usize = 64;
 
 pub mod access;
+pub mod bodies;
 pub mod openapi;
 pub mod query;
+pub mod readings;
 pub mod serve;
 
 #[derive(Debug, Clone)]
@@ -98,47 +96,60 @@ impl ApiContext {
     }
 }
 
-/// The handler of a documented route (see [`openapi::ROUTES`]).
-fn handler(
-    route: &openapi::RouteDoc,
-    body_limit: usize,
-) -> axum::routing::MethodRouter<ApiContext> {
-    match (route.method, route.path) {
-        ("get", "/") => get(|| async {
-            (
-                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-                include_str!("api/dashboard.html"),
-            )
-        }),
-        ("get", "/health") => get(health),
-        ("get", "/metrics") => get(metrics),
-        ("get", "/v1/openapi.json") => get(|| async { Json(openapi::document()) }),
-        ("get", "/v1/devices") => get(devices),
-        ("get", "/v1/devices/{device}") => get(device),
-        ("get", "/v1/anomalies") => get(anomalies),
-        ("get", "/v1/stream") => get(stream),
-        ("get", "/v1/query") => get(query::query),
-        ("get", "/v1/devices/{device}/metrics/{metric}/readings") => get(readings),
-        ("get", "/v1/admin/losses") => get(list_losses),
-        ("post", "/v1/admin/losses/acknowledge") => post(acknowledge_losses),
-        ("post", "/v1/batches") => post(batches).layer(DefaultBodyLimit::max(body_limit)),
-        (method, path) => unreachable!("documented route {method} {path} has no handler"),
-    }
-}
-
-/// The router, built from the documented routes.
+/// The router: every route is a documented handler (see [`openapi`]).
 pub fn router(ctx: ApiContext) -> Router {
+    use utoipa::OpenApi;
+    use utoipa_axum::routes;
     let body_limit = ctx.intake.limits().max_envelope_bytes;
-    let mut app = Router::new();
-    for route in openapi::ROUTES {
-        app = app.route(route.path, handler(route, body_limit));
-    }
+    let (schemas, paths, batches) = routes!(batches);
+    let batches = (
+        schemas,
+        paths,
+        batches.layer(DefaultBodyLimit::max(body_limit)),
+    );
+    let (app, doc) = utoipa_axum::router::OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(dashboard))
+        .routes(routes!(health))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_document))
+        .routes(routes!(devices))
+        .routes(routes!(device))
+        .routes(routes!(readings::readings))
+        .routes(routes!(anomalies))
+        .routes(routes!(stream))
+        .routes(routes!(query::query))
+        .routes(batches)
+        .routes(routes!(list_losses))
+        .routes(routes!(acknowledge_losses))
+        .split_for_parts();
+    let document = Arc::new(openapi::document(doc, ctx.access.is_open()));
     app.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(axum::Extension(document))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&ctx.access),
             access::guard,
         ))
         .with_state(ctx)
+}
+
+/// `GET /`: the web dashboard.
+#[utoipa::path(get, path = "/",
+    summary = "The web dashboard (a static page; it calls the API with the token given as #token=...)",
+    responses((status = 200, description = "HTML page", content_type = "text/html", body = String)))]
+async fn dashboard() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("api/dashboard.html"),
+    )
+}
+
+/// `GET /v1/openapi.json`: this API's document.
+#[utoipa::path(get, path = "/v1/openapi.json", summary = "This document",
+    responses((status = 200, description = "OpenAPI 3.1 document", body = Object)))]
+async fn openapi_document(
+    axum::Extension(document): axum::Extension<Arc<serde_json::Value>>,
+) -> Json<serde_json::Value> {
+    Json(serde_json::Value::clone(&document))
 }
 
 /// The one error type of the API.
@@ -166,6 +177,13 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// `GET /health`.
+#[utoipa::path(get, path = "/health",
+    summary = "Liveness and durability: 503 when the WAL or the archive cannot be written; `degraded` (200) while acknowledged data was lost and no operator has acknowledged it",
+    responses(
+        (status = 200, description = "healthy (or degraded)", body = bodies::HealthBody),
+        (status = 503, description = "the hub cannot make data durable", body = bodies::HealthBody),
+    ))]
 async fn health(State(ctx): State<ApiContext>) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
     let wal = if ctx.stats.wal_failed.load(Relaxed) {
@@ -190,32 +208,41 @@ async fn health(State(ctx): State<ApiContext>) -> Response {
         (true, 0) => "ok",
         (true, _) => "degraded",
     };
-    let body = serde_json::json!({
-        "status": summary,
-        "wal": wal,
-        "archive": archive,
-        "unacknowledged_losses": losses,
-    });
+    let body = bodies::HealthBody {
+        status: summary,
+        wal,
+        archive,
+        unacknowledged_losses: losses,
+    };
     (status, Json(body)).into_response()
 }
 
 /// `GET /v1/admin/losses`: acknowledged data the hub lost.
-async fn list_losses(State(ctx): State<ApiContext>) -> Response {
-    let entries = ctx.losses.as_ref().map(|l| l.entries()).unwrap_or_default();
-    Json(serde_json::json!({ "losses": entries })).into_response()
+#[utoipa::path(get, path = "/v1/admin/losses",
+    summary = "Acknowledged data the hub lost (damaged WAL records), kept until an operator acknowledges it; /health says degraded meanwhile",
+    responses((status = 200, description = "the loss ledger", body = bodies::LossesBody)))]
+async fn list_losses(State(ctx): State<ApiContext>) -> Json<bodies::LossesBody> {
+    let losses = ctx.losses.as_ref().map(|l| l.entries()).unwrap_or_default();
+    Json(bodies::LossesBody { losses })
 }
 
 /// `POST /v1/admin/losses/acknowledge`: an operator has seen the losses.
+#[utoipa::path(post, path = "/v1/admin/losses/acknowledge",
+    summary = "Clears the loss ledger (an operator has seen it)",
+    responses(
+        (status = 200, description = "how many entries were cleared", body = bodies::AcknowledgedBody),
+        (status = 503, description = "the ledger cannot be written", body = openapi::ErrorBody),
+    ))]
 async fn acknowledge_losses(State(ctx): State<ApiContext>) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
     let Some(ledger) = &ctx.losses else {
-        return Json(serde_json::json!({ "acknowledged": 0 })).into_response();
+        return Json(bodies::AcknowledgedBody { acknowledged: 0 }).into_response();
     };
     match ledger.acknowledge() {
         Ok(n) => {
             ctx.stats.losses_unacknowledged.store(0, Relaxed);
             tracing::warn!(entries = n, "an operator acknowledged the recorded losses");
-            Json(serde_json::json!({ "acknowledged": n })).into_response()
+            Json(bodies::AcknowledgedBody { acknowledged: n }).into_response()
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot persist the acknowledged loss ledger");
@@ -229,6 +256,10 @@ async fn acknowledge_losses(State(ctx): State<ApiContext>) -> Response {
     }
 }
 
+/// `GET /metrics`.
+#[utoipa::path(get, path = "/metrics", summary = "Prometheus metrics",
+    responses((status = 200, description = "OpenMetrics text (Prometheus reads it)",
+        content_type = "application/openmetrics-text", body = String)))]
 async fn metrics(State(ctx): State<ApiContext>) -> Response {
     (
         [(header::CONTENT_TYPE, iot_metrics::CONTENT_TYPE)],
@@ -237,34 +268,58 @@ async fn metrics(State(ctx): State<ApiContext>) -> Response {
         .into_response()
 }
 
-async fn devices(State(ctx): State<ApiContext>) -> Response {
-    Json(serde_json::json!({ "devices": ctx.state.devices() })).into_response()
+/// `GET /v1/devices`.
+#[utoipa::path(get, path = "/v1/devices",
+    summary = "Every device: gateway, status, last seen, and per metric the last value, score, status and model",
+    responses((status = 200, description = "OK", body = bodies::DevicesBody)))]
+async fn devices(State(ctx): State<ApiContext>) -> Json<bodies::DevicesBody> {
+    Json(bodies::DevicesBody {
+        devices: ctx.state.devices(),
+    })
 }
 
+/// `GET /v1/devices/{device}`.
+#[utoipa::path(get, path = "/v1/devices/{device}",
+    summary = "One device: its gateway, status, last seen, and per metric the last value, score, status and model",
+    params(("device" = String, Path, description = "device name")),
+    responses(
+        (status = 200, description = "OK", body = crate::state::DeviceState),
+        (status = 404, description = "the hub has not seen this device", body = openapi::ErrorBody),
+    ))]
 async fn device(
     State(ctx): State<ApiContext>,
     axum::extract::Path(name): axum::extract::Path<String>,
-) -> Result<Response, ApiError> {
-    ctx.state
-        .device(&name)
-        .map(|d| Json(d).into_response())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_device",
-                format!("no device '{name}'"),
-            )
-        })
+) -> Result<Json<crate::state::DeviceState>, ApiError> {
+    ctx.state.device(&name).map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_device",
+            format!("no device '{name}'"),
+        )
+    })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AnomalyQuery {
+    /// Events at or after this time.
+    #[param(value_type = Option<openapi::Time>)]
     since: Option<String>,
+    /// Events before this time.
+    #[param(value_type = Option<openapi::Time>)]
     until: Option<String>,
+    /// Only this device.
     device: Option<String>,
+    /// Only this model id.
     model: Option<String>,
+    /// Only events at least this severe (score / threshold).
+    #[param(value_type = Option<f64>)]
     min_severity: Option<f64>,
+    /// Page size (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = "^c[0-9a-f]{1,16}$")]
     cursor: Option<String>,
 }
 
@@ -275,6 +330,11 @@ fn encode_cursor(id: u64) -> String {
 
 fn decode_cursor(c: &str) -> Result<u64, ApiError> {
     c.strip_prefix('c')
+        .filter(|h| {
+            (1..=16).contains(&h.len())
+                && h.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
         .and_then(|h| u64::from_str_radix(h, 16).ok())
         .ok_or_else(|| {
             ApiError::new(
@@ -285,6 +345,15 @@ fn decode_cursor(c: &str) -> Result<u64, ApiError> {
         })
 }
 
+/// `GET /v1/anomalies`.
+#[utoipa::path(get, path = "/v1/anomalies",
+    summary = "Recent anomaly events, newest first, with cursor pagination",
+    params(AnomalyQuery),
+    responses(
+        (status = 200, description = "one page", body = bodies::AnomaliesPage),
+        (status = 400, description = "malformed query", body = openapi::ErrorBody),
+        (status = 422, description = "a parameter is out of range", body = openapi::ErrorBody),
+    ))]
 async fn anomalies(
     State(ctx): State<ApiContext>,
     query: Result<Query<AnomalyQuery>, axum::extract::rejection::QueryRejection>,
@@ -292,6 +361,13 @@ async fn anomalies(
     let Query(q) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
     let limit = q.limit.unwrap_or(100);
+    if q.min_severity.is_some_and(|s| !s.is_finite()) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_severity",
+            "min_severity must be a finite number",
+        ));
+    }
     if limit == 0 || limit > MAX_ANOMALY_LIMIT {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -313,152 +389,39 @@ async fn anomalies(
         events.truncate(limit);
         encode_cursor(events.last().map_or(0, |e| e.id))
     });
-    Ok(
-        Json(serde_json::json!({ "anomalies": events, "next_cursor": next_cursor }))
-            .into_response(),
-    )
+    Ok(Json(bodies::AnomaliesPage {
+        anomalies: events,
+        next_cursor,
+    })
+    .into_response())
 }
 
-#[derive(Debug, Deserialize)]
-struct ReadingsQuery {
-    from: Option<String>,
-    to: Option<String>,
-    step: Option<String>,
-    agg: Option<String>,
-    limit: Option<usize>,
-}
-
-pub const MAX_READINGS_LIMIT: usize = 100_000;
-const MAX_RANGE_US: i64 = 31 * 24 * 3_600_000_000;
-
-async fn readings(
-    State(ctx): State<ApiContext>,
-    axum::extract::Path((device, metric)): axum::extract::Path<(String, String)>,
-    query: Result<Query<ReadingsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(q) =
-        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
-    let now = chrono::Utc::now().timestamp_micros();
-    let to =
-        q.to.as_deref()
-            .map(parse_time)
-            .transpose()?
-            .unwrap_or(now + 1);
-    let from = q
-        .from
-        .as_deref()
-        .map(parse_time)
-        .transpose()?
-        .unwrap_or(to.saturating_sub(24 * 3_600_000_000));
-    let unprocessable =
-        |code, msg: &str| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, msg);
-    check_range(from, to, MAX_RANGE_US)?;
-    let limit = q.limit.unwrap_or(10_000);
-    if limit == 0 || limit > MAX_READINGS_LIMIT {
-        return Err(unprocessable("bad_limit", "limit must be 1..=100000"));
-    }
-    let step_us = match q.step.as_deref() {
-        None => None,
-        Some(s) => Some(
-            schemas::settings::parse_duration(s)
-                .ok()
-                .and_then(|d| i64::try_from(d.as_micros()).ok())
-                .filter(|&d| d >= 1_000_000)
-                .ok_or_else(|| {
-                    unprocessable(
-                        "bad_step",
-                        "step must be a duration of at least 1s, such as 5m",
-                    )
-                })?,
-        ),
-    };
-    let agg = q.agg.as_deref().unwrap_or("mean");
-    if !["mean", "min", "max", "last", "count"].contains(&agg) {
-        return Err(unprocessable(
-            "bad_agg",
-            "agg must be mean, min, max, last or count",
-        ));
-    }
-    // Archive (committed files) merged with the newest in-memory points.
-    let archive_root = ctx.archive_root.clone();
-    let (d, m) = (device.clone(), metric.clone());
-    // The scan stops when this request is gone (timed out, client left).
-    let cancel = CancelOnDrop::default();
-    let cancelled = cancel.token();
-    let mut points: std::collections::BTreeMap<i64, crate::state::Point> =
-        tokio::task::spawn_blocking(move || match archive_root {
-            Some(root) => query::read_points(&root, &d, &m, from, to, &cancelled),
-            None => Ok(Default::default()),
-        })
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "query failed",
-            )
-        })?
-        .map_err(query::ScanError::into_api_error)?;
-    drop(cancel);
-    for p in ctx.state.recent_points(&device, &metric, from, to) {
-        points.insert(p.ts_us, p);
-    }
-    let body = match step_us {
-        None => {
-            if points.len() > limit {
-                return Err(unprocessable(
-                    "too_many_points",
-                    "more readings than limit in this range: narrow it or add a step",
-                ));
-            }
-            let pts: Vec<serde_json::Value> = points
-                .values()
-                .map(|p| {
-                    serde_json::json!({"ts": crate::scoring::format_ts(p.ts_us), "value": p.value, "score": p.score, "status": p.status})
-                })
-                .collect();
-            serde_json::json!({"device": device, "metric": metric, "points": pts})
-        }
-        Some(step) => {
-            let mut buckets: std::collections::BTreeMap<i64, Vec<crate::state::Point>> =
-                Default::default();
-            for p in points.values() {
-                buckets
-                    .entry(p.ts_us.div_euclid(step) * step)
-                    .or_default()
-                    .push(*p);
-            }
-            let pts: Vec<serde_json::Value> = buckets
-                .into_iter()
-                .map(|(start, ps)| {
-                    let values = ps.iter().map(|p| p.value);
-                    let value = match agg {
-                        "min" => values.fold(f64::INFINITY, f64::min),
-                        "max" => values.fold(f64::NEG_INFINITY, f64::max),
-                        "last" => ps.last().map_or(f64::NAN, |p| p.value),
-                        "count" => ps.len() as f64,
-                        _ => values.sum::<f64>() / ps.len() as f64,
-                    };
-                    let max_score = ps.iter().filter_map(|p| p.score).fold(None, |m: Option<f64>, s| {
-                        Some(m.map_or(s, |m| m.max(s)))
-                    });
-                    let anomalous = ps.iter().filter(|p| p.status == schemas::tables::status::ANOMALOUS).count();
-                    serde_json::json!({"ts": crate::scoring::format_ts(start), "value": value, "count": ps.len(), "max_score": max_score, "anomalous": anomalous})
-                })
-                .collect();
-            serde_json::json!({"device": device, "metric": metric, "step": q.step, "agg": agg, "points": pts})
-        }
-    };
-    Ok(Json(body).into_response())
-}
-
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct StreamQuery {
+    /// Only this device.
     device: Option<String>,
     /// Comma-separated: `anomaly`, `update` (default both).
+    #[param(pattern = "^(anomaly|update)(,(anomaly|update))*$")]
     types: Option<String>,
+    /// The bearer token, for clients that cannot send headers (browsers'
+    /// EventSource).
+    #[allow(dead_code)]
+    access_token: Option<String>,
 }
 
+/// `GET /v1/stream`.
+#[utoipa::path(get, path = "/v1/stream",
+    summary = "Server-sent events: anomaly events and per-device updates; resume with Last-Event-ID",
+    params(
+        StreamQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "id of the last event received; missed events still in memory are sent first"),
+    ),
+    responses(
+        (status = 200, description = "`anomaly` and `update` events, keep-alive comments every 15 s", content_type = "text/event-stream", body = String),
+        (status = 400, description = "malformed query", body = openapi::ErrorBody),
+        (status = 422, description = "an unknown event type", body = openapi::ErrorBody),
+    ))]
 async fn stream(
     State(ctx): State<ApiContext>,
     headers: axum::http::HeaderMap,
@@ -472,7 +435,7 @@ async fn stream(
         .as_deref()
         .unwrap_or("anomaly,update")
         .split(',')
-        .map(|t| t.trim().to_owned())
+        .map(str::to_owned)
         .collect();
     if let Some(bad) = types.iter().find(|t| *t != "anomaly" && *t != "update") {
         return Err(ApiError::new(
@@ -528,10 +491,12 @@ async fn stream(
         .into_response())
 }
 
-/// Earliest and latest times the API accepts (years 1 to 9999), so that
-/// every difference of two times fits an `i64` of microseconds.
-const MIN_TIME_US: i64 = -62_135_596_800_000_000;
-const MAX_TIME_US: i64 = 253_402_300_799_999_999;
+/// Earliest and latest times the API accepts: years 1 to 9999 (epoch
+/// milliseconds exactly so, RFC 3339 times in any offset, so a day more
+/// each side in UTC). Every difference of two fits an `i64` of microseconds.
+const DAY_US: i64 = 86_400_000_000;
+const MIN_TIME_US: i64 = openapi::MIN_TIME_MS * 1000 - DAY_US;
+const MAX_TIME_US: i64 = openapi::MAX_TIME_MS * 1000 + 999 + DAY_US;
 
 /// A time in a query: RFC 3339, or epoch milliseconds; years 1 to 9999.
 fn parse_time(s: &str) -> Result<i64, ApiError> {
@@ -543,7 +508,8 @@ fn parse_time(s: &str) -> Result<i64, ApiError> {
         )
     };
     let us = match s.parse::<i64>() {
-        Ok(ms) => ms.checked_mul(1000).ok_or_else(bad)?,
+        Ok(ms) if (openapi::MIN_TIME_MS..=openapi::MAX_TIME_MS).contains(&ms) => ms * 1000,
+        Ok(_) => return Err(bad()),
         Err(_) => chrono::DateTime::parse_from_rfc3339(s)
             .map_err(|_| bad())?
             .timestamp_micros(),
@@ -594,7 +560,28 @@ impl Drop for CancelOnDrop {
     }
 }
 
-async fn batches(State(ctx): State<ApiContext>, body: Bytes) -> Response {
+/// `POST /v1/batches`.
+#[utoipa::path(post, path = "/v1/batches",
+    summary = "A batch envelope (application/vnd.iot-pipeline.batch); answered once durable",
+    request_body(content = Vec<u8>, content_type = "application/vnd.iot-pipeline.batch",
+        description = "A batch envelope as the edge agent writes it (preamble, CRC32C, compressed Arrow IPC); anything else answers 400, or 422 for a well-formed envelope with invalid content"),
+    responses(
+        (status = 200, description = "durable or duplicate", body = schemas::ack::BatchAck),
+        (status = 400, description = "malformed envelope", body = bodies::BatchRefusal),
+        (status = 413, description = "envelope too large", body = bodies::BatchRefusal),
+        (status = 422, description = "invalid content, or every reading refused (the answer says why)", body = bodies::BatchRefusal),
+        (status = 503, description = "the hub cannot make it durable now; retry after Retry-After", body = openapi::ErrorBody),
+    ))]
+async fn batches(
+    State(ctx): State<ApiContext>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => {
+            return ApiError::new(e.status(), "unreadable_body", e.body_text()).into_response();
+        }
+    };
     ctx.stats
         .batches_received_http
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

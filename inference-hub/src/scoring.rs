@@ -232,7 +232,7 @@ struct SeriesState {
 }
 
 /// One anomaly event, for the API's recent-events view.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct AnomalyEvent {
     /// Assigned by the hub's state when the event is published (increasing;
     /// the API's cursors and the stream's event ids).

@@ -126,7 +126,7 @@ impl StreamEvent {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MetricState {
     pub metric: String,
     pub ts: String,
@@ -140,7 +140,7 @@ pub struct MetricState {
     pub unit: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeviceState {
     pub device: String,
     /// The gateway the device's last batch came from.

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 /// What the hub did with a batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case", tag = "status")]
 pub enum AckStatus {
     /// The batch is durable on the hub; the gateway may forget it.
@@ -25,6 +26,7 @@ pub enum AckStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BatchAck {
     pub gateway: String,
     pub incarnation: u64,
@@ -41,6 +43,7 @@ pub struct BatchAck {
 
 /// Readings of a durable batch the hub did not keep.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Dropped {
     pub rows: u32,
     pub reason: String,

@@ -38,6 +38,17 @@ pub enum Scope {
     Admin,
 }
 
+impl Scope {
+    /// As the configuration spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Ingest => "ingest",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
 /// One `[[http.tokens]]` entry.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -109,7 +120,14 @@ impl Access {
         Self::new(&[], Vec::new(), Duration::from_secs(30))
     }
 
-    fn required_scope(method: &Method, path: &str) -> Option<Scope> {
+    /// Whether the API runs without tokens (then every route is open).
+    pub fn is_open(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// The scope a request needs (`None`: open to anyone). `path` is the
+    /// request's path or a documented route's template.
+    pub fn required_scope(method: &Method, path: &str) -> Option<Scope> {
         match (method, path) {
             (_, "/health" | "/") => None,
             (&Method::POST, "/v1/batches") => Some(Scope::Ingest),
@@ -117,6 +135,12 @@ impl Access {
             (&Method::GET | &Method::HEAD, _) => Some(Scope::Read),
             _ => Some(Scope::Admin),
         }
+    }
+
+    /// Whether requests to `path` are cut at the request timeout (all but
+    /// the long-lived event stream).
+    pub fn bounded(path: &str) -> bool {
+        path != "/v1/stream"
     }
 
     /// The token's config when it is known (constant-time comparison).
@@ -189,7 +213,7 @@ pub async fn guard(State(access): State<Arc<Access>>, req: Request, next: Next) 
         Some(refused) => refused,
         None => {
             // Long-lived streams are exempt from the request timeout.
-            if req.uri().path() == "/v1/stream" {
+            if !Access::bounded(req.uri().path()) {
                 next.run(req).await
             } else {
                 match tokio::time::timeout(access.request_timeout, next.run(req)).await {
@@ -249,7 +273,7 @@ fn check(access: &Access, req: &Request<Body>) -> Option<Response> {
             ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                format!("token '{}' lacks the {scope:?} scope", cfg.name).to_lowercase(),
+                format!("token '{}' lacks the {} scope", cfg.name, scope.name()),
             )
             .into_response(),
         );

@@ -20,7 +20,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{ApiContext, ApiError, CancelOnDrop, Cancelled, check_range, parse_time};
+use super::{ApiContext, ApiError, CancelOnDrop, Cancelled, check_range, openapi, parse_time};
 use crate::archive::{self, PartitionKey, Table};
 
 pub const MAX_QUERY_ROWS: usize = 1_000_000;
@@ -122,19 +122,54 @@ pub fn read_points(
     Ok(out)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct QueryParams {
+    /// The table (default `scored`).
+    #[param(schema_with = table_schema)]
     table: Option<String>,
+    /// Range start.
+    #[param(value_type = openapi::Time, required = true)]
     from: Option<String>,
+    /// Range end, exclusive; after `from`, at most 31 days after it (else 422).
+    #[param(value_type = openapi::Time, required = true)]
     to: Option<String>,
+    /// Only this device.
     device: Option<String>,
+    /// Only this metric.
     metric: Option<String>,
+    /// Only rows with this status (scored tables).
+    #[param(schema_with = status_schema)]
     status: Option<String>,
-    /// Comma-separated column names (default: all).
+    /// Comma-separated columns of the chosen table (default, or empty: all);
+    /// a column the table does not have answers 422.
+    #[param(pattern = "^$|^ *[a-z_0-9]+ *(, *[a-z_0-9]+ *)*$")]
     columns: Option<String>,
+    /// Most rows (default 100000).
+    #[param(minimum = 1, maximum = 1000000)]
     limit: Option<usize>,
-    /// json, jsonl, csv or parquet (default: from Accept, else json).
+    /// The answer's format (default: from `Accept`, else `json`).
+    #[param(schema_with = format_schema)]
     format: Option<String>,
+}
+
+fn table_schema() -> utoipa::openapi::Schema {
+    openapi::one_of(&["scored", "anomalies", "shadow", "rescored"])
+}
+
+fn status_schema() -> utoipa::openapi::Schema {
+    use schemas::tables::status;
+    openapi::one_of(&[
+        status::OK,
+        status::ANOMALOUS,
+        status::WARMING_UP,
+        status::UNSCORED,
+        status::LATE,
+    ])
+}
+
+fn format_schema() -> utoipa::openapi::Schema {
+    openapi::one_of(&["json", "jsonl", "csv", "parquet"])
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +195,21 @@ fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
 }
 
+/// `GET /v1/query`.
+#[utoipa::path(get, path = "/v1/query",
+    summary = "Ad-hoc reads of the archive: one table, a time range, filters, projection; JSON, JSON Lines, CSV or Parquet, streamed",
+    params(QueryParams),
+    responses(
+        (status = 200, description = "the matching rows, streamed", content(
+            (Vec<Object> = "application/json"),
+            (String = "application/x-ndjson"),
+            (String = "text/csv"),
+            (Vec<u8> = "application/vnd.apache.parquet"),
+        )),
+        (status = 400, description = "malformed query", body = openapi::ErrorBody),
+        (status = 422, description = "a parameter is out of range, the range is empty or longer than 31 days, or a column is not in the table", body = openapi::ErrorBody),
+        (status = 503, description = "the archive cannot be read", body = openapi::ErrorBody),
+    ))]
 pub async fn query(
     State(ctx): State<ApiContext>,
     headers: axum::http::HeaderMap,

@@ -546,10 +546,11 @@ async fn readings_over_a_range_merge_the_archive_with_memory_and_downsample() {
     hub.shutdown().await;
 }
 
-/// The document is generated from the route table the router is built from;
-/// this checks it is well-formed and that every documented GET route answers
-/// with one of its documented statuses for valid and for hostile input (a
-/// small property-style client).
+/// The document is generated from the handlers the router is built from;
+/// this checks it is well-formed, that it declares the guard's security
+/// exactly when tokens are configured, and that every documented GET route
+/// answers with one of its documented statuses for valid and for hostile
+/// input (a small property-style client; CI also runs schemathesis).
 #[tokio::test]
 async fn every_route_is_in_the_openapi_document_and_answers_as_documented() {
     let dir = tempfile::tempdir().unwrap();
@@ -557,25 +558,34 @@ async fn every_route_is_in_the_openapi_document_and_answers_as_documented() {
     let app = router_for(&hub);
     let (status, doc) = call(&app, get("/v1/openapi.json")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(doc["openapi"], "3.0.3");
-    for r in openapi::ROUTES {
-        let op = &doc["paths"][r.path][r.method];
-        assert!(
-            op.is_object(),
-            "{} {} missing from the document",
-            r.method,
-            r.path
-        );
-        assert!(op["responses"].as_object().is_some_and(|m| !m.is_empty()));
-        for p in r.params.iter().filter(|p| p.location == openapi::In::Path) {
-            assert!(
-                r.path.contains(&format!("{{{}}}", p.name)),
-                "{}: {}",
-                r.path,
-                p.name
-            );
-        }
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/", "get"),
+        ("/health", "get"),
+        ("/metrics", "get"),
+        ("/v1/openapi.json", "get"),
+        ("/v1/devices", "get"),
+        ("/v1/devices/{device}", "get"),
+        ("/v1/devices/{device}/metrics/{metric}/readings", "get"),
+        ("/v1/anomalies", "get"),
+        ("/v1/stream", "get"),
+        ("/v1/query", "get"),
+        ("/v1/batches", "post"),
+        ("/v1/admin/losses", "get"),
+        ("/v1/admin/losses/acknowledge", "post"),
+    ] {
+        let op = &paths[path][method];
+        assert!(op.is_object(), "{method} {path} missing from the document");
+        // Open API: no security declared, none asked for.
+        assert_eq!(op["security"], serde_json::json!([]), "{method} {path}");
     }
+    assert_eq!(paths.len(), 13, "{:?}", paths.keys().collect::<Vec<_>>());
+    assert!(doc["components"]["securitySchemes"].is_null());
     let hostile = [
         "",
         "0",
@@ -588,22 +598,33 @@ async fn every_route_is_in_the_openapi_document_and_answers_as_documented() {
         "2026-13-45T99:00:00Z",
     ];
     let mut rng = fastrand::Rng::with_seed(7);
-    for r in openapi::ROUTES
-        .iter()
-        .filter(|r| r.method == "get" && r.path != "/v1/stream")
-    {
-        let documented: Vec<u16> = r.responses.iter().map(|(c, _)| *c).collect();
+    for (path, item) in paths {
+        let Some(op) = item.get("get") else { continue };
+        if path == "/v1/stream" {
+            continue;
+        }
+        let documented: Vec<u16> = op["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|c| c.parse().unwrap())
+            .collect();
+        let params = op["parameters"].as_array().cloned().unwrap_or_default();
+        for p in &params {
+            if p["in"] == "path" {
+                assert!(path.contains(&format!("{{{}}}", p["name"].as_str().unwrap())));
+            }
+        }
         for _ in 0..25 {
-            let path = r
-                .path
+            let path = path
                 .replace("{device}", "pump-7")
                 .replace("{metric}", "temp");
             let mut query: Vec<String> = Vec::new();
-            for p in r.params.iter().filter(|p| p.location == openapi::In::Query) {
+            for p in params.iter().filter(|p| p["in"] == "query") {
                 if rng.bool() {
                     query.push(format!(
                         "{}={}",
-                        p.name,
+                        p["name"].as_str().unwrap(),
                         hostile[rng.usize(..hostile.len())]
                     ));
                 }
@@ -620,6 +641,72 @@ async fn every_route_is_in_the_openapi_document_and_answers_as_documented() {
                     "{uri}: error body {body}"
                 );
             }
+        }
+    }
+    hub.shutdown().await;
+}
+
+/// With tokens, every route but `/` and `/health` declares the bearer
+/// requirement and the guard's answers, and the scope it needs.
+#[tokio::test]
+async fn with_tokens_the_document_declares_what_the_guard_asks_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = test_hub(dir.path()).await;
+    let token = access::TokenConfig {
+        name: "reader".into(),
+        token: Some("secret".into()),
+        token_sha256: None,
+        scopes: vec![access::Scope::Read],
+        rate_limit: None,
+    };
+    let app = router(
+        ApiContext::new(
+            hub.intake.clone(),
+            Arc::clone(&hub.state),
+            Arc::clone(&hub.stats),
+        )
+        .with_access(access::Access::new(
+            &[token],
+            Vec::new(),
+            Duration::from_secs(30),
+        )),
+    );
+    let (status, _) = call(&app, get("/v1/openapi.json")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let mut req = get("/v1/openapi.json");
+    req.headers_mut().insert(
+        axum::http::header::AUTHORIZATION,
+        "Bearer secret".parse().unwrap(),
+    );
+    let (status, doc) = call(&app, req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let open = path == "/" || path == "/health";
+            assert_eq!(
+                op["security"].as_array().unwrap().is_empty(),
+                open,
+                "{method} {path}"
+            );
+            assert_eq!(op["responses"]["401"].is_object(), !open, "{method} {path}");
+            let scope = match (method.as_str(), path.as_str()) {
+                _ if open => continue,
+                ("post", "/v1/batches") => "ingest",
+                (_, p) if p.starts_with("/v1/admin/") => "admin",
+                _ => "read",
+            };
+            assert!(
+                op["description"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("`{scope}` scope")),
+                "{method} {path}: {}",
+                op["description"]
+            );
         }
     }
     hub.shutdown().await;
