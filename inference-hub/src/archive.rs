@@ -213,9 +213,52 @@ impl std::fmt::Debug for Archive {
 }
 
 impl Archive {
+    /// The hub's whole archive start-up: with `[archive.s3]`, what the
+    /// bucket already holds is listed (it counts as committed); the local
+    /// root is opened ([`Archive::open_with_remote`]); and the uploader is
+    /// started with the local files still to upload.
+    pub fn start(
+        root: &Path,
+        hub_id: &str,
+        settings: &ArchiveSettings,
+        stats: &std::sync::Arc<crate::stats::HubStats>,
+    ) -> Result<(Self, Option<s3::Uploader>), ArchiveError> {
+        let remote = match &settings.s3 {
+            // Its own thread: the listing runs a runtime of its own, which
+            // cannot start inside the hub's.
+            Some(s3) => std::thread::scope(|scope| {
+                scope
+                    .spawn(|| s3::list_own(s3, hub_id))
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("listing the bucket panicked")))
+            })?,
+            None => Vec::new(),
+        };
+        let archive = Self::open_with_remote(root, hub_id, settings.clone(), &remote)?;
+        let uploader = match &settings.s3 {
+            Some(s3) => {
+                let resume = s3::files_to_resume(s3, root, &remote)?;
+                Some(s3::Uploader::start(
+                    s3.clone(),
+                    root.to_owned(),
+                    hub_id,
+                    archive.writer_properties(),
+                    std::sync::Arc::clone(stats),
+                    &resume,
+                )?)
+            }
+            None => None,
+        };
+        Ok((archive, uploader))
+    }
+
     /// Opens the archive root: removes this hub's left-over temporary files
     /// and learns what earlier runs committed.
-    pub fn open(root: &Path, hub_id: &str, settings: ArchiveSettings) -> io::Result<Self> {
+    pub fn open(
+        root: &Path,
+        hub_id: &str,
+        settings: ArchiveSettings,
+    ) -> Result<Self, ArchiveError> {
         Self::open_with_remote(root, hub_id, settings, &[])
     }
 
@@ -227,7 +270,7 @@ impl Archive {
         hub_id: &str,
         settings: ArchiveSettings,
         remote: &[PathBuf],
-    ) -> io::Result<Self> {
+    ) -> Result<Self, ArchiveError> {
         fs::create_dir_all(root)?;
         let mut committed_through: HashMap<PartitionKey, u64> = HashMap::new();
         // What an interrupted compaction or expiry left behind is invisible
@@ -235,7 +278,7 @@ impl Archive {
         match fs::remove_dir_all(root.join(".staging")) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
         let tmp_prefix = format!(".{hub_id}-");
         let final_prefix = format!("{hub_id}-");
@@ -283,7 +326,8 @@ impl Archive {
         }
         let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(settings.zstd_level).map_err(io::Error::other)?,
+                ZstdLevel::try_new(settings.zstd_level)
+                    .map_err(|e| ArchiveError::Settings(e.to_string()))?,
             ))
             .set_max_row_group_row_count(Some(settings.row_group_rows))
             .set_statistics_enabled(EnabledStatistics::Page)
@@ -360,7 +404,7 @@ impl Archive {
         table: Table,
         pos: u64,
         batch: &RecordBatch,
-    ) -> io::Result<Vec<CommittedFile>> {
+    ) -> Result<Vec<CommittedFile>, ArchiveError> {
         self.appended_until = self.appended_until.max(pos + 1);
         if batch.num_rows() == 0 {
             return Ok(Vec::new());
@@ -392,9 +436,8 @@ impl Archive {
                     .columns()
                     .iter()
                     .map(|c| arrow_select::take::take(c.as_ref(), &idx, None))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(io::Error::other)?;
-                RecordBatch::try_new(batch.schema(), cols).map_err(io::Error::other)?
+                    .collect::<Result<Vec<_>, _>>()?;
+                RecordBatch::try_new(batch.schema(), cols)?
             };
             if !self.open.contains_key(&key) {
                 if self.open.len() >= self.settings.max_open_files
@@ -518,13 +561,13 @@ impl Archive {
     }
 
     /// Commits files older than the maximum age.
-    pub fn commit_aged(&mut self) -> io::Result<Vec<CommittedFile>> {
-        self.commit_where(|f, max_age| f.opened_at.elapsed() >= max_age)
+    pub fn commit_aged(&mut self) -> Result<Vec<CommittedFile>, ArchiveError> {
+        Ok(self.commit_where(|f, max_age| f.opened_at.elapsed() >= max_age)?)
     }
 
     /// Commits every open file (shutdown).
-    pub fn commit_all(&mut self) -> io::Result<Vec<CommittedFile>> {
-        self.commit_where(|_, _| true)
+    pub fn commit_all(&mut self) -> Result<Vec<CommittedFile>, ArchiveError> {
+        Ok(self.commit_where(|_, _| true)?)
     }
 
     fn commit_where(
@@ -595,12 +638,14 @@ impl OpenFile {
     }
 }
 
+mod error;
 mod footer;
 mod lock;
 mod maintenance;
 mod read;
 mod sort;
 
+pub use error::ArchiveError;
 use footer::*;
 use lock::PartitionLock;
 

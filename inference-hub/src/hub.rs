@@ -50,6 +50,8 @@ const INTAKE_QUEUE: usize = 128;
 pub enum StartError {
     #[error("cannot load the model")]
     Model(#[from] crate::model::ModelError),
+    #[error("cannot open the archive")]
+    Archive(#[from] crate::archive::ArchiveError),
     #[error("cannot open {what}")]
     Io {
         what: &'static str,
@@ -230,42 +232,8 @@ fn start_pipeline(
         .map_err(io("the detector state directory"))?;
     let default_model = &scorer.default_model().manifest;
     let (model_id, model_version) = (default_model.id.clone(), default_model.version.clone());
-    // With object storage, what the bucket already holds counts as committed.
-    let remote = match &cfg.archive.s3 {
-        Some(s3) => std::thread::scope(|scope| {
-            scope
-                .spawn(|| crate::archive::s3::list_own(s3, &cfg.hub_id))
-                .join()
-                .unwrap_or_else(|_| Err(std::io::Error::other("listing panicked")))
-        })
-        .map_err(io("the S3 archive (listing)"))?,
-        None => Vec::new(),
-    };
-    let archive = Archive::open_with_remote(
-        &cfg.archive_root(),
-        &cfg.hub_id,
-        cfg.archive.clone(),
-        &remote,
-    )
-    .map_err(io("the archive"))?;
-    let uploader = match &cfg.archive.s3 {
-        Some(s3) => {
-            let resume = crate::archive::s3::files_to_resume(s3, &cfg.archive_root(), &remote)
-                .map_err(io("the S3 archive (local files)"))?;
-            Some(
-                crate::archive::s3::Uploader::start(
-                    s3.clone(),
-                    cfg.archive_root(),
-                    &cfg.hub_id,
-                    archive.writer_properties(),
-                    Arc::clone(stats),
-                    &resume,
-                )
-                .map_err(io("the S3 archive"))?,
-            )
-        }
-        None => None,
-    };
+    let (archive, uploader) =
+        Archive::start(&cfg.archive_root(), &cfg.hub_id, &cfg.archive, stats)?;
     let low_water = Arc::new(AtomicU64::new(archive.low_water()));
     let (tx, rx) = std::sync::mpsc::sync_channel(PIPELINE_QUEUE);
     let pipeline = Pipeline {

@@ -32,7 +32,7 @@ impl Archive {
 
     /// Merges the small files of one closed partition (see the module docs);
     /// returns the merged file, if a partition needed it.
-    pub fn compact_one(&mut self, now_us: i64) -> io::Result<Option<CommittedFile>> {
+    pub fn compact_one(&mut self, now_us: i64) -> Result<Option<CommittedFile>, ArchiveError> {
         self.compact_one_skipping(now_us, &HashSet::new())
     }
 
@@ -42,7 +42,7 @@ impl Archive {
         &mut self,
         now_us: i64,
         busy: &HashSet<PathBuf>,
-    ) -> io::Result<Option<CommittedFile>> {
+    ) -> Result<Option<CommittedFile>, ArchiveError> {
         for (key, files) in self.own_partitions()? {
             if !self.is_closed(key, now_us) || files.iter().any(|f| busy.contains(f)) {
                 continue;
@@ -52,7 +52,7 @@ impl Archive {
                 continue;
             }
             let keep: Vec<PathBuf> = files.into_iter().filter(|f| !chosen.contains(f)).collect();
-            return self.compact(key, &chosen, &keep).map(Some);
+            return Ok(Some(self.compact(key, &chosen, &keep)?));
         }
         Ok(None)
     }
@@ -60,7 +60,11 @@ impl Archive {
     /// The committed files of closed partitions that compaction has nothing
     /// left to merge in, except `busy` ones: with `upload = "when-closed"`
     /// these go to the bucket.
-    pub fn settled_files(&self, now_us: i64, busy: &HashSet<PathBuf>) -> io::Result<Vec<PathBuf>> {
+    pub fn settled_files(
+        &self,
+        now_us: i64,
+        busy: &HashSet<PathBuf>,
+    ) -> Result<Vec<PathBuf>, ArchiveError> {
         let mut settled = Vec::new();
         for (key, files) in self.own_partitions()? {
             if !self.is_closed(key, now_us)
@@ -179,7 +183,8 @@ impl Archive {
         Some(cutoff.div_euclid(HOUR_US))
     }
 
-    pub fn apply_retention(&mut self, now_us: i64) -> io::Result<usize> {
+    /// Removes this hub's partitions past retention; how many went.
+    pub fn apply_retention(&mut self, now_us: i64) -> Result<usize, ArchiveError> {
         let Some(retention) = self.settings.retention else {
             return Ok(0);
         };

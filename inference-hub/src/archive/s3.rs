@@ -348,8 +348,35 @@ struct Upload<'a> {
     stopping: &'a std::sync::atomic::AtomicBool,
 }
 
-/// Why an upload attempt did not finish.
-type Failure = Box<dyn std::error::Error + Send + Sync>;
+/// Why an upload attempt did not finish (each is retried).
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// Reading the local file, or the store.
+    #[error(transparent)]
+    Archive(#[from] super::ArchiveError),
+    /// The PUT under the partition's lock did not finish in time: the
+    /// request was dropped, and the lock is left to expire.
+    #[error(
+        "the upload did not finish within the partition's lease (cut off after {0:?}); it is tried again under a new lock"
+    )]
+    CutOff(Duration),
+    #[error("the partition's lock was held too long before the upload; starting over")]
+    LeaseRunningOut,
+    #[error("an archive file outside the partition layout")]
+    OutsideLayout,
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::Archive(e.into())
+    }
+}
+
+impl From<object_store::Error> for Failure {
+    fn from(e: object_store::Error) -> Self {
+        Failure::Archive(e.into())
+    }
+}
 
 impl Upload<'_> {
     fn until_done(&mut self, file: &Path) {
@@ -451,7 +478,7 @@ impl Upload<'_> {
         let partition = relative
             .parent()
             .and_then(Path::parent)
-            .ok_or("an archive file outside the partition layout")?;
+            .ok_or(Failure::OutsideLayout)?;
         let lock_key = self.settings.key(&partition.join(".commit.lock"));
         let locked = if self.conditional_writes {
             match self
@@ -499,10 +526,7 @@ impl Upload<'_> {
                 super::drop_batches(file, &overlap, self.props)?;
             }
             if locked_at.elapsed() > LEASE_START_PUT_BY {
-                return Err(
-                    "the partition's lock was held too long before the upload; starting over"
-                        .into(),
-                );
+                return Err(Failure::LeaseRunningOut);
             }
         }
         let bytes = std::fs::read(file)?;
@@ -554,7 +578,7 @@ impl Upload<'_> {
                         tracing::warn!(key = %o.location, why, "an object in the archive that is not a readable Parquet file; ignored by the cross-hub check");
                         Vec::new()
                     }
-                    Err(FooterError::Store(e)) => return Err(e),
+                    Err(FooterError::Store(e)) => return Err(e.into()),
                 };
                 self.others.insert(o.location.clone(), ids);
             }
@@ -564,32 +588,16 @@ impl Upload<'_> {
     }
 }
 
-/// An upload under a partition's lock that did not finish in time.
-#[derive(Debug)]
-struct PutCutOff(Duration);
-
-impl std::fmt::Display for PutCutOff {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the upload did not finish within the partition's lease (cut off after {:?}); it is tried again under a new lock",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for PutCutOff {}
-
 /// Whether an upload attempt that held the partition's lock gives it back:
 /// yes, unless its PUT was cut off, which leaves the lock to expire (no
 /// other hub looks at the partition before the dropped request is settled).
 fn releases_lock(result: &Result<u64, Failure>) -> bool {
-    !result.as_ref().is_err_and(|e| e.is::<PutCutOff>())
+    !matches!(result, Err(Failure::CutOff(_)))
 }
 
 /// Uploads `payload` to `key` if that finishes within `limit` (retries
 /// included); else the request is dropped and the upload fails with
-/// [`PutCutOff`].
+/// [`Failure::CutOff`].
 async fn put_within(
     store: &dyn ObjectStore,
     key: &ObjectPath,
@@ -598,7 +606,7 @@ async fn put_within(
 ) -> Result<(), Failure> {
     match tokio::time::timeout(limit, store.put(key, payload)).await {
         Ok(done) => done.map(|_| ()).map_err(Failure::from),
-        Err(_) => Err(Box::new(PutCutOff(limit))),
+        Err(_) => Err(Failure::CutOff(limit)),
     }
 }
 
@@ -669,14 +677,14 @@ async fn acquire(
 /// Why another hub's object's batches are unknown.
 enum FooterError {
     /// The store failed (retry).
-    Store(Failure),
+    Store(object_store::Error),
     /// The object is not a readable Parquet file (it holds no batch).
     NotParquet(String),
 }
 
 impl From<object_store::Error> for FooterError {
     fn from(e: object_store::Error) -> Self {
-        FooterError::Store(e.into())
+        FooterError::Store(e)
     }
 }
 
@@ -741,7 +749,7 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert!(cut.is::<PutCutOff>(), "{cut}");
+        assert!(matches!(cut, Failure::CutOff(_)), "{cut}");
         // Well past the store's delay: the dropped request never completes.
         tokio::time::sleep(Duration::from_millis(800)).await;
         assert!(
@@ -765,10 +773,13 @@ mod tests {
 
     #[test]
     fn only_a_cut_off_upload_keeps_the_partition_lock() {
-        assert!(!releases_lock(&Err(Box::new(PutCutOff(
-            Duration::from_secs(90)
+        assert!(!releases_lock(&Err(Failure::CutOff(Duration::from_secs(
+            90
         )))));
         assert!(releases_lock(&Ok(10)));
-        assert!(releases_lock(&Err("the store refused".into())));
+        assert!(releases_lock(&Err(Failure::LeaseRunningOut)));
+        assert!(releases_lock(&Err(Failure::from(std::io::Error::other(
+            "the store refused"
+        )))));
     }
 }

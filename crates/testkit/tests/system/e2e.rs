@@ -884,7 +884,7 @@ fn dataset(relative: &str) -> Option<std::path::PathBuf> {
     let root = std::env::var_os("IOT_DATASETS")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets")
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets")
         });
     let path = root.join(relative);
     path.is_file().then_some(path)

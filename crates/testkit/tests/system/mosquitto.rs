@@ -47,7 +47,7 @@ async fn separate_processes_on_mosquitto_archive_every_valid_reading_once() {
         edge_toml("gw-m2", "site-m2", "http"),
     );
 
-    let hub_bin = PathBuf::from(env!("CARGO_BIN_EXE_inference-hub"));
+    let hub_bin = iot_testkit::hub_binary();
     let edge_bin = edge_binary();
     for (bin, cfg) in [
         (&hub_bin, &hub_toml),
@@ -180,7 +180,8 @@ async fn mosquitto_sparkplug_node_born_before_the_agent_is_asked_to_rebirth() {
     hub_cfg.mqtt.topic_prefix = "spbtest".into();
     let hub = inference_hub::start(hub_cfg).await.unwrap();
 
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sparkplug/edge_node.py");
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/system/sparkplug/edge_node.py");
     let mut node = std::process::Command::new("python3")
         .arg(&script)
         .args([

@@ -2,7 +2,7 @@
 //! `moto_server` from PyPI, started by this test on loopback), the hub
 //! archiving to it, and the result read back through the S3 API.
 //!
-//! Run by `.ci/run` (`cargo test -p inference-hub --test lib -- --ignored s3`).
+//! Run by `.ci/run` (`cargo test -p iot-testkit --test system -- --ignored s3`).
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -8,7 +8,7 @@
 //! broker acknowledged to the publisher is in the hub's Parquet exactly once,
 //! and nothing appears that was never published.
 //!
-//! Run by `.ci/run` (`cargo test -p inference-hub --test lib -- --ignored
+//! Run by `.ci/run` (`cargo test -p iot-testkit --test system -- --ignored
 //! edge_faults`). `EDGE_FAULT_KILLS` raises the number of kills for a soak.
 //! The same module holds the failover test and the chaos test (agent, hub
 //! and broker killed at random under load, on the shipped broker
@@ -178,7 +178,7 @@ async fn edge_faults_kill_the_agent_restart_the_broker_and_cut_the_uplink_withou
         ),
     )
     .unwrap();
-    let hub_bin = PathBuf::from(env!("CARGO_BIN_EXE_inference-hub"));
+    let hub_bin = iot_testkit::hub_binary();
     let edge_bin = edge_binary();
     let start_hub = || {
         Process::spawn(
@@ -346,7 +346,7 @@ async fn failover_two_hubs_one_killed_mid_stream_lose_and_double_nothing() {
         path
     };
     let (a_toml, b_toml) = (hub_toml("hub_a"), hub_toml("hub_b"));
-    let hub_bin = PathBuf::from(env!("CARGO_BIN_EXE_inference-hub"));
+    let hub_bin = iot_testkit::hub_binary();
     let start_hub = |toml: &Path, log: &str| {
         Process::spawn(
             &hub_bin,
@@ -469,7 +469,7 @@ async fn failover_two_hubs_one_killed_mid_stream_lose_and_double_nothing() {
 /// `port`, persisting into `dir`.
 fn shipped_mosquitto_config(dir: &Path, port: u16) -> PathBuf {
     let shipped =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto/mosquitto.conf");
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mosquitto/mosquitto.conf");
     let text = std::fs::read_to_string(shipped).unwrap();
     let data = dir.join("mosquitto-data");
     std::fs::create_dir_all(&data).unwrap();
@@ -572,7 +572,7 @@ async fn chaos_agent_hub_and_broker_killed_under_load() {
         ),
     )
     .unwrap();
-    let hub_bin = PathBuf::from(env!("CARGO_BIN_EXE_inference-hub"));
+    let hub_bin = iot_testkit::hub_binary();
     let edge_bin = edge_binary();
     let start_hub = || {
         Process::spawn(

@@ -47,7 +47,7 @@ fn start_hub(config: &Path, log: &Path) -> Child {
         .append(true)
         .open(log)
         .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_inference-hub"))
+    Command::new(iot_testkit::hub_binary())
         .args(["--config", config.to_str().unwrap(), "run"])
         .stdout(log.try_clone().unwrap())
         .stderr(log)

@@ -10,15 +10,16 @@ use schemas::ReadingColumns;
 /// A hub configuration in `dir` (data under `dir/hub`), with its HTTP
 /// address. `extra` is appended to the TOML: dotted keys
 /// (`archive.max-file-age = "1h"`), no table headers.
-pub(crate) struct HubProcessConfig {
-    pub(crate) config: PathBuf,
-    pub(crate) data: PathBuf,
-    pub(crate) http: String,
-    pub(crate) log: PathBuf,
+#[derive(Debug)]
+pub struct HubProcessConfig {
+    pub config: PathBuf,
+    pub data: PathBuf,
+    pub http: String,
+    pub log: PathBuf,
 }
 
 impl HubProcessConfig {
-    pub(crate) fn write(dir: &Path, hub_id: &str, data: PathBuf, extra: &str) -> Self {
+    pub fn write(dir: &Path, hub_id: &str, data: PathBuf, extra: &str) -> Self {
         let http = format!("127.0.0.1:{}", lab::broker::free_port());
         let config = dir.join(format!("{hub_id}.toml"));
         std::fs::write(
@@ -39,17 +40,17 @@ impl HubProcessConfig {
         }
     }
 
-    pub(crate) fn start(&self) -> HubChild {
-        self.start_with(Command::new(env!("CARGO_BIN_EXE_inference-hub")))
+    pub fn start(&self) -> HubChild {
+        self.start_with(Command::new(crate::hub_binary()))
     }
 
     /// Starts the hub with at most `files` open descriptors (soft and hard
     /// limit, as `ulimit -n` on a default system).
-    pub(crate) fn start_with_file_limit(&self, files: u64) -> HubChild {
+    pub fn start_with_file_limit(&self, files: u64) -> HubChild {
         let mut command = Command::new("prlimit");
         command
             .arg(format!("--nofile={files}:{files}"))
-            .arg(env!("CARGO_BIN_EXE_inference-hub"));
+            .arg(crate::hub_binary());
         self.start_with(command)
     }
 
@@ -69,7 +70,7 @@ impl HubProcessConfig {
             .unwrap()
     }
 
-    pub(crate) fn log_text(&self) -> String {
+    pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -77,7 +78,7 @@ impl HubProcessConfig {
 /// Held by the tests that run whole hub processes through long sequences,
 /// so that two of them do not starve each other of the CPU (their clients
 /// time out after 10 s) when the test binary runs tests in parallel.
-pub(crate) fn heavy() -> std::sync::MutexGuard<'static, ()> {
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
     static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
     HEAVY
         .lock()
@@ -85,7 +86,8 @@ pub(crate) fn heavy() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// A hub process, killed if the test ends without stopping it.
-pub(crate) struct HubChild(Child);
+#[derive(Debug)]
+pub struct HubChild(Child);
 
 impl Drop for HubChild {
     fn drop(&mut self) {
@@ -95,7 +97,7 @@ impl Drop for HubChild {
 }
 
 /// SIGTERM and wait: a graceful stop must succeed.
-pub(crate) fn terminate(mut hub: HubChild, cfg: &HubProcessConfig) {
+pub fn terminate(mut hub: HubChild, cfg: &HubProcessConfig) {
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(hub.0.id().to_string())
@@ -108,11 +110,11 @@ pub(crate) fn terminate(mut hub: HubChild, cfg: &HubProcessConfig) {
 }
 
 /// SIGKILL: no chance to clean up.
-pub(crate) fn kill(hub: HubChild) {
+pub fn kill(hub: HubChild) {
     drop(hub);
 }
 
-pub(crate) async fn wait_healthy(client: &reqwest::Client, http: &str) {
+pub async fn wait_healthy(client: &reqwest::Client, http: &str) {
     for _ in 0..800 {
         if client
             .get(format!("http://{http}/health"))
@@ -127,13 +129,13 @@ pub(crate) async fn wait_healthy(client: &reqwest::Client, http: &str) {
     panic!("hub did not become healthy");
 }
 
-pub(crate) async fn get_json(client: &reqwest::Client, url: String) -> serde_json::Value {
+pub async fn get_json(client: &reqwest::Client, url: String) -> serde_json::Value {
     let resp = client.get(url).send().await.unwrap();
     serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap()
 }
 
 /// An envelope of `rows` readings whose values encode `(seq, row)`.
-pub(crate) fn envelope(gateway: &str, incarnation: u64, seq: u64, rows: usize) -> Vec<u8> {
+pub fn envelope(gateway: &str, incarnation: u64, seq: u64, rows: usize) -> Vec<u8> {
     let mut cols = ReadingColumns::default();
     for r in 0..rows {
         let ts = 1_767_225_600_000_000 + (seq as i64 * 60 + r as i64) * 1_000_000;
@@ -150,7 +152,7 @@ pub(crate) fn envelope(gateway: &str, incarnation: u64, seq: u64, rows: usize) -
 }
 
 /// Posts one envelope; Some(status) when the hub answered.
-pub(crate) async fn post(client: &reqwest::Client, http: &str, body: Vec<u8>) -> Option<String> {
+pub async fn post(client: &reqwest::Client, http: &str, body: Vec<u8>) -> Option<String> {
     let resp = client
         .post(format!("http://{http}/v1/batches"))
         .body(body)
@@ -161,7 +163,7 @@ pub(crate) async fn post(client: &reqwest::Client, http: &str, body: Vec<u8>) ->
     body["status"].as_str().map(str::to_owned)
 }
 
-pub(crate) fn client() -> reqwest::Client {
+pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

@@ -2,7 +2,7 @@
 //! (and known malformed messages), and a reader of the Parquet archive.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -14,16 +14,16 @@ use rumqttc::{Event, MqttOptions, Packet, QoS};
 
 /// One archived row, as the test oracle sees it.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ArchivedRow {
-    pub(crate) status: String,
-    pub(crate) score: Option<f64>,
-    pub(crate) value: f64,
+pub struct ArchivedRow {
+    pub status: String,
+    pub score: Option<f64>,
+    pub value: f64,
 }
 
 /// (device, metric, ts) -> every archived row with that key.
-pub(crate) type Archived = BTreeMap<(String, String, i64), Vec<ArchivedRow>>;
+pub type Archived = BTreeMap<(String, String, i64), Vec<ArchivedRow>>;
 
-pub(crate) fn read_archive(root: &Path) -> Archived {
+pub fn read_archive(root: &Path) -> Archived {
     let mut out = Archived::new();
     for batch in archive::read_table(root, Table::Scored).expect("archive readable") {
         let s = |n: &str| {
@@ -72,21 +72,21 @@ pub(crate) fn read_archive(root: &Path) -> Archived {
 /// What a simulated fleet published: the readings a correct pipeline must
 /// archive, and how many malformed messages it sent.
 #[derive(Debug, Default)]
-pub(crate) struct Published {
+pub struct Published {
     /// (device, metric, ts) -> value
-    pub(crate) readings: BTreeMap<(String, String, i64), f64>,
-    pub(crate) malformed: u64,
+    pub readings: BTreeMap<(String, String, i64), f64>,
+    pub malformed: u64,
     /// Keys of readings that carry an injected spike.
-    pub(crate) spikes: Vec<(String, String, i64)>,
+    pub spikes: Vec<(String, String, i64)>,
 }
 
-pub(crate) const T0_US: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
+pub const T0_US: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
 
 /// Publishes `per_device` readings for each of `devices` under
 /// `<root>/<device>/<metric>`, cycling through the three JSON payload forms,
 /// with a spike at reading `spike_at` of every device and a malformed
 /// message every 50th. Waits for the broker's PUBACK of every message.
-pub(crate) async fn publish_fleet(
+pub async fn publish_fleet(
     port: u16,
     client_id: &str,
     root: &str,
@@ -199,14 +199,15 @@ pub(crate) async fn publish_fleet(
 /// A TCP relay to the broker that a test can cut: while cut, it closes the
 /// connections it relays and refuses new ones (a gateway's uplink losing
 /// the network).
-pub(crate) struct CuttableRelay {
+#[derive(Debug)]
+pub struct CuttableRelay {
     pub port: u16,
     open: Arc<std::sync::atomic::AtomicBool>,
     cuts: tokio::sync::watch::Sender<u64>,
 }
 
 impl CuttableRelay {
-    pub(crate) async fn start(broker_port: u16) -> Self {
+    pub async fn start(broker_port: u16) -> Self {
         use std::sync::atomic::AtomicBool;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -236,12 +237,12 @@ impl CuttableRelay {
     }
 
     /// Closes every relayed connection and refuses new ones.
-    pub(crate) fn cut(&self) {
+    pub fn cut(&self) {
         self.open.store(false, Relaxed);
         self.cuts.send_modify(|n| *n += 1);
     }
 
-    pub(crate) fn restore(&self) {
+    pub fn restore(&self) {
         self.open.store(true, Relaxed);
     }
 }
@@ -249,14 +250,14 @@ impl CuttableRelay {
 /// Polls `f` until it returns true or `limit` passes.
 /// The embedded broker (rumqttd) on a free loopback port, given a moment
 /// to start listening; returns the port.
-pub(crate) async fn start_embedded_broker() -> u16 {
+pub async fn start_embedded_broker() -> u16 {
     let port = lab::broker::free_port();
     lab::broker::start_embedded(([127, 0, 0, 1], port).into());
     tokio::time::sleep(Duration::from_millis(200)).await;
     port
 }
 
-pub(crate) async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+pub async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if f() {
@@ -269,7 +270,7 @@ pub(crate) async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> 
 
 /// The oracle: the archive holds exactly the published readings, once each,
 /// with their exact values, and warmed-up rows carry scores.
-pub(crate) fn assert_archive_matches(archive: &Archived, published: &Published) {
+pub fn assert_archive_matches(archive: &Archived, published: &Published) {
     let missing: Vec<_> = published
         .readings
         .keys()
@@ -315,7 +316,7 @@ pub(crate) fn assert_archive_matches(archive: &Archived, published: &Published) 
 
 /// Detection: every injected spike is `anomalous`. Holds when one hub sees a
 /// device's whole series (see the shared-subscription test for when not).
-pub(crate) fn assert_spikes_flagged(archive: &Archived, published: &Published) {
+pub fn assert_spikes_flagged(archive: &Archived, published: &Published) {
     for spike in &published.spikes {
         let around: Vec<String> = archive
             .range(
@@ -337,10 +338,11 @@ pub(crate) fn assert_spikes_flagged(archive: &Archived, published: &Published) {
 }
 
 /// A child process that is killed if the test fails before stopping it.
-pub(crate) struct Process(pub(crate) Child);
+#[derive(Debug)]
+pub struct Process(pub Child);
 
 impl Process {
-    pub(crate) fn spawn(binary: &Path, args: &[&str], log: &Path) -> Self {
+    pub fn spawn(binary: &Path, args: &[&str], log: &Path) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -357,7 +359,7 @@ impl Process {
     }
 
     /// SIGTERM, then wait: a graceful stop that must drain everything.
-    pub(crate) fn terminate(mut self) -> std::process::ExitStatus {
+    pub fn terminate(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.0.id().to_string())
@@ -366,7 +368,7 @@ impl Process {
     }
 
     /// SIGKILL, then wait: the process gets no chance to clean up.
-    pub(crate) fn kill(mut self) {
+    pub fn kill(mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -378,15 +380,4 @@ impl Drop for Process {
     }
 }
 
-/// `target/<profile>/edge-agent`, built by `cargo build -p edge-agent`.
-pub(crate) fn edge_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let bin = dir.join("edge-agent");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build -p edge-agent` first",
-        bin.display()
-    );
-    bin
-}
+pub use crate::edge_binary;

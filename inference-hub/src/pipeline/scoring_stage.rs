@@ -1,0 +1,203 @@
+//! The scoring stage (`hub-pipeline` thread): scores each durable batch
+//! with the routed models, reloads changed model directories between
+//! batches, and saves the detectors' state (pending snapshots, committed
+//! once the archive's low-water mark passes them; see
+//! [`crate::detector_state`]).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use super::{
+    DetectorStateSaving, Ended, ScoredRecord, Stage, StageFailed, StateRecord, add_ns, thread_cpu,
+};
+use crate::intake::DurableBatch;
+use crate::scoring::Router;
+use crate::stats::HubStats;
+
+pub(super) struct ScoringStage {
+    pub(super) scorer: Router,
+    pub(super) reload_interval: Duration,
+    pub(super) next_reload_check: Instant,
+    pub(super) stats: Arc<HubStats>,
+    pub(super) saving: Option<Saving>,
+}
+
+/// The scoring stage's side of saving the detectors' state.
+pub(super) struct Saving {
+    saving: DetectorStateSaving,
+    next_at: Instant,
+    /// Positions of the pending snapshots written by this run.
+    pending: Vec<u64>,
+    /// The last batch scored, and the position of the last state saved.
+    last_scored: Option<u64>,
+    last_saved: Option<u64>,
+    archive_low_water: Arc<AtomicU64>,
+}
+
+impl Saving {
+    /// Saving as `saving` says, starting from the restored snapshot; the
+    /// archive's low-water mark tells which pending snapshots to commit.
+    pub(super) fn new(saving: DetectorStateSaving, archive_low_water: Arc<AtomicU64>) -> Self {
+        Self {
+            next_at: Instant::now() + saving.interval,
+            pending: Vec::new(),
+            last_scored: None,
+            last_saved: saving.restored_through,
+            archive_low_water,
+            saving,
+        }
+    }
+}
+
+impl Saving {
+    /// Writes a pending snapshot when one is due and the state changed.
+    fn save_if_due(&mut self, scorer: &Router, stats: &HubStats, force: bool) {
+        if !(force || Instant::now() >= self.next_at) {
+            return;
+        }
+        self.next_at = Instant::now() + self.saving.interval;
+        let Some(position) = self.last_scored.filter(|p| Some(*p) != self.last_saved) else {
+            return;
+        };
+        let started = Instant::now();
+        match self.saving.store.write_pending(position, scorer) {
+            Ok(bytes) => {
+                self.pending.push(position);
+                self.last_saved = Some(position);
+                stats.detector_state_saves.fetch_add(1, Relaxed);
+                stats.detector_state_bytes.store(bytes, Relaxed);
+                tracing::debug!(position, bytes, took = ?started.elapsed(), "detector state saved");
+            }
+            Err(e) => {
+                stats.detector_state_save_failures.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, "cannot save the detector state; a restart would learn from an older one (or anew)");
+            }
+        }
+        self.update_floor();
+    }
+
+    /// Commits the pending snapshots the archive has passed.
+    fn promote(&mut self) {
+        let low_water = self.archive_low_water.load(Relaxed);
+        if !self.pending.iter().any(|&p| p < low_water) {
+            return;
+        }
+        match self.saving.store.promote(low_water) {
+            Ok(_) => self.pending.retain(|&p| p >= low_water),
+            Err(e) => tracing::warn!(error = %e, "cannot commit a detector state snapshot"),
+        }
+        self.update_floor();
+    }
+
+    /// The WAL keeps what follows the oldest snapshot that may be restored.
+    fn update_floor(&self) {
+        let committed = self.saving.store.newest_committed().ok().flatten();
+        let oldest = committed
+            .into_iter()
+            .chain(self.pending.iter().copied())
+            .min();
+        self.saving
+            .wal_floor
+            .store(oldest.map_or(u64::MAX, |p| p + 1), Relaxed);
+    }
+}
+
+impl Stage for ScoringStage {
+    type In = DurableBatch;
+    type Out = StateRecord;
+    type Done = ();
+
+    /// Between batches: a batch is scored by one model version only.
+    fn on_tick(&mut self) -> Result<(), StageFailed> {
+        if Instant::now() >= self.next_reload_check {
+            self.next_reload_check = Instant::now() + self.reload_interval;
+            self.reload_models();
+        }
+        if let Some(saving) = &mut self.saving {
+            saving.promote();
+            saving.save_if_due(&self.scorer, &self.stats, false);
+        }
+        Ok(())
+    }
+
+    fn process(&mut self, batch: DurableBatch) -> Result<Option<StateRecord>, StageFailed> {
+        let restored = self.saving.as_ref().and_then(|s| s.saving.restored_through);
+        if restored.is_some_and(|through| batch.pos <= through) {
+            // Absorbed by the restored state and archived.
+            return Ok(None);
+        }
+        let pos = batch.pos;
+        let record = self.score(batch);
+        if let Some(saving) = &mut self.saving {
+            saving.last_scored = Some(pos);
+        }
+        Ok(Some(record))
+    }
+
+    /// Shutting down: the last state, committed by the hub once the
+    /// archive has closed its files. (When the next stage is gone, the
+    /// archive failed: nothing more is saved, the WAL keeps the batches.)
+    fn on_close(mut self, ended: Ended) {
+        if ended == Ended::InputClosed
+            && let Some(saving) = &mut self.saving
+        {
+            saving.save_if_due(&self.scorer, &self.stats, true);
+        }
+    }
+}
+
+impl ScoringStage {
+    fn score(&mut self, durable: DurableBatch) -> StateRecord {
+        let now_us = chrono::Utc::now().timestamp_micros();
+        let started = thread_cpu();
+        let routed = self.scorer.score(&durable.batch, now_us);
+        add_ns(&self.stats.pipeline_score_ns, started, thread_cpu());
+        let out = routed.live;
+        if let Some(e) = &out.model_error {
+            self.stats.scoring_errors.fetch_add(1, Relaxed);
+            tracing::error!(error = %e, seq = durable.batch.header.seq, "model failed; batch archived unscored");
+        }
+        let rows = out.scored.num_rows() as u64;
+        let unscored = out
+            .scored
+            .column_by_name(schemas::tables::SCORE)
+            .map_or(0, |c| arrow_array::Array::null_count(c.as_ref()));
+        self.stats
+            .readings_scored
+            .fetch_add(rows - unscored as u64, Relaxed);
+        self.stats
+            .anomalies
+            .fetch_add(out.events.len() as u64, Relaxed);
+        self.stats
+            .series
+            .store(self.scorer.series_count() as u64, Relaxed);
+        StateRecord {
+            record: ScoredRecord {
+                pos: durable.pos,
+                scored: out.scored,
+                anomalies: out.anomalies,
+                shadow: routed.shadow,
+            },
+            events: out.events,
+            now_us,
+            gateway: durable.batch.header.gateway,
+        }
+    }
+
+    fn reload_models(&mut self) {
+        for reload in self.scorer.reload_changed() {
+            match reload.result {
+                Ok(version) => {
+                    self.stats.model_reloads.fetch_add(1, Relaxed);
+                    tracing::info!(route = %reload.route, model = %version, "model reloaded; the next batch is scored by it");
+                }
+                Err(e) => {
+                    self.stats.model_reload_failures.fetch_add(1, Relaxed);
+                    tracing::error!(route = %reload.route, error = %e, "model reload failed; the previous model keeps scoring");
+                }
+            }
+        }
+    }
+}
