@@ -19,8 +19,8 @@
 //! pipeline from the WAL (see `hub`); the state stage does not record twice
 //! what the API already shows.
 //!
-//! Each stage is a [`Stage`] (process an item, timed work on a tick, finish
-//! on close) run by the one loop, [`run_stage`], which owns the waiting,
+//! Each stage is a `Stage` (process an item, timed work on a tick, finish
+//! on close) run by the one loop, `run_stage`, which owns the waiting,
 //! the hand-over and the ways a stage ends; the stages hold only their own
 //! parts of the configuration.
 
