@@ -39,6 +39,7 @@
 
 pub mod agent;
 pub mod batcher;
+pub mod cli;
 pub mod config;
 pub mod dead_letter;
 pub mod decode;
