@@ -56,7 +56,8 @@ impl Agent {
         let (finish_tx, finish_rx) = watch::channel(false);
 
         let max_unacked = (cfg.uplink.max_in_flight + 2) * cfg.batch.max_rows + INGEST_QUEUE;
-        let (client, eventloop) = ingest::connect(&cfg, max_unacked.min(1 << 20));
+        let (client, eventloop) =
+            ingest::connect(&cfg.mqtt, cfg.mqtt_client_id(), max_unacked.min(1 << 20));
         let acker = OrderedAcker::new(
             &client,
             Arc::clone(&stats.device_acks),
@@ -128,8 +129,13 @@ impl Agent {
         ));
         // The uplink connection must outlive the drain, so it stops with
         // `finish`, not with `stop_intake`.
-        let (transport, answers) =
-            uplink::Transport::start(&cfg, Arc::clone(&stats), finish_rx.clone());
+        let (transport, answers) = uplink::Transport::start(
+            &cfg.uplink,
+            &cfg.gateway_id,
+            cfg.uplink_client_id(),
+            Arc::clone(&stats),
+            finish_rx.clone(),
+        );
         let uplink = tokio::spawn(uplink::run(
             cfg.uplink.clone(),
             transport,

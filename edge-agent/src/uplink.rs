@@ -32,18 +32,18 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
 use schemas::ack::{AckStatus, BatchAck};
 use schemas::envelope::BatchHeader;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::batcher::{PendingAck, SealedBatch};
-use crate::config::{EdgeConfig, UplinkKind, UplinkSettings};
+use crate::config::{UplinkKind, UplinkSettings};
 use crate::spool::service::{SpoolEvent, SpoolHandle};
 use crate::stats::EdgeStats;
 use iot_mqtt::routing::HubDirectory;
-use iot_mqtt::{OrderedAcker, Reconnect, backoff};
+use iot_mqtt::{OrderedAcker, Session, SessionEvent, backoff};
 
 /// Content type of an envelope over HTTP.
 pub const ENVELOPE_CONTENT_TYPE: &str = "application/vnd.iot-pipeline.batch";
@@ -78,32 +78,36 @@ pub enum Transport {
 }
 
 impl Transport {
-    /// Connects the transport; answers arrive on the returned receiver.
+    /// Connects the transport `uplink` configures, for `gateway` (as
+    /// `client_id` on an MQTT uplink); answers arrive on the returned
+    /// receiver.
     pub fn start(
-        cfg: &EdgeConfig,
+        uplink: &UplinkSettings,
+        gateway: &str,
+        client_id: String,
         stats: Arc<EdgeStats>,
         shutdown: watch::Receiver<bool>,
     ) -> (Self, mpsc::UnboundedReceiver<SendOutcome>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let transport = match cfg.uplink.kind {
+        let transport = match uplink.kind {
             UplinkKind::Mqtt => {
-                let m = &cfg.uplink.mqtt;
-                let mut opts = MqttOptions::new(cfg.uplink_client_id(), &m.host, m.port);
+                let m = &uplink.mqtt;
+                let mut opts = MqttOptions::new(client_id, &m.host, m.port);
                 opts.set_keep_alive(m.keep_alive)
                     .set_clean_session(false)
                     .set_max_packet_size(
                         m.max_transport_bytes,
                         schemas::DecodeLimits::default().max_envelope_bytes,
                     )
-                    .set_inflight(cfg.uplink.max_in_flight.clamp(1, u16::MAX as usize) as u16 * 2);
-                let (client, eventloop) = iot_mqtt::client(opts, cfg.uplink.max_in_flight * 2 + 8);
+                    .set_inflight(uplink.max_in_flight.clamp(1, u16::MAX as usize) as u16 * 2);
+                let (client, eventloop) = iot_mqtt::client(opts, uplink.max_in_flight * 2 + 8);
                 let hubs = m.sticky.then(HubDirectory::default);
                 tokio::spawn(run_mqtt_answers(
                     client.clone(),
                     eventloop,
                     MqttAnswers {
                         prefix: m.topic_prefix.clone(),
-                        gateway: cfg.gateway_id.clone(),
+                        gateway: gateway.to_owned(),
                         hubs: hubs.clone(),
                         reconnect_max: m.reconnect_max,
                     },
@@ -114,19 +118,19 @@ impl Transport {
                 Transport::Mqtt {
                     client,
                     prefix: m.topic_prefix.clone(),
-                    gateway: cfg.gateway_id.clone(),
+                    gateway: gateway.to_owned(),
                     hubs,
                 }
             }
             UplinkKind::Http => {
                 let client = reqwest::Client::builder()
-                    .timeout(cfg.uplink.http.request_timeout)
+                    .timeout(uplink.http.request_timeout)
                     .build()
                     .expect("static reqwest configuration");
                 Transport::Http {
                     client,
-                    url: format!("{}/v1/batches", cfg.uplink.http.url.trim_end_matches('/')),
-                    token: cfg.uplink.http.token.clone(),
+                    url: format!("{}/v1/batches", uplink.http.url.trim_end_matches('/')),
+                    token: uplink.http.token.clone(),
                     outcomes: tx,
                 }
             }
@@ -223,7 +227,7 @@ struct MqttAnswers {
 
 async fn run_mqtt_answers(
     client: AsyncClient,
-    mut eventloop: rumqttc::EventLoop,
+    eventloop: rumqttc::EventLoop,
     listen: MqttAnswers,
     answers: mpsc::UnboundedSender<SendOutcome>,
     stats: Arc<EdgeStats>,
@@ -236,19 +240,21 @@ async fn run_mqtt_answers(
         reconnect_max,
     } = listen;
     let ack_topic = format!("{prefix}/acks/{gateway}");
-    let mut reconnect = Reconnect::new(reconnect_max);
+    let mut session = Session::new(
+        client.clone(),
+        eventloop,
+        vec![(ack_topic.clone(), QoS::AtLeastOnce)],
+        reconnect_max,
+        "uplink broker",
+    );
     loop {
         let event = tokio::select! {
-            ev = eventloop.poll() => ev,
+            ev = session.next() => ev,
             _ = shutdown.changed() => return,
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                reconnect.connected();
+            SessionEvent::Connected { .. } => {
                 stats.broker_connects.fetch_add(1, Relaxed);
-                if let Err(e) = client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce) {
-                    tracing::error!(error = %e, "cannot subscribe to hub acks");
-                }
                 if let Some(hubs) = &hubs {
                     // A hub that left while we were away sent its goodbye
                     // to nobody: start over from the retained announcements
@@ -260,13 +266,13 @@ async fn run_mqtt_answers(
                     }
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(p)))
+            SessionEvent::Publish(p)
                 if hubs.as_ref().is_some_and(|h| {
                     let membership = h.observe(&prefix, &p.topic, &p.payload, p.retain);
                     stats.announcements_ignored.store(h.ignored(), Relaxed);
                     membership
                 }) => {}
-            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => {
+            SessionEvent::Publish(p) if p.topic == ack_topic => {
                 match serde_json::from_slice::<BatchAck>(&p.payload) {
                     // Any incarnation: spooled batches of earlier runs keep
                     // theirs. Answers to batches not in flight are ignored.
@@ -282,15 +288,9 @@ async fn run_mqtt_answers(
                     }
                 }
             }
-            Ok(_) => {}
-            Err(e) => {
+            SessionEvent::Publish(_) => {}
+            SessionEvent::Failed => {
                 stats.broker_errors.fetch_add(1, Relaxed);
-                let delay = reconnect.failed();
-                tracing::warn!(error = %e, retry_in = ?delay, "uplink broker connection failed");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => return,
-                }
             }
         }
     }

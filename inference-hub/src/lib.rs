@@ -24,6 +24,7 @@
 
 pub mod api;
 pub mod archive;
+pub mod cli;
 pub mod config;
 pub mod dedup;
 pub mod detector_state;

@@ -57,26 +57,8 @@ async fn generate(
     n: u64,
     q: u8,
 ) -> anyhow::Result<Duration> {
-    let mut opts = MqttOptions::new(format!("bench-gen-{root}"), host, port);
-    opts.set_keep_alive(Duration::from_secs(30))
-        .set_inflight(1000)
-        .set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = iot_mqtt::client(opts, 10_000);
-    let acked = Arc::new(AtomicU64::new(0));
-    let acked2 = Arc::clone(&acked);
-    let poller = tokio::spawn(async move {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    acked2.fetch_add(1, Relaxed);
-                }
-                // Everything queued before the disconnect has been written.
-                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    });
+    let mut sim =
+        crate::devices::Simulator::connect(&format!("bench-gen-{root}"), host, port, qos(q), 1000);
     let started = Instant::now();
     let t0 = 1_767_225_600_000i64;
     for i in 0..n {
@@ -84,17 +66,11 @@ async fn generate(
         let ts = t0 + (i / devices as u64) as i64 * 1000;
         let v = 20.0 + (i as f64 * 0.01).sin();
         let payload = format!(r#"{{"value":{v:.4},"ts":{ts}}}"#);
-        client
-            .publish(format!("{root}/dev{d}/temp"), qos(q), false, payload)
-            .await?;
+        sim.publish(format!("{root}/dev{d}/temp"), payload).await?;
     }
-    if q > 0 {
-        while acked.load(Relaxed) < n {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-    client.disconnect().await?;
-    let _ = tokio::time::timeout(Duration::from_secs(30), poller).await;
+    // QoS 1: until the broker has acknowledged every message.
+    while !sim.settle(Duration::from_secs(60)).await {}
+    sim.close().await;
     Ok(started.elapsed())
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use rumqttc::{MqttOptions, QoS};
+use rumqttc::QoS;
 
 use crate::bench::{broker_or_embedded, tempfile_dir};
 use inference_hub::config::HubConfig;
@@ -76,11 +76,13 @@ pub async fn partition(o: PartitionOptions) -> anyhow::Result<PartitionReport> {
         let (host, stop, published) = (host.clone(), Arc::clone(&stop), Arc::clone(&published));
         let (devices, rate) = (o.devices as u64, o.rate);
         async move {
-            let mut opts = MqttOptions::new("partition-load", &host, port);
-            opts.set_keep_alive(Duration::from_secs(30))
-                .set_inflight(1000);
-            let (client, mut eventloop) = iot_mqtt::client(opts, 10_000);
-            let poller = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+            let mut sim = crate::devices::Simulator::connect(
+                "partition-load",
+                &host,
+                port,
+                QoS::AtLeastOnce,
+                1000,
+            );
             let t0 = 1_767_225_600_000i64;
             let mut i = 0u64;
             while !stop.load(Relaxed) {
@@ -107,18 +109,13 @@ pub async fn partition(o: PartitionOptions) -> anyhow::Result<PartitionReport> {
                         ),
                     )
                 };
-                if client
-                    .publish(payload.0, QoS::AtLeastOnce, false, payload.1)
-                    .await
-                    .is_err()
-                {
+                if sim.publish(payload.0, payload.1).await.is_err() {
                     break;
                 }
                 published.fetch_add(1, Relaxed);
                 i += 1;
             }
-            let _ = client.disconnect().await;
-            let _ = tokio::time::timeout(Duration::from_secs(10), poller).await;
+            sim.close().await;
         }
     });
 

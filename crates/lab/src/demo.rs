@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use edge_agent::config::{EdgeConfig, Subscription, UplinkKind};
 use edge_agent::{Agent, AgentHandle};
-use rumqttc::{MqttOptions, QoS};
+use rumqttc::QoS;
 use tokio::sync::watch;
 
 use crate::broker;
@@ -131,26 +131,13 @@ pub async fn publish_devices(
     counts: Arc<PublishCounts>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut opts = MqttOptions::new(client_id, "127.0.0.1", broker_port);
-    opts.set_keep_alive(Duration::from_secs(30))
-        .set_inflight(1000);
-    let (client, mut eventloop) = iot_mqtt::client(opts, 1000);
-    let broker_acked = Arc::new(AtomicU64::new(0));
-    let acked = Arc::clone(&broker_acked);
-    let poller = tokio::spawn(async move {
-        loop {
-            match eventloop.poll().await {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
-                    acked.fetch_add(1, Relaxed);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "device connection error");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    });
+    let mut sim = crate::devices::Simulator::connect(
+        &client_id,
+        "127.0.0.1",
+        broker_port,
+        QoS::AtLeastOnce,
+        1000,
+    );
     let longest = series.iter().map(|s| s.points.len()).max().unwrap_or(0);
     let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let mut tick = tokio::time::interval(period);
@@ -176,11 +163,7 @@ pub async fn publish_devices(
                 )
                 .expect("json")
             };
-            if client
-                .publish(topic, QoS::AtLeastOnce, false, payload)
-                .await
-                .is_err()
-            {
+            if sim.publish(topic, payload).await.is_err() {
                 break 'outer;
             }
             if bad {
@@ -191,23 +174,16 @@ pub async fn publish_devices(
         }
     }
     // Every message is acknowledged by the broker before we go (bounded).
-    let sent = valid + malformed;
-    let wait = Instant::now();
-    while broker_acked.load(Relaxed) < sent && wait.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    if broker_acked.load(Relaxed) < sent {
+    if !sim.settle(Duration::from_secs(30)).await {
         tracing::warn!(
-            sent,
-            acked = broker_acked.load(Relaxed),
+            sent = sim.sent(),
+            acked = sim.acked(),
             "broker did not acknowledge every device message"
         );
     }
     counts.valid.fetch_add(valid, Relaxed);
     counts.malformed.fetch_add(malformed, Relaxed);
-    let _ = client.disconnect().await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    poller.abort();
+    sim.close().await;
 }
 
 fn edge_config(

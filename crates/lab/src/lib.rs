@@ -4,7 +4,8 @@
 //! - [`demo`]: the whole pipeline on one machine (embedded broker, hub, two
 //!   edge agents, simulated devices): `cargo run --release -- demo`.
 //! - [`broker`]: the embedded MQTT broker (rumqttd) the demo and the
-//!   benchmarks use.
+//!   benchmarks use; [`devices`]: the device simulator (one MQTT client
+//!   publishing what its caller generates, PUBACKs counted).
 //! - [`mod@bench`]: agent and broker throughput; [`bench_partition`]: the
 //!   hub away under load and back; [`bench_scoring`]: scoring throughput;
 //!   [`bench_hub`]: the hub's throughput against the Python reference;
@@ -22,6 +23,7 @@ pub mod bench_partition;
 pub mod bench_scoring;
 pub mod broker;
 pub mod demo;
+pub mod devices;
 pub mod eval;
 pub mod replay_parquet;
 pub mod rescore;

@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use arrow_array::{Array, Float64Array, StringArray, TimestampMicrosecondArray};
 use inference_hub::archive::{self, Table};
-use rumqttc::{Event, MqttOptions, Packet, QoS};
+use rumqttc::QoS;
 
 /// One archived row, as the test oracle sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,25 +94,9 @@ pub async fn publish_fleet(
     per_device: usize,
     spike_at: usize,
 ) -> Published {
-    let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(30))
-        .set_inflight(500);
-    let (client, mut eventloop) = iot_mqtt::client(opts, 1000);
-    let acked = Arc::new(AtomicU64::new(0));
-    let acked_in_loop = Arc::clone(&acked);
-    let poller = tokio::spawn(async move {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    acked_in_loop.fetch_add(1, Relaxed);
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    });
+    let mut sim =
+        lab::devices::Simulator::connect(client_id, "127.0.0.1", port, QoS::AtLeastOnce, 500);
     let mut published = Published::default();
-    let mut sent = 0u64;
     for i in 0..per_device {
         for d in 0..devices {
             let device = format!("{root}-dev{d}");
@@ -148,11 +132,7 @@ pub async fn publish_fleet(
                     vec![("temp", value)],
                 ),
             };
-            client
-                .publish(topic, QoS::AtLeastOnce, false, payload)
-                .await
-                .unwrap();
-            sent += 1;
+            sim.publish(topic, payload).await.unwrap();
             for (metric, v) in readings {
                 let key = (device.clone(), metric.to_owned(), ts);
                 if i == spike_at && metric == "temp" {
@@ -167,32 +147,20 @@ pub async fn publish_fleet(
                     r#"{"value": 1, "ts": "someday"}"#,
                     "[1,2]",
                 ][(published.malformed % 4) as usize];
-                client
-                    .publish(
-                        format!("{root}/{device}/temp"),
-                        QoS::AtLeastOnce,
-                        false,
-                        bad,
-                    )
+                sim.publish(format!("{root}/{device}/temp"), bad)
                     .await
                     .unwrap();
-                sent += 1;
                 published.malformed += 1;
             }
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while acked.load(Relaxed) < sent && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        acked.load(Relaxed),
-        sent,
-        "broker acknowledged every published message"
+    assert!(
+        sim.settle(Duration::from_secs(60)).await,
+        "broker acknowledged {} of {} published messages",
+        sim.acked(),
+        sim.sent()
     );
-    let _ = client.disconnect().await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    poller.abort();
+    sim.close().await;
     published
 }
 
