@@ -522,6 +522,34 @@ fn archived_batches(root: &Path) -> BTreeMap<(String, u64), BTreeSet<u64>> {
     out
 }
 
+/// The `(incarnation, seq)` of every archived row with this key.
+fn batches_holding(root: &Path, key: &(String, String, i64)) -> Vec<(u64, u64)> {
+    use arrow_array::{Array, StringArray, TimestampMicrosecondArray, UInt64Array};
+    let mut out = Vec::new();
+    for batch in
+        inference_hub::archive::read_table(root, inference_hub::archive::Table::Scored).unwrap()
+    {
+        let col = |name: &str| batch.column_by_name(name).unwrap();
+        let (device, metric) = (col("device"), col("metric"));
+        let device = device.as_any().downcast_ref::<StringArray>().unwrap();
+        let metric = metric.as_any().downcast_ref::<StringArray>().unwrap();
+        let ts = col("ts");
+        let ts = ts
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
+        let (inc, seq) = (col("incarnation"), col("seq"));
+        let inc = inc.as_any().downcast_ref::<UInt64Array>().unwrap();
+        let seq = seq.as_any().downcast_ref::<UInt64Array>().unwrap();
+        for i in 0..batch.num_rows() {
+            if device.value(i) == key.0 && metric.value(i) == key.1 && ts.value(i) == key.2 {
+                out.push((inc.value(i), seq.value(i)));
+            }
+        }
+    }
+    out
+}
+
 /// Chaos: the agent, the hub and the broker are each killed with SIGKILL
 /// again and again (at least 50 kills in all) under a steady stream of QoS 1
 /// messages, on the shipped broker configuration. The oracle:
@@ -617,8 +645,11 @@ async fn chaos_agent_hub_and_broker_killed_under_load() {
         .collect();
     rng.shuffle(&mut plan);
     let mut broker_killed_at: Vec<Duration> = Vec::new();
+    // When each kill happened, for the failure message.
+    let mut timeline: Vec<(Duration, &str)> = Vec::new();
     for target in &plan {
         tokio::time::sleep(Duration::from_millis(rng.u64(1200..2600))).await;
+        timeline.push((started.elapsed(), target));
         match *target {
             "agent" => {
                 edge.kill();
@@ -718,10 +749,29 @@ async fn chaos_agent_hub_and_broker_killed_under_load() {
         100.0 * broker_window.len() as f64 / publication.acknowledged.len().max(1) as f64,
     );
     assert!(plan.len() >= 50);
+    // For a doubled reading: which batches hold it, when the broker
+    // acknowledged it, and the kills around then.
+    let doubled_detail: Vec<String> = doubled
+        .iter()
+        .map(|(k, _)| {
+            let n = attempted.get(*k).copied().unwrap_or_default();
+            let acked = publication.acknowledged.get(&n).copied();
+            let around: Vec<String> = timeline
+                .iter()
+                .filter(|(at, _)| acked.is_none_or(|a| at.abs_diff(a) < Duration::from_secs(5)))
+                .map(|(at, what)| format!("{what} killed at {at:.2?}"))
+                .collect();
+            format!(
+                "message {n} (broker ack at {acked:.2?}) in batches {:?}; {}",
+                batches_holding(&root, k),
+                around.join(", ")
+            )
+        })
+        .collect();
     assert!(
         doubled.is_empty() && invented.is_empty() && unexplained.is_empty() && holes.is_empty(),
-        "archived twice e.g. {doubled:?}; never published e.g. {invented:?}; lost outside the \
-         broker's window e.g. {unexplained:?}; spooled batches missing: {holes:?}\n{}",
+        "archived twice e.g. {doubled:?} ({doubled_detail:?}); never published e.g. {invented:?}; \
+         lost outside the broker's window e.g. {unexplained:?}; spooled batches missing: {holes:?}\n{}",
         logs()
     );
 }
