@@ -418,7 +418,7 @@ struct StreamQuery {
         ("Last-Event-ID" = Option<String>, Header, description = "id of the last event received; missed events still in memory are sent first"),
     ),
     responses(
-        (status = 200, description = "`anomaly` and `update` events, keep-alive comments every 15 s", content_type = "text/event-stream", body = String),
+        (status = 200, description = "`anomaly` and `update` events, keep-alive comments every 15 s", content_type = "text/event-stream", body = bodies::StreamEventBody),
         (status = 400, description = "malformed query", body = openapi::ErrorBody),
         (status = 422, description = "an unknown event type", body = openapi::ErrorBody),
     ))]

@@ -127,3 +127,17 @@ pub enum BatchRefusal {
     Answer(schemas::ack::BatchAck),
     Error(super::openapi::ErrorBody),
 }
+
+/// One server-sent event of `GET /v1/stream`, as a client's SSE parser
+/// reads it (keep-alive comments are not events).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamEventBody {
+    /// Increasing; send the last one back as `Last-Event-ID` to resume.
+    pub id: String,
+    /// `anomaly` or `update`.
+    #[schema(pattern = "^(anomaly|update)$")]
+    pub event: String,
+    /// JSON text: an [`AnomalyEvent`] for `anomaly`; for `update`, the
+    /// device's gateway and its series' new latest values.
+    pub data: String,
+}
