@@ -32,7 +32,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use schemas::ack::{AckStatus, BatchAck};
 use schemas::envelope::BatchHeader;
 use tokio::sync::{mpsc, watch};
@@ -43,7 +43,7 @@ use crate::config::{UplinkKind, UplinkSettings};
 use crate::spool::service::{SpoolEvent, SpoolHandle};
 use crate::stats::EdgeStats;
 use iot_mqtt::routing::HubDirectory;
-use iot_mqtt::{OrderedAcker, Session, SessionEvent, backoff};
+use iot_mqtt::{OrderedAcker, Reconnect, backoff};
 
 /// Content type of an envelope over HTTP.
 pub const ENVELOPE_CONTENT_TYPE: &str = "application/vnd.iot-pipeline.batch";
@@ -227,7 +227,7 @@ struct MqttAnswers {
 
 async fn run_mqtt_answers(
     client: AsyncClient,
-    eventloop: rumqttc::EventLoop,
+    mut eventloop: rumqttc::EventLoop,
     listen: MqttAnswers,
     answers: mpsc::UnboundedSender<SendOutcome>,
     stats: Arc<EdgeStats>,
@@ -240,21 +240,19 @@ async fn run_mqtt_answers(
         reconnect_max,
     } = listen;
     let ack_topic = format!("{prefix}/acks/{gateway}");
-    let mut session = Session::new(
-        client.clone(),
-        eventloop,
-        vec![(ack_topic.clone(), QoS::AtLeastOnce)],
-        reconnect_max,
-        "uplink broker",
-    );
+    let mut reconnect = Reconnect::new(reconnect_max);
     loop {
         let event = tokio::select! {
-            ev = session.next() => ev,
+            ev = eventloop.poll() => ev,
             _ = shutdown.changed() => return,
         };
         match event {
-            SessionEvent::Connected { .. } => {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                reconnect.connected();
                 stats.broker_connects.fetch_add(1, Relaxed);
+                if let Err(e) = client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce) {
+                    tracing::error!(error = %e, "cannot subscribe to hub acks");
+                }
                 if let Some(hubs) = &hubs {
                     // A hub that left while we were away sent its goodbye
                     // to nobody: start over from the retained announcements
@@ -266,13 +264,13 @@ async fn run_mqtt_answers(
                     }
                 }
             }
-            SessionEvent::Publish(p)
+            Ok(Event::Incoming(Packet::Publish(p)))
                 if hubs.as_ref().is_some_and(|h| {
                     let membership = h.observe(&prefix, &p.topic, &p.payload, p.retain);
                     stats.announcements_ignored.store(h.ignored(), Relaxed);
                     membership
                 }) => {}
-            SessionEvent::Publish(p) if p.topic == ack_topic => {
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => {
                 match serde_json::from_slice::<BatchAck>(&p.payload) {
                     // Any incarnation: spooled batches of earlier runs keep
                     // theirs. Answers to batches not in flight are ignored.
@@ -288,9 +286,15 @@ async fn run_mqtt_answers(
                     }
                 }
             }
-            SessionEvent::Publish(_) => {}
-            SessionEvent::Failed => {
+            Ok(_) => {}
+            Err(e) => {
                 stats.broker_errors.fetch_add(1, Relaxed);
+                let delay = reconnect.failed();
+                tracing::warn!(error = %e, retry_in = ?delay, "uplink broker connection failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return,
+                }
             }
         }
     }

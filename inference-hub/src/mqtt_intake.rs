@@ -21,10 +21,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use iot_mqtt::routing;
-use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::{Semaphore, watch};
 
-use iot_mqtt::{OrderedAcker, Session, SessionEvent};
+use iot_mqtt::{OrderedAcker, Reconnect};
 
 use crate::config::HubConfig;
 use crate::intake::{IntakeHandle, SubmitError};
@@ -82,7 +82,7 @@ pub async fn run(
             true,
         ));
     }
-    let (client, eventloop) = iot_mqtt::client(opts, MAX_CONCURRENT * 2 + 16);
+    let (client, mut eventloop) = iot_mqtt::client(opts, MAX_CONCURRENT * 2 + 16);
     let filter = format!("$share/{}/{}/batches/+", m.share_group, m.topic_prefix);
     let direct = routing::direct_filter(&m.topic_prefix, &cfg.hub_id);
     // Whether the broker holds our announcement (as far as we know).
@@ -93,22 +93,10 @@ pub async fn run(
     // Deliveries are acknowledged in arrival order (rumqttd drops clients
     // that do otherwise), although batches finish in any order.
     let acker = OrderedAcker::new(&client, Arc::default(), Arc::default());
-    let mut subscriptions = vec![(filter.clone(), QoS::AtLeastOnce)];
-    if m.announce {
-        // Subscribed before announced: a gateway that hears of this hub
-        // finds it listening.
-        subscriptions.push((direct.clone(), QoS::AtLeastOnce));
-    }
-    let mut session = Session::new(
-        client.clone(),
-        eventloop,
-        subscriptions,
-        iot_mqtt::RECONNECT_MAX,
-        "hub broker",
-    );
+    let mut reconnect = Reconnect::new(iot_mqtt::RECONNECT_MAX);
     loop {
         let event = tokio::select! {
-            ev = session.next() => ev,
+            ev = eventloop.poll() => ev,
             _ = health_check.tick(), if m.announce => {
                 let healthy = stats.healthy();
                 if healthy != announced && announce(&client, &membership, &cfg.hub_id, healthy) {
@@ -119,15 +107,24 @@ pub async fn run(
             _ = shutdown.changed() => break,
         };
         match event {
-            SessionEvent::Connected { .. } => {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                reconnect.connected();
                 acker.new_generation();
                 tracing::info!(filter = %filter, "hub subscribed to batches");
+                if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                    tracing::error!(error = %e, "cannot subscribe to batches");
+                }
                 if m.announce {
+                    // Subscribed before announced: a gateway that hears of
+                    // this hub finds it listening.
+                    if let Err(e) = client.try_subscribe(direct.clone(), QoS::AtLeastOnce) {
+                        tracing::error!(error = %e, "cannot subscribe to direct batches");
+                    }
                     announced =
                         stats.healthy() && announce(&client, &membership, &cfg.hub_id, true);
                 }
             }
-            SessionEvent::Publish(publish) => {
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
                 stats.batches_received_mqtt.fetch_add(1, Relaxed);
                 let permit = tokio::select! {
                     p = Arc::clone(&permits).acquire_owned() => p.expect("semaphore never closed"),
@@ -170,7 +167,15 @@ pub async fn run(
                     acker.release(&pending.into_iter().collect::<Vec<_>>());
                 });
             }
-            SessionEvent::Failed => {}
+            Ok(_) => {}
+            Err(e) => {
+                let delay = reconnect.failed();
+                tracing::warn!(error = %e, retry_in = ?delay, "hub broker connection failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
         }
     }
     if m.announce {
@@ -183,5 +188,9 @@ pub async fn run(
         permits.acquire_many(MAX_CONCURRENT as u32),
     )
     .await;
-    session.close().await;
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while eventloop.poll().await.is_ok() {}
+    })
+    .await;
 }
