@@ -1,1 +1,0 @@
-/work/main/crates/seglog/fuzz/target/x86_64-unknown-linux-gnu/release/wal_record: /work/main/crates/seglog/fuzz/fuzz_targets/wal_record.rs /work/main/crates/seglog/src/fs.rs /work/main/crates/seglog/src/fuzzing.rs /work/main/crates/seglog/src/lib.rs /work/main/crates/seglog/src/record.rs
