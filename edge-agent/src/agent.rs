@@ -56,8 +56,26 @@ impl Agent {
         let (finish_tx, finish_rx) = watch::channel(false);
 
         let max_unacked = (cfg.uplink.max_in_flight + 2) * cfg.batch.max_rows + INGEST_QUEUE;
-        let (client, eventloop) =
-            ingest::connect(&cfg.mqtt, cfg.mqtt_client_id(), max_unacked.min(1 << 20));
+        // Both links' TLS files and secrets are read first: a bad one stops
+        // the start before anything runs.
+        let security = iot_mqtt::LinkSecurity::new("mqtt", cfg.mqtt.security())
+            .map_err(std::io::Error::other)?;
+        // The uplink connection must outlive the drain, so it stops with
+        // `finish`, not with `stop_intake`.
+        let (transport, answers) = uplink::Transport::start(
+            &cfg.uplink,
+            &cfg.gateway_id,
+            cfg.uplink_client_id(),
+            Arc::clone(&stats),
+            finish_rx.clone(),
+        )
+        .map_err(std::io::Error::other)?;
+        let (client, eventloop) = ingest::connect(
+            &cfg.mqtt,
+            &security,
+            cfg.mqtt_client_id(),
+            max_unacked.min(1 << 20),
+        );
         let acker = OrderedAcker::new(
             &client,
             Arc::clone(&stats.device_acks),
@@ -112,6 +130,7 @@ impl Agent {
             acker.clone(),
             guard,
             cfg.mqtt.reconnect_max,
+            security,
             Arc::clone(&stats),
             stop_rx.clone(),
             finish_rx.clone(),
@@ -127,15 +146,6 @@ impl Agent {
             batch_tx,
             Arc::clone(&stats),
         ));
-        // The uplink connection must outlive the drain, so it stops with
-        // `finish`, not with `stop_intake`.
-        let (transport, answers) = uplink::Transport::start(
-            &cfg.uplink,
-            &cfg.gateway_id,
-            cfg.uplink_client_id(),
-            Arc::clone(&stats),
-            finish_rx.clone(),
-        );
         let uplink = tokio::spawn(uplink::run(
             cfg.uplink.clone(),
             transport,

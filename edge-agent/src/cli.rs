@@ -194,10 +194,19 @@ fn replay(config: &EdgeConfig, files: &[PathBuf], args: ReplayArgs) -> ExitCode 
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let http = &config.uplink.http;
+    let token = match iot_tls::read_secret("token", http.token.as_ref(), http.token_file.as_deref())
+    {
+        Ok(token) => token.map(|t| t.expose().to_owned()),
+        Err(e) => {
+            eprintln!("uplink.http.token: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let target = match hub_url {
         Some(url) => crate::replay::Target::Hub {
             url,
-            token: config.uplink.http.token.clone(),
+            token,
             batch_rows: batch_rows.max(1),
         },
         None => crate::replay::Target::Mqtt {

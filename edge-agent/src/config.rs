@@ -1,8 +1,11 @@
 //! The edge agent's configuration (TOML, layered with `EDGE__...` environment
 //! variables; see [`schemas::settings`] for the precedence rules).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
+use iot_mqtt::LinkSettings;
+use iot_tls::{ClientTls, Secret};
 use serde::{Deserialize, Serialize};
 
 use schemas::settings::{ConfigProblem, Validate, duration};
@@ -151,6 +154,17 @@ pub struct MqttSettings {
     /// this.
     #[serde(with = "duration")]
     pub reconnect_max: Duration,
+    /// Broker login: a user name and `password-file` (or `password`; a
+    /// token works as the password). Absent: no credentials are sent.
+    pub username: Option<String>,
+    /// Prefer `password-file`, which keeps the secret out of this file.
+    pub password: Option<Secret>,
+    /// A file holding the password (re-read before every reconnection).
+    pub password_file: Option<PathBuf>,
+    /// TLS to the broker (`ca-file`, `system-roots`, `cert-file`,
+    /// `key-file`); absent: plain TCP. Files are re-read before every
+    /// reconnection, so a rotated certificate needs no restart.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for MqttSettings {
@@ -164,6 +178,10 @@ impl Default for MqttSettings {
             max_transport_bytes: DEFAULT_TRANSPORT_BYTES,
             broker_inflight: 20,
             reconnect_max: iot_mqtt::RECONNECT_MAX,
+            username: None,
+            password: None,
+            password_file: None,
+            tls: None,
         }
     }
 }
@@ -300,6 +318,17 @@ pub struct UplinkMqtt {
     /// answers and hub announcements are small, but a retained message past
     /// this would break the connection for good.
     pub max_transport_bytes: usize,
+    /// Broker login: a user name and `password-file` (or `password`; a
+    /// token works as the password). Absent: no credentials are sent.
+    pub username: Option<String>,
+    /// Prefer `password-file`, which keeps the secret out of this file.
+    pub password: Option<Secret>,
+    /// A file holding the password (re-read before every reconnection).
+    pub password_file: Option<PathBuf>,
+    /// TLS to the broker (`ca-file`, `system-roots`, `cert-file`,
+    /// `key-file`); absent: plain TCP. Files are re-read before every
+    /// reconnection, so a rotated certificate needs no restart.
+    pub tls: Option<ClientTls>,
 }
 
 /// The MQTT packet limit both connections default to: the broker's limit in
@@ -317,6 +346,10 @@ impl Default for UplinkMqtt {
             keep_alive: Duration::from_secs(30),
             reconnect_max: iot_mqtt::RECONNECT_MAX,
             max_transport_bytes: DEFAULT_TRANSPORT_BYTES,
+            username: None,
+            password: None,
+            password_file: None,
+            tls: None,
         }
     }
 }
@@ -328,8 +361,15 @@ pub struct UplinkHttp {
     pub url: String,
     #[serde(with = "duration")]
     pub request_timeout: Duration,
-    /// Bearer token sent with every request, if the hub requires one.
-    pub token: Option<String>,
+    /// Bearer token sent with every request, if the hub requires one
+    /// (a per-gateway ingest token binds this gateway's id to it)...
+    pub token: Option<Secret>,
+    /// ...or a file holding it (re-read when it changes).
+    pub token_file: Option<PathBuf>,
+    /// TLS settings for an `https://` URL (`ca-file`, `system-roots`, and
+    /// `cert-file`/`key-file` for a hub that knows gateways by their
+    /// certificates).
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for UplinkHttp {
@@ -338,6 +378,32 @@ impl Default for UplinkHttp {
             url: "http://127.0.0.1:8080".into(),
             request_timeout: Duration::from_secs(10),
             token: None,
+            token_file: None,
+            tls: None,
+        }
+    }
+}
+
+impl MqttSettings {
+    /// The login and TLS settings of the gateway broker connection.
+    pub fn security(&self) -> LinkSettings<'_> {
+        LinkSettings {
+            username: self.username.as_deref(),
+            password: self.password.as_ref(),
+            password_file: self.password_file.as_deref(),
+            tls: self.tls.as_ref(),
+        }
+    }
+}
+
+impl UplinkMqtt {
+    /// The login and TLS settings of the uplink broker connection.
+    pub fn security(&self) -> LinkSettings<'_> {
+        LinkSettings {
+            username: self.username.as_deref(),
+            password: self.password.as_ref(),
+            password_file: self.password_file.as_deref(),
+            tls: self.tls.as_ref(),
         }
     }
 }
@@ -369,6 +435,61 @@ impl EdgeConfig {
         cfg.mqtt.port = broker_port;
         cfg.uplink.mqtt.port = broker_port;
         cfg
+    }
+}
+
+impl EdgeConfig {
+    /// Every TLS file and secret the configuration names is readable and
+    /// fits (a key that belongs to its certificate); the URL's scheme fits
+    /// its TLS table.
+    fn validate_security(&self, problems: &mut Vec<ConfigProblem>) {
+        let links = [
+            ("mqtt", self.mqtt.security(), true),
+            (
+                "uplink.mqtt",
+                self.uplink.mqtt.security(),
+                self.uplink.kind == UplinkKind::Mqtt,
+            ),
+        ];
+        for (key, link, used) in links {
+            if !used {
+                continue;
+            }
+            if let Err(e) = iot_mqtt::LinkSecurity::new(key, link) {
+                problems.push(ConfigProblem::new(key, e.to_string()));
+            }
+        }
+        if self.uplink.kind == UplinkKind::Http {
+            let http = &self.uplink.http;
+            let https = http.url.starts_with("https://");
+            if !https && !http.url.starts_with("http://") {
+                problems.push(ConfigProblem::new(
+                    "uplink.http.url",
+                    "must start with http:// or https://",
+                ));
+            }
+            match (&http.tls, https) {
+                (Some(tls), true) => {
+                    if let Err(e) = tls.load() {
+                        problems.push(ConfigProblem::new("uplink.http.tls", e.to_string()));
+                    }
+                }
+                (None, true) => problems.push(ConfigProblem::new(
+                    "uplink.http.tls",
+                    "an https:// URL needs [uplink.http.tls] (ca-file or system-roots = true)",
+                )),
+                (Some(_), false) => problems.push(ConfigProblem::new(
+                    "uplink.http.url",
+                    "[uplink.http.tls] is set but the URL is http://; use https://",
+                )),
+                (None, false) => {}
+            }
+            if let Err(e) =
+                iot_tls::read_secret("token", http.token.as_ref(), http.token_file.as_deref())
+            {
+                problems.push(ConfigProblem::new("uplink.http.token-file", e.to_string()));
+            }
+        }
     }
 }
 
@@ -427,12 +548,7 @@ impl Validate for EdgeConfig {
                 "must be positive and at most uplink.retry-max",
             ));
         }
-        if self.uplink.kind == UplinkKind::Http && !self.uplink.http.url.starts_with("http://") {
-            problems.push(ConfigProblem::new(
-                "uplink.http.url",
-                "must start with http:// (TLS to the hub is not built in yet; terminate it in a local proxy)",
-            ));
-        }
+        self.validate_security(problems);
         crate::filter::validate_rules(&self.rules, problems);
         if self.mqtt.broker_inflight == 0 || self.mqtt.broker_inflight > u16::MAX as usize {
             problems.push(ConfigProblem::new(

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use iot_mqtt::LinkSecurity;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 
@@ -116,10 +117,12 @@ impl MessageDecoder {
 /// Builds the MQTT client for the gateway broker (`mqtt`), as `client_id`.
 pub fn connect(
     mqtt: &MqttSettings,
+    security: &LinkSecurity,
     client_id: String,
     ack_capacity: usize,
 ) -> (AsyncClient, EventLoop) {
     let mut opts = MqttOptions::new(client_id, &mqtt.host, mqtt.port);
+    security.apply(&mut opts);
     opts.set_keep_alive(mqtt.keep_alive)
         .set_clean_session(false)
         .set_manual_acks(true)
@@ -147,6 +150,7 @@ pub async fn run(
     acker: OrderedAcker,
     mut guard: RedeliveryGuard,
     reconnect_max: Duration,
+    security: LinkSecurity,
     stats: Arc<EdgeStats>,
     mut stop_intake: watch::Receiver<bool>,
     mut finish: watch::Receiver<bool>,
@@ -291,6 +295,9 @@ pub async fn run(
                     _ = tokio::time::sleep(delay) => {}
                     _ = finish.changed() => break,
                 }
+                // A rotated certificate or password is used from the next
+                // connection on.
+                security.refresh(&mut eventloop.mqtt_options);
             }
         }
     }

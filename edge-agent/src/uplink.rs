@@ -43,7 +43,8 @@ use crate::config::{UplinkKind, UplinkSettings};
 use crate::spool::service::{SpoolEvent, SpoolHandle};
 use crate::stats::EdgeStats;
 use iot_mqtt::routing::HubDirectory;
-use iot_mqtt::{OrderedAcker, Reconnect, backoff};
+use iot_mqtt::{LinkSecurity, OrderedAcker, Reconnect, backoff};
+use iot_tls::{Refresh, Reloading, Secret, TlsError, rustls};
 
 /// Content type of an envelope over HTTP.
 pub const ENVELOPE_CONTENT_TYPE: &str = "application/vnd.iot-pipeline.batch";
@@ -70,11 +71,94 @@ pub enum Transport {
         hubs: Option<HubDirectory>,
     },
     Http {
-        client: reqwest::Client,
+        link: Box<HttpLink>,
         url: String,
-        token: Option<String>,
         outcomes: mpsc::UnboundedSender<SendOutcome>,
     },
+}
+
+/// The HTTP(S) client of the uplink and its bearer token, rebuilt when the
+/// TLS files or the token file change (rotation without a restart; a bad
+/// new file is refused with an ERROR and the last good one stays).
+#[derive(Debug)]
+pub struct HttpLink {
+    client: std::sync::Mutex<reqwest::Client>,
+    timeout: Duration,
+    tls: Option<Reloading<rustls::ClientConfig>>,
+    inline_token: Option<Secret>,
+    token_file: Option<std::path::PathBuf>,
+    token: std::sync::Mutex<Option<Secret>>,
+}
+
+impl HttpLink {
+    fn new(http: &crate::config::UplinkHttp) -> Result<Self, TlsError> {
+        let tls = match &http.tls {
+            Some(tls) => {
+                let cfg = tls.clone();
+                Some(Reloading::new(
+                    "the HTTPS uplink's TLS",
+                    tls.files(),
+                    move || cfg.load(),
+                )?)
+            }
+            None => None,
+        };
+        let token = iot_tls::read_secret("token", http.token.as_ref(), http.token_file.as_deref())?;
+        let client = Self::build(http.request_timeout, tls.as_ref().map(Reloading::current))?;
+        Ok(Self {
+            client: std::sync::Mutex::new(client),
+            timeout: http.request_timeout,
+            tls,
+            inline_token: http.token.clone(),
+            token_file: http.token_file.clone(),
+            token: std::sync::Mutex::new(token),
+        })
+    }
+
+    fn build(
+        timeout: Duration,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<reqwest::Client, TlsError> {
+        let mut builder = reqwest::Client::builder().timeout(timeout);
+        if let Some(tls) = tls {
+            builder = builder
+                .use_preconfigured_tls((*tls).clone())
+                .https_only(true);
+        }
+        builder
+            .build()
+            .map_err(|e| TlsError::Settings(format!("HTTP client: {e}")))
+    }
+
+    /// The client and token to send with now, after looking at the files.
+    fn current(&self) -> (reqwest::Client, Option<Secret>) {
+        if let Some(tls) = &self.tls
+            && let Refresh::Replaced = tls.refresh()
+        {
+            match Self::build(self.timeout, Some(tls.current())) {
+                Ok(client) => *self.client.lock().expect("not poisoned") = client,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot rebuild the HTTPS client; the previous one stays")
+                }
+            }
+        }
+        if self.token_file.is_some() {
+            match iot_tls::read_secret(
+                "token",
+                self.inline_token.as_ref(),
+                self.token_file.as_deref(),
+            ) {
+                Ok(t) => *self.token.lock().expect("not poisoned") = t,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot re-read the uplink token file; the last token read stays")
+                }
+            }
+        }
+        (
+            self.client.lock().expect("not poisoned").clone(),
+            self.token.lock().expect("not poisoned").clone(),
+        )
+    }
 }
 
 impl Transport {
@@ -87,12 +171,14 @@ impl Transport {
         client_id: String,
         stats: Arc<EdgeStats>,
         shutdown: watch::Receiver<bool>,
-    ) -> (Self, mpsc::UnboundedReceiver<SendOutcome>) {
+    ) -> Result<(Self, mpsc::UnboundedReceiver<SendOutcome>), TlsError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let transport = match uplink.kind {
             UplinkKind::Mqtt => {
                 let m = &uplink.mqtt;
+                let security = LinkSecurity::new("uplink.mqtt", m.security())?;
                 let mut opts = MqttOptions::new(client_id, &m.host, m.port);
+                security.apply(&mut opts);
                 opts.set_keep_alive(m.keep_alive)
                     .set_clean_session(false)
                     .set_max_packet_size(
@@ -110,6 +196,7 @@ impl Transport {
                         gateway: gateway.to_owned(),
                         hubs: hubs.clone(),
                         reconnect_max: m.reconnect_max,
+                        security,
                     },
                     tx,
                     stats,
@@ -122,20 +209,13 @@ impl Transport {
                     hubs,
                 }
             }
-            UplinkKind::Http => {
-                let client = reqwest::Client::builder()
-                    .timeout(uplink.http.request_timeout)
-                    .build()
-                    .expect("static reqwest configuration");
-                Transport::Http {
-                    client,
-                    url: format!("{}/v1/batches", uplink.http.url.trim_end_matches('/')),
-                    token: uplink.http.token.clone(),
-                    outcomes: tx,
-                }
-            }
+            UplinkKind::Http => Transport::Http {
+                link: Box::new(HttpLink::new(&uplink.http)?),
+                url: format!("{}/v1/batches", uplink.http.url.trim_end_matches('/')),
+                outcomes: tx,
+            },
         };
-        (transport, rx)
+        Ok((transport, rx))
     }
 
     /// Sends one batch; returns the hub it was addressed to (sticky MQTT).
@@ -167,17 +247,17 @@ impl Transport {
                 route.hub
             }
             Transport::Http {
-                client,
+                link,
                 url,
-                token,
                 outcomes,
             } => {
+                let (client, token) = link.current();
                 let mut request = client
                     .post(url.clone())
                     .header("content-type", ENVELOPE_CONTENT_TYPE)
                     .body(batch.bytes.clone());
                 if let Some(t) = token {
-                    request = request.bearer_auth(t);
+                    request = request.bearer_auth(t.expose());
                 }
                 let key = batch.key();
                 let outcomes = outcomes.clone();
@@ -223,6 +303,7 @@ struct MqttAnswers {
     gateway: String,
     hubs: Option<HubDirectory>,
     reconnect_max: Duration,
+    security: LinkSecurity,
 }
 
 async fn run_mqtt_answers(
@@ -238,6 +319,7 @@ async fn run_mqtt_answers(
         gateway,
         hubs,
         reconnect_max,
+        security,
     } = listen;
     let ack_topic = format!("{prefix}/acks/{gateway}");
     let mut reconnect = Reconnect::new(reconnect_max);
@@ -295,6 +377,9 @@ async fn run_mqtt_answers(
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => return,
                 }
+                // A rotated certificate or password is used from the next
+                // connection on.
+                security.refresh(&mut eventloop.mqtt_options);
             }
         }
     }

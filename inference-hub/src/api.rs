@@ -35,7 +35,7 @@ use schemas::ack::BatchAck;
 use schemas::envelope::{DecodeError, DecodeErrorClass};
 use serde::Deserialize;
 
-use crate::intake::{IntakeHandle, SubmitError};
+use crate::intake::{IntakeHandle, Sender, SubmitError};
 use crate::state::HubState;
 use crate::stats::HubStats;
 
@@ -90,8 +90,8 @@ impl ApiContext {
     }
 
     /// Applies an access policy (tokens, rate limits, CORS, timeout).
-    pub fn with_access(mut self, access: access::Access) -> Self {
-        self.access = Arc::new(access);
+    pub fn with_access(mut self, access: Arc<access::Access>) -> Self {
+        self.access = access;
         self
     }
 }
@@ -570,10 +570,13 @@ impl Drop for CancelOnDrop {
         (status = 400, description = "malformed envelope", body = bodies::BatchRefusal),
         (status = 413, description = "envelope too large", body = bodies::BatchRefusal),
         (status = 422, description = "invalid content, or every reading refused (the answer says why)", body = bodies::BatchRefusal),
+        (status = 403, description = "the envelope's gateway is not the sender's authenticated identity (client certificate or per-gateway ingest token); nothing of it is kept", body = openapi::ErrorBody),
         (status = 503, description = "the hub cannot make it durable now; retry after Retry-After", body = openapi::ErrorBody),
     ))]
 async fn batches(
     State(ctx): State<ApiContext>,
+    caller: Option<axum::Extension<access::Caller>>,
+    peer: Option<axum::Extension<serve::PeerIdentity>>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let body = match body {
@@ -591,7 +594,23 @@ async fn batches(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return unavailable("too many batch uploads in progress");
     };
-    match ctx.intake.submit(body).await {
+    // Who may this request send for: its client certificate's names, its
+    // per-gateway token's gateway, both (they must agree), or anyone.
+    let bound_token = caller.and_then(|c| c.0.gateway.clone());
+    let (names, how) = match (peer.map(|p| p.0.0), bound_token) {
+        (Some(names), Some(gw)) => (
+            Some(names.into_iter().filter(|n| *n == gw).collect()),
+            "client certificate and ingest token",
+        ),
+        (Some(names), None) => (Some(names), "client certificate"),
+        (None, Some(gw)) => (Some(vec![gw]), "ingest token"),
+        (None, None) => (None, ""),
+    };
+    let sender = match &names {
+        Some(names) => Sender::Gateways { names, how },
+        None => Sender::Anyone,
+    };
+    match ctx.intake.submit_from(body, sender).await {
         // Refused whole by screening (every reading out of its window, or
         // of new series past the caps): a valid envelope the hub will not hold.
         Ok(
@@ -608,6 +627,13 @@ async fn batches(
             ApiError::new(status_for(&e), "unreadable_batch", e.to_string()).into_response()
         }
         Err(SubmitError::Unavailable(why)) => unavailable(why),
+        Err(e @ SubmitError::Forbidden { .. }) => {
+            ctx.stats
+                .batches_forbidden_http
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(error = %e, "batch refused: not the sender's gateway");
+            ApiError::new(StatusCode::FORBIDDEN, "forbidden_gateway", e.to_string()).into_response()
+        }
     }
 }
 

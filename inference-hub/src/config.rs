@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use iot_tls::{ClientTls, Secret, ServerTls};
 use serde::{Deserialize, Serialize};
 
 use schemas::settings::{ConfigProblem, Validate, duration};
@@ -53,6 +54,27 @@ pub struct HubMqtt {
     pub announce: bool,
     #[serde(with = "duration")]
     pub keep_alive: Duration,
+    /// Broker login: a user name and `password-file` (or `password`).
+    pub username: Option<String>,
+    /// Prefer `password-file`, which keeps the secret out of this file.
+    pub password: Option<Secret>,
+    /// A file holding the password (re-read before every reconnection).
+    pub password_file: Option<PathBuf>,
+    /// TLS to the broker (`ca-file`, `system-roots`, `cert-file`,
+    /// `key-file`); absent: plain TCP. Re-read before every reconnection.
+    pub tls: Option<ClientTls>,
+}
+
+impl HubMqtt {
+    /// The login and TLS settings of the broker connection.
+    pub fn security(&self) -> iot_mqtt::LinkSettings<'_> {
+        iot_mqtt::LinkSettings {
+            username: self.username.as_deref(),
+            password: self.password.as_ref(),
+            password_file: self.password_file.as_deref(),
+            tls: self.tls.as_ref(),
+        }
+    }
 }
 
 impl Default for HubMqtt {
@@ -66,6 +88,10 @@ impl Default for HubMqtt {
             topic_prefix: "iot".into(),
             announce: true,
             keep_alive: Duration::from_secs(30),
+            username: None,
+            password: None,
+            password_file: None,
+            tls: None,
         }
     }
 }
@@ -90,6 +116,11 @@ pub struct HubHttp {
     /// Open connections at most (and never more than half the open-file
     /// limit); past it new clients wait in the kernel's backlog.
     pub max_connections: usize,
+    /// HTTPS (`cert-file`, `key-file`, and `client-ca-file` /
+    /// `require-client-cert` for gateways known by their certificates);
+    /// absent: plain HTTP. The files are re-read when they change and new
+    /// handshakes use them.
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for HubHttp {
@@ -102,6 +133,7 @@ impl Default for HubHttp {
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            tls: None,
         }
     }
 }
@@ -498,10 +530,15 @@ impl Validate for HubConfig {
             ));
         }
         for (i, t) in self.http.tokens.iter().enumerate() {
-            if t.digest().is_none() {
+            if let Err(e) = t.digest() {
+                problems.push(ConfigProblem::new(format!("http.tokens[{i}].token"), e));
+            }
+            if let Some(gw) = &t.gateway
+                && !t.scopes.contains(&crate::api::access::Scope::Ingest)
+            {
                 problems.push(ConfigProblem::new(
-                    format!("http.tokens[{i}].token"),
-                    "give `token` or a 64-hex-digit `token-sha256`",
+                    format!("http.tokens[{i}].gateway"),
+                    format!("binds the token to gateway '{gw}' but its scopes lack ingest"),
                 ));
             }
             if t.scopes.is_empty() {
@@ -516,6 +553,14 @@ impl Validate for HubConfig {
                     "must be a positive number of requests per second",
                 ));
             }
+        }
+        if self.mqtt.enabled
+            && let Err(e) = iot_mqtt::LinkSecurity::new("mqtt", self.mqtt.security())
+        {
+            problems.push(ConfigProblem::new("mqtt", e.to_string()));
+        }
+        if let Some(Err(e)) = self.http.tls.as_ref().map(|t| t.load()) {
+            problems.push(ConfigProblem::new("http.tls", e.to_string()));
         }
         for (i, route) in self.scoring.routes.iter().enumerate() {
             if !route.model_dir.join("manifest.json").is_file() {

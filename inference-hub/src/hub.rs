@@ -52,6 +52,12 @@ pub enum StartError {
     Model(#[from] crate::model::ModelError),
     #[error("cannot open the archive")]
     Archive(#[from] crate::archive::ArchiveError),
+    #[error("TLS or credentials of {what}")]
+    Tls {
+        what: &'static str,
+        #[source]
+        source: iot_tls::TlsError,
+    },
     #[error("cannot open {what}")]
     Io {
         what: &'static str,
@@ -87,7 +93,59 @@ pub struct HubHandle {
 }
 
 /// Starts a hub on the current tokio runtime.
+/// How often the HTTPS certificate files and the token files are looked at.
+const SECRET_FILES_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Rotation without a restart: re-reads the HTTPS certificate, key and
+/// client CA, and the token files, when they change (a bad new file is
+/// refused with an ERROR; the last good one stays in force).
+async fn follow_secret_files(
+    https: Option<Arc<iot_tls::Reloading<iot_tls::rustls::ServerConfig>>>,
+    access: Arc<api::access::Access>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(SECRET_FILES_POLL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Some(https) = &https {
+            let _ = https.refresh();
+        }
+        access.refresh_token_files();
+    }
+}
+
 pub async fn start(cfg: HubConfig) -> Result<HubHandle, StartError> {
+    // Every TLS file and secret is read before anything starts: a bad one
+    // is a start-up error that names it.
+    let tls_error = |what| move |source| StartError::Tls { what, source };
+    let https = match &cfg.http.tls {
+        Some(tls) => {
+            let settings = tls.clone();
+            Some(Arc::new(
+                iot_tls::Reloading::new("the hub's HTTPS certificate", tls.files(), move || {
+                    settings.load()
+                })
+                .map_err(tls_error("http.tls"))?,
+            ))
+        }
+        None => None,
+    };
+    let mqtt_security =
+        iot_mqtt::LinkSecurity::new("mqtt", cfg.mqtt.security()).map_err(tls_error("mqtt"))?;
+    let access = Arc::new(
+        api::access::Access::new(
+            &cfg.http.tokens,
+            cfg.http.cors_origins.clone(),
+            cfg.http.request_timeout,
+        )
+        .map_err(|e| StartError::Tls {
+            what: "http.tokens",
+            source: iot_tls::TlsError::Settings(e),
+        })?,
+    );
     let stats = Arc::new(HubStats::default());
     let state = Arc::new(HubState::default());
     let limits = DecodeLimits {
@@ -151,12 +209,13 @@ pub async fn start(cfg: HubConfig) -> Result<HubHandle, StartError> {
         ApiContext::new(intake.clone(), Arc::clone(&state), Arc::clone(&stats))
             .with_archive(cfg.archive_root())
             .with_losses(Arc::clone(&losses))
-            .with_access(api::access::Access::new(
-                &cfg.http.tokens,
-                cfg.http.cors_origins.clone(),
-                cfg.http.request_timeout,
-            )),
+            .with_access(Arc::clone(&access)),
     );
+    tokio::spawn(follow_secret_files(
+        https.clone(),
+        access,
+        shutdown_rx.clone(),
+    ));
     let limits = api::serve::ServeLimits {
         max_connections: api::serve::effective_max_connections(cfg.http.max_connections),
         header_read_timeout: cfg.http.header_read_timeout,
@@ -164,6 +223,7 @@ pub async fn start(cfg: HubConfig) -> Result<HubHandle, StartError> {
     };
     let http = tokio::spawn(api::serve::serve(
         listener,
+        https,
         app,
         limits,
         Arc::clone(&stats),
@@ -172,6 +232,7 @@ pub async fn start(cfg: HubConfig) -> Result<HubHandle, StartError> {
     let mqtt = cfg.mqtt.enabled.then(|| {
         tokio::spawn(mqtt_intake::run(
             cfg.clone(),
+            mqtt_security,
             intake.clone(),
             Arc::clone(&stats),
             shutdown_rx,

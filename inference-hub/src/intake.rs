@@ -94,6 +94,44 @@ pub enum SubmitError {
     /// The hub cannot make batches durable right now; retry later.
     #[error("hub unavailable: {0}")]
     Unavailable(&'static str),
+    /// The envelope names a gateway the sender is not (see [`Sender`]):
+    /// refused and counted, nothing of it is kept or answered to the
+    /// gateway it names.
+    #[error("gateway '{claimed}' is not the sender's identity ({how})")]
+    Forbidden { claimed: String, how: &'static str },
+}
+
+/// Who sent a batch, as its transport authenticated it. A batch is taken
+/// only for the gateway its sender is; this is what stops one gateway (or
+/// anyone holding its credentials) from writing another's data or
+/// pre-empting its sequence numbers.
+#[derive(Debug, Clone, Copy)]
+pub enum Sender<'a> {
+    /// Trusted for every gateway: an open hub, an ingest token bound to no
+    /// gateway (a relay or replay tool).
+    Anyone,
+    /// Only the gateways named (a client certificate's names, a
+    /// per-gateway token, the gateway in the MQTT topic the broker let
+    /// it publish to); `how` says which, for the refusal.
+    Gateways {
+        names: &'a [String],
+        how: &'static str,
+    },
+}
+
+impl Sender<'_> {
+    /// The refusal of a batch for a gateway the sender is not.
+    fn refusal(&self, gateway: &str) -> Option<SubmitError> {
+        match *self {
+            Sender::Gateways { names, how } if !names.iter().any(|n| n == gateway) => {
+                Some(SubmitError::Forbidden {
+                    claimed: gateway.to_owned(),
+                    how,
+                })
+            }
+            _ => None,
+        }
+    }
 }
 
 struct Request {
@@ -141,14 +179,32 @@ impl IntakeHandle {
     /// Verifies the envelope and waits until it is durable (or known to be a
     /// duplicate of a durable batch).
     pub async fn submit(&self, raw: Bytes) -> Result<BatchAck, SubmitError> {
-        self.enqueue(raw).await?.answer().await
+        self.enqueue(raw, Sender::Anyone).await?.answer().await
+    }
+
+    /// [`Self::submit`] for a sender that may write only as `sender`.
+    pub async fn submit_from(
+        &self,
+        raw: Bytes,
+        sender: Sender<'_>,
+    ) -> Result<BatchAck, SubmitError> {
+        self.enqueue(raw, sender).await?.answer().await
     }
 
     /// Verifies the envelope and hands it to the sequencer, returning once it
     /// is queued; the answer comes from [`Queued::answer`]. Calling this in
     /// arrival order keeps a gateway's batches in that order in the WAL (and
     /// so in scoring), while the waits for durability overlap.
-    pub async fn enqueue(&self, raw: Bytes) -> Result<Queued, SubmitError> {
+    /// A batch whose gateway `sender` is not is refused before it is
+    /// decoded ([`SubmitError::Forbidden`]).
+    pub async fn enqueue(&self, raw: Bytes, sender: Sender<'_>) -> Result<Queued, SubmitError> {
+        // Checked on the header first, so that nothing (not even a
+        // `rejected` answer) goes out in another gateway's name.
+        if let Ok((_, header)) = envelope::peek_header(&raw, &self.limits)
+            && let Some(refused) = sender.refusal(&header.gateway)
+        {
+            return Err(refused);
+        }
         let batch = match envelope::decode(&raw, &self.limits) {
             Ok(b) => b,
             Err(e) => {
@@ -171,6 +227,9 @@ impl IntakeHandle {
             }
         };
         let header = batch.header.clone();
+        if let Some(refused) = sender.refusal(&header.gateway) {
+            return Err(refused);
+        }
         let crc32c = envelope::content_crc(&raw).unwrap_or_default();
         let (reply, answer) = oneshot::channel();
         self.tx

@@ -24,10 +24,10 @@ use iot_mqtt::routing;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::{Semaphore, watch};
 
-use iot_mqtt::{OrderedAcker, Reconnect};
+use iot_mqtt::{LinkSecurity, OrderedAcker, Reconnect};
 
 use crate::config::HubConfig;
-use crate::intake::{IntakeHandle, SubmitError};
+use crate::intake::{IntakeHandle, Sender, SubmitError};
 use crate::stats::HubStats;
 
 /// Batches handled at the same time by one hub.
@@ -62,12 +62,14 @@ fn announce(client: &AsyncClient, topic: &str, hub_id: &str, present: bool) -> b
 
 pub async fn run(
     cfg: HubConfig,
+    security: LinkSecurity,
     intake: IntakeHandle,
     stats: Arc<HubStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let m = &cfg.mqtt;
     let mut opts = MqttOptions::new(cfg.mqtt_client_id(), &m.host, m.port);
+    security.apply(&mut opts);
     opts.set_keep_alive(m.keep_alive)
         .set_clean_session(true)
         .set_manual_acks(true)
@@ -131,16 +133,30 @@ pub async fn run(
                     _ = shutdown.changed() => break,
                 };
                 let pending = acker.register(&publish);
-                let (client, intake, ack_prefix, acker) = (
+                let (client, intake, ack_prefix, acker, stats) = (
                     client.clone(),
                     intake.clone(),
                     ack_prefix.clone(),
                     acker.clone(),
+                    Arc::clone(&stats),
                 );
                 // Verified and queued here, in arrival order (a gateway's
                 // batches reach the WAL, and scoring, in the order it sent
                 // them); only the waits for durability run concurrently.
-                let queued = intake.enqueue(publish.payload.clone()).await;
+                // The broker's ACLs let a client publish only under its own
+                // gateway (deploy/mosquitto); the envelope must name the
+                // same gateway as the topic.
+                let topic_gateway = [publish
+                    .topic
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()];
+                let sender = Sender::Gateways {
+                    names: &topic_gateway,
+                    how: "the gateway in the MQTT topic",
+                };
+                let queued = intake.enqueue(publish.payload.clone(), sender).await;
                 tokio::spawn(async move {
                     let _permit = permit;
                     let answer = match queued {
@@ -163,6 +179,12 @@ pub async fn run(
                         Err(e @ SubmitError::Unavailable(_)) => {
                             tracing::warn!(error = %e, "batch not accepted; the gateway will resend");
                         }
+                        Err(e @ SubmitError::Forbidden { .. }) => {
+                            // Nothing is answered: an answer would go out
+                            // in another gateway's name.
+                            stats.batches_forbidden_mqtt.fetch_add(1, Relaxed);
+                            tracing::warn!(error = %e, topic = %publish.topic, "batch refused: its gateway is not the topic's");
+                        }
                     }
                     acker.release(&pending.into_iter().collect::<Vec<_>>());
                 });
@@ -175,6 +197,9 @@ pub async fn run(
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => break,
                 }
+                // A rotated certificate or password is used from the next
+                // connection on.
+                security.refresh(&mut eventloop.mqtt_options);
             }
         }
     }

@@ -11,6 +11,11 @@ pub struct HubStats {
     pub batches_duplicate: AtomicU64,
     pub batches_rejected: AtomicU64,
     pub batches_unreadable: AtomicU64,
+    /// Batches whose envelope names a gateway other than the sender's
+    /// authenticated one (client certificate, per-gateway token, or the
+    /// gateway in the MQTT topic): refused, never made durable.
+    pub batches_forbidden_http: AtomicU64,
+    pub batches_forbidden_mqtt: AtomicU64,
     pub batches_unavailable: AtomicU64,
     pub batches_replayed: AtomicU64,
     pub readings_durable: AtomicU64,
@@ -77,6 +82,9 @@ pub struct HubStats {
     pub http_connections: AtomicU64,
     pub http_accept_errors: AtomicU64,
     pub http_timeouts: AtomicU64,
+    /// TLS handshakes that failed or timed out (no certificate, an unknown
+    /// or expired one, not TLS at all).
+    pub http_tls_refused: AtomicU64,
     pub open_files: AtomicU64,
     /// Time the pipeline's threads spent per stage (nanoseconds): where a
     /// saturated hub's time goes.
@@ -145,6 +153,18 @@ impl HubStats {
             "hub_batches_unreadable_total",
             "Inputs without a readable envelope header (cannot be answered).",
             get(&self.batches_unreadable),
+        );
+        metric(
+            "counter",
+            "hub_batches_forbidden_total{transport=\"http\"}",
+            "Batches refused because their gateway is not the sender's authenticated identity.",
+            get(&self.batches_forbidden_http),
+        );
+        metric(
+            "counter",
+            "hub_batches_forbidden_total{transport=\"mqtt\"}",
+            "Batches refused because their gateway is not the sender's authenticated identity.",
+            get(&self.batches_forbidden_mqtt),
         );
         metric(
             "counter",
@@ -217,6 +237,12 @@ impl HubStats {
             "hub_http_timeouts_total",
             "HTTP connections closed because headers did not arrive in time (slow or idle clients).",
             get(&self.http_timeouts),
+        );
+        metric(
+            "counter",
+            "hub_http_tls_refused_total",
+            "TLS handshakes that failed or timed out (no, unknown or expired client certificate; not TLS).",
+            get(&self.http_tls_refused),
         );
         metric(
             "counter",

@@ -9,13 +9,17 @@
 //! - [`routing`]: hub announcements, which hub owns a gateway (rendezvous
 //!   hashing over the announced hubs, silent hubs passed over) and every
 //!   topic name of the edge-to-hub exchange.
+//! - [`security`]: TLS and credentials of every MQTT connection, re-read
+//!   before each reconnection ([`LinkSecurity`]).
 //! - [`signal`]: the stop signal of both binaries.
 
 pub mod ack;
 pub mod reconnect;
 pub mod routing;
+pub mod security;
 pub mod signal;
 
 pub use ack::{OrderedAcker, PendingAck};
 pub use reconnect::{RECONNECT_MAX, Reconnect, STABLE_CONNECTION, backoff, client};
+pub use security::{LinkSecurity, LinkSettings};
 pub use signal::wait_for_stop_signal;

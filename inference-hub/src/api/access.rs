@@ -17,7 +17,8 @@
 //! (the request ran past `request-timeout`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -25,6 +26,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use iot_tls::Secret;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -57,30 +59,63 @@ pub struct TokenConfig {
     pub name: String,
     /// The secret itself...
     #[serde(default)]
-    pub token: Option<String>,
-    /// ...or its SHA-256 in hex (`printf %s "$TOKEN" | sha256sum`).
+    pub token: Option<Secret>,
+    /// ...or its SHA-256 in hex (`printf %s "$TOKEN" | sha256sum`)...
     #[serde(default)]
     pub token_sha256: Option<String>,
+    /// ...or a file holding the secret, re-read when it changes (rotation
+    /// without a restart).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
     pub scopes: Vec<Scope>,
     /// Requests per second (burst: one second's worth); absent = unlimited.
     #[serde(default)]
     pub rate_limit: Option<f64>,
+    /// A per-gateway ingest token: batches sent with it are taken only for
+    /// this gateway (others are refused with 403 and counted). Without it
+    /// an ingest token may send for any gateway (a relay or replay tool).
+    #[serde(default)]
+    pub gateway: Option<String>,
 }
 
 impl TokenConfig {
-    pub fn digest(&self) -> Option<[u8; 32]> {
-        match (&self.token, &self.token_sha256) {
-            (Some(t), _) => Some(Sha256::digest(t.as_bytes()).into()),
-            (None, Some(h)) if h.len() == 64 => {
+    /// The SHA-256 the presented token is compared with (reads
+    /// `token-file`).
+    pub fn digest(&self) -> Result<[u8; 32], String> {
+        match (&self.token, &self.token_sha256, &self.token_file) {
+            (Some(t), None, None) => Ok(Sha256::digest(t.expose().as_bytes()).into()),
+            (None, Some(h), None) => {
                 let mut out = [0u8; 32];
+                let hex = |i: usize| {
+                    h.get(2 * i..2 * i + 2)
+                        .and_then(|d| u8::from_str_radix(d, 16).ok())
+                };
                 for (i, b) in out.iter_mut().enumerate() {
-                    *b = u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()?;
+                    *b = hex(i)
+                        .filter(|_| h.len() == 64)
+                        .ok_or("token-sha256 must be 64 hex digits")?;
                 }
-                Some(out)
+                Ok(out)
             }
-            _ => None,
+            (None, None, Some(path)) => {
+                let secret = iot_tls::read_secret("token", None, Some(path))
+                    .map_err(|e| e.to_string())?
+                    .expect("a file was given");
+                Ok(Sha256::digest(secret.expose().as_bytes()).into())
+            }
+            (None, None, None) => Err("give one of token, token-sha256 or token-file".into()),
+            _ => Err("give only one of token, token-sha256 or token-file".into()),
         }
     }
+}
+
+/// Who a request's token says the caller is (put in the request's
+/// extensions by the guard).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub token: String,
+    /// The gateway a per-gateway ingest token is bound to.
+    pub gateway: Option<String>,
 }
 
 #[derive(Debug)]
@@ -92,37 +127,67 @@ struct Bucket {
 /// The access policy the middleware applies.
 #[derive(Debug)]
 pub struct Access {
-    tokens: Vec<([u8; 32], TokenConfig)>,
+    /// Each configured token with its current digest (a token file's
+    /// digest follows the file, see [`Access::refresh_token_files`]).
+    tokens: RwLock<Vec<([u8; 32], TokenConfig)>>,
     buckets: Mutex<HashMap<String, Bucket>>,
     cors_origins: Vec<String>,
     request_timeout: Duration,
 }
 
 impl Access {
+    /// Fails (naming the token) if a token cannot be read.
     pub fn new(
         tokens: &[TokenConfig],
         cors_origins: Vec<String>,
         request_timeout: Duration,
-    ) -> Self {
-        Self {
-            tokens: tokens
-                .iter()
-                .filter_map(|t| Some((t.digest()?, t.clone())))
-                .collect(),
+    ) -> Result<Self, String> {
+        let tokens = tokens
+            .iter()
+            .map(|t| {
+                t.digest()
+                    .map(|d| (d, t.clone()))
+                    .map_err(|e| format!("token '{}': {e}", t.name))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            tokens: RwLock::new(tokens),
             buckets: Mutex::new(HashMap::new()),
             cors_origins,
             request_timeout,
-        }
+        })
     }
 
     /// Open access (tests, the demo).
     pub fn open() -> Self {
-        Self::new(&[], Vec::new(), Duration::from_secs(30))
+        Self::new(&[], Vec::new(), Duration::from_secs(30)).expect("no tokens to read")
     }
 
     /// Whether the API runs without tokens (then every route is open).
     pub fn is_open(&self) -> bool {
-        self.tokens.is_empty()
+        self.tokens.read().expect("not poisoned").is_empty()
+    }
+
+    /// Re-reads every `token-file`: a changed token is in force for the
+    /// next request; an unreadable or empty file is an ERROR and the token
+    /// read before stays in force.
+    pub fn refresh_token_files(&self) {
+        let mut tokens = self.tokens.write().expect("not poisoned");
+        for (digest, cfg) in tokens.iter_mut() {
+            if cfg.token_file.is_none() {
+                continue;
+            }
+            match cfg.digest() {
+                Ok(d) if d != *digest => {
+                    *digest = d;
+                    tracing::info!(token = %cfg.name, "token file changed; the new token is in force");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(token = %cfg.name, error = %e, "token file refused; the token read before stays in force")
+                }
+            }
+        }
     }
 
     /// The scope a request needs (`None`: open to anyone). `path` is the
@@ -144,13 +209,13 @@ impl Access {
     }
 
     /// The token's config when it is known (constant-time comparison).
-    fn token(&self, presented: &str) -> Option<&TokenConfig> {
+    fn token(&self, presented: &str) -> Option<TokenConfig> {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let mut found = None;
-        for (d, cfg) in &self.tokens {
+        for (d, cfg) in self.tokens.read().expect("not poisoned").iter() {
             let same = d.iter().zip(digest).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
             if same {
-                found = Some(cfg);
+                found = Some(cfg.clone());
             }
         }
         found
@@ -186,7 +251,7 @@ impl Access {
 }
 
 /// The middleware.
-pub async fn guard(State(access): State<Arc<Access>>, req: Request, next: Next) -> Response {
+pub async fn guard(State(access): State<Arc<Access>>, mut req: Request, next: Next) -> Response {
     let cors = access.cors_origin(&req);
     if req.method() == Method::OPTIONS {
         // CORS preflight.
@@ -210,8 +275,11 @@ pub async fn guard(State(access): State<Arc<Access>>, req: Request, next: Next) 
         return resp;
     }
     let mut resp = match check(&access, &req) {
-        Some(refused) => refused,
-        None => {
+        Err(refused) => *refused,
+        Ok(caller) => {
+            if let Some(caller) = caller {
+                req.extensions_mut().insert(caller);
+            }
             // Long-lived streams are exempt from the request timeout.
             if !Access::bounded(req.uri().path()) {
                 next.run(req).await
@@ -235,11 +303,14 @@ pub async fn guard(State(access): State<Arc<Access>>, req: Request, next: Next) 
     resp
 }
 
-/// `Some(answer)` when the request must be refused.
-fn check(access: &Access, req: &Request<Body>) -> Option<Response> {
-    let scope = Access::required_scope(req.method(), req.uri().path())?;
-    if access.tokens.is_empty() {
-        return None;
+/// `Err(answer)` when the request must be refused; the caller when a token
+/// was needed and given.
+fn check(access: &Access, req: &Request<Body>) -> Result<Option<Caller>, Box<Response>> {
+    let Some(scope) = Access::required_scope(req.method(), req.uri().path()) else {
+        return Ok(None);
+    };
+    if access.is_open() {
+        return Ok(None);
     }
     // Browsers' EventSource cannot set headers: the stream also takes the
     // token as `access_token` in its query.
@@ -266,19 +337,19 @@ fn check(access: &Access, req: &Request<Body>) -> Option<Response> {
         .into_response();
         resp.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return Some(resp);
+        return Err(Box::new(resp));
     };
     if !cfg.scopes.contains(&scope) && !cfg.scopes.contains(&Scope::Admin) {
-        return Some(
+        return Err(Box::new(
             ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 format!("token '{}' lacks the {} scope", cfg.name, scope.name()),
             )
             .into_response(),
-        );
+        ));
     }
-    if let Some(wait) = access.over_rate(cfg) {
+    if let Some(wait) = access.over_rate(&cfg) {
         let mut resp = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -289,7 +360,10 @@ fn check(access: &Access, req: &Request<Body>) -> Option<Response> {
             header::RETRY_AFTER,
             HeaderValue::from_str(&wait.to_string()).expect("digits"),
         );
-        return Some(resp);
+        return Err(Box::new(resp));
     }
-    None
+    Ok(Some(Caller {
+        token: cfg.name,
+        gateway: cfg.gateway,
+    }))
 }

@@ -13,6 +13,13 @@
 //!   with EMFILE/ENFILE (or ENOBUFS/ENOMEM) is counted, logged once per
 //!   episode, and retried after a short pause; nothing else is affected.
 //!
+//! - **HTTPS** (`[http.tls]`): the TLS handshake must finish within the
+//!   header-read timeout too; it uses the certificate in force at that
+//!   moment (see [`iot_tls::Reloading`]), so a rotated certificate serves
+//!   new connections without a restart. A client certificate verified
+//!   against the client CA names the gateway the connection may send for
+//!   ([`PeerIdentity`], read by the batch route).
+//!
 //! On shutdown the listener stops accepting, asks every connection to finish
 //! its current request, and waits for them (bounded by the grace period).
 
@@ -30,6 +37,14 @@ use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 
 use crate::stats::HubStats;
+
+/// The HTTPS configuration in force (re-read when its files change).
+pub type Https = Arc<iot_tls::Reloading<iot_tls::rustls::ServerConfig>>;
+
+/// The names in a connection's verified client certificate (put in every
+/// request's extensions on that connection).
+#[derive(Debug, Clone)]
+pub struct PeerIdentity(pub Vec<String>);
 
 /// How the listener bounds its clients.
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +93,7 @@ fn is_resource_exhaustion(e: &std::io::Error) -> bool {
 /// Serves `app` on `listener` until `shutdown` flips.
 pub async fn serve(
     listener: TcpListener,
+    https: Option<Https>,
     app: Router,
     limits: ServeLimits,
     stats: Arc<HubStats>,
@@ -120,33 +136,40 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         stats.http_connections.fetch_add(1, Relaxed);
-        let service = TowerToHyperService::new(
-            app.clone()
-                .map_request(|req: Request<hyper::body::Incoming>| req.map(axum::body::Body::new))
-                .map_err(|e: Infallible| match e {}),
-        );
         let mut closing = closing.clone();
         let stats = Arc::clone(&stats);
+        let app = app.clone();
+        let tls = https
+            .as_ref()
+            .map(|h| tokio_rustls::TlsAcceptor::from(h.current()));
         tokio::spawn(async move {
             let _permit = permit;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .keep_alive(true);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            let mut conn = std::pin::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = closing.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            match tls {
+                None => serve_connection(stream, app, None, limits, &mut closing, &stats).await,
+                Some(acceptor) => {
+                    // The handshake is bounded like a request's headers.
+                    let handshake =
+                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(tls)) => {
+                            let peer = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .map(|cert| PeerIdentity(iot_tls::identity::names(cert)));
+                            serve_connection(tls, app, peer, limits, &mut closing, &stats).await
+                        }
+                        Ok(Err(e)) => {
+                            stats.http_tls_refused.fetch_add(1, Relaxed);
+                            tracing::debug!(error = %e, "TLS handshake refused");
+                        }
+                        Err(_) => {
+                            stats.http_tls_refused.fetch_add(1, Relaxed);
+                            stats.http_timeouts.fetch_add(1, Relaxed);
+                        }
+                    }
                 }
-            };
-            if let Err(e) = result
-                && e.is_timeout()
-            {
-                stats.http_timeouts.fetch_add(1, Relaxed);
             }
             stats.http_connections.fetch_sub(1, Relaxed);
         });
@@ -159,4 +182,47 @@ pub async fn serve(
         permits.acquire_many(limits.max_connections as u32),
     )
     .await;
+}
+
+/// Serves one connection (plain or TLS) until it ends or the listener
+/// closes.
+async fn serve_connection<S>(
+    io: S,
+    app: Router,
+    peer: Option<PeerIdentity>,
+    limits: ServeLimits,
+    closing: &mut watch::Receiver<bool>,
+    stats: &HubStats,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(
+        app.map_request(move |req: Request<hyper::body::Incoming>| {
+            let mut req = req.map(axum::body::Body::new);
+            if let Some(peer) = &peer {
+                req.extensions_mut().insert(peer.clone());
+            }
+            req
+        })
+        .map_err(|e: Infallible| match e {}),
+    );
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = closing.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result
+        && e.is_timeout()
+    {
+        stats.http_timeouts.fetch_add(1, Relaxed);
+    }
 }

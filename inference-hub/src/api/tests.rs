@@ -333,7 +333,9 @@ async fn tokens_scopes_rate_limits_and_cors_guard_every_route_but_health() {
     let hub = test_hub(dir.path()).await;
     let token = |name: &str, scopes: Vec<Scope>, rate: Option<f64>| TokenConfig {
         name: name.into(),
-        token: Some(format!("secret-{name}")),
+        token: Some(iot_tls::Secret::new(format!("secret-{name}"))),
+        token_file: None,
+        gateway: None,
         token_sha256: None,
         scopes,
         rate_limit: rate,
@@ -360,7 +362,7 @@ async fn tokens_scopes_rate_limits_and_cors_guard_every_route_but_health() {
             Arc::clone(&hub.state),
             Arc::clone(&hub.stats),
         )
-        .with_access(access),
+        .with_access(Arc::new(access.unwrap())),
     );
     let with = |mut req: Request<Body>, t: &str| {
         req.headers_mut().insert(
@@ -654,7 +656,9 @@ async fn with_tokens_the_document_declares_what_the_guard_asks_for() {
     let hub = test_hub(dir.path()).await;
     let token = access::TokenConfig {
         name: "reader".into(),
-        token: Some("secret".into()),
+        token: Some(iot_tls::Secret::new("secret")),
+        token_file: None,
+        gateway: None,
         token_sha256: None,
         scopes: vec![access::Scope::Read],
         rate_limit: None,
@@ -665,10 +669,8 @@ async fn with_tokens_the_document_declares_what_the_guard_asks_for() {
             Arc::clone(&hub.state),
             Arc::clone(&hub.stats),
         )
-        .with_access(access::Access::new(
-            &[token],
-            Vec::new(),
-            Duration::from_secs(30),
+        .with_access(Arc::new(
+            access::Access::new(&[token], Vec::new(), Duration::from_secs(30)).unwrap(),
         )),
     );
     let (status, _) = call(&app, get("/v1/openapi.json")).await;
