@@ -8,5 +8,6 @@ pub(crate) mod bench_partition;
 pub(crate) mod bench_scoring;
 pub(crate) mod demo;
 pub(crate) mod eval;
+pub(crate) mod pki;
 pub(crate) mod replay;
 pub(crate) mod rescore;

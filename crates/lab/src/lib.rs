@@ -15,6 +15,8 @@
 //! - [`rescore`]: an archived range through another model, into
 //!   `table=rescored`; [`replay_parquet`]: Parquet recordings (our archive
 //!   included) for replay through the agent library.
+//! - [`pki`]: a CA and the broker's, hubs' and gateways' certificates
+//!   (`iot-lab pki`, and the tests' certificates).
 
 pub mod bench;
 pub mod bench_hostile;
@@ -25,5 +27,6 @@ pub mod broker;
 pub mod demo;
 pub mod devices;
 pub mod eval;
+pub mod pki;
 pub mod replay_parquet;
 pub mod rescore;

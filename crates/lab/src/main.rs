@@ -54,6 +54,10 @@ enum Command {
     /// back; measures the spool's size, the drain rate and the live-data
     /// latency during the drain (see docs/BENCHMARKS.md).
     BenchPartition(cmd::bench_partition::BenchPartitionArgs),
+    /// Write a small PKI for TLS on every link: a CA, the broker's
+    /// certificate, one per hub and one per gateway (see README, "Secure
+    /// links").
+    Pki(cmd::pki::PkiArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,5 +82,6 @@ fn main() -> ExitCode {
         Command::Rescore(args) => args.run(&runtime),
         Command::Eval(args) => args.run(&runtime),
         Command::BenchPartition(args) => args.run(&runtime),
+        Command::Pki(args) => args.run(),
     }
 }

@@ -28,7 +28,7 @@ const T0_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 const DEVICES: u64 = 8;
 const RATE_PER_S: u64 = 250;
 
-fn mosquitto_binary() -> PathBuf {
+pub(crate) fn mosquitto_binary() -> PathBuf {
     ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
         .iter()
         .map(PathBuf::from)
@@ -36,7 +36,7 @@ fn mosquitto_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("mosquitto"))
 }
 
-fn write_mosquitto_config(dir: &Path, port: u16) -> PathBuf {
+pub(crate) fn write_mosquitto_config(dir: &Path, port: u16) -> PathBuf {
     let user = std::process::Command::new("id")
         .arg("-un")
         .output()
@@ -123,7 +123,7 @@ async fn publish_numbered(port: u16, stop: Arc<AtomicBool>) -> Publication {
     out
 }
 
-async fn wait_port(port: u16) {
+pub(crate) async fn wait_port(port: u16) {
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await

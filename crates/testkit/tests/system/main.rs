@@ -13,3 +13,4 @@ mod guarantees;
 mod hostile;
 mod mosquitto;
 mod s3;
+mod tls;
