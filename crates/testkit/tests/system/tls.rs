@@ -34,7 +34,6 @@ const RELAY_TOKEN: &str = "relay-ingest-token-0b9d41";
 /// The test's PKI: `lab::pki`'s set plus certificates that must be refused.
 struct Pki {
     dir: PathBuf,
-    _ca: lab::pki::Authority,
 }
 
 impl Pki {
@@ -64,11 +63,28 @@ impl Pki {
             )
             .unwrap();
         lab::pki::write_leaf(&dir, "expired-gw-a", &leaf).unwrap();
-        Self { dir, _ca: ca }
+        Self { dir }
     }
 
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// Replaces `<name>.pem` and `<name>.key` the way an operator's tool
+    /// does: each written aside and renamed into place, the key first.
+    fn replace(&self, name: &str, leaf: &lab::pki::Leaf) {
+        let aside = self.dir.join("aside");
+        std::fs::create_dir_all(&aside).unwrap();
+        let (cert, key) = lab::pki::write_leaf(&aside, name, leaf).unwrap();
+        std::fs::rename(key, self.path(&format!("{name}.key"))).unwrap();
+        std::fs::rename(cert, self.path(&format!("{name}.pem"))).unwrap();
+    }
+
+    /// Replaces a trust bundle with these CA certificates.
+    fn trust(&self, file: &str, cas: &[&str]) {
+        let aside = self.dir.join(format!("{file}.new"));
+        std::fs::write(&aside, cas.concat()).unwrap();
+        std::fs::rename(aside, self.path(file)).unwrap();
     }
 
     fn client(&self, name: Option<&str>) -> ClientTls {
@@ -109,7 +125,7 @@ fn tls_broker_config(dir: &Path, port: u16, pki: &Pki) -> PathBuf {
         .lines()
         .map(|l| match l.split_once(' ').map(|(k, _)| k) {
             Some("listener") => format!("listener {port} 127.0.0.1"),
-            Some("cafile") => format!("cafile {}", pki.path("ca.pem").display()),
+            Some("cafile") => format!("cafile {}", pki.path("trust.pem").display()),
             Some("certfile") => format!("certfile {}", pki.path("broker.pem").display()),
             Some("keyfile") => format!("keyfile {}", pki.path("broker.key").display()),
             Some("acl_file") => format!("acl_file {}", acl.display()),
@@ -247,41 +263,60 @@ async fn post(
     Ok((status, resp.text().await.unwrap_or_default()))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs Mosquitto installed (the test starts it with TLS); run by .ci/run"]
-async fn tls_every_link_encrypted_and_each_gateway_bound_to_its_own_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::create(dir.path());
+/// The whole pipeline on TLS: the cloud broker (the shipped mTLS + ACL
+/// configuration), the gateways' local broker (plain, on loopback), a hub
+/// (MQTT over mTLS, HTTPS with optional client certificates, tokens) and two
+/// agents, gw-a forwarding over MQTT and gw-b over HTTPS. Every `ca-file`
+/// names `trust.pem` and the hub's `client-ca-file` names
+/// `client-trust.pem` (both start as the pipeline's CA).
+struct Stack {
+    pki: Pki,
+    dir: PathBuf,
+    tls_port: u16,
+    local_port: u16,
+    http: String,
+    cloud: Option<Process>,
+    _local: Process,
+    hub: Process,
+    agents: Vec<Process>,
+    reader: reqwest::Client,
+    hub_log: PathBuf,
+}
 
-    // The cloud broker (mTLS + ACLs) and the gateways' local broker.
-    let tls_port = lab::broker::free_port();
-    let local_port = lab::broker::free_port();
-    let _cloud = Process::spawn(
-        &mosquitto_binary(),
-        &[
-            "-c",
-            tls_broker_config(dir.path(), tls_port, &pki)
-                .to_str()
-                .unwrap(),
-        ],
-        &dir.path().join("mosquitto-tls.log"),
-    );
-    let local_conf = write_mosquitto_config(&dir.path().join("local"), local_port);
-    let _local = Process::spawn(
-        &mosquitto_binary(),
-        &["-c", local_conf.to_str().unwrap()],
-        &dir.path().join("mosquitto-local.log"),
-    );
-    crate::edge_faults::wait_port(tls_port).await;
-    crate::edge_faults::wait_port(local_port).await;
+impl Stack {
+    async fn start(dir: &Path, pki: Pki) -> Self {
+        for trust in ["trust.pem", "client-trust.pem"] {
+            if !pki.path(trust).exists() {
+                std::fs::copy(pki.path("ca.pem"), pki.path(trust)).unwrap();
+            }
+        }
+        // The cloud broker (mTLS + ACLs) and the gateways' local broker.
+        let tls_port = lab::broker::free_port();
+        let local_port = lab::broker::free_port();
+        let cloud = Process::spawn(
+            &mosquitto_binary(),
+            &[
+                "-c",
+                tls_broker_config(dir, tls_port, &pki).to_str().unwrap(),
+            ],
+            &dir.join("mosquitto-tls.log"),
+        );
+        let local_conf = write_mosquitto_config(&dir.join("local"), local_port);
+        let local = Process::spawn(
+            &mosquitto_binary(),
+            &["-c", local_conf.to_str().unwrap()],
+            &dir.join("mosquitto-local.log"),
+        );
+        crate::edge_faults::wait_port(tls_port).await;
+        crate::edge_faults::wait_port(local_port).await;
 
-    // Secrets from files only.
-    let token_file = dir.path().join("gw-b.token");
-    std::fs::write(&token_file, format!("{GW_B_TOKEN}\n")).unwrap();
-    let http = format!("127.0.0.1:{}", lab::broker::free_port());
-    let p = |n: &str| pki.path(n).display().to_string();
-    let hub_toml = dir.path().join("hub.toml");
-    std::fs::write(
+        // Secrets from files only.
+        let token_file = dir.join("gw-b.token");
+        std::fs::write(&token_file, format!("{GW_B_TOKEN}\n")).unwrap();
+        let http = format!("127.0.0.1:{}", lab::broker::free_port());
+        let p = |n: &str| pki.path(n).display().to_string();
+        let hub_toml = dir.join("hub.toml");
+        std::fs::write(
         &hub_toml,
         format!(
             "hub-id = \"hub1\"\ndata-dir = {:?}\n\
@@ -293,21 +328,21 @@ async fn tls_every_link_encrypted_and_each_gateway_bound_to_its_own_data() {
              [[http.tokens]]\nname = \"gw-b\"\ntoken-file = {:?}\nscopes = [\"ingest\"]\ngateway = \"gw-b\"\n\
              [[http.tokens]]\nname = \"relay\"\ntoken = \"{RELAY_TOKEN}\"\nscopes = [\"ingest\"]\n\
              [scoring]\nmodel-dir = {:?}\nwarmup-readings = 50\n[archive]\nmax-file-age = \"500ms\"\n",
-            dir.path().join("hub").display().to_string(),
-            p("ca.pem"),
+            dir.join("hub").display().to_string(),
+            p("trust.pem"),
             p("hub1.pem"),
             p("hub1.key"),
             p("hub1.pem"),
             p("hub1.key"),
-            p("ca.pem"),
+            p("client-trust.pem"),
             token_file.display().to_string(),
             inference_hub::config::bundled_model_dir(),
         ),
     )
     .unwrap();
-    let edge_toml = |gw: &str, root: &str, uplink: &str| {
-        let path = dir.path().join(format!("{gw}.toml"));
-        std::fs::write(
+        let edge_toml = |gw: &str, root: &str, uplink: &str| {
+            let path = dir.join(format!("{gw}.toml"));
+            std::fs::write(
             &path,
             format!(
                 "gateway-id = \"{gw}\"\n[mqtt]\nport = {local_port}\nbroker-inflight = 100\n\
@@ -317,63 +352,122 @@ async fn tls_every_link_encrypted_and_each_gateway_bound_to_its_own_data() {
                  [uplink.mqtt.tls]\nca-file = {:?}\ncert-file = {:?}\nkey-file = {:?}\n\
                  [uplink.http]\nurl = \"https://{http}\"\ntoken-file = {:?}\n\
                  [uplink.http.tls]\nca-file = {:?}\ncert-file = {:?}\nkey-file = {:?}\n",
-                p("ca.pem"),
+                p("trust.pem"),
                 p(&format!("{gw}.pem")),
                 p(&format!("{gw}.key")),
                 token_file.display().to_string(),
-                p("ca.pem"),
+                p("trust.pem"),
                 p(&format!("{gw}.pem")),
                 p(&format!("{gw}.key")),
             ),
         )
         .unwrap();
-        path
-    };
-    let (edge_a, edge_b) = (
-        edge_toml("gw-a", "site-a", "mqtt"),
-        edge_toml("gw-b", "site-b", "http"),
-    );
-    let hub_bin = iot_testkit::hub_binary();
-    let edge_bin = edge_binary();
-    for (bin, cfg) in [
-        (&hub_bin, &hub_toml),
-        (&edge_bin, &edge_a),
-        (&edge_bin, &edge_b),
-    ] {
-        let out = std::process::Command::new(bin)
-            .args(["--config", cfg.to_str().unwrap(), "validate"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{} validate: {}{}",
-            cfg.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            path
+        };
+        let (edge_a, edge_b) = (
+            edge_toml("gw-a", "site-a", "mqtt"),
+            edge_toml("gw-b", "site-b", "http"),
         );
-    }
-    let hub_log = dir.path().join("hub.log");
-    let hub = Process::spawn(
-        &hub_bin,
-        &["--config", hub_toml.to_str().unwrap(), "run"],
-        &hub_log,
-    );
-    let reader = pki.https_client(None);
-    wait_healthy_https(&reader, &http, &hub_log).await;
-    let agents = [
-        Process::spawn(
-            &edge_bin,
-            &["--config", edge_a.to_str().unwrap(), "run"],
-            &dir.path().join("edge-a.log"),
-        ),
-        Process::spawn(
-            &edge_bin,
-            &["--config", edge_b.to_str().unwrap(), "run"],
-            &dir.path().join("edge-b.log"),
-        ),
-    ];
-    tokio::time::sleep(Duration::from_millis(800)).await;
+        let hub_bin = iot_testkit::hub_binary();
+        let edge_bin = edge_binary();
+        for (bin, cfg) in [
+            (&hub_bin, &hub_toml),
+            (&edge_bin, &edge_a),
+            (&edge_bin, &edge_b),
+        ] {
+            let out = std::process::Command::new(bin)
+                .args(["--config", cfg.to_str().unwrap(), "validate"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{} validate: {}{}",
+                cfg.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let hub_log = dir.join("hub.log");
+        let hub = Process::spawn(
+            &hub_bin,
+            &["--config", hub_toml.to_str().unwrap(), "run"],
+            &hub_log,
+        );
+        let reader = pki.https_client(None);
+        wait_healthy_https(&reader, &http, &hub_log).await;
+        let agents = [
+            Process::spawn(
+                &edge_bin,
+                &["--config", edge_a.to_str().unwrap(), "run"],
+                &dir.join("edge-a.log"),
+            ),
+            Process::spawn(
+                &edge_bin,
+                &["--config", edge_b.to_str().unwrap(), "run"],
+                &dir.join("edge-b.log"),
+            ),
+        ];
+        tokio::time::sleep(Duration::from_millis(800)).await;
 
+        Self {
+            pki,
+            dir: dir.to_owned(),
+            tls_port,
+            local_port,
+            http,
+            cloud: Some(cloud),
+            _local: local,
+            hub,
+            agents: agents.into(),
+            reader,
+            hub_log,
+        }
+    }
+
+    /// SIGKILLs the cloud broker and starts it again (its configuration
+    /// re-read: a changed trust.pem is in force).
+    async fn restart_cloud_broker(&mut self) {
+        drop(self.cloud.take());
+        let config = self.dir.join("mosquitto-tls.conf");
+        self.cloud = Some(Process::spawn(
+            &mosquitto_binary(),
+            &["-c", config.to_str().unwrap()],
+            &self.dir.join("mosquitto-tls.log"),
+        ));
+        crate::edge_faults::wait_port(self.tls_port).await;
+    }
+
+    /// Stops the agents and the hub gracefully.
+    fn stop(self) -> Pki {
+        for agent in self.agents {
+            assert!(
+                agent.terminate().success(),
+                "edge agent did not stop cleanly"
+            );
+        }
+        assert!(self.hub.terminate().success(), "hub did not stop cleanly");
+        self.pki
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Mosquitto installed (the test starts it with TLS); run by .ci/run"]
+async fn tls_every_link_encrypted_and_each_gateway_bound_to_its_own_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+
+    let stack = Stack::start(dir.path(), pki).await;
+    let Stack {
+        tls_port,
+        local_port,
+        ..
+    } = stack;
+    let (http, reader, hub_log) = (
+        stack.http.clone(),
+        stack.reader.clone(),
+        stack.hub_log.clone(),
+    );
+    let pki = &stack.pki;
     // Spies: gw-b's certificate listening to everything a gateway could
     // want to read, and (the control) gw-a's listening to its own answers.
     let (stop_spies, spies_stop) = tokio::sync::watch::channel(false);
@@ -566,13 +660,7 @@ async fn tls_every_link_encrypted_and_each_gateway_bound_to_its_own_data() {
             .map_or(true, |r| !r.status().is_success())
     );
 
-    for agent in agents {
-        assert!(
-            agent.terminate().success(),
-            "edge agent did not stop cleanly"
-        );
-    }
-    assert!(hub.terminate().success(), "hub did not stop cleanly");
+    let pki = stack.stop();
     let archive = read_archive(&dir.path().join("hub/archive"));
     let part = |prefix: &str| {
         archive
@@ -606,4 +694,200 @@ async fn tls_every_link_encrypted_and_each_gateway_bound_to_its_own_data() {
             assert!(!text.contains(s.as_str()), "{log} holds a secret");
         }
     }
+}
+
+/// Publishes `{root}/{root}-dev<k>/seq` at `rate` messages a second (QoS 1,
+/// each waited for) until `stop`; returns the keys the broker acknowledged.
+async fn publish_steady(
+    port: u16,
+    root: &'static str,
+    rate: u64,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<(String, String, i64)> {
+    let mut opts = MqttOptions::new(format!("steady-{root}"), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = iot_mqtt::client(opts, 16);
+    let start = tokio::time::Instant::now();
+    let mut acked = Vec::new();
+    let mut n = 0u64;
+    while !*stop.borrow() {
+        tokio::time::sleep_until(start + Duration::from_micros(n * 1_000_000 / rate)).await;
+        let device = format!("{root}-dev{}", n % 4);
+        let ts_ms = 1_767_225_600_000 + n as i64;
+        let payload = format!(r#"{{"value": {n}, "ts": {ts_ms}}}"#);
+        client
+            .publish(
+                format!("{root}/{device}/seq"),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await
+            .unwrap();
+        let acknowledged = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => return true,
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if acknowledged {
+            acked.push((device, "seq".to_owned(), ts_ms * 1000));
+        }
+        n += 1;
+    }
+    acked
+}
+
+/// Rotation under load: while 200 messages a second flow (100 through each
+/// gateway), the hub's certificate, both gateways' client certificates,
+/// the broker's certificate and every trust bundle move from the first CA
+/// to a second one, and the first stops being trusted. Nothing restarts but
+/// the broker; every acknowledged reading is archived exactly once. Each
+/// step is proven used: a client trusting only the new CA reaches the hub;
+/// once the hub trusts only the new CA for clients, the HTTPS gateway still
+/// delivers (so it presents its new certificate); once the broker trusts
+/// only the new CA, the MQTT gateway and the hub still connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Mosquitto installed (the test starts it with TLS); run by .ci/run"]
+async fn tls_certificates_rotate_under_load_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    // A CA rollover: the new CA is trusted everywhere before any
+    // certificate moves to it.
+    let ca2 = lab::pki::Authority::new("pipeline CA 2").unwrap();
+    let ca1_pem = std::fs::read_to_string(pki.path("ca.pem")).unwrap();
+    pki.trust("trust.pem", &[&ca1_pem, &ca2.ca_pem]);
+    pki.trust("client-trust.pem", &[&ca1_pem, &ca2.ca_pem]);
+    let mut stack = Stack::start(dir.path(), pki).await;
+    let (http, local_port) = (stack.http.clone(), stack.local_port);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let publishers = [
+        tokio::spawn(publish_steady(local_port, "site-a", 100, stop_rx.clone())),
+        tokio::spawn(publish_steady(local_port, "site-b", 100, stop_rx)),
+    ];
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // 1. The hub's certificate (HTTPS, and its broker login) from CA 2: new
+    // handshakes use it.
+    let hosts = ["localhost", "127.0.0.1"];
+    let leaf =
+        |name: &str, extra: &[&str], role| ca2.leaf(name, extra, role, Default::default()).unwrap();
+    stack
+        .pki
+        .replace("hub1", &leaf("hub1", &hosts, lab::pki::Role::Both));
+    let only_ca2 = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca2.ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let mut rotated = false;
+    for _ in 0..100 {
+        if only_ca2
+            .get(format!("https://{http}/health"))
+            .send()
+            .await
+            .is_ok()
+        {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rotated, "the hub never served its new certificate");
+
+    // 2. gw-b's client certificate from CA 2; then the hub trusts only CA 2
+    // for clients (a CA 1 certificate is refused from then on).
+    stack
+        .pki
+        .replace("gw-b", &leaf("gw-b", &[], lab::pki::Role::Client));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.pki.trust("client-trust.pem", &[&ca2.ca_pem]);
+    let old_gw_a = stack.pki.https_client(Some("gw-a"));
+    let mut refused = false;
+    for _ in 0..100 {
+        if old_gw_a
+            .get(format!("https://{http}/health"))
+            .send()
+            .await
+            .is_err()
+        {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "the hub kept trusting CA 1 for clients");
+
+    // 3. gw-a's client certificate and the broker's from CA 2; every trust
+    // bundle CA 2 only; the broker restarts on it (the hub and the agents
+    // reconnect with what their files now hold).
+    stack
+        .pki
+        .replace("gw-a", &leaf("gw-a", &[], lab::pki::Role::Client));
+    stack
+        .pki
+        .replace("broker", &leaf("broker", &hosts, lab::pki::Role::Server));
+    stack.pki.trust("trust.pem", &[&ca2.ca_pem]);
+    stack.restart_cloud_broker().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    stop_tx.send(true).unwrap();
+    let mut acked = Vec::new();
+    for p in publishers {
+        acked.extend(p.await.unwrap());
+    }
+    assert!(acked.len() > 1000, "{} readings acknowledged", acked.len());
+    let root = dir.path().join("hub/archive");
+    let mut archive = read_archive(&root);
+    for _ in 0..120 {
+        if acked.iter().all(|k| archive.contains_key(k)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        archive = read_archive(&root);
+    }
+    // Nothing restarted but the broker.
+    assert!(
+        stack.hub.0.try_wait().unwrap().is_none(),
+        "the hub restarted"
+    );
+    for agent in &mut stack.agents {
+        assert!(agent.0.try_wait().unwrap().is_none(), "an agent restarted");
+    }
+    let hub_log = std::fs::read_to_string(&stack.hub_log).unwrap();
+    assert!(hub_log.contains("reloaded from changed files"), "{hub_log}");
+    // Judged before the stop: an agent that cannot reach the hub would
+    // wait out its drain.
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|k| !archive.contains_key(*k))
+        .take(5)
+        .collect();
+    let doubled: Vec<_> = archive
+        .iter()
+        .filter(|(_, rows)| rows.len() > 1)
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && doubled.is_empty(),
+        "missing e.g. {missing:?}, doubled e.g. {doubled:?}"
+    );
+    assert_eq!(
+        archive.len(),
+        acked.len(),
+        "nothing archived that was not published"
+    );
+    stack.stop();
+    assert_eq!(
+        read_archive(&root).len(),
+        acked.len(),
+        "nothing more after the stop"
+    );
 }
