@@ -63,3 +63,55 @@ fn a_valid_configuration_passes_and_one_that_cannot_start_says_why() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("hub failed to start"), "{stderr}");
 }
+
+#[test]
+fn validate_names_unreadable_and_mismatched_tls_files_and_secrets_without_their_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (a, b) = (
+        rcgen::generate_simple_self_signed(vec!["hub".into()]).unwrap(),
+        rcgen::generate_simple_self_signed(vec!["other".into()]).unwrap(),
+    );
+    let cert = write("hub.pem", &a.cert.pem());
+    let wrong_key = write("other.key", &b.signing_key.serialize_pem());
+    let cfg = write(
+        "hub.toml",
+        &format!(
+            "hub-id = \"a\"\ndata-dir = {:?}\n\
+             [mqtt]\nusername = \"hub\"\npassword-file = {:?}\n[mqtt.tls]\nca-file = {:?}\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n[http.tls]\ncert-file = {:?}\nkey-file = {:?}\n",
+            dir.path().join("data"),
+            dir.path().join("no-such-password"),
+            dir.path().join("no-such-ca.pem"),
+            cert,
+            wrong_key,
+        ),
+    );
+    let out = hub()
+        .args(["--config", cfg.to_str().unwrap(), "validate"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("http.tls") && stderr.contains("does not belong"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("no-such-password"), "{stderr}");
+    // Fixed password: the CA file is next.
+    std::fs::write(dir.path().join("no-such-password"), "pw\n").unwrap();
+    let out = hub()
+        .args(["--config", cfg.to_str().unwrap(), "validate"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no-such-ca.pem"), "{stderr}");
+    let key_body = b.signing_key.serialize_pem();
+    for line in key_body.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(!stderr.contains(line), "the key leaked into the output");
+    }
+}

@@ -367,3 +367,64 @@ fn check(access: &Access, req: &Request<Body>) -> Result<Option<Caller>, Box<Res
         gateway: cfg.gateway,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(token: &str) -> Request<Body> {
+        Request::builder()
+            .method(Method::POST)
+            .uri("/v1/batches")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_token_file_is_followed_and_a_bad_new_one_keeps_the_old_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gw-a.token");
+        std::fs::write(&file, "first-token\n").unwrap();
+        let cfg = TokenConfig {
+            name: "gw-a".into(),
+            token: None,
+            token_sha256: None,
+            token_file: Some(file.clone()),
+            scopes: vec![Scope::Ingest],
+            rate_limit: None,
+            gateway: Some("gw-a".into()),
+        };
+        let access = Access::new(&[cfg], Vec::new(), Duration::from_secs(5)).unwrap();
+        let caller = check(&access, &request("first-token")).unwrap().unwrap();
+        assert_eq!(caller.gateway.as_deref(), Some("gw-a"));
+
+        std::fs::write(&file, "second-token\n").unwrap();
+        access.refresh_token_files();
+        assert!(
+            check(&access, &request("first-token")).is_err(),
+            "the old token is retired"
+        );
+        assert!(check(&access, &request("second-token")).is_ok());
+
+        // An empty or missing file is refused; the last good token stays.
+        std::fs::write(&file, "").unwrap();
+        access.refresh_token_files();
+        assert!(check(&access, &request("second-token")).is_ok());
+        std::fs::remove_file(&file).unwrap();
+        access.refresh_token_files();
+        assert!(check(&access, &request("second-token")).is_ok());
+        assert!(
+            Access::new(
+                &[TokenConfig {
+                    token_file: Some(file),
+                    ..access.tokens.read().unwrap()[0].1.clone()
+                }],
+                Vec::new(),
+                Duration::from_secs(5)
+            )
+            .is_err(),
+            "a missing file at start-up is an error"
+        );
+    }
+}

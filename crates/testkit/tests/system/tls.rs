@@ -24,12 +24,13 @@ use std::time::Duration;
 use iot_tls::ClientTls;
 use rumqttc::{Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 
-use crate::edge_faults::{mosquitto_binary, write_mosquitto_config};
+use crate::edge_faults::mosquitto_binary;
 use crate::harness::{Process, assert_archive_matches, edge_binary, publish_fleet, read_archive};
 
 const READ_TOKEN: &str = "read-token-5f1d8a";
 const GW_B_TOKEN: &str = "gw-b-ingest-token-77c2e0";
 const RELAY_TOKEN: &str = "relay-ingest-token-0b9d41";
+const LOCAL_PASSWORD: &str = "local-broker-password-93ad";
 
 /// The test's PKI: `lab::pki`'s set plus certificates that must be refused.
 struct Pki {
@@ -274,6 +275,8 @@ struct Stack {
     dir: PathBuf,
     tls_port: u16,
     local_port: u16,
+    /// Where devices publish (anonymous listener of the local broker).
+    device_port: u16,
     http: String,
     cloud: Option<Process>,
     _local: Process,
@@ -301,7 +304,39 @@ impl Stack {
             ],
             &dir.join("mosquitto-tls.log"),
         );
-        let local_conf = write_mosquitto_config(&dir.join("local"), local_port);
+        // The local broker: agents log in with a password on one listener
+        // (no anonymous clients there), devices publish on another.
+        let device_port = lab::broker::free_port();
+        let local_dir = dir.join("local");
+        std::fs::create_dir_all(local_dir.join("data")).unwrap();
+        let passwords = local_dir.join("passwords");
+        for (i, gw) in ["gw-a", "gw-b"].iter().enumerate() {
+            let mut cmd = std::process::Command::new("mosquitto_passwd");
+            if i == 0 {
+                cmd.arg("-c");
+            }
+            let password = format!("{gw}-{LOCAL_PASSWORD}");
+            let status = cmd
+                .args(["-b", passwords.to_str().unwrap(), gw, &password])
+                .status()
+                .expect("mosquitto_passwd (Debian's mosquitto package)");
+            assert!(status.success());
+            std::fs::write(dir.join(format!("{gw}.password")), format!("{password}\n")).unwrap();
+        }
+        let local_conf = local_dir.join("mosquitto.conf");
+        std::fs::write(
+            &local_conf,
+            format!(
+                "per_listener_settings true\nuser {}\npersistence true\npersistence_location {}/\n\
+                 max_inflight_messages 100\nmax_queued_messages 1000000\n\
+                 listener {local_port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n\
+                 listener {device_port} 127.0.0.1\nallow_anonymous true\n",
+                current_user(),
+                local_dir.join("data").display(),
+                passwords.display()
+            ),
+        )
+        .unwrap();
         let local = Process::spawn(
             &mosquitto_binary(),
             &["-c", local_conf.to_str().unwrap()],
@@ -309,6 +344,7 @@ impl Stack {
         );
         crate::edge_faults::wait_port(tls_port).await;
         crate::edge_faults::wait_port(local_port).await;
+        crate::edge_faults::wait_port(device_port).await;
 
         // Secrets from files only.
         let token_file = dir.join("gw-b.token");
@@ -346,12 +382,14 @@ impl Stack {
             &path,
             format!(
                 "gateway-id = \"{gw}\"\n[mqtt]\nport = {local_port}\nbroker-inflight = 100\n\
+                 username = \"{gw}\"\npassword-file = {:?}\n\
                  [[subscriptions]]\nfilter = \"{root}/+/+\"\ntopic-template = \"{root}/{{device}}/{{metric}}\"\n\
                  [batch]\nmax-age = \"100ms\"\n[uplink]\nkind = \"{uplink}\"\n\
                  [uplink.mqtt]\nport = {tls_port}\n\
                  [uplink.mqtt.tls]\nca-file = {:?}\ncert-file = {:?}\nkey-file = {:?}\n\
                  [uplink.http]\nurl = \"https://{http}\"\ntoken-file = {:?}\n\
                  [uplink.http.tls]\nca-file = {:?}\ncert-file = {:?}\nkey-file = {:?}\n",
+                dir.join(format!("{gw}.password")).display().to_string(),
                 p("trust.pem"),
                 p(&format!("{gw}.pem")),
                 p(&format!("{gw}.key")),
@@ -414,6 +452,7 @@ impl Stack {
             dir: dir.to_owned(),
             tls_port,
             local_port,
+            device_port,
             http,
             cloud: Some(cloud),
             _local: local,
@@ -460,6 +499,7 @@ async fn tls_every_link_encrypted_and_each_gateway_bound_to_its_own_data() {
     let Stack {
         tls_port,
         local_port,
+        device_port,
         ..
     } = stack;
     let (http, reader, hub_log) = (
@@ -507,8 +547,8 @@ async fn tls_every_link_encrypted_and_each_gateway_bound_to_its_own_data() {
 
     // Readings flow over both encrypted paths.
     let (a, b) = tokio::join!(
-        publish_fleet(local_port, "fleet-a", "site-a", 3, 120, 100),
-        publish_fleet(local_port, "fleet-b", "site-b", 3, 120, 100),
+        publish_fleet(device_port, "fleet-a", "site-a", 3, 120, 100),
+        publish_fleet(device_port, "fleet-b", "site-b", 3, 120, 100),
     );
     let expected = (a.readings.len() + b.readings.len()) as u64;
     let mut archived = 0;
@@ -568,6 +608,41 @@ async fn tls_every_link_encrypted_and_each_gateway_bound_to_its_own_data() {
         "exactly the batch on gw-a's own topic reaches the hub and is refused"
     );
     let _ = client.disconnect().await;
+
+    // --- The local broker: a wrong password is refused (the agents' right
+    // ones carried the fleets' readings above; that listener takes no
+    // anonymous client).
+    let mut opts = MqttOptions::new("wrong-password", "127.0.0.1", local_port);
+    let wrong = iot_tls::Secret::new("not-the-password");
+    iot_mqtt::LinkSecurity::new(
+        "test",
+        iot_mqtt::LinkSettings {
+            username: Some("gw-a"),
+            password: Some(&wrong),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .apply(&mut opts);
+    let (_c, mut eventloop) = rumqttc::AsyncClient::new(opts, 4);
+    let refused = loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => break Some(ack.code),
+            Ok(_) => {}
+            Err(rumqttc::ConnectionError::ConnectionRefused(code)) => break Some(code),
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    };
+    assert!(
+        matches!(
+            refused,
+            Some(
+                rumqttc::ConnectReturnCode::NotAuthorized
+                    | rumqttc::ConnectReturnCode::BadUserNamePassword
+            )
+        ),
+        "{refused:?}"
+    );
 
     // --- MQTT: who cannot connect at all.
     assert!(
@@ -660,6 +735,15 @@ async fn tls_every_link_encrypted_and_each_gateway_bound_to_its_own_data() {
             .map_or(true, |r| !r.status().is_success())
     );
 
+    let metrics_text = reader
+        .get(format!("https://{http}/metrics"))
+        .bearer_auth(READ_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let pki = stack.stop();
     let archive = read_archive(&dir.path().join("hub/archive"));
     let part = |prefix: &str| {
@@ -675,7 +759,7 @@ async fn tls_every_link_encrypted_and_each_gateway_bound_to_its_own_data() {
     assert_eq!(archive.len() as u64, expected + 5);
 
     // Secrets hygiene: no key, token or password in any log.
-    let mut secrets: Vec<String> = [READ_TOKEN, GW_B_TOKEN, RELAY_TOKEN]
+    let mut secrets: Vec<String> = [READ_TOKEN, GW_B_TOKEN, RELAY_TOKEN, LOCAL_PASSWORD]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -693,6 +777,12 @@ async fn tls_every_link_encrypted_and_each_gateway_bound_to_its_own_data() {
         for s in &secrets {
             assert!(!text.contains(s.as_str()), "{log} holds a secret");
         }
+    }
+    for s in &secrets {
+        assert!(
+            !metrics_text.contains(s.as_str()),
+            "/metrics holds a secret"
+        );
     }
 }
 
@@ -764,12 +854,12 @@ async fn tls_certificates_rotate_under_load_without_a_restart() {
     pki.trust("trust.pem", &[&ca1_pem, &ca2.ca_pem]);
     pki.trust("client-trust.pem", &[&ca1_pem, &ca2.ca_pem]);
     let mut stack = Stack::start(dir.path(), pki).await;
-    let (http, local_port) = (stack.http.clone(), stack.local_port);
+    let (http, device_port) = (stack.http.clone(), stack.device_port);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let publishers = [
-        tokio::spawn(publish_steady(local_port, "site-a", 100, stop_rx.clone())),
-        tokio::spawn(publish_steady(local_port, "site-b", 100, stop_rx)),
+        tokio::spawn(publish_steady(device_port, "site-a", 100, stop_rx.clone())),
+        tokio::spawn(publish_steady(device_port, "site-b", 100, stop_rx)),
     ];
     tokio::time::sleep(Duration::from_secs(3)).await;
 
