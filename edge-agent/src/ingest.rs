@@ -232,8 +232,11 @@ pub async fn run(
                         acker.release(&ack.into_iter().collect::<Vec<_>>());
                     }
                     Ok(mut decoded) => {
-                        if guard.is_redelivery(&decoded.readings, std::time::Instant::now()) {
-                            // Spooled before a crash; its PUBACK was lost.
+                        if guard.is_redelivery(&decoded.readings, std::time::Instant::now())
+                            || guard.is_copy(&decoded.readings)
+                        {
+                            // Spooled before a crash and its PUBACK lost, or
+                            // a second copy of a message just taken in.
                             stats.redeliveries_suppressed.fetch_add(1, Relaxed);
                             acker.release(&ack.into_iter().collect::<Vec<_>>());
                             continue;

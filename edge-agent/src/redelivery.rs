@@ -1,7 +1,7 @@
 //! Recognises device messages the broker redelivers although their readings
 //! were already taken in.
 //!
-//! Two cases, one mechanism:
+//! Three cases:
 //! - **after a crash**: the agent acknowledges a message after the spool's
 //!   fsync. If the process dies between the fsync and the PUBACK reaching the
 //!   broker, the broker redelivers the message to the next session. At
@@ -14,6 +14,12 @@
 //!   keys of the last messages it let through (at least the broker's
 //!   in-flight window of them: nothing older can be unacknowledged) and arms
 //!   them on every reconnect.
+//! - **twice on one connection**: a broker restarted from its autosave can
+//!   hold a message both in the restored session queue and again from the
+//!   device's own resend (QoS 1 is at least once), and deliver both on the
+//!   new connection. A message all of whose readings are among the last
+//!   messages let through is a copy ([`RedeliveryGuard::is_copy`]); the
+//!   chaos test caught such a reading archived twice in one batch.
 //!
 //! A key is (device, metric, timestamp, value), hashed. A message any of
 //! whose readings matches an armed key is acknowledged and dropped, and the
@@ -44,6 +50,8 @@ pub struct RedeliveryGuard {
     connected_before: bool,
     /// Keys of the last messages let through, one entry per message.
     recent: std::collections::VecDeque<Vec<u64>>,
+    /// The same keys, counted, for lookups.
+    recent_keys: std::collections::HashMap<u64, u32>,
     remember_messages: usize,
 }
 
@@ -102,11 +110,36 @@ impl RedeliveryGuard {
         if self.remember_messages == 0 {
             return;
         }
-        if self.recent.len() == self.remember_messages {
-            self.recent.pop_front();
+        if self.recent.len() == self.remember_messages
+            && let Some(old) = self.recent.pop_front()
+        {
+            for k in old {
+                if let std::collections::hash_map::Entry::Occupied(mut e) =
+                    self.recent_keys.entry(k)
+                {
+                    *e.get_mut() -= 1;
+                    if *e.get() == 0 {
+                        e.remove();
+                    }
+                }
+            }
         }
-        let keys = readings.iter().map(|r| self.key(r)).collect();
+        let keys: Vec<u64> = readings.iter().map(|r| self.key(r)).collect();
+        for k in &keys {
+            *self.recent_keys.entry(*k).or_default() += 1;
+        }
         self.recent.push_back(keys);
+    }
+
+    /// Whether every reading of a message is among the last messages let
+    /// through: a second copy of one message (a reading sent again with the
+    /// same device, metric, time and value is the same reading).
+    pub fn is_copy(&self, readings: &[Reading]) -> bool {
+        !readings.is_empty()
+            && !self.recent_keys.is_empty()
+            && readings
+                .iter()
+                .all(|r| self.recent_keys.contains_key(&self.key(r)))
     }
 
     /// Whether a message with these readings was already spooled.
@@ -189,6 +222,29 @@ mod tests {
         assert!(guard.is_redelivery(&[reading(1)], now + Duration::from_secs(59)));
         assert!(!guard.is_redelivery(&[reading(2)], now + WINDOW));
         assert!(guard.is_empty());
+    }
+
+    #[test]
+    fn a_second_copy_on_the_same_connection_is_recognised_and_the_window_slides() {
+        let mut guard = RedeliveryGuard::new(3);
+        guard.connected(Instant::now());
+        assert!(!guard.is_copy(&[reading(1)]), "nothing let through yet");
+        for i in 0..3 {
+            guard.remember(&[reading(i), reading(100 + i)]);
+        }
+        assert!(guard.is_copy(&[reading(1), reading(101)]));
+        assert!(
+            guard.is_copy(&[reading(0)]),
+            "a reading seen before is a copy"
+        );
+        assert!(
+            !guard.is_copy(&[reading(1), reading(7)]),
+            "a message with a new reading is not a copy"
+        );
+        guard.remember(&[reading(3)]);
+        assert!(!guard.is_copy(&[reading(0)]), "older than the window");
+        assert!(guard.is_copy(&[reading(3)]));
+        assert!(!guard.is_copy(&[]));
     }
 
     #[test]

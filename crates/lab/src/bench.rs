@@ -37,6 +37,37 @@ pub struct BenchOptions {
     /// Run the agent with its durable spool (acknowledging device messages
     /// after the spool's fsync).
     pub spool: bool,
+    /// TLS on every MQTT connection (devices, the plain subscriber, both of
+    /// the agent's links, the hub's): a directory from `iot-lab pki` with
+    /// `ca.pem` and a client certificate `bench.pem` / `bench.key`.
+    pub tls: Option<PathBuf>,
+}
+
+impl BenchOptions {
+    /// The TLS table of every client, when the bench runs on TLS.
+    fn client_tls(&self) -> Option<iot_tls::ClientTls> {
+        self.tls.as_ref().map(|dir| iot_tls::ClientTls {
+            ca_file: Some(dir.join("ca.pem")),
+            system_roots: false,
+            cert_file: Some(dir.join("bench.pem")),
+            key_file: Some(dir.join("bench.key")),
+        })
+    }
+
+    fn security(&self) -> anyhow::Result<Option<iot_mqtt::LinkSecurity>> {
+        self.client_tls()
+            .map(|tls| {
+                iot_mqtt::LinkSecurity::new(
+                    "bench",
+                    iot_mqtt::LinkSettings {
+                        tls: Some(&tls),
+                        ..Default::default()
+                    },
+                )
+                .context("the bench's TLS files")
+            })
+            .transpose()
+    }
 }
 
 fn qos(q: u8) -> QoS {
@@ -56,9 +87,16 @@ async fn generate(
     devices: usize,
     n: u64,
     q: u8,
+    security: Option<&iot_mqtt::LinkSecurity>,
 ) -> anyhow::Result<Duration> {
-    let mut sim =
-        crate::devices::Simulator::connect(&format!("bench-gen-{root}"), host, port, qos(q), 1000);
+    let mut sim = crate::devices::Simulator::connect_secured(
+        &format!("bench-gen-{root}"),
+        host,
+        port,
+        qos(q),
+        1000,
+        security,
+    );
     let started = Instant::now();
     let t0 = 1_767_225_600_000i64;
     for i in 0..n {
@@ -77,9 +115,13 @@ async fn generate(
 /// (a): a subscriber that only counts.
 /// Returns (messages per second, messages received).
 async fn plain_subscriber(host: &str, port: u16, o: &BenchOptions) -> anyhow::Result<(f64, u64)> {
+    let security = o.security()?;
     let mut opts = MqttOptions::new("bench-plain-sub", host, port);
     opts.set_keep_alive(Duration::from_secs(30))
         .set_clean_session(true);
+    if let Some(security) = &security {
+        security.apply(&mut opts);
+    }
     let (client, mut eventloop) = iot_mqtt::client(opts, 10_000);
     client.subscribe("bench-a/+/+", qos(o.qos)).await?;
     let received = Arc::new(AtomicU64::new(0));
@@ -98,7 +140,16 @@ async fn plain_subscriber(host: &str, port: u16, o: &BenchOptions) -> anyhow::Re
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    generate(host, port, "bench-a", o.devices, o.messages, o.qos).await?;
+    generate(
+        host,
+        port,
+        "bench-a",
+        o.devices,
+        o.messages,
+        o.qos,
+        security.as_ref(),
+    )
+    .await?;
     // QoS 0 may lose messages under load: wait for all of them or for the
     // stream to go quiet, and report what arrived.
     let deadline = Instant::now() + o.timeout;
@@ -205,6 +256,7 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
     let mut hub_cfg = HubConfig::for_dir("bench", &dir);
     hub_cfg.mqtt.host = host.clone();
     hub_cfg.mqtt.port = port;
+    hub_cfg.mqtt.tls = o.client_tls();
     let hub = inference_hub::hub::start(hub_cfg).await?;
 
     let metrics = format!("127.0.0.1:{}", broker::free_port());
@@ -214,10 +266,24 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
         format!(
             "gateway-id = \"bench-{}\"\nmetrics-listen = \"{metrics}\"\n[mqtt]\nhost = \"{host}\"\nport = {port}\nbroker-inflight = {}\n\
              [[subscriptions]]\nfilter = \"bench-b/+/+\"\nqos = {}\ntopic-template = \"bench-b/{{device}}/{{metric}}\"\n\
-             [uplink.mqtt]\nhost = \"{host}\"\nport = {port}\n{}",
+             [uplink.mqtt]\nhost = \"{host}\"\nport = {port}\n{}{}",
             std::process::id(),
             o.broker_inflight,
             o.qos,
+            match o.client_tls() {
+                Some(tls) => {
+                    let table = |name: &str| {
+                        format!(
+                            "[{name}.tls]\nca-file = {:?}\ncert-file = {:?}\nkey-file = {:?}\n",
+                            tls.ca_file.as_ref().map(|p| p.display().to_string()),
+                            tls.cert_file.as_ref().map(|p| p.display().to_string()),
+                            tls.key_file.as_ref().map(|p| p.display().to_string()),
+                        )
+                    };
+                    format!("{}{}", table("mqtt"), table("uplink.mqtt"))
+                }
+                None => String::new(),
+            },
             if o.spool {
                 format!(
                     "[spool]\ndir = {:?}\n",
@@ -254,10 +320,11 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
+    let security = o.security()?;
     let generator = tokio::spawn({
         let host = host.clone();
         let (devices, n, q) = (o.devices, o.messages, o.qos);
-        async move { generate(&host, port, "bench-b", devices, n, q).await }
+        async move { generate(&host, port, "bench-b", devices, n, q, security.as_ref()).await }
     });
     // Done: the agent accepted every message (or, at QoS 0, stopped getting
     // new ones), and the hub archived everything the agent accepted.

@@ -26,10 +26,25 @@ impl Simulator {
     /// most `inflight` unacknowledged at once. A lost connection is
     /// re-established (what was in flight is resent by rumqttc).
     pub fn connect(client_id: &str, host: &str, port: u16, qos: QoS, inflight: u16) -> Self {
+        Self::connect_secured(client_id, host, port, qos, inflight, None)
+    }
+
+    /// [`Self::connect`] with a link's TLS and login (a TLS broker).
+    pub fn connect_secured(
+        client_id: &str,
+        host: &str,
+        port: u16,
+        qos: QoS,
+        inflight: u16,
+        security: Option<&iot_mqtt::LinkSecurity>,
+    ) -> Self {
         let mut opts = MqttOptions::new(client_id, host, port);
         opts.set_keep_alive(Duration::from_secs(30))
             .set_inflight(inflight)
             .set_max_packet_size(1 << 20, 1 << 20);
+        if let Some(security) = security {
+            security.apply(&mut opts);
+        }
         let (client, mut eventloop) = iot_mqtt::client(opts, 10_000);
         let acked = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&acked);

@@ -28,6 +28,11 @@ pub(crate) struct BenchArgs {
     /// Run the agent with its durable spool.
     #[arg(long)]
     spool: bool,
+    /// TLS on every MQTT connection, with the files `iot-lab pki --gateway
+    /// bench` wrote to this directory (ca.pem, bench.pem, bench.key); the
+    /// broker (`--broker`) must offer a TLS listener (docs/BENCHMARKS.md).
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -40,6 +45,7 @@ impl BenchArgs {
             broker_inflight,
             edge_bin,
             spool,
+            tls_dir,
         } = self;
         {
             let broker = match broker.as_deref().map(|b| b.rsplit_once(':')) {
@@ -67,9 +73,10 @@ impl BenchArgs {
                 edge_bin,
                 timeout: Duration::from_secs(300),
                 spool,
+                tls: tls_dir.clone(),
             };
             let name = broker.map_or("rumqttd (embedded)".to_string(), |(h, p)| {
-                format!("{h}:{p}")
+                format!("{h}:{p}{}", if tls_dir.is_some() { " (TLS)" } else { "" })
             });
             match runtime.block_on(lab::bench::run(opts.clone())) {
                 Ok(report) => {
