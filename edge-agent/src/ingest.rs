@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use iot_mqtt::LinkSecurity;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, EventLoop, MqttOptions, QoS};
 use tokio::sync::{mpsc, watch};
 
 use crate::batcher::IngestItem;
@@ -30,7 +30,7 @@ use crate::redelivery::RedeliveryGuard;
 use crate::senml;
 use crate::sparkplug::SparkplugState;
 use crate::stats::EdgeStats;
-use iot_mqtt::{OrderedAcker, Reconnect};
+use iot_mqtt::{OrderedAcker, Session, SessionEvent};
 
 struct Route {
     filter: String,
@@ -145,7 +145,7 @@ pub async fn run(
     mut filter: Filter,
     mut dead_letters: DeadLetters,
     client: AsyncClient,
-    mut eventloop: EventLoop,
+    eventloop: EventLoop,
     to_batcher: mpsc::Sender<IngestItem>,
     acker: OrderedAcker,
     mut guard: RedeliveryGuard,
@@ -157,13 +157,31 @@ pub async fn run(
 ) {
     let mut to_batcher = Some(to_batcher);
     let mut decoder = MessageDecoder::new(&subscriptions).with_max_message_bytes(max_message_bytes);
-    let mut reconnect = Reconnect::new(reconnect_max);
+    let filters = subscriptions
+        .iter()
+        .map(|s| {
+            let qos = if s.qos == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            (s.filter.clone(), qos)
+        })
+        .collect();
+    let mut session = Session::new(
+        client.clone(),
+        eventloop,
+        filters,
+        reconnect_max,
+        "gateway broker",
+        security,
+    );
     let mut window_clock = tokio::time::interval(Duration::from_secs(1));
     window_clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let downsamples = filter.downsamples();
     loop {
         let event = tokio::select! {
-            ev = eventloop.poll() => ev,
+            ev = session.next() => ev,
             _ = window_clock.tick(), if downsamples && to_batcher.is_some() => {
                 // Windows of series that went quiet close by the clock.
                 let readings = filter.flush(chrono::Utc::now().timestamp_micros());
@@ -188,27 +206,12 @@ pub async fn run(
             _ = finish.changed() => break,
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                reconnect.connected();
+            SessionEvent::Connected { .. } => {
                 stats.broker_connects.fetch_add(1, Relaxed);
                 acker.new_generation();
                 guard.connected(std::time::Instant::now());
-                tracing::info!(
-                    session_present = ack.session_present,
-                    "connected to gateway broker"
-                );
-                for s in &subscriptions {
-                    let qos = if s.qos == 0 {
-                        QoS::AtMostOnce
-                    } else {
-                        QoS::AtLeastOnce
-                    };
-                    if let Err(e) = client.try_subscribe(s.filter.clone(), qos) {
-                        tracing::error!(error = %e, filter = %s.filter, "cannot subscribe");
-                    }
-                }
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
+            SessionEvent::Publish(publish) => {
                 let Some(to_batcher) = &to_batcher else {
                     continue; // draining: leave it for the next session
                 };
@@ -289,24 +292,10 @@ pub async fn run(
                     }
                 }
             }
-            Ok(_) => {}
-            Err(e) => {
+            SessionEvent::Failed => {
                 stats.broker_errors.fetch_add(1, Relaxed);
-                let delay = reconnect.failed();
-                tracing::warn!(error = %e, retry_in = ?delay, "gateway broker connection failed");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = finish.changed() => break,
-                }
-                // A rotated certificate or password is used from the next
-                // connection on.
-                security.refresh(&mut eventloop.mqtt_options);
             }
         }
     }
-    let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while eventloop.poll().await.is_ok() {}
-    })
-    .await;
+    session.close().await;
 }

@@ -32,7 +32,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
 use schemas::ack::{AckStatus, BatchAck};
 use schemas::envelope::BatchHeader;
 use tokio::sync::{mpsc, watch};
@@ -43,7 +43,7 @@ use crate::config::{UplinkKind, UplinkSettings};
 use crate::spool::service::{SpoolEvent, SpoolHandle};
 use crate::stats::EdgeStats;
 use iot_mqtt::routing::HubDirectory;
-use iot_mqtt::{LinkSecurity, OrderedAcker, Reconnect, backoff};
+use iot_mqtt::{LinkSecurity, OrderedAcker, Session, SessionEvent, backoff};
 use iot_tls::{Refresh, Reloading, Secret, TlsError, rustls};
 
 /// Content type of an envelope over HTTP.
@@ -308,7 +308,7 @@ struct MqttAnswers {
 
 async fn run_mqtt_answers(
     client: AsyncClient,
-    mut eventloop: rumqttc::EventLoop,
+    eventloop: rumqttc::EventLoop,
     listen: MqttAnswers,
     answers: mpsc::UnboundedSender<SendOutcome>,
     stats: Arc<EdgeStats>,
@@ -322,19 +322,22 @@ async fn run_mqtt_answers(
         security,
     } = listen;
     let ack_topic = format!("{prefix}/acks/{gateway}");
-    let mut reconnect = Reconnect::new(reconnect_max);
+    let mut session = Session::new(
+        client.clone(),
+        eventloop,
+        vec![(ack_topic.clone(), QoS::AtLeastOnce)],
+        reconnect_max,
+        "uplink broker",
+        security,
+    );
     loop {
         let event = tokio::select! {
-            ev = eventloop.poll() => ev,
+            ev = session.next() => ev,
             _ = shutdown.changed() => return,
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                reconnect.connected();
+            SessionEvent::Connected { .. } => {
                 stats.broker_connects.fetch_add(1, Relaxed);
-                if let Err(e) = client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce) {
-                    tracing::error!(error = %e, "cannot subscribe to hub acks");
-                }
                 if let Some(hubs) = &hubs {
                     // A hub that left while we were away sent its goodbye
                     // to nobody: start over from the retained announcements
@@ -346,13 +349,13 @@ async fn run_mqtt_answers(
                     }
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(p)))
+            SessionEvent::Publish(p)
                 if hubs.as_ref().is_some_and(|h| {
                     let membership = h.observe(&prefix, &p.topic, &p.payload, p.retain);
                     stats.announcements_ignored.store(h.ignored(), Relaxed);
                     membership
                 }) => {}
-            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => {
+            SessionEvent::Publish(p) if p.topic == ack_topic => {
                 match serde_json::from_slice::<BatchAck>(&p.payload) {
                     // Any incarnation: spooled batches of earlier runs keep
                     // theirs. Answers to batches not in flight are ignored.
@@ -368,18 +371,9 @@ async fn run_mqtt_answers(
                     }
                 }
             }
-            Ok(_) => {}
-            Err(e) => {
+            SessionEvent::Publish(_) => {}
+            SessionEvent::Failed => {
                 stats.broker_errors.fetch_add(1, Relaxed);
-                let delay = reconnect.failed();
-                tracing::warn!(error = %e, retry_in = ?delay, "uplink broker connection failed");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => return,
-                }
-                // A rotated certificate or password is used from the next
-                // connection on.
-                security.refresh(&mut eventloop.mqtt_options);
             }
         }
     }

@@ -21,10 +21,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use iot_mqtt::routing;
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS};
 use tokio::sync::{Semaphore, watch};
 
-use iot_mqtt::{LinkSecurity, OrderedAcker, Reconnect};
+use iot_mqtt::{LinkSecurity, OrderedAcker, Session, SessionEvent};
 
 use crate::config::HubConfig;
 use crate::intake::{IntakeHandle, Sender, SubmitError};
@@ -84,7 +84,7 @@ pub async fn run(
             true,
         ));
     }
-    let (client, mut eventloop) = iot_mqtt::client(opts, MAX_CONCURRENT * 2 + 16);
+    let (client, eventloop) = iot_mqtt::client(opts, MAX_CONCURRENT * 2 + 16);
     let filter = format!("$share/{}/{}/batches/+", m.share_group, m.topic_prefix);
     let direct = routing::direct_filter(&m.topic_prefix, &cfg.hub_id);
     // Whether the broker holds our announcement (as far as we know).
@@ -95,10 +95,23 @@ pub async fn run(
     // Deliveries are acknowledged in arrival order (rumqttd drops clients
     // that do otherwise), although batches finish in any order.
     let acker = OrderedAcker::new(&client, Arc::default(), Arc::default());
-    let mut reconnect = Reconnect::new(iot_mqtt::RECONNECT_MAX);
+    let mut subscriptions = vec![(filter.clone(), QoS::AtLeastOnce)];
+    if m.announce {
+        // Subscribed before announced: a gateway that hears of this hub
+        // finds it listening.
+        subscriptions.push((direct.clone(), QoS::AtLeastOnce));
+    }
+    let mut session = Session::new(
+        client.clone(),
+        eventloop,
+        subscriptions,
+        iot_mqtt::RECONNECT_MAX,
+        "hub broker",
+        security,
+    );
     loop {
         let event = tokio::select! {
-            ev = eventloop.poll() => ev,
+            ev = session.next() => ev,
             _ = health_check.tick(), if m.announce => {
                 let healthy = stats.healthy();
                 if healthy != announced && announce(&client, &membership, &cfg.hub_id, healthy) {
@@ -109,24 +122,15 @@ pub async fn run(
             _ = shutdown.changed() => break,
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                reconnect.connected();
+            SessionEvent::Connected { .. } => {
                 acker.new_generation();
                 tracing::info!(filter = %filter, "hub subscribed to batches");
-                if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
-                    tracing::error!(error = %e, "cannot subscribe to batches");
-                }
                 if m.announce {
-                    // Subscribed before announced: a gateway that hears of
-                    // this hub finds it listening.
-                    if let Err(e) = client.try_subscribe(direct.clone(), QoS::AtLeastOnce) {
-                        tracing::error!(error = %e, "cannot subscribe to direct batches");
-                    }
                     announced =
                         stats.healthy() && announce(&client, &membership, &cfg.hub_id, true);
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
+            SessionEvent::Publish(publish) => {
                 stats.batches_received_mqtt.fetch_add(1, Relaxed);
                 let permit = tokio::select! {
                     p = Arc::clone(&permits).acquire_owned() => p.expect("semaphore never closed"),
@@ -189,18 +193,7 @@ pub async fn run(
                     acker.release(&pending.into_iter().collect::<Vec<_>>());
                 });
             }
-            Ok(_) => {}
-            Err(e) => {
-                let delay = reconnect.failed();
-                tracing::warn!(error = %e, retry_in = ?delay, "hub broker connection failed");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => break,
-                }
-                // A rotated certificate or password is used from the next
-                // connection on.
-                security.refresh(&mut eventloop.mqtt_options);
-            }
+            SessionEvent::Failed => {}
         }
     }
     if m.announce {
@@ -213,9 +206,5 @@ pub async fn run(
         permits.acquire_many(MAX_CONCURRENT as u32),
     )
     .await;
-    let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while eventloop.poll().await.is_ok() {}
-    })
-    .await;
+    session.close().await;
 }

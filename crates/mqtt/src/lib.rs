@@ -6,6 +6,8 @@
 //!   generation.
 //! - [`reconnect`]: exponential backoff with jitter ([`backoff`],
 //!   [`Reconnect`]) and a client with Nagle off ([`client`]).
+//! - [`session`]: one MQTT session (subscriptions after every CONNACK,
+//!   generations, backoff after failures) that each connection drives.
 //! - [`routing`]: hub announcements, which hub owns a gateway (rendezvous
 //!   hashing over the announced hubs, silent hubs passed over) and every
 //!   topic name of the edge-to-hub exchange.
@@ -17,9 +19,11 @@ pub mod ack;
 pub mod reconnect;
 pub mod routing;
 pub mod security;
+pub mod session;
 pub mod signal;
 
 pub use ack::{OrderedAcker, PendingAck};
 pub use reconnect::{RECONNECT_MAX, Reconnect, STABLE_CONNECTION, backoff, client};
 pub use security::{LinkSecurity, LinkSettings};
+pub use session::{Session, SessionEvent};
 pub use signal::wait_for_stop_signal;
