@@ -304,9 +304,11 @@ impl Stack {
             ],
             &dir.join("mosquitto-tls.log"),
         );
-        // The local broker: agents log in with a password on one listener
-        // (no anonymous clients there), devices publish on another.
+        // The local broker: agents log in with a password (no anonymous
+        // clients there), gw-a over TLS, gw-b over TCP; devices publish on a
+        // third listener.
         let device_port = lab::broker::free_port();
+        let local_tls_port = lab::broker::free_port();
         let local_dir = dir.join("local");
         std::fs::create_dir_all(local_dir.join("data")).unwrap();
         let passwords = local_dir.join("passwords");
@@ -330,10 +332,16 @@ impl Stack {
                 "per_listener_settings true\nuser {}\npersistence true\npersistence_location {}/\n\
                  max_inflight_messages 100\nmax_queued_messages 1000000\n\
                  listener {local_port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n\
+                 listener {local_tls_port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n\
+                 cafile {}\ncertfile {}\nkeyfile {}\n\
                  listener {device_port} 127.0.0.1\nallow_anonymous true\n",
                 current_user(),
                 local_dir.join("data").display(),
-                passwords.display()
+                passwords.display(),
+                passwords.display(),
+                pki.path("ca.pem").display(),
+                pki.path("broker.pem").display(),
+                pki.path("broker.key").display(),
             ),
         )
         .unwrap();
@@ -345,6 +353,7 @@ impl Stack {
         crate::edge_faults::wait_port(tls_port).await;
         crate::edge_faults::wait_port(local_port).await;
         crate::edge_faults::wait_port(device_port).await;
+        crate::edge_faults::wait_port(local_tls_port).await;
 
         // Secrets from files only.
         let token_file = dir.join("gw-b.token");
@@ -378,12 +387,22 @@ impl Stack {
     .unwrap();
         let edge_toml = |gw: &str, root: &str, uplink: &str| {
             let path = dir.join(format!("{gw}.toml"));
+            // gw-a reaches its local broker over TLS (server certificate
+            // only, and its password), gw-b over TCP.
+            let local = if gw == "gw-a" {
+                format!(
+                    "port = {local_tls_port}\n[mqtt.tls]\nca-file = {:?}\n",
+                    p("trust.pem")
+                )
+            } else {
+                format!("port = {local_port}\n")
+            };
             std::fs::write(
             &path,
             format!(
-                "gateway-id = \"{gw}\"\n[mqtt]\nport = {local_port}\nbroker-inflight = 100\n\
-                 username = \"{gw}\"\npassword-file = {:?}\n\
+                "gateway-id = \"{gw}\"\n\
                  [[subscriptions]]\nfilter = \"{root}/+/+\"\ntopic-template = \"{root}/{{device}}/{{metric}}\"\n\
+                 [mqtt]\nbroker-inflight = 100\nusername = \"{gw}\"\npassword-file = {:?}\n{local}\
                  [batch]\nmax-age = \"100ms\"\n[uplink]\nkind = \"{uplink}\"\n\
                  [uplink.mqtt]\nport = {tls_port}\n\
                  [uplink.mqtt.tls]\nca-file = {:?}\ncert-file = {:?}\nkey-file = {:?}\n\
