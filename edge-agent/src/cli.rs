@@ -208,6 +208,7 @@ fn replay(config: &EdgeConfig, files: &[PathBuf], args: ReplayArgs) -> ExitCode 
             url,
             token,
             batch_rows: batch_rows.max(1),
+            tls: http.tls.clone(),
         },
         None => crate::replay::Target::Mqtt {
             host,

@@ -233,6 +233,8 @@ pub enum Target {
         url: String,
         token: Option<String>,
         batch_rows: usize,
+        /// For an `https://` hub: the CA (and a client certificate).
+        tls: Option<iot_tls::ClientTls>,
     },
 }
 
@@ -311,11 +313,13 @@ pub async fn replay(
             url,
             token,
             batch_rows,
+            tls,
         } => {
             replay_http(
                 recording,
                 url,
                 token.as_deref(),
+                tls.as_ref(),
                 *batch_rows,
                 speed,
                 name,
@@ -415,6 +419,7 @@ async fn replay_http(
     recording: &Recording,
     url: &str,
     token: Option<&str>,
+    tls: Option<&iot_tls::ClientTls>,
     batch_rows: usize,
     speed: Speed,
     name: &str,
@@ -428,9 +433,11 @@ async fn replay_http(
     else {
         bail!("--hub-url replays tables (CSV); JSON Lines messages need the MQTT path");
     };
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
+    let mut client = reqwest::Client::builder().timeout(Duration::from_secs(30));
+    if let Some(tls) = tls {
+        client = client.use_preconfigured_tls((*tls.load()?).clone());
+    }
+    let client = client.build()?;
     let endpoint = format!("{}/v1/batches", url.trim_end_matches('/'));
     let gateway: String = format!("replay-{name}")
         .chars()

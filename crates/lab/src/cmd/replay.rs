@@ -52,6 +52,7 @@ impl ReplayArgs {
                     url,
                     token: std::env::var("HUB_TOKEN").ok(),
                     batch_rows: batch_rows.max(1),
+                    tls: None,
                 },
                 None => match broker
                     .rsplit_once(':')

@@ -995,6 +995,7 @@ async fn recorded_nab_and_skab_files_replay_through_the_pipeline_and_a_second_re
         url: format!("http://{}", hub.http_addr),
         token: None,
         batch_rows: 1000,
+        tls: None,
     };
     let id = replay::replay_id(&nab, "default").unwrap();
     for _ in 0..2 {
@@ -1169,6 +1170,7 @@ async fn an_archive_replays_from_parquet_into_another_hub_once() {
         url: format!("http://{}", target_hub.http_addr),
         token: None,
         batch_rows: 500,
+        tls: None,
     };
     for _ in 0..2 {
         for (i, rec) in recordings.iter().enumerate() {
