@@ -272,12 +272,17 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
             o.qos,
             match o.client_tls() {
                 Some(tls) => {
+                    let path = |p: &Option<PathBuf>| {
+                        p.as_ref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default()
+                    };
                     let table = |name: &str| {
                         format!(
                             "[{name}.tls]\nca-file = {:?}\ncert-file = {:?}\nkey-file = {:?}\n",
-                            tls.ca_file.as_ref().map(|p| p.display().to_string()),
-                            tls.cert_file.as_ref().map(|p| p.display().to_string()),
-                            tls.key_file.as_ref().map(|p| p.display().to_string()),
+                            path(&tls.ca_file),
+                            path(&tls.cert_file),
+                            path(&tls.key_file),
                         )
                     };
                     format!("{}{}", table("mqtt"), table("uplink.mqtt"))
