@@ -397,6 +397,10 @@ impl Stack {
             } else {
                 format!("port = {local_port}\n")
             };
+            // gw-a's batches go to the shared subscription (through the
+            // ACL's `iot/batches/<id>` and the hub's `$share/...` read),
+            // not to one hub's direct topic.
+            let sticky = gw != "gw-a";
             std::fs::write(
             &path,
             format!(
@@ -404,7 +408,7 @@ impl Stack {
                  [[subscriptions]]\nfilter = \"{root}/+/+\"\ntopic-template = \"{root}/{{device}}/{{metric}}\"\n\
                  [mqtt]\nbroker-inflight = 100\nusername = \"{gw}\"\npassword-file = {:?}\n{local}\
                  [batch]\nmax-age = \"100ms\"\n[uplink]\nkind = \"{uplink}\"\n\
-                 [uplink.mqtt]\nport = {tls_port}\n\
+                 [uplink.mqtt]\nport = {tls_port}\nsticky = {sticky}\n\
                  [uplink.mqtt.tls]\nca-file = {:?}\ncert-file = {:?}\nkey-file = {:?}\n\
                  [uplink.http]\nurl = \"https://{http}\"\ntoken-file = {:?}\n\
                  [uplink.http.tls]\nca-file = {:?}\ncert-file = {:?}\nkey-file = {:?}\n",
