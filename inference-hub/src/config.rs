@@ -339,7 +339,7 @@ pub struct RouteConfig {
 impl Default for ScoringSettings {
     fn default() -> Self {
         Self {
-            model_dir: PathBuf::from("models/novelty"),
+            model_dir: shipped_model("novelty"),
             warmup_readings: 200,
             threshold: None,
             routes: Vec::new(),
@@ -351,21 +351,39 @@ impl Default for ScoringSettings {
     }
 }
 
-/// The default model shipped in this repository: `models/novelty`.
-pub fn bundled_model_dir() -> &'static str {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../models/novelty")
+/// Where the models shipped with the hub are, found from the running
+/// executable's place, never from the machine it was built on. The first
+/// directory holding `novelty/manifest.json` among:
+/// - `<exe dir>/models` (a tarball or a copy: the binary beside its models),
+/// - `<exe dir>/../share/inference-hub/models` (an install under a prefix:
+///   `/usr/bin` and `/usr/share/inference-hub/models`, `/usr/local/...`),
+/// - `/usr/share/inference-hub/models` (the Debian package),
+/// - `<exe dir>/../../models` and `<exe dir>/../../../models` (a cargo build
+///   in a checkout: `target/<profile>/`, `target/<triple>/<profile>/` or a
+///   test's `target/<profile>/deps/`).
+pub fn shipped_models_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let exe = exe.canonicalize().unwrap_or(exe);
+    let dir = exe.parent()?;
+    [
+        dir.join("models"),
+        dir.join("../share/inference-hub/models"),
+        PathBuf::from("/usr/share/inference-hub/models"),
+        dir.join("../../models"),
+        dir.join("../../../models"),
+    ]
+    .into_iter()
+    .find(|d| d.join("novelty/manifest.json").is_file())
 }
 
-/// The ONNX forecaster shipped in `models/univariate-forecast` (expected
-/// values of the novelty model's events, and a shadow route).
-pub fn bundled_forecaster_dir() -> &'static str {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../models/univariate-forecast")
-}
-
-/// The state monitor for record-shaped devices shipped in
-/// `models/state-monitor` (SKAB's pump rig metrics).
-pub fn bundled_state_monitor_dir() -> &'static str {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../models/state-monitor")
+/// A shipped model by name (`novelty`, `univariate-forecast`,
+/// `state-monitor`, ...): in [`shipped_models_dir`], or `models/<name>`
+/// relative to the working directory when no shipped models are found
+/// (then `validate` names the key to set: `scoring.model-dir`).
+pub fn shipped_model(name: &str) -> PathBuf {
+    shipped_models_dir()
+        .map(|d| d.join(name))
+        .unwrap_or_else(|| PathBuf::from("models").join(name))
 }
 
 impl HubConfig {
@@ -392,9 +410,8 @@ impl HubConfig {
     pub fn for_dir(hub_id: &str, data_dir: &std::path::Path) -> Self {
         let mut cfg: Self = schemas::settings::load_str(
             &format!(
-                "hub-id = {hub_id:?}\ndata-dir = {:?}\n[scoring]\nmodel-dir = {:?}",
+                "hub-id = {hub_id:?}\ndata-dir = {:?}",
                 data_dir.display().to_string(),
-                bundled_model_dir()
             ),
             ENV_PREFIX,
             Vec::new(),
@@ -615,7 +632,7 @@ mod tests {
         let text = std::fs::read_to_string(path).unwrap();
         let env = vec![(
             "HUB__SCORING__MODEL_DIR".to_string(),
-            bundled_model_dir().to_string(),
+            crate::test_models("novelty").display().to_string(),
         )];
         let cfg: HubConfig = schemas::settings::load_str(&text, ENV_PREFIX, env).unwrap();
         assert_eq!(cfg.hub_id, "hub_a");
@@ -655,8 +672,8 @@ mod tests {
             &format!(
                 "hub-id = 'h'\ndata-dir = '/tmp/x'\n[scoring]\nmodel-dir = {:?}\n\
                  [[scoring.routes]]\nname = 'r'\ndevice = 'pump-[1'\nmodel-dir = {:?}\n",
-                bundled_model_dir(),
-                bundled_model_dir()
+                crate::test_models("novelty"),
+                crate::test_models("novelty")
             ),
             ENV_PREFIX,
             Vec::new(),

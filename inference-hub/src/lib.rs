@@ -45,3 +45,12 @@ pub mod wal;
 
 pub use config::HubConfig;
 pub use hub::{HubHandle, start};
+
+/// The repository's models, for this crate's tests (the binaries find
+/// theirs from where they run: [`config::shipped_models_dir`]).
+#[cfg(test)]
+pub(crate) fn test_models(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models")
+        .join(name)
+}

@@ -101,7 +101,7 @@ pub async fn run(hub_bin: &Path, dir: &Path) -> anyhow::Result<Vec<Step>> {
             "hub-id = \"hostile\"\ndata-dir = {:?}\nmqtt.enabled = false\nhttp.listen = \"{http}\"\n\
              http.header-read-timeout = \"5s\"\nscoring.model-dir = {:?}\n",
             dir.join("data").display().to_string(),
-            inference_hub::config::bundled_model_dir()
+            inference_hub::config::shipped_model("novelty")
         ),
     )?;
     let mut command = if Path::new("/usr/bin/prlimit").exists() {

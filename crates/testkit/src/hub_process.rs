@@ -28,7 +28,7 @@ impl HubProcessConfig {
                 "hub-id = \"{hub_id}\"\ndata-dir = {:?}\nmqtt.enabled = false\nhttp.listen = \"{http}\"\n\
                  scoring.model-dir = {:?}\nscoring.warmup-readings = 20\n{extra}\n",
                 data.display().to_string(),
-                inference_hub::config::bundled_model_dir()
+                crate::models("novelty")
             ),
         )
         .unwrap();

@@ -19,6 +19,22 @@ use std::path::PathBuf;
 pub mod harness;
 pub mod hub_process;
 
+/// The repository's model `name` (`novelty`, `univariate-forecast`, ...):
+/// the test kit's hubs are configured with it explicitly, wherever the
+/// target directory is.
+pub fn models(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models")
+        .join(name)
+}
+
+/// `HubConfig::for_dir` with the repository's default model.
+pub fn hub_config(hub_id: &str, data_dir: &std::path::Path) -> inference_hub::config::HubConfig {
+    let mut cfg = inference_hub::config::HubConfig::for_dir(hub_id, data_dir);
+    cfg.scoring.model_dir = models("novelty");
+    cfg
+}
+
 /// `target/<profile>/<name>`: a workspace binary next to the test binary's
 /// directory, built by `cargo build -p <package>` (`cargo test --workspace`
 /// builds it too).

@@ -13,6 +13,7 @@ use crate::config::HubConfig;
 
 async fn test_hub(dir: &std::path::Path) -> crate::hub::HubHandle {
     let mut cfg = HubConfig::for_dir("api", dir);
+    cfg.scoring.model_dir = crate::test_models("novelty");
     cfg.mqtt.enabled = false;
     crate::hub::start(cfg).await.unwrap()
 }
@@ -464,6 +465,7 @@ fn a_hub_listening_beyond_loopback_without_tokens_is_refused() {
 async fn readings_over_a_range_merge_the_archive_with_memory_and_downsample() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = HubConfig::for_dir("range", dir.path());
+    cfg.scoring.model_dir = crate::test_models("novelty");
     cfg.mqtt.enabled = false;
     cfg.archive.max_file_age = Duration::from_millis(100);
     let hub = crate::hub::start(cfg).await.unwrap();
@@ -718,6 +720,7 @@ async fn with_tokens_the_document_declares_what_the_guard_asks_for() {
 async fn the_query_endpoint_streams_json_jsonl_csv_and_parquet_with_filters_and_limits() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = HubConfig::for_dir("query", dir.path());
+    cfg.scoring.model_dir = crate::test_models("novelty");
     cfg.mqtt.enabled = false;
     cfg.archive.max_file_age = Duration::from_millis(50);
     let hub = crate::hub::start(cfg).await.unwrap();
@@ -910,6 +913,7 @@ fn envelope_of(gateway: &str, seq: u64, rows: &[(&str, i64)]) -> Vec<u8> {
 async fn absurd_timestamps_are_refused_with_a_reason_and_never_archived() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = HubConfig::for_dir("times", dir.path());
+    cfg.scoring.model_dir = crate::test_models("novelty");
     cfg.mqtt.enabled = false;
     let hub = crate::hub::start(cfg).await.unwrap();
     let app = router_for(&hub);
@@ -964,6 +968,7 @@ async fn absurd_timestamps_are_refused_with_a_reason_and_never_archived() {
 async fn series_past_the_caps_are_refused_and_known_series_keep_flowing() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = HubConfig::for_dir("series", dir.path());
+    cfg.scoring.model_dir = crate::test_models("novelty");
     cfg.mqtt.enabled = false;
     cfg.intake.max_series_per_gateway = 100;
     cfg.intake.max_series = 150;

@@ -1,5 +1,3 @@
-use std::path::PathBuf;
-
 use arrow_array::{Array, Float64Array};
 use schemas::ReadingColumns;
 use schemas::envelope::{self, DecodeLimits, DecodedBatch};
@@ -9,7 +7,7 @@ use crate::config::ScoringSettings;
 
 fn router() -> Router {
     Router::new(&ScoringSettings {
-        model_dir: PathBuf::from(crate::config::bundled_model_dir()),
+        model_dir: crate::test_models("novelty"),
         ..ScoringSettings::default()
     })
     .unwrap()
@@ -195,7 +193,7 @@ fn state_saved_for_another_detector_configuration_is_not_restored() {
     store.promote(1).unwrap();
     let payload = store.load(|_, e| panic!("{e}")).unwrap().unwrap().payload;
     let mut forecaster = Router::new(&ScoringSettings {
-        model_dir: PathBuf::from(crate::config::bundled_forecaster_dir()),
+        model_dir: crate::test_models("univariate-forecast"),
         ..ScoringSettings::default()
     })
     .unwrap();

@@ -16,7 +16,7 @@ pub(crate) struct BenchHubArgs {
     /// Also write the envelopes here (one file each) for the Python reference.
     #[arg(long)]
     write_envelopes: Option<PathBuf>,
-    #[arg(long, default_value = inference_hub::config::bundled_model_dir())]
+    #[arg(long, default_value_os_t = inference_hub::config::shipped_model("novelty"))]
     model_dir: PathBuf,
     /// The archive's `zstd-level` (the Python reference takes the same flag).
     #[arg(long, default_value_t = inference_hub::config::ArchiveSettings::default().zstd_level)]

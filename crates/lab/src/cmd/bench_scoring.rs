@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub(crate) struct BenchScoringArgs {
-    #[arg(long, default_value = inference_hub::config::bundled_model_dir())]
+    #[arg(long, default_value_os_t = inference_hub::config::shipped_model("novelty"))]
     model_dir: PathBuf,
     /// Windows per model call / readings per batch.
     #[arg(long, default_value_t = 4096)]

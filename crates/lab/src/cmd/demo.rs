@@ -25,7 +25,7 @@ pub(crate) struct DemoArgs {
     #[arg(long, default_value_t = 100)]
     rate: u32,
     /// Model directory (manifest.json + ONNX file).
-    #[arg(long, default_value = inference_hub::config::bundled_model_dir())]
+    #[arg(long, default_value_os_t = inference_hub::config::shipped_model("novelty"))]
     model_dir: PathBuf,
 }
 

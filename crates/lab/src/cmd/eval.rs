@@ -25,7 +25,7 @@ pub(crate) enum EvalDataset {
         /// NAB's combined_windows.json.
         #[arg(long)]
         labels: Option<PathBuf>,
-        #[arg(long, default_value = inference_hub::config::bundled_model_dir())]
+        #[arg(long, default_value_os_t = inference_hub::config::shipped_model("novelty"))]
         model_dir: PathBuf,
         /// Readings per series before it is scored (the hub's scoring.warmup-readings).
         #[arg(long, default_value_t = 200)]
@@ -44,7 +44,7 @@ pub(crate) enum EvalDataset {
     Skab {
         #[arg(long)]
         data: PathBuf,
-        #[arg(long, default_value = inference_hub::config::bundled_state_monitor_dir())]
+        #[arg(long, default_value_os_t = inference_hub::config::shipped_model("state-monitor"))]
         model_dir: PathBuf,
         #[arg(long, default_value_t = 200)]
         warmup_readings: u32,

@@ -100,7 +100,7 @@ async fn hub_killed_repeatedly_archives_every_acknowledged_batch_exactly_once() 
              [intake]\nwal-segment-bytes = 1048576\n[archive]\ntarget-file-bytes = 65536\nmax-file-age = \"300ms\"\nrow-group-rows = 1024\ncompaction-grace = \"0s\"\ncompaction-interval = \"50ms\"\n\
              [scoring]\nmodel-dir = {:?}\nwarmup-readings = 20\n",
             data.display().to_string(),
-            inference_hub::config::bundled_model_dir()
+            iot_testkit::models("novelty")
         ),
     )
     .unwrap();

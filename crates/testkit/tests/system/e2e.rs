@@ -9,7 +9,6 @@ use std::time::Duration;
 use edge_agent::Agent;
 use edge_agent::config::{EdgeConfig, Subscription, UplinkKind};
 use edge_agent::decode::Rejection;
-use inference_hub::config::HubConfig;
 use lab::broker;
 
 use crate::harness::{
@@ -42,7 +41,7 @@ pub(crate) fn agent_config(
 async fn every_valid_reading_lands_in_parquet_exactly_once_with_scores() {
     let port = start_embedded_broker().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut hub_cfg = HubConfig::for_dir("e2e", dir.path());
+    let mut hub_cfg = iot_testkit::hub_config("e2e", dir.path());
     hub_cfg.mqtt.port = port;
     hub_cfg.scoring.warmup_readings = 100;
     let hub = inference_hub::start(hub_cfg).await.unwrap();
@@ -141,7 +140,7 @@ async fn two_hubs_on_one_shared_subscription_split_the_batches_without_duplicate
     let archive = dir.path().join("shared-archive");
     let mut hubs = Vec::new();
     for id in ["hub_one", "hub_two"] {
-        let mut cfg = HubConfig::for_dir(id, &dir.path().join(id));
+        let mut cfg = iot_testkit::hub_config(id, &dir.path().join(id));
         cfg.mqtt.port = port;
         cfg.archive.path = Some(archive.clone());
         cfg.scoring.warmup_readings = 100;
@@ -237,7 +236,7 @@ async fn sticky_routing_sends_each_gateway_to_one_hub_which_sees_its_series_whol
     let hub_ids = ["hub_one", "hub_two"];
     let mut hubs = Vec::new();
     for id in hub_ids {
-        let mut cfg = HubConfig::for_dir(id, &dir.path().join(id));
+        let mut cfg = iot_testkit::hub_config(id, &dir.path().join(id));
         cfg.mqtt.port = port;
         cfg.scoring.warmup_readings = 100;
         hubs.push(inference_hub::start(cfg).await.unwrap());
@@ -331,7 +330,7 @@ async fn a_gateway_whose_announced_hub_never_answers_delivers_through_another_hu
     // A stale announcement of `ghost`, and one live hub.
     announce_ghost_hub(port, "ghost").await;
     assert!(announced_hubs(port, "iot").await.contains("ghost"));
-    let mut cfg = HubConfig::for_dir("hub_live", dir.path());
+    let mut cfg = iot_testkit::hub_config("hub_live", dir.path());
     cfg.mqtt.port = port;
     let hub = inference_hub::start(cfg).await.unwrap();
     assert!(wait_for_announcement(port, "iot", "hub_live", true).await);
@@ -386,7 +385,7 @@ pub(crate) async fn gateway_reconnecting_after_its_hub_left(port: u16) {
     let hub_ids = ["hub_gone", "hub_stays"];
     let mut hubs = Vec::new();
     for id in hub_ids {
-        let mut cfg = HubConfig::for_dir(id, &dir.path().join(id));
+        let mut cfg = iot_testkit::hub_config(id, &dir.path().join(id));
         cfg.mqtt.port = port;
         cfg.mqtt.topic_prefix = PREFIX.into();
         hubs.push(inference_hub::start(cfg).await.unwrap());
@@ -473,7 +472,7 @@ async fn filter_rules_drop_exactly_what_they_say_and_count_it() {
 
     let port = start_embedded_broker().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut hub_cfg = HubConfig::for_dir("filters", dir.path());
+    let mut hub_cfg = iot_testkit::hub_config("filters", dir.path());
     hub_cfg.mqtt.port = port;
     let hub = inference_hub::start(hub_cfg).await.unwrap();
     let mut cfg = agent_config("gw-f", "plant-f", port, UplinkKind::Http, hub.http_addr);
@@ -554,7 +553,7 @@ async fn device_messages_are_acknowledged_only_after_a_hub_holds_their_readings(
 
     // A hub appears: the agent's retries reach it, then the acks go out.
     let dir = tempfile::tempdir().unwrap();
-    let mut hub_cfg = HubConfig::for_dir("late", dir.path());
+    let mut hub_cfg = iot_testkit::hub_config("late", dir.path());
     hub_cfg.mqtt.port = port;
     let hub = inference_hub::start(hub_cfg).await.unwrap();
     let expected = published.readings.len() as u64;
@@ -631,7 +630,7 @@ async fn with_a_spool_devices_are_acknowledged_while_the_hub_is_away_and_the_bac
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut hub_cfg = HubConfig::for_dir("spool", dir.path());
+    let mut hub_cfg = iot_testkit::hub_config("spool", dir.path());
     hub_cfg.mqtt.port = port;
     let hub = inference_hub::start(hub_cfg).await.unwrap();
     let live = publish_fleet(port, "fleet-t", "plant-t", 2, 60, 1000).await;
@@ -710,7 +709,7 @@ async fn a_full_spool_blocks_acknowledgements_until_the_hub_drains_it() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let mut hub_cfg = HubConfig::for_dir("full", dir.path());
+    let mut hub_cfg = iot_testkit::hub_config("full", dir.path());
     hub_cfg.mqtt.port = port;
     let hub = inference_hub::start(hub_cfg).await.unwrap();
     let expected = published.readings.len() as u64;
@@ -754,11 +753,11 @@ async fn a_model_swapped_under_load_scores_each_batch_once_with_one_version_and_
     let dir = tempfile::tempdir().unwrap();
     let model_dir = dir.path().join("model");
     std::fs::create_dir_all(&model_dir).unwrap();
-    let bundled = std::path::PathBuf::from(inference_hub::config::bundled_forecaster_dir());
+    let bundled = iot_testkit::models("univariate-forecast");
     for f in ["manifest.json", "model.onnx"] {
         std::fs::copy(bundled.join(f), model_dir.join(f)).unwrap();
     }
-    let mut cfg = HubConfig::for_dir("reload", &dir.path().join("hub"));
+    let mut cfg = iot_testkit::hub_config("reload", &dir.path().join("hub"));
     cfg.mqtt.enabled = false;
     cfg.scoring.model_dir = model_dir.clone();
     cfg.scoring.warmup_readings = 20;
@@ -906,7 +905,7 @@ async fn recorded_nab_and_skab_files_replay_through_the_pipeline_and_a_second_re
     };
     let port = start_embedded_broker().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut hub_cfg = HubConfig::for_dir("replay", dir.path());
+    let mut hub_cfg = iot_testkit::hub_config("replay", dir.path());
     hub_cfg.mqtt.port = port;
     let hub = inference_hub::start(hub_cfg).await.unwrap();
     let mut cfg = agent_config(
@@ -988,7 +987,7 @@ async fn recorded_nab_and_skab_files_replay_through_the_pipeline_and_a_second_re
 
     // Straight to a hub over HTTP, twice: the second replay is a duplicate.
     let dir = tempfile::tempdir().unwrap();
-    let mut hub_cfg = HubConfig::for_dir("replay_http", dir.path());
+    let mut hub_cfg = iot_testkit::hub_config("replay_http", dir.path());
     hub_cfg.mqtt.enabled = false;
     let hub = inference_hub::start(hub_cfg).await.unwrap();
     let target = Target::Hub {
@@ -1030,7 +1029,7 @@ async fn rescoring_an_archive_writes_a_separate_table_and_never_touches_the_orig
     use inference_hub::archive::{Table, read_table};
 
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = HubConfig::for_dir("orig", &dir.path().join("hub"));
+    let mut cfg = iot_testkit::hub_config("orig", &dir.path().join("hub"));
     cfg.mqtt.enabled = false;
     let hub = inference_hub::start(cfg).await.unwrap();
     let client = reqwest::Client::new();
@@ -1071,7 +1070,7 @@ async fn rescoring_an_archive_writes_a_separate_table_and_never_touches_the_orig
 
     let model_dir = dir.path().join("model-v2");
     std::fs::create_dir_all(&model_dir).unwrap();
-    let bundled = std::path::PathBuf::from(inference_hub::config::bundled_forecaster_dir());
+    let bundled = iot_testkit::models("univariate-forecast");
     std::fs::copy(bundled.join("model.onnx"), model_dir.join("model.onnx")).unwrap();
     let manifest = std::fs::read_to_string(bundled.join("manifest.json")).unwrap();
     std::fs::write(
@@ -1131,7 +1130,7 @@ async fn an_archive_replays_from_parquet_into_another_hub_once() {
     use inference_hub::archive::{Table, read_table};
 
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = HubConfig::for_dir("source", &dir.path().join("a"));
+    let mut cfg = iot_testkit::hub_config("source", &dir.path().join("a"));
     cfg.mqtt.enabled = false;
     let hub = inference_hub::start(cfg).await.unwrap();
     let client = reqwest::Client::new();
@@ -1163,7 +1162,7 @@ async fn an_archive_replays_from_parquet_into_another_hub_once() {
 
     let recordings = lab::replay_parquet::read(&[source_root.join("table=scored")], None).unwrap();
     assert!(!recordings.is_empty());
-    let mut cfg = HubConfig::for_dir("target", &dir.path().join("b"));
+    let mut cfg = iot_testkit::hub_config("target", &dir.path().join("b"));
     cfg.mqtt.enabled = false;
     let target_hub = inference_hub::start(cfg).await.unwrap();
     let target = Target::Hub {
@@ -1205,7 +1204,7 @@ async fn an_archive_that_cannot_be_written_stops_acknowledgements_resumes_by_its
     let dir = tempfile::tempdir().unwrap();
     let port = start_embedded_broker().await;
     let config = || {
-        let mut cfg = HubConfig::for_dir("blocked", &dir.path().join("hub"));
+        let mut cfg = iot_testkit::hub_config("blocked", &dir.path().join("hub"));
         cfg.mqtt.port = port;
         cfg.archive.max_file_age = Duration::from_millis(100);
         cfg

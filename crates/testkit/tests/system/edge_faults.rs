@@ -162,7 +162,7 @@ async fn edge_faults_kill_the_agent_restart_the_broker_and_cut_the_uplink_withou
             "hub-id = \"fault\"\ndata-dir = {:?}\n[mqtt]\nport = {port}\n[http]\nlisten = \"{http}\"\n\
              [scoring]\nmodel-dir = {:?}\nwarmup-readings = 50\n[archive]\nmax-file-age = \"500ms\"\n",
             dir.path().join("hub").display().to_string(),
-            inference_hub::config::bundled_model_dir(),
+            iot_testkit::models("novelty"),
         ),
     )
     .unwrap();
@@ -338,7 +338,7 @@ async fn failover_two_hubs_one_killed_mid_stream_lose_and_double_nothing() {
                 "hub-id = \"{id}\"\ndata-dir = {:?}\n[mqtt]\nport = {port}\n[http]\nlisten = \"127.0.0.1:{http}\"\n\
                  [scoring]\nmodel-dir = {:?}\nwarmup-readings = 50\n[archive]\npath = {:?}\nmax-file-age = \"300ms\"\n",
                 dir.path().join(id).display().to_string(),
-                inference_hub::config::bundled_model_dir(),
+                iot_testkit::models("novelty"),
                 archive.display().to_string(),
             ),
         )
@@ -584,7 +584,7 @@ async fn chaos_agent_hub_and_broker_killed_under_load() {
             "hub-id = \"chaos\"\ndata-dir = {:?}\n[mqtt]\nport = {port}\nkeep-alive = \"5s\"\n[http]\nlisten = \"{http}\"\n\
              [scoring]\nmodel-dir = {:?}\nwarmup-readings = 50\n[archive]\nmax-file-age = \"500ms\"\n",
             dir.path().join("hub").display().to_string(),
-            inference_hub::config::bundled_model_dir(),
+            iot_testkit::models("novelty"),
         ),
     )
     .unwrap();

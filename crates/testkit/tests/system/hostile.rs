@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use edge_agent::Agent;
 use edge_agent::config::UplinkKind;
-use inference_hub::config::HubConfig;
 use rumqttc::{Event, MqttOptions, Packet, QoS};
 
 use crate::e2e::agent_config;
@@ -107,7 +106,7 @@ async fn forged_acknowledgements_release_nothing_from_the_spool() {
     // A real hub then gets every reading, exactly once, while the forger
     // keeps answering.
     let dir = tempfile::tempdir().unwrap();
-    let mut hub_cfg = HubConfig::for_dir("forged", dir.path());
+    let mut hub_cfg = iot_testkit::hub_config("forged", dir.path());
     hub_cfg.mqtt.port = port;
     let hub = inference_hub::start(hub_cfg).await.unwrap();
     let expected = published.readings.len() as u64;
@@ -256,7 +255,7 @@ async fn publish_raw(port: u16, topic: &str, payload: Vec<u8>, retain: bool) {
 async fn an_oversized_device_message_is_dead_lettered_and_the_gateway_goes_on() {
     let port = start_embedded_broker().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut hub_cfg = HubConfig::for_dir("oversized", &dir.path().join("hub"));
+    let mut hub_cfg = iot_testkit::hub_config("oversized", &dir.path().join("hub"));
     hub_cfg.mqtt.port = port;
     let hub = inference_hub::start(hub_cfg).await.unwrap();
     let dead_letters = dir.path().join("dead.jsonl");

@@ -11,6 +11,7 @@ mod e2e;
 mod edge_faults;
 mod guarantees;
 mod hostile;
+mod installed;
 mod mosquitto;
 mod s3;
 mod tls;

@@ -27,7 +27,7 @@ async fn separate_processes_on_mosquitto_archive_every_valid_reading_once() {
         format!(
             "hub-id = \"ci\"\ndata-dir = {:?}\n[mqtt]\nport = {port}\n[http]\nlisten = \"{http}\"\n[scoring]\nmodel-dir = {:?}\nwarmup-readings = 100\n[archive]\nmax-file-age = \"2s\"\n",
             dir.path().join("hub").display().to_string(),
-            inference_hub::config::bundled_model_dir(),
+            iot_testkit::models("novelty"),
         ),
     )
     .unwrap();
@@ -175,7 +175,7 @@ async fn mosquitto_sparkplug_node_born_before_the_agent_is_asked_to_rebirth() {
         .parse()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut hub_cfg = inference_hub::config::HubConfig::for_dir("spb", dir.path());
+    let mut hub_cfg = iot_testkit::hub_config("spb", dir.path());
     hub_cfg.mqtt.port = port;
     hub_cfg.mqtt.topic_prefix = "spbtest".into();
     let hub = inference_hub::start(hub_cfg).await.unwrap();

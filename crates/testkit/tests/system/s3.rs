@@ -11,7 +11,6 @@ use arrow_array::{Array, TimestampMicrosecondArray, UInt64Array};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use inference_hub::archive::s3::S3Settings;
-use inference_hub::config::HubConfig;
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 
@@ -133,7 +132,7 @@ async fn s3_archive_holds_every_batch_once_across_a_restart_and_reads_back_throu
     let dir = tempfile::tempdir().unwrap();
     let (_moto, s3) = start_moto(dir.path()).await;
     let config = || {
-        let mut cfg = HubConfig::for_dir("s3hub", &dir.path().join("hub"));
+        let mut cfg = iot_testkit::hub_config("s3hub", &dir.path().join("hub"));
         cfg.mqtt.enabled = false;
         cfg.archive.max_file_age = Duration::from_millis(200);
         cfg.archive.s3 = Some(s3.clone());
@@ -179,7 +178,7 @@ async fn s3_two_hubs_that_both_made_a_batch_durable_leave_it_in_the_bucket_once(
     let dir = tempfile::tempdir().unwrap();
     let (_moto, s3) = start_moto(dir.path()).await;
     let config = |id: &str| {
-        let mut cfg = HubConfig::for_dir(id, &dir.path().join(id));
+        let mut cfg = iot_testkit::hub_config(id, &dir.path().join(id));
         cfg.mqtt.enabled = false;
         cfg.archive.max_file_age = Duration::from_millis(100);
         cfg.archive.s3 = Some(s3.clone());
@@ -222,7 +221,7 @@ async fn s3_retention_deletes_only_this_hubs_objects_older_than_the_limit() {
         .await
         .unwrap();
     let config = |retention: Option<Duration>| {
-        let mut cfg = HubConfig::for_dir("keeper", &dir.path().join("keeper"));
+        let mut cfg = iot_testkit::hub_config("keeper", &dir.path().join("keeper"));
         cfg.mqtt.enabled = false;
         cfg.archive.max_file_age = Duration::from_millis(100);
         cfg.archive.compaction_interval = Duration::from_millis(100);
@@ -278,7 +277,7 @@ async fn s3_retention_deletes_only_this_hubs_objects_older_than_the_limit() {
 async fn s3_down_at_shutdown_leaves_files_local_instead_of_holding_the_hub() {
     let dir = tempfile::tempdir().unwrap();
     let (moto, s3) = start_moto(dir.path()).await;
-    let mut cfg = HubConfig::for_dir("stopper", &dir.path().join("stopper"));
+    let mut cfg = iot_testkit::hub_config("stopper", &dir.path().join("stopper"));
     cfg.mqtt.enabled = false;
     cfg.archive.s3 = Some(s3.clone());
     let root = cfg.archive_root();
@@ -316,7 +315,7 @@ async fn s3_upload_when_closed_sends_one_merged_object_per_partition_and_resumes
     let (_moto, mut s3) = start_moto(dir.path()).await;
     s3.upload = UploadWhen::WhenClosed;
     let config = |grace: Duration| {
-        let mut cfg = HubConfig::for_dir("closer", &dir.path().join("closer"));
+        let mut cfg = iot_testkit::hub_config("closer", &dir.path().join("closer"));
         cfg.mqtt.enabled = false;
         cfg.archive.max_file_age = Duration::from_millis(100);
         cfg.archive.compaction_interval = Duration::from_millis(100);

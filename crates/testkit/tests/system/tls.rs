@@ -381,7 +381,7 @@ impl Stack {
             p("hub1.key"),
             p("client-trust.pem"),
             token_file.display().to_string(),
-            inference_hub::config::bundled_model_dir(),
+            iot_testkit::models("novelty"),
         ),
     )
     .unwrap();
