@@ -219,6 +219,20 @@ pub enum EncodeError {
     Arrow(#[source] arrow_schema::ArrowError),
 }
 
+/// How the Arrow IPC payload is compressed. zstd, except on 32-bit targets
+/// (armv7 gateways): arrow-ipc 59 writes a compressed buffer's 8-byte
+/// length prefix from a `usize`, so 4 bytes there, and every reader then
+/// misreads the payload (apache/arrow-rs#10986, fixed after the 59 line
+/// this workspace is pinned to; the armv7 test under qemu in `.ci/run`
+/// caught it as batches the hub rejected). Uncompressed IPC is valid IPC:
+/// the hub and every reader take it, at a larger uplink and spool cost.
+/// Back to zstd everywhere once the workspace moves to arrow 60.
+pub const PAYLOAD_COMPRESSION: Option<CompressionType> = if cfg!(target_pointer_width = "64") {
+    Some(CompressionType::ZSTD)
+} else {
+    None
+};
+
 /// Encodes `readings` (schema [`crate::tables::reading_schema`]) as an
 /// envelope. Row count and event-time range in the header are derived from
 /// the batch itself, so they cannot disagree with it.
@@ -251,7 +265,7 @@ pub fn encode(
 
     let mut payload = Vec::with_capacity(readings.get_array_memory_size() / 4 + 256);
     let options = IpcWriteOptions::default()
-        .try_with_compression(Some(CompressionType::ZSTD))
+        .try_with_compression(PAYLOAD_COMPRESSION)
         .map_err(EncodeError::Arrow)?;
     let mut writer = StreamWriter::try_new_with_options(&mut payload, &readings.schema(), options)
         .map_err(EncodeError::Arrow)?;

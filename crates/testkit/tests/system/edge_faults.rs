@@ -36,7 +36,7 @@ pub(crate) fn mosquitto_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("mosquitto"))
 }
 
-fn write_mosquitto_config(dir: &Path, port: u16) -> PathBuf {
+pub(crate) fn write_mosquitto_config(dir: &Path, port: u16) -> PathBuf {
     let user = std::process::Command::new("id")
         .arg("-un")
         .output()

@@ -6,6 +6,7 @@
 
 use iot_testkit::{harness, hub_process};
 
+mod arm;
 mod crash;
 mod e2e;
 mod edge_faults;
