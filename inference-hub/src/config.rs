@@ -406,12 +406,23 @@ impl HubConfig {
             .unwrap_or_else(|| format!("hub-{}", self.hub_id))
     }
 
-    /// Defaults for tests and the demo.
+    /// Defaults for the demo and the benchmarks: the shipped models
+    /// ([`shipped_model`]).
     pub fn for_dir(hub_id: &str, data_dir: &std::path::Path) -> Self {
+        Self::for_dir_with_model(hub_id, data_dir, &shipped_model("novelty"))
+    }
+
+    /// Defaults with this default model (tests name the repository's).
+    pub fn for_dir_with_model(
+        hub_id: &str,
+        data_dir: &std::path::Path,
+        model_dir: &std::path::Path,
+    ) -> Self {
         let mut cfg: Self = schemas::settings::load_str(
             &format!(
-                "hub-id = {hub_id:?}\ndata-dir = {:?}",
+                "hub-id = {hub_id:?}\ndata-dir = {:?}\n[scoring]\nmodel-dir = {:?}",
                 data_dir.display().to_string(),
+                model_dir.display().to_string(),
             ),
             ENV_PREFIX,
             Vec::new(),

@@ -30,9 +30,7 @@ pub fn models(name: &str) -> PathBuf {
 
 /// `HubConfig::for_dir` with the repository's default model.
 pub fn hub_config(hub_id: &str, data_dir: &std::path::Path) -> inference_hub::config::HubConfig {
-    let mut cfg = inference_hub::config::HubConfig::for_dir(hub_id, data_dir);
-    cfg.scoring.model_dir = models("novelty");
-    cfg
+    inference_hub::config::HubConfig::for_dir_with_model(hub_id, data_dir, &models("novelty"))
 }
 
 /// `target/<profile>/<name>`: a workspace binary next to the test binary's

@@ -12,8 +12,7 @@ use super::*;
 use crate::config::HubConfig;
 
 async fn test_hub(dir: &std::path::Path) -> crate::hub::HubHandle {
-    let mut cfg = HubConfig::for_dir("api", dir);
-    cfg.scoring.model_dir = crate::test_models("novelty");
+    let mut cfg = HubConfig::for_dir_with_model("api", dir, &crate::test_models("novelty"));
     cfg.mqtt.enabled = false;
     crate::hub::start(cfg).await.unwrap()
 }
@@ -464,8 +463,8 @@ fn a_hub_listening_beyond_loopback_without_tokens_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_over_a_range_merge_the_archive_with_memory_and_downsample() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = HubConfig::for_dir("range", dir.path());
-    cfg.scoring.model_dir = crate::test_models("novelty");
+    let mut cfg =
+        HubConfig::for_dir_with_model("range", dir.path(), &crate::test_models("novelty"));
     cfg.mqtt.enabled = false;
     cfg.archive.max_file_age = Duration::from_millis(100);
     let hub = crate::hub::start(cfg).await.unwrap();
@@ -719,8 +718,8 @@ async fn with_tokens_the_document_declares_what_the_guard_asks_for() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_query_endpoint_streams_json_jsonl_csv_and_parquet_with_filters_and_limits() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = HubConfig::for_dir("query", dir.path());
-    cfg.scoring.model_dir = crate::test_models("novelty");
+    let mut cfg =
+        HubConfig::for_dir_with_model("query", dir.path(), &crate::test_models("novelty"));
     cfg.mqtt.enabled = false;
     cfg.archive.max_file_age = Duration::from_millis(50);
     let hub = crate::hub::start(cfg).await.unwrap();
@@ -912,8 +911,8 @@ fn envelope_of(gateway: &str, seq: u64, rows: &[(&str, i64)]) -> Vec<u8> {
 #[tokio::test]
 async fn absurd_timestamps_are_refused_with_a_reason_and_never_archived() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = HubConfig::for_dir("times", dir.path());
-    cfg.scoring.model_dir = crate::test_models("novelty");
+    let mut cfg =
+        HubConfig::for_dir_with_model("times", dir.path(), &crate::test_models("novelty"));
     cfg.mqtt.enabled = false;
     let hub = crate::hub::start(cfg).await.unwrap();
     let app = router_for(&hub);
@@ -967,8 +966,8 @@ async fn absurd_timestamps_are_refused_with_a_reason_and_never_archived() {
 #[tokio::test]
 async fn series_past_the_caps_are_refused_and_known_series_keep_flowing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = HubConfig::for_dir("series", dir.path());
-    cfg.scoring.model_dir = crate::test_models("novelty");
+    let mut cfg =
+        HubConfig::for_dir_with_model("series", dir.path(), &crate::test_models("novelty"));
     cfg.mqtt.enabled = false;
     cfg.intake.max_series_per_gateway = 100;
     cfg.intake.max_series = 150;
