@@ -23,7 +23,7 @@ wrap() { # name, command...: a script that runs the agent the way given
 }
 NATIVE=$(wrap native "$PWD/target/gateway/edge-agent")
 AARCH64=$(wrap aarch64 qemu-aarch64-static "$PWD/target/aarch64-unknown-linux-musl/gateway/edge-agent")
-ARMV7=$(wrap armv7 qemu-arm-static -L /usr/arm-linux-gnueabihf "$PWD/target/armv7-unknown-linux-gnueabihf/gateway/edge-agent")
+ARMV7=$(wrap armv7 qemu-arm-static "$PWD/target/armv7-unknown-linux-gnueabihf/gateway/edge-agent")
 for agent in "$NATIVE" "$AARCH64" "$ARMV7"; do
   name=$(basename "$agent")
   cat > "$DIR/idle.toml" <<TOML
