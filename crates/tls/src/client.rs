@@ -65,13 +65,10 @@ impl ClientTls {
             .with_root_certificates(roots);
         let config = match (&self.cert_file, &self.key_file) {
             (Some(cert), Some(key)) => {
-                let certified = pem::certified_key(cert, key)?;
+                let (chain, der) = pem::chain_and_key(cert, key)?;
                 builder
-                    .with_client_auth_cert(certified.cert.clone(), pem::private_key(key)?)
-                    .map_err(|source| TlsError::Rustls {
-                        what: "client certificate",
-                        source,
-                    })?
+                    .with_client_auth_cert(chain, der)
+                    .map_err(|e| pem::key_error(cert, key, "client certificate", e))?
             }
             (None, None) => builder.with_no_client_auth(),
             _ => {

@@ -46,27 +46,27 @@ pub(crate) fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsErro
     })
 }
 
-/// A certificate chain and its key, checked to belong together.
-pub(crate) fn certified_key(
+/// A certificate chain and its key, each file read once (rustls checks that
+/// they belong together when the configuration is built; see
+/// [`key_error`]).
+pub(crate) fn chain_and_key(
     cert: &Path,
     key: &Path,
-) -> Result<std::sync::Arc<rustls::sign::CertifiedKey>, TlsError> {
-    let chain = certificates(cert)?;
-    let der = private_key(key)?;
-    let provider = crate::provider();
-    let signing = provider
-        .key_provider
-        .load_private_key(der)
-        .map_err(|source| TlsError::Rustls {
-            what: "unsupported private key",
-            source,
-        })?;
-    let certified = rustls::sign::CertifiedKey::new(chain, signing);
-    certified.keys_match().map_err(|_| TlsError::KeyMismatch {
-        cert: cert.to_owned(),
-        key: key.to_owned(),
-    })?;
-    Ok(std::sync::Arc::new(certified))
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    Ok((certificates(cert)?, private_key(key)?))
+}
+
+/// rustls's refusal of a certificate and key, naming the files.
+pub(crate) fn key_error(cert: &Path, key: &Path, what: &'static str, e: rustls::Error) -> TlsError {
+    match e {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            TlsError::KeyMismatch {
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+            }
+        }
+        source => TlsError::Rustls { what, source },
+    }
 }
 
 /// A root store from a CA bundle.

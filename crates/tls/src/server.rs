@@ -35,7 +35,7 @@ impl ServerTls {
 
     /// The rustls server configuration: reads and checks every file.
     pub fn load(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let certified = pem::certified_key(&self.cert_file, &self.key_file)?;
+        let (chain, der) = pem::chain_and_key(&self.cert_file, &self.key_file)?;
         let builder = rustls::ServerConfig::builder_with_provider(crate::provider())
             .with_safe_default_protocol_versions()
             .map_err(|source| TlsError::Rustls {
@@ -66,12 +66,9 @@ impl ServerTls {
             }
             None => builder.with_no_client_auth(),
         };
-        let mut config = builder
-            .with_single_cert(certified.cert.clone(), pem::private_key(&self.key_file)?)
-            .map_err(|source| TlsError::Rustls {
-                what: "server certificate",
-                source,
-            })?;
+        let mut config = builder.with_single_cert(chain, der).map_err(|e| {
+            pem::key_error(&self.cert_file, &self.key_file, "server certificate", e)
+        })?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
