@@ -78,16 +78,22 @@ pub enum Transport {
 }
 
 /// The HTTP(S) client of the uplink and its bearer token, rebuilt when the
-/// TLS files or the token file change (rotation without a restart; a bad
-/// new file is refused with an ERROR and the last good one stays).
+/// TLS files or the token file change (looked at before a send, at most
+/// every half second; a bad new file is refused with one ERROR and the last
+/// good one stays).
 #[derive(Debug)]
 pub struct HttpLink {
     client: std::sync::Mutex<reqwest::Client>,
     timeout: Duration,
     tls: Option<Reloading<rustls::ClientConfig>>,
-    inline_token: Option<Secret>,
-    token_file: Option<std::path::PathBuf>,
-    token: std::sync::Mutex<Option<Secret>>,
+    /// `token`, or `token-file` followed like the TLS files.
+    token: Option<Token>,
+}
+
+#[derive(Debug)]
+enum Token {
+    Inline(Secret),
+    File(Reloading<Secret>),
 }
 
 impl HttpLink {
@@ -103,15 +109,30 @@ impl HttpLink {
             }
             None => None,
         };
-        let token = iot_tls::read_secret("token", http.token.as_ref(), http.token_file.as_deref())?;
+        // Refuses `token` and `token-file` together, and an unreadable file.
+        iot_tls::read_secret("token", http.token.as_ref(), http.token_file.as_deref())?;
+        let token = match (&http.token, &http.token_file) {
+            (Some(t), _) => Some(Token::Inline(t.clone())),
+            (None, Some(file)) => {
+                let path = file.clone();
+                Some(Token::File(Reloading::new(
+                    "the HTTPS uplink's token file",
+                    vec![file.clone()],
+                    move || {
+                        iot_tls::read_secret("token", None, Some(&path))?
+                            .map(Arc::new)
+                            .ok_or_else(|| TlsError::Settings("token-file gave no token".into()))
+                    },
+                )?))
+            }
+            (None, None) => None,
+        };
         let client = Self::build(http.request_timeout, tls.as_ref().map(Reloading::current))?;
         Ok(Self {
             client: std::sync::Mutex::new(client),
             timeout: http.request_timeout,
             tls,
-            inline_token: http.token.clone(),
-            token_file: http.token_file.clone(),
-            token: std::sync::Mutex::new(token),
+            token,
         })
     }
 
@@ -142,22 +163,17 @@ impl HttpLink {
                 }
             }
         }
-        if self.token_file.is_some() {
-            match iot_tls::read_secret(
-                "token",
-                self.inline_token.as_ref(),
-                self.token_file.as_deref(),
-            ) {
-                Ok(t) => *self.token.lock().expect("not poisoned") = t,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot re-read the uplink token file; the last token read stays")
-                }
+        let token = match &self.token {
+            Some(Token::Inline(t)) => Some(t.clone()),
+            Some(Token::File(file)) => {
+                // A refused file is logged once by Reloading; the last good
+                // token stays.
+                let _: Refresh = file.refresh();
+                Some((*file.current()).clone())
             }
-        }
-        (
-            self.client.lock().expect("not poisoned").clone(),
-            self.token.lock().expect("not poisoned").clone(),
-        )
+            None => None,
+        };
+        (self.client.lock().expect("not poisoned").clone(), token)
     }
 }
 
