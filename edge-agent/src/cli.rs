@@ -259,8 +259,11 @@ fn run_agent(config: EdgeConfig, shutdown_grace: Duration) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        iot_mqtt::service::notify_ready();
+        iot_mqtt::service::spawn_watchdog();
         crate::agent::wait_for_stop_signal().await;
         tracing::info!("shutting down");
+        iot_mqtt::service::notify_stopping();
         agent.shutdown().await;
         ExitCode::SUCCESS
     })

@@ -282,9 +282,15 @@ impl Archive {
         }
         let tmp_prefix = format!(".{hub_id}-");
         let final_prefix = format!("{hub_id}-");
+        let own_dir = format!("hub={hub_id}");
         for table in Table::ALL {
             let table_dir = root.join(format!("table={}", table.name()));
             for file in walk_files(&table_dir)? {
+                // Only this hub's directories: on a shared root another hub's
+                // id may start with this one's (`hub` and `hub-1`).
+                if file.parent().and_then(|d| d.file_name()) != Some(own_dir.as_ref()) {
+                    continue;
+                }
                 let name = file
                     .file_name()
                     .and_then(|n| n.to_str())

@@ -56,8 +56,11 @@ pub fn run(cli: Cli) -> ExitCode {
     runtime.block_on(async {
         match crate::start(config).await {
             Ok(hub) => {
+                iot_mqtt::service::notify_ready();
+                iot_mqtt::service::spawn_watchdog();
                 iot_mqtt::wait_for_stop_signal().await;
                 tracing::info!("shutting down");
+                iot_mqtt::service::notify_stopping();
                 hub.shutdown().await;
                 ExitCode::SUCCESS
             }

@@ -440,11 +440,12 @@ impl Validate for HubConfig {
             && self
                 .hub_id
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            && !self.hub_id.starts_with('-');
         if !id_ok {
             problems.push(ConfigProblem::new(
                 "hub-id",
-                "must be 1..=64 characters of [A-Za-z0-9_] (it is part of archive file names)",
+                "must be 1..=64 characters of [A-Za-z0-9_-], not starting with '-' (it is part of archive file names and MQTT topics)",
             ));
         }
         if self.data_dir.as_os_str().is_empty() {

@@ -14,11 +14,14 @@
 //! - [`security`]: TLS and credentials of every MQTT connection, re-read
 //!   before each reconnection ([`LinkSecurity`]).
 //! - [`signal`]: the stop signal of both binaries.
+//! - [`service`]: readiness, watchdog and stopping notifications to the
+//!   service manager (systemd `Type=notify`).
 
 pub mod ack;
 pub mod reconnect;
 pub mod routing;
 pub mod security;
+pub mod service;
 pub mod session;
 pub mod signal;
 

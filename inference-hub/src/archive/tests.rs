@@ -224,6 +224,52 @@ fn another_hubs_files_do_not_affect_recovery() {
 }
 
 #[test]
+fn a_hub_whose_id_extends_another_ones_keeps_its_open_files_and_its_own_recovery_point() {
+    // Kubernetes names pods `hub-0`, `hub-1`, ...: ids that start with one
+    // another share a root. `hub` must neither delete `hub-1`'s open file
+    // nor read `hub-1`'s committed range as its own.
+    let dir = tempfile::tempdir().unwrap();
+    let mut longer = Archive::open(dir.path(), "hub-1", settings(1 << 30)).unwrap();
+    longer
+        .append(
+            Table::Anomalies,
+            5,
+            &rows_of_batch(Table::Anomalies, 5, &[(1, 1.0)]),
+        )
+        .unwrap();
+    longer.commit_all().unwrap();
+    longer
+        .append(
+            Table::Anomalies,
+            6,
+            &rows_of_batch(Table::Anomalies, 6, &[(1, 2.0)]),
+        )
+        .unwrap();
+    let open_files = || {
+        walk_files(dir.path())
+            .unwrap()
+            .into_iter()
+            .filter(|p| p.to_str().unwrap().ends_with(".inprogress"))
+            .count()
+    };
+    assert_eq!(open_files(), 1);
+    let mut shorter = Archive::open(dir.path(), "hub", settings(1 << 30)).unwrap();
+    assert_eq!(open_files(), 1, "another hub's open file survives");
+    // WAL position 5 was committed by hub-1, not by this hub: this hub's
+    // own (different) batch at its position 5 is archived.
+    shorter
+        .append(
+            Table::Anomalies,
+            5,
+            &rows_of_batch(Table::Anomalies, 9, &[(1, 3.0)]),
+        )
+        .unwrap();
+    shorter.commit_all().unwrap();
+    longer.commit_all().unwrap();
+    assert_eq!(values(dir.path(), Table::Anomalies), vec![1.0, 2.0, 3.0]);
+}
+
+#[test]
 fn row_groups_are_sorted_by_device_metric_and_time() {
     let base = rows(Table::Scored, &[(5, 1.0), (3, 2.0), (4, 3.0), (1, 4.0)]);
     let mut columns = base.columns().to_vec();

@@ -15,4 +15,5 @@ mod hostile;
 mod installed;
 mod mosquitto;
 mod s3;
+mod service;
 mod tls;
