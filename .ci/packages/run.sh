@@ -46,6 +46,7 @@ for pkg in edge-agent inference-hub; do
   [ "$(stat -c %U:%a "/var/lib/$pkg")" = "$pkg:750" ] || fail "/var/lib/$pkg: $(stat -c %U:%a "/var/lib/$pkg")"
   [ "$(stat -c %G:%a "/etc/$pkg")" = "$pkg:750" ] || fail "/etc/$pkg: $(stat -c %G:%a "/etc/$pkg")"
   systemd-analyze verify "/lib/systemd/system/$pkg.service" || fail "systemd-analyze verify $pkg.service"
+  ! ls /etc/systemd/system/*.wants/"$pkg.service" >/dev/null 2>&1 || fail "a first install enabled $pkg.service"
   echo "$pkg $old: installed, user and directories in place, unit verified"
 done
 [ -f /usr/share/inference-hub/models/novelty/manifest.json ] || fail "the hub's models are not installed"
@@ -59,7 +60,7 @@ pids+=($!)
 
 # The installed configuration, unchanged; only the ports differ (environment
 # overrides, as an operator would set them in a unit drop-in).
-as_user() { local user=$1; shift; setpriv --reuid="$user" --regid="$user" --init-groups --inh-caps=-all -- "$@"; }
+as_user() { local user=$1; shift; exec setpriv --reuid="$user" --regid="$user" --init-groups --inh-caps=-all -- "$@"; }
 start_hub() {
   HUB__MQTT__PORT=$mq_port HUB__HTTP__LISTEN=127.0.0.1:$http_port HUB__ARCHIVE__MAX_FILE_AGE=2s \
     as_user inference-hub /usr/bin/inference-hub --config /etc/inference-hub/hub.toml run >> "$work/hub.log" 2>&1 &
@@ -136,10 +137,15 @@ assert rows == keys == 500, (rows, keys)
 print(f"after the upgrade: {rows} readings archived, each once, from {gateways}")
 PY
 
-echo "== purge"
+echo "== purge (after the administrator enabled the units)"
+mkdir -p /etc/systemd/system/multi-user.target.wants
+for pkg in edge-agent inference-hub; do
+  ln -s "/lib/systemd/system/$pkg.service" "/etc/systemd/system/multi-user.target.wants/$pkg.service"
+done
 dpkg --purge edge-agent inference-hub >/dev/null
 for pkg in edge-agent inference-hub; do
-  for path in "/usr/bin/$pkg" "/etc/$pkg" "/var/lib/$pkg" "/lib/systemd/system/$pkg.service" "/usr/share/doc/$pkg"; do
+  for path in "/usr/bin/$pkg" "/etc/$pkg" "/var/lib/$pkg" "/lib/systemd/system/$pkg.service" "/usr/share/doc/$pkg" \
+      "/etc/systemd/system/multi-user.target.wants/$pkg.service"; do
     [ ! -e "$path" ] || fail "$path is left after purge"
   done
   ! getent passwd "$pkg" >/dev/null || fail "user $pkg is left after purge"

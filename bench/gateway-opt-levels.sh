@@ -1,0 +1,42 @@
+#!/bin/bash
+# Which opt-level the gateway profile uses, by measurement: the agent built
+# with opt-level "s", "z" and 3 (LTO fat, one codegen unit, stripped, as the
+# profile), its size for x86-64 and aarch64 (musl, static), and its
+# throughput natively on x86-64 (`iot-lab bench --edge-bin`, QoS 1 with the
+# spool, 1,000 devices; ROUNDS rounds, the builds alternating). Needs
+# mosquitto, the ARM toolchain of the README and the release lab binary
+# (cargo build --release -p lab).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+MESSAGES=${MESSAGES:-100000}
+OUT=$(mktemp -d)
+for level in s z 3; do
+  export CARGO_PROFILE_GATEWAY_OPT_LEVEL=$level
+  cargo build -q --profile gateway -p edge-agent
+  cp target/gateway/edge-agent "$OUT/x86_64-$level"
+  cargo build -q --profile gateway -p edge-agent --target aarch64-unknown-linux-musl
+  cp target/aarch64-unknown-linux-musl/gateway/edge-agent "$OUT/aarch64-$level"
+done
+unset CARGO_PROFILE_GATEWAY_OPT_LEVEL
+# Leave the profile's own builds in place again.
+cargo build -q --profile gateway -p edge-agent
+cargo build -q --profile gateway -p edge-agent --target aarch64-unknown-linux-musl
+ls -l "$OUT"
+
+PORT=$((20000 + RANDOM % 10000))
+mkdir -p "$OUT/mq"
+sed -e "s/^listener 1883 127.0.0.1/listener $PORT 127.0.0.1/" -e "s|^persistence_location .*|persistence_location $OUT/mq/|" \
+  deploy/mosquitto/mosquitto.conf > "$OUT/mosquitto.conf"
+echo "user $(id -un)" >> "$OUT/mosquitto.conf"
+mosquitto -c "$OUT/mosquitto.conf" > "$OUT/mosquitto.log" 2>&1 &
+MQ_PID=$!
+trap 'kill $MQ_PID 2>/dev/null || true' EXIT
+sleep 1
+for round in $(seq 1 "$ROUNDS"); do
+  for level in s z 3; do
+    echo "round $round, opt-level $level:"
+    target/release/iot-lab bench --devices 1000 --messages "$MESSAGES" --qos 1 --spool \
+      --broker 127.0.0.1:$PORT --broker-inflight 1000 --edge-bin "$OUT/x86_64-$level" | tail -1
+  done
+done
