@@ -212,6 +212,24 @@ pub(crate) fn peak_rss_kib(pid: u32) -> Option<u64> {
     })
 }
 
+/// CPU time (user + system) a process has used so far, from
+/// `/proc/<pid>/stat` (`pid` may be `"self"`).
+pub(crate) fn cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses).
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here
+    // (in clock ticks: 100 per second on Linux's user-space ABI).
+    Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / 100.0)
+}
+
 /// Reads one unlabelled metric from a Prometheus `/metrics` endpoint.
 pub async fn scrape(client: &reqwest::Client, addr: &str, name: &str) -> Option<u64> {
     let text = client
@@ -236,6 +254,9 @@ pub struct BenchReport {
     pub edge_per_s: f64,
     pub hub_end_to_end_per_s: f64,
     pub edge_peak_rss_kib: u64,
+    /// The agent's CPU time (user + system) over the whole run, start-up
+    /// included, per accepted message.
+    pub edge_cpu_per_message: Duration,
     pub uplink_bytes_per_reading: f64,
 }
 
@@ -353,6 +374,7 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
     }
     generator.await??;
     let rss = peak_rss_kib(edge.0.id()).unwrap_or(0);
+    let edge_cpu = cpu_time(&edge.0.id().to_string());
     let Some(hub_t) = hub_t else {
         bail!(
             "not everything arrived in {:?}: edge accepted {accepted} of {}, hub archived {}",
@@ -376,6 +398,7 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
         edge_per_s: accepted as f64 / edge_t.as_secs_f64(),
         hub_end_to_end_per_s: accepted as f64 / hub_t.as_secs_f64(),
         edge_peak_rss_kib: rss,
+        edge_cpu_per_message: edge_cpu / u32::try_from(accepted.max(1)).unwrap_or(u32::MAX),
         uplink_bytes_per_reading: uplink,
     })
 }
@@ -389,7 +412,7 @@ pub(crate) fn tempfile_dir() -> std::io::Result<PathBuf> {
 impl BenchReport {
     pub fn markdown_row(&self, o: &BenchOptions, broker: &str) -> String {
         format!(
-            "| {broker} | {} | {} | {} | QoS {} | {:.0} ({:.1}% arrived) | {:.0} ({:.2}x; {:.1}% arrived) | {:.0} | {:.1} MiB | {:.1} |",
+            "| {broker} | {} | {} | {} | QoS {} | {:.0} ({:.1}% arrived) | {:.0} ({:.2}x; {:.1}% arrived) | {:.0} | {:.1} MiB | {:.1} µs | {:.1} |",
             if o.spool { "on" } else { "off" },
             o.devices,
             o.messages,
@@ -401,6 +424,7 @@ impl BenchReport {
             100.0 * self.edge_accepted as f64 / o.messages as f64,
             self.hub_end_to_end_per_s,
             self.edge_peak_rss_kib as f64 / 1024.0,
+            self.edge_cpu_per_message.as_secs_f64() * 1e6,
             self.uplink_bytes_per_reading,
         )
     }

@@ -22,22 +22,6 @@ pub struct HubThroughputReport {
     pub pipeline_stages: [Duration; 3],
 }
 
-/// CPU time (user + system) of this process so far, from `/proc/self/stat`.
-fn process_cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses).
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
-    Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / 100.0)
-}
-
 /// The same envelopes [`hub_throughput`] feeds the hub: `batches` batches of
 /// `rows` readings over `devices` devices (one metric), steady 1 s sampling.
 pub fn bench_envelopes(batches: u64, rows: usize, devices: usize) -> Vec<Vec<u8>> {
@@ -90,7 +74,7 @@ pub async fn hub_throughput(
         })
         .sum();
     let envelope_bytes = envelopes.iter().map(|e| e.len() as u64).sum();
-    let (cpu0, started) = (process_cpu_time(), Instant::now());
+    let (cpu0, started) = (crate::bench::cpu_time("self"), Instant::now());
     let intake = hub.intake.clone();
     let queue = Arc::new(std::sync::Mutex::new(envelopes.into_iter()));
     let workers: Vec<_> = (0..8)
@@ -118,7 +102,10 @@ pub async fn hub_throughput(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     hub.shutdown().await; // commits the open files
-    let (wall, cpu) = (started.elapsed(), process_cpu_time().saturating_sub(cpu0));
+    let (wall, cpu) = (
+        started.elapsed(),
+        crate::bench::cpu_time("self").saturating_sub(cpu0),
+    );
     let report = HubThroughputReport {
         readings: total_rows,
         envelope_bytes,
