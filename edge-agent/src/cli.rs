@@ -268,3 +268,46 @@ fn run_agent(config: EdgeConfig, shutdown_grace: Duration) -> ExitCode {
         ExitCode::SUCCESS
     })
 }
+
+/// The log filter for a `RUST_LOG` value: a list of `target=level`
+/// directives (`info`, `edge_agent=debug,rumqttc=warn`); `info` when unset
+/// or blank. `Targets` rather than `EnvFilter` keeps the regex engine out of
+/// the gateway binary (about 0.4 MB, docs/BENCHMARKS.md); span and field
+/// filters are not supported. A value that does not parse is reported on
+/// stderr and `info` is used.
+pub fn log_filter(spec: Option<&str>) -> tracing_subscriber::filter::Targets {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    let default = Targets::new().with_default(LevelFilter::INFO);
+    match spec {
+        Some(spec) if !spec.trim().is_empty() => spec.parse().unwrap_or_else(|error| {
+            eprintln!("edge-agent: RUST_LOG={spec:?} ignored ({error}); logging at info");
+            default
+        }),
+        _ => default,
+    }
+}
+
+#[cfg(test)]
+mod log_filter_tests {
+    use tracing::Level;
+
+    use super::log_filter;
+
+    #[test]
+    fn rust_log_directives_set_levels_per_target_and_a_bad_value_means_info() {
+        let f = log_filter(Some("edge_agent=debug,rumqttc=warn"));
+        assert!(f.would_enable("edge_agent::uplink", &Level::DEBUG));
+        assert!(!f.would_enable("rumqttc::state", &Level::INFO));
+        assert!(f.would_enable("rumqttc::state", &Level::WARN));
+        assert!(
+            !f.would_enable("other", &Level::ERROR),
+            "no default directive: other targets off"
+        );
+        for info in [None, Some(""), Some("  "), Some("edge_agent=loud")] {
+            let f = log_filter(info);
+            assert!(f.would_enable("edge_agent", &Level::INFO), "{info:?}");
+            assert!(!f.would_enable("edge_agent", &Level::DEBUG), "{info:?}");
+        }
+        assert!(log_filter(Some("trace")).would_enable("anything", &Level::TRACE));
+    }
+}
