@@ -33,9 +33,11 @@
 //! never change), leaves those batches out of its own file, uploads, and
 //! releases the lock. Whichever hub uploads second sees the first one's
 //! object, so each batch is in the bucket once. This needs a store with
-//! conditional writes (AWS S3, MinIO, Ceph, R2; moto in the tests); a store
-//! without them is reported at ERROR once and uploads go on without the
-//! check.
+//! conditional writes (AWS S3, MinIO, Ceph, R2; moto in the tests). The hub
+//! checks that at start-up ([`check_conditional_writes`]: a second
+//! `If-None-Match: *` create of one probe object must be refused, and so
+//! must an `If-Match` with a wrong ETag) and refuses to start on a store that
+//! does not honour them, rather than upload without the check.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -134,13 +136,98 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Keys (relative to the prefix) of this hub's committed objects.
+/// Why a store cannot hold the archive.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreCheckError {
+    /// The store answered, but does not do what the exactly-once upload
+    /// needs: the hub must not start on it.
+    #[error(
+        "the object store does not honour conditional writes ({0}); hubs sharing it could archive a batch twice, so the hub does not start on it. Use a store with conditional PUTs (AWS S3, MinIO, Ceph, Cloudflare R2)"
+    )]
+    NoConditionalWrites(&'static str),
+    /// The store could not be asked (network, credentials, bucket).
+    #[error("the object store could not be checked: {0}")]
+    Store(#[from] object_store::Error),
+}
+
+/// Checks, with a probe object at `key` (removed again), that the store
+/// refuses a second `If-None-Match: *` create of the same object and an
+/// `If-Match` update with an ETag the object does not have: the commit lock
+/// relies on both. Some S3-compatible stores answer "not implemented";
+/// others silently ignore the headers, which only this check can tell.
+pub async fn check_conditional_writes(
+    store: &dyn ObjectStore,
+    key: &ObjectPath,
+) -> Result<(), StoreCheckError> {
+    use object_store::{PutMode, PutOptions, UpdateVersion};
+    let put = |mode: PutMode| {
+        store.put_opts(
+            key,
+            object_store::PutPayload::from_static(b"conditional-write probe"),
+            PutOptions {
+                mode,
+                ..Default::default()
+            },
+        )
+    };
+    let refused = |e: object_store::Error| match e {
+        object_store::Error::NotImplemented { .. } => {
+            StoreCheckError::NoConditionalWrites("it refuses conditional PUTs")
+        }
+        e => StoreCheckError::Store(e),
+    };
+    match store.delete(key).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    put(PutMode::Create).await.map_err(refused)?;
+    let outcome = async {
+        match put(PutMode::Create).await {
+            Ok(_) => {
+                return Err(StoreCheckError::NoConditionalWrites(
+                    "it overwrote an existing object on a PUT with If-None-Match: *",
+                ));
+            }
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => {}
+            Err(e) => return Err(refused(e)),
+        }
+        let stale = UpdateVersion {
+            e_tag: Some("\"not-the-current-etag\"".into()),
+            version: None,
+        };
+        match put(PutMode::Update(stale)).await {
+            Ok(_) => Err(StoreCheckError::NoConditionalWrites(
+                "it overwrote an object on a PUT with If-Match and a wrong ETag",
+            )),
+            Err(
+                object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. },
+            ) => Ok(()),
+            Err(e) => Err(refused(e)),
+        }
+    }
+    .await;
+    // Best effort: a probe left behind is overwritten by the next check.
+    let _ = store.delete(key).await;
+    outcome
+}
+
+/// Checks the store ([`check_conditional_writes`], with a probe object of
+/// this hub's own), then lists the keys (relative to the prefix) of this
+/// hub's committed objects.
 pub fn list_own(settings: &S3Settings, hub_id: &str) -> std::io::Result<Vec<PathBuf>> {
     let store = settings.connect().map_err(std::io::Error::other)?;
     let prefix = settings.prefix.trim_matches('/').to_owned();
     let marker = format!("/hub={hub_id}/");
     runtime()?.block_on(async {
         use futures_util::TryStreamExt;
+        let probe = settings.key(Path::new(&format!(".conditional-write-probe/{hub_id}")));
+        check_conditional_writes(store.as_ref(), &probe)
+            .await
+            .map_err(std::io::Error::other)?;
         let root = (!prefix.is_empty()).then(|| ObjectPath::from(prefix.as_str()));
         let objects: Vec<object_store::ObjectMeta> = store
             .list(root.as_ref())
@@ -268,7 +355,6 @@ impl Uploader {
                     props: &props,
                     stats: &stats,
                     others: std::collections::HashMap::new(),
-                    conditional_writes: true,
                     stopping: &stopping_seen,
                 };
                 for job in rx {
@@ -343,8 +429,6 @@ struct Upload<'a> {
     stats: &'a HubStats,
     /// Batches held by other hubs' objects, by key (objects never change).
     others: std::collections::HashMap<ObjectPath, Vec<super::BatchId>>,
-    /// Cleared when the store refuses conditional writes.
-    conditional_writes: bool,
     stopping: &'a std::sync::atomic::AtomicBool,
 }
 
@@ -480,72 +564,50 @@ impl Upload<'_> {
             .and_then(Path::parent)
             .ok_or(Failure::OutsideLayout)?;
         let lock_key = self.settings.key(&partition.join(".commit.lock"));
-        let locked = if self.conditional_writes {
-            match self
-                .rt
-                .block_on(acquire(self.store.as_ref(), &lock_key, self.hub_id))
-            {
-                Ok(leased_at) => Some(leased_at),
-                Err(object_store::Error::NotImplemented { .. }) => {
-                    self.conditional_writes = false;
-                    tracing::error!(
-                        "the object store refuses conditional writes: uploads go on without the cross-hub check (a batch two hubs both made durable can be archived twice)"
-                    );
-                    None
-                }
-                Err(e) => return Err(e.into()),
-            }
-        } else {
-            None
-        };
-        let result = self.check_and_put(file, partition, key, locked);
-        if locked.is_some() && releases_lock(&result) {
+        // Never without the lock: a store that stopped honouring
+        // conditional writes since start-up fails the upload (the file stays
+        // local and is retried).
+        let locked_at = self
+            .rt
+            .block_on(acquire(self.store.as_ref(), &lock_key, self.hub_id))?;
+        let result = self.check_and_put(file, partition, key, locked_at);
+        if releases_lock(&result) {
             // Best effort: an unreleased lock expires after the lease.
             let _ = self.rt.block_on(self.store.delete(&lock_key));
         }
         result
     }
 
-    /// With `locked_at` (the partition's lock is held since then): leaves
+    /// Holding the partition's lock since `locked_at`: leaves
     /// out the batches other hubs' objects hold, then uploads.
     fn check_and_put(
         &mut self,
         file: &Path,
         partition: &Path,
         key: &ObjectPath,
-        locked_at: Option<std::time::Instant>,
+        locked_at: std::time::Instant,
     ) -> Result<u64, Failure> {
-        if let Some(locked_at) = locked_at {
-            let taken = self.batches_of_other_hubs(partition)?;
-            let ours: std::collections::HashSet<super::BatchId> =
-                super::file_batches(file)?.into_iter().collect();
-            let overlap: std::collections::HashSet<super::BatchId> =
-                ours.intersection(&taken).cloned().collect();
-            if !overlap.is_empty() {
-                tracing::info!(key = %key, batches = overlap.len(), "batches another hub already archived are left out of this file");
-                super::drop_batches(file, &overlap, self.props)?;
-            }
-            if locked_at.elapsed() > LEASE_START_PUT_BY {
-                return Err(Failure::LeaseRunningOut);
-            }
+        let taken = self.batches_of_other_hubs(partition)?;
+        let ours: std::collections::HashSet<super::BatchId> =
+            super::file_batches(file)?.into_iter().collect();
+        let overlap: std::collections::HashSet<super::BatchId> =
+            ours.intersection(&taken).cloned().collect();
+        if !overlap.is_empty() {
+            tracing::info!(key = %key, batches = overlap.len(), "batches another hub already archived are left out of this file");
+            super::drop_batches(file, &overlap, self.props)?;
+        }
+        if locked_at.elapsed() > LEASE_START_PUT_BY {
+            return Err(Failure::LeaseRunningOut);
         }
         let bytes = std::fs::read(file)?;
         let len = bytes.len() as u64;
-        match locked_at {
-            Some(locked_at) => {
-                let finish_by =
-                    (LEASE - LEASE_FINISH_PUT_BEFORE_END).saturating_sub(locked_at.elapsed());
-                self.rt.block_on(put_within(
-                    self.store.as_ref(),
-                    key,
-                    bytes.into(),
-                    finish_by,
-                ))?;
-            }
-            None => {
-                self.rt.block_on(self.store.put(key, bytes.into()))?;
-            }
-        }
+        let finish_by = (LEASE - LEASE_FINISH_PUT_BEFORE_END).saturating_sub(locked_at.elapsed());
+        self.rt.block_on(put_within(
+            self.store.as_ref(),
+            key,
+            bytes.into(),
+            finish_by,
+        ))?;
         Ok(len)
     }
 
@@ -730,6 +792,136 @@ mod tests {
     use object_store::throttle::{ThrottleConfig, ThrottledStore};
 
     use super::*;
+
+    /// How a store double treats conditional PUTs.
+    #[derive(Debug, Clone, Copy)]
+    enum Conditions {
+        /// Answers "not implemented" (some S3-compatible servers).
+        Refused,
+        /// Ignores the headers and overwrites (the silent case).
+        Ignored,
+        /// Honours If-None-Match but ignores If-Match.
+        IfMatchIgnored,
+    }
+
+    /// An in-memory store with one of the broken behaviours above.
+    #[derive(Debug)]
+    struct Broken(InMemory, Conditions);
+
+    impl std::fmt::Display for Broken {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Broken({:?})", self.1)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Broken {
+        async fn put_opts(
+            &self,
+            location: &ObjectPath,
+            payload: object_store::PutPayload,
+            mut opts: object_store::PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            use object_store::PutMode;
+            match (self.1, &opts.mode) {
+                (_, PutMode::Overwrite) => {}
+                (Conditions::Refused, _) => {
+                    return Err(object_store::Error::NotImplemented {
+                        operation: "conditional put".into(),
+                        implementer: "Broken".into(),
+                    });
+                }
+                (Conditions::Ignored, _) | (Conditions::IfMatchIgnored, PutMode::Update(_)) => {
+                    opts.mode = PutMode::Overwrite;
+                }
+                (Conditions::IfMatchIgnored, PutMode::Create) => {}
+            }
+            self.0.put_opts(location, payload, opts).await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &ObjectPath,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.0.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(
+            &self,
+            location: &ObjectPath,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.0.get_opts(location, options).await
+        }
+
+        fn delete_stream(
+            &self,
+            locations: futures_util::stream::BoxStream<'static, object_store::Result<ObjectPath>>,
+        ) -> futures_util::stream::BoxStream<'static, object_store::Result<ObjectPath>> {
+            self.0.delete_stream(locations)
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> futures_util::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.0.list(prefix)
+        }
+
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.0.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &ObjectPath,
+            to: &ObjectPath,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.0.copy_opts(from, to, options).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_that_does_not_honour_conditional_writes_is_refused_and_a_good_one_passes() {
+        let probe = ObjectPath::from("archive/.conditional-write-probe/hub-a");
+        let good = InMemory::new();
+        // Twice: a probe left behind by an earlier check does not matter.
+        check_conditional_writes(&good, &probe).await.unwrap();
+        good.put(&probe, object_store::PutPayload::from_static(b"left"))
+            .await
+            .unwrap();
+        check_conditional_writes(&good, &probe).await.unwrap();
+        assert!(
+            matches!(
+                good.head(&probe).await,
+                Err(object_store::Error::NotFound { .. })
+            ),
+            "the probe is removed"
+        );
+        for (conditions, says) in [
+            (Conditions::Refused, "refuses conditional PUTs"),
+            (Conditions::Ignored, "If-None-Match"),
+            (Conditions::IfMatchIgnored, "If-Match and a wrong ETag"),
+        ] {
+            let store = Broken(InMemory::new(), conditions);
+            let error = check_conditional_writes(&store, &probe).await.unwrap_err();
+            assert!(
+                matches!(error, StoreCheckError::NoConditionalWrites(_)),
+                "{conditions:?}: {error}"
+            );
+            let text = error.to_string();
+            assert!(
+                text.contains(says) && text.contains("does not start"),
+                "{text}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn an_upload_that_cannot_finish_within_the_lease_is_cut_off_and_never_lands() {

@@ -387,3 +387,106 @@ async fn s3_upload_when_closed_sends_one_merged_object_per_partition_and_resumes
     assert_eq!(keys.len(), 40 * ROWS, "every batch in the bucket");
     assert_eq!(rows, keys.len(), "no row twice");
 }
+
+/// An HTTP relay in front of `upstream` that drops the `If-None-Match` and
+/// `If-Match` headers of every request, as some S3-compatible servers
+/// silently ignore them. Requests are read head by head (bodies by their
+/// `Content-Length`, which is how object_store sends them); answers are
+/// passed through as they come.
+async fn condition_stripping_relay(upstream: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                });
+                let mut pending = Vec::new();
+                let mut chunk = [0u8; 16 * 1024];
+                loop {
+                    let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match client_read.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+                    let mut body_len = 0usize;
+                    let mut kept = Vec::new();
+                    for line in head.split("\r\n") {
+                        let lower = line.to_ascii_lowercase();
+                        if lower.starts_with("if-none-match:") || lower.starts_with("if-match:") {
+                            continue;
+                        }
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            body_len = v.trim().parse().unwrap_or(0);
+                        }
+                        kept.push(line);
+                    }
+                    let mut request = kept.join("\r\n").into_bytes();
+                    request.extend_from_slice(b"\r\n\r\n");
+                    pending.drain(..end + 4);
+                    while pending.len() < body_len {
+                        match client_read.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    request.extend(pending.drain(..body_len));
+                    if server_write.write_all(&request).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto_server (pip install 'moto[server]'); run by .ci/run"]
+async fn s3_a_store_that_ignores_conditional_writes_is_refused_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_moto, s3) = start_moto(dir.path()).await;
+    let upstream = s3.endpoint.clone().unwrap();
+    let relayed = S3Settings {
+        endpoint: Some(
+            condition_stripping_relay(upstream.trim_start_matches("http://").to_owned()).await,
+        ),
+        ..s3.clone()
+    };
+    let config = |s3: &S3Settings| {
+        let mut cfg = iot_testkit::hub_config("s3hub", &dir.path().join("hub"));
+        cfg.mqtt.enabled = false;
+        cfg.archive.s3 = Some(s3.clone());
+        cfg
+    };
+    let refused = inference_hub::start(config(&relayed))
+        .await
+        .expect_err("a hub must not start on a store that ignores If-None-Match / If-Match");
+    let mut text = refused.to_string();
+    let mut source = std::error::Error::source(&refused);
+    while let Some(e) = source {
+        text += &format!(": {e}");
+        source = e.source();
+    }
+    assert!(
+        text.contains("does not honour conditional writes") && text.contains("If-None-Match"),
+        "{text}"
+    );
+    // The same bucket reached directly honours them: the hub starts.
+    let hub = inference_hub::start(config(&s3)).await.unwrap();
+    post_all(&hub, 1..=3).await;
+    hub.shutdown().await;
+    let (rows, _, _) = read_bucket(&s3).await;
+    assert_eq!(rows, 3 * ROWS);
+}
