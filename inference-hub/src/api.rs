@@ -191,7 +191,7 @@ async fn health(State(ctx): State<ApiContext>) -> Response {
     } else {
         "ok"
     };
-    let archive = if ctx.stats.archive_failed.load(Relaxed) {
+    let archive = if ctx.stats.archive_failed() {
         "failed"
     } else {
         "ok"

@@ -525,10 +525,11 @@ async fn supervise_pipeline(
             _ = tokio::time::sleep(retry) => {}
             _ = shutdown.changed() => return thread,
         }
-        if !(stats.archive_failed.load(Relaxed) && thread.is_finished()) {
+        if !(stats.archive_failed() && thread.is_finished()) {
             retry = FIRST_RETRY;
             continue;
         }
+        let failures = stats.archive_failures_so_far();
         let (c, st, sa, floor) = (
             cfg.clone(),
             Arc::clone(&stats),
@@ -551,7 +552,7 @@ async fn supervise_pipeline(
         match intake.restart_pipeline(new.tx, new.low_water).await {
             Some(replayed) => {
                 stats.archive_restarts.fetch_add(1, Relaxed);
-                stats.archive_failed.store(false, Relaxed);
+                stats.archive_recovered_from(failures);
                 tracing::warn!(
                     batches = replayed,
                     "archiving resumed: the pipeline was rebuilt from the WAL; the hub takes batches again"

@@ -389,7 +389,7 @@ fn run_sequencer(
             s.stats.batches_unavailable.fetch_add(1, Relaxed);
             continue;
         }
-        if s.stats.archive_failed.load(Relaxed) {
+        if s.stats.archive_failed() {
             // What is acknowledged stays in the WAL for the next start; new
             // batches stay with their gateways (or go to another hub).
             let _ = first.reply.send(Err(SubmitError::Unavailable(

@@ -258,7 +258,7 @@ impl Pipeline {
         let archive_thread = match archive_thread {
             Ok(t) => t,
             Err(e) => {
-                stats.archive_failed.store(true, Relaxed);
+                stats.fail_archive();
                 tracing::error!(error = %e, "cannot start the archive thread: nothing is archived");
                 return 0;
             }
@@ -275,7 +275,7 @@ impl Pipeline {
             Err(e) => {
                 // Dropping the archive stage's sender (moved into the
                 // closure, gone with it) lets it finish.
-                stats.archive_failed.store(true, Relaxed);
+                stats.fail_archive();
                 tracing::error!(error = %e, "cannot start the state thread: nothing is archived");
                 return archive_thread.join().unwrap_or(0);
             }
@@ -294,13 +294,13 @@ impl Pipeline {
             run_stage(scoring, rx, to_state); // drops the sender: the next stages finish
         }));
         if scoring.is_err() {
-            stats.archive_failed.store(true, Relaxed);
+            stats.fail_archive();
             tracing::error!(
                 "the scoring stage panicked: archiving stops; acknowledged batches stay in the WAL for the next start"
             );
         }
         if state_thread.join().is_err() {
-            stats.archive_failed.store(true, Relaxed);
+            stats.fail_archive();
             tracing::error!(
                 "the state stage panicked: archiving stops; acknowledged batches stay in the WAL for the next start"
             );
@@ -308,7 +308,7 @@ impl Pipeline {
         match archive_thread.join() {
             Ok(low_water) => low_water,
             Err(_) => {
-                stats.archive_failed.store(true, Relaxed);
+                stats.fail_archive();
                 tracing::error!(
                     "the archive stage panicked: archiving stops; acknowledged batches stay in the WAL for the next start"
                 );

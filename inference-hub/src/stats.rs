@@ -1,7 +1,9 @@
 //! Counters of every hub stage, rendered as Prometheus text. Metric names
 //! live here and nowhere else.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
+};
 
 #[derive(Debug, Default)]
 pub struct HubStats {
@@ -73,9 +75,11 @@ pub struct HubStats {
     pub maintenance_errors: AtomicU64,
     /// Set when the WAL could not be written or fsynced: intake stops.
     pub wal_failed: AtomicBool,
-    /// Set when the archive could not be written: archiving stops, the WAL
-    /// keeps the data for the next start.
-    pub archive_failed: AtomicBool,
+    /// Archive failures so far (archiving stops, the WAL keeps the data),
+    /// and how many of them a rebuilt pipeline has recovered from: archiving
+    /// is stopped while the two differ (see [`HubStats::archive_failed`]).
+    archive_failures: AtomicU64,
+    archive_recovered: AtomicU64,
     pub series: AtomicU64,
     /// Open HTTP connections; accepts that failed for want of descriptors
     /// or memory; connections closed for a header-read timeout.
@@ -95,7 +99,34 @@ pub struct HubStats {
 
 impl HubStats {
     pub fn healthy(&self) -> bool {
-        !self.wal_failed.load(Relaxed) && !self.archive_failed.load(Relaxed)
+        !self.wal_failed.load(Relaxed) && !self.archive_failed()
+    }
+
+    /// Archiving has stopped on a failure no rebuilt pipeline has recovered
+    /// from yet.
+    pub fn archive_failed(&self) -> bool {
+        self.archive_failures.load(Acquire) != self.archive_recovered.load(Acquire)
+    }
+
+    /// The archive could not be written (or a pipeline stage could not run):
+    /// archiving stops.
+    pub fn fail_archive(&self) {
+        self.archive_failures.fetch_add(1, AcqRel);
+    }
+
+    /// Failures so far: read before a pipeline is rebuilt, and passed to
+    /// [`HubStats::archive_recovered_from`] once it runs.
+    pub fn archive_failures_so_far(&self) -> u64 {
+        self.archive_failures.load(Acquire)
+    }
+
+    /// A pipeline rebuilt after `failures` failures runs: those are
+    /// recovered from. A failure of that pipeline itself, even one during
+    /// its replay of the WAL, came later and keeps archiving stopped (a
+    /// flag cleared here could erase it and leave a hub that looks healthy
+    /// with no pipeline).
+    pub fn archive_recovered_from(&self, failures: u64) {
+        self.archive_recovered.fetch_max(failures, AcqRel);
     }
 
     /// The `/metrics` text (OpenMetrics, see `iot_metrics`).
@@ -431,6 +462,28 @@ impl HubStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_of_the_rebuilt_pipeline_during_its_replay_is_not_cleared_by_the_restart() {
+        let stats = HubStats::default();
+        assert!(!stats.archive_failed() && stats.healthy());
+        stats.fail_archive();
+        assert!(stats.archive_failed() && !stats.healthy());
+        // The supervisor reads the count, rebuilds, and the new pipeline
+        // fails while replaying, before the supervisor says "resumed".
+        let before_rebuild = stats.archive_failures_so_far();
+        stats.fail_archive();
+        stats.archive_recovered_from(before_rebuild);
+        assert!(stats.archive_failed(), "the second failure must stand");
+        // The next rebuild runs: recovered.
+        let before_rebuild = stats.archive_failures_so_far();
+        stats.archive_recovered_from(before_rebuild);
+        assert!(!stats.archive_failed() && stats.healthy());
+        // A late "recovered" from an older rebuild never hides a new failure.
+        stats.fail_archive();
+        stats.archive_recovered_from(1);
+        assert!(stats.archive_failed());
+    }
 
     #[test]
     fn every_family_has_one_help_and_one_type_line_before_its_samples() {

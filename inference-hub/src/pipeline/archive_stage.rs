@@ -171,7 +171,7 @@ impl ArchiveStage {
     }
 
     fn fail(&self, e: &ArchiveError) {
-        self.stats.archive_failed.store(true, Relaxed);
+        self.stats.fail_archive();
         if e.is_retryable() {
             tracing::error!(error = %e, "archive write failed: archiving stops and is retried; acknowledged batches stay in the WAL");
         } else {
