@@ -25,11 +25,7 @@ cargo build -q --profile gateway -p edge-agent --target aarch64-unknown-linux-mu
 ls -l "$OUT"
 
 PORT=$((20000 + RANDOM % 10000))
-mkdir -p "$OUT/mq"
-sed -e "s/^listener 1883 127.0.0.1/listener $PORT 127.0.0.1/" -e "s|^persistence_location .*|persistence_location $OUT/mq/|" \
-  deploy/mosquitto/mosquitto.conf > "$OUT/mosquitto.conf"
-echo "user $(id -un)" >> "$OUT/mosquitto.conf"
-mosquitto -c "$OUT/mosquitto.conf" > "$OUT/mosquitto.log" 2>&1 &
+deploy/mosquitto/run-local.sh "$PORT" "$OUT/mq" &
 MQ_PID=$!
 trap 'kill $MQ_PID 2>/dev/null || true' EXIT
 sleep 1

@@ -11,11 +11,7 @@ MESSAGES=${MESSAGES:-50000}
 DIR=$(mktemp -d)
 trap 'kill $MQ_PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
 PORT=$((20000 + RANDOM % 10000))
-mkdir -p "$DIR/data"
-sed -e "s/^listener 1883 127.0.0.1/listener $PORT 127.0.0.1/" -e "s|^persistence_location .*|persistence_location $DIR/data/|" \
-  deploy/mosquitto/mosquitto.conf > "$DIR/mosquitto.conf"
-echo "user $(id -un)" >> "$DIR/mosquitto.conf"
-mosquitto -c "$DIR/mosquitto.conf" > "$DIR/mosquitto.log" 2>&1 &
+deploy/mosquitto/run-local.sh "$PORT" "$DIR/mq" &
 MQ_PID=$!
 sleep 1
 wrap() { # name, command...: a script that runs the agent the way given

@@ -52,10 +52,7 @@ done
 [ -f /usr/share/inference-hub/models/novelty/manifest.json ] || fail "the hub's models are not installed"
 
 mq_port=$(free_port) http_port=$(free_port)
-sed -e "s/^listener 1883 127.0.0.1/listener $mq_port 127.0.0.1/" -e "s|^persistence_location .*|persistence_location $work/|" \
-  "$repo/deploy/mosquitto/mosquitto.conf" > "$work/mosquitto.conf"
-echo "user root" >> "$work/mosquitto.conf"
-mosquitto -c "$work/mosquitto.conf" > "$work/mosquitto.log" 2>&1 &
+"$repo/deploy/mosquitto/run-local.sh" "$mq_port" "$work/mq" &
 pids+=($!)
 
 # The installed configuration, unchanged; only the ports differ (environment
