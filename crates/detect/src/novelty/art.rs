@@ -16,6 +16,8 @@
 //! over categories is a byte min-and-sum the compiler vectorises (see
 //! [`intersection`]).
 
+mod filter;
+
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
@@ -64,7 +66,9 @@ pub(crate) fn intersection(x: &Input, w: &Input) -> u32 {
     sum
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A category as saved in state snapshots (format 1): its weights, the
+/// reciprocals derived from them, its cluster and when it was last best.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Category {
     w: Input,
     /// `1 / sum(w)` (0 when the weights are all zero: the ratio is then 1).
@@ -80,58 +84,21 @@ struct Category {
 const NEWEST: usize = WINDOW - 1;
 const NEWEST_COMPLEMENT: usize = NEWEST + FEATURES;
 
-impl Category {
-    fn new(w: Input, cluster: u32, step: u64) -> Self {
-        let mut c = Self {
-            w,
-            inverse_norm: 0.0,
-            inverse_newest: 0.0,
-            cluster,
-            last_best: step,
-        };
-        c.refresh();
-        c
-    }
+/// `(1 / sum(w), 1 / (w[newest] + w[newest complement]))`, each 0 where
+/// its sum is 0.
+fn reciprocals(w: &Input) -> (f64, f64) {
+    let norm: u32 = w.iter().map(|&v| u32::from(v)).sum();
+    let newest = u32::from(w[NEWEST]) + u32::from(w[NEWEST_COMPLEMENT]);
+    let inverse = |sum: u32| if sum == 0 { 0.0 } else { 1.0 / f64::from(sum) };
+    (inverse(norm), inverse(newest))
+}
 
-    /// Recomputes the reciprocals after the weights changed.
-    fn refresh(&mut self) {
-        let norm: u32 = self.w.iter().map(|&v| u32::from(v)).sum();
-        let newest = u32::from(self.w[NEWEST]) + u32::from(self.w[NEWEST_COMPLEMENT]);
-        self.inverse_norm = if norm == 0 {
-            0.0
-        } else {
-            1.0 / f64::from(norm)
-        };
-        self.inverse_newest = if newest == 0 {
-            0.0
-        } else {
-            1.0 / f64::from(newest)
-        };
-    }
-
-    /// `(M, E)` of input `x`, or None when `M` cannot exceed `bar`: `M` is
-    /// `r^3 E^2` with `E <= 1`, so `r^3 <= bar` rules it out (exactly: a
-    /// product with a factor at most 1 never rounds upward past the other).
-    #[inline]
-    fn matches_above(&self, x: &Input, bar: f64) -> Option<(f64, f64)> {
-        let ratio = if self.inverse_norm == 0.0 {
-            1.0
-        } else {
-            f64::from(intersection(x, &self.w)) * self.inverse_norm
-        };
-        let cube = ratio * ratio * ratio;
-        if cube <= bar {
-            return None;
-        }
-        let e = if self.inverse_newest == 0.0 {
-            1.0
-        } else {
-            let hit = u32::from(x[NEWEST].min(self.w[NEWEST]))
-                + u32::from(x[NEWEST_COMPLEMENT].min(self.w[NEWEST_COMPLEMENT]));
-            f64::from(hit) * self.inverse_newest
-        };
-        Some((cube * e * e, e))
-    }
+/// What the match loop does not read about a category.
+#[derive(Debug, Clone, Copy)]
+struct CategoryInfo {
+    inverse_newest: f64,
+    cluster: u32,
+    last_best: u64,
 }
 
 /// What presenting one input did.
@@ -147,25 +114,183 @@ pub(crate) struct Presented {
 
 /// Fuzzy ART with an upper vigilance (learn into the best category) and a
 /// lower one (below it, a new cluster).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+///
+/// Categories are stored as parallel vectors, what the match loop reads
+/// (weights, `1 / sum(w)`) apart from the rest, and scanned four at a time
+/// through [`filter`]; saved as one list of [`Category`] (the snapshot
+/// layout does not change).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(from = "SavedArt")]
 pub(crate) struct Art {
+    weights: Vec<Input>,
+    inverse_norms: Vec<f64>,
+    /// `inverse_norms` as the filter reads them ([`filter::filter_scale`]).
+    scales: Vec<f32>,
+    info: Vec<CategoryInfo>,
+    clusters: u32,
+    steps: u64,
+}
+
+/// An [`Art`] as saved.
+#[derive(Deserialize)]
+struct SavedArt {
     categories: Vec<Category>,
     clusters: u32,
     steps: u64,
 }
 
-impl Art {
-    /// `(index, M, E)` of the best-matching category (the first of equals).
-    fn best(&self, x: &Input) -> Option<(usize, f64, f64)> {
-        let mut best: Option<(usize, f64, f64)> = None;
-        let mut best_m = f64::NEG_INFINITY;
-        for (k, c) in self.categories.iter().enumerate() {
-            if let Some((m, e)) = c.matches_above(x, best_m)
-                && m > best_m
-            {
-                best_m = m;
-                best = Some((k, m, e));
+impl From<SavedArt> for Art {
+    fn from(saved: SavedArt) -> Self {
+        let mut art = Art {
+            clusters: saved.clusters,
+            steps: saved.steps,
+            ..Art::default()
+        };
+        for c in saved.categories {
+            art.weights.push(c.w);
+            art.inverse_norms.push(c.inverse_norm);
+            art.scales.push(filter::filter_scale(c.inverse_norm));
+            art.info.push(CategoryInfo {
+                inverse_newest: c.inverse_newest,
+                cluster: c.cluster,
+                last_best: c.last_best,
+            });
+        }
+        art
+    }
+}
+
+impl Serialize for Art {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeSeq, SerializeStruct};
+
+        /// The categories, serialized as the list [`SavedArt`] reads.
+        struct Categories<'a>(&'a Art);
+        impl Serialize for Categories<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let art = self.0;
+                let mut seq = serializer.serialize_seq(Some(art.len()))?;
+                for k in 0..art.len() {
+                    seq.serialize_element(&art.category(k))?;
+                }
+                seq.end()
             }
+        }
+
+        let mut out = serializer.serialize_struct("Art", 3)?;
+        out.serialize_field("categories", &Categories(self))?;
+        out.serialize_field("clusters", &self.clusters)?;
+        out.serialize_field("steps", &self.steps)?;
+        out.end()
+    }
+}
+
+impl Art {
+    fn category(&self, k: usize) -> Category {
+        let info = self.info[k];
+        Category {
+            w: self.weights[k],
+            inverse_norm: self.inverse_norms[k],
+            inverse_newest: info.inverse_newest,
+            cluster: info.cluster,
+            last_best: info.last_best,
+        }
+    }
+
+    /// `E` of input `x` for category `k`: how well its newest value matched.
+    fn newest_match(&self, k: usize, x: &Input) -> f64 {
+        let inverse_newest = self.info[k].inverse_newest;
+        if inverse_newest == 0.0 {
+            return 1.0;
+        }
+        let w = &self.weights[k];
+        let hit = u32::from(x[NEWEST].min(w[NEWEST]))
+            + u32::from(x[NEWEST_COMPLEMENT].min(w[NEWEST_COMPLEMENT]));
+        f64::from(hit) * inverse_newest
+    }
+
+    /// `(index, M, E)` of the best-matching category (the first of equals),
+    /// with `M = r^3 E^2`. Per segment of up to [`filter::SEGMENT`]
+    /// categories: `r^3` of each in `f32` ([`filter::cubes`]); the one with
+    /// the largest is tested exactly first, which sets a high bar; then, in
+    /// order, the exact test of every category whose `r^3` may exceed the bar
+    /// ([`filter::lowered_bar`]). `E <= 1`, so the others cannot beat it.
+    fn best(&self, x: &Input) -> Option<(usize, f64, f64)> {
+        let mut best = None;
+        let mut best_m = f64::NEG_INFINITY;
+        let mut cubes = [f32::NEG_INFINITY; filter::SEGMENT];
+        let mut start = 0;
+        while start < self.len() {
+            let end = (start + filter::SEGMENT).min(self.len());
+            // Whole blocks of four (the padding, minus infinity, is never kept).
+            let cubes = &mut cubes[..(end - start).div_ceil(4) * 4];
+            filter::cubes(
+                x,
+                &self.weights[start..end],
+                &self.scales[start..end],
+                cubes,
+            );
+            // (None, or the padding, when every ratio is NaN.)
+            if let Some(j) = filter::largest(cubes).filter(|&j| start + j < end) {
+                self.consider(start + j, x, &mut best, &mut best_m);
+            }
+            let mut bar = filter::lowered_bar(best_m);
+            for (b, four) in cubes.chunks_exact(4).enumerate() {
+                let mut kept = filter::above(four.try_into().expect("4"), bar);
+                while kept != 0 {
+                    let j = 4 * b + kept.trailing_zeros() as usize;
+                    kept &= kept - 1;
+                    if self.consider(start + j, x, &mut best, &mut best_m) {
+                        bar = filter::lowered_bar(best_m);
+                    }
+                }
+            }
+            start = end;
+        }
+        best
+    }
+
+    /// The exact test of category `k`: it becomes the best when its `M`
+    /// exceeds `best_m`, or equals it with a lower index (categories are
+    /// not tested in index order). `E <= 1`, so a category whose `r^3` is
+    /// below `best_m` cannot (exactly: a product with a factor at most 1
+    /// never rounds upward past the other), and its `E` is not computed.
+    /// Whether it became the best.
+    #[inline]
+    fn consider(
+        &self,
+        k: usize,
+        x: &Input,
+        best: &mut Option<(usize, f64, f64)>,
+        best_m: &mut f64,
+    ) -> bool {
+        let inverse_norm = self.inverse_norms[k];
+        let ratio = if inverse_norm == 0.0 {
+            1.0
+        } else {
+            f64::from(intersection(x, &self.weights[k])) * inverse_norm
+        };
+        let cube = ratio * ratio * ratio;
+        if cube < *best_m {
+            return false;
+        }
+        let e = self.newest_match(k, x);
+        let m = cube * e * e;
+        let better = m > *best_m || (m == *best_m && best.is_some_and(|(b, _, _)| k < b));
+        if better {
+            *best_m = m;
+            *best = Some((k, m, e));
+        }
+        better
+    }
+
+    /// [`Self::best`] without the filter: every category tested exactly.
+    #[cfg(test)]
+    fn best_unfiltered(&self, x: &Input) -> Option<(usize, f64, f64)> {
+        let mut best = None;
+        let mut best_m = f64::NEG_INFINITY;
+        for k in 0..self.len() {
+            self.consider(k, x, &mut best, &mut best_m);
         }
         best
     }
@@ -188,16 +313,19 @@ impl Art {
         };
         match best {
             Some((k, m, _)) if m >= rho_ub => {
-                let c = &mut self.categories[k];
-                for (w, &v) in c.w.iter_mut().zip(x) {
+                let w = &mut self.weights[k];
+                for (w, &v) in w.iter_mut().zip(x) {
                     *w = (*w).min(v);
                 }
-                c.refresh();
-                c.last_best = self.steps;
+                let (inverse_norm, inverse_newest) = reciprocals(w);
+                self.inverse_norms[k] = inverse_norm;
+                self.scales[k] = filter::filter_scale(inverse_norm);
+                self.info[k].inverse_newest = inverse_newest;
+                self.info[k].last_best = self.steps;
             }
             Some((k, m, _)) if m >= rho_lb => {
-                let cluster = self.categories[k].cluster;
-                self.categories[k].last_best = self.steps;
+                let cluster = self.info[k].cluster;
+                self.info[k].last_best = self.steps;
                 self.push(*x, cluster, max_categories);
                 out.new_category = true;
             }
@@ -215,21 +343,40 @@ impl Art {
     /// Adds a category, evicting the one that was best longest ago when
     /// the network is full.
     fn push(&mut self, w: Input, cluster: u32, max_categories: usize) {
-        if self.categories.len() >= max_categories.max(1)
+        if self.len() >= max_categories.max(1)
             && let Some(oldest) = self
-                .categories
+                .info
                 .iter()
                 .enumerate()
                 .min_by_key(|(_, c)| c.last_best)
                 .map(|(k, _)| k)
         {
-            self.categories.swap_remove(oldest);
+            self.weights.swap_remove(oldest);
+            self.inverse_norms.swap_remove(oldest);
+            self.scales.swap_remove(oldest);
+            self.info.swap_remove(oldest);
         }
-        self.categories.push(Category::new(w, cluster, self.steps));
+        let (inverse_norm, inverse_newest) = reciprocals(&w);
+        self.weights.push(w);
+        self.inverse_norms.push(inverse_norm);
+        self.scales.push(filter::filter_scale(inverse_norm));
+        self.info.push(CategoryInfo {
+            inverse_newest,
+            cluster,
+            last_best: self.steps,
+        });
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.categories.len()
+        self.weights.len()
+    }
+
+    /// Heap bytes held by the categories.
+    fn approx_bytes(&self) -> usize {
+        self.weights.capacity() * std::mem::size_of::<Input>()
+            + self.inverse_norms.capacity() * 8
+            + self.scales.capacity() * 4
+            + self.info.capacity() * std::mem::size_of::<CategoryInfo>()
     }
 }
 
@@ -255,20 +402,22 @@ fn features(levels: &[u8; WINDOW]) -> Input {
     // The 3-level Haar transform of the min-max normalised window: each
     // level's details ((later - earlier) / sqrt 2), then the approximation;
     // itself min-max normalised.
-    let mut approx: Vec<f64> = levels.iter().map(|&l| f64::from(l)).collect();
+    let mut approx: [f64; WINDOW] = std::array::from_fn(|k| f64::from(levels[k]));
     minmax_normalise(&mut approx);
-    let mut coefficients = Vec::with_capacity(WINDOW);
-    while approx.len() > 1 {
-        let next: Vec<f64> = approx
-            .chunks(2)
-            .map(|pair| {
-                coefficients.push((pair[1] - pair[0]) / std::f64::consts::SQRT_2);
-                (pair[0] + pair[1]) / std::f64::consts::SQRT_2
-            })
-            .collect();
-        approx = next;
+    // In place: after a level of width `n`, `approx[..n / 2]` holds the
+    // approximations and the details are appended in order.
+    let mut coefficients = [0.0f64; WINDOW];
+    let (mut n, mut written) = (WINDOW, 0);
+    while n > 1 {
+        for k in 0..n / 2 {
+            let (a, b) = (approx[2 * k], approx[2 * k + 1]);
+            coefficients[written] = (b - a) / std::f64::consts::SQRT_2;
+            written += 1;
+            approx[k] = (a + b) / std::f64::consts::SQRT_2;
+        }
+        n /= 2;
     }
-    coefficients.push(approx[0]);
+    coefficients[written] = approx[0];
     minmax_normalise(&mut coefficients);
     for (k, c) in coefficients.iter().enumerate() {
         f[WINDOW + k] = (c * f64::from(FULL)).round() as u8;
@@ -279,20 +428,32 @@ fn features(levels: &[u8; WINDOW]) -> Input {
     f
 }
 
-/// Cosine similarity of the (uncomplemented) features of two inputs.
-fn cosine(a: &Input, b: &Input) -> f64 {
-    let (mut dot, mut na, mut nb) = (0.0f64, 0.0f64, 0.0f64);
-    for k in 0..FEATURES {
-        let (x, y) = (f64::from(a[k]), f64::from(b[k]));
-        dot += x * y;
-        na += x * x;
-        nb += y * y;
+/// For each input, the sum of its cosine similarities (of the
+/// uncomplemented features) with every input, itself included; 0 for a pair
+/// with an all-zero input. The similarity is symmetric (bit for bit), so
+/// each pair is computed once, with the norms computed once per input.
+fn summed_cosines(inputs: &[Input]) -> Vec<f64> {
+    let square = |a: &Input, b: &Input| {
+        (0..FEATURES).fold(0.0f64, |sum, k| sum + f64::from(a[k]) * f64::from(b[k]))
+    };
+    let roots: Vec<f64> = inputs.iter().map(|a| square(a, a).sqrt()).collect();
+    let n = inputs.len();
+    let mut similarity = vec![0.0f64; n * n];
+    for a in 0..n {
+        for b in a..n {
+            let c = if roots[a] == 0.0 || roots[b] == 0.0 {
+                0.0
+            } else {
+                square(&inputs[a], &inputs[b]) / (roots[a] * roots[b])
+            };
+            similarity[a * n + b] = c;
+            similarity[b * n + a] = c;
+        }
     }
-    if na == 0.0 || nb == 0.0 {
-        0.0
-    } else {
-        dot / (na.sqrt() * nb.sqrt())
-    }
+    similarity
+        .chunks_exact(n.max(1))
+        .map(|row| row.iter().sum())
+        .collect()
 }
 
 /// The running (lower) median of the quantised levels seen, all of them:
@@ -556,10 +717,7 @@ impl Instance {
             // Order by ascending summed cosine similarity (the odd ones
             // first), train a scratch network, and take the mean best match
             // of its second half as the starting vigilance.
-            let sums: Vec<f64> = calibration
-                .iter()
-                .map(|a| calibration.iter().map(|b| cosine(a, b)).sum())
-                .collect();
+            let sums = summed_cosines(&calibration);
             let mut order: Vec<usize> = (0..calibration.len()).collect();
             order.sort_by(|&a, &b| sums[a].total_cmp(&sums[b]));
             let mut scratch = Art::default();
@@ -598,7 +756,7 @@ impl Instance {
                 } => representatives.capacity() * 24,
                 Phase::Running(r) => {
                     std::mem::size_of::<Running>()
-                        + r.art.categories.capacity() * std::mem::size_of::<Category>()
+                        + r.art.approx_bytes()
                         + r.median.counts.capacity() * 8
                         + r.recent.capacity() * 8
                         + r.clipped.capacity()

@@ -23,8 +23,17 @@
 //! then least recently touched) tenth is dropped. A series whose values
 //! leave the core for good is re-encoded by the caller (see
 //! [`super::Novelty`]).
+//!
+//! # Speed
+//! Most overflow synapses were seen once and are not connected, so the
+//! keys of the connected ones are also kept in an index (derived, not
+//! saved: rebuilt when a saved memory is read back), and predicting walks
+//! only that. Weakening touches only the span of the core that holds
+//! predicted-but-absent bits and, when the previous reading lay in the
+//! core, only the overflow synapses to absent bits outside it (a core
+//! source's overflow synapses all end outside the core).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +77,7 @@ struct OverflowSynapse {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "SavedMemory")]
 pub(crate) struct TransitionMemory {
     offset: f64,
     resolution: f64,
@@ -76,9 +86,46 @@ pub(crate) struct TransitionMemory {
     /// `(source, target)` -> synapse, for synapses with an end outside the
     /// core (ordered by source: a bucket's synapses are one range).
     overflow: BTreeMap<(i16, i16), OverflowSynapse>,
+    /// The keys of `overflow` whose synapse is connected (derived).
+    #[serde(skip_serializing)]
+    connected: BTreeSet<(i16, i16)>,
     max_overflow: usize,
     previous: Option<i32>,
     steps: u32,
+}
+
+/// A [`TransitionMemory`] as saved: every field but the derived index (the
+/// layout of the state snapshots' format 1).
+#[derive(Deserialize)]
+struct SavedMemory {
+    offset: f64,
+    resolution: f64,
+    core: Vec<u8>,
+    overflow: BTreeMap<(i16, i16), OverflowSynapse>,
+    max_overflow: usize,
+    previous: Option<i32>,
+    steps: u32,
+}
+
+impl From<SavedMemory> for TransitionMemory {
+    fn from(saved: SavedMemory) -> Self {
+        let connected = saved
+            .overflow
+            .iter()
+            .filter(|(_, s)| s.value >= CONNECTED)
+            .map(|(&key, _)| key)
+            .collect();
+        Self {
+            offset: saved.offset,
+            resolution: saved.resolution,
+            core: saved.core,
+            overflow: saved.overflow,
+            connected,
+            max_overflow: saved.max_overflow,
+            previous: saved.previous,
+            steps: saved.steps,
+        }
+    }
 }
 
 impl TransitionMemory {
@@ -89,6 +136,7 @@ impl TransitionMemory {
             resolution,
             core: vec![0; CORE * CORE],
             overflow: BTreeMap::new(),
+            connected: BTreeSet::new(),
             max_overflow: max_overflow.max(16),
             previous: None,
             steps: 0,
@@ -157,27 +205,47 @@ impl TransitionMemory {
             .map(|&(t, _)| t)
             .collect();
         // Learning: reinforce previous -> current, weaken previous ->
-        // predicted-but-absent.
+        // predicted-but-absent (only the span of the core that has any).
+        let absent_span = absent.iter().position(|&a| a != 0).map(|first| {
+            let last = absent.iter().rposition(|&a| a != 0).unwrap_or(first);
+            first..last + 1
+        });
         for i in p..p + BITS {
             self.reinforce(i, b);
-            if in_core(i) {
+            if let Some(span) = absent_span.clone()
+                && in_core(i)
+            {
                 let row = &mut self.core[core_index(i) * CORE..][..CORE];
-                for (v, &a) in row.iter_mut().zip(&absent) {
+                for (v, &a) in row[span.clone()].iter_mut().zip(&absent[span.clone()]) {
                     let lowered = v.saturating_sub(DECREMENT).max(1);
                     *v = if a != 0 && *v != 0 { lowered } else { *v };
                 }
             }
         }
         if !self.overflow.is_empty() {
-            for (&(_, j), s) in self.overflow.range_mut(source_range(p)) {
-                let j = i32::from(j);
-                let is_absent = if in_core(j) {
-                    absent[core_index(j)] != 0
-                } else {
-                    absent_outside.contains(&j)
-                };
-                if is_absent {
-                    s.value = s.value.saturating_sub(DECREMENT).max(1);
+            if in_core(p) && in_core(p + BITS - 1) {
+                // Every overflow synapse from a core bit ends outside it.
+                for &j in &absent_outside {
+                    for i in p..p + BITS {
+                        self.weaken_overflow((i as i16, j as i16));
+                    }
+                }
+            } else {
+                let weakened: Vec<(i16, i16)> = self
+                    .overflow
+                    .range(source_range(p))
+                    .map(|(&key, _)| key)
+                    .filter(|&(_, j)| {
+                        let j = i32::from(j);
+                        if in_core(j) {
+                            absent[core_index(j)] != 0
+                        } else {
+                            absent_outside.contains(&j)
+                        }
+                    })
+                    .collect();
+                for key in weakened {
+                    self.weaken_overflow(key);
                 }
             }
         }
@@ -198,14 +266,12 @@ impl TransitionMemory {
             }
         }
         let mut targets: Vec<i32> = Vec::new();
-        for (&(_, j), s) in self.overflow.range(source_range(p)) {
-            if s.value >= CONNECTED {
-                let j = i32::from(j);
-                if in_core(j) {
-                    counts[core_index(j)] += 1;
-                } else {
-                    targets.push(j);
-                }
+        for &(_, j) in self.connected.range(source_range(p)) {
+            let j = i32::from(j);
+            if in_core(j) {
+                counts[core_index(j)] += 1;
+            } else {
+                targets.push(j);
             }
         }
         targets.sort_unstable();
@@ -232,22 +298,43 @@ impl TransitionMemory {
             }
             return;
         }
-        for j in b..b + BITS {
+        // The overflow synapses from `i` to bucket `b` that exist: bumped
+        // in one walk; the missing ones inserted after.
+        let steps = self.steps;
+        let mut existing = [false; BITS as usize];
+        let targets = (i as i16, b as i16)..(i as i16, (b + BITS) as i16);
+        for (&(_, j), s) in self.overflow.range_mut(targets) {
+            s.value = bump(s.value);
+            s.touched = steps;
+            existing[(i32::from(j) - b) as usize] = true;
+            // Connected just now (a bump adds INCREMENT).
+            if (CONNECTED..CONNECTED + INCREMENT).contains(&s.value) {
+                self.connected.insert((i as i16, j));
+            }
+        }
+        for (j, existed) in (b..b + BITS).zip(existing) {
             if in_core(i) && in_core(j) {
                 let v = &mut self.core[core_index(i) * CORE + core_index(j)];
                 *v = bump(*v);
-            } else {
-                let steps = self.steps;
-                self.overflow
-                    .entry((i as i16, j as i16))
-                    .and_modify(|s| {
-                        s.value = bump(s.value);
-                        s.touched = steps;
-                    })
-                    .or_insert(OverflowSynapse {
+            } else if !existed {
+                // A new synapse (0.20) is not connected.
+                self.overflow.insert(
+                    (i as i16, j as i16),
+                    OverflowSynapse {
                         value: INITIAL,
                         touched: steps,
-                    });
+                    },
+                );
+            }
+        }
+    }
+
+    /// -0.02 on an overflow synapse, if there is one (never below 0.00).
+    fn weaken_overflow(&mut self, key: (i16, i16)) {
+        if let Some(s) = self.overflow.get_mut(&key) {
+            s.value = s.value.saturating_sub(DECREMENT).max(1);
+            if s.value < CONNECTED {
+                self.connected.remove(&key);
             }
         }
     }
@@ -268,6 +355,7 @@ impl TransitionMemory {
         ranked.select_nth_unstable(drop - 1);
         for (_, _, key) in &ranked[..drop] {
             self.overflow.remove(key);
+            self.connected.remove(key);
         }
     }
 
@@ -301,6 +389,43 @@ mod tests {
         assert_eq!(last, 0.0, "a learned cycle is fully predicted");
         // 9 -> 3 never happened: 0 -> 3's bits overlap little with 0's successor.
         assert!(tm.step(3.0) > 0.5);
+    }
+
+    fn connected_in_the_table(tm: &TransitionMemory) -> BTreeSet<(i16, i16)> {
+        tm.overflow
+            .iter()
+            .filter(|(_, s)| s.value >= CONNECTED)
+            .map(|(&key, _)| key)
+            .collect()
+    }
+
+    #[test]
+    fn the_connected_index_follows_the_overflow_table_and_is_rebuilt_on_restore() {
+        let readings: Vec<f64> = (0..150).map(|i| f64::from(i % 10)).collect();
+        // Recurring outliers (connected overflow synapses, some weakened
+        // when a predicted outlier does not come).
+        let value = |k: u32| match k % 5 {
+            0 => 1.0e3 + f64::from(k % 3),
+            3 if (k / 5).is_multiple_of(3) => -500.0,
+            _ => f64::from(k % 10),
+        };
+        let mut tm = TransitionMemory::fitted(&readings, 2048);
+        for k in 0..2000 {
+            tm.step(value(k));
+            assert_eq!(tm.connected, connected_in_the_table(&tm), "step {k}");
+        }
+        assert!(tm.connected.len() > 100);
+        let bytes = postcard::to_allocvec(&tm).unwrap();
+        let mut restored: TransitionMemory = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(restored.connected, tm.connected);
+        for k in 2000..2500 {
+            assert_eq!(tm.step(value(k)), restored.step(value(k)), "step {k}");
+        }
+        // Pruning that must drop connected synapses too.
+        tm.max_overflow = 16;
+        tm.step(value(2500));
+        assert!(tm.overflow.len() < 100);
+        assert_eq!(tm.connected, connected_in_the_table(&tm));
     }
 
     #[test]
