@@ -224,19 +224,25 @@ impl Art {
             let end = (start + filter::SEGMENT).min(self.len());
             // Whole blocks of four (the padding, minus infinity, is never kept).
             let cubes = &mut cubes[..(end - start).div_ceil(4) * 4];
-            filter::cubes(
+            let largest = filter::cubes(
                 x,
                 &self.weights[start..end],
                 &self.scales[start..end],
                 cubes,
             );
             // (None, or the padding, when every ratio is NaN.)
-            if let Some(j) = filter::largest(cubes).filter(|&j| start + j < end) {
+            let seed = filter::position(cubes, largest).filter(|&j| start + j < end);
+            if let Some(j) = seed {
                 self.consider(start + j, x, &mut best, &mut best_m);
             }
             let mut bar = filter::lowered_bar(best_m);
             for (b, four) in cubes.chunks_exact(4).enumerate() {
                 let mut kept = filter::above(four.try_into().expect("4"), bar);
+                if let Some(j) = seed
+                    && j / 4 == b
+                {
+                    kept &= !(1 << (j % 4)); // tested already
+                }
                 while kept != 0 {
                     let j = 4 * b + kept.trailing_zeros() as usize;
                     kept &= kept - 1;
@@ -433,8 +439,13 @@ fn features(levels: &[u8; WINDOW]) -> Input {
 /// with an all-zero input. The similarity is symmetric (bit for bit), so
 /// each pair is computed once, with the norms computed once per input.
 fn summed_cosines(inputs: &[Input]) -> Vec<f64> {
-    let square = |a: &Input, b: &Input| {
-        (0..FEATURES).fold(0.0f64, |sum, k| sum + f64::from(a[k]) * f64::from(b[k]))
+    let features: Vec<[f64; FEATURES]> = inputs
+        .iter()
+        .map(|a| std::array::from_fn(|k| f64::from(a[k])))
+        .collect();
+    let inputs = &features;
+    let square = |a: &[f64; FEATURES], b: &[f64; FEATURES]| {
+        (0..FEATURES).fold(0.0f64, |sum, k| sum + a[k] * b[k])
     };
     let roots: Vec<f64> = inputs.iter().map(|a| square(a, a).sqrt()).collect();
     let n = inputs.len();

@@ -263,7 +263,7 @@ impl Surprise {
                     (false, true) => Confirming::Everything,
                     (true, true) => Confirming::Nothing,
                 };
-                let is_outside = !memory.fits(x);
+                let is_outside = !memory.last_fits();
                 recent.push_back((x, is_outside));
                 *outside += u32::from(is_outside);
                 if recent.len() > FIT_READINGS

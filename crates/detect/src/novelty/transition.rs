@@ -33,7 +33,7 @@
 //! core, only the overflow synapses to absent bits outside it (a core
 //! source's overflow synapses all end outside the core).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +65,22 @@ fn source_range(p: i32) -> std::ops::Range<(i16, i16)> {
     (p as i16, i16::MIN)..((p + BITS) as i16, i16::MIN)
 }
 
+/// The range from the first to the last nonzero byte, if any (eight bytes
+/// at a time).
+fn nonzero_span(bytes: &[u8; CORE]) -> Option<std::ops::Range<usize>> {
+    let words = || {
+        bytes
+            .chunks_exact(8)
+            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+            .enumerate()
+    };
+    let (first_word, first) = words().find(|&(_, w)| w != 0)?;
+    let (last_word, last) = words().rev().find(|&(_, w)| w != 0)?;
+    let start = 8 * first_word + first.trailing_zeros() as usize / 8;
+    let end = 8 * last_word + 8 - last.leading_zeros() as usize / 8;
+    Some(start..end)
+}
+
 fn core_index(bit: i32) -> usize {
     (bit - CORE_FIRST) as usize
 }
@@ -74,6 +90,46 @@ struct OverflowSynapse {
     /// Stored permanence (see the module docs).
     value: u8,
     touched: u32,
+}
+
+/// The connected overflow synapses: source bit -> target bits, sorted (a
+/// bucket's sources are one range, each with a short contiguous list).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct ConnectedIndex(BTreeMap<i16, Vec<i16>>);
+
+impl ConnectedIndex {
+    fn insert(&mut self, (i, j): (i16, i16)) {
+        let targets = self.0.entry(i).or_default();
+        if let Err(at) = targets.binary_search(&j) {
+            targets.insert(at, j);
+        }
+    }
+
+    fn remove(&mut self, (i, j): (i16, i16)) {
+        if let Some(targets) = self.0.get_mut(&i)
+            && let Ok(at) = targets.binary_search(&j)
+        {
+            targets.remove(at);
+            if targets.is_empty() {
+                self.0.remove(&i);
+            }
+        }
+    }
+
+    /// The targets of the connected synapses from the bits `sources`.
+    fn targets_from(&self, sources: std::ops::Range<i32>) -> impl Iterator<Item = i16> + '_ {
+        self.0
+            .range(sources.start as i16..sources.end as i16)
+            .flat_map(|(_, targets)| targets.iter().copied())
+    }
+
+    #[cfg(test)]
+    fn keys(&self) -> Vec<(i16, i16)> {
+        self.0
+            .iter()
+            .flat_map(|(&i, targets)| targets.iter().map(move |&j| (i, j)))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,7 +144,7 @@ pub(crate) struct TransitionMemory {
     overflow: BTreeMap<(i16, i16), OverflowSynapse>,
     /// The keys of `overflow` whose synapse is connected (derived).
     #[serde(skip_serializing)]
-    connected: BTreeSet<(i16, i16)>,
+    connected: ConnectedIndex,
     max_overflow: usize,
     previous: Option<i32>,
     steps: u32,
@@ -109,12 +165,12 @@ struct SavedMemory {
 
 impl From<SavedMemory> for TransitionMemory {
     fn from(saved: SavedMemory) -> Self {
-        let connected = saved
-            .overflow
-            .iter()
-            .filter(|(_, s)| s.value >= CONNECTED)
-            .map(|(&key, _)| key)
-            .collect();
+        let mut connected = ConnectedIndex::default();
+        for (&key, s) in &saved.overflow {
+            if s.value >= CONNECTED {
+                connected.insert(key);
+            }
+        }
         Self {
             offset: saved.offset,
             resolution: saved.resolution,
@@ -136,7 +192,7 @@ impl TransitionMemory {
             resolution,
             core: vec![0; CORE * CORE],
             overflow: BTreeMap::new(),
-            connected: BTreeSet::new(),
+            connected: ConnectedIndex::default(),
             max_overflow: max_overflow.max(16),
             previous: None,
             steps: 0,
@@ -169,10 +225,11 @@ impl TransitionMemory {
         b.clamp(-f64::from(MAX_BUCKET), f64::from(MAX_BUCKET)) as i32
     }
 
-    /// Whether `x` lies in the buckets the encoding was fitted to.
-    pub(crate) fn fits(&self, x: f64) -> bool {
-        let b = self.bucket(x);
-        in_core(b) && in_core(b + BITS - 1)
+    /// Whether the last value stepped lies in the buckets the encoding was
+    /// fitted to (false before the first).
+    pub(crate) fn last_fits(&self) -> bool {
+        self.previous
+            .is_some_and(|b| in_core(b) && in_core(b + BITS - 1))
     }
 
     /// The raw surprise of `x` (the share of its bits not predicted by the
@@ -206,10 +263,7 @@ impl TransitionMemory {
             .collect();
         // Learning: reinforce previous -> current, weaken previous ->
         // predicted-but-absent (only the span of the core that has any).
-        let absent_span = absent.iter().position(|&a| a != 0).map(|first| {
-            let last = absent.iter().rposition(|&a| a != 0).unwrap_or(first);
-            first..last + 1
-        });
+        let absent_span = nonzero_span(&absent);
         for i in p..p + BITS {
             self.reinforce(i, b);
             if let Some(span) = absent_span.clone()
@@ -256,7 +310,8 @@ impl TransitionMemory {
     }
 
     /// How many of bucket `p`'s bits reach each bit with a connected
-    /// synapse: core bits in an array, others in a list.
+    /// synapse: core bits in an array, others in a list (only those that
+    /// [`PREDICT_MIN`] reach).
     fn counts(&self, p: i32) -> ([u8; CORE], Vec<(i32, u8)>) {
         let mut counts = [0u8; CORE];
         for i in (p..p + BITS).filter(|&i| in_core(i)) {
@@ -266,7 +321,7 @@ impl TransitionMemory {
             }
         }
         let mut targets: Vec<i32> = Vec::new();
-        for &(_, j) in self.connected.range(source_range(p)) {
+        for j in self.connected.targets_from(p..p + BITS) {
             let j = i32::from(j);
             if in_core(j) {
                 counts[core_index(j)] += 1;
@@ -274,22 +329,26 @@ impl TransitionMemory {
                 targets.push(j);
             }
         }
-        targets.sort_unstable();
-        let outside = targets
-            .chunk_by(|a, b| a == b)
-            .map(|run| (run[0], u8::try_from(run.len()).unwrap_or(u8::MAX)))
-            .collect();
+        // Only a target reached from PREDICT_MIN bits can be predicted.
+        let mut outside = Vec::new();
+        if targets.len() >= usize::from(PREDICT_MIN) {
+            targets.sort_unstable();
+            outside = targets
+                .chunk_by(|a, b| a == b)
+                .map(|run| (run[0], u8::try_from(run.len()).unwrap_or(u8::MAX)))
+                .filter(|&(_, c)| c >= PREDICT_MIN)
+                .collect();
+        }
         (counts, outside)
     }
 
     /// +0.10 on `i -> j` for every bit `j` of bucket `b` (new at 0.20).
     fn reinforce(&mut self, i: i32, b: i32) {
+        // Branch-free (so that a row's 21 bytes are bumped in vector
+        // lanes): `v + 0.10` capped at 1.00, and 0 (no synapse) to 0.20.
         let bump = |v: u8| {
-            if v == 0 {
-                INITIAL
-            } else {
-                (v + INCREMENT).min(FULL)
-            }
+            let new = u8::from(v == 0).wrapping_neg() & (INITIAL - INCREMENT);
+            (v + INCREMENT).min(FULL) + new
         };
         if in_core(i) && in_core(b) && in_core(b + BITS - 1) {
             let row = &mut self.core[core_index(i) * CORE..][..CORE];
@@ -334,7 +393,7 @@ impl TransitionMemory {
         if let Some(s) = self.overflow.get_mut(&key) {
             s.value = s.value.saturating_sub(DECREMENT).max(1);
             if s.value < CONNECTED {
-                self.connected.remove(&key);
+                self.connected.remove(key);
             }
         }
     }
@@ -355,7 +414,7 @@ impl TransitionMemory {
         ranked.select_nth_unstable(drop - 1);
         for (_, _, key) in &ranked[..drop] {
             self.overflow.remove(key);
-            self.connected.remove(key);
+            self.connected.remove(*key);
         }
     }
 
@@ -391,7 +450,7 @@ mod tests {
         assert!(tm.step(3.0) > 0.5);
     }
 
-    fn connected_in_the_table(tm: &TransitionMemory) -> BTreeSet<(i16, i16)> {
+    fn connected_in_the_table(tm: &TransitionMemory) -> Vec<(i16, i16)> {
         tm.overflow
             .iter()
             .filter(|(_, s)| s.value >= CONNECTED)
@@ -412,9 +471,9 @@ mod tests {
         let mut tm = TransitionMemory::fitted(&readings, 2048);
         for k in 0..2000 {
             tm.step(value(k));
-            assert_eq!(tm.connected, connected_in_the_table(&tm), "step {k}");
+            assert_eq!(tm.connected.keys(), connected_in_the_table(&tm), "step {k}");
         }
-        assert!(tm.connected.len() > 100);
+        assert!(tm.connected.keys().len() > 100);
         let bytes = postcard::to_allocvec(&tm).unwrap();
         let mut restored: TransitionMemory = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(restored.connected, tm.connected);
@@ -425,7 +484,7 @@ mod tests {
         tm.max_overflow = 16;
         tm.step(value(2500));
         assert!(tm.overflow.len() < 100);
-        assert_eq!(tm.connected, connected_in_the_table(&tm));
+        assert_eq!(tm.connected.keys(), connected_in_the_table(&tm));
     }
 
     #[test]

@@ -46,30 +46,43 @@ pub(super) const SEGMENT: usize = 256;
 
 /// `r^3` in `f32` of each category `w[k]` (scaled by `scale[k]`) into
 /// `cubes[k]`, four at a time, then one at a time; the rest of `cubes` is
-/// set to minus infinity.
-pub(super) fn cubes(x: &Input, w: &[Input], scale: &[f32], cubes: &mut [f32]) {
+/// set to minus infinity. Returns the largest (NaN skipped; minus infinity
+/// when there is none).
+pub(super) fn cubes(x: &Input, w: &[Input], scale: &[f32], cubes: &mut [f32]) -> f32 {
     let whole = w.len() / 4 * 4;
+    let mut lanes = [f32::NEG_INFINITY; 4];
     for ((w, scale), out) in w
         .chunks_exact(4)
         .zip(scale.chunks_exact(4))
         .zip(cubes.chunks_exact_mut(4))
     {
         let out: &mut [f32; 4] = out.try_into().expect("4");
-        *out = four_cubes(x, w.try_into().expect("4"), scale.try_into().expect("4"));
+        (*out, lanes) = four_cubes(
+            x,
+            w.try_into().expect("4"),
+            scale.try_into().expect("4"),
+            lanes,
+        );
     }
+    let mut largest = lanes.into_iter().fold(f32::NEG_INFINITY, greater);
     for (k, out) in cubes.iter_mut().enumerate().skip(whole) {
         *out = w
             .get(k)
             .map_or(f32::NEG_INFINITY, |w| one_cube(x, w, scale[k]));
+        largest = greater(largest, *out);
     }
+    largest
 }
 
-/// The index of the largest value (the first of equals), NaN ignored;
-/// `values` holds whole blocks of four.
-pub(super) fn largest(values: &[f32]) -> Option<usize> {
-    let max = values.iter().copied().fold(f32::NAN, f32::max);
+/// `b` when it is greater than `a`, else `a` (a NaN `b` never is).
+fn greater(a: f32, b: f32) -> f32 {
+    if b > a { b } else { a }
+}
+
+/// The index of the first `value` in `values` (whole blocks of four).
+pub(super) fn position(values: &[f32], value: f32) -> Option<usize> {
     values.chunks_exact(4).enumerate().find_map(|(b, four)| {
-        let hits = equal(four.try_into().expect("4"), max);
+        let hits = equal(four.try_into().expect("4"), value);
         (hits != 0).then(|| 4 * b + hits.trailing_zeros() as usize)
     })
 }
@@ -79,15 +92,21 @@ fn one_cube(x: &Input, w: &Input, scale: f32) -> f32 {
     r * r * r
 }
 
-/// [`one_cube`] of four categories in SSE2 lanes.
+/// [`one_cube`] of four categories in SSE2 lanes, and `lanes` raised to
+/// them lane by lane (NaN skipped).
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 #[inline]
-fn four_cubes(x: &Input, w: &[Input; 4], scale: &[f32; 4]) -> [f32; 4] {
+fn four_cubes(
+    x: &Input,
+    w: &[Input; 4],
+    scale: &[f32; 4],
+    lanes: [f32; 4],
+) -> ([f32; 4], [f32; 4]) {
     use safe_arch::{
         add_i64_m128i, cast_to_m128_from_m128i, cast_to_m128i_from_m128,
-        convert_to_m128_from_i32_m128i, load_unaligned_m128, load_unaligned_m128i, min_u8_m128i,
-        mul_m128, shuffle_abi_f32_all_m128, sum_of_u8_abs_diff_m128i, unpack_high_i64_m128i,
-        unpack_low_i64_m128i, zeroed_m128i,
+        convert_to_m128_from_i32_m128i, load_unaligned_m128, load_unaligned_m128i, m128, max_m128,
+        min_u8_m128i, mul_m128, shuffle_abi_f32_all_m128, sum_of_u8_abs_diff_m128i,
+        unpack_high_i64_m128i, unpack_low_i64_m128i, zeroed_m128i,
     };
 
     let halves = |v: &Input| -> [[u8; 16]; 2] {
@@ -117,14 +136,24 @@ fn four_cubes(x: &Input, w: &[Input; 4], scale: &[f32; 4]) -> [f32; 4] {
     );
     let intersections = convert_to_m128_from_i32_m128i(cast_to_m128i_from_m128(four));
     let r = mul_m128(intersections, load_unaligned_m128(scale));
-    mul_m128(mul_m128(r, r), r).to_array()
+    let cubes = mul_m128(mul_m128(r, r), r);
+    // `maxps` returns its second operand when the first is NaN.
+    let lanes = max_m128(cubes, m128::from_array(lanes));
+    (cubes.to_array(), lanes.to_array())
 }
 
-/// [`one_cube`] of four categories (compilers vectorise the byte part).
+/// [`one_cube`] of four categories (compilers vectorise the byte part),
+/// and `lanes` raised to them lane by lane (NaN skipped).
 #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
 #[inline]
-fn four_cubes(x: &Input, w: &[Input; 4], scale: &[f32; 4]) -> [f32; 4] {
-    std::array::from_fn(|j| one_cube(x, &w[j], scale[j]))
+fn four_cubes(
+    x: &Input,
+    w: &[Input; 4],
+    scale: &[f32; 4],
+    lanes: [f32; 4],
+) -> ([f32; 4], [f32; 4]) {
+    let cubes: [f32; 4] = std::array::from_fn(|j| one_cube(x, &w[j], scale[j]));
+    (cubes, std::array::from_fn(|j| greater(lanes[j], cubes[j])))
 }
 
 /// Bit `j` set where `!(v[j] <= bar)`: above it, or NaN.
