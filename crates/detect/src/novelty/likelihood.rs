@@ -82,6 +82,12 @@ impl Likelihood {
         }
         let average = self.raw.iter().map(|&v| f64::from(v)).sum::<f64>() / self.raw.len() as f64;
         if self.seen > LEARNING {
+            if self.history.len() == self.history.capacity() {
+                // Grow by doubling, but never past the cap (a VecDeque
+                // would double 8,640 to 16,384).
+                let target = (2 * self.history.capacity()).clamp(64, self.max_history + 1);
+                self.history.reserve_exact(target - self.history.len());
+            }
             self.history.push_back(average as f32);
             if self.history.len() > self.max_history {
                 self.history.pop_front();

@@ -104,6 +104,19 @@ impl NoveltyConfig {
         }
     }
 
+    /// The lightest ensemble, for throughput first: one instance
+    /// (calibration length 600, margin 1.0) of 64 categories, with the
+    /// light configuration's likelihood history and overflow table. It
+    /// detects markedly less than the others (docs/DETECTION.md).
+    pub fn minimal() -> Self {
+        Self {
+            calibration_lengths: vec![600],
+            range_margins: vec![1.0],
+            max_categories: 64,
+            ..Self::light()
+        }
+    }
+
     /// Why this configuration cannot run, if it cannot.
     pub fn validate(&self) -> Result<(), String> {
         if self.calibration_lengths.is_empty() || self.range_margins.is_empty() {
