@@ -81,6 +81,27 @@ fn nonzero_span(bytes: &[u8; CORE]) -> Option<std::ops::Range<usize>> {
     Some(start..end)
 }
 
+/// Scratch space for counting the outside-core targets a bucket's bits
+/// reach: a count per possible bit (all zero between uses) and the list of
+/// targets, per thread rather than per series.
+struct OutsideTally {
+    counts: Vec<u8>,
+    targets: Vec<i32>,
+}
+
+thread_local! {
+    static OUTSIDE_TALLY: std::cell::RefCell<OutsideTally> = std::cell::RefCell::new(OutsideTally {
+        counts: vec![0; (2 * MAX_BUCKET + BITS) as usize],
+        targets: Vec::new(),
+    });
+}
+
+/// A bit's slot in [`OutsideTally::counts`] (bits span
+/// `-MAX_BUCKET..MAX_BUCKET + BITS`).
+fn tally_index(bit: i32) -> usize {
+    (bit + MAX_BUCKET) as usize
+}
+
 fn core_index(bit: i32) -> usize {
     (bit - CORE_FIRST) as usize
 }
@@ -311,7 +332,7 @@ impl TransitionMemory {
 
     /// How many of bucket `p`'s bits reach each bit with a connected
     /// synapse: core bits in an array, others in a list (only those that
-    /// [`PREDICT_MIN`] reach).
+    /// [`PREDICT_MIN`] reach, in no particular order).
     fn counts(&self, p: i32) -> ([u8; CORE], Vec<(i32, u8)>) {
         let mut counts = [0u8; CORE];
         for i in (p..p + BITS).filter(|&i| in_core(i)) {
@@ -320,26 +341,37 @@ impl TransitionMemory {
                 *c += u8::from(v >= CONNECTED);
             }
         }
-        let mut targets: Vec<i32> = Vec::new();
-        for j in self.connected.targets_from(p..p + BITS) {
-            let j = i32::from(j);
-            if in_core(j) {
-                counts[core_index(j)] += 1;
-            } else {
-                targets.push(j);
+        OUTSIDE_TALLY.with_borrow_mut(|tally| {
+            let OutsideTally {
+                counts: outside_counts,
+                targets,
+            } = tally;
+            targets.clear();
+            for j in self.connected.targets_from(p..p + BITS) {
+                let j = i32::from(j);
+                if in_core(j) {
+                    counts[core_index(j)] += 1;
+                } else {
+                    targets.push(j);
+                }
             }
-        }
-        // Only a target reached from PREDICT_MIN bits can be predicted.
-        let mut outside = Vec::new();
-        if targets.len() >= usize::from(PREDICT_MIN) {
-            targets.sort_unstable();
-            outside = targets
-                .chunk_by(|a, b| a == b)
-                .map(|run| (run[0], u8::try_from(run.len()).unwrap_or(u8::MAX)))
-                .filter(|&(_, c)| c >= PREDICT_MIN)
-                .collect();
-        }
-        (counts, outside)
+            // Only a target reached from PREDICT_MIN bits can be predicted.
+            let mut outside = Vec::new();
+            if targets.len() >= usize::from(PREDICT_MIN) {
+                for &j in targets.iter() {
+                    outside_counts[tally_index(j)] += 1;
+                }
+                // Each target once (its count is zeroed when first seen),
+                // which leaves the tally all zero again.
+                for &j in targets.iter() {
+                    let count = std::mem::take(&mut outside_counts[tally_index(j)]);
+                    if count >= PREDICT_MIN {
+                        outside.push((j, count));
+                    }
+                }
+            }
+            (counts, outside)
+        })
     }
 
     /// +0.10 on `i -> j` for every bit `j` of bucket `b` (new at 0.20).
