@@ -94,6 +94,11 @@ pub fn scoring(
 /// Readings at which each series has passed every calibration.
 const WARM_READINGS: i64 = 2000;
 
+/// Readings before a detector alone is measured: its state has reached its
+/// caps (categories, overflow synapses, likelihood history), where a
+/// long-running series stays; until then it is up to 1.6x faster.
+const STEADY_READINGS: i64 = 50_000;
+
 /// Runs `f` (which returns the work it did) for `seconds`: work per second.
 fn timed(seconds: f64, f: &mut dyn FnMut() -> usize) -> f64 {
     let (start, mut done) = (Instant::now(), 0usize);
@@ -118,7 +123,7 @@ fn model_alone(
             let mut detectors: Vec<detect::Novelty> =
                 (0..n).map(|_| detect::Novelty::new(cfg)).collect();
             let mut t = 0i64;
-            for _ in 0..WARM_READINGS {
+            for _ in 0..STEADY_READINGS {
                 t += 1;
                 for (s, d) in detectors.iter_mut().enumerate() {
                     d.update(cfg, signal(rng, s, t));
