@@ -31,7 +31,12 @@
 //! only that. Weakening touches only the span of the core that holds
 //! predicted-but-absent bits and, when the previous reading lay in the
 //! core, only the overflow synapses to absent bits outside it (a core
-//! source's overflow synapses all end outside the core).
+//! source's overflow synapses all end outside the core). The outlying
+//! targets a bucket's bits reach are counted in a per-thread tally, not
+//! sorted. `tests::the_memory_scores_and_learns_as_the_plain_reference`
+//! checks all of it against the rules above written out plainly (one map
+//! of synapses, nothing indexed): same surprise at every reading, same
+//! synapses after.
 
 use std::collections::BTreeMap;
 
@@ -480,6 +485,126 @@ mod tests {
         assert_eq!(last, 0.0, "a learned cycle is fully predicted");
         // 9 -> 3 never happened: 0 -> 3's bits overlap little with 0's successor.
         assert!(tm.step(3.0) > 0.5);
+    }
+
+    /// The module docs' transition memory written out plainly: every
+    /// synapse in one map, nothing indexed, predicted bits counted by
+    /// scanning it; the overflow bound applied to the synapses with an end
+    /// outside the core.
+    struct Reference {
+        encoding: TransitionMemory,
+        /// `(source, target)` -> (stored permanence, step last reinforced).
+        synapses: BTreeMap<(i32, i32), (u8, u32)>,
+        max_overflow: usize,
+        previous: Option<i32>,
+        steps: u32,
+    }
+
+    impl Reference {
+        fn step(&mut self, x: f64) -> f64 {
+            self.steps = self.steps.wrapping_add(1);
+            let b = self.encoding.bucket(x);
+            let Some(p) = self.previous.replace(b) else {
+                return 0.0;
+            };
+            let mut reaching: BTreeMap<i32, u32> = BTreeMap::new();
+            for (&(i, j), &(v, _)) in &self.synapses {
+                if (p..p + BITS).contains(&i) && v >= CONNECTED {
+                    *reaching.entry(j).or_default() += 1;
+                }
+            }
+            let predicted = |j: i32| {
+                reaching
+                    .get(&j)
+                    .is_some_and(|&c| c >= u32::from(PREDICT_MIN))
+            };
+            let hits = (b..b + BITS).filter(|&j| predicted(j)).count();
+            for i in p..p + BITS {
+                for j in b..b + BITS {
+                    let s = self.synapses.entry((i, j)).or_insert((0, 0));
+                    s.0 = if s.0 == 0 {
+                        INITIAL
+                    } else {
+                        (s.0 + INCREMENT).min(FULL)
+                    };
+                    s.1 = self.steps;
+                }
+            }
+            for (&(i, j), s) in self.synapses.iter_mut() {
+                if (p..p + BITS).contains(&i) && predicted(j) && !(b..b + BITS).contains(&j) {
+                    s.0 = s.0.saturating_sub(DECREMENT).max(1);
+                }
+            }
+            let outlying = |&(i, j): &(i32, i32)| !(in_core(i) && in_core(j));
+            let overflow = self.synapses.keys().filter(|k| outlying(k)).count();
+            if overflow > self.max_overflow {
+                let mut ranked: Vec<(u8, u32, (i32, i32))> = self
+                    .synapses
+                    .iter()
+                    .filter(|(k, _)| outlying(k))
+                    .map(|(&k, &(v, t))| (v, t, k))
+                    .collect();
+                ranked.sort_unstable();
+                for (_, _, k) in &ranked[..overflow - self.max_overflow * 9 / 10] {
+                    self.synapses.remove(k);
+                }
+            }
+            1.0 - hits as f64 / f64::from(BITS)
+        }
+    }
+
+    /// Readings mostly inside the fitted range, with outliers that recur
+    /// (so that their synapses connect, are weakened and are pruned).
+    fn readings() -> impl Strategy<Value = Vec<f64>> {
+        proptest::collection::vec(
+            prop_oneof![
+                6 => (0u8..10).prop_map(f64::from),
+                1 => (0u8..3).prop_map(|k| 1.0e3 + f64::from(k)),
+                1 => Just(-500.0),
+                1 => 0.0f64..1.0e4,
+            ],
+            50..600,
+        )
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn the_memory_scores_and_learns_as_the_plain_reference(
+            values in readings(),
+            max_overflow in prop_oneof![Just(16usize), Just(200), Just(4096)],
+        ) {
+            let fit: Vec<f64> = (0..150).map(|i| f64::from(i % 10)).collect();
+            let mut tm = TransitionMemory::fitted(&fit, max_overflow);
+            let mut reference = Reference {
+                encoding: tm.clone(),
+                synapses: BTreeMap::new(),
+                max_overflow: tm.max_overflow,
+                previous: None,
+                steps: 0,
+            };
+            for (k, &x) in values.iter().enumerate() {
+                prop_assert_eq!(tm.step(x), reference.step(x), "reading {}", k);
+            }
+            let mut learned: BTreeMap<(i32, i32), u8> = tm
+                .overflow
+                .iter()
+                .map(|(&(i, j), s)| ((i32::from(i), i32::from(j)), s.value))
+                .collect();
+            for (row, values) in tm.core.chunks(CORE).enumerate() {
+                for (column, &v) in values.iter().enumerate() {
+                    if v != 0 {
+                        learned.insert((row as i32 + CORE_FIRST, column as i32 + CORE_FIRST), v);
+                    }
+                }
+            }
+            let expected: BTreeMap<(i32, i32), u8> =
+                reference.synapses.iter().map(|(&k, &(v, _))| (k, v)).collect();
+            prop_assert_eq!(learned, expected);
+        }
     }
 
     fn connected_in_the_table(tm: &TransitionMemory) -> Vec<(i16, i16)> {
