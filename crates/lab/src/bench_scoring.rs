@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 /// What [`scoring`] measured.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct ScoringReport {
     pub model: String,
     /// The configuration measured (a novelty model: its manifest's, the
@@ -14,7 +14,7 @@ pub struct ScoringReport {
     /// Per second through the model alone: windows (ONNX, tract) or
     /// readings (an online detector, one series after another).
     pub model_per_s: f64,
-    pub model_unit: &'static str,
+    pub model_unit: String,
     /// Readings per second through the production scorer (normalisation,
     /// windows, model, decision, output columns).
     pub scorer_readings_per_s: f64,
@@ -80,7 +80,7 @@ pub fn scoring(
                     config: config.to_owned(),
                     batch,
                     model_per_s,
-                    model_unit,
+                    model_unit: model_unit.to_owned(),
                     scorer_readings_per_s: production_scorer(
                         model, batch, series, seconds, &mut rng,
                     ),
@@ -88,6 +88,46 @@ pub fn scoring(
                 })
             },
         )
+        .collect()
+}
+
+/// Per configuration, the median over rounds of each measurement (rounds
+/// of [`scoring`] with the same arguments: the same configurations in the
+/// same order). With an even number of rounds, the upper of the two middle
+/// values.
+pub fn medians(rounds: &[Vec<ScoringReport>]) -> Vec<ScoringReport> {
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied().unwrap_or(0.0)
+    };
+    let Some(first) = rounds.first() else {
+        return Vec::new();
+    };
+    first
+        .iter()
+        .enumerate()
+        .map(|(k, r)| {
+            let of = |f: fn(&ScoringReport) -> f64| {
+                median(
+                    rounds
+                        .iter()
+                        .filter_map(|round| round.get(k))
+                        .map(f)
+                        .collect(),
+                )
+            };
+            ScoringReport {
+                model: r.model.clone(),
+                config: r.config.clone(),
+                batch: r.batch,
+                model_per_s: of(|r| r.model_per_s),
+                model_unit: r.model_unit.clone(),
+                scorer_readings_per_s: of(|r| r.scorer_readings_per_s),
+                bytes_per_series: r
+                    .bytes_per_series
+                    .map(|_| of(|r| r.bytes_per_series.unwrap_or(0) as f64) as usize),
+            }
+        })
         .collect()
 }
 
@@ -219,4 +259,46 @@ fn production_scorer(
         }
     }
     readings as f64 / started.elapsed().as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(config: &str, alone: f64, scorer: f64) -> ScoringReport {
+        ScoringReport {
+            model: "m".into(),
+            config: config.into(),
+            batch: 1,
+            model_per_s: alone,
+            model_unit: "readings".into(),
+            scorer_readings_per_s: scorer,
+            bytes_per_series: Some(alone as usize),
+        }
+    }
+
+    #[test]
+    fn medians_are_taken_per_configuration_and_measurement() {
+        let rounds = vec![
+            vec![report("a", 3.0, 30.0), report("b", 9.0, 10.0)],
+            vec![report("a", 1.0, 20.0), report("b", 7.0, 30.0)],
+            vec![report("a", 2.0, 10.0), report("b", 8.0, 20.0)],
+        ];
+        let m = medians(&rounds);
+        let got: Vec<_> = m
+            .iter()
+            .map(|r| {
+                (
+                    r.config.as_str(),
+                    r.model_per_s,
+                    r.scorer_readings_per_s,
+                    r.bytes_per_series,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![("a", 2.0, 20.0, Some(2)), ("b", 8.0, 20.0, Some(8))]
+        );
+    }
 }
