@@ -131,6 +131,17 @@ fn any_number_of_windows_scores_each_as_if_alone_across_chunk_sizes_and_padding(
 fn the_detector_models_load_with_their_configuration() {
     let novelty = Model::load(&models_dir().join("novelty")).unwrap();
     assert_eq!(novelty.novelty(), Some(&detect::NoveltyConfig::full()));
+    // The lighter configurations ship as models of their own, each with
+    // the threshold frozen for it (docs/DETECTION.md).
+    for (dir, cfg, threshold) in [
+        ("novelty-light", detect::NoveltyConfig::light(), 0.70),
+        ("novelty-minimal", detect::NoveltyConfig::minimal(), 0.50),
+    ] {
+        let lighter = Model::load(&models_dir().join(dir)).unwrap();
+        assert_eq!(lighter.novelty(), Some(&cfg), "{dir}");
+        assert_eq!(lighter.manifest.threshold, threshold, "{dir}");
+        assert!(lighter.expected_values().is_some(), "{dir}");
+    }
     let forecaster = novelty
         .expected_values()
         .expect("events get expected values");
