@@ -210,7 +210,6 @@ fn production_scorer(
 ) -> f64 {
     use inference_hub::scoring::Engine;
 
-    let warm_readings = WARM_READINGS;
     let metrics: Vec<String> = model
         .metrics()
         .map_or_else(|| vec!["value".to_string()], <[String]>::to_vec);
@@ -237,7 +236,7 @@ fn production_scorer(
         schemas::envelope::decode(&bytes, &schemas::DecodeLimits::default()).expect("valid")
     };
     // Warm every series up first (not measured).
-    let warm: Vec<_> = (0..(warm_readings as usize * devices).div_ceil(records_per_batch) + 1)
+    let warm: Vec<_> = (0..(WARM_READINGS as usize * devices).div_ceil(records_per_batch) + 1)
         .map(|_| next_batch())
         .collect();
     for b in &warm {

@@ -86,7 +86,8 @@ impl Likelihood {
                 // Grow by doubling, but never past the cap (a VecDeque
                 // would double 8,640 to 16,384).
                 let target = (2 * self.history.capacity()).clamp(64, self.max_history + 1);
-                self.history.reserve_exact(target - self.history.len());
+                self.history
+                    .reserve_exact(target.saturating_sub(self.history.len()).max(1));
             }
             self.history.push_back(average as f32);
             if self.history.len() > self.max_history {
@@ -131,5 +132,15 @@ mod tests {
         assert!(peak > 0.5, "{peak}");
         let mut flat = Likelihood::new(8640);
         assert!((0..1000).all(|_| flat.step(0.0) == 0.0));
+    }
+
+    #[test]
+    fn the_history_buffer_stops_at_its_cap() {
+        let mut l = Likelihood::new(8640);
+        for k in 0..20_000 {
+            l.step(if k % 7 == 0 { 0.2 } else { 0.0 });
+        }
+        assert_eq!(l.history.len(), 8640);
+        assert!(l.history.capacity() <= 8641, "{}", l.history.capacity());
     }
 }

@@ -91,20 +91,21 @@ fn nonzero_span(bytes: &[u8; CORE]) -> Option<std::ops::Range<usize>> {
 /// targets, per thread rather than per series.
 struct OutsideTally {
     counts: Vec<u8>,
-    targets: Vec<i32>,
+    targets: Vec<i16>,
 }
 
 thread_local! {
     static OUTSIDE_TALLY: std::cell::RefCell<OutsideTally> = std::cell::RefCell::new(OutsideTally {
-        counts: vec![0; (2 * MAX_BUCKET + BITS) as usize],
+        counts: vec![0; 1 << 16],
         targets: Vec::new(),
     });
 }
 
-/// A bit's slot in [`OutsideTally::counts`] (bits span
-/// `-MAX_BUCKET..MAX_BUCKET + BITS`).
-fn tally_index(bit: i32) -> usize {
-    (bit + MAX_BUCKET) as usize
+/// A bit's slot in [`OutsideTally::counts`]: one per `i16`, so that any
+/// key of the overflow table has one, a restored one included (the bits
+/// the memory itself makes span only `-MAX_BUCKET..MAX_BUCKET + BITS`).
+fn tally_index(bit: i16) -> usize {
+    usize::from(bit.cast_unsigned())
 }
 
 fn core_index(bit: i32) -> usize {
@@ -353,9 +354,8 @@ impl TransitionMemory {
             } = tally;
             targets.clear();
             for j in self.connected.targets_from(p..p + BITS) {
-                let j = i32::from(j);
-                if in_core(j) {
-                    counts[core_index(j)] += 1;
+                if in_core(i32::from(j)) {
+                    counts[core_index(i32::from(j))] += 1;
                 } else {
                     targets.push(j);
                 }
@@ -371,7 +371,7 @@ impl TransitionMemory {
                 for &j in targets.iter() {
                     let count = std::mem::take(&mut outside_counts[tally_index(j)]);
                     if count >= PREDICT_MIN {
-                        outside.push((j, count));
+                        outside.push((i32::from(j), count));
                     }
                 }
             }
@@ -613,6 +613,29 @@ mod tests {
             .filter(|(_, s)| s.value >= CONNECTED)
             .map(|(&key, _)| key)
             .collect()
+    }
+
+    #[test]
+    fn a_restored_memory_with_synapses_beyond_its_own_range_still_steps() {
+        let readings: Vec<f64> = (0..150).map(|i| f64::from(i % 10)).collect();
+        let mut tm = TransitionMemory::fitted(&readings, 1024);
+        let b = tm.bucket(5.0);
+        // Connected synapses from every bit of 5's bucket to bits no
+        // bucket of this memory reaches (a snapshot from elsewhere).
+        for i in b..b + BITS {
+            for j in [i16::MIN, 30_000, i16::MAX] {
+                let synapse = OverflowSynapse {
+                    value: 50,
+                    touched: 0,
+                };
+                tm.overflow.insert((i as i16, j), synapse);
+            }
+        }
+        let bytes = postcard::to_allocvec(&tm).unwrap();
+        let mut restored: TransitionMemory = postcard::from_bytes(&bytes).unwrap();
+        restored.step(5.0);
+        let surprise = restored.step(5.0);
+        assert!((0.0..=1.0).contains(&surprise), "{surprise}");
     }
 
     #[test]
