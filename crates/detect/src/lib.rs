@@ -5,9 +5,9 @@
 //!   anomaly likelihood, and the spatial rule), one score in `[0, 1]` per
 //!   reading.
 //! * [`state_monitor`]: the multivariate family for record-shaped devices
-//!   (Hotelling's T² and the squared prediction error Q of a PCA model, or
-//!   a causal MSET estimate, each against its limit), one decision per
-//!   record.
+//!   (a MEWMA chart, Hotelling's T² and the squared prediction error Q of a
+//!   PCA model, and a causal MSET estimate, each against its limit, with
+//!   slow metrics judged by their drift), one decision per record.
 //!
 //! Both are causal (a reading is judged by what came before it) and keep
 //! bounded state that serialises with serde, so a hub can snapshot it and

@@ -4,7 +4,7 @@
 //! the MSET memory's similarity matrix). Quantiles of the F and normal
 //! distributions come from `statrs`.
 
-use statrs::distribution::{ContinuousCDF, FisherSnedecor, Normal};
+use statrs::distribution::{ChiSquared, ContinuousCDF, FisherSnedecor, Normal};
 
 /// A square matrix, row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,6 +140,15 @@ pub(crate) fn f_quantile(p: f64, d1: f64, d2: f64) -> Option<f64> {
         .filter(|q| q.is_finite())
 }
 
+/// The `p` quantile of the chi-square distribution with `k` degrees of
+/// freedom.
+pub(crate) fn chi_square_quantile(p: f64, k: f64) -> Option<f64> {
+    ChiSquared::new(k)
+        .ok()
+        .map(|c| c.inverse_cdf(p))
+        .filter(|q| q.is_finite())
+}
+
 /// The `p` quantile of the standard normal distribution.
 pub(crate) fn normal_quantile(p: f64) -> f64 {
     Normal::standard().inverse_cdf(p)
@@ -194,5 +203,17 @@ mod tests {
         assert!((normal_quantile(0.999) - 3.0902).abs() < 1e-3);
         // F(0.99; 5, 10) = 5.636 (standard tables).
         assert!((f_quantile(0.99, 5.0, 10.0).unwrap() - 5.636).abs() < 1e-2);
+        // scipy.stats.chi2.ppf: the far tail the MEWMA chart uses too.
+        for (p, k, q) in [
+            (1.0 - 1e-7, 8.0, 47.972_464_942_6),
+            (0.999, 3.0, 16.266_236_196_2),
+            (0.5, 1.0, 0.454_936_423_1),
+        ] {
+            let got = chi_square_quantile(p, k).unwrap();
+            assert!(
+                (got - q).abs() < 1e-6 * q,
+                "chi2({p}; {k}) = {got}, not {q}"
+            );
+        }
     }
 }

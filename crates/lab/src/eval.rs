@@ -11,6 +11,8 @@
 //!   `data/` in, NAB results CSVs out (and scores when labels are given).
 //! - [`run_skab`]: `iot-lab eval skab`: SKAB's multi-sensor files in,
 //!   point-wise precision, recall, F1, false-alarm and missed-alarm rates out.
+//! - [`skab_cv`]: `iot-lab eval skab --cross-validate`: the state monitor's
+//!   drift and chart settings chosen by group-wise cross-validation.
 //!
 //! What a row's `anomaly_score` means (NAB output): the scored table's
 //! `anomaly_score` column when the detector writes one (the novelty family:
@@ -28,6 +30,7 @@
 //! normal), each next to the trivial detector that flags every row.
 
 pub mod nab;
+pub mod skab_cv;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -422,6 +425,11 @@ impl SkabReport {
 /// metrics is: with a multivariate model all of them share the record's
 /// verdict) and counts point-wise against the `anomaly` column.
 pub fn run_skab(o: &SkabOptions) -> anyhow::Result<SkabReport> {
+    run_skab_with(&load_model(&o.model_dir, false)?, o)
+}
+
+/// [`run_skab`] with an already loaded model (`o.model_dir` unused).
+pub fn run_skab_with(model: &Model, o: &SkabOptions) -> anyhow::Result<SkabReport> {
     let mut per_file = Vec::new();
     let (mut protocol, mut total) = (Confusion::default(), Confusion::default());
     for group in sorted_dir(&o.data)? {
@@ -433,7 +441,7 @@ pub fn run_skab(o: &SkabOptions) -> anyhow::Result<SkabReport> {
                 continue;
             }
             let name = format!("{}/{}", file_name(&group), file_name(&file));
-            let (p, all) = skab_file(&file, o)?;
+            let (p, all) = skab_file(&file, model, o)?;
             protocol.merge(&p);
             total.merge(&all);
             per_file.push((name, p, all));
@@ -502,9 +510,13 @@ pub fn read_skab(path: &Path) -> anyhow::Result<(Vec<String>, Vec<SkabRecord>)> 
 }
 
 /// One file's confusion under SKAB's protocol and over all rows.
-fn skab_file(path: &Path, o: &SkabOptions) -> anyhow::Result<(Confusion, Confusion)> {
+fn skab_file(
+    path: &Path,
+    model: &Model,
+    o: &SkabOptions,
+) -> anyhow::Result<(Confusion, Confusion)> {
     let (sensors, rows) = read_skab(path)?;
-    let mut replay = Replay::new(&o.model_dir, o.warmup_readings)?;
+    let mut replay = Replay::with_model(model.clone(), o.warmup_readings)?;
     let (mut protocol, mut confusion) = (Confusion::default(), Confusion::default());
     for (row, (ts, values, label)) in rows.into_iter().enumerate() {
         let metrics: Vec<(&str, f64)> = sensors

@@ -48,6 +48,11 @@ pub(crate) enum EvalDataset {
         model_dir: PathBuf,
         #[arg(long, default_value_t = 200)]
         warmup_readings: u32,
+        /// Instead: score a grid of the state monitor's drift and chart
+        /// settings and choose among them by group-wise cross-validation
+        /// (each of SKAB's groups held out in turn).
+        #[arg(long)]
+        cross_validate: bool,
     },
 }
 
@@ -85,12 +90,21 @@ impl EvalArgs {
                     data,
                     model_dir,
                     warmup_readings,
-                } => lab::eval::run_skab(&lab::eval::SkabOptions {
-                    data,
-                    model_dir,
-                    warmup_readings,
-                })
-                .map(|r| print!("{}", lab::eval::skab_markdown(&r))),
+                    cross_validate,
+                } => {
+                    let o = lab::eval::SkabOptions {
+                        data,
+                        model_dir,
+                        warmup_readings,
+                    };
+                    if cross_validate {
+                        lab::eval::load_model(&o.model_dir, false)
+                            .and_then(|m| lab::eval::skab_cv::cross_validate(&m, &o))
+                            .map(|cv| print!("{}", lab::eval::skab_cv::markdown(&cv)))
+                    } else {
+                        lab::eval::run_skab(&o).map(|r| print!("{}", lab::eval::skab_markdown(&r)))
+                    }
+                }
             };
             match result {
                 Ok(()) => ExitCode::SUCCESS,
