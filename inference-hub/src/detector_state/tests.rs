@@ -204,3 +204,115 @@ fn state_saved_for_another_detector_configuration_is_not_restored() {
     );
     assert_eq!(forecaster.series_count(), 0);
 }
+
+/// A rig of the shipped state monitor's eight metrics, 100 records per
+/// batch; from record `fault_from` on, the flow falls and the rig heats.
+fn rig_batch(seq: u64, fault_from: u64) -> DecodedBatch {
+    let metrics = crate::model::Model::load(&crate::test_models("state-monitor"))
+        .unwrap()
+        .metrics()
+        .unwrap()
+        .to_vec();
+    let mut rng = fastrand::Rng::with_seed(seq);
+    let mut cols = ReadingColumns::default();
+    for i in 0..100u64 {
+        let t = seq * 100 + i;
+        let fault = t.saturating_sub(fault_from) as f64;
+        let faulty = t >= fault_from;
+        for (k, metric) in metrics.iter().enumerate() {
+            let base = 10.0 * (k + 1) as f64;
+            let v = match k {
+                // Thermal: slow, warming.
+                4 | 5 => {
+                    base + 0.002 * t as f64
+                        + 0.01 * rng.f64()
+                        + if faulty { 0.01 * fault } else { 0.0 }
+                }
+                // Flow.
+                7 => base + rng.f64() - if faulty { (0.05 * fault).min(5.0) } else { 0.0 },
+                _ => base + rng.f64(),
+            };
+            cols.push(
+                "rig-1",
+                metric,
+                1_700_000_000_000_000 + t as i64 * 1_000_000,
+                v,
+            );
+        }
+    }
+    let (_, bytes) = envelope::encode("gw", 1, seq + 1, &cols.finish()).unwrap();
+    envelope::decode(&bytes, &DecodeLimits::default()).unwrap()
+}
+
+/// Each output row's status and anomaly score (bits).
+fn judgements(router: &mut Router, b: &DecodedBatch) -> Vec<(String, Option<u64>)> {
+    let out = router.score(b, 0);
+    let scored = &out.live.scored;
+    let status = crate::names::StrColumn::of(
+        scored
+            .column_by_name(schemas::tables::STATUS)
+            .unwrap()
+            .as_ref(),
+    )
+    .unwrap();
+    let score = scored
+        .column_by_name(schemas::tables::ANOMALY_SCORE)
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
+    (0..score.len())
+        .map(|i| {
+            (
+                status.value(i).to_owned(),
+                (!score.is_null(i)).then(|| score.value(i).to_bits()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_routed_state_monitor_is_restored_and_judges_the_next_fault_exactly_as_the_original() {
+    let settings = ScoringSettings {
+        routes: vec![crate::config::RouteConfig {
+            name: "rig".into(),
+            device: Some("rig-*".into()),
+            metric: None,
+            model_dir: crate::test_models("state-monitor"),
+            shadow: false,
+            threshold: None,
+        }],
+        ..ScoringSettings::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path(), 1 << 30).unwrap();
+    let fault_from = 700;
+    let mut original = Router::new(&settings).unwrap();
+    // 600 records: past the 400-record warm-up.
+    for seq in 0..6 {
+        original.score(&rig_batch(seq, fault_from), 0);
+    }
+    store.write_pending(5, &original).unwrap();
+    store.promote(6).unwrap();
+    let payload = store.load(|_, e| panic!("{e}")).unwrap().unwrap().payload;
+    let mut restored = Router::new(&settings).unwrap();
+    let summary = restored.restore_state(&payload).unwrap();
+    assert!(summary.skipped.is_empty(), "{:?}", summary.skipped);
+    let mut fresh = Router::new(&settings).unwrap();
+    let mut anomalous = 0;
+    for seq in 6..10 {
+        let b = rig_batch(seq, fault_from);
+        let expected = judgements(&mut original, &b);
+        let got = judgements(&mut restored, &b);
+        let differing = expected.iter().zip(&got).filter(|(a, b)| a != b).count();
+        assert_eq!((got.len(), differing), (expected.len(), 0), "batch {seq}");
+        anomalous += expected.iter().filter(|(s, _)| s == "anomalous").count();
+        // Without the state the rig is warming up again.
+        assert!(
+            judgements(&mut fresh, &b)
+                .iter()
+                .all(|(s, _)| s != "anomalous")
+        );
+    }
+    assert!(anomalous > 0, "the fault is found");
+}
