@@ -288,6 +288,13 @@ pub struct ScoringSettings {
     /// `model-dir` (see [`crate::scoring::router`]).
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// The state-monitor model (one that lists no metrics) that scores
+    /// record-shaped devices no route takes, before `model-dir` (see
+    /// [`crate::scoring::records`]). Absent: the shipped `state-monitor`
+    /// when it is installed; `""`: none (every reading no route takes goes
+    /// to `model-dir`).
+    #[serde(default)]
+    pub records_model_dir: Option<PathBuf>,
     /// How often model directories are checked for a new manifest (hot
     /// reload without a restart).
     #[serde(with = "duration")]
@@ -305,6 +312,19 @@ pub struct ScoringSettings {
 }
 
 impl ScoringSettings {
+    /// The records model in force: the one set, or the shipped one when it
+    /// is installed and none is set; `None` when there is none.
+    pub fn records_model_dir(&self) -> Option<PathBuf> {
+        match &self.records_model_dir {
+            Some(dir) if dir.as_os_str().is_empty() => None,
+            Some(dir) => Some(dir.clone()),
+            None => {
+                let shipped = shipped_model("state-monitor");
+                shipped.join("manifest.json").is_file().then_some(shipped)
+            }
+        }
+    }
+
     /// [`ScoringSettings::threads`], with 0 resolved to the core count.
     pub fn threads(&self) -> usize {
         match self.threads {
@@ -343,6 +363,7 @@ impl Default for ScoringSettings {
             warmup_readings: 200,
             threshold: None,
             routes: Vec::new(),
+            records_model_dir: None,
             reload_interval: std::time::Duration::from_secs(5),
             state_snapshot_interval: std::time::Duration::from_secs(300),
             state_max_bytes: 64 << 30,
@@ -591,7 +612,22 @@ impl Validate for HubConfig {
         if let Some(Err(e)) = self.http.tls.as_ref().map(|t| t.load()) {
             problems.push(ConfigProblem::new("http.tls", e.to_string()));
         }
+        if let Some(dir) = &self.scoring.records_model_dir
+            && !dir.as_os_str().is_empty()
+            && !dir.join("manifest.json").is_file()
+        {
+            problems.push(ConfigProblem::new(
+                "scoring.records-model-dir",
+                format!("{} has no manifest.json", dir.display()),
+            ));
+        }
         for (i, route) in self.scoring.routes.iter().enumerate() {
+            if self.scoring.records_model_dir().is_some() && route.name == "records" {
+                problems.push(ConfigProblem::new(
+                    format!("scoring.routes[{i}].name"),
+                    "`records` names the route of scoring.records-model-dir",
+                ));
+            }
             if !route.model_dir.join("manifest.json").is_file() {
                 problems.push(ConfigProblem::new(
                     format!("scoring.routes[{i}].model-dir"),

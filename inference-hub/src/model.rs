@@ -16,9 +16,11 @@
 //!   (`novelty`) and the threshold frozen on the development data; an
 //!   optional `expected_values` names a forecaster model directory (relative
 //!   to this one) whose forecasts explain events.
-//! * `state-monitor`: the multivariate T²+Q / MSET family for the devices
-//!   whose records carry `input.metrics`, with its configuration
-//!   (`state_monitor`); its threshold is 1 (a ratio to the limits).
+//! * `state-monitor`: the multivariate family (`detect::state_monitor`)
+//!   with its configuration (`state_monitor`) for the devices whose records
+//!   carry `input.metrics`, or, without `input.metrics`, for every
+//!   record-shaped device, each with the metrics of its first record
+//!   (`scoring::records`); its threshold is 1 (a ratio to the limits).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -254,9 +256,12 @@ impl Model {
                     .as_ref()
                     .ok_or_else(|| invalid("a state-monitor model needs `state_monitor`".into()))?;
                 cfg.validate().map_err(invalid)?;
-                if manifest.input.metrics.as_ref().is_none_or(Vec::is_empty) {
+                // Without `input.metrics` the model finds record-shaped
+                // devices by their readings (`scoring::records`).
+                if manifest.input.metrics.as_ref().is_some_and(Vec::is_empty) {
                     return Err(invalid(
-                        "a state-monitor model lists its metrics (`input.metrics`)".into(),
+                        "a state-monitor model lists its metrics (`input.metrics`) or omits them"
+                            .into(),
                     ));
                 }
                 return Ok(Self::detector(manifest, None));

@@ -52,12 +52,14 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 mod columns;
 pub mod multivariate;
 mod novelty;
+pub mod records;
 pub mod router;
 mod saved;
 
 pub use columns::format_ts;
 use columns::{BatchContext, ScoredColumns, ScoredRows, grouped_order, normalise_into};
 pub use multivariate::MultivariateScorer;
+pub use records::RecordsScorer;
 pub use router::Router;
 use saved::SavedSeries;
 pub(crate) use saved::{SavedEngine, SavedEngineRef, SeriesList};
@@ -609,17 +611,22 @@ impl Scorer {
 mod tests;
 
 /// A scorer for one model, whichever its family (univariate models score
-/// series, multivariate ones score a device's records).
+/// series, multivariate ones score a device's records, a state monitor
+/// that lists no metrics finds record-shaped devices by their readings).
 #[derive(Debug)]
 pub enum Engine {
     Univariate(Scorer),
     Multivariate(MultivariateScorer),
+    Records(RecordsScorer),
 }
 
 impl Engine {
-    /// Picks the family from the model's manifest (`input.metrics`).
+    /// Picks the family from the model's manifest (`input.metrics`, and a
+    /// state monitor without them).
     pub fn new(model: Model, warmup_readings: u32, threshold: Option<f64>) -> Self {
-        if model.metrics().is_some() {
+        if model.state_monitor().is_some() && model.metrics().is_none() {
+            Engine::Records(RecordsScorer::new(model, warmup_readings, threshold))
+        } else if model.metrics().is_some() {
             Engine::Multivariate(MultivariateScorer::new(model, warmup_readings, threshold))
         } else {
             Engine::Univariate(Scorer::new(model, warmup_readings, threshold))
@@ -630,6 +637,7 @@ impl Engine {
         match self {
             Engine::Univariate(s) => s.model(),
             Engine::Multivariate(s) => s.model(),
+            Engine::Records(s) => s.model(),
         }
     }
 
@@ -644,6 +652,7 @@ impl Engine {
         match self {
             Engine::Univariate(s) => s.score(batch, ingested_at_us),
             Engine::Multivariate(s) => s.score(batch, ingested_at_us),
+            Engine::Records(s) => s.score(batch, ingested_at_us),
         }
     }
 
@@ -652,6 +661,7 @@ impl Engine {
         match self {
             Engine::Univariate(s) => SavedEngineRef::Univariate(SeriesList(&s.series)),
             Engine::Multivariate(s) => SavedEngineRef::Multivariate(s.saved()),
+            Engine::Records(s) => SavedEngineRef::Records(s.saved()),
         }
     }
 
@@ -676,6 +686,10 @@ impl Engine {
                 s.restore(devices);
                 true
             }
+            (Engine::Records(s), SavedEngine::Records(layouts)) => {
+                s.restore(layouts);
+                true
+            }
             _ => false,
         }
     }
@@ -683,10 +697,12 @@ impl Engine {
     /// Replaces the model between batches, keeping per-series state when the
     /// input layout is unchanged; a model of the other family starts over.
     pub fn swap_model(&mut self, model: Model, warmup_readings: u32, threshold: Option<f64>) {
-        match (self, model.metrics().is_some()) {
-            (Engine::Univariate(s), false) => s.swap_model(model, threshold),
-            (Engine::Multivariate(s), true) => s.swap_model(model, threshold),
-            (engine, _) => *engine = Engine::new(model, warmup_readings, threshold),
+        let finds_records = model.state_monitor().is_some() && model.metrics().is_none();
+        match (self, model.metrics().is_some(), finds_records) {
+            (Engine::Univariate(s), false, false) => s.swap_model(model, threshold),
+            (Engine::Multivariate(s), true, _) => s.swap_model(model, threshold),
+            (Engine::Records(s), _, true) => s.swap_model(model, threshold),
+            (engine, ..) => *engine = Engine::new(model, warmup_readings, threshold),
         }
     }
 }

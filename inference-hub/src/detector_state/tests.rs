@@ -8,6 +8,7 @@ use crate::config::ScoringSettings;
 fn router() -> Router {
     Router::new(&ScoringSettings {
         model_dir: crate::test_models("novelty"),
+        records_model_dir: Some("".into()),
         ..ScoringSettings::default()
     })
     .unwrap()
@@ -194,6 +195,7 @@ fn state_saved_for_another_detector_configuration_is_not_restored() {
     let payload = store.load(|_, e| panic!("{e}")).unwrap().unwrap().payload;
     let mut forecaster = Router::new(&ScoringSettings {
         model_dir: crate::test_models("univariate-forecast"),
+        records_model_dir: Some("".into()),
         ..ScoringSettings::default()
     })
     .unwrap();
@@ -205,14 +207,21 @@ fn state_saved_for_another_detector_configuration_is_not_restored() {
     assert_eq!(forecaster.series_count(), 0);
 }
 
-/// A rig of the shipped state monitor's eight metrics, 100 records per
+const RIG_METRICS: [&str; 8] = [
+    "Accelerometer1RMS",
+    "Accelerometer2RMS",
+    "Current",
+    "Pressure",
+    "Temperature",
+    "Thermocouple",
+    "Voltage",
+    "Volume Flow RateRMS",
+];
+
+/// A rig of eight metrics (SKAB's pump rig's names), 100 records per
 /// batch; from record `fault_from` on, the flow falls and the rig heats.
 fn rig_batch(seq: u64, fault_from: u64) -> DecodedBatch {
-    let metrics = crate::model::Model::load(&crate::test_models("state-monitor"))
-        .unwrap()
-        .metrics()
-        .unwrap()
-        .to_vec();
+    let metrics = RIG_METRICS;
     let mut rng = fastrand::Rng::with_seed(seq);
     let mut cols = ReadingColumns::default();
     for i in 0..100u64 {
@@ -271,23 +280,48 @@ fn judgements(router: &mut Router, b: &DecodedBatch) -> Vec<(String, Option<u64>
         .collect()
 }
 
+/// A copy of the shipped state monitor that lists the rig's metrics.
+fn state_monitor_listing(metrics: &[&str], dir: &std::path::Path) -> std::path::PathBuf {
+    let shipped = crate::test_models("state-monitor").join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(shipped).unwrap()).unwrap();
+    manifest["input"] = serde_json::json!({ "metrics": metrics });
+    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    dir.to_path_buf()
+}
+
 #[test]
-fn a_routed_state_monitor_is_restored_and_judges_the_next_fault_exactly_as_the_original() {
-    let settings = ScoringSettings {
+fn a_state_monitor_is_restored_and_judges_the_next_fault_exactly_as_the_original() {
+    let listing = tempfile::tempdir().unwrap();
+    let metrics = RIG_METRICS;
+    // The default: the records route finds the rig by its readings.
+    let found = ScoringSettings {
+        records_model_dir: Some(crate::test_models("state-monitor")),
+        ..ScoringSettings::default()
+    };
+    // A route to a model that lists the rig's metrics.
+    let listed = ScoringSettings {
         routes: vec![crate::config::RouteConfig {
             name: "rig".into(),
             device: Some("rig-*".into()),
             metric: None,
-            model_dir: crate::test_models("state-monitor"),
+            model_dir: state_monitor_listing(&metrics, listing.path()),
             shadow: false,
             threshold: None,
         }],
+        records_model_dir: Some("".into()),
         ..ScoringSettings::default()
     };
+    for settings in [found, listed] {
+        restored_and_judged_the_same(&settings);
+    }
+}
+
+fn restored_and_judged_the_same(settings: &ScoringSettings) {
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path(), 1 << 30).unwrap();
     let fault_from = 700;
-    let mut original = Router::new(&settings).unwrap();
+    let mut original = Router::new(settings).unwrap();
     // 600 records: past the 400-record warm-up.
     for seq in 0..6 {
         original.score(&rig_batch(seq, fault_from), 0);
@@ -295,10 +329,10 @@ fn a_routed_state_monitor_is_restored_and_judges_the_next_fault_exactly_as_the_o
     store.write_pending(5, &original).unwrap();
     store.promote(6).unwrap();
     let payload = store.load(|_, e| panic!("{e}")).unwrap().unwrap().payload;
-    let mut restored = Router::new(&settings).unwrap();
+    let mut restored = Router::new(settings).unwrap();
     let summary = restored.restore_state(&payload).unwrap();
     assert!(summary.skipped.is_empty(), "{:?}", summary.skipped);
-    let mut fresh = Router::new(&settings).unwrap();
+    let mut fresh = Router::new(settings).unwrap();
     let mut anomalous = 0;
     for seq in 6..10 {
         let b = rig_batch(seq, fault_from);

@@ -151,7 +151,11 @@ fn the_detector_models_load_with_their_configuration() {
         "a detector is not an ONNX model"
     );
     let monitor = Model::load(&models_dir().join("state-monitor")).unwrap();
-    assert_eq!(monitor.metrics().map(<[String]>::len), Some(8));
+    assert_eq!(
+        monitor.metrics(),
+        None,
+        "it finds record-shaped devices by their readings"
+    );
     assert_eq!(
         monitor.state_monitor(),
         Some(&detect::StateMonitorConfig::default())
@@ -191,7 +195,7 @@ fn an_inconsistent_detector_manifest_is_refused_with_a_reason() {
         .contains("not a univariate ONNX forecaster")
     );
     assert!(
-        error(r#"{"id":"s","version":"1","detector":"state-monitor","threshold":1,"state_monitor":{"warmup_records":400,"explained_variance":0.85,"confidence":0.999,"mset_limit":0.01,"ema_span":5,"t2q":true,"mset":true}}"#)
+        error(r#"{"id":"s","version":"1","detector":"state-monitor","threshold":1,"input":{"metrics":[]},"state_monitor":{"warmup_records":400,"explained_variance":0.85,"confidence":0.999,"mset_limit":0.01,"ema_span":5,"t2q":true,"mset":true}}"#)
             .contains("lists its metrics")
     );
 }

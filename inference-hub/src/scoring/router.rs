@@ -1,8 +1,10 @@
 //! Which model scores which readings, shadow models, and hot reload.
 //!
 //! Routes come from `[[scoring.routes]]` (device and metric globs, a model
-//! directory) followed by the default `scoring.model-dir`, which takes every
-//! reading no live route took. A reading is scored by the **first live
+//! directory), then the `records` route (`scoring.records-model-dir`: the
+//! state monitor for record-shaped devices, found by their readings; see
+//! [`super::records`]), then the default `scoring.model-dir`, which takes
+//! every reading no live route took. A reading is scored by the **first live
 //! route** whose globs match it and whose model takes its metric (a
 //! multivariate model takes only the metrics its manifest lists). Every
 //! matching **shadow route** scores it too, independently: shadow rows go to
@@ -76,14 +78,41 @@ impl Route {
         })
     }
 
-    fn takes(&self, device: &str, metric: &str) -> bool {
+    /// Whether the route's globs match the reading.
+    fn matches(&self, device: &str, metric: &str) -> bool {
         self.device.as_ref().is_none_or(|g| g.is_match(device))
             && self.metric.as_ref().is_none_or(|g| g.is_match(metric))
-            && self
-                .engine
-                .model()
-                .metrics()
-                .is_none_or(|ms| ms.iter().any(|m| m == metric))
+    }
+
+    /// A route that finds record-shaped devices looks for new ones among
+    /// `rows` its globs match; other routes do nothing.
+    fn claim(&mut self, view: &ReadingView<'_>, rows: &[u32]) {
+        let Engine::Records(records) = &mut self.engine else {
+            return;
+        };
+        let (device, metric) = (&self.device, &self.metric);
+        records.claim(
+            view,
+            rows.iter().map(|&i| i as usize).filter(|&i| {
+                device
+                    .as_ref()
+                    .is_none_or(|g| g.is_match(view.device.value(i)))
+                    && metric
+                        .as_ref()
+                        .is_none_or(|g| g.is_match(view.metric.value(i)))
+            }),
+        );
+    }
+
+    fn takes(&self, device: &str, metric: &str) -> bool {
+        self.matches(device, metric)
+            && match &self.engine {
+                Engine::Records(r) => r.takes(device, metric),
+                engine => engine
+                    .model()
+                    .metrics()
+                    .is_none_or(|ms| ms.iter().any(|m| m == metric)),
+            }
     }
 }
 
@@ -128,6 +157,29 @@ impl Router {
                 live.push(route);
             }
         }
+        if let Some(model_dir) = cfg.records_model_dir() {
+            let route = Route::load(
+                &RouteConfig {
+                    name: "records".into(),
+                    device: None,
+                    metric: None,
+                    model_dir,
+                    shadow: false,
+                    threshold: None,
+                },
+                cfg.warmup_readings,
+                cfg.threads(),
+            )?;
+            let mut route = route;
+            let Engine::Records(records) = &mut route.engine else {
+                return Err(ModelError::Route(
+                    "scoring.records-model-dir: not a state-monitor model that lists no metrics"
+                        .into(),
+                ));
+            };
+            records.claim_after(super::records::RECORDS_TO_CLAIM);
+            live.push(route);
+        }
         live.push(Route::load(
             &RouteConfig {
                 name: "default".into(),
@@ -160,6 +212,7 @@ impl Router {
             .map(|r| match &r.engine {
                 Engine::Univariate(s) => s.series_count(),
                 Engine::Multivariate(s) => s.device_count(),
+                Engine::Records(s) => s.device_count(),
             })
             .sum()
     }
@@ -171,18 +224,34 @@ impl Router {
         let mut by_route: Vec<Vec<u32>> = vec![Vec::new(); self.live.len()];
         let mut by_shadow: Vec<Vec<u32>> = vec![Vec::new(); self.shadows.len()];
         let last = self.live.len() - 1;
-        for i in 0..n {
-            let (device, metric) = (view.device.value(i), view.metric.value(i));
-            let route = self.live[..last]
-                .iter()
-                .position(|r| r.takes(device, metric))
-                .unwrap_or(last);
-            by_route[route].push(i as u32);
-            for (s, shadow) in self.shadows.iter().enumerate() {
-                if shadow.takes(device, metric) {
-                    by_shadow[s].push(i as u32);
+        // Each live route in turn takes what it takes of the rows no route
+        // before it took (a route that finds record-shaped devices looks
+        // for them among those rows first); the default takes the rest.
+        let names = |i: u32| (view.device.value(i as usize), view.metric.value(i as usize));
+        let mut open: Vec<u32> = (0..n as u32).collect();
+        for (r, route) in self.live[..last].iter_mut().enumerate() {
+            route.claim(&view, &open);
+            open.retain(|&i| {
+                let (device, metric) = names(i);
+                let taken = route.takes(device, metric);
+                if taken {
+                    by_route[r].push(i);
                 }
-            }
+                !taken
+            });
+        }
+        by_route[last] = open;
+        let all: Vec<u32> = (0..n as u32).collect();
+        for (s, shadow) in self.shadows.iter_mut().enumerate() {
+            shadow.claim(&view, &all);
+            by_shadow[s] = all
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    let (device, metric) = names(i);
+                    shadow.takes(device, metric)
+                })
+                .collect();
         }
         let mut parts = Vec::new();
         for (route, rows) in self.live.iter_mut().zip(&by_route) {
@@ -311,7 +380,7 @@ impl Router {
 /// The rows of `batch` at `rows`: `None` when there are none, `Some(None)`
 /// when they are all of them (no copy), else a copy.
 #[allow(clippy::option_option)]
-fn subset(batch: &DecodedBatch, rows: &[u32]) -> Option<Option<DecodedBatch>> {
+pub(super) fn subset(batch: &DecodedBatch, rows: &[u32]) -> Option<Option<DecodedBatch>> {
     if rows.is_empty() {
         return None;
     }
@@ -350,7 +419,7 @@ fn concat(parts: Vec<RecordBatch>) -> RecordBatch {
         .expect("plain parts share the table schema")
 }
 
-fn merge(parts: Vec<ScoredBatch>) -> ScoredBatch {
+pub(super) fn merge(parts: Vec<ScoredBatch>) -> ScoredBatch {
     let mut parts = parts.into_iter();
     let mut first = parts
         .next()

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Normalisation, ScoreStats, SeriesState, SlidingWindow, multivariate};
+use super::{Normalisation, ScoreStats, SeriesState, SlidingWindow, multivariate, records};
 
 /// One series' state as saved: device, metric, normalisation, window, score
 /// history, whether it is in an anomaly, its novelty detector.
@@ -37,11 +37,13 @@ impl Serialize for SeriesList<'_> {
     }
 }
 
-/// An engine's state, for saving (borrowed) ...
+/// An engine's state, for saving (borrowed) ... Variants are saved by
+/// index: new ones go at the end.
 #[derive(Debug, Serialize)]
 pub(crate) enum SavedEngineRef<'a> {
     Univariate(SeriesList<'a>),
     Multivariate(multivariate::DeviceList<'a>),
+    Records(records::LayoutList<'a>),
 }
 
 /// ... and as read back (the same layout, owned).
@@ -49,4 +51,5 @@ pub(crate) enum SavedEngineRef<'a> {
 pub(crate) enum SavedEngine {
     Univariate(Vec<SavedSeries>),
     Multivariate(Vec<multivariate::SavedDevice>),
+    Records(Vec<records::SavedLayout>),
 }

@@ -14,6 +14,8 @@ fn settings(default: &Path, routes: Vec<RouteConfig>) -> ScoringSettings {
         model_dir: default.to_owned(),
         warmup_readings: 20,
         routes,
+        // These tests are about the routes; the records route has its own.
+        records_model_dir: Some("".into()),
         ..ScoringSettings::default()
     }
 }
