@@ -30,7 +30,7 @@ use schemas::tables::{ReadingView, status};
 
 use super::multivariate::{MultivariateScorer, SavedDevice};
 use super::router::{merge, subset};
-use super::{BatchContext, ScoredBatch, ScoredColumns};
+use super::{BatchContext, FastMap, ScoredBatch, ScoredColumns};
 use crate::model::Model;
 
 /// Metrics one record may have for its device to be taken as
@@ -125,7 +125,10 @@ impl RecordsScorer {
     /// Finds the record-shaped devices among `rows` of `view` that are not
     /// found yet; each timestamp of a device (in row order) is one record.
     pub fn claim(&mut self, view: &ReadingView<'_>, rows: impl Iterator<Item = usize>) {
-        let mut records: HashMap<(&str, i64), Vec<&str>> = HashMap::new();
+        // Each (device, timestamp): its first metric, and the others only
+        // when there are others (most devices send one metric: nothing is
+        // allocated for them).
+        let mut records: FastMap<(&str, i64), (&str, Vec<&str>)> = FastMap::default();
         let mut order: Vec<(&str, i64)> = Vec::new();
         for i in rows {
             let device = view.device.value(i);
@@ -133,17 +136,30 @@ impl RecordsScorer {
                 continue;
             }
             let key = (device, view.ts.value(i));
-            let metrics = records.entry(key).or_insert_with(|| {
-                order.push(key);
-                Vec::new()
-            });
             let metric = view.metric.value(i);
-            if !metrics.contains(&metric) && metrics.len() <= MAX_RECORD_METRICS {
-                metrics.push(metric);
+            match records.entry(key) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    order.push(key);
+                    e.insert((metric, Vec::new()));
+                }
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    let (first, more) = e.get_mut();
+                    if *first != metric
+                        && !more.contains(&metric)
+                        && more.len() < MAX_RECORD_METRICS
+                    {
+                        more.push(metric);
+                    }
+                }
             }
         }
+        let mut metrics: Vec<&str> = Vec::new();
         for key in order {
-            let (device, metrics) = (key.0, &records[&key]);
+            let device = key.0;
+            let (first, more) = &records[&key];
+            metrics.clear();
+            metrics.push(first);
+            metrics.extend_from_slice(more);
             if self.devices.contains_key(device) {
                 continue;
             }
