@@ -18,9 +18,18 @@ pub struct ScoringReport {
     /// Readings per second through the production scorer (normalisation,
     /// windows, model, decision, output columns).
     pub scorer_readings_per_s: f64,
-    /// An online detector's state per series after the run (bytes).
+    /// An online detector's state per series after the run (bytes; the
+    /// state monitor: per device).
     pub bytes_per_series: Option<usize>,
+    /// The state monitor's fit at the end of a device's warm-up, once per
+    /// device (milliseconds).
+    #[serde(default)]
+    pub fit_ms: Option<f64>,
 }
+
+/// Metrics of the record-shaped devices the state monitor is measured on
+/// (as many as SKAB's rig).
+const RECORD_METRICS: usize = 8;
 
 /// A NAB-like signal for series `s` at reading `t`: a daily cycle of 288
 /// readings with noise, a level shift every 5000 readings and a spike every
@@ -74,7 +83,7 @@ pub fn scoring(
         .into_iter()
         .zip(alone)
         .map(
-            |((config, model), (model_per_s, model_unit, bytes_per_series))| {
+            |((config, model), (model_per_s, model_unit, bytes_per_series, fit_ms))| {
                 Ok(ScoringReport {
                     model: format!("{} {}", model.manifest.id, model.manifest.version),
                     config: config.to_owned(),
@@ -85,6 +94,7 @@ pub fn scoring(
                         model, batch, series, seconds, &mut rng,
                     ),
                     bytes_per_series,
+                    fit_ms,
                 })
             },
         )
@@ -126,6 +136,7 @@ pub fn medians(rounds: &[Vec<ScoringReport>]) -> Vec<ScoringReport> {
                 bytes_per_series: r
                     .bytes_per_series
                     .map(|_| of(|r| r.bytes_per_series.unwrap_or(0) as f64) as usize),
+                fit_ms: r.fit_ms.map(|_| of(|r| r.fit_ms.unwrap_or(0.0))),
             }
         })
         .collect()
@@ -156,7 +167,7 @@ fn model_alone(
     series: usize,
     seconds: f64,
     rng: &mut fastrand::Rng,
-) -> (f64, &'static str, Option<usize>) {
+) -> (f64, &'static str, Option<usize>, Option<f64>) {
     match model.novelty() {
         Some(cfg) => {
             let n = series.clamp(1, 64);
@@ -183,21 +194,82 @@ fn model_alone(
                 .map(detect::Novelty::approx_bytes)
                 .sum::<usize>()
                 / n;
-            (per_s, "readings", Some(bytes))
+            (per_s, "readings", Some(bytes), None)
         }
-        None if model.state_monitor().is_some() => (0.0, "n/a", None),
-        None => {
-            let width = model.input_width();
-            let windows: Vec<f32> = (0..batch * width)
-                .map(|_| (rng.f32() - 0.5) * 4.0)
-                .collect();
-            let per_s = timed(seconds, &mut || {
-                model.score(&windows).expect("the model runs");
-                batch
-            });
-            (per_s, "windows", None)
+        None => match model.state_monitor() {
+            Some(cfg) => state_monitor_alone(cfg, series, seconds, rng),
+            None => onnx_alone(model, batch, seconds, rng),
+        },
+    }
+}
+
+/// The state monitor alone: records per second of devices of
+/// [`RECORD_METRICS`] metrics after their warm-up, state per device and the
+/// fit's time per device.
+fn state_monitor_alone(
+    cfg: &detect::StateMonitorConfig,
+    series: usize,
+    seconds: f64,
+    rng: &mut fastrand::Rng,
+) -> (f64, &'static str, Option<usize>, Option<f64>) {
+    let n = series.clamp(1, 64);
+    let mut monitors: Vec<detect::StateMonitor> = (0..n)
+        .map(|_| detect::StateMonitor::new(RECORD_METRICS))
+        .collect();
+    let record = |rng: &mut fastrand::Rng, d: usize, t: i64| -> Vec<f64> {
+        (0..RECORD_METRICS)
+            .map(|m| signal(rng, d * RECORD_METRICS + m, t))
+            .collect()
+    };
+    let mut t = 0i64;
+    let mut fitting = std::time::Duration::ZERO;
+    for _ in 0..cfg.warmup_records {
+        t += 1;
+        for (d, monitor) in monitors.iter_mut().enumerate() {
+            let r = record(rng, d, t);
+            let started = Instant::now();
+            monitor.update(cfg, &r);
+            fitting += started.elapsed();
         }
     }
+    let per_s = timed(seconds, &mut || {
+        for _ in 0..100 {
+            t += 1;
+            for (d, monitor) in monitors.iter_mut().enumerate() {
+                monitor.update(cfg, &record(rng, d, t));
+            }
+        }
+        100 * n
+    });
+    let bytes = monitors
+        .iter()
+        .map(detect::StateMonitor::approx_bytes)
+        .sum::<usize>()
+        / n;
+    (
+        per_s,
+        "records",
+        Some(bytes),
+        Some(fitting.as_secs_f64() * 1000.0 / n as f64),
+    )
+}
+
+/// An ONNX model alone: windows per second.
+fn onnx_alone(
+    model: &inference_hub::model::Model,
+    batch: usize,
+    seconds: f64,
+    rng: &mut fastrand::Rng,
+) -> (f64, &'static str, Option<usize>, Option<f64>) {
+    let width = model.input_width();
+    let windows: Vec<f32> = (0..batch * width)
+        .map(|_| (rng.f32() - 0.5) * 4.0)
+        .collect();
+    let per_s = timed(seconds, &mut || {
+        model.score(&windows).expect("the model runs");
+        batch
+    });
+    (per_s, "windows", None, None)
 }
 
 /// Readings per second through the production scorer.
@@ -210,9 +282,15 @@ fn production_scorer(
 ) -> f64 {
     use inference_hub::scoring::Engine;
 
-    let metrics: Vec<String> = model
-        .metrics()
-        .map_or_else(|| vec!["value".to_string()], <[String]>::to_vec);
+    // A state monitor that lists no metrics finds its devices by their
+    // records: give it devices of RECORD_METRICS metrics.
+    let metrics: Vec<String> = match model.metrics() {
+        Some(m) => m.to_vec(),
+        None if model.state_monitor().is_some() => {
+            (0..RECORD_METRICS).map(|m| format!("m{m}")).collect()
+        }
+        None => vec!["value".to_string()],
+    };
     let mut engine = Engine::new(model, 200, None);
     let devices = (series / metrics.len()).max(1);
     let records_per_batch = (batch / metrics.len()).max(1);
@@ -273,6 +351,7 @@ mod tests {
             model_unit: "readings".into(),
             scorer_readings_per_s: scorer,
             bytes_per_series: Some(alone as usize),
+            fit_ms: None,
         }
     }
 

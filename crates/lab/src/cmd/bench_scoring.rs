@@ -85,7 +85,10 @@ impl BenchScoringArgs {
                 r.bytes_per_series.map_or_else(
                     || "-".to_string(),
                     |b| format!("{:.1} KiB", b as f64 / 1024.0)
-                )
+                ) + &r
+                    .fit_ms
+                    .map(|ms| format!(" (fit: {ms:.1} ms once per device)"))
+                    .unwrap_or_default()
             );
         }
         ExitCode::SUCCESS
