@@ -306,6 +306,10 @@ pub struct ScoringSettings {
     pub state_snapshot_interval: std::time::Duration,
     /// Largest detector state snapshot written or read.
     pub state_max_bytes: u64,
+    /// Share the detectors' learned state with the other hubs of this
+    /// archive, per gateway, so that a gateway moving between hubs keeps it
+    /// (see [`crate::detector_state::shared`]).
+    pub state_sharing: bool,
     /// Threads that score a batch's series with the novelty family (the
     /// detector dominates a hub's CPU); 0: one per core.
     pub threads: usize,
@@ -367,6 +371,7 @@ impl Default for ScoringSettings {
             reload_interval: std::time::Duration::from_secs(5),
             state_snapshot_interval: std::time::Duration::from_secs(300),
             state_max_bytes: 64 << 30,
+            state_sharing: false,
             threads: 0,
         }
     }

@@ -30,6 +30,8 @@
 //! detector, window or detector configuration) restores only the routes
 //! that still match.
 
+pub mod shared;
+
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};

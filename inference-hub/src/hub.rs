@@ -296,6 +296,22 @@ fn start_pipeline(
     let (archive, uploader) =
         Archive::start(&cfg.archive_root(), &cfg.hub_id, &cfg.archive, stats)?;
     let low_water = Arc::new(AtomicU64::new(archive.low_water()));
+    let state_sharing = if cfg.scoring.state_sharing {
+        scorer.follow_gateways();
+        let shared = match &cfg.archive.s3 {
+            Some(s3) => crate::detector_state::shared::SharedState::bucket(s3)
+                .map_err(io("the archive's bucket for shared detector state"))?,
+            None => crate::detector_state::shared::SharedState::Local(cfg.archive_root()),
+        };
+        let interval = cfg.scoring.state_snapshot_interval;
+        Some(crate::pipeline::StateSharing {
+            shared,
+            interval: (!interval.is_zero()).then_some(interval),
+            max_bytes: cfg.scoring.state_max_bytes,
+        })
+    } else {
+        None
+    };
     let (tx, rx) = std::sync::mpsc::sync_channel(PIPELINE_QUEUE);
     let pipeline = Pipeline {
         scorer,
@@ -306,6 +322,7 @@ fn start_pipeline(
         low_water: Arc::clone(&low_water),
         uploader,
         detector_state,
+        state_sharing,
     };
     let thread = std::thread::Builder::new()
         .name("hub-pipeline".into())

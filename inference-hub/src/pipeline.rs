@@ -45,7 +45,7 @@ mod state_stage;
 
 use archive_stage::ArchiveStage;
 use handover::Handover;
-use scoring_stage::{Saving, ScoringStage};
+use scoring_stage::{Saving, ScoringStage, Sharing};
 use state_stage::{STATE_QUEUE_ROWS, StateStage};
 
 const TICK: Duration = Duration::from_millis(200);
@@ -63,6 +63,18 @@ pub struct Pipeline {
     pub uploader: Option<crate::archive::s3::Uploader>,
     /// Saving the detectors' state (see [`crate::detector_state`]).
     pub detector_state: Option<DetectorStateSaving>,
+    /// Sharing it with other hubs (see [`crate::detector_state::shared`]).
+    pub state_sharing: Option<StateSharing>,
+}
+
+/// How the scoring stage shares the detectors' state with other hubs.
+#[derive(Debug)]
+pub struct StateSharing {
+    pub shared: crate::detector_state::shared::SharedState,
+    /// How often the gateways scored since are written (`None`: only at a
+    /// graceful stop).
+    pub interval: Option<Duration>,
+    pub max_bytes: u64,
 }
 
 /// How the scoring stage saves the detectors' state.
@@ -237,6 +249,7 @@ impl Pipeline {
             low_water,
             uploader,
             detector_state,
+            state_sharing,
         } = self;
         let archive_low_water = Arc::clone(&low_water);
         // The archive stage works in bursts (a row group is sorted and
@@ -286,6 +299,7 @@ impl Pipeline {
             reload_interval,
             stats: Arc::clone(&stats),
             saving: detector_state.map(|saving| Saving::new(saving, archive_low_water)),
+            sharing: state_sharing.map(Sharing::new),
         };
         // A panic in either stage (a bug) must not leave a hub that looks
         // healthy and acknowledges batches it will never archive: it stops

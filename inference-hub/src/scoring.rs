@@ -370,6 +370,30 @@ impl Scorer {
         }
     }
 
+    /// Adds saved series this scorer does not have (the ones it has keep
+    /// their state); how many were added.
+    fn merge(&mut self, saved: Vec<SavedSeries>) -> usize {
+        let mut added = 0;
+        for (device, metric, norm, window, scores, in_anomaly, novelty) in saved {
+            let known = self
+                .by_device
+                .get(device.as_str())
+                .is_some_and(|list| list.iter().any(|(m, _)| **m == *metric));
+            if known {
+                continue;
+            }
+            let id = self.resolve(&device, &metric);
+            let state = &mut self.series[id];
+            state.norm = norm;
+            state.window = window;
+            state.scores = scores;
+            state.in_anomaly = in_anomaly;
+            state.novelty = novelty;
+            added += 1;
+        }
+        added
+    }
+
     /// The id of a series, created on first sight.
     fn resolve(&mut self, device: &str, metric: &str) -> usize {
         let known = self.by_device.get_key_value(device);
@@ -658,10 +682,33 @@ impl Engine {
 
     /// The state to save.
     pub(crate) fn saved(&self) -> SavedEngineRef<'_> {
+        self.saved_of(&|_| true, true)
+    }
+
+    /// The state of the devices `keep` names (`everything`: it names all).
+    pub(crate) fn saved_of(
+        &self,
+        keep: &dyn Fn(&str) -> bool,
+        everything: bool,
+    ) -> SavedEngineRef<'_> {
         match self {
-            Engine::Univariate(s) => SavedEngineRef::Univariate(SeriesList(&s.series)),
-            Engine::Multivariate(s) => SavedEngineRef::Multivariate(s.saved()),
-            Engine::Records(s) => SavedEngineRef::Records(s.saved()),
+            Engine::Univariate(s) => SavedEngineRef::Univariate(SeriesList(
+                s.series.iter().filter(|st| keep(&st.device)).collect(),
+            )),
+            Engine::Multivariate(s) => SavedEngineRef::Multivariate(s.saved(keep)),
+            Engine::Records(s) => SavedEngineRef::Records(s.saved(keep, everything)),
+        }
+    }
+
+    /// Adds saved series and devices this engine does not have (the ones it
+    /// has keep their state); how many were added, `None` when the state is
+    /// of the other family.
+    pub(crate) fn merge(&mut self, saved: SavedEngine) -> Option<usize> {
+        match (self, saved) {
+            (Engine::Univariate(s), SavedEngine::Univariate(series)) => Some(s.merge(series)),
+            (Engine::Multivariate(s), SavedEngine::Multivariate(devices)) => Some(s.merge(devices)),
+            (Engine::Records(s), SavedEngine::Records(layouts)) => Some(s.merge(layouts)),
+            _ => None,
         }
     }
 

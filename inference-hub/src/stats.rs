@@ -50,6 +50,12 @@ pub struct HubStats {
     pub detector_state_refused: AtomicU64,
     pub detector_state_bytes: AtomicU64,
     pub detector_state_restored: AtomicU64,
+    /// Detector state shared between hubs (`scoring.state-sharing`):
+    /// gateways' objects written, series and devices taken over from them,
+    /// and reads or writes that failed (damaged, too large, unreachable).
+    pub shared_state_writes: AtomicU64,
+    pub shared_state_taken: AtomicU64,
+    pub shared_state_failures: AtomicU64,
     /// Archive failures after which the pipeline was rebuilt from the WAL.
     pub archive_restarts: AtomicU64,
     /// Entries in the loss ledger no operator has acknowledged yet.
@@ -328,6 +334,24 @@ impl HubStats {
             "hub_detector_state_save_failures_total",
             "Detector state snapshots that could not be written.",
             get(&self.detector_state_save_failures),
+        );
+        metric(
+            "counter",
+            "hub_shared_state_writes_total",
+            "Gateways' detector state written to the archive for other hubs (scoring.state-sharing).",
+            get(&self.shared_state_writes),
+        );
+        metric(
+            "counter",
+            "hub_shared_state_taken_total",
+            "Series and devices whose learned state was taken over from another hub's shared state.",
+            get(&self.shared_state_taken),
+        );
+        metric(
+            "counter",
+            "hub_shared_state_failures_total",
+            "Shared detector state that could not be written or read (damaged, too large, unreachable); those series learn anew.",
+            get(&self.shared_state_failures),
         );
         metric(
             "counter",

@@ -9,8 +9,11 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use std::collections::{BTreeSet, HashSet};
+
 use super::{
-    DetectorStateSaving, Ended, ScoredRecord, Stage, StageFailed, StateRecord, add_ns, thread_cpu,
+    DetectorStateSaving, Ended, ScoredRecord, Stage, StageFailed, StateRecord, StateSharing,
+    add_ns, thread_cpu,
 };
 use crate::intake::DurableBatch;
 use crate::scoring::Router;
@@ -22,6 +25,78 @@ pub(super) struct ScoringStage {
     pub(super) next_reload_check: Instant,
     pub(super) stats: Arc<HubStats>,
     pub(super) saving: Option<Saving>,
+    pub(super) sharing: Option<Sharing>,
+}
+
+/// The scoring stage's side of sharing the detectors' state with other
+/// hubs (see [`crate::detector_state::shared`]).
+pub(super) struct Sharing {
+    sharing: StateSharing,
+    next_at: Option<Instant>,
+    /// Gateways whose shared state was looked for in this run.
+    arrived: HashSet<Arc<str>>,
+    /// Gateways scored since their state was last written.
+    changed: BTreeSet<Arc<str>>,
+}
+
+impl Sharing {
+    pub(super) fn new(sharing: StateSharing) -> Self {
+        Self {
+            next_at: sharing.interval.map(|i| Instant::now() + i),
+            sharing,
+            arrived: HashSet::new(),
+            changed: BTreeSet::new(),
+        }
+    }
+
+    /// Before a gateway's first batch of this run is scored: takes over what
+    /// another hub learned of its devices (what this hub has stays).
+    fn arrive(&mut self, scorer: &mut Router, gateway: &str, stats: &HubStats) {
+        if self.arrived.contains(gateway) {
+            return;
+        }
+        self.arrived.insert(Arc::from(gateway));
+        match self
+            .sharing
+            .shared
+            .read_into(scorer, gateway, self.sharing.max_bytes)
+        {
+            Ok(0) => {}
+            Ok(taken) => {
+                stats.shared_state_taken.fetch_add(taken as u64, Relaxed);
+                tracing::info!(
+                    gateway,
+                    series = taken,
+                    "took over the learned state another hub shared for this gateway"
+                );
+            }
+            Err(e) => {
+                stats.shared_state_failures.fetch_add(1, Relaxed);
+                tracing::warn!(gateway, error = %schemas::error_chain(&e), "cannot use the shared detector state of this gateway; its series learn anew");
+            }
+        }
+    }
+
+    /// Writes the state of the gateways scored since, when due (or forced).
+    fn write_if_due(&mut self, scorer: &Router, stats: &HubStats, force: bool) {
+        let due = self.next_at.is_some_and(|at| Instant::now() >= at);
+        if !(force || due) {
+            return;
+        }
+        self.next_at = self.sharing.interval.map(|i| Instant::now() + i);
+        for gateway in std::mem::take(&mut self.changed) {
+            match self.sharing.shared.write(scorer, &gateway) {
+                Ok(_) => {
+                    stats.shared_state_writes.fetch_add(1, Relaxed);
+                }
+                Err(e) => {
+                    stats.shared_state_failures.fetch_add(1, Relaxed);
+                    tracing::warn!(gateway = %gateway, error = %e, "cannot share this gateway's detector state; tried again at the next interval");
+                    self.changed.insert(gateway);
+                }
+            }
+        }
+    }
 }
 
 /// The scoring stage's side of saving the detectors' state.
@@ -119,6 +194,9 @@ impl Stage for ScoringStage {
             saving.promote();
             saving.save_if_due(&self.scorer, &self.stats, false);
         }
+        if let Some(sharing) = &mut self.sharing {
+            sharing.write_if_due(&self.scorer, &self.stats, false);
+        }
         Ok(())
     }
 
@@ -129,6 +207,13 @@ impl Stage for ScoringStage {
             return Ok(None);
         }
         let pos = batch.pos;
+        if let Some(sharing) = &mut self.sharing {
+            let gateway = &batch.batch.header.gateway;
+            sharing.arrive(&mut self.scorer, gateway, &self.stats);
+            if !sharing.changed.contains(gateway.as_str()) {
+                sharing.changed.insert(Arc::from(gateway.as_str()));
+            }
+        }
         let record = self.score(batch);
         if let Some(saving) = &mut self.saving {
             saving.last_scored = Some(pos);
@@ -144,6 +229,11 @@ impl Stage for ScoringStage {
             && let Some(saving) = &mut self.saving
         {
             saving.save_if_due(&self.scorer, &self.stats, true);
+        }
+        if ended == Ended::InputClosed
+            && let Some(sharing) = &mut self.sharing
+        {
+            sharing.write_if_due(&self.scorer, &self.stats, true);
         }
     }
 }

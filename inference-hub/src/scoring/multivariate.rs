@@ -52,11 +52,17 @@ pub(crate) type SavedDevice = (String, DeviceState);
 
 /// The devices of a scorer, serialised as [`SavedDevice`]s without copying.
 #[derive(Debug)]
-pub(crate) struct DeviceList<'a>(&'a HashMap<Arc<str>, DeviceState>);
+pub(crate) struct DeviceList<'a>(Vec<(&'a str, &'a DeviceState)>);
+
+impl DeviceList<'_> {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 impl serde::Serialize for DeviceList<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|(device, state)| (&**device, state)))
+        s.collect_seq(self.0.iter())
     }
 }
 
@@ -125,8 +131,28 @@ impl MultivariateScorer {
         self.devices.len()
     }
 
-    pub(crate) fn saved(&self) -> DeviceList<'_> {
-        DeviceList(&self.devices)
+    /// The state of the devices `keep` names, for saving.
+    pub(crate) fn saved(&self, keep: &dyn Fn(&str) -> bool) -> DeviceList<'_> {
+        DeviceList(
+            self.devices
+                .iter()
+                .filter(|(device, _)| keep(device))
+                .map(|(device, state)| (&**device, state))
+                .collect(),
+        )
+    }
+
+    /// Adds saved devices this scorer does not have (the ones it has keep
+    /// their state); how many were added.
+    pub(crate) fn merge(&mut self, saved: Vec<SavedDevice>) -> usize {
+        let mut added = 0;
+        for (device, state) in saved {
+            if !self.devices.contains_key(device.as_str()) {
+                self.devices.insert(Arc::from(device), state);
+                added += 1;
+            }
+        }
+        added
     }
 
     /// Replaces every device's state with saved ones.

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use schemas::envelope::DecodedBatch;
 use schemas::tables::{ReadingView, status};
 
-use super::multivariate::{MultivariateScorer, SavedDevice};
+use super::multivariate::{DeviceList, MultivariateScorer, SavedDevice};
 use super::router::{merge, subset};
 use super::{BatchContext, FastMap, ScoredBatch, ScoredColumns};
 use crate::model::Model;
@@ -73,16 +73,11 @@ pub(crate) type SavedLayout = (Vec<String>, Vec<SavedDevice>);
 
 /// The layouts of a scorer, serialised as [`SavedLayout`]s without copying.
 #[derive(Debug)]
-pub(crate) struct LayoutList<'a>(&'a [Layout]);
+pub(crate) struct LayoutList<'a>(Vec<(Vec<&'a str>, DeviceList<'a>)>);
 
 impl serde::Serialize for LayoutList<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|l| {
-            (
-                l.metrics.iter().map(|m| &**m).collect::<Vec<&str>>(),
-                l.scorer.saved(),
-            )
-        }))
+        s.collect_seq(self.0.iter())
     }
 }
 
@@ -317,8 +312,44 @@ impl RecordsScorer {
         }
     }
 
-    pub(crate) fn saved(&self) -> LayoutList<'_> {
-        LayoutList(&self.layouts)
+    /// The layouts and found devices `keep` names, for saving (a layout
+    /// with none of them is left out, unless every device is kept).
+    pub(crate) fn saved(&self, keep: &dyn Fn(&str) -> bool, everything: bool) -> LayoutList<'_> {
+        LayoutList(
+            self.layouts
+                .iter()
+                .map(|l| {
+                    (
+                        l.metrics.iter().map(|m| &**m).collect(),
+                        l.scorer.saved(keep),
+                    )
+                })
+                .filter(|(_, devices)| everything || !devices.is_empty())
+                .collect(),
+        )
+    }
+
+    /// Adds saved devices this scorer has not found (the ones it has keep
+    /// their layout and state); how many were added.
+    pub(crate) fn merge(&mut self, saved: Vec<SavedLayout>) -> usize {
+        let mut added = 0;
+        for (metrics, devices) in saved {
+            let devices: Vec<SavedDevice> = devices
+                .into_iter()
+                .filter(|(device, _)| !self.devices.contains_key(device.as_str()))
+                .collect();
+            if devices.is_empty() {
+                continue;
+            }
+            let names: Vec<&str> = metrics.iter().map(String::as_str).collect();
+            let l = self.layout(&names);
+            for (device, _) in &devices {
+                self.devices.insert(Arc::from(device.as_str()), l);
+                self.candidates.remove(device.as_str());
+            }
+            added += self.layouts[l].scorer.merge(devices);
+        }
+        added
     }
 
     /// Replaces every layout and device with saved ones.

@@ -24,6 +24,7 @@
 //! load is logged and the old one keeps scoring.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use arrow_array::{RecordBatch, UInt32Array};
 use schemas::envelope::DecodedBatch;
@@ -142,6 +143,9 @@ pub struct Router {
     live: Vec<Route>,
     shadows: Vec<Route>,
     warmup: u32,
+    /// Each device's gateway (the one whose batch carried it last), when
+    /// state is shared between hubs (see [`sharing`]).
+    gateways: Option<super::FastMap<Arc<str>, Arc<str>>>,
 }
 
 impl Router {
@@ -196,6 +200,7 @@ impl Router {
             live,
             shadows,
             warmup: cfg.warmup_readings,
+            gateways: None,
         })
     }
 
@@ -221,6 +226,7 @@ impl Router {
         let view =
             ReadingView::try_new(&batch.readings).expect("decoder verified the reading columns");
         let n = batch.readings.num_rows();
+        self.note_gateway(&view, &batch.header.gateway);
         let mut by_route: Vec<Vec<u32>> = vec![Vec::new(); self.live.len()];
         let mut by_shadow: Vec<Vec<u32>> = vec![Vec::new(); self.shadows.len()];
         let last = self.live.len() - 1;
@@ -438,5 +444,6 @@ pub(super) fn merge(parts: Vec<ScoredBatch>) -> ScoredBatch {
     first
 }
 
+mod sharing;
 #[cfg(test)]
 mod tests;

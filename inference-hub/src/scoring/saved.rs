@@ -19,7 +19,7 @@ pub(super) type SavedSeries = (
 
 /// The series of a scorer, serialised as [`SavedSeries`] without copying.
 #[derive(Debug)]
-pub(crate) struct SeriesList<'a>(pub(super) &'a [SeriesState]);
+pub(crate) struct SeriesList<'a>(pub(super) Vec<&'a SeriesState>);
 
 impl Serialize for SeriesList<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
