@@ -31,7 +31,7 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -53,9 +53,22 @@ pub enum SharedState {
     Bucket {
         settings: Box<S3Settings>,
         store: Arc<dyn ObjectStore>,
-        /// The object store's async calls, on the scoring thread.
-        runtime: tokio::runtime::Runtime,
+        /// The object store's async calls, on the scoring thread (made
+        /// there, at the first call: a runtime must not be dropped inside
+        /// the hub's async one).
+        runtime: OnceLock<tokio::runtime::Runtime>,
     },
+}
+
+/// The runtime in `cell`, made on first use.
+fn runtime(cell: &OnceLock<tokio::runtime::Runtime>) -> io::Result<&tokio::runtime::Runtime> {
+    if cell.get().is_none() {
+        let made = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let _ = cell.set(made);
+    }
+    Ok(cell.get().expect("set above"))
 }
 
 impl std::fmt::Debug for SharedState {
@@ -126,13 +139,10 @@ impl SharedState {
     /// State shared in the archive's bucket (with the archive's settings).
     pub fn bucket(settings: &S3Settings) -> io::Result<Self> {
         let store = settings.connect().map_err(io::Error::other)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         Ok(SharedState::Bucket {
             settings: Box::new(settings.clone()),
             store,
-            runtime,
+            runtime: OnceLock::new(),
         })
     }
 
@@ -157,14 +167,14 @@ impl SharedState {
             SharedState::Bucket {
                 settings,
                 store,
-                runtime,
+                runtime: runtime_cell,
             } => {
                 let key = settings.key(&relative(gateway));
-                runtime
-                    .block_on(tokio::time::timeout(
-                        BUCKET_TIMEOUT,
-                        store.put(&key, bytes.clone().into()),
-                    ))
+                runtime(runtime_cell)?
+                    .block_on(async {
+                        tokio::time::timeout(BUCKET_TIMEOUT, store.put(&key, bytes.clone().into()))
+                            .await
+                    })
                     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "bucket write"))?
                     .map_err(io::Error::other)?;
             }
@@ -189,16 +199,19 @@ impl SharedState {
             SharedState::Bucket {
                 settings,
                 store,
-                runtime,
+                runtime: runtime_cell,
             } => {
                 let key = settings.key(&relative(gateway));
-                let got = runtime.block_on(tokio::time::timeout(BUCKET_TIMEOUT, async {
+                let read = async {
                     match store.get(&key).await {
                         Ok(r) => r.bytes().await.map(Some),
                         Err(object_store::Error::NotFound { .. }) => Ok(None),
                         Err(e) => Err(e),
                     }
-                }));
+                };
+                // The timer is made inside the runtime (it needs its clock).
+                let got = runtime(runtime_cell)?
+                    .block_on(async { tokio::time::timeout(BUCKET_TIMEOUT, read).await });
                 match got {
                     Err(_) => {
                         return Err(io::Error::new(io::ErrorKind::TimedOut, "bucket read").into());

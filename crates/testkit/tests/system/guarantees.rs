@@ -523,3 +523,83 @@ async fn learned_state_survives_a_restart_and_a_kill_and_the_next_anomaly_is_jud
         "without saved state a restart changes judgements ({differing})"
     );
 }
+
+/// A gateway moving to another hub of the same archive keeps what its last
+/// hub learned (`scoring.state-sharing`): hub A takes its first 20 batches
+/// and stops, hub B (its own data directory, the same archive path) takes
+/// the rest, the planted anomaly among them, and every reading is judged
+/// exactly as by one hub that took them all; a hub B without sharing
+/// judges differently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
+async fn a_gateway_moving_to_another_hub_keeps_its_learned_state_through_the_shared_archive() {
+    let _heavy = crate::hub_process::heavy();
+    const BATCHES: u64 = 40;
+    let spike_reading = (BATCHES - 5) * 50 + 20;
+    let dir = tempfile::tempdir().unwrap();
+    let client = client();
+    let send = |cfg: &HubProcessConfig, seqs: std::ops::RangeInclusive<u64>| {
+        let (client, http) = (client.clone(), cfg.http.clone());
+        async move {
+            for seq in seqs {
+                let status = post(&client, &http, pump_batch("gw", seq, Some(spike_reading))).await;
+                assert_eq!(status.as_deref(), Some("durable"), "batch {seq}");
+            }
+        }
+    };
+    let common = "archive.max-file-age = \"200ms\"\nintake.wal-segment-bytes = 1048576";
+    let through =
+        HubProcessConfig::write(dir.path(), "through", dir.path().join("through"), common);
+    let hub = through.start();
+    wait_healthy(&client, &through.http).await;
+    send(&through, 1..=BATCHES).await;
+    terminate(hub, &through);
+    let expected = judgements(&through.data.join("archive"));
+
+    for sharing in [true, false] {
+        let shared = dir.path().join(format!("shared-{sharing}"));
+        let extra = format!(
+            "{common}\narchive.path = {:?}\nscoring.state-sharing = {sharing}",
+            shared.display().to_string()
+        );
+        let a = HubProcessConfig::write(
+            dir.path(),
+            &format!("a-{sharing}"),
+            dir.path().join(format!("a-{sharing}")),
+            &extra,
+        );
+        let hub = a.start();
+        wait_healthy(&client, &a.http).await;
+        send(&a, 1..=20).await;
+        terminate(hub, &a);
+        let b = HubProcessConfig::write(
+            dir.path(),
+            &format!("b-{sharing}"),
+            dir.path().join(format!("b-{sharing}")),
+            &extra,
+        );
+        let hub = b.start();
+        wait_healthy(&client, &b.http).await;
+        send(&b, 21..=BATCHES).await;
+        terminate(hub, &b);
+        let got = judgements(&shared);
+        assert_eq!(got.len(), expected.len());
+        let differing = expected
+            .iter()
+            .filter(|(k, v)| got.get(*k) != Some(*v))
+            .count();
+        if sharing {
+            assert_eq!(differing, 0, "readings judged differently after the move");
+            assert!(
+                b.log_text().contains("took over the learned state"),
+                "{}",
+                b.log_text()
+            );
+        } else {
+            assert!(
+                differing > 100,
+                "without sharing the move changes judgements ({differing})"
+            );
+        }
+    }
+}

@@ -490,3 +490,61 @@ async fn s3_a_store_that_ignores_conditional_writes_is_refused_at_start_up() {
     let (rows, _, _) = read_bucket(&s3).await;
     assert_eq!(rows, 3 * ROWS);
 }
+
+/// Detector state shared through the bucket (`scoring.state-sharing` with
+/// `[archive.s3]`): hub A writes its gateway's state there at its graceful
+/// stop, hub B (another data directory, the same bucket) takes it over at
+/// the gateway's first batch; a damaged object is refused and counted, and
+/// the series then learn anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto_server (pip install 'moto[server]'); run by .ci/run"]
+async fn s3_shared_detector_state_moves_a_gateway_between_hubs() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let (_moto, s3) = start_moto(dir.path()).await;
+    let config = |id: &str| {
+        let mut cfg = iot_testkit::hub_config(id, &dir.path().join(id));
+        cfg.mqtt.enabled = false;
+        cfg.archive.max_file_age = Duration::from_millis(200);
+        cfg.archive.s3 = Some(s3.clone());
+        cfg.scoring.state_sharing = true;
+        cfg
+    };
+    let hub = inference_hub::start(config("hub-a")).await.unwrap();
+    post_all(&hub, 1..=20).await;
+    hub.shutdown().await;
+    let store = s3.connect().unwrap();
+    let key = ObjectPath::from("archive/detector-state/gateway=gw-s3.bin");
+    let object: Bytes = store.get(&key).await.unwrap().bytes().await.unwrap();
+    assert!(object.starts_with(b"IOTSHARE"));
+
+    let hub = inference_hub::start(config("hub-b")).await.unwrap();
+    post_all(&hub, 21..=25).await;
+    let stats = std::sync::Arc::clone(&hub.stats);
+    hub.shutdown().await;
+    assert_eq!(
+        stats.shared_state_taken.load(Relaxed),
+        5,
+        "dev0..dev4 taken over"
+    );
+    assert_eq!(stats.shared_state_failures.load(Relaxed), 0);
+
+    // A flipped byte: refused, counted, the series learn anew.
+    let mut damaged = store
+        .get(&key)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    store.put(&key, damaged.into()).await.unwrap();
+    let hub = inference_hub::start(config("hub-c")).await.unwrap();
+    post_all(&hub, 26..=30).await;
+    let stats = std::sync::Arc::clone(&hub.stats);
+    hub.shutdown().await;
+    assert_eq!(stats.shared_state_taken.load(Relaxed), 0);
+    assert_eq!(stats.shared_state_failures.load(Relaxed), 1);
+}
