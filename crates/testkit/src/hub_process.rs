@@ -26,9 +26,10 @@ impl HubProcessConfig {
             &config,
             format!(
                 "hub-id = \"{hub_id}\"\ndata-dir = {:?}\nmqtt.enabled = false\nhttp.listen = \"{http}\"\n\
-                 scoring.model-dir = {:?}\nscoring.warmup-readings = 20\n{extra}\n",
+                 scoring.model-dir = {:?}\nscoring.records-model-dir = {:?}\nscoring.warmup-readings = 20\n{extra}\n",
                 data.display().to_string(),
-                crate::models("novelty")
+                crate::models("novelty"),
+                crate::models("state-monitor")
             ),
         )
         .unwrap();

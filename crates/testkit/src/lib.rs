@@ -30,7 +30,12 @@ pub fn models(name: &str) -> PathBuf {
 
 /// `HubConfig::for_dir` with the repository's default model.
 pub fn hub_config(hub_id: &str, data_dir: &std::path::Path) -> inference_hub::config::HubConfig {
-    inference_hub::config::HubConfig::for_dir_with_model(hub_id, data_dir, &models("novelty"))
+    let mut cfg =
+        inference_hub::config::HubConfig::for_dir_with_model(hub_id, data_dir, &models("novelty"));
+    // Named, not found from where the test binary runs (a target directory
+    // outside the checkout has no models next to it).
+    cfg.scoring.records_model_dir = Some(models("state-monitor"));
+    cfg
 }
 
 /// `target/<profile>/<name>`: a workspace binary next to the test binary's

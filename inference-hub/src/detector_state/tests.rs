@@ -296,6 +296,7 @@ fn a_state_monitor_is_restored_and_judges_the_next_fault_exactly_as_the_original
     let metrics = RIG_METRICS;
     // The default: the records route finds the rig by its readings.
     let found = ScoringSettings {
+        model_dir: crate::test_models("novelty"),
         records_model_dir: Some(crate::test_models("state-monitor")),
         ..ScoringSettings::default()
     };
@@ -309,6 +310,7 @@ fn a_state_monitor_is_restored_and_judges_the_next_fault_exactly_as_the_original
             shadow: false,
             threshold: None,
         }],
+        model_dir: crate::test_models("novelty"),
         records_model_dir: Some("".into()),
         ..ScoringSettings::default()
     };

@@ -59,6 +59,8 @@ pub struct RecordsScorer {
     warmup: u32,
     threshold: Option<f64>,
     layouts: Vec<Layout>,
+    /// Each layout's index by its metrics (a fleet may have many layouts).
+    layout_index: FastMap<Vec<Arc<str>>, usize>,
     /// Each found device's layout.
     devices: HashMap<Arc<str>, usize>,
     /// Records of one layout a device needs to be taken.
@@ -89,6 +91,7 @@ impl RecordsScorer {
             warmup: warmup_readings,
             threshold,
             layouts: Vec::new(),
+            layout_index: FastMap::default(),
             devices: HashMap::new(),
             claim_after: 1,
             candidates: HashMap::new(),
@@ -196,15 +199,13 @@ impl RecordsScorer {
 
     /// The index of the layout of `metrics`, made if new.
     fn layout(&mut self, metrics: &[&str]) -> usize {
-        if let Some(i) = self
-            .layouts
-            .iter()
-            .position(|l| l.metrics.iter().map(|m| &**m).eq(metrics.iter().copied()))
-        {
+        let key: Vec<Arc<str>> = metrics.iter().map(|m| Arc::from(*m)).collect();
+        if let Some(&i) = self.layout_index.get(&key) {
             return i;
         }
+        self.layout_index.insert(key.clone(), self.layouts.len());
         self.layouts.push(Layout {
-            metrics: metrics.iter().map(|m| Arc::from(*m)).collect(),
+            metrics: key,
             scorer: MultivariateScorer::new(
                 self.with_metrics(metrics.iter().map(|m| (*m).to_owned()).collect()),
                 self.warmup,
@@ -355,6 +356,7 @@ impl RecordsScorer {
     /// Replaces every layout and device with saved ones.
     pub(crate) fn restore(&mut self, saved: Vec<SavedLayout>) {
         self.layouts.clear();
+        self.layout_index.clear();
         self.devices.clear();
         for (metrics, devices) in saved {
             let names: Vec<&str> = metrics.iter().map(String::as_str).collect();
