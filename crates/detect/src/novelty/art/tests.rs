@@ -1,3 +1,4 @@
+use super::network::*;
 use super::*;
 use proptest::prelude::*;
 
