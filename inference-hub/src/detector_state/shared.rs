@@ -27,7 +27,10 @@
 //! is larger than `scoring.state-max-bytes`, is not used: the gateway's
 //! series learn anew, as without sharing, and the failure is counted and
 //! logged. Reads and writes to a bucket give up after
-//! [`BUCKET_TIMEOUT`], also counted; the next interval writes again.
+//! [`BUCKET_TIMEOUT`], also counted; after one that timed out the scoring
+//! stage leaves the store alone for [`UNREACHABLE_PAUSE`] (gateways
+//! arriving meanwhile learn anew, writes wait for the next interval), so
+//! an unreachable bucket costs one timeout, not one per gateway.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -47,12 +50,22 @@ const HEADER_BYTES: usize = 8 + 4 + 8 + 4;
 /// How long one read or write of a gateway's object in a bucket may take.
 pub const BUCKET_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the store is left alone after a read or write timed out.
+pub const UNREACHABLE_PAUSE: Duration = Duration::from_secs(60);
+
+/// Whether an error is a timeout of the store (see [`UNREACHABLE_PAUSE`]).
+pub fn timed_out(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::TimedOut
+}
+
 /// Where the shared state lives: the archive's root or its bucket.
 pub enum SharedState {
     Local(PathBuf),
     Bucket {
         settings: Box<S3Settings>,
         store: Arc<dyn ObjectStore>,
+        /// How long one read or write may take ([`BUCKET_TIMEOUT`]).
+        timeout: Duration,
         /// The object store's async calls, on the scoring thread (made
         /// there, at the first call: a runtime must not be dropped inside
         /// the hub's async one).
@@ -142,8 +155,18 @@ impl SharedState {
         Ok(SharedState::Bucket {
             settings: Box::new(settings.clone()),
             store,
+            timeout: BUCKET_TIMEOUT,
             runtime: OnceLock::new(),
         })
+    }
+
+    /// The same store with reads and writes bounded by `timeout` instead.
+    #[cfg(test)]
+    pub(crate) fn with_timeout(mut self, t: Duration) -> Self {
+        if let SharedState::Bucket { timeout, .. } = &mut self {
+            *timeout = t;
+        }
+        self
     }
 
     /// Writes the state of `gateway`'s devices held by `router`.
@@ -167,13 +190,13 @@ impl SharedState {
             SharedState::Bucket {
                 settings,
                 store,
+                timeout,
                 runtime: runtime_cell,
             } => {
                 let key = settings.key(&relative(gateway));
                 runtime(runtime_cell)?
                     .block_on(async {
-                        tokio::time::timeout(BUCKET_TIMEOUT, store.put(&key, bytes.clone().into()))
-                            .await
+                        tokio::time::timeout(*timeout, store.put(&key, bytes.clone().into())).await
                     })
                     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "bucket write"))?
                     .map_err(io::Error::other)?;
@@ -199,6 +222,7 @@ impl SharedState {
             SharedState::Bucket {
                 settings,
                 store,
+                timeout,
                 runtime: runtime_cell,
             } => {
                 let key = settings.key(&relative(gateway));
@@ -211,7 +235,7 @@ impl SharedState {
                 };
                 // The timer is made inside the runtime (it needs its clock).
                 let got = runtime(runtime_cell)?
-                    .block_on(async { tokio::time::timeout(BUCKET_TIMEOUT, read).await });
+                    .block_on(async { tokio::time::timeout(*timeout, read).await });
                 match got {
                     Err(_) => {
                         return Err(io::Error::new(io::ErrorKind::TimedOut, "bucket read").into());

@@ -15,6 +15,7 @@ use super::{
     DetectorStateSaving, Ended, ScoredRecord, Stage, StageFailed, StateRecord, StateSharing,
     add_ns, thread_cpu,
 };
+use crate::detector_state::shared;
 use crate::intake::DurableBatch;
 use crate::scoring::Router;
 use crate::stats::HubStats;
@@ -37,6 +38,8 @@ pub(super) struct Sharing {
     arrived: HashSet<Arc<str>>,
     /// Gateways scored since their state was last written.
     changed: BTreeSet<Arc<str>>,
+    /// After a timeout: the store is left alone until then.
+    unreachable_until: Option<Instant>,
 }
 
 impl Sharing {
@@ -46,7 +49,13 @@ impl Sharing {
             sharing,
             arrived: HashSet::new(),
             changed: BTreeSet::new(),
+            unreachable_until: None,
         }
+    }
+
+    fn unreachable(&self) -> bool {
+        self.unreachable_until
+            .is_some_and(|until| Instant::now() < until)
     }
 
     /// Before a gateway's first batch of this run is scored: takes over what
@@ -56,6 +65,14 @@ impl Sharing {
             return;
         }
         self.arrived.insert(Arc::from(gateway));
+        if self.unreachable() {
+            stats.shared_state_failures.fetch_add(1, Relaxed);
+            tracing::warn!(
+                gateway,
+                "the shared detector state is unreachable; this gateway's series learn anew"
+            );
+            return;
+        }
         match self
             .sharing
             .shared
@@ -72,6 +89,11 @@ impl Sharing {
             }
             Err(e) => {
                 stats.shared_state_failures.fetch_add(1, Relaxed);
+                if let crate::detector_state::SnapshotError::Io(io) = &e
+                    && shared::timed_out(io)
+                {
+                    self.unreachable_until = Some(Instant::now() + shared::UNREACHABLE_PAUSE);
+                }
                 tracing::warn!(gateway, error = %schemas::error_chain(&e), "cannot use the shared detector state of this gateway; its series learn anew");
             }
         }
@@ -80,11 +102,12 @@ impl Sharing {
     /// Writes the state of the gateways scored since, when due (or forced).
     fn write_if_due(&mut self, scorer: &Router, stats: &HubStats, force: bool) {
         let due = self.next_at.is_some_and(|at| Instant::now() >= at);
-        if !(force || due) {
+        if !force && (!due || self.unreachable()) {
             return;
         }
         self.next_at = self.sharing.interval.map(|i| Instant::now() + i);
-        for gateway in std::mem::take(&mut self.changed) {
+        let mut pending = std::mem::take(&mut self.changed).into_iter();
+        while let Some(gateway) = pending.next() {
             match self.sharing.shared.write(scorer, &gateway) {
                 Ok(_) => {
                     stats.shared_state_writes.fetch_add(1, Relaxed);
@@ -93,6 +116,13 @@ impl Sharing {
                     stats.shared_state_failures.fetch_add(1, Relaxed);
                     tracing::warn!(gateway = %gateway, error = %e, "cannot share this gateway's detector state; tried again at the next interval");
                     self.changed.insert(gateway);
+                    if shared::timed_out(&e) {
+                        // Unreachable: the rest wait too (one timeout, not
+                        // one per gateway).
+                        self.unreachable_until = Some(Instant::now() + shared::UNREACHABLE_PAUSE);
+                        self.changed.extend(pending);
+                        break;
+                    }
                 }
             }
         }
@@ -289,5 +319,71 @@ impl ScoringStage {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::s3::S3Settings;
+    use crate::config::ScoringSettings;
+    use crate::detector_state::shared::SharedState;
+
+    /// A bucket that takes connections and never answers: the first read
+    /// times out, the gateways after it do not wait; a write round stops at
+    /// its first timeout and keeps the rest for later.
+    #[test]
+    fn an_unreachable_bucket_costs_one_timeout_not_one_per_gateway() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for connection in listener.incoming() {
+                held.push(connection);
+            }
+        });
+        let s3 = S3Settings {
+            bucket: "telemetry".into(),
+            prefix: "archive".into(),
+            endpoint: Some(format!("http://127.0.0.1:{port}")),
+            region: "us-east-1".into(),
+            allow_http: true,
+            access_key_id: Some("key".into()),
+            secret_access_key: Some("secret".into()),
+            upload: Default::default(),
+        };
+        let timeout = Duration::from_millis(300);
+        let shared = SharedState::bucket(&s3).unwrap().with_timeout(timeout);
+        let mut sharing = Sharing::new(StateSharing {
+            shared,
+            interval: None,
+            max_bytes: 1 << 20,
+        });
+        let mut router = Router::new(&ScoringSettings {
+            model_dir: crate::test_models("novelty"),
+            records_model_dir: Some("".into()),
+            ..ScoringSettings::default()
+        })
+        .unwrap();
+        router.follow_gateways();
+        let stats = HubStats::default();
+        let started = Instant::now();
+        for g in 0..40 {
+            sharing.arrive(&mut router, &format!("gw-{g}"), &stats);
+        }
+        let took = started.elapsed();
+        assert_eq!(stats.shared_state_failures.load(Relaxed), 40);
+        assert!(
+            took >= timeout && took < timeout * 10,
+            "40 arrivals took {took:?}: one timeout, not one each"
+        );
+        // Writes at a graceful stop: one timeout, the rest kept.
+        sharing.changed = (0..40).map(|g| Arc::from(format!("gw-{g}"))).collect();
+        let started = Instant::now();
+        sharing.write_if_due(&router, &stats, true);
+        let took = started.elapsed();
+        assert!(took < timeout * 10, "the write round took {took:?}");
+        assert_eq!(sharing.changed.len(), 40, "every gateway still to write");
+        assert!(sharing.unreachable());
     }
 }
