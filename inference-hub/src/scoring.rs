@@ -359,15 +359,7 @@ impl Scorer {
         self.series.clear();
         self.by_device.clear();
         self.metric_names.clear();
-        for (device, metric, norm, window, scores, in_anomaly, novelty) in saved {
-            let id = self.resolve(&device, &metric);
-            let state = &mut self.series[id];
-            state.norm = norm;
-            state.window = window;
-            state.scores = scores;
-            state.in_anomaly = in_anomaly;
-            state.novelty = novelty;
-        }
+        self.merge(saved);
     }
 
     /// Adds saved series this scorer does not have (the ones it has keep
@@ -604,14 +596,7 @@ impl Scorer {
         for e in &events {
             anomalies.push_anomaly(e, e.window_start_us);
         }
-        let ctx = BatchContext {
-            gateway: &header.gateway,
-            incarnation: header.incarnation,
-            seq: header.seq,
-            model_id: &self.model.manifest.id,
-            model_version: &self.model.manifest.version,
-            ingested_at_us,
-        };
+        let ctx = BatchContext::new(header, &self.model, ingested_at_us);
         let rows = ScoredRows {
             view,
             order,

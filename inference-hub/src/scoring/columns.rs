@@ -261,6 +261,24 @@ pub(super) struct BatchContext<'a> {
     pub(super) ingested_at_us: i64,
 }
 
+impl<'a> BatchContext<'a> {
+    /// The context of a batch with `header` scored by `model`.
+    pub(super) fn new(
+        header: &'a schemas::envelope::BatchHeader,
+        model: &'a crate::model::Model,
+        ingested_at_us: i64,
+    ) -> Self {
+        Self {
+            gateway: &header.gateway,
+            incarnation: header.incarnation,
+            seq: header.seq,
+            model_id: &model.manifest.id,
+            model_version: &model.manifest.version,
+            ingested_at_us,
+        }
+    }
+}
+
 /// Column builders shared by the scored and anomaly tables.
 pub(super) struct ScoredColumns {
     pub(super) device: StringBuilder,

@@ -370,14 +370,7 @@ impl MultivariateScorer {
             );
         }
         let header = &batch.header;
-        let ctx = BatchContext {
-            gateway: &header.gateway,
-            incarnation: header.incarnation,
-            seq: header.seq,
-            model_id: &self.model.manifest.id,
-            model_version: &self.model.manifest.version,
-            ingested_at_us,
-        };
+        let ctx = BatchContext::new(header, &self.model, ingested_at_us);
         ScoredBatch {
             model_error,
             scored: out.finish_scored(view.unit, &ctx),

@@ -169,14 +169,7 @@ impl Scorer {
         for e in &events {
             anomalies.push_anomaly(e, e.window_start_us);
         }
-        let ctx = BatchContext {
-            gateway: &header.gateway,
-            incarnation: header.incarnation,
-            seq: header.seq,
-            model_id: &self.model.manifest.id,
-            model_version: &self.model.manifest.version,
-            ingested_at_us,
-        };
+        let ctx = BatchContext::new(header, &self.model, ingested_at_us);
         let rows = ScoredRows {
             view,
             order,

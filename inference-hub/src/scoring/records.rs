@@ -275,14 +275,7 @@ impl RecordsScorer {
             );
         }
         let header = &batch.header;
-        let ctx = BatchContext {
-            gateway: &header.gateway,
-            incarnation: header.incarnation,
-            seq: header.seq,
-            model_id: &self.model.manifest.id,
-            model_version: &self.model.manifest.version,
-            ingested_at_us,
-        };
+        let ctx = BatchContext::new(header, &self.model, ingested_at_us);
         ScoredBatch {
             model_error: None,
             scored: out.finish_scored(view.unit, &ctx),
@@ -358,14 +351,8 @@ impl RecordsScorer {
         self.layouts.clear();
         self.layout_index.clear();
         self.devices.clear();
-        for (metrics, devices) in saved {
-            let names: Vec<&str> = metrics.iter().map(String::as_str).collect();
-            let l = self.layout(&names);
-            for (device, _) in &devices {
-                self.devices.insert(Arc::from(device.as_str()), l);
-            }
-            self.layouts[l].scorer.restore(devices);
-        }
+        self.candidates.clear();
+        self.merge(saved);
     }
 }
 

@@ -247,7 +247,11 @@ impl Router {
             });
         }
         by_route[last] = open;
-        let all: Vec<u32> = (0..n as u32).collect();
+        let all: Vec<u32> = if self.shadows.is_empty() {
+            Vec::new()
+        } else {
+            (0..n as u32).collect()
+        };
         for (s, shadow) in self.shadows.iter_mut().enumerate() {
             shadow.claim(&view, &all);
             by_shadow[s] = all
@@ -358,18 +362,22 @@ impl Router {
         postcard::to_io(&routes, w)
     }
 
+    /// The route (live or shadow) of a saved route's name whose model keeps
+    /// the kind of state it was saved for.
+    fn route_saved_as(&mut self, saved: &SavedRoute) -> Option<&mut Route> {
+        self.live
+            .iter_mut()
+            .chain(self.shadows.iter_mut())
+            .find(|r| r.name == saved.name && r.engine.state_key() == saved.key)
+    }
+
     /// Restores the routes saved in `bytes` (see [`Router::save_state`])
     /// whose name and state key match a route of this router.
     pub fn restore_state(&mut self, bytes: &[u8]) -> Result<Restored, postcard::Error> {
         let saved: Vec<SavedRoute> = postcard::from_bytes(bytes)?;
         let mut out = Restored::default();
         for s in saved {
-            let route = self
-                .live
-                .iter_mut()
-                .chain(self.shadows.iter_mut())
-                .find(|r| r.name == s.name && r.engine.state_key() == s.key);
-            let restored = match route {
+            let restored = match self.route_saved_as(&s) {
                 Some(r) => r.engine.restore(s.engine),
                 None => false,
             };

@@ -80,10 +80,7 @@ impl Router {
         let mut out = Merged::default();
         for s in saved {
             let merged = self
-                .live
-                .iter_mut()
-                .chain(self.shadows.iter_mut())
-                .find(|r| r.name == s.name && r.engine.state_key() == s.key)
+                .route_saved_as(&s)
                 .and_then(|r| r.engine.merge(s.engine));
             match merged {
                 Some(n) => out.series += n,
