@@ -57,18 +57,34 @@ TOML
 
 st() { (cd "$HERE" && schemathesis --no-color run "$@" --checks all); }
 
+# Both hubs run at once and the three runs go side by side (schemathesis is
+# one single-threaded Python process per run); each run's report is printed
+# whole, in order, and any failing run fails the script.
 start_hub tokens yes
-trap 'kill $HUB_PID 2>/dev/null || true' EXIT
+TOKENS_PID=$HUB_PID TOKENS_URL=$HUB_URL
+trap 'kill $TOKENS_PID 2>/dev/null || true' EXIT
 post_batches "$TOKEN"
-curl -sf -H "Authorization: Bearer $TOKEN" "$HUB_URL/v1/openapi.json" > "$WORK/openapi.json"
-echo "--- with a token"
-st "$HUB_URL/v1/openapi.json" -H "Authorization: Bearer $TOKEN"
-echo "--- without a token (the document read with one)"
-st "$WORK/openapi.json" --url "$HUB_URL"
-kill $HUB_PID; wait $HUB_PID 2>/dev/null || true
-
+curl -sf -H "Authorization: Bearer $TOKEN" "$TOKENS_URL/v1/openapi.json" > "$WORK/openapi.json"
 start_hub anonymous no
+ANON_PID=$HUB_PID
+trap 'kill $TOKENS_PID $ANON_PID 2>/dev/null || true' EXIT
 post_batches
-echo "--- a hub without tokens"
-st "$HUB_URL/v1/openapi.json"
-kill $HUB_PID; wait $HUB_PID 2>/dev/null || true
+
+st "$TOKENS_URL/v1/openapi.json" -H "Authorization: Bearer $TOKEN" > "$WORK/with-token.out" 2>&1 &
+RUN1=$!
+st "$WORK/openapi.json" --url "$TOKENS_URL" > "$WORK/without-token.out" 2>&1 &
+RUN2=$!
+st "$HUB_URL/v1/openapi.json" > "$WORK/no-tokens.out" 2>&1 &
+RUN3=$!
+failed=0
+report() { # report <title> <pid> <output>
+  echo "--- $1"
+  wait "$2" || { failed=1; echo "(schemathesis failed: $1)"; }
+  cat "$3"
+}
+report "with a token" $RUN1 "$WORK/with-token.out"
+report "without a token (the document read with one)" $RUN2 "$WORK/without-token.out"
+report "a hub without tokens" $RUN3 "$WORK/no-tokens.out"
+kill $TOKENS_PID $ANON_PID 2>/dev/null || true
+wait $TOKENS_PID $ANON_PID 2>/dev/null || true
+exit $failed
