@@ -1,0 +1,444 @@
+//! One archive table as a Delta Lake table: its transaction log.
+//!
+//! The hub's archive writes its own Parquet files; this crate makes them a
+//! table every Delta reader (Spark, Trino, DuckDB, Polars, the Python
+//! `deltalake` package) opens, and gives the hub the commit point that
+//! replaces home-made locks (docs/adr/0009):
+//!
+//! - [`Table::open_or_create`] opens the table at a URL (a local directory
+//!   or a bucket prefix, through the hub's own `object_store` client), or
+//!   creates it with the given Arrow schema and partition columns. A table
+//!   whose schema or partition columns differ is refused, never written to.
+//! - [`Table::snapshot`] reads one version: the data files it holds (path,
+//!   partition values, size, rows) and the versions of application
+//!   transactions (`txn`), which a writer uses to know what it already
+//!   committed.
+//! - [`Table::commit`] writes a [`Change`] (files added, files removed,
+//!   application transactions) as the version after a snapshot, with a
+//!   conditional create of the next log entry: of two writers only one
+//!   takes a version; the other gets [`Commit::Conflict`] and re-checks its
+//!   change against the newer snapshot before trying again. Nothing here
+//!   waits on a lease or compares clocks.
+//!
+//! Removing a file from the table does not delete it: a reader holding an
+//! older snapshot can still read it; deleting unreferenced files after a
+//! retention window is the vacuum's job.
+//!
+//! Calls block (the kernel's default engine runs its I/O on a background
+//! runtime of its own), so they belong on the archive's threads, not on an
+//! async task.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use arrow_array::builder::{MapBuilder, MapFieldNames, StringBuilder};
+use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray, StructArray};
+use arrow_schema::{DataType, Field, Schema};
+use delta_kernel::committer::FileSystemCommitter;
+use delta_kernel::engine::arrow_conversion::TryFromArrow;
+use delta_kernel::engine::arrow_data::ArrowEngineData;
+use delta_kernel::engine_data::FilteredEngineData;
+use delta_kernel::scan::state::ScanFile;
+use delta_kernel::schema::StructType;
+use delta_kernel::transaction::create_table::create_table;
+use delta_kernel::transaction::data_layout::DataLayout;
+use delta_kernel::transaction::{CommitResult, UpdateTableOperation};
+use delta_kernel::{KernelError, SnapshotRef};
+use delta_kernel_default_engine::DefaultEngine;
+use delta_kernel_default_engine::executor::tokio::TokioBackgroundExecutor;
+use object_store::ObjectStore;
+use url::Url;
+
+/// What the log records as the writer of each commit.
+const ENGINE_INFO: &str = concat!("iot-pipeline/", env!("CARGO_PKG_VERSION"));
+
+type Engine = DefaultEngine<TokioBackgroundExecutor>;
+
+/// A failure reading or writing a table's log.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    /// The kernel failed (storage, a damaged or unreadable log entry, an
+    /// invalid action).
+    #[error("delta table {table}: {source}")]
+    Kernel {
+        table: String,
+        #[source]
+        source: Box<KernelError>,
+    },
+    /// The table exists with another schema or other partition columns.
+    #[error("delta table {table} is not this archive's table: {reason}")]
+    Foreign { table: String, reason: String },
+}
+
+/// A data file as the table's log records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataFile {
+    /// Relative to the table root, `/`-separated, as the log stores it.
+    pub path: String,
+    /// Partition column -> value.
+    pub partition: BTreeMap<String, String>,
+    /// Bytes.
+    pub size: u64,
+    /// Milliseconds since the Unix epoch.
+    pub modified_ms: i64,
+    /// Rows in the file (`numRecords` of its statistics; 0 when absent).
+    pub rows: u64,
+}
+
+/// Why a change is committed (the log's `operation`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Operation {
+    /// New data files.
+    #[default]
+    Append,
+    /// Files merged into fewer ones: the same rows, removed and added
+    /// together (`dataChange: false`).
+    Compact,
+    /// Files dropped because their data is older than the retention.
+    Expire,
+}
+
+/// One commit's content.
+#[derive(Debug, Clone, Default)]
+pub struct Change {
+    pub operation: Operation,
+    /// Files the table holds from this version on.
+    pub add: Vec<DataFile>,
+    /// Paths (as [`DataFile::path`]) the table no longer holds; each must be
+    /// in the snapshot the change is committed after.
+    pub remove: Vec<String>,
+    /// Application transactions: `(application id, version)`; a reader of a
+    /// later snapshot finds the highest version each id committed.
+    pub transactions: Vec<(String, i64)>,
+}
+
+/// What came of a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// The change is now this version of the table.
+    Committed(u64),
+    /// Another writer took the next version first; nothing was written.
+    /// Take a new snapshot and check the change against it.
+    Conflict { version: u64 },
+}
+
+/// An open table.
+#[derive(Debug, Clone)]
+pub struct Table {
+    root: Url,
+    engine: Arc<Engine>,
+}
+
+/// One version of a table.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    inner: SnapshotRef,
+    engine: Arc<Engine>,
+}
+
+impl Table {
+    /// Opens the table at `root` (a directory URL, ending in `/`), creating
+    /// it with `schema` partitioned by `partition_columns` (which must be
+    /// string columns of `schema`) if it has no log yet. Two hubs creating
+    /// the same table at once both end up opening the one that won.
+    pub fn open_or_create(
+        store: Arc<dyn ObjectStore>,
+        root: Url,
+        schema: &Schema,
+        partition_columns: &[&str],
+    ) -> Result<Table, DeltaError> {
+        let root = directory_url(root);
+        let engine = Arc::new(DefaultEngine::builder(store).build());
+        let table = Table { root, engine };
+        let kernel_schema = Arc::new(
+            StructType::try_from_arrow(schema).map_err(|e| table.kernel(KernelError::Arrow(e)))?,
+        );
+        if !table.has_log()? {
+            let created = create_table(
+                table.root.as_str(),
+                Arc::clone(&kernel_schema),
+                ENGINE_INFO,
+                true,
+            )
+            .with_data_layout(DataLayout::partitioned(partition_columns))
+            .build(table.engine.as_ref(), Box::new(FileSystemCommitter::new()))
+            .and_then(|txn| txn.commit(table.engine.as_ref()))
+            .map_err(|e| table.kernel(e))?;
+            match created {
+                // Conflicted: another writer created it first; open theirs.
+                CommitResult::Committed(_) | CommitResult::Conflicted(_) => {}
+                CommitResult::Retryable(failed) => return Err(table.kernel(failed.error)),
+            }
+        }
+        let snapshot = table.snapshot()?;
+        if snapshot.inner.schema() != kernel_schema {
+            return Err(DeltaError::Foreign {
+                table: table.root.to_string(),
+                reason: "its schema differs".into(),
+            });
+        }
+        let partitioned_by = snapshot
+            .inner
+            .table_configuration()
+            .metadata()
+            .partition_columns();
+        if partitioned_by != partition_columns {
+            return Err(DeltaError::Foreign {
+                table: table.root.to_string(),
+                reason: format!("it is partitioned by {partitioned_by:?}"),
+            });
+        }
+        Ok(table)
+    }
+
+    /// The table's root URL.
+    pub fn root(&self) -> &Url {
+        &self.root
+    }
+
+    /// The latest version.
+    pub fn snapshot(&self) -> Result<Snapshot, DeltaError> {
+        let inner = delta_kernel::Snapshot::builder_for(self.root.as_str())
+            .build(self.engine.as_ref())
+            .map_err(|e| self.kernel(e))?;
+        Ok(Snapshot {
+            inner,
+            engine: Arc::clone(&self.engine),
+        })
+    }
+
+    /// Commits `change` as the version after `base`.
+    pub fn commit(&self, base: &Snapshot, change: &Change) -> Result<Commit, DeltaError> {
+        let (operation, data_change) = match change.operation {
+            Operation::Append => (UpdateTableOperation::StreamingUpdate, true),
+            Operation::Compact => (UpdateTableOperation::Optimize, false),
+            Operation::Expire => (UpdateTableOperation::Delete, true),
+        };
+        let mut builder = Arc::clone(&base.inner).update_table(operation, ENGINE_INFO, data_change);
+        for (app, version) in &change.transactions {
+            builder = builder.with_transaction_id(app.clone(), *version);
+        }
+        let mut txn = builder
+            .build(self.engine.as_ref(), Box::new(FileSystemCommitter::new()))
+            .map_err(|e| self.kernel(e))?;
+        if !change.add.is_empty() {
+            txn.add_files(Box::new(ArrowEngineData::new(
+                add_batch(&change.add).map_err(|e| self.kernel(KernelError::Arrow(e)))?,
+            )));
+        }
+        if !change.remove.is_empty() {
+            for files in base.files_selected(&change.remove)? {
+                txn.remove_files(files);
+            }
+        }
+        match txn
+            .commit(self.engine.as_ref())
+            .map_err(|e| self.kernel(e))?
+        {
+            CommitResult::Committed(done) => Ok(Commit::Committed(done.commit_version())),
+            CommitResult::Conflicted(conflict) => Ok(Commit::Conflict {
+                version: conflict.conflict_version(),
+            }),
+            CommitResult::Retryable(failed) => Err(self.kernel(failed.error)),
+        }
+    }
+
+    /// Whether the table has a log: any object under `_delta_log/`.
+    fn has_log(&self) -> Result<bool, DeltaError> {
+        use delta_kernel::Engine as _;
+        let log = self
+            .root
+            .join("_delta_log/")
+            .map_err(|e| self.kernel(KernelError::generic(e.to_string())))?;
+        let mut listed = self
+            .engine
+            .storage_handler()
+            .list_from(&log)
+            .map_err(|e| self.kernel(e))?;
+        match listed.next() {
+            None => Ok(false),
+            Some(Ok(_)) => Ok(true),
+            Some(Err(e)) => Err(self.kernel(e)),
+        }
+    }
+
+    fn kernel(&self, source: KernelError) -> DeltaError {
+        DeltaError::Kernel {
+            table: self.root.to_string(),
+            source: Box::new(source),
+        }
+    }
+}
+
+impl Snapshot {
+    /// The table version this snapshot shows.
+    pub fn version(&self) -> u64 {
+        self.inner.version()
+    }
+
+    /// The data files of this version.
+    pub fn files(&self) -> Result<Vec<DataFile>, DeltaError> {
+        let mut out = Vec::new();
+        for metadata in self.scan()? {
+            let metadata = metadata.map_err(|e| self.kernel(e))?;
+            out = metadata
+                .visit_scan_files(out, collect_file)
+                .map_err(|e| self.kernel(e))?;
+        }
+        Ok(out)
+    }
+
+    /// The highest version application `app` committed, if it did.
+    pub fn transaction_version(&self, app: &str) -> Result<Option<i64>, DeltaError> {
+        self.inner
+            .get_app_id_version(app, self.engine.as_ref())
+            .map_err(|e| self.kernel(e))
+    }
+
+    /// This version's file rows with only `paths` selected (for removal);
+    /// every path must be in this version.
+    fn files_selected(&self, paths: &[String]) -> Result<Vec<FilteredEngineData>, DeltaError> {
+        let wanted: HashSet<&str> = paths.iter().map(String::as_str).collect();
+        let mut found = HashSet::new();
+        let mut out = Vec::new();
+        for metadata in self.scan()? {
+            let metadata = metadata.map_err(|e| self.kernel(e))?;
+            let (data, selected) = metadata.scan_files.into_parts();
+            let batch = data
+                .any_ref()
+                .downcast_ref::<ArrowEngineData>()
+                .map(|d| d.record_batch().clone())
+                .ok_or_else(|| self.kernel(KernelError::generic("scan rows are not Arrow")))?;
+            let path_column = batch
+                .column_by_name("path")
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                .ok_or_else(|| self.kernel(KernelError::generic("scan rows have no path")))?;
+            let selection: Vec<bool> = (0..batch.num_rows())
+                .map(|row| {
+                    let live = selected.get(row).copied().unwrap_or(true);
+                    let path = path_column.value(row);
+                    let take = live && wanted.contains(path);
+                    if take {
+                        found.insert(path.to_owned());
+                    }
+                    take
+                })
+                .collect();
+            out.push(FilteredEngineData::try_new(data, selection).map_err(|e| self.kernel(e))?);
+        }
+        if let Some(missing) = paths.iter().find(|p| !found.contains(p.as_str())) {
+            return Err(self.kernel(KernelError::generic(format!(
+                "{missing} is not in version {}",
+                self.version()
+            ))));
+        }
+        Ok(out)
+    }
+
+    fn scan(
+        &self,
+    ) -> Result<
+        impl Iterator<Item = Result<delta_kernel::scan::ScanMetadata, KernelError>>,
+        DeltaError,
+    > {
+        Arc::clone(&self.inner)
+            .scan_builder()
+            .build()
+            .and_then(|scan| scan.scan_metadata(self.engine.as_ref()))
+            .map_err(|e| self.kernel(e))
+    }
+
+    fn kernel(&self, source: KernelError) -> DeltaError {
+        DeltaError::Kernel {
+            table: self.inner.table_root().to_string(),
+            source: Box::new(source),
+        }
+    }
+}
+
+fn collect_file(out: &mut Vec<DataFile>, file: ScanFile) {
+    out.push(DataFile {
+        path: file.path,
+        partition: file.partition_values.into_iter().collect(),
+        size: u64::try_from(file.size).unwrap_or(0),
+        modified_ms: file.modification_time,
+        rows: file.stats.map_or(0, |s| s.num_records),
+    });
+}
+
+/// `root` with a trailing `/` (the kernel joins paths onto it).
+fn directory_url(mut root: Url) -> Url {
+    if !root.path().ends_with('/') {
+        let path = format!("{}/", root.path());
+        root.set_path(&path);
+    }
+    root
+}
+
+/// The kernel's add-file rows (`Transaction::add_files_schema`): path,
+/// partition values, size, modification time and statistics
+/// (`numRecords`).
+fn add_batch(files: &[DataFile]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    let names = MapFieldNames {
+        entry: "key_value".into(),
+        key: "key".into(),
+        value: "value".into(),
+    };
+    let mut partitions = MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new());
+    for file in files {
+        for (column, value) in &file.partition {
+            partitions.keys().append_value(column);
+            partitions.values().append_value(value);
+        }
+        partitions.append(true)?;
+    }
+    let partitions = Arc::new(partitions.finish());
+    let num_records: ArrayRef = Arc::new(Int64Array::from_iter_values(
+        files
+            .iter()
+            .map(|f| i64::try_from(f.rows).unwrap_or(i64::MAX)),
+    ));
+    let stats = StructArray::from(vec![(
+        Arc::new(Field::new("numRecords", DataType::Int64, true)),
+        num_records,
+    )]);
+    let entry = DataType::Struct(
+        vec![
+            Field::new("key", DataType::Utf8, false),
+            Field::new("value", DataType::Utf8, true),
+        ]
+        .into(),
+    );
+    let schema = Schema::new(vec![
+        Field::new("path", DataType::Utf8, false),
+        Field::new(
+            "partitionValues",
+            DataType::Map(Arc::new(Field::new("key_value", entry, false)), false),
+            false,
+        ),
+        Field::new("size", DataType::Int64, false),
+        Field::new("modificationTime", DataType::Int64, false),
+        Field::new("stats", stats.data_type().clone(), true),
+    ]);
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                files.iter().map(|f| f.path.as_str()),
+            )),
+            partitions,
+            Arc::new(Int64Array::from_iter_values(
+                files
+                    .iter()
+                    .map(|f| i64::try_from(f.size).unwrap_or(i64::MAX)),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                files.iter().map(|f| f.modified_ms),
+            )),
+            Arc::new(stats),
+        ],
+    )
+}
+
+#[cfg(test)]
+mod tests;
