@@ -548,3 +548,132 @@ async fn s3_shared_detector_state_moves_a_gateway_between_hubs() {
     assert_eq!(stats.shared_state_taken.load(Relaxed), 0);
     assert_eq!(stats.shared_state_failures.load(Relaxed), 1);
 }
+
+/// A small Parquet object in the bucket at `key` (table-relative `path`
+/// below `table_key`), described as the Delta log records it.
+async fn put_data_file(
+    store: &std::sync::Arc<dyn object_store::ObjectStore>,
+    table_key: &str,
+    name: &str,
+    rows: usize,
+) -> iot_delta::DataFile {
+    use arrow_array::{Float64Array, RecordBatch, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+    let schema = std::sync::Arc::new(Schema::new(vec![
+        Field::new("device", DataType::Utf8, false),
+        Field::new("value", DataType::Float64, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        std::sync::Arc::clone(&schema),
+        vec![
+            std::sync::Arc::new(StringArray::from_iter_values(
+                (0..rows).map(|i| format!("{name}{i}")),
+            )),
+            std::sync::Arc::new(Float64Array::from_iter_values((0..rows).map(|i| i as f64))),
+        ],
+    )
+    .unwrap();
+    let mut bytes = Vec::new();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut bytes, schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    let path = format!("hour=10/{name}.parquet");
+    let size = bytes.len() as u64;
+    store
+        .put(
+            &ObjectPath::from(format!("{table_key}/{path}")),
+            Bytes::from(bytes).into(),
+        )
+        .await
+        .unwrap();
+    iot_delta::DataFile {
+        path,
+        partition: [("hour".to_owned(), "10".to_owned())].into(),
+        size,
+        modified_ms: 1_765_000_000_000,
+        rows: rows as u64,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto_server (pip install 'moto[server]'); run by .ci/run"]
+async fn s3_delta_commits_race_in_the_bucket_and_only_one_writer_takes_each_version() {
+    use iot_delta::{Change, Commit, Table};
+    let dir = tempfile::tempdir().unwrap();
+    let (_moto, s3) = start_moto(dir.path()).await;
+    let store = s3.connect().unwrap();
+    let table_key = "archive/delta/scored";
+    let url = url::Url::parse(&format!("s3://{}/{table_key}/", s3.bucket)).unwrap();
+    let schema = arrow_schema::Schema::new(vec![
+        arrow_schema::Field::new("device", arrow_schema::DataType::Utf8, false),
+        arrow_schema::Field::new("value", arrow_schema::DataType::Float64, true),
+        arrow_schema::Field::new("hour", arrow_schema::DataType::Utf8, true),
+    ]);
+    let a = put_data_file(&store, table_key, "a", 3).await;
+    let b = put_data_file(&store, table_key, "b", 4).await;
+
+    let outcome = tokio::task::spawn_blocking(move || {
+        // Two hubs: two clients of the same bucket, both creating the table.
+        let first = Table::open_or_create(
+            std::sync::Arc::clone(&store),
+            url.clone(),
+            &schema,
+            &["hour"],
+        )
+        .unwrap();
+        let second = Table::open_or_create(store, url, &schema, &["hour"]).unwrap();
+        let base_first = first.snapshot().unwrap();
+        let base_second = second.snapshot().unwrap();
+        let change = |file: &iot_delta::DataFile, app: &str| Change {
+            add: vec![file.clone()],
+            transactions: vec![(app.to_owned(), 1)],
+            ..Change::default()
+        };
+        let won = first.commit(&base_first, &change(&a, "hub-a")).unwrap();
+        let lost = second.commit(&base_second, &change(&b, "hub-b")).unwrap();
+        let latest = second.snapshot().unwrap();
+        let seen_by_loser: Vec<String> = latest
+            .files()
+            .unwrap()
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
+        let again = second.commit(&latest, &change(&b, "hub-b")).unwrap();
+        let last = first.snapshot().unwrap();
+        let mut files: Vec<(String, u64)> = last
+            .files()
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.path, f.rows))
+            .collect();
+        files.sort();
+        (won, lost, seen_by_loser, again, last.version(), files)
+    })
+    .await
+    .unwrap();
+    let (won, lost, seen_by_loser, again, version, files) = outcome;
+    assert_eq!(won, Commit::Committed(1));
+    assert_eq!(
+        lost,
+        Commit::Conflict { version: 1 },
+        "the bucket refused the second writer's version"
+    );
+    assert_eq!(seen_by_loser, vec!["hour=10/a.parquet".to_owned()]);
+    assert_eq!(again, Commit::Committed(2));
+    assert_eq!(version, 2);
+    assert_eq!(
+        files,
+        vec![
+            ("hour=10/a.parquet".to_owned(), 3),
+            ("hour=10/b.parquet".to_owned(), 4)
+        ]
+    );
+    let log = s3
+        .connect()
+        .unwrap()
+        .list(Some(&ObjectPath::from(format!("{table_key}/_delta_log"))))
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    assert_eq!(log.len(), 3, "versions 0, 1 and 2 in the bucket: {log:?}");
+}
