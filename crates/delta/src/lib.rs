@@ -20,13 +20,16 @@
 //!   change against the newer snapshot before trying again. Nothing here
 //!   waits on a lease or compares clocks.
 //!
+//! [`Table::checkpoint`] writes a checkpoint, so readers need not replay
+//! the whole log.
+//!
 //! Removing a file from the table does not delete it: a reader holding an
 //! older snapshot can still read it; deleting unreferenced files after a
 //! retention window is the vacuum's job.
 //!
-//! Calls block (the kernel's default engine runs its I/O on a background
-//! runtime of its own), so they belong on the archive's threads, not on an
-//! async task.
+//! Calls block (each table runs its I/O on a small multi-threaded runtime of
+//! its own), so they belong on the archive's threads, not on an async task:
+//! called from inside a Tokio runtime they panic.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -45,14 +48,18 @@ use delta_kernel::transaction::data_layout::DataLayout;
 use delta_kernel::transaction::{CommitResult, UpdateTableOperation};
 use delta_kernel::{KernelError, SnapshotRef};
 use delta_kernel_default_engine::DefaultEngine;
-use delta_kernel_default_engine::executor::tokio::TokioBackgroundExecutor;
+use delta_kernel_default_engine::executor::tokio::TokioMultiThreadExecutor;
 use object_store::ObjectStore;
 use url::Url;
 
 /// What the log records as the writer of each commit.
 const ENGINE_INFO: &str = concat!("iot-pipeline/", env!("CARGO_PKG_VERSION"));
 
-type Engine = DefaultEngine<TokioBackgroundExecutor>;
+type Engine = DefaultEngine<TokioMultiThreadExecutor>;
+
+/// Threads of each table's I/O runtime (the kernel's background executor
+/// cannot write checkpoints: its one thread waits on itself).
+const IO_THREADS: usize = 2;
 
 /// A failure reading or writing a table's log.
 #[derive(Debug, thiserror::Error)]
@@ -148,27 +155,28 @@ impl Table {
         partition_columns: &[&str],
     ) -> Result<Table, DeltaError> {
         let root = directory_url(root);
-        let engine = Arc::new(DefaultEngine::builder(store).build());
+        let executor = TokioMultiThreadExecutor::new_owned_runtime(Some(IO_THREADS), None)
+            .map_err(|e| DeltaError::Kernel {
+                table: root.to_string(),
+                source: Box::new(e),
+            })?;
+        let engine = Arc::new(
+            DefaultEngine::builder(store)
+                .with_task_executor(Arc::new(executor))
+                .build(),
+        );
         let table = Table { root, engine };
         let kernel_schema = Arc::new(
             StructType::try_from_arrow(schema).map_err(|e| table.kernel(KernelError::Arrow(e)))?,
         );
-        if !table.has_log()? {
-            let created = create_table(
-                table.root.as_str(),
-                Arc::clone(&kernel_schema),
-                ENGINE_INFO,
-                true,
-            )
-            .with_data_layout(DataLayout::partitioned(partition_columns))
-            .build(table.engine.as_ref(), Box::new(FileSystemCommitter::new()))
-            .and_then(|txn| txn.commit(table.engine.as_ref()))
-            .map_err(|e| table.kernel(e))?;
-            match created {
-                // Conflicted: another writer created it first; open theirs.
-                CommitResult::Committed(_) | CommitResult::Conflicted(_) => {}
-                CommitResult::Retryable(failed) => return Err(table.kernel(failed.error)),
-            }
+        if !table.has_log()?
+            && let Err(failed) = table.create(Arc::clone(&kernel_schema), partition_columns)
+            // Another writer created it between the look and the create
+            // (its commit took version 0 or its log appeared before ours
+            // was built): open theirs.
+            && !table.has_log()?
+        {
+            return Err(failed);
         }
         let snapshot = table.snapshot()?;
         if snapshot.inner.schema() != kernel_schema {
@@ -239,6 +247,39 @@ impl Table {
             CommitResult::Conflicted(conflict) => Ok(Commit::Conflict {
                 version: conflict.conflict_version(),
             }),
+            CommitResult::Retryable(failed) => Err(self.kernel(failed.error)),
+        }
+    }
+
+    /// Writes a checkpoint of `snapshot` (its live files, transactions and
+    /// metadata in one Parquet file next to the log, and `_last_checkpoint`
+    /// pointing at it), so readers replay the log from there instead of
+    /// from version 0. Returns false when that version already has one.
+    pub fn checkpoint(&self, snapshot: &Snapshot) -> Result<bool, DeltaError> {
+        let (written, _) = snapshot
+            .inner
+            .checkpoint(self.engine.as_ref(), None)
+            .map_err(|e| self.kernel(e))?;
+        Ok(!matches!(
+            written,
+            delta_kernel::snapshot::CheckpointWriteResult::AlreadyExists
+        ))
+    }
+
+    /// Creates the table (version 0); a writer that created it first makes
+    /// this a conflict, which is not an error.
+    fn create(
+        &self,
+        schema: Arc<StructType>,
+        partition_columns: &[&str],
+    ) -> Result<(), DeltaError> {
+        let created = create_table(self.root.as_str(), schema, ENGINE_INFO, true)
+            .with_data_layout(DataLayout::partitioned(partition_columns))
+            .build(self.engine.as_ref(), Box::new(FileSystemCommitter::new()))
+            .and_then(|txn| txn.commit(self.engine.as_ref()))
+            .map_err(|e| self.kernel(e))?;
+        match created {
+            CommitResult::Committed(_) | CommitResult::Conflicted(_) => Ok(()),
             CommitResult::Retryable(failed) => Err(self.kernel(failed.error)),
         }
     }

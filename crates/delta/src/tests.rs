@@ -218,6 +218,50 @@ fn compaction_replaces_files_in_one_version_and_an_older_snapshot_still_lists_th
 }
 
 #[test]
+fn a_checkpoint_lets_the_table_be_read_without_the_log_entries_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = open(dir.path());
+    let mut expected = Vec::new();
+    for n in 0..12 {
+        let file = data_file(dir.path(), &format!("f{n:02}"), "10", n + 1);
+        expected.push(file.path.clone());
+        let base = table.snapshot().unwrap();
+        table
+            .commit(&base, &append(vec![file], "hub-a", n as i64))
+            .unwrap();
+    }
+    let at = table.snapshot().unwrap();
+    assert_eq!(at.version(), 12);
+    assert!(table.checkpoint(&at).unwrap());
+    assert!(
+        !table.checkpoint(&table.snapshot().unwrap()).unwrap(),
+        "a snapshot read after the checkpoint starts from it: nothing to write"
+    );
+    let log = dir.path().join("_delta_log");
+    assert!(
+        log.join("00000000000000000012.checkpoint.parquet")
+            .is_file()
+    );
+    assert!(log.join("_last_checkpoint").is_file());
+    // What log cleanup does: the entries the checkpoint covers go.
+    for version in 0..=12 {
+        std::fs::remove_file(log.join(format!("{version:020}.json"))).unwrap();
+    }
+    let later = data_file(dir.path(), "later", "11", 2);
+    expected.push(later.path.clone());
+    let base = table.snapshot().unwrap();
+    table
+        .commit(&base, &append(vec![later], "hub-b", 1))
+        .unwrap();
+
+    let reopened = open(dir.path()).snapshot().unwrap();
+    assert_eq!(reopened.version(), 13);
+    assert_eq!(paths(&reopened), expected);
+    assert_eq!(reopened.transaction_version("hub-a").unwrap(), Some(11));
+    assert_eq!(reopened.transaction_version("hub-b").unwrap(), Some(1));
+}
+
+#[test]
 fn removing_a_file_the_snapshot_does_not_hold_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let table = open(dir.path());
@@ -301,8 +345,8 @@ fn a_table_url_without_its_trailing_slash_is_the_same_table() {
 /// Writes a table for the third-party readers in CI (`.ci/delta/readers.py`:
 /// the Python `deltalake` package, Polars, DuckDB's delta extension) to
 /// `$DELTA_INTEROP_DIR`, with what each must read in `expected.json`: two
-/// writers (one loses a version and commits after), a compaction and an
-/// expired hour.
+/// writers (one loses a version and commits after), a compaction, a
+/// checkpoint and an expired hour.
 #[test]
 #[ignore = "run by .ci/run with DELTA_INTEROP_DIR set, then read by Python"]
 fn a_table_for_third_party_readers() {
@@ -343,7 +387,10 @@ fn a_table_for_third_party_readers() {
             },
         )
         .unwrap();
+    // Readers start from a checkpoint of the compacted version and replay
+    // the expiry after it.
     let latest = first.snapshot().unwrap();
+    assert!(first.checkpoint(&latest).unwrap());
     first
         .commit(
             &latest,
