@@ -2,6 +2,7 @@
 //! runs and prints; the work itself is in the `lab` library.
 
 pub(crate) mod bench;
+pub(crate) mod bench_delta;
 pub(crate) mod bench_hostile;
 pub(crate) mod bench_hub;
 pub(crate) mod bench_partition;

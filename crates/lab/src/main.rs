@@ -40,6 +40,9 @@ enum Command {
     /// Hub throughput from received batch bytes to committed Parquet (see
     /// docs/BENCHMARKS.md; the Python reference reads the same envelopes).
     BenchHub(cmd::bench_hub::BenchHubArgs),
+    /// Commit latency of a Delta table as its log grows, with and without
+    /// checkpoints (see docs/BENCHMARKS.md).
+    BenchDelta(cmd::bench_delta::BenchDeltaArgs),
     /// Replay Parquet recordings (our own archive included: long tables with
     /// device, metric, ts, value; or wide tables with a time column) to a
     /// broker or straight to a hub, like `edge-agent replay` does for CSV.
@@ -65,7 +68,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rumqttd=off".into()),
+                .unwrap_or_else(|_| "info,rumqttd=off,delta_kernel=warn".into()),
         )
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Command::BenchHostile(args) => args.run(&runtime),
         Command::BenchScoring(args) => args.run(&runtime),
         Command::BenchHub(args) => args.run(&runtime),
+        Command::BenchDelta(args) => args.run(),
         Command::Replay(args) => args.run(&runtime),
         Command::Rescore(args) => args.run(&runtime),
         Command::Eval(args) => args.run(&runtime),
