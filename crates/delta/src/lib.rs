@@ -57,8 +57,9 @@ const ENGINE_INFO: &str = concat!("iot-pipeline/", env!("CARGO_PKG_VERSION"));
 
 type Engine = DefaultEngine<TokioMultiThreadExecutor>;
 
-/// Threads of each table's I/O runtime (the kernel's background executor
-/// cannot write checkpoints: its one thread waits on itself).
+/// Threads of each table's I/O runtime (with the kernel's single-thread
+/// background executor a checkpoint hung; the kernel documents that
+/// checkpoints need the multi-threaded one).
 const IO_THREADS: usize = 2;
 
 /// A failure reading or writing a table's log.
