@@ -1,14 +1,12 @@
-//! The Parquet archive: scored readings and anomaly events, partitioned
-//! Hive-style by table and event hour.
+//! The Parquet archive: scored readings and anomaly events, as Delta Lake
+//! tables partitioned by event date, hour and hub (see [`tables`] for the
+//! layout, the log and the commit protocol several hubs share).
 //!
 //! ```text
-//! <root>/table=scored/date=2026-11-26/hour=07/hub=<hub>/<hub>-<first-pos>-<last-pos>.parquet
-//! <root>/table=anomalies/date=.../hour=.../hub=.../...
-//! <root>/table=shadow/...
+//! <root>/scored/_delta_log/...
+//! <root>/scored/date=2026-11-26/hour=07/hub=<hub>/<hub>-<first-pos>-<last-pos>.parquet
+//! <root>/anomalies/...  <root>/shadow/...  <root>/rescored/...
 //! ```
-//!
-//! Each hub writes only below its own `hub=` directory (several hubs can
-//! share an archive root), which readers see as one more partition column.
 //!
 //! # Inside a file
 //! Rows are buffered per open file and written in row groups of
@@ -16,42 +14,42 @@
 //! skip row groups by device through the statistics); string columns are
 //! dictionary-encoded, numeric ones are not (their dictionaries would not pay);
 //! zstd; page-level statistics. `writer` writes the row groups, encoding the
-//! string columns from the dictionary keys the sort gathers.
+//! string columns from the dictionary keys the sort gathers. Each file's
+//! footer lists the batches it holds (`iot.batches`), which other hubs read.
 //!
-//! # Commit protocol (no reader ever sees a torn file)
+//! # Writing and committing
 //! Each partition has at most one open file, written under a hidden temporary
-//! name (`.<hub>-<first-pos>.parquet.inprogress`, ignored by DuckDB's
-//! `*.parquet` globs and by pyarrow/Spark, which skip dot-files). When it
-//! reaches the target size or maximum age it is closed, fsynced, renamed to
-//! its final name and the directory is fsynced.
+//! name (`.<hub>-<first-pos>.parquet.inprogress`). When it reaches the target
+//! size or maximum age it is closed, fsynced and renamed to its final name;
+//! with a local archive it is then committed to its table's log (the log
+//! entry fsynced), with `[archive.s3]` the uploader puts it in the bucket
+//! and commits it there ([`s3`]). A reader sees a file only once a version
+//! of the log adds it.
 //!
 //! # Exactly once across crashes
 //! Rows reach the archive in WAL order, so the files of one partition cover
 //! consecutive ranges of WAL positions, and the final name records that range.
-//! After a crash the hub lists its committed files, learns per partition the
-//! last WAL position already archived, and replays the WAL skipping, per
-//! partition, every record at or below it. A record is therefore written once
-//! per partition however often the hub dies. Left-over temporary files are
-//! deleted at start-up.
+//! After a crash the hub learns from the newest version of each table (and,
+//! with `[archive.s3]`, from the files still waiting for upload) per
+//! partition the last WAL position already archived, and replays the WAL
+//! skipping, per partition, every record at or below it. A record is
+//! therefore written once per partition however often the hub dies.
+//! Left-over temporary files are deleted at start-up; a renamed file whose
+//! commit a crash cut off is rewritten by the replay (or, under another name,
+//! deleted by the vacuum).
 //!
-//! # Compaction (never a partial state)
+//! # Compaction and retention (versions, never a partial state)
 //! In a *closed* partition (its hour ended `compaction-grace` ago, no open
 //! file), the hub's *small* files (under half the target size) are merged,
 //! oldest first and up to the target size, into one file fully sorted by
-//! device, metric and time, named after the union of their WAL ranges. The
-//! merged file is written and fsynced in a fresh directory under
-//! `<root>/.staging/`, next to hard links of the partition's other files, and
-//! that directory is swapped with the hub's partition directory in one atomic
-//! `renameat2(RENAME_EXCHANGE)` (Linux): a reader lists either the old files
-//! or the new set, never both and never neither. The old files end up
-//! under `.staging/` and are deleted; whatever a crash leaves there is deleted
-//! at start-up. Late data that reaches a compacted partition makes a new file,
-//! merged again in a later round.
-//!
-//! # Retention
-//! With `retention`, a partition whose hour ended longer ago than that is
-//! removed: its `hub=` directory is first renamed under `.staging/` (it
-//! disappears for readers at once, whole), then deleted.
+//! device, metric and time, named after the union of their WAL ranges; one
+//! version removes the small files and adds the merged one. With
+//! `retention`, one version per table removes this hub's files of hours that
+//! ended longer ago. The removed files stay readable for readers of older
+//! versions until the vacuum deletes them (`vacuum-after`). With
+//! `[archive.s3] upload = "when-closed"` the files waiting locally are merged
+//! before upload instead, by swapping the partition's staging directory in one
+//! `renameat2(RENAME_EXCHANGE)`.
 //!
 //! The WAL may drop a segment only when no open file still holds rows from it:
 //! [`Archive::low_water`] is the smallest WAL position that is not yet in a
@@ -128,12 +126,23 @@ pub struct PartitionKey {
 }
 
 impl PartitionKey {
+    /// The partition's directory below an archive root (its table's root,
+    /// then `date=`/`hour=`).
     pub fn dir(&self, root: &Path) -> PathBuf {
+        let (date, hour) = self.date_and_hour();
+        root.join(self.table.name())
+            .join(format!("date={date}"))
+            .join(format!("hour={hour}"))
+    }
+
+    /// The partition values: `YYYY-MM-DD` and `HH` (UTC).
+    pub fn date_and_hour(&self) -> (String, String) {
         let start =
             chrono::DateTime::from_timestamp_micros(self.hour * HOUR_US).unwrap_or_default();
-        root.join(format!("table={}", self.table.name()))
-            .join(format!("date={}", start.format("%Y-%m-%d")))
-            .join(format!("hour={}", start.format("%H")))
+        (
+            start.format("%Y-%m-%d").to_string(),
+            start.format("%H").to_string(),
+        )
     }
 
     /// The directory one hub writes this partition's files in.
@@ -194,6 +203,9 @@ pub struct Archive {
     hub_id: String,
     settings: ArchiveSettings,
     props: WriterProperties,
+    /// The tables of a local archive (`None` with `[archive.s3]`: the root
+    /// then stages files for the uploader, which commits them in the bucket).
+    tables: Option<tables::ArchiveTables>,
     open: HashMap<PartitionKey, OpenFile>,
     /// Per partition, the last WAL position already in a committed file.
     committed_through: HashMap<PartitionKey, u64>,
@@ -212,122 +224,124 @@ impl std::fmt::Debug for Archive {
     }
 }
 
+/// Runs `f` on a thread of its own: opening tables starts runtimes, which
+/// cannot start inside the hub's.
+fn off_runtime<T: Send>(
+    f: impl FnOnce() -> Result<T, ArchiveError> + Send,
+) -> Result<T, ArchiveError> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(f)
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("opening the archive panicked").into()))
+    })
+}
+
 impl Archive {
-    /// The hub's whole archive start-up: with `[archive.s3]`, what the
-    /// bucket already holds is listed (it counts as committed); the local
-    /// root is opened ([`Archive::open_with_remote`]); and the uploader is
-    /// started with the local files still to upload.
+    /// The hub's whole archive start-up: with `[archive.s3]` the bucket is
+    /// checked for conditional writes, its tables are opened and what they
+    /// hold of this hub counts as committed, and the uploader is started
+    /// with the files still waiting under the local root; without, the
+    /// local tables are opened ([`Archive::open`]).
     pub fn start(
         root: &Path,
         hub_id: &str,
         settings: &ArchiveSettings,
         stats: &std::sync::Arc<crate::stats::HubStats>,
     ) -> Result<(Self, Option<s3::Uploader>), ArchiveError> {
-        let remote = match &settings.s3 {
-            // Its own thread: the listing runs a runtime of its own, which
-            // cannot start inside the hub's.
-            Some(s3) => std::thread::scope(|scope| {
-                scope
-                    .spawn(|| s3::list_own(s3, hub_id))
-                    .join()
-                    .unwrap_or_else(|_| Err(io::Error::other("listing the bucket panicked")))
-            })?,
-            None => Vec::new(),
+        let Some(s3) = &settings.s3 else {
+            let archive = off_runtime(|| Self::open(root, hub_id, settings.clone()))?;
+            return Ok((archive, None));
         };
-        let archive = Self::open_with_remote(root, hub_id, settings.clone(), &remote)?;
-        let uploader = match &settings.s3 {
-            Some(s3) => {
-                let resume = s3::files_to_resume(s3, root, &remote)?;
-                Some(s3::Uploader::start(
-                    s3.clone(),
-                    root.to_owned(),
-                    hub_id,
-                    archive.writer_properties(),
-                    std::sync::Arc::clone(stats),
-                    &resume,
-                )?)
-            }
-            None => None,
-        };
-        Ok((archive, uploader))
+        let (bucket, remote) = off_runtime(|| s3::open_bucket_tables(s3, hub_id))?;
+        let archive = Self::open_staging(root, hub_id, settings.clone(), &remote)?;
+        let resume = s3::files_to_resume(s3, root, &bucket)?;
+        let uploader = s3::Uploader::start(
+            bucket,
+            settings,
+            root.to_owned(),
+            hub_id,
+            archive.writer_properties(),
+            std::sync::Arc::clone(stats),
+            &resume,
+        )?;
+        Ok((archive, Some(uploader)))
     }
 
-    /// Opens the archive root: removes this hub's left-over temporary files
-    /// and learns what earlier runs committed.
+    /// Opens a local archive root: its tables (created where missing),
+    /// what earlier runs of this hub committed to them, and removes this
+    /// hub's left-over temporary files. Must not be called on an async
+    /// task.
     pub fn open(
         root: &Path,
         hub_id: &str,
         settings: ArchiveSettings,
     ) -> Result<Self, ArchiveError> {
-        Self::open_with_remote(root, hub_id, settings, &[])
+        let tables = tables::ArchiveTables::open_local(root)?;
+        let committed_through = tables.committed_through(hub_id)?;
+        Self::open_with(root, hub_id, settings, Some(tables), committed_through)
     }
 
-    /// [`Archive::open`], also counting files that only exist in object
-    /// storage (`remote`: paths relative to the archive root, as listed by
-    /// [`s3::list_own`]) as committed.
-    pub fn open_with_remote(
+    /// Opens the local root of an archive in the bucket, where committed
+    /// files wait for upload: they count as committed, as do the files the
+    /// bucket's tables hold of this hub (`remote`, per partition the last
+    /// WAL position).
+    pub fn open_staging(
         root: &Path,
         hub_id: &str,
         settings: ArchiveSettings,
-        remote: &[PathBuf],
+        remote: &HashMap<PartitionKey, u64>,
+    ) -> Result<Self, ArchiveError> {
+        let mut committed_through = remote.clone();
+        for table in Table::ALL {
+            for file in staged_files(root, table)? {
+                if file.parent().and_then(|d| d.file_name())
+                    != Some(format!("hub={hub_id}").as_ref())
+                {
+                    continue;
+                }
+                if let (Some((_, last)), Some(hour)) = (wal_range(&file), hour_of_file(&file)) {
+                    let e = committed_through
+                        .entry(PartitionKey { table, hour })
+                        .or_insert(last);
+                    *e = (*e).max(last);
+                }
+            }
+        }
+        Self::open_with(root, hub_id, settings, None, committed_through)
+    }
+
+    fn open_with(
+        root: &Path,
+        hub_id: &str,
+        settings: ArchiveSettings,
+        tables: Option<tables::ArchiveTables>,
+        committed_through: HashMap<PartitionKey, u64>,
     ) -> Result<Self, ArchiveError> {
         fs::create_dir_all(root)?;
-        let mut committed_through: HashMap<PartitionKey, u64> = HashMap::new();
-        // What an interrupted compaction or expiry left behind is invisible
-        // to readers and no longer needed.
+        tables::refuse_hive_layout(root)?;
+        // What an interrupted staging compaction or expiry left behind is
+        // invisible to readers and no longer needed.
         match fs::remove_dir_all(root.join(".staging")) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
         let tmp_prefix = format!(".{hub_id}-");
-        let final_prefix = format!("{hub_id}-");
         let own_dir = format!("hub={hub_id}");
         for table in Table::ALL {
-            let table_dir = root.join(format!("table={}", table.name()));
-            for file in walk_files(&table_dir)? {
+            for file in walk_files(&root.join(table.name()))? {
                 // Only this hub's directories: on a shared root another hub's
                 // id may start with this one's (`hub` and `hub-1`).
                 if file.parent().and_then(|d| d.file_name()) != Some(own_dir.as_ref()) {
                     continue;
                 }
-                let name = file
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or_default()
-                    .to_owned();
-                if name.starts_with(&tmp_prefix) && name.ends_with(".inprogress") {
+                let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                if name.starts_with(&tmp_prefix)
+                    && (name.ends_with(".inprogress") || name.ends_with(".rewrite"))
+                {
                     fs::remove_file(&file)?;
-                    continue;
                 }
-                let Some(rest) = name
-                    .strip_prefix(&final_prefix)
-                    .and_then(|r| r.strip_suffix(".parquet"))
-                else {
-                    continue;
-                };
-                let Some((_first, last)) = rest.split_once('-') else {
-                    continue;
-                };
-                let (Ok(last), Some(hour)) = (last.parse::<u64>(), hour_of_file(&file)) else {
-                    continue;
-                };
-                let key = PartitionKey { table, hour };
-                let e = committed_through.entry(key).or_insert(last);
-                *e = (*e).max(last);
-            }
-        }
-        for file in remote {
-            let table = Table::ALL
-                .into_iter()
-                .find(|t| file.starts_with(format!("table={}", t.name())));
-            if let (Some(table), Some((_, last)), Some(hour)) =
-                (table, wal_range(file), hour_of_file(file))
-            {
-                let e = committed_through
-                    .entry(PartitionKey { table, hour })
-                    .or_insert(last);
-                *e = (*e).max(last);
             }
         }
         let mut props = WriterProperties::builder()
@@ -390,6 +404,7 @@ impl Archive {
             hub_id: hub_id.to_owned(),
             settings,
             props,
+            tables,
             open: HashMap::new(),
             committed_through,
             appended_until,
@@ -525,7 +540,7 @@ impl Archive {
         })
     }
 
-    fn commit(&mut self, key: PartitionKey) -> io::Result<CommittedFile> {
+    fn commit(&mut self, key: PartitionKey) -> Result<CommittedFile, ArchiveError> {
         let mut file = self.open.remove(&key).expect("commit of an open partition");
         file.flush_row_group()?;
         file.writer
@@ -545,22 +560,27 @@ impl Archive {
         let meta = file.writer.close()?;
         file.sync_handle.sync_all()?;
         let dir = key.hub_dir(&self.root, &self.hub_id);
-        let path = dir.join(format!(
+        let name = format!(
             "{}-{:020}-{:020}.parquet",
             self.hub_id, file.first_pos, file.last_pos
-        ));
-        // Commits into one partition are serialised across the hubs sharing
-        // this archive root; batches another hub already committed here are
-        // left out of this file (cross-hub exactly-once).
-        let lock = PartitionLock::acquire(&key.dir(&self.root), &self.hub_id)?;
-        let mut rows = meta.file_metadata().num_rows() as u64;
-        let taken = other_hubs_batches(&key.dir(&self.root), &self.hub_id)?;
-        if !taken.is_empty() {
-            rows = drop_batches(&file.tmp_path, &taken, &self.props)?;
-        }
+        );
+        let path = dir.join(&name);
         fs::rename(&file.tmp_path, &path)?;
         File::open(&dir)?.sync_all()?;
-        drop(lock);
+        let rows = match &mut self.tables {
+            // Into the table's log, leaving out batches other hubs of this
+            // archive committed (see `tables`); the file is in place already.
+            Some(tables) => tables.commit_new_file(
+                key,
+                &self.hub_id,
+                &name,
+                &path,
+                &self.props,
+                |_, _, _| Ok(()),
+            )?,
+            // Staged for the uploader, which does the same in the bucket.
+            None => meta.file_metadata().num_rows() as u64,
+        };
         let bytes = fs::metadata(&path)?.len();
         self.committed_through.insert(key, file.last_pos);
         Ok(CommittedFile { path, rows, bytes })
@@ -568,18 +588,18 @@ impl Archive {
 
     /// Commits files older than the maximum age.
     pub fn commit_aged(&mut self) -> Result<Vec<CommittedFile>, ArchiveError> {
-        Ok(self.commit_where(|f, max_age| f.opened_at.elapsed() >= max_age)?)
+        self.commit_where(|f, max_age| f.opened_at.elapsed() >= max_age)
     }
 
     /// Commits every open file (shutdown).
     pub fn commit_all(&mut self) -> Result<Vec<CommittedFile>, ArchiveError> {
-        Ok(self.commit_where(|_, _| true)?)
+        self.commit_where(|_, _| true)
     }
 
     fn commit_where(
         &mut self,
         due: impl Fn(&OpenFile, Duration) -> bool,
-    ) -> io::Result<Vec<CommittedFile>> {
+    ) -> Result<Vec<CommittedFile>, ArchiveError> {
         let mut keys: Vec<PartitionKey> = self
             .open
             .iter()
@@ -646,21 +666,21 @@ impl OpenFile {
 
 mod error;
 mod footer;
-mod lock;
 mod maintenance;
 mod read;
 mod sort;
+pub mod tables;
 
 pub use error::ArchiveError;
 use footer::*;
-use lock::PartitionLock;
 
 pub use footer::{
     BATCHES_KEY, MAX_FOOTER_BATCHES, MAX_FOOTER_BYTES, decode_batch_ids, encode_batch_ids,
     file_key_values, footer_batch_ids,
 };
 pub use read::{
-    committed_files, conform, hour_of_file, read_file, read_table, wal_range, walk_files,
+    committed_files, committed_files_in, conform, hour_of_file, read_file, read_table, staged_files, wal_range,
+    walk_files,
 };
 pub use sort::sort_by_device_metric_time;
 

@@ -241,6 +241,12 @@ pub struct ArchiveSettings {
     /// Partitions older than this (by event hour) are deleted; absent: kept.
     #[serde(with = "schemas::settings::opt_duration")]
     pub retention: Option<Duration>,
+    /// Data files no version of their table holds any more (replaced by
+    /// compaction, past retention, or written by a hub that died before
+    /// committing them) are deleted once they are this old. A reader
+    /// holding a snapshot older than this may find files gone.
+    #[serde(with = "duration")]
+    pub vacuum_after: Duration,
     /// Archive to S3-compatible object storage instead of the local disk
     /// (the local archive path then only stages files until they are
     /// uploaded; see [`crate::archive::s3`]).
@@ -261,6 +267,7 @@ impl Default for ArchiveSettings {
             compaction_grace: Duration::from_secs(3600),
             compaction_interval: Duration::from_secs(60),
             retention: None,
+            vacuum_after: Duration::from_secs(3600),
             s3: None,
         }
     }
@@ -535,6 +542,12 @@ impl Validate for HubConfig {
             problems.push(ConfigProblem::new(
                 "archive.max-file-age",
                 "must be at least 100ms",
+            ));
+        }
+        if self.archive.vacuum_after < Duration::from_secs(60) {
+            problems.push(ConfigProblem::new(
+                "archive.vacuum-after",
+                "must be at least 1m (a hub commits a file moments after writing it; a shorter window could delete it in between)",
             ));
         }
         if !(1..=22).contains(&self.archive.zstd_level) {

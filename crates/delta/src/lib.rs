@@ -155,18 +155,7 @@ impl Table {
         schema: &Schema,
         partition_columns: &[&str],
     ) -> Result<Table, DeltaError> {
-        let root = directory_url(root);
-        let executor = TokioMultiThreadExecutor::new_owned_runtime(Some(IO_THREADS), None)
-            .map_err(|e| DeltaError::Kernel {
-                table: root.to_string(),
-                source: Box::new(e),
-            })?;
-        let engine = Arc::new(
-            DefaultEngine::builder(store)
-                .with_task_executor(Arc::new(executor))
-                .build(),
-        );
-        let table = Table { root, engine };
+        let table = Table::new(store, root)?;
         let kernel_schema = Arc::new(
             StructType::try_from_arrow(schema).map_err(|e| table.kernel(KernelError::Arrow(e)))?,
         );
@@ -200,6 +189,29 @@ impl Table {
         Ok(table)
     }
 
+    /// Opens the table at `root` for reading, if it has a log (`None`:
+    /// nothing was ever committed there). Its schema is whatever the log
+    /// says.
+    pub fn open_existing(store: Arc<dyn ObjectStore>, root: Url) -> Result<Option<Table>, DeltaError> {
+        let table = Table::new(store, root)?;
+        Ok(table.has_log()?.then_some(table))
+    }
+
+    fn new(store: Arc<dyn ObjectStore>, root: Url) -> Result<Table, DeltaError> {
+        let root = directory_url(root);
+        let executor = TokioMultiThreadExecutor::new_owned_runtime(Some(IO_THREADS), None)
+            .map_err(|e| DeltaError::Kernel {
+                table: root.to_string(),
+                source: Box::new(e),
+            })?;
+        let engine = Arc::new(
+            DefaultEngine::builder(store)
+                .with_task_executor(Arc::new(executor))
+                .build(),
+        );
+        Ok(Table { root, engine })
+    }
+
     /// The table's root URL.
     pub fn root(&self) -> &Url {
         &self.root
@@ -216,8 +228,32 @@ impl Table {
         })
     }
 
+    /// `snapshot` brought up to the latest version, reading only the log
+    /// entries after it (the same snapshot when nothing was committed
+    /// since).
+    pub fn refresh(&self, snapshot: &Snapshot) -> Result<Snapshot, DeltaError> {
+        let inner = delta_kernel::Snapshot::builder_from(Arc::clone(&snapshot.inner))
+            .build(self.engine.as_ref())
+            .map_err(|e| self.kernel(e))?;
+        Ok(Snapshot {
+            inner,
+            engine: Arc::clone(&self.engine),
+        })
+    }
+
     /// Commits `change` as the version after `base`.
     pub fn commit(&self, base: &Snapshot, change: &Change) -> Result<Commit, DeltaError> {
+        self.commit_then_snapshot(base, change).map(|(commit, _)| commit)
+    }
+
+    /// [`Table::commit`], also returning the snapshot of the version it
+    /// committed (when the kernel made one), so a writer that knows what it
+    /// changed need not read the log again.
+    pub fn commit_then_snapshot(
+        &self,
+        base: &Snapshot,
+        change: &Change,
+    ) -> Result<(Commit, Option<Snapshot>), DeltaError> {
         let (operation, data_change) = match change.operation {
             Operation::Append => (UpdateTableOperation::StreamingUpdate, true),
             Operation::Compact => (UpdateTableOperation::Optimize, false),
@@ -244,10 +280,19 @@ impl Table {
             .commit(self.engine.as_ref())
             .map_err(|e| self.kernel(e))?
         {
-            CommitResult::Committed(done) => Ok(Commit::Committed(done.commit_version())),
-            CommitResult::Conflicted(conflict) => Ok(Commit::Conflict {
-                version: conflict.conflict_version(),
-            }),
+            CommitResult::Committed(done) => Ok((
+                Commit::Committed(done.commit_version()),
+                done.post_commit_snapshot().map(|inner| Snapshot {
+                    inner: Arc::clone(inner),
+                    engine: Arc::clone(&self.engine),
+                }),
+            )),
+            CommitResult::Conflicted(conflict) => Ok((
+                Commit::Conflict {
+                    version: conflict.conflict_version(),
+                },
+                None,
+            )),
             CommitResult::Retryable(failed) => Err(self.kernel(failed.error)),
         }
     }

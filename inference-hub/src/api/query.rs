@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::{ApiContext, ApiError, CancelOnDrop, Cancelled, check_range, openapi, parse_time};
-use crate::archive::{self, PartitionKey, Table};
+use crate::archive::{self, Table};
 
 pub const MAX_QUERY_ROWS: usize = 1_000_000;
 /// Files and rows one request may read, whatever its range and filters.
@@ -62,25 +62,19 @@ impl ScanError {
     }
 }
 
-/// The committed Parquet files of `table` whose hours meet `[from, to)`
-/// (a range already checked to be at most 31 days).
+/// The files the newest version of `table` holds in the hours that meet
+/// `[from, to)` (a range already checked to be at most 31 days).
 fn range_files(
     root: &std::path::Path,
     table: Table,
     from: i64,
     to: i64,
 ) -> Result<Vec<PathBuf>, ScanError> {
-    let mut files: Vec<PathBuf> = Vec::new();
-    for hour in from.div_euclid(3_600_000_000)..=(to - 1).div_euclid(3_600_000_000) {
-        let dir = PartitionKey { table, hour }.dir(root);
-        files.extend(
-            archive::walk_files(&dir)?
-                .into_iter()
-                .filter(|p| p.extension().is_some_and(|e| e == "parquet")),
-        );
-        if files.len() > MAX_FILES {
-            return Err(ScanError::TooManyFiles);
-        }
+    let hours = from.div_euclid(3_600_000_000)..(to - 1).div_euclid(3_600_000_000) + 1;
+    let files = archive::committed_files_in(root, table, hours)
+        .map_err(|e| ScanError::Io(std::io::Error::other(e)))?;
+    if files.len() > MAX_FILES {
+        return Err(ScanError::TooManyFiles);
     }
     Ok(files)
 }

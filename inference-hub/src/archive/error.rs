@@ -23,7 +23,12 @@ pub enum ArchiveError {
     /// Object storage refused or could not be reached.
     #[error("object storage: {0}")]
     Store(#[from] object_store::Error),
-    /// A setting the archive cannot work with.
+    /// A table's Delta log could not be read or written, or belongs to
+    /// something else.
+    #[error(transparent)]
+    Table(#[from] iot_delta::DeltaError),
+    /// A setting the archive cannot work with, or an archive in a layout
+    /// this hub does not write.
     #[error("archive settings: {0}")]
     Settings(String),
 }
@@ -40,6 +45,10 @@ impl ArchiveError {
                 .is_none_or(io_is_retryable),
             ArchiveError::Parquet(_) | ArchiveError::Arrow(_) | ArchiveError::Settings(_) => false,
             ArchiveError::Store(_) => true,
+            // Storage failures (the kernel says no more); a foreign table
+            // stays foreign.
+            ArchiveError::Table(iot_delta::DeltaError::Kernel { .. }) => true,
+            ArchiveError::Table(iot_delta::DeltaError::Foreign { .. }) => false,
         }
     }
 }

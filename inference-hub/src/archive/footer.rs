@@ -35,33 +35,6 @@ pub(super) fn batch_ids_of_rows(batch: &RecordBatch, rows: &[usize]) -> Option<V
     )
 }
 
-/// Batch identities in the committed files of the other hubs' directories
-/// of a partition (only the three identity columns are read).
-pub(super) fn other_hubs_batches(
-    partition: &Path,
-    hub_id: &str,
-) -> io::Result<std::collections::HashSet<BatchId>> {
-    let mut out = std::collections::HashSet::new();
-    let own = format!("hub={hub_id}");
-    let Ok(entries) = fs::read_dir(partition) else {
-        return Ok(out);
-    };
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("hub=") || name == own || !entry.file_type()?.is_dir() {
-            continue;
-        }
-        for file in walk_files(&entry.path())? {
-            if file.extension().is_none_or(|e| e != "parquet") {
-                continue;
-            }
-            out.extend(file_batches(&file)?);
-        }
-    }
-    Ok(out)
-}
-
 /// Rewrites a (not yet visible) file without the rows of `taken` batches;
 /// returns the rows kept.
 pub(crate) fn drop_batches(

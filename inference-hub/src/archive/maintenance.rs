@@ -9,21 +9,53 @@ use arrow_array::RecordBatch;
 
 use super::*;
 
+/// One of this hub's committed files.
+#[derive(Debug, Clone)]
+struct OwnFile {
+    /// On this machine.
+    path: PathBuf,
+    /// In the table's log (`None`: staged for upload).
+    in_log: Option<String>,
+    bytes: u64,
+}
+
 impl Archive {
-    /// This hub's committed files per partition.
-    fn own_partitions(&self) -> io::Result<BTreeMap<PartitionKey, Vec<PathBuf>>> {
-        let mut out: BTreeMap<PartitionKey, Vec<PathBuf>> = BTreeMap::new();
-        let hub_dir = format!("hub={}", self.hub_id);
+    /// This hub's committed files per partition: those the tables hold, or
+    /// with `[archive.s3]` those waiting for upload.
+    fn own_partitions(&self) -> Result<BTreeMap<PartitionKey, Vec<OwnFile>>, ArchiveError> {
+        let mut out: BTreeMap<PartitionKey, Vec<OwnFile>> = BTreeMap::new();
         for table in Table::ALL {
-            for file in committed_files(&self.root, table)? {
-                let in_own_dir = file
-                    .parent()
-                    .and_then(Path::file_name)
-                    .is_some_and(|n| n.to_str() == Some(hub_dir.as_str()));
-                if let (true, Some(hour)) = (in_own_dir, hour_of_file(&file)) {
-                    out.entry(PartitionKey { table, hour })
-                        .or_default()
-                        .push(file);
+            match &self.tables {
+                Some(tables) => {
+                    for file in tables.files(table)? {
+                        if file.hub != self.hub_id {
+                            continue;
+                        }
+                        out.entry(file.key).or_default().push(OwnFile {
+                            path: self.root.join(table.name()).join(&file.path),
+                            in_log: Some(file.path),
+                            bytes: file.bytes,
+                        });
+                    }
+                }
+                None => {
+                    let hub_dir = format!("hub={}", self.hub_id);
+                    for path in staged_files(&self.root, table)? {
+                        let in_own_dir = path
+                            .parent()
+                            .and_then(Path::file_name)
+                            .is_some_and(|n| n.to_str() == Some(hub_dir.as_str()));
+                        if let (true, Some(hour)) = (in_own_dir, hour_of_file(&path)) {
+                            let bytes = fs::metadata(&path)?.len();
+                            out.entry(PartitionKey { table, hour })
+                                .or_default()
+                                .push(OwnFile {
+                                    path,
+                                    in_log: None,
+                                    bytes,
+                                });
+                        }
+                    }
                 }
             }
         }
@@ -44,14 +76,17 @@ impl Archive {
         busy: &HashSet<PathBuf>,
     ) -> Result<Option<CommittedFile>, ArchiveError> {
         for (key, files) in self.own_partitions()? {
-            if !self.is_closed(key, now_us) || files.iter().any(|f| busy.contains(f)) {
+            if !self.is_closed(key, now_us) || files.iter().any(|f| busy.contains(&f.path)) {
                 continue;
             }
-            let chosen = self.compaction_choice(&files)?;
+            let chosen = self.compaction_choice(&files);
             if chosen.is_empty() {
                 continue;
             }
-            let keep: Vec<PathBuf> = files.into_iter().filter(|f| !chosen.contains(f)).collect();
+            let keep: Vec<OwnFile> = files
+                .into_iter()
+                .filter(|f| !chosen.iter().any(|c| c.path == f.path))
+                .collect();
             return Ok(Some(self.compact(key, &chosen, &keep)?));
         }
         Ok(None)
@@ -68,12 +103,12 @@ impl Archive {
         let mut settled = Vec::new();
         for (key, files) in self.own_partitions()? {
             if !self.is_closed(key, now_us)
-                || files.iter().any(|f| busy.contains(f))
-                || !self.compaction_choice(&files)?.is_empty()
+                || files.iter().any(|f| busy.contains(&f.path))
+                || !self.compaction_choice(&files).is_empty()
             {
                 continue;
             }
-            settled.extend(files);
+            settled.extend(files.into_iter().map(|f| f.path));
         }
         Ok(settled)
     }
@@ -87,36 +122,35 @@ impl Archive {
 
     /// The files of a partition that compaction merges: the small ones (under
     /// half the target size) up to the target in all; none if fewer than two.
-    fn compaction_choice(&self, files: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
+    fn compaction_choice(&self, files: &[OwnFile]) -> Vec<OwnFile> {
         let target = self.settings.target_file_bytes;
         let (mut chosen, mut total) = (Vec::new(), 0u64);
         for f in files {
-            let size = fs::metadata(f)?.len();
-            if size < target / 2 && total + size <= target {
+            if f.bytes < target / 2 && total + f.bytes <= target {
                 chosen.push(f.clone());
-                total += size;
+                total += f.bytes;
             }
         }
         if chosen.len() < 2 {
             chosen.clear();
         }
-        Ok(chosen)
+        chosen
     }
 
     fn compact(
         &mut self,
         key: PartitionKey,
-        files: &[PathBuf],
-        keep: &[PathBuf],
-    ) -> io::Result<CommittedFile> {
+        files: &[OwnFile],
+        keep: &[OwnFile],
+    ) -> Result<CommittedFile, ArchiveError> {
         let (mut first, mut last) = (u64::MAX, 0u64);
         let mut batches = Vec::new();
         for f in files {
-            if let Some((a, b)) = wal_range(f) {
+            if let Some((a, b)) = wal_range(&f.path) {
                 first = first.min(a);
                 last = last.max(b);
             }
-            batches.extend(read_file(f)?);
+            batches.extend(read_file(&f.path)?);
         }
         let schema = key.table.schema();
         let batches: Vec<RecordBatch> = batches
@@ -126,6 +160,60 @@ impl Archive {
         let ids: std::collections::BTreeSet<BatchId> =
             batches.iter().flat_map(distinct_batch_ids).collect();
         let merged = sort_by_device_metric_time(&schema, &batches)?;
+        let name = format!("{}-{first:020}-{last:020}.parquet", self.hub_id);
+        let write = |path: &Path| -> Result<u64, ArchiveError> {
+            let file = File::create(path)?;
+            let sync_handle = file.try_clone()?;
+            let mut writer = ArchiveFileWriter::try_new(file, std::sync::Arc::clone(&schema), self.props.clone())?;
+            writer.write_row_groups(&merged, self.settings.row_group_rows)?;
+            for (k, v) in [
+                ("iot.hub_id", self.hub_id.clone()),
+                ("iot.wal_first_pos", first.to_string()),
+                ("iot.wal_last_pos", last.to_string()),
+                ("iot.compacted_files", files.len().to_string()),
+                (BATCHES_KEY, encode_batch_ids(&ids)),
+            ] {
+                writer.append_key_value_metadata(KeyValue::new(k.into(), v));
+            }
+            let meta = writer.close()?;
+            sync_handle.sync_all()?;
+            Ok(meta.file_metadata().num_rows() as u64)
+        };
+        let target = key.hub_dir(&self.root, &self.hub_id);
+        let path = target.join(&name);
+        let Some(tables) = &self.tables else {
+            let rows = self.compact_staged(key, &name, keep, write)?;
+            return Ok(CommittedFile {
+                bytes: fs::metadata(&path)?.len(),
+                path,
+                rows,
+            });
+        };
+        // Written under a temporary name, renamed, then one version swaps
+        // the small files for it; the small files stay for readers of
+        // older versions until the vacuum.
+        let tmp = target.join(format!(".{}-compact-{first:020}.parquet.inprogress", self.hub_id));
+        let rows = write(&tmp)?;
+        fs::rename(&tmp, &path)?;
+        File::open(&target)?.sync_all()?;
+        let bytes = fs::metadata(&path)?.len();
+        let removed: Vec<String> = files.iter().filter_map(|f| f.in_log.clone()).collect();
+        tables.commit_compaction(key, &self.hub_id, &removed, &name, bytes, rows)?;
+        Ok(CommittedFile { path, rows, bytes })
+    }
+
+    /// Compaction of files staged for upload: the merged file, written by
+    /// `write`, and hard links of the partition's other files make a fresh
+    /// directory under `.staging/`, swapped with the hub's partition
+    /// directory in one `renameat2(RENAME_EXCHANGE)`, so the uploader lists
+    /// either the old files or the new set, never both.
+    fn compact_staged(
+        &self,
+        key: PartitionKey,
+        name: &str,
+        keep: &[OwnFile],
+        write: impl Fn(&Path) -> Result<u64, ArchiveError>,
+    ) -> Result<u64, ArchiveError> {
         let staging = self.staging();
         create_dir_durable(&staging)?;
         let work = staging.join(format!(
@@ -136,46 +224,21 @@ impl Archive {
         ));
         let _ = fs::remove_dir_all(&work);
         fs::create_dir(&work)?;
-        let name = format!("{}-{first:020}-{last:020}.parquet", self.hub_id);
-        let path = work.join(&name);
-        let file = File::create(&path)?;
-        let sync_handle = file.try_clone()?;
-        let mut writer = ArchiveFileWriter::try_new(file, schema, self.props.clone())?;
-        writer.write_row_groups(&merged, self.settings.row_group_rows)?;
-        for (k, v) in [
-            ("iot.hub_id", self.hub_id.clone()),
-            ("iot.wal_first_pos", first.to_string()),
-            ("iot.wal_last_pos", last.to_string()),
-            ("iot.compacted_files", files.len().to_string()),
-            (BATCHES_KEY, encode_batch_ids(&ids)),
-        ] {
-            writer.append_key_value_metadata(KeyValue::new(k.into(), v));
-        }
-        let meta = writer.close()?;
-        sync_handle.sync_all()?;
+        let rows = write(&work.join(name))?;
         // The partition's other files stay, as hard links in the new set.
         for f in keep {
-            fs::hard_link(f, work.join(f.file_name().expect("a file")))?;
+            fs::hard_link(&f.path, work.join(f.path.file_name().expect("a file")))?;
         }
         File::open(&work)?.sync_all()?;
         let target = key.hub_dir(&self.root, &self.hub_id);
         exchange(&work, &target)?;
         File::open(key.dir(&self.root))?.sync_all()?;
         File::open(&staging)?.sync_all()?;
-        // `work` now holds the old files, invisible to readers.
+        // `work` now holds the old files, invisible to the uploader.
         fs::remove_dir_all(&work)?;
-        Ok(CommittedFile {
-            path: target.join(name),
-            rows: meta.file_metadata().num_rows() as u64,
-            bytes: fs::metadata(
-                target.join(format!("{}-{first:020}-{last:020}.parquet", self.hub_id)),
-            )?
-            .len(),
-        })
+        Ok(rows)
     }
 
-    /// Deletes this hub's partitions older than the retention; returns how
-    /// many.
     /// The first event hour retention keeps (`None`: no retention).
     pub fn retention_first_hour(&self, now_us: i64) -> Option<i64> {
         let retention = self.settings.retention?;
@@ -183,15 +246,20 @@ impl Archive {
         Some(cutoff.div_euclid(HOUR_US))
     }
 
-    /// Removes this hub's partitions past retention; how many went.
+    /// Removes this hub's partitions past retention; how many went. With
+    /// local tables, one version per table removes the files (the vacuum
+    /// deletes them later); with `[archive.s3]` the staged files of those
+    /// hours are deleted (the uploader expires the bucket's).
     pub fn apply_retention(&mut self, now_us: i64) -> Result<usize, ArchiveError> {
-        let Some(retention) = self.settings.retention else {
+        let Some(first_kept) = self.retention_first_hour(now_us) else {
             return Ok(0);
         };
-        let cutoff = now_us - retention.as_micros() as i64;
+        if let Some(tables) = &self.tables {
+            return tables.expire(&self.hub_id, first_kept);
+        }
         let mut removed = 0;
         for key in self.own_partitions()?.into_keys() {
-            if (key.hour + 1) * HOUR_US > cutoff || self.open.contains_key(&key) {
+            if key.hour >= first_kept || self.open.contains_key(&key) {
                 continue;
             }
             let staging = self.staging();
@@ -209,5 +277,17 @@ impl Archive {
             removed += 1;
         }
         Ok(removed)
+    }
+
+    /// Deletes the local tables' data files that no version holds any more
+    /// and that are older than `vacuum-after` (see [`tables`]); how many.
+    /// With `[archive.s3]` the uploader vacuums the bucket.
+    pub fn vacuum(&self, now_ms: i64) -> Result<usize, ArchiveError> {
+        match &self.tables {
+            Some(tables) => {
+                tables.vacuum(now_ms - self.settings.vacuum_after.as_millis() as i64)
+            }
+            None => Ok(0),
+        }
     }
 }

@@ -100,17 +100,64 @@ pub fn walk_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Committed Parquet files of a table, for readers and tests.
-pub fn committed_files(root: &Path, table: Table) -> io::Result<Vec<PathBuf>> {
-    Ok(walk_files(&root.join(format!("table={}", table.name())))?
+/// The files the newest version of a local archive's `table` holds (none
+/// before anything was committed), as paths below `root`. Safe to call from
+/// anywhere, an async task included (the log is read on a thread of its
+/// own).
+pub fn committed_files(root: &Path, table: Table) -> Result<Vec<PathBuf>, ArchiveError> {
+    committed_files_in(root, table, i64::MIN..i64::MAX)
+}
+
+/// [`committed_files`] of the event hours (hours since the epoch) in
+/// `hours`.
+pub fn committed_files_in(
+    root: &Path,
+    table: Table,
+    hours: std::ops::Range<i64>,
+) -> Result<Vec<PathBuf>, ArchiveError> {
+    let table_root = root.join(table.name());
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let url = url::Url::from_directory_path(std::path::absolute(&table_root)?)
+                    .map_err(|()| io::Error::other("not a usable archive path"))?;
+                let store = Arc::new(object_store::local::LocalFileSystem::new());
+                let Some(log) = iot_delta::Table::open_existing(store, url)? else {
+                    return Ok(Vec::new());
+                };
+                let snapshot = log.snapshot()?;
+                let mut files = Vec::new();
+                for file in snapshot.files()? {
+                    let path = table_root.join(&file.path);
+                    if hour_of_file(&path).is_some_and(|h| hours.contains(&h)) {
+                        files.push(path);
+                    }
+                }
+                files.sort();
+                Ok(files)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("reading the table log panicked").into()))
+    })
+}
+
+/// The files waiting under the local root of an archive in the bucket
+/// (committed locally, not yet uploaded), for the uploader and tests.
+pub fn staged_files(root: &Path, table: Table) -> io::Result<Vec<PathBuf>> {
+    Ok(walk_files(&root.join(table.name()))?
         .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "parquet")
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .collect())
 }
 
-/// Reads every committed file of a table (tests, tools; not for large
-/// archives: it loads everything).
-pub fn read_table(root: &Path, table: Table) -> io::Result<Vec<RecordBatch>> {
+/// Reads every committed file of a local archive's table (tests, tools;
+/// not for large archives: it loads everything).
+pub fn read_table(root: &Path, table: Table) -> Result<Vec<RecordBatch>, ArchiveError> {
     let mut out = Vec::new();
     for path in committed_files(root, table)? {
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(

@@ -1,43 +1,40 @@
 //! Archiving to S3-compatible object storage (`[archive.s3]`).
 //!
-//! Files are written and committed locally exactly as for a local archive
-//! (the local root becomes a staging area), then uploaded by a background
-//! thread under the same relative key (`<prefix>/table=.../hub=.../<name>`).
-//! A PUT makes an object visible whole, so readers of the bucket never see a
-//! torn file. The local copy is deleted once the upload succeeded; uploads are
-//! retried with backoff, and files still local at start-up (a crash, or an
-//! outage of the object store) are uploaded then. Re-uploading a file after a
-//! crash writes the same key with the same bytes, so nothing is duplicated.
+//! The archive's Delta tables live in the bucket, under the prefix
+//! (`<prefix>/scored/_delta_log/...`, `<prefix>/scored/date=.../hour=.../hub=.../<name>`;
+//! see [`super::tables`]). Files are written and committed locally exactly
+//! as for a local archive, except that the local root only stages them; a
+//! background thread then puts each file in the bucket under the same
+//! relative key and commits it to its table's log in the bucket, following
+//! the protocol every hub of an archive follows: the next log version is
+//! created conditionally, and before each attempt the batches other hubs'
+//! files of the partition hold (read from their footers) are left out of
+//! this one. So several hubs on one bucket (a shared subscription; a batch a
+//! hub made durable but could not answer is resent to another hub, so two
+//! hubs may hold it) keep each batch in the table once, with no lock, lease
+//! or clock. The local copy is deleted once the commit succeeded; attempts
+//! are retried with backoff, and files still local at start-up (a crash, or
+//! an outage of the object store) are committed then. A file whose put
+//! landed but whose commit did not is not in any version: readers never see
+//! it, the retry writes the same key again, and a file nobody commits is
+//! deleted by the vacuum (`archive.vacuum-after`).
 //!
-//! At start-up the hub lists its own objects: their names carry the WAL range,
-//! so WAL replay skips what the bucket already holds, as it does for local
-//! files. An object store has no atomic swap of a set of objects, so nothing
-//! is compacted in the bucket: with `upload = "on-commit"` files are sized by
-//! `target-file-bytes` and `max-file-age` when they are written; with
-//! `"when-closed"` they wait until their partition is closed and merged
-//! locally (see [`UploadWhen`]; files handed to the thread are never merged,
-//! nor is a file the bucket already holds, see [`files_to_resume`]). Retention (`archive.retention`)
-//! deletes this hub's objects of expired event hours, in the upload thread's
-//! order of work. At shutdown a failed upload is not retried: the file stays
-//! local for the next start.
+//! At start-up the hub reads the newest versions of the bucket's tables:
+//! its own files' names carry the WAL range, so WAL replay skips what the
+//! bucket already holds, as it does for local files. With `upload =
+//! "on-commit"` files are sized by `target-file-bytes` and `max-file-age`
+//! when they are written; with `"when-closed"` they wait until their
+//! partition is closed and merged locally (see [`UploadWhen`]). Retention
+//! (`archive.retention`) removes this hub's files of expired event hours in
+//! one version per table, and the vacuum deletes them later, in the upload
+//! thread's order of work. At shutdown a failed upload is not retried: the
+//! file stays local for the next start.
 //!
-//! **Several hubs on one bucket** (a shared subscription; a batch a hub made
-//! durable but could not answer is resent to another hub, so two hubs may
-//! hold it): the upload into a partition is done under that partition's
-//! lease lock, `<partition>/.commit.lock`, taken with a conditional PUT
-//! (`If-None-Match: *`; a lease lasts 120 s, and an expired one is taken over
-//! with `If-Match` on its ETag, so two hubs cannot both take it; the holder
-//! starts its upload within 30 s or starts over). Holding it, the hub reads which
-//! batches the other hubs' objects in the partition hold (from each file's
-//! `iot.batches` footer: two small ranged GETs per object, cached, objects
-//! never change), leaves those batches out of its own file, uploads, and
-//! releases the lock. Whichever hub uploads second sees the first one's
-//! object, so each batch is in the bucket once. This needs a store with
-//! conditional writes (AWS S3, MinIO, Ceph, R2; moto in the tests). The hub
-//! checks that at start-up ([`check_conditional_writes`]: a second
-//! `If-None-Match: *` create of one probe object must be refused, and so
-//! must an `If-Match` with a wrong ETag) and refuses to start on a store that
-//! does not honour them, rather than upload without the check.
+//! The log needs a store with conditional writes (AWS S3, MinIO, Ceph, R2;
+//! moto in the tests). The hub checks that at start-up
+//! ([`check_conditional_writes`]: a second `If-None-Match: *` create of one
+//! probe object must be refused, and so must an `If-Match` with a wrong
+//! ETag) and refuses to start on a store that does not honour them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -216,90 +213,70 @@ pub async fn check_conditional_writes(
 }
 
 /// Checks the store ([`check_conditional_writes`], with a probe object of
-/// this hub's own), then lists the keys (relative to the prefix) of this
-/// hub's committed objects.
-pub fn list_own(settings: &S3Settings, hub_id: &str) -> std::io::Result<Vec<PathBuf>> {
-    let store = settings.connect().map_err(std::io::Error::other)?;
-    let prefix = settings.prefix.trim_matches('/').to_owned();
-    let marker = format!("/hub={hub_id}/");
-    runtime()?.block_on(async {
-        use futures_util::TryStreamExt;
-        let probe = settings.key(Path::new(&format!(".conditional-write-probe/{hub_id}")));
-        check_conditional_writes(store.as_ref(), &probe)
-            .await
-            .map_err(std::io::Error::other)?;
-        let root = (!prefix.is_empty()).then(|| ObjectPath::from(prefix.as_str()));
-        let objects: Vec<object_store::ObjectMeta> = store
-            .list(root.as_ref())
-            .try_collect()
-            .await
-            .map_err(std::io::Error::other)?;
-        Ok(objects
-            .into_iter()
-            .map(|o| o.location.to_string())
-            .filter(|k| k.contains(&marker) && k.ends_with(".parquet"))
-            .map(|k| {
-                PathBuf::from(
-                    k.strip_prefix(&format!("{prefix}/"))
-                        .unwrap_or(&k)
-                        .to_owned(),
-                )
-            })
-            .collect())
-    })
+/// this hub's own), opens the archive's tables in the bucket (creating
+/// missing ones) and reads, per partition, the last WAL position this
+/// hub's files in them hold. Must not be called on an async task.
+pub fn open_bucket_tables(
+    settings: &S3Settings,
+    hub_id: &str,
+) -> Result<
+    (
+        super::tables::ArchiveTables,
+        std::collections::HashMap<super::PartitionKey, u64>,
+    ),
+    super::ArchiveError,
+> {
+    let store = settings.connect()?;
+    let probe = settings.key(Path::new(&format!(".conditional-write-probe/{hub_id}")));
+    runtime()?
+        .block_on(check_conditional_writes(store.as_ref(), &probe))
+        .map_err(|e| match e {
+            StoreCheckError::Store(e) => super::ArchiveError::Store(e),
+            refused => super::ArchiveError::Settings(refused.to_string()),
+        })?;
+    let tables = super::tables::ArchiveTables::open_bucket(settings)?;
+    let committed = tables.committed_through(hub_id)?;
+    Ok((tables, committed))
 }
 
-/// The committed files still under `local_root` at start-up (a crash, an
-/// outage of the store, or files waiting for their partition to close) that
-/// go to the uploader at once: all of them with `upload = "on-commit"`. With
-/// `"when-closed"` only those the bucket already holds (`remote`, from
-/// [`list_own`]): their upload was cut short after the PUT, and the
-/// re-upload writes the same bytes under the same key and removes the local
-/// copy. They must not be merged with others first, or the bucket would hold
-/// their rows twice; the other files wait for their partition to close.
+/// The files under `local_root` at start-up (a crash, an outage of the
+/// store, or files waiting for their partition to close) that go to the
+/// uploader at once: all of them with `upload = "on-commit"`. With
+/// `"when-closed"` only those the bucket's tables already hold (their
+/// commit landed, the removal of the local copy did not); the others wait
+/// for their partition to close and may be merged first (a put of theirs
+/// that landed without a commit is in no version and is vacuumed).
 pub fn files_to_resume(
     settings: &S3Settings,
     local_root: &Path,
-    remote: &[PathBuf],
-) -> std::io::Result<Vec<PathBuf>> {
+    bucket: &super::tables::ArchiveTables,
+) -> Result<Vec<PathBuf>, super::ArchiveError> {
     let mut files = Vec::new();
+    let mut in_bucket = std::collections::HashSet::new();
     for table in super::Table::ALL {
-        files.extend(super::committed_files(local_root, table)?);
+        files.extend(super::staged_files(local_root, table)?);
+        if settings.upload == UploadWhen::WhenClosed {
+            in_bucket.extend(
+                bucket
+                    .files(table)?
+                    .into_iter()
+                    .map(|f| local_root.join(table.name()).join(f.path)),
+            );
+        }
     }
     if settings.upload == UploadWhen::WhenClosed {
-        let remote: std::collections::HashSet<&Path> =
-            remote.iter().map(PathBuf::as_path).collect();
-        files.retain(|f| {
-            f.strip_prefix(local_root)
-                .is_ok_and(|relative| remote.contains(relative))
-        });
+        files.retain(|f| in_bucket.contains(f));
     }
     Ok(files)
 }
-
-/// How long a partition's commit lock is held at most; a hub that died
-/// holding it delays the others' uploads into that partition by this much.
-const LEASE: Duration = Duration::from_secs(120);
-/// The upload must start this soon after the lock was taken, or the attempt
-/// starts over: the rest of the lease covers the PUT itself and clock skew
-/// between hubs (they compare the lease's wall-clock end with their own).
-const LEASE_START_PUT_BY: Duration = Duration::from_secs(30);
-/// The upload must finish this long before the lease ends, or it is cut off
-/// (with its retries) and the lock is left to expire rather than released:
-/// another hub looks at the partition only after the lease, by which time a
-/// cut-off PUT has either landed or never will. So a slow store cannot make
-/// a PUT outlast the lease and land after another hub's check.
-const LEASE_FINISH_PUT_BEFORE_END: Duration = Duration::from_secs(30);
-/// Other hubs' objects whose batches are remembered; past this the memory
-/// starts over (it is only a cache of footers).
-const MAX_REMEMBERED_OBJECTS: usize = 20_000;
 
 /// Work for the upload thread, in order.
 #[derive(Debug)]
 enum Job {
     Upload(PathBuf),
-    /// Delete this hub's objects of event hours before this one (retention).
-    ExpireBefore(i64),
+    /// Remove this hub's files of event hours before this one from the
+    /// tables (retention), if any; then vacuum.
+    Maintain(Option<i64>),
 }
 
 /// The background uploader.
@@ -318,17 +295,20 @@ pub struct Uploader {
 }
 
 impl Uploader {
-    /// Starts the thread with `resume` queued (see [`files_to_resume`]).
+    /// Starts the thread with `resume` queued (see [`files_to_resume`]);
+    /// it commits to `bucket` (from [`open_bucket_tables`]) as `settings`
+    /// say (when, and the vacuum's window).
     pub fn start(
-        settings: S3Settings,
+        bucket: super::tables::ArchiveTables,
+        settings: &crate::config::ArchiveSettings,
         local_root: PathBuf,
         hub_id: &str,
         props: parquet::file::properties::WriterProperties,
         stats: Arc<HubStats>,
         resume: &[PathBuf],
     ) -> std::io::Result<Self> {
-        let store = settings.connect().map_err(std::io::Error::other)?;
-        let when = settings.upload;
+        let when = settings.s3.as_ref().map(|s| s.upload).unwrap_or_default();
+        let vacuum_after = settings.vacuum_after;
         let hub_id = hub_id.to_owned();
         let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopping_seen = Arc::clone(&stopping);
@@ -339,28 +319,19 @@ impl Uploader {
         let thread = std::thread::Builder::new()
             .name("hub-s3-upload".into())
             .spawn(move || {
-                let rt = match runtime() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot start the S3 uploader");
-                        return;
-                    }
-                };
                 let mut upload = Upload {
-                    rt: &rt,
-                    store: &store,
-                    settings: &settings,
+                    bucket,
                     local_root: &local_root,
                     hub_id: &hub_id,
                     props: &props,
                     stats: &stats,
-                    others: std::collections::HashMap::new(),
+                    vacuum_after,
                     stopping: &stopping_seen,
                 };
                 for job in rx {
                     match job {
                         Job::Upload(file) => upload.until_done(&file),
-                        Job::ExpireBefore(hour) => upload.expire_before(hour),
+                        Job::Maintain(first_kept) => upload.maintain(first_kept),
                     }
                 }
             })?;
@@ -400,11 +371,12 @@ impl Uploader {
         &self.handed
     }
 
-    /// Retention in the bucket: this hub's objects of event hours before
-    /// `hour` (hours since the epoch) are deleted.
-    pub fn expire_before(&self, hour: i64) {
+    /// Maintenance of the bucket's tables, after the uploads queued
+    /// before: this hub's files of event hours before `first_kept` removed
+    /// (retention, if set), then the vacuum.
+    pub fn maintain(&self, first_kept: Option<i64>) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(Job::ExpireBefore(hour));
+            let _ = tx.send(Job::Maintain(first_kept));
         }
     }
 
@@ -420,46 +392,13 @@ impl Uploader {
 
 /// The uploader thread's state.
 struct Upload<'a> {
-    rt: &'a tokio::runtime::Runtime,
-    store: &'a Arc<dyn ObjectStore>,
-    settings: &'a S3Settings,
+    bucket: super::tables::ArchiveTables,
     local_root: &'a Path,
     hub_id: &'a str,
     props: &'a parquet::file::properties::WriterProperties,
     stats: &'a HubStats,
-    /// Batches held by other hubs' objects, by key (objects never change).
-    others: std::collections::HashMap<ObjectPath, Vec<super::BatchId>>,
+    vacuum_after: Duration,
     stopping: &'a std::sync::atomic::AtomicBool,
-}
-
-/// Why an upload attempt did not finish (each is retried).
-#[derive(Debug, thiserror::Error)]
-enum Failure {
-    /// Reading the local file, or the store.
-    #[error(transparent)]
-    Archive(#[from] super::ArchiveError),
-    /// The PUT under the partition's lock did not finish in time: the
-    /// request was dropped, and the lock is left to expire.
-    #[error(
-        "the upload did not finish within the partition's lease (cut off after {0:?}); it is tried again under a new lock"
-    )]
-    CutOff(Duration),
-    #[error("the partition's lock was held too long before the upload; starting over")]
-    LeaseRunningOut,
-    #[error("an archive file outside the partition layout")]
-    OutsideLayout,
-}
-
-impl From<std::io::Error> for Failure {
-    fn from(e: std::io::Error) -> Self {
-        Failure::Archive(e.into())
-    }
-}
-
-impl From<object_store::Error> for Failure {
-    fn from(e: object_store::Error) -> Self {
-        Failure::Archive(e.into())
-    }
 }
 
 impl Upload<'_> {
@@ -467,24 +406,23 @@ impl Upload<'_> {
         let Ok(relative) = file.strip_prefix(self.local_root) else {
             return;
         };
-        let key = self.settings.key(relative);
         let mut attempt = 0u32;
         loop {
             if !file.exists() {
-                return; // already uploaded and removed (queued twice at start-up)
+                return; // already committed and removed (queued twice at start-up)
             }
-            match self.attempt(file, relative, &key) {
+            match self.attempt(file, relative) {
                 Ok(len) => {
                     self.stats.s3_uploads.fetch_add(1, Relaxed);
                     self.stats.s3_upload_bytes.fetch_add(len, Relaxed);
                     if let Err(e) = std::fs::remove_file(file) {
-                        tracing::warn!(path = %file.display(), error = %e, "uploaded, but the local copy could not be removed");
+                        tracing::warn!(path = %file.display(), error = %e, "committed in the bucket, but the local copy could not be removed");
                     }
                     return;
                 }
                 Err(e) if self.stopping.load(Relaxed) => {
                     self.stats.s3_upload_failures.fetch_add(1, Relaxed);
-                    tracing::warn!(key = %key, error = %e, "S3 upload failed at shutdown; the file stays local and goes up at the next start");
+                    tracing::warn!(path = %relative.display(), error = %e, "S3 upload failed at shutdown; the file stays local and goes up at the next start");
                     return;
                 }
                 Err(e) => {
@@ -495,7 +433,7 @@ impl Upload<'_> {
                         Duration::from_millis(200),
                         Duration::from_secs(30),
                     );
-                    tracing::warn!(key = %key, attempt, retry_in = ?delay, error = %e, "S3 upload failed; the file stays local and is retried");
+                    tracing::warn!(path = %relative.display(), attempt, retry_in = ?delay, error = %e, "S3 upload failed; the file stays local and is retried");
                     let until = std::time::Instant::now() + delay;
                     while std::time::Instant::now() < until && !self.stopping.load(Relaxed) {
                         std::thread::sleep(Duration::from_millis(50));
@@ -505,291 +443,92 @@ impl Upload<'_> {
         }
     }
 
-    /// Deletes this hub's objects whose event hour is before `first_kept`
-    /// (a failure is logged; the next round retries).
-    fn expire_before(&mut self, first_kept: i64) {
-        use futures_util::TryStreamExt;
-        let prefix = self.settings.prefix.trim_matches('/').to_owned();
-        let root = (!prefix.is_empty()).then(|| ObjectPath::from(prefix.as_str()));
-        let own = format!("/hub={}/", self.hub_id);
-        let listed: object_store::Result<Vec<object_store::ObjectMeta>> = self
-            .rt
-            .block_on(self.store.list(root.as_ref()).try_collect());
-        let objects = match listed {
-            Ok(o) => o,
-            Err(e) => {
-                self.stats.maintenance_errors.fetch_add(1, Relaxed);
-                tracing::error!(error = %e, "cannot list the bucket for retention");
-                return;
-            }
+    /// One attempt to put `file` in the bucket and commit it; returns the
+    /// bytes uploaded.
+    fn attempt(&mut self, file: &Path, relative: &Path) -> Result<u64, super::ArchiveError> {
+        let outside = || {
+            super::ArchiveError::Io(std::io::Error::other(format!(
+                "{} is outside the archive layout",
+                relative.display()
+            )))
         };
-        let mut hours = std::collections::BTreeSet::new();
-        for o in objects {
-            let key = o.location.to_string();
-            if !key.contains(&own) || !key.ends_with(".parquet") {
-                continue;
-            }
-            let Some(hour) = super::hour_of_file(Path::new(&key)) else {
-                continue;
-            };
-            if hour >= first_kept {
-                continue;
-            }
-            match self.rt.block_on(self.store.delete(&o.location)) {
-                Ok(()) => {
-                    hours.insert((key.split("/date=").next().unwrap_or("").to_owned(), hour));
+        // <table>/date=/hour=/hub=/<name>
+        let table_name = relative
+            .components()
+            .next()
+            .and_then(|c| c.as_os_str().to_str())
+            .ok_or_else(outside)?;
+        let table = super::Table::ALL
+            .into_iter()
+            .find(|t| t.name() == table_name)
+            .ok_or_else(outside)?;
+        let hour = super::hour_of_file(relative).ok_or_else(outside)?;
+        let name = relative
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(outside)?;
+        let key = super::PartitionKey { table, hour };
+        let mut uploaded = 0u64;
+        self.bucket.commit_new_file(
+            key,
+            self.hub_id,
+            name,
+            file,
+            self.props,
+            |tables, local, object| {
+                let bytes = std::fs::read(local)?;
+                uploaded = bytes.len() as u64;
+                tables.block_on(tables.store().put(object, bytes.into()))?;
+                Ok(())
+            },
+        )?;
+        // A vacuum elsewhere may have taken the object between the put and
+        // the commit if that took longer than `vacuum-after`: put it back.
+        let object = self.bucket.object_key(
+            table,
+            &format!("{}/{name}", super::tables::partition_path(key, self.hub_id)),
+        );
+        if let Err(object_store::Error::NotFound { .. }) =
+            self.bucket.block_on(self.bucket.store().head(&object))
+        {
+            let bytes = std::fs::read(file)?;
+            self.bucket
+                .block_on(self.bucket.store().put(&object, bytes.into()))?;
+        }
+        Ok(uploaded)
+    }
+
+    /// Retention and the vacuum in the bucket (a failure is logged; the
+    /// next round retries).
+    fn maintain(&mut self, first_kept: Option<i64>) {
+        if let Some(first_kept) = first_kept {
+            match self.bucket.expire(self.hub_id, first_kept) {
+                Ok(0) => {}
+                Ok(n) => {
+                    self.stats.partitions_expired.fetch_add(n as u64, Relaxed);
+                    tracing::info!(partitions = n, "bucket partitions past retention removed");
                 }
                 Err(e) => {
                     self.stats.maintenance_errors.fetch_add(1, Relaxed);
-                    tracing::error!(key = %key, error = %e, "cannot delete an object past retention");
+                    tracing::error!(error = %e, "retention in the bucket failed");
                 }
             }
         }
-        if !hours.is_empty() {
-            self.stats
-                .partitions_expired
-                .fetch_add(hours.len() as u64, Relaxed);
-            tracing::info!(
-                partitions = hours.len(),
-                "bucket partitions past retention deleted"
-            );
-        }
-    }
-
-    /// One upload under the partition's lock; returns the bytes uploaded.
-    fn attempt(&mut self, file: &Path, relative: &Path, key: &ObjectPath) -> Result<u64, Failure> {
-        // <table>/<date>/<hour>/<hub>/<name>: the partition is two levels up.
-        let partition = relative
-            .parent()
-            .and_then(Path::parent)
-            .ok_or(Failure::OutsideLayout)?;
-        let lock_key = self.settings.key(&partition.join(".commit.lock"));
-        // Never without the lock: a store that stopped honouring
-        // conditional writes since start-up fails the upload (the file stays
-        // local and is retried).
-        let locked_at = self
-            .rt
-            .block_on(acquire(self.store.as_ref(), &lock_key, self.hub_id))?;
-        let result = self.check_and_put(file, partition, key, locked_at);
-        if releases_lock(&result) {
-            // Best effort: an unreleased lock expires after the lease.
-            let _ = self.rt.block_on(self.store.delete(&lock_key));
-        }
-        result
-    }
-
-    /// Holding the partition's lock since `locked_at`: leaves
-    /// out the batches other hubs' objects hold, then uploads.
-    fn check_and_put(
-        &mut self,
-        file: &Path,
-        partition: &Path,
-        key: &ObjectPath,
-        locked_at: std::time::Instant,
-    ) -> Result<u64, Failure> {
-        let taken = self.batches_of_other_hubs(partition)?;
-        let ours: std::collections::HashSet<super::BatchId> =
-            super::file_batches(file)?.into_iter().collect();
-        let overlap: std::collections::HashSet<super::BatchId> =
-            ours.intersection(&taken).cloned().collect();
-        if !overlap.is_empty() {
-            tracing::info!(key = %key, batches = overlap.len(), "batches another hub already archived are left out of this file");
-            super::drop_batches(file, &overlap, self.props)?;
-        }
-        if locked_at.elapsed() > LEASE_START_PUT_BY {
-            return Err(Failure::LeaseRunningOut);
-        }
-        let bytes = std::fs::read(file)?;
-        let len = bytes.len() as u64;
-        let finish_by = (LEASE - LEASE_FINISH_PUT_BEFORE_END).saturating_sub(locked_at.elapsed());
-        self.rt.block_on(put_within(
-            self.store.as_ref(),
-            key,
-            bytes.into(),
-            finish_by,
-        ))?;
-        Ok(len)
-    }
-
-    /// The batches other hubs' objects in `partition` hold.
-    fn batches_of_other_hubs(
-        &mut self,
-        partition: &Path,
-    ) -> Result<std::collections::HashSet<super::BatchId>, Failure> {
-        use futures_util::TryStreamExt;
-        let prefix = self.settings.key(partition);
-        let own = format!("/hub={}/", self.hub_id);
-        let objects: Vec<object_store::ObjectMeta> = self
-            .rt
-            .block_on(self.store.list(Some(&prefix)).try_collect())?;
-        if self.others.len() > MAX_REMEMBERED_OBJECTS {
-            self.others.clear();
-        }
-        let mut out = std::collections::HashSet::new();
-        for o in objects {
-            let k = o.location.to_string();
-            if !k.ends_with(".parquet") || k.contains(&own) || !k.contains("/hub=") {
-                continue;
-            }
-            if !self.others.contains_key(&o.location) {
-                let ids = match self.rt.block_on(footer_batches(self.store.as_ref(), &o)) {
-                    Ok(ids) => ids,
-                    Err(FooterError::NotParquet(why)) => {
-                        // Holds no batch anybody can read: nothing to leave
-                        // out for it.
-                        tracing::warn!(key = %o.location, why, "an object in the archive that is not a readable Parquet file; ignored by the cross-hub check");
-                        Vec::new()
-                    }
-                    Err(FooterError::Store(e)) => return Err(e.into()),
-                };
-                self.others.insert(o.location.clone(), ids);
-            }
-            out.extend(self.others[&o.location].iter().cloned());
-        }
-        Ok(out)
-    }
-}
-
-/// Whether an upload attempt that held the partition's lock gives it back:
-/// yes, unless its PUT was cut off, which leaves the lock to expire (no
-/// other hub looks at the partition before the dropped request is settled).
-fn releases_lock(result: &Result<u64, Failure>) -> bool {
-    !matches!(result, Err(Failure::CutOff(_)))
-}
-
-/// Uploads `payload` to `key` if that finishes within `limit` (retries
-/// included); else the request is dropped and the upload fails with
-/// [`Failure::CutOff`].
-async fn put_within(
-    store: &dyn ObjectStore,
-    key: &ObjectPath,
-    payload: object_store::PutPayload,
-    limit: Duration,
-) -> Result<(), Failure> {
-    match tokio::time::timeout(limit, store.put(key, payload)).await {
-        Ok(done) => done.map(|_| ()).map_err(Failure::from),
-        Err(_) => Err(Failure::CutOff(limit)),
-    }
-}
-
-/// Takes the partition's commit lock, waiting while another hub holds a live
-/// lease. Returns when the lease began (just before the request that took
-/// it: the lease's end was computed then).
-async fn acquire(
-    store: &dyn ObjectStore,
-    key: &ObjectPath,
-    hub_id: &str,
-) -> object_store::Result<std::time::Instant> {
-    use object_store::{PutMode, PutOptions, UpdateVersion};
-    let lease = || {
-        let until = chrono::Utc::now().timestamp_millis() + LEASE.as_millis() as i64;
-        object_store::PutPayload::from(format!("{hub_id} {until}"))
-    };
-    let started = std::time::Instant::now();
-    loop {
-        let create = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        let issued = std::time::Instant::now();
-        match store.put_opts(key, lease(), create).await {
-            Ok(_) => return Ok(issued),
-            Err(object_store::Error::AlreadyExists { .. }) => {}
-            Err(e) => return Err(e),
-        }
-        let held = match store.get(key).await {
-            Ok(g) => g,
-            Err(object_store::Error::NotFound { .. }) => continue, // just released
-            Err(e) => return Err(e),
-        };
-        let etag = held.meta.e_tag.clone();
-        let text = held.bytes().await?;
-        let until: i64 = std::str::from_utf8(&text)
-            .ok()
-            .and_then(|t| t.rsplit(' ').next())
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(0);
-        if until < chrono::Utc::now().timestamp_millis() {
-            // Expired (its hub died holding it): take it over, unless
-            // another hub does so first.
-            let take_over = PutOptions {
-                mode: PutMode::Update(UpdateVersion {
-                    e_tag: etag,
-                    version: None,
-                }),
-                ..Default::default()
-            };
-            let issued = std::time::Instant::now();
-            match store.put_opts(key, lease(), take_over).await {
-                Ok(_) => return Ok(issued),
-                Err(object_store::Error::Precondition { .. }) => continue,
-                Err(e) => return Err(e),
+        let older_than = chrono::Utc::now().timestamp_millis() - self.vacuum_after.as_millis() as i64;
+        match self.bucket.vacuum(older_than) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(files = n, "files no version holds deleted from the bucket"),
+            Err(e) => {
+                self.stats.maintenance_errors.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "vacuum of the bucket failed");
             }
         }
-        if started.elapsed() > 4 * LEASE {
-            return Err(object_store::Error::Generic {
-                store: "S3",
-                source: "a partition's commit lock stayed taken for longer than its lease".into(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Why another hub's object's batches are unknown.
-enum FooterError {
-    /// The store failed (retry).
-    Store(object_store::Error),
-    /// The object is not a readable Parquet file (it holds no batch).
-    NotParquet(String),
-}
-
-impl From<object_store::Error> for FooterError {
-    fn from(e: object_store::Error) -> Self {
-        FooterError::Store(e)
-    }
-}
-
-/// The batches an object holds, from its footer (`iot.batches`); objects
-/// written before footers listed them are read whole.
-async fn footer_batches(
-    store: &dyn ObjectStore,
-    object: &object_store::ObjectMeta,
-) -> Result<Vec<super::BatchId>, FooterError> {
-    let not_parquet = |why: &dyn std::fmt::Display| FooterError::NotParquet(why.to_string());
-    let size = object.size;
-    if size < 12 {
-        return Err(not_parquet(&"too small"));
-    }
-    let tail = store.get_range(&object.location, size - 8..size).await?;
-    let footer_len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
-    if &tail[4..] != b"PAR1" || footer_len + 8 > size || footer_len > super::MAX_FOOTER_BYTES {
-        return Err(not_parquet(
-            &"no Parquet footer (or an implausibly large one)",
-        ));
-    }
-    let footer = store
-        .get_range(&object.location, size - 8 - footer_len..size - 8)
-        .await?;
-    if let Some(ids) = super::footer_batch_ids(&footer).map_err(|e| not_parquet(&e))? {
-        return Ok(ids);
-    }
-    let whole = store.get(&object.location).await?.bytes().await?;
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(whole)
-        .and_then(|b| b.build())
-        .map_err(|e| not_parquet(&e))?;
-    let mut ids = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| not_parquet(&e))?;
-        ids.extend(super::batch_ids(&batch).unwrap_or_default());
-    }
-    Ok(ids)
 }
 
 #[cfg(test)]
 mod tests {
     use object_store::memory::InMemory;
-    use object_store::throttle::{ThrottleConfig, ThrottledStore};
 
     use super::*;
 
@@ -921,57 +660,5 @@ mod tests {
                 "{text}"
             );
         }
-    }
-
-    #[tokio::test]
-    async fn an_upload_that_cannot_finish_within_the_lease_is_cut_off_and_never_lands() {
-        let slow = ThrottledStore::new(
-            InMemory::new(),
-            ThrottleConfig {
-                wait_put_per_call: Duration::from_millis(500),
-                ..ThrottleConfig::default()
-            },
-        );
-        let key = ObjectPath::from("table=scored/date=2026-01-01/hour=00/hub=a/x.parquet");
-        let cut = put_within(
-            &slow,
-            &key,
-            b"rows".to_vec().into(),
-            Duration::from_millis(100),
-        )
-        .await
-        .unwrap_err();
-        assert!(matches!(cut, Failure::CutOff(_)), "{cut}");
-        // Well past the store's delay: the dropped request never completes.
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        assert!(
-            matches!(
-                slow.head(&key).await,
-                Err(object_store::Error::NotFound { .. })
-            ),
-            "an upload cut off at the end of its lease landed afterwards"
-        );
-        put_within(
-            &slow,
-            &key,
-            b"rows".to_vec().into(),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
-        let stored = slow.get(&key).await.unwrap().bytes().await.unwrap();
-        assert_eq!(stored.as_ref(), b"rows");
-    }
-
-    #[test]
-    fn only_a_cut_off_upload_keeps_the_partition_lock() {
-        assert!(!releases_lock(&Err(Failure::CutOff(Duration::from_secs(
-            90
-        )))));
-        assert!(releases_lock(&Ok(10)));
-        assert!(releases_lock(&Err(Failure::LeaseRunningOut)));
-        assert!(releases_lock(&Err(Failure::from(std::io::Error::other(
-            "the store refused"
-        )))));
     }
 }

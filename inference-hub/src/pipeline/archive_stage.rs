@@ -112,7 +112,7 @@ impl ArchiveStage {
             Ok(0) => {}
             Ok(n) => {
                 self.stats.partitions_expired.fetch_add(n as u64, Relaxed);
-                tracing::info!(partitions = n, "archive partitions past retention deleted");
+                tracing::info!(partitions = n, "archive partitions past retention removed");
             }
             Err(e) => {
                 self.stats.maintenance_errors.fetch_add(1, Relaxed);
@@ -121,18 +121,25 @@ impl ArchiveStage {
         }
         let mut busy = std::collections::HashSet::new();
         if let Some(uploader) = &mut self.uploader {
-            // The bucket's own objects past retention go too (done by the
-            // upload thread, after the uploads queued before).
-            if let Some(first_kept) = self.archive.retention_first_hour(now_us) {
-                uploader.expire_before(first_kept);
-            }
-            // Compaction needs the files locally and an atomic swap: with
-            // uploads on commit, files are sized when written; with uploads
-            // of closed partitions, it runs before them (see archive::s3).
+            // The bucket's retention and vacuum (done by the upload thread,
+            // after the uploads queued before).
+            uploader.maintain(self.archive.retention_first_hour(now_us));
+            // With uploads on commit, files are sized when written; with
+            // uploads of closed partitions, they are merged locally before
+            // (see archive::s3).
             if !uploader.waits_for_closed_partitions() {
                 return;
             }
             busy = uploader.busy().clone();
+        } else {
+            match self.archive.vacuum(now_us / 1000) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(files = n, "archive files no version holds deleted"),
+                Err(e) => {
+                    self.stats.maintenance_errors.fetch_add(1, Relaxed);
+                    tracing::error!(error = %e, "archive vacuum failed");
+                }
+            }
         }
         match self.archive.compact_one_skipping(now_us, &busy) {
             Ok(None) => {}
