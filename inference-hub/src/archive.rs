@@ -336,7 +336,10 @@ impl Archive {
                 if file.parent().and_then(|d| d.file_name()) != Some(own_dir.as_ref()) {
                     continue;
                 }
-                let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                let name = file
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
                 if name.starts_with(&tmp_prefix)
                     && (name.ends_with(".inprogress") || name.ends_with(".rewrite"))
                 {
@@ -667,6 +670,7 @@ impl OpenFile {
 mod error;
 mod footer;
 mod maintenance;
+pub mod migrate;
 mod read;
 mod sort;
 pub mod tables;
@@ -679,8 +683,8 @@ pub use footer::{
     file_key_values, footer_batch_ids,
 };
 pub use read::{
-    committed_files, committed_files_in, conform, hour_of_file, read_file, read_table, staged_files, wal_range,
-    walk_files,
+    committed_files, committed_files_in, conform, hour_of_file, read_file, read_table,
+    staged_files, table_files, wal_range, walk_files,
 };
 pub use sort::sort_by_device_metric_time;
 

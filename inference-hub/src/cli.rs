@@ -1,4 +1,5 @@
-//! The `inference-hub` command line: `run` (the default) and `validate`;
+//! The `inference-hub` command line: `run` (the default), `validate` and
+//! `migrate-archive`;
 //! the binary parses the arguments, sets up logging and calls [`run`]. (The
 //! demo, benchmarks and evaluation are the `iot-lab` binary of `crates/lab`.)
 
@@ -29,6 +30,14 @@ pub enum Command {
     Run,
     /// Check the configuration and report every problem with its key path.
     Validate,
+    /// Turn an archive in the layout before Delta tables
+    /// (`table=<t>/date=/hour=/hub=/`) into Delta tables in place: the
+    /// configured archive (its bucket with `[archive.s3]`), or the local
+    /// directory given. Safe to run again; stop the hubs of the archive first.
+    MigrateArchive {
+        /// A local archive root instead of the configured archive.
+        path: Option<PathBuf>,
+    },
 }
 
 /// Runs the command `cli` names (the binary's `main`, after logging is set
@@ -45,9 +54,13 @@ pub fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if matches!(cli.command, Command::Validate) {
-        println!("configuration is valid");
-        return ExitCode::SUCCESS;
+    match &cli.command {
+        Command::Validate => {
+            println!("configuration is valid");
+            return ExitCode::SUCCESS;
+        }
+        Command::MigrateArchive { path } => return migrate_archive(&config, path.as_deref()),
+        Command::Run => {}
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -70,4 +83,34 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
     })
+}
+
+fn migrate_archive(config: &HubConfig, path: Option<&std::path::Path>) -> ExitCode {
+    use crate::archive::migrate;
+    let (what, result) = match (path, &config.archive.s3) {
+        (None, Some(s3)) => (
+            format!("s3://{}/{}", s3.bucket, s3.prefix),
+            migrate::migrate_bucket(s3),
+        ),
+        (path, _) => {
+            let root = path.map_or_else(|| config.archive_root(), ToOwned::to_owned);
+            (root.display().to_string(), migrate::migrate_local(&root))
+        }
+    };
+    match result {
+        Ok(done) => {
+            println!(
+                "{what}: {} files in the old layout, {} added to the Delta tables by this run ({} rows); the archive is migrated",
+                done.files, done.committed, done.rows
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "migrating {what} failed (run the command again to finish it): {}",
+                schemas::error_chain(&e)
+            );
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -130,18 +130,48 @@ pub enum Commit {
     Conflict { version: u64 },
 }
 
+/// The kernel's engine and the runtime its I/O runs on. Dropping it shuts
+/// the runtime down without waiting for it, so a table or snapshot may be
+/// dropped anywhere, on an async task too (dropping a runtime there panics).
+struct Io {
+    engine: Engine,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for Io {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Io").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Io {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl std::ops::Deref for Io {
+    type Target = Engine;
+
+    fn deref(&self) -> &Engine {
+        &self.engine
+    }
+}
+
 /// An open table.
 #[derive(Debug, Clone)]
 pub struct Table {
     root: Url,
-    engine: Arc<Engine>,
+    engine: Arc<Io>,
 }
 
 /// One version of a table.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     inner: SnapshotRef,
-    engine: Arc<Engine>,
+    engine: Arc<Io>,
 }
 
 impl Table {
@@ -192,24 +222,37 @@ impl Table {
     /// Opens the table at `root` for reading, if it has a log (`None`:
     /// nothing was ever committed there). Its schema is whatever the log
     /// says.
-    pub fn open_existing(store: Arc<dyn ObjectStore>, root: Url) -> Result<Option<Table>, DeltaError> {
+    pub fn open_existing(
+        store: Arc<dyn ObjectStore>,
+        root: Url,
+    ) -> Result<Option<Table>, DeltaError> {
         let table = Table::new(store, root)?;
         Ok(table.has_log()?.then_some(table))
     }
 
     fn new(store: Arc<dyn ObjectStore>, root: Url) -> Result<Table, DeltaError> {
         let root = directory_url(root);
-        let executor = TokioMultiThreadExecutor::new_owned_runtime(Some(IO_THREADS), None)
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(IO_THREADS)
+            .enable_all()
+            .build()
             .map_err(|e| DeltaError::Kernel {
                 table: root.to_string(),
-                source: Box::new(e),
+                source: Box::new(KernelError::generic(format!(
+                    "cannot start its I/O runtime: {e}"
+                ))),
             })?;
-        let engine = Arc::new(
-            DefaultEngine::builder(store)
-                .with_task_executor(Arc::new(executor))
-                .build(),
-        );
-        Ok(Table { root, engine })
+        let executor = TokioMultiThreadExecutor::new(runtime.handle().clone());
+        let engine = DefaultEngine::builder(store)
+            .with_task_executor(Arc::new(executor))
+            .build();
+        Ok(Table {
+            root,
+            engine: Arc::new(Io {
+                engine,
+                runtime: Some(runtime),
+            }),
+        })
     }
 
     /// The table's root URL.
@@ -220,7 +263,7 @@ impl Table {
     /// The latest version.
     pub fn snapshot(&self) -> Result<Snapshot, DeltaError> {
         let inner = delta_kernel::Snapshot::builder_for(self.root.as_str())
-            .build(self.engine.as_ref())
+            .build(&self.engine.engine)
             .map_err(|e| self.kernel(e))?;
         Ok(Snapshot {
             inner,
@@ -233,7 +276,7 @@ impl Table {
     /// since).
     pub fn refresh(&self, snapshot: &Snapshot) -> Result<Snapshot, DeltaError> {
         let inner = delta_kernel::Snapshot::builder_from(Arc::clone(&snapshot.inner))
-            .build(self.engine.as_ref())
+            .build(&self.engine.engine)
             .map_err(|e| self.kernel(e))?;
         Ok(Snapshot {
             inner,
@@ -243,7 +286,8 @@ impl Table {
 
     /// Commits `change` as the version after `base`.
     pub fn commit(&self, base: &Snapshot, change: &Change) -> Result<Commit, DeltaError> {
-        self.commit_then_snapshot(base, change).map(|(commit, _)| commit)
+        self.commit_then_snapshot(base, change)
+            .map(|(commit, _)| commit)
     }
 
     /// [`Table::commit`], also returning the snapshot of the version it
@@ -264,7 +308,7 @@ impl Table {
             builder = builder.with_transaction_id(app.clone(), *version);
         }
         let mut txn = builder
-            .build(self.engine.as_ref(), Box::new(FileSystemCommitter::new()))
+            .build(&self.engine.engine, Box::new(FileSystemCommitter::new()))
             .map_err(|e| self.kernel(e))?;
         if !change.add.is_empty() {
             txn.add_files(Box::new(ArrowEngineData::new(
@@ -277,7 +321,7 @@ impl Table {
             }
         }
         match txn
-            .commit(self.engine.as_ref())
+            .commit(&self.engine.engine)
             .map_err(|e| self.kernel(e))?
         {
             CommitResult::Committed(done) => Ok((
@@ -304,7 +348,7 @@ impl Table {
     pub fn checkpoint(&self, snapshot: &Snapshot) -> Result<bool, DeltaError> {
         let (written, _) = snapshot
             .inner
-            .checkpoint(self.engine.as_ref(), None)
+            .checkpoint(&self.engine.engine, None)
             .map_err(|e| self.kernel(e))?;
         Ok(!matches!(
             written,
@@ -321,8 +365,8 @@ impl Table {
     ) -> Result<(), DeltaError> {
         let created = create_table(self.root.as_str(), schema, ENGINE_INFO, true)
             .with_data_layout(DataLayout::partitioned(partition_columns))
-            .build(self.engine.as_ref(), Box::new(FileSystemCommitter::new()))
-            .and_then(|txn| txn.commit(self.engine.as_ref()))
+            .build(&self.engine.engine, Box::new(FileSystemCommitter::new()))
+            .and_then(|txn| txn.commit(&self.engine.engine))
             .map_err(|e| self.kernel(e))?;
         match created {
             CommitResult::Committed(_) | CommitResult::Conflicted(_) => Ok(()),
@@ -378,7 +422,7 @@ impl Snapshot {
     /// The highest version application `app` committed, if it did.
     pub fn transaction_version(&self, app: &str) -> Result<Option<i64>, DeltaError> {
         self.inner
-            .get_app_id_version(app, self.engine.as_ref())
+            .get_app_id_version(app, &self.engine.engine)
             .map_err(|e| self.kernel(e))
     }
 
@@ -431,7 +475,7 @@ impl Snapshot {
         Arc::clone(&self.inner)
             .scan_builder()
             .build()
-            .and_then(|scan| scan.scan_metadata(self.engine.as_ref()))
+            .and_then(|scan| scan.scan_metadata(&self.engine.engine))
             .map_err(|e| self.kernel(e))
     }
 

@@ -10,8 +10,9 @@
 //! - **wide** (a time column and numeric columns): one device named after the
 //!   file (or `--device`), each numeric column a metric.
 //!
-//! A directory is read recursively (`*.parquet`), e.g. a whole
-//! `table=scored/` of an archive.
+//! A directory is read recursively (`*.parquet`); a Delta table's
+//! directory (an archive's `scored/`) through its log: the files its newest
+//! version holds, never one that was replaced or never committed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,9 @@ const TIME_COLUMNS: [&str; 4] = ["ts", "timestamp", "datetime", "time"];
 fn files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in paths {
-        if p.is_dir() {
+        if p.join("_delta_log").is_dir() {
+            out.extend(inference_hub::archive::table_files(p, i64::MIN..i64::MAX)?);
+        } else if p.is_dir() {
             out.extend(
                 inference_hub::archive::walk_files(p)?
                     .into_iter()

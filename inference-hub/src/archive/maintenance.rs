@@ -164,7 +164,11 @@ impl Archive {
         let write = |path: &Path| -> Result<u64, ArchiveError> {
             let file = File::create(path)?;
             let sync_handle = file.try_clone()?;
-            let mut writer = ArchiveFileWriter::try_new(file, std::sync::Arc::clone(&schema), self.props.clone())?;
+            let mut writer = ArchiveFileWriter::try_new(
+                file,
+                std::sync::Arc::clone(&schema),
+                self.props.clone(),
+            )?;
             writer.write_row_groups(&merged, self.settings.row_group_rows)?;
             for (k, v) in [
                 ("iot.hub_id", self.hub_id.clone()),
@@ -192,7 +196,10 @@ impl Archive {
         // Written under a temporary name, renamed, then one version swaps
         // the small files for it; the small files stay for readers of
         // older versions until the vacuum.
-        let tmp = target.join(format!(".{}-compact-{first:020}.parquet.inprogress", self.hub_id));
+        let tmp = target.join(format!(
+            ".{}-compact-{first:020}.parquet.inprogress",
+            self.hub_id
+        ));
         let rows = write(&tmp)?;
         fs::rename(&tmp, &path)?;
         File::open(&target)?.sync_all()?;
@@ -284,9 +291,7 @@ impl Archive {
     /// With `[archive.s3]` the uploader vacuums the bucket.
     pub fn vacuum(&self, now_ms: i64) -> Result<usize, ArchiveError> {
         match &self.tables {
-            Some(tables) => {
-                tables.vacuum(now_ms - self.settings.vacuum_after.as_millis() as i64)
-            }
+            Some(tables) => tables.vacuum(now_ms - self.settings.vacuum_after.as_millis() as i64),
             None => Ok(0),
         }
     }

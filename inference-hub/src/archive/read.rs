@@ -115,11 +115,20 @@ pub fn committed_files_in(
     table: Table,
     hours: std::ops::Range<i64>,
 ) -> Result<Vec<PathBuf>, ArchiveError> {
-    let table_root = root.join(table.name());
+    table_files(&root.join(table.name()), hours)
+}
+
+/// The files the newest version of the Delta table at `table_root` holds
+/// in the event hours `hours` (none if nothing was ever committed there).
+/// Safe to call from an async task (the log is read on a thread of its own).
+pub fn table_files(
+    table_root: &Path,
+    hours: std::ops::Range<i64>,
+) -> Result<Vec<PathBuf>, ArchiveError> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                let url = url::Url::from_directory_path(std::path::absolute(&table_root)?)
+                let url = url::Url::from_directory_path(std::path::absolute(table_root)?)
                     .map_err(|()| io::Error::other("not a usable archive path"))?;
                 let store = Arc::new(object_store::local::LocalFileSystem::new());
                 let Some(log) = iot_delta::Table::open_existing(store, url)? else {

@@ -235,6 +235,7 @@ pub fn open_bucket_tables(
             refused => super::ArchiveError::Settings(refused.to_string()),
         })?;
     let tables = super::tables::ArchiveTables::open_bucket(settings)?;
+    super::migrate::refuse_hive_layout_in_bucket(&tables)?;
     let committed = tables.committed_through(hub_id)?;
     Ok((tables, committed))
 }
@@ -514,7 +515,8 @@ impl Upload<'_> {
                 }
             }
         }
-        let older_than = chrono::Utc::now().timestamp_millis() - self.vacuum_after.as_millis() as i64;
+        let older_than =
+            chrono::Utc::now().timestamp_millis() - self.vacuum_after.as_millis() as i64;
         match self.bucket.vacuum(older_than) {
             Ok(0) => {}
             Ok(n) => tracing::info!(files = n, "files no version holds deleted from the bucket"),

@@ -49,8 +49,8 @@ use std::sync::Arc;
 
 use arrow_schema::{DataType, Field, Schema};
 use iot_delta::{Change, Commit, DataFile, Operation};
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use url::Url;
 
 use super::*;
@@ -145,8 +145,9 @@ pub struct ArchiveTables {
     /// entries are then fsynced once committed).
     local: Option<PathBuf>,
     tables: BTreeMap<Table, iot_delta::Table>,
-    /// For the footer reads and listings (the tables have their own).
-    rt: tokio::runtime::Runtime,
+    /// For the footer reads and listings (the tables have their own);
+    /// shut down without waiting when dropped (see `Drop`).
+    rt: Option<tokio::runtime::Runtime>,
     /// Batches of other hubs' files, by object key.
     footers: HashMap<ObjectPath, Vec<BatchId>>,
     /// The last version seen of each table and its files: brought up to
@@ -154,6 +155,8 @@ pub struct ArchiveTables {
     /// commit by applying the change (a full read of the files only when
     /// another writer committed).
     known: std::sync::Mutex<HashMap<Table, (iot_delta::Snapshot, Vec<TableFile>)>>,
+    /// Versions another writer took first.
+    lost: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for ArchiveTables {
@@ -174,11 +177,27 @@ fn local_location(root: &Path) -> io::Result<(Url, ObjectPath)> {
     Ok((url, prefix))
 }
 
+/// Dropping a runtime on an async task panics: the tables may be dropped
+/// anywhere (a tool's archive inside a test's runtime).
+impl Drop for ArchiveTables {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 impl ArchiveTables {
     /// Opens (creating where missing) the tables under a local archive
     /// root. Must not be called on an async task (see `iot-delta`).
     pub fn open_local(root: &Path) -> Result<Self, ArchiveError> {
         refuse_hive_layout(root)?;
+        Self::open_local_for_migration(root)
+    }
+
+    /// [`ArchiveTables::open_local`] on a root that may still hold the old
+    /// layout (see [`super::migrate`]).
+    pub(super) fn open_local_for_migration(root: &Path) -> Result<Self, ArchiveError> {
         for table in Table::ALL {
             // The kernel looks for a local table's directory before its log.
             std::fs::create_dir_all(root.join(table.name()))?;
@@ -222,11 +241,14 @@ impl ArchiveTables {
             prefix,
             local,
             tables,
-            rt: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?,
+            rt: Some(
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?,
+            ),
             footers: HashMap::new(),
             known: std::sync::Mutex::new(HashMap::new()),
+            lost: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -243,13 +265,24 @@ impl ArchiveTables {
         key
     }
 
+    /// Commits of this hub that another writer beat to a version (each was
+    /// checked again and retried).
+    pub fn lost_versions(&self) -> u64 {
+        self.lost.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The archive's key prefix in [`ArchiveTables::store`].
+    pub fn prefix(&self) -> &ObjectPath {
+        &self.prefix
+    }
+
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
     }
 
     /// Runs a request to [`ArchiveTables::store`] to completion.
     pub fn block_on<F: std::future::Future>(&self, request: F) -> F::Output {
-        self.rt.block_on(request)
+        self.rt.as_ref().expect("until dropped").block_on(request)
     }
 
     /// The files the newest version of `table` holds.
@@ -258,10 +291,7 @@ impl ArchiveTables {
     }
 
     /// The newest version of `table` and its files.
-    fn current(
-        &self,
-        table: Table,
-    ) -> Result<(iot_delta::Snapshot, Vec<TableFile>), ArchiveError> {
+    fn current(&self, table: Table) -> Result<(iot_delta::Snapshot, Vec<TableFile>), ArchiveError> {
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         let fresh = match known.get(&table) {
             Some((seen, files)) => {
@@ -279,7 +309,10 @@ impl ArchiveTables {
     }
 
     /// Per partition, the last WAL position `hub_id`'s committed files hold.
-    pub fn committed_through(&self, hub_id: &str) -> Result<HashMap<PartitionKey, u64>, ArchiveError> {
+    pub fn committed_through(
+        &self,
+        hub_id: &str,
+    ) -> Result<HashMap<PartitionKey, u64>, ArchiveError> {
         let mut out: HashMap<PartitionKey, u64> = HashMap::new();
         for table in Table::ALL {
             for file in self.files(table)? {
@@ -374,6 +407,31 @@ impl ArchiveTables {
         Ok(path)
     }
 
+    /// Adds files that are already in place (a migration: partition, hub,
+    /// path relative to the table root, bytes, rows) in one version.
+    pub(super) fn commit_migrated(
+        &self,
+        table: Table,
+        files: &[(PartitionKey, String, String, u64, u64)],
+    ) -> Result<(), ArchiveError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let change = Change {
+            operation: Operation::Append,
+            add: files
+                .iter()
+                .map(|(key, hub, path, bytes, rows)| DataFile {
+                    path: path.clone(),
+                    partition: partition_values(*key, hub),
+                    size: *bytes,
+                    modified_ms: now,
+                    rows: *rows,
+                })
+                .collect(),
+            ..Change::default()
+        };
+        self.commit_until_taken(table, &change)
+    }
+
     /// Removes `hub_id`'s files of event hours before `first_kept` from every
     /// table (retention); returns the partitions that went.
     pub fn expire(&self, hub_id: &str, first_kept: i64) -> Result<usize, ArchiveError> {
@@ -387,11 +445,7 @@ impl ArchiveTables {
             if expired.is_empty() {
                 continue;
             }
-            partitions += expired
-                .iter()
-                .map(|f| f.key)
-                .collect::<HashSet<_>>()
-                .len();
+            partitions += expired.iter().map(|f| f.key).collect::<HashSet<_>>().len();
             let change = Change {
                 operation: Operation::Expire,
                 remove: expired.iter().map(|f| f.path.clone()).collect(),
@@ -425,7 +479,10 @@ impl ArchiveTables {
     ) -> Result<bool, ArchiveError> {
         let (version, after) = match self.table(table).commit_then_snapshot(snapshot, change)? {
             (Commit::Committed(v), after) => (v, after),
-            (Commit::Conflict { .. }, _) => return Ok(false),
+            (Commit::Conflict { .. }, _) => {
+                self.lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(false);
+            }
         };
         self.remember(table, snapshot, change, after);
         if let Some(root) = &self.local {
@@ -499,7 +556,7 @@ impl ArchiveTables {
                 .collect();
             let root = self.prefix.clone().join(table.name());
             let objects: Vec<object_store::ObjectMeta> =
-                self.rt.block_on(self.store.list(Some(&root)).try_collect())?;
+                self.block_on(self.store.list(Some(&root)).try_collect())?;
             for object in objects {
                 let name = object.location.filename().unwrap_or_default();
                 let in_log = object
@@ -514,7 +571,7 @@ impl ArchiveTables {
                 {
                     continue;
                 }
-                match self.rt.block_on(self.store.delete(&object.location)) {
+                match self.block_on(self.store.delete(&object.location)) {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
                     Err(e) => return Err(e.into()),
                 }
@@ -537,7 +594,7 @@ impl ArchiveTables {
         for file in files.iter().filter(|f| f.key == key && f.hub != hub_id) {
             let object = self.object_key(key.table, &file.path);
             if !self.footers.contains_key(&object) {
-                let ids = match self.rt.block_on(footer_batches(self.store.as_ref(), &object)) {
+                let ids = match self.block_on(footer_batches(self.store.as_ref(), &object)) {
                     Ok(ids) => ids,
                     Err(FooterError::NotParquet(why)) => {
                         // Holds no batch anybody can read: nothing to leave
@@ -561,7 +618,11 @@ fn files_of(table: Table, snapshot: &iot_delta::Snapshot) -> Result<Vec<TableFil
         let path = file.path.clone();
         match TableFile::from_log(table, file) {
             Some(f) => out.push(f),
-            None => tracing::warn!(table = table.name(), path, "a file in the log without the archive's partition values; ignored"),
+            None => tracing::warn!(
+                table = table.name(),
+                path,
+                "a file in the log without the archive's partition values; ignored"
+            ),
         }
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
@@ -651,3 +712,6 @@ pub(super) async fn footer_batches(
     }
     Ok(ids)
 }
+
+#[cfg(test)]
+mod tests;

@@ -10,7 +10,7 @@ const H: i64 = HOUR_US;
 /// A minimal table with the columns the archive needs (ts) plus a value; the
 /// archive writes whatever schema the table declares, so tests use the
 /// anomalies schema through a small builder.
-fn rows(table: Table, hours_and_values: &[(i64, f64)]) -> RecordBatch {
+pub(super) fn rows(table: Table, hours_and_values: &[(i64, f64)]) -> RecordBatch {
     let schema = table.schema();
     let n = hours_and_values.len();
     let columns: Vec<ArrayRef> = schema
@@ -47,7 +47,7 @@ fn rows(table: Table, hours_and_values: &[(i64, f64)]) -> RecordBatch {
     RecordBatch::try_new(schema, columns).unwrap()
 }
 
-fn settings(target: u64) -> ArchiveSettings {
+pub(super) fn settings(target: u64) -> ArchiveSettings {
     ArchiveSettings {
         path: None,
         target_file_bytes: target,
@@ -57,7 +57,7 @@ fn settings(target: u64) -> ArchiveSettings {
     }
 }
 
-fn values(root: &Path, table: Table) -> Vec<f64> {
+pub(super) fn values(root: &Path, table: Table) -> Vec<f64> {
     let mut v: Vec<f64> = read_table(root, table)
         .unwrap()
         .iter()
@@ -581,11 +581,23 @@ fn compaction_merges_a_closed_partitions_files_into_one_that_covers_their_wal_ra
             .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
             .count()
     };
-    assert_eq!(on_disk(), 6, "the four small files, the merged one and hour 9's");
+    assert_eq!(
+        on_disk(),
+        6,
+        "the four small files, the merged one and hour 9's"
+    );
     let now_ms = chrono::Utc::now().timestamp_millis();
     let window = compaction_settings().vacuum_after.as_millis() as i64;
-    assert_eq!(a.vacuum(now_ms + window - 60_000).unwrap(), 0, "too young to go");
-    assert_eq!(a.vacuum(now_ms + window + 60_000).unwrap(), 4, "the merged-away files go");
+    assert_eq!(
+        a.vacuum(now_ms + window - 60_000).unwrap(),
+        0,
+        "too young to go"
+    );
+    assert_eq!(
+        a.vacuum(now_ms + window + 60_000).unwrap(),
+        4,
+        "the merged-away files go"
+    );
     assert_eq!(on_disk(), 2);
     assert_eq!(
         values(dir.path(), Table::Scored),
@@ -740,7 +752,11 @@ fn files_that_only_exist_in_object_storage_count_as_committed_for_replay() {
 }
 
 /// `rows` with the batch identity `seq` on every row.
-fn rows_of_batch(table: Table, seq: u64, hours_and_values: &[(i64, f64)]) -> RecordBatch {
+pub(super) fn rows_of_batch(
+    table: Table,
+    seq: u64,
+    hours_and_values: &[(i64, f64)],
+) -> RecordBatch {
     let b = rows(table, hours_and_values);
     let idx = b.schema().index_of("seq").unwrap();
     let mut cols = b.columns().to_vec();

@@ -156,13 +156,15 @@ async fn hub_killed_repeatedly_archives_every_acknowledged_batch_exactly_once() 
         "{acked:?}"
     );
 
-    // Readers never see temporary files: everything not hidden is a complete,
-    // committed Parquet file.
+    // Readers never see temporary files: everything not hidden is a
+    // Parquet file or the tables' log, and every file the log holds is
+    // complete (read below).
     let root = data.join("archive");
     for file in archive::walk_files(&root).unwrap() {
         let name = file.file_name().unwrap().to_str().unwrap();
+        let in_log = file.parent().unwrap().ends_with("_delta_log");
         assert!(
-            name.starts_with('.') || name.ends_with(".parquet"),
+            name.starts_with('.') || name.ends_with(".parquet") || in_log,
             "visible non-Parquet file {name}"
         );
     }

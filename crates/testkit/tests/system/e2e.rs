@@ -1220,7 +1220,7 @@ async fn an_archive_replays_from_parquet_into_another_hub_once() {
     let source_root = hub.archive_root.clone();
     hub.shutdown().await;
 
-    let recordings = lab::replay_parquet::read(&[source_root.join("table=scored")], None).unwrap();
+    let recordings = lab::replay_parquet::read(&[source_root.join("scored")], None).unwrap();
     assert!(!recordings.is_empty());
     let mut cfg = iot_testkit::hub_config("target", &dir.path().join("b"));
     cfg.mqtt.enabled = false;
@@ -1273,7 +1273,7 @@ async fn an_archive_that_cannot_be_written_stops_acknowledgements_resumes_by_its
     // of the scored table must go makes archiving it fail.
     let blocker = config()
         .archive_root()
-        .join("table=scored")
+        .join("scored")
         .join("date=2026-01-01");
     std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
     std::fs::write(&blocker, b"not a directory").unwrap();

@@ -1,0 +1,190 @@
+//! `inference-hub migrate-archive`: turns an archive in the layout before
+//! Delta tables (`table=<t>/date=/hour=/hub=/<file>.parquet`, on the local
+//! disk or in the bucket) into the Delta tables of [`super::tables`], in
+//! place.
+//!
+//! Per table: each file is copied (local disk: hard-linked) to its place
+//! under the table's root, the files the log does not hold yet are added in
+//! versions of at most `FILES_PER_VERSION`, and only then are the old keys
+//! deleted. Every step looks at what is already done, so a migration cut off
+//! anywhere is finished by running it again; a hub refuses to start while
+//! any `table=` directory or key is left ([`super::tables::refuse_hive_layout`],
+//! [`refuse_hive_layout_in_bucket`]), so it never writes to a half-migrated
+//! archive.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use futures_util::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use super::tables::{ArchiveTables, partition_path};
+use super::*;
+
+/// Files added per version of the log.
+const FILES_PER_VERSION: usize = 1000;
+
+/// What a migration did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Migrated {
+    /// Files found in the old layout.
+    pub files: usize,
+    /// Of those, added to a table's log by this run (the rest were already).
+    pub committed: usize,
+    /// Rows in the files this run added.
+    pub rows: u64,
+}
+
+/// Migrates the local archive at `root`.
+pub fn migrate_local(root: &Path) -> Result<Migrated, ArchiveError> {
+    // The tables are opened past the refusal of the old layout (this is
+    // what resolves it).
+    let tables = ArchiveTables::open_local_for_migration(root)?;
+    let migrated = migrate(&tables)?;
+    for table in Table::ALL {
+        // Only directories (and `.commit.lock` files) are left.
+        match fs::remove_dir_all(root.join(format!("table={}", table.name()))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(migrated)
+}
+
+/// Migrates the archive in the bucket `settings` name.
+pub fn migrate_bucket(settings: &s3::S3Settings) -> Result<Migrated, ArchiveError> {
+    migrate(&ArchiveTables::open_bucket(settings)?)
+}
+
+fn migrate(tables: &ArchiveTables) -> Result<Migrated, ArchiveError> {
+    let mut done = Migrated::default();
+    for table in Table::ALL {
+        let old_root = tables
+            .prefix()
+            .clone()
+            .join(format!("table={}", table.name()));
+        let store = tables.store();
+        let listed: Vec<object_store::ObjectMeta> =
+            tables.block_on(store.list(Some(&old_root)).try_collect())?;
+        let mut moves = Vec::new();
+        for object in listed {
+            let name = object.location.filename().unwrap_or_default().to_owned();
+            if name.starts_with('.') || !name.ends_with(".parquet") {
+                continue; // locks, temporary files
+            }
+            let relative: Vec<String> = object
+                .location
+                .prefix_match(&old_root)
+                .map(|parts| parts.map(|p| p.as_ref().to_owned()).collect())
+                .unwrap_or_default();
+            let Some(key) = old_partition(table, &relative) else {
+                tracing::warn!(key = %object.location, "a file outside the old layout's partitions; left where it is");
+                continue;
+            };
+            let hub = relative
+                .iter()
+                .find_map(|p| p.strip_prefix("hub="))
+                .unwrap_or("legacy")
+                .to_owned();
+            let new_path = format!("{}/{name}", partition_path(key, &hub));
+            moves.push((object.location, key, hub, new_path));
+        }
+        done.files += moves.len();
+        let in_log: HashSet<String> = tables.files(table)?.into_iter().map(|f| f.path).collect();
+        let mut adds = Vec::new();
+        for (old, key, hub, new_path) in &moves {
+            let new = tables.object_key(table, new_path);
+            if tables.block_on(store.head(&new)).is_err() {
+                tables.block_on(copy(store.as_ref(), old, &new))?;
+            }
+            if !in_log.contains(new_path) {
+                let rows = tables.block_on(footer_rows(store.as_ref(), &new))?;
+                let bytes = tables.block_on(store.head(&new))?.size;
+                adds.push((*key, hub.clone(), new_path.clone(), bytes, rows));
+            }
+        }
+        for chunk in adds.chunks(FILES_PER_VERSION) {
+            tables.commit_migrated(table, chunk)?;
+            done.committed += chunk.len();
+            done.rows += chunk.iter().map(|a| a.4).sum::<u64>();
+        }
+        for (old, ..) in &moves {
+            match tables.block_on(store.delete(old)) {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Locks and temporary files of the old layout.
+        let left: Vec<object_store::ObjectMeta> =
+            tables.block_on(store.list(Some(&old_root)).try_collect())?;
+        for object in left {
+            match tables.block_on(store.delete(&object.location)) {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Copies one object (a hard link on the local disk: no second copy of the
+/// data while both names exist).
+async fn copy(
+    store: &dyn ObjectStore,
+    from: &ObjectPath,
+    to: &ObjectPath,
+) -> object_store::Result<()> {
+    match store.copy_if_not_exists(from, to).await {
+        Ok(()) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+        Err(object_store::Error::NotImplemented { .. }) => store.copy(from, to).await,
+        Err(e) => Err(e),
+    }
+}
+
+/// The partition of a file below `table=<t>/` (`date=`, `hour=`, maybe
+/// `hub=`, then the name).
+fn old_partition(table: Table, relative: &[String]) -> Option<PartitionKey> {
+    let date = relative.iter().find_map(|p| p.strip_prefix("date="))?;
+    let hour: i64 = relative
+        .iter()
+        .find_map(|p| p.strip_prefix("hour="))?
+        .parse()
+        .ok()?;
+    let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+    let midnight = day.and_hms_opt(0, 0, 0)?.and_utc().timestamp_micros();
+    Some(PartitionKey {
+        table,
+        hour: midnight.div_euclid(HOUR_US) + hour,
+    })
+}
+
+/// The rows of a Parquet object, from its footer.
+async fn footer_rows(store: &dyn ObjectStore, location: &ObjectPath) -> Result<u64, ArchiveError> {
+    let bytes = store.get(location).await?.bytes().await?;
+    let reader = parquet::file::serialized_reader::SerializedFileReader::new(bytes)?;
+    use parquet::file::reader::FileReader;
+    Ok(reader.metadata().file_metadata().num_rows().max(0) as u64)
+}
+
+/// Refuses a bucket archive that still has keys of the old layout.
+pub fn refuse_hive_layout_in_bucket(tables: &ArchiveTables) -> Result<(), ArchiveError> {
+    for table in Table::ALL {
+        let old_root = tables
+            .prefix()
+            .clone()
+            .join(format!("table={}", table.name()));
+        let first = tables.block_on(async {
+            let mut listed = tables.store().list(Some(&old_root));
+            listed.try_next().await
+        })?;
+        if let Some(object) = first {
+            return Err(ArchiveError::Settings(format!(
+                "the archive in the bucket holds files in the layout before Delta tables ({}); run `inference-hub migrate-archive` once (with this configuration), then start the hub",
+                object.location
+            )));
+        }
+    }
+    Ok(())
+}
