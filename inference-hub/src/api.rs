@@ -58,8 +58,8 @@ pub struct ApiContext {
     pub stats: Arc<HubStats>,
     pub batch_permits: Arc<tokio::sync::Semaphore>,
     pub access: Arc<access::Access>,
-    /// The Parquet archive range queries read (local archives).
-    pub archive_root: Option<std::path::PathBuf>,
+    /// The archive range queries read (its tables, local or in the bucket).
+    pub archive: Option<Arc<crate::archive::reader::ArchiveReader>>,
     /// Acknowledged data the hub lost (see [`crate::losses`]).
     pub losses: Option<Arc<crate::losses::LossLedger>>,
 }
@@ -72,7 +72,7 @@ impl ApiContext {
             stats,
             batch_permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_BATCHES)),
             access: Arc::new(access::Access::open()),
-            archive_root: None,
+            archive: None,
             losses: None,
         }
     }
@@ -83,9 +83,17 @@ impl ApiContext {
         self
     }
 
-    /// Lets range queries read the committed archive under `root`.
-    pub fn with_archive(mut self, root: std::path::PathBuf) -> Self {
-        self.archive_root = Some(root);
+    /// Lets range queries read the local archive under `root`.
+    pub fn with_archive(self, root: std::path::PathBuf) -> Self {
+        self.with_archive_reader(Arc::new(crate::archive::reader::ArchiveReader::Local(root)))
+    }
+
+    /// Lets range queries read the archive `reader` reads.
+    pub fn with_archive_reader(
+        mut self,
+        reader: Arc<crate::archive::reader::ArchiveReader>,
+    ) -> Self {
+        self.archive = Some(reader);
         self
     }
 

@@ -672,6 +672,7 @@ mod footer;
 mod maintenance;
 pub mod migrate;
 mod read;
+pub mod reader;
 mod sort;
 pub mod tables;
 

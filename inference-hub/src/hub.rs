@@ -207,7 +207,10 @@ pub async fn start(cfg: HubConfig) -> Result<HubHandle, StartError> {
     }
     let app = api::router(
         ApiContext::new(intake.clone(), Arc::clone(&state), Arc::clone(&stats))
-            .with_archive(cfg.archive_root())
+            .with_archive_reader(crate::archive::reader::ArchiveReader::open(
+                &cfg.archive_root(),
+                cfg.archive.s3.as_ref(),
+            )?)
             .with_losses(Arc::clone(&losses))
             .with_access(Arc::clone(&access)),
     );

@@ -17,7 +17,7 @@ use anyhow::Context;
 use arrow_array::RecordBatch;
 use schemas::envelope::{BatchHeader, DecodedBatch};
 
-use inference_hub::archive::{self, Archive, PartitionKey, Table};
+use inference_hub::archive::{self, Archive, Table};
 use inference_hub::config::ArchiveSettings;
 use inference_hub::model::Model;
 use inference_hub::scoring::Engine;
@@ -77,19 +77,14 @@ pub fn run(
                 && o.to_us.is_none_or(|t| h * HOUR_US < t)
         })
         .collect();
-    // An earlier run of this model version over these hours is replaced.
-    for (hour, _) in &partitions {
-        let dir = PartitionKey {
-            table: Table::Rescored,
-            hour: *hour,
-        }
-        .hub_dir(&o.archive, &out_id);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("remove {}", dir.display())),
-        }
-    }
+    // An earlier run of this model version over these hours is replaced:
+    // its files leave the table in one version (the vacuum deletes them).
+    let replaced: std::collections::HashSet<i64> = partitions.iter().map(|(h, _)| *h).collect();
+    archive::tables::ArchiveTables::open_local(&o.archive)?.remove_files_of(
+        Table::Rescored,
+        &out_id,
+        |hour| replaced.contains(&hour),
+    )?;
     let settings = ArchiveSettings {
         max_file_age: std::time::Duration::from_secs(24 * 3600),
         ..ArchiveSettings::default()

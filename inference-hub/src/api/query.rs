@@ -11,7 +11,7 @@
 //! `limit` rows (default 100,000, at most 1,000,000) and the request timeout;
 //! a query that touches more than `MAX_FILES` files is refused with 422.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 
 use arrow_array::{Array, RecordBatch};
 use axum::body::Body;
@@ -21,7 +21,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::{ApiContext, ApiError, CancelOnDrop, Cancelled, check_range, openapi, parse_time};
-use crate::archive::{self, Table};
+use crate::archive::Table;
+use crate::archive::reader::{ArchiveFile, ArchiveReader};
 
 pub const MAX_QUERY_ROWS: usize = 1_000_000;
 /// Files and rows one request may read, whatever its range and filters.
@@ -65,13 +66,14 @@ impl ScanError {
 /// The files the newest version of `table` holds in the hours that meet
 /// `[from, to)` (a range already checked to be at most 31 days).
 fn range_files(
-    root: &std::path::Path,
+    reader: &ArchiveReader,
     table: Table,
     from: i64,
     to: i64,
-) -> Result<Vec<PathBuf>, ScanError> {
+) -> Result<Vec<ArchiveFile>, ScanError> {
     let hours = from.div_euclid(3_600_000_000)..(to - 1).div_euclid(3_600_000_000) + 1;
-    let files = archive::committed_files_in(root, table, hours)
+    let files = reader
+        .files(table, hours)
         .map_err(|e| ScanError::Io(std::io::Error::other(e)))?;
     if files.len() > MAX_FILES {
         return Err(ScanError::TooManyFiles);
@@ -82,7 +84,7 @@ fn range_files(
 /// One series' archived points in `[from_us, to_us)`, bounded in files and
 /// rows read, stopping when `cancelled`.
 pub fn read_points(
-    root: &std::path::Path,
+    reader: &ArchiveReader,
     device: &str,
     metric: &str,
     from_us: i64,
@@ -91,8 +93,8 @@ pub fn read_points(
 ) -> Result<std::collections::BTreeMap<i64, crate::state::Point>, ScanError> {
     let mut out = std::collections::BTreeMap::new();
     let mut scanned = 0usize;
-    for file in range_files(root, Table::Scored, from_us, to_us)? {
-        for batch in archive::read_file(&file)? {
+    for file in range_files(reader, Table::Scored, from_us, to_us)? {
+        for batch in reader.read(&file)? {
             if cancelled.is_set() {
                 return Err(ScanError::Cancelled);
             }
@@ -266,14 +268,24 @@ pub async fn query(
         None if accept.contains("parquet") => Format::Parquet,
         None => Format::Json,
     };
-    let Some(root) = ctx.archive_root.clone() else {
+    let Some(reader) = ctx.archive.clone() else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_archive",
-            "this hub serves no local archive",
+            "this hub serves no archive",
         ));
     };
-    let files = range_files(&root, table, from, to).map_err(ScanError::into_api_error)?;
+    let listing = Arc::clone(&reader);
+    let files = tokio::task::spawn_blocking(move || range_files(&listing, table, from, to))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "query failed",
+            )
+        })?
+        .map_err(ScanError::into_api_error)?;
     let filter = Filter {
         from,
         to,
@@ -287,7 +299,9 @@ pub async fn query(
     // request timed out): the stream owns the guard.
     let cancel = CancelOnDrop::default();
     let cancelled = cancel.token();
-    tokio::task::spawn_blocking(move || produce(files, filter, limit, format, tx, &cancelled));
+    tokio::task::spawn_blocking(move || {
+        produce(&reader, files, filter, limit, format, tx, &cancelled);
+    });
     let stream = futures_util::stream::unfold((rx, cancel), |(mut rx, cancel)| async move {
         rx.recv().await.map(|item| (item, (rx, cancel)))
     });
@@ -358,7 +372,8 @@ impl Filter {
 }
 
 fn produce(
-    files: Vec<PathBuf>,
+    reader: &ArchiveReader,
+    files: Vec<ArchiveFile>,
     filter: Filter,
     limit: usize,
     format: Format,
@@ -381,7 +396,7 @@ fn produce(
         return;
     }
     'files: for f in files {
-        let batches = match archive::read_file(&f) {
+        let batches = match reader.read(&f) {
             Ok(b) => b,
             Err(e) => {
                 let _ = tx.blocking_send(Err(e));

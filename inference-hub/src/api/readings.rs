@@ -120,14 +120,14 @@ pub async fn readings(
         ));
     }
     // Archive (committed files) merged with the newest in-memory points.
-    let archive_root = ctx.archive_root.clone();
+    let archive = ctx.archive.clone();
     let (d, m) = (device.clone(), metric.clone());
     // The scan stops when this request is gone (timed out, client left).
     let cancel = CancelOnDrop::default();
     let cancelled = cancel.token();
     let mut points: std::collections::BTreeMap<i64, crate::state::Point> =
-        tokio::task::spawn_blocking(move || match archive_root {
-            Some(root) => query::read_points(&root, &d, &m, from, to, &cancelled),
+        tokio::task::spawn_blocking(move || match archive {
+            Some(reader) => query::read_points(&reader, &d, &m, from, to, &cancelled),
             None => Ok(Default::default()),
         })
         .await

@@ -538,7 +538,7 @@ async fn readings_over_a_range_merge_the_archive_with_memory_and_downsample() {
     let token = gone.token();
     drop(gone);
     let scan = query::read_points(
-        &hub.archive_root,
+        &crate::archive::reader::ArchiveReader::Local(hub.archive_root.clone()),
         "pump-7",
         "temp",
         t0,

@@ -437,23 +437,35 @@ impl ArchiveTables {
     pub fn expire(&self, hub_id: &str, first_kept: i64) -> Result<usize, ArchiveError> {
         let mut partitions = 0;
         for table in Table::ALL {
-            let files = self.files(table)?;
-            let expired: Vec<&TableFile> = files
-                .iter()
-                .filter(|f| f.hub == hub_id && f.key.hour < first_kept)
-                .collect();
-            if expired.is_empty() {
-                continue;
-            }
-            partitions += expired.iter().map(|f| f.key).collect::<HashSet<_>>().len();
-            let change = Change {
-                operation: Operation::Expire,
-                remove: expired.iter().map(|f| f.path.clone()).collect(),
-                ..Change::default()
-            };
-            self.commit_until_taken(table, &change)?;
+            partitions += self.remove_files_of(table, hub_id, |hour| hour < first_kept)?;
         }
         Ok(partitions)
+    }
+
+    /// Removes `hub_id`'s files of `table` in the event hours `hours` picks
+    /// in one version (retention, or a tool replacing what it wrote);
+    /// returns the partitions that went.
+    pub fn remove_files_of(
+        &self,
+        table: Table,
+        hub_id: &str,
+        hours: impl Fn(i64) -> bool,
+    ) -> Result<usize, ArchiveError> {
+        let files = self.files(table)?;
+        let gone: Vec<&TableFile> = files
+            .iter()
+            .filter(|f| f.hub == hub_id && hours(f.key.hour))
+            .collect();
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let change = Change {
+            operation: Operation::Expire,
+            remove: gone.iter().map(|f| f.path.clone()).collect(),
+            ..Change::default()
+        };
+        self.commit_until_taken(table, &change)?;
+        Ok(gone.iter().map(|f| f.key).collect::<HashSet<_>>().len())
     }
 
     /// Commits a change whose removals only this hub makes (its own files):

@@ -10,7 +10,9 @@ use std::time::Duration;
 use arrow_array::{Array, TimestampMicrosecondArray, UInt64Array};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
+use inference_hub::archive::Table;
 use inference_hub::archive::s3::S3Settings;
+use inference_hub::archive::tables::ArchiveTables;
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 
@@ -82,10 +84,27 @@ async fn post_all(hub: &inference_hub::HubHandle, seqs: impl Iterator<Item = u64
     }
 }
 
-/// Every (seq, ts) archived in the bucket, with how often.
+/// The keys of the files the newest version of the bucket's scored table
+/// holds (read through its Delta log, on a thread of its own).
+fn scored_in_log(s3: &S3Settings) -> Vec<String> {
+    let s3 = s3.clone();
+    std::thread::spawn(move || {
+        let tables = ArchiveTables::open_bucket(&s3).unwrap();
+        tables
+            .files(Table::Scored)
+            .unwrap()
+            .iter()
+            .map(|f| tables.object_key(Table::Scored, &f.path).to_string())
+            .collect()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Every (seq, ts) the bucket's scored table holds, the rows, and the files.
 async fn read_bucket(s3: &S3Settings) -> (usize, BTreeSet<(u64, i64)>, usize) {
     let store = s3.connect().unwrap();
-    let objects = scored_objects(s3).await;
+    let objects = scored_in_log(s3);
     let mut rows = 0;
     let mut keys = BTreeSet::new();
     for o in &objects {
@@ -146,11 +165,9 @@ async fn s3_archive_holds_every_batch_once_across_a_restart_and_reads_back_throu
     assert_eq!(rows, 40 * ROWS);
     assert_eq!(keys.len(), rows, "no row twice");
     assert!(objects >= 1);
-    let staged = inference_hub::archive::committed_files(
-        &dir.path().join("hub/archive"),
-        inference_hub::archive::Table::Scored,
-    )
-    .unwrap();
+    let staged =
+        inference_hub::archive::staged_files(&dir.path().join("hub/archive"), Table::Scored)
+            .unwrap();
     assert!(
         staged.is_empty(),
         "uploaded files are removed locally: {staged:?}"
@@ -170,6 +187,52 @@ async fn s3_archive_holds_every_batch_once_across_a_restart_and_reads_back_throu
     let (rows, keys, _) = read_bucket(&s3).await;
     assert_eq!(rows, 55 * ROWS, "each batch exactly once in the bucket");
     assert_eq!(keys.len(), rows);
+
+    // The hub's own API reads what only the bucket holds now.
+    let hub = inference_hub::start(config()).await.unwrap();
+    assert!(
+        inference_hub::archive::staged_files(&dir.path().join("hub/archive"), Table::Scored)
+            .unwrap()
+            .is_empty()
+    );
+    let client = reqwest::Client::new();
+    let text = client
+        .get(format!(
+            "http://{}/v1/query?table=scored&from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z&format=jsonl&columns=seq,ts",
+            hub.http_addr
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        text.lines().count(),
+        55 * ROWS,
+        "/v1/query reads the bucket"
+    );
+    let readings: serde_json::Value = serde_json::from_str(
+        &client
+            .get(format!(
+                "http://{}/v1/devices/dev0/metrics/load/readings?from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z",
+                hub.http_addr
+            ))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let points = readings["points"].as_array().map_or(0, Vec::len);
+    assert_eq!(
+        points,
+        55 * ROWS / 5,
+        "the readings endpoint reads the bucket: {readings}"
+    );
+    hub.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,14 +247,6 @@ async fn s3_two_hubs_that_both_made_a_batch_durable_leave_it_in_the_bucket_once(
         cfg.archive.s3 = Some(s3.clone());
         cfg
     };
-    // A hub that died holding a partition's commit lock: its lease has
-    // expired, so the first upload into that partition takes the lock over.
-    let store = s3.connect().unwrap();
-    let stale = ObjectPath::from("archive/table=scored/date=2026-01-01/hour=00/.commit.lock");
-    store
-        .put(&stale, Bytes::from_static(b"crashed_hub 0").into())
-        .await
-        .unwrap();
     let a = inference_hub::start(config("hub_a")).await.unwrap();
     let b = inference_hub::start(config("hub_b")).await.unwrap();
     // 21..=40 reach both hubs (a redelivery after a lost answer), at the
@@ -205,33 +260,41 @@ async fn s3_two_hubs_that_both_made_a_batch_durable_leave_it_in_the_bucket_once(
         keys.len(),
         "a batch both hubs held is in the bucket once"
     );
+    let store = s3.connect().unwrap();
+    let all: Vec<object_store::ObjectMeta> = store.list(None).try_collect().await.unwrap();
+    assert!(
+        all.iter()
+            .all(|o| !o.location.to_string().ends_with(".commit.lock")),
+        "no lock objects: the log's conditional versions are the only coordination"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs moto_server (pip install 'moto[server]'); run by .ci/run"]
-async fn s3_retention_deletes_only_this_hubs_objects_older_than_the_limit() {
+async fn s3_retention_removes_only_this_hubs_files_and_the_vacuum_deletes_them_later() {
     let dir = tempfile::tempdir().unwrap();
     let (_moto, s3) = start_moto(dir.path()).await;
-    let store = s3.connect().unwrap();
-    // Another hub's old object, and this hub's readings from 2026-01-01.
-    let foreign =
-        ObjectPath::from("archive/table=scored/date=2026-01-01/hour=00/hub=other/x.parquet");
-    store
-        .put(&foreign, Bytes::from_static(b"not ours").into())
-        .await
-        .unwrap();
-    let config = |retention: Option<Duration>| {
-        let mut cfg = iot_testkit::hub_config("keeper", &dir.path().join("keeper"));
+    let config = |id: &str, retention: Option<Duration>, vacuum_after: Duration| {
+        let mut cfg = iot_testkit::hub_config(id, &dir.path().join(id));
         cfg.mqtt.enabled = false;
         cfg.archive.max_file_age = Duration::from_millis(100);
         cfg.archive.compaction_interval = Duration::from_millis(100);
         cfg.archive.retention = retention;
+        cfg.archive.vacuum_after = vacuum_after;
         cfg.archive.s3 = Some(s3.clone());
         cfg
     };
-    let own_objects = || async {
+    let hour = Duration::from_secs(3600);
+    let in_log = |hub: &str| {
+        scored_in_log(&s3)
+            .iter()
+            .filter(|k| k.contains(&format!("/hub={hub}/")))
+            .count()
+    };
+    let store = s3.connect().unwrap();
+    let in_bucket = || async {
         let listed: Vec<object_store::ObjectMeta> = store
-            .list(Some(&ObjectPath::from("archive")))
+            .list(Some(&ObjectPath::from("archive/scored")))
             .try_collect()
             .await
             .unwrap();
@@ -240,23 +303,31 @@ async fn s3_retention_deletes_only_this_hubs_objects_older_than_the_limit() {
             .filter(|o| o.location.to_string().contains("/hub=keeper/"))
             .count()
     };
-    // Without retention the readings of 2026-01-01 land in the bucket...
-    let hub = inference_hub::start(config(None)).await.unwrap();
-    post_all(&hub, 1..=5).await;
+    // Another hub's readings, and this hub's, all of 2026-01-01.
+    let other = inference_hub::start(config("other", None, hour))
+        .await
+        .unwrap();
+    post_all(&other, 1..=3).await;
+    other.shutdown().await;
+    let hub = inference_hub::start(config("keeper", None, hour))
+        .await
+        .unwrap();
+    post_all(&hub, 4..=8).await;
     hub.shutdown().await;
-    assert!(own_objects().await > 0);
-    // ...and with a one-day retention the hub deletes them from the bucket
-    // (nothing of them is local any more).
-    let hub = inference_hub::start(config(Some(Duration::from_secs(24 * 3600))))
+    let kept = in_bucket().await;
+    assert!(in_log("keeper") > 0 && kept > 0);
+    // With a one-day retention the hub removes its files from the table
+    // (one version); the objects stay for readers of older versions...
+    let hub = inference_hub::start(config("keeper", Some(24 * hour), hour))
         .await
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while own_objects().await > 0 {
+    while in_log("keeper") > 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "retention never ran on the bucket"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
         hub.stats
@@ -265,10 +336,34 @@ async fn s3_retention_deletes_only_this_hubs_objects_older_than_the_limit() {
             > 0
     );
     hub.shutdown().await;
-    assert_eq!(own_objects().await, 0, "this hub's old objects are gone");
+    assert_eq!(
+        in_bucket().await,
+        kept,
+        "kept until the vacuum window passed"
+    );
     assert!(
-        store.head(&foreign).await.is_ok(),
-        "another hub's object is left to that hub"
+        in_log("other") > 0,
+        "another hub's files are left to that hub"
+    );
+    // ...and once they are older than the vacuum's window, they go.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let hub = inference_hub::start(config("keeper", Some(24 * hour), Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while in_bucket().await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the vacuum never deleted the removed files"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    hub.shutdown().await;
+    let (rows, keys, _) = read_bucket(&s3).await;
+    assert_eq!(
+        (rows, keys.len()),
+        (3 * ROWS, 3 * ROWS),
+        "the other hub's rows, whole"
     );
 }
 
@@ -287,29 +382,33 @@ async fn s3_down_at_shutdown_leaves_files_local_instead_of_holding_the_hub() {
     tokio::time::timeout(Duration::from_secs(60), hub.shutdown())
         .await
         .expect("the hub stops although the store is down");
-    let staged =
-        inference_hub::archive::committed_files(&root, inference_hub::archive::Table::Scored)
-            .unwrap();
+    let staged = inference_hub::archive::staged_files(&root, Table::Scored).unwrap();
     assert!(
         !staged.is_empty(),
         "the files wait locally for the next start"
     );
 }
 
-/// The keys of the scored table's objects in the bucket (every hub's).
+/// The keys of the scored table's data objects in the bucket (every hub's,
+/// whether the log holds them or not).
 async fn scored_objects(s3: &S3Settings) -> Vec<String> {
     let store = s3.connect().unwrap();
     let listed: Vec<object_store::ObjectMeta> = store
-        .list(Some(&ObjectPath::from("archive/table=scored")))
+        .list(Some(&ObjectPath::from("archive/scored")))
         .try_collect()
         .await
         .unwrap();
-    listed.into_iter().map(|o| o.location.to_string()).collect()
+    listed
+        .into_iter()
+        .map(|o| o.location.to_string())
+        .filter(|k| k.ends_with(".parquet"))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs moto_server (pip install 'moto[server]'); run by .ci/run"]
-async fn s3_upload_when_closed_sends_one_merged_object_per_partition_and_resumes_a_cut_upload() {
+async fn s3_upload_when_closed_commits_one_merged_file_per_partition_and_a_put_cut_off_before_its_commit_is_never_read_and_vacuumed()
+ {
     use inference_hub::archive::s3::UploadWhen;
     let dir = tempfile::tempdir().unwrap();
     let (_moto, mut s3) = start_moto(dir.path()).await;
@@ -324,10 +423,7 @@ async fn s3_upload_when_closed_sends_one_merged_object_per_partition_and_resumes
         cfg
     };
     let root = dir.path().join("closer/archive");
-    let local = || {
-        inference_hub::archive::committed_files(&root, inference_hub::archive::Table::Scored)
-            .unwrap()
-    };
+    let local = || inference_hub::archive::staged_files(&root, Table::Scored).unwrap();
 
     // 1. Partitions that are not closed yet (a grace of ten years) stay
     // local, in several small files each (40 batches span two event hours).
@@ -349,8 +445,9 @@ async fn s3_upload_when_closed_sends_one_merged_object_per_partition_and_resumes
         "several files per partition: {small_files:?}"
     );
 
-    // 2. A crash cut one upload short after its PUT: the bucket holds that
-    // file, the local copy is still there.
+    // 2. A crash cut one upload short after its PUT, before its commit:
+    // the bucket holds the object, no version of the table does, and the
+    // local copy is still there.
     let cut = &small_files[0];
     let key = s3.key(cut.strip_prefix(&root).unwrap());
     let store = s3.connect().unwrap();
@@ -359,8 +456,8 @@ async fn s3_upload_when_closed_sends_one_merged_object_per_partition_and_resumes
         .await
         .unwrap();
 
-    // 3. With the partitions closed, the hub finishes the cut upload as it
-    // was, merges the rest of each partition into one file and uploads it.
+    // 3. With the partitions closed, the hub merges each partition's files
+    // (the cut one too) into one, puts it in the bucket and commits it.
     let hub = inference_hub::start(config(Duration::ZERO)).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !local().is_empty() {
@@ -372,20 +469,43 @@ async fn s3_upload_when_closed_sends_one_merged_object_per_partition_and_resumes
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     hub.shutdown().await;
-    let objects = scored_objects(&s3).await;
-    let partitions: BTreeSet<&str> = objects
+    let committed = scored_in_log(&s3);
+    let partitions: BTreeSet<&str> = committed
         .iter()
         .map(|o| o.rsplit_once("/hub=").unwrap().0)
         .collect();
-    assert_eq!(partitions.len(), 2, "{objects:?}");
+    assert_eq!(partitions.len(), 2, "{committed:?}");
+    assert_eq!(
+        committed.len(),
+        partitions.len(),
+        "one merged file per partition: {committed:?}"
+    );
+    let objects = scored_objects(&s3).await;
     assert_eq!(
         objects.len(),
-        partitions.len() + 1,
-        "one merged object per partition, plus the file whose upload was cut: {objects:?}"
+        committed.len() + 1,
+        "the cut-off put is in the bucket but in no version: {objects:?}"
     );
     let (rows, keys, _) = read_bucket(&s3).await;
-    assert_eq!(keys.len(), 40 * ROWS, "every batch in the bucket");
+    assert_eq!(keys.len(), 40 * ROWS, "every batch in the table");
     assert_eq!(rows, keys.len(), "no row twice");
+
+    // 4. The vacuum deletes it (here with its window already over), and only it.
+    let vacuumed = {
+        let s3 = s3.clone();
+        std::thread::spawn(move || {
+            let older_than = chrono::Utc::now().timestamp_millis() + 60_000;
+            ArchiveTables::open_bucket(&s3)
+                .unwrap()
+                .vacuum(older_than)
+                .unwrap()
+        })
+        .join()
+        .unwrap()
+    };
+    assert_eq!(vacuumed, 1);
+    assert_eq!(scored_objects(&s3).await.len(), committed.len());
+    assert_eq!(read_bucket(&s3).await.0, 40 * ROWS);
 }
 
 /// An HTTP relay in front of `upstream` that drops the `If-None-Match` and
