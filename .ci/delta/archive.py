@@ -27,13 +27,17 @@ con.execute(f"LOAD '{extension}'")
 def counts(table):
     path = str(root / table)
     dt = deltalake.DeltaTable(path)
-    by_deltalake = pl.DataFrame(deltalake.QueryBuilder().register("t", dt).execute(
-        f"select count(*) as n, count(distinct ({KEY})) as k from t").read_all())
+    def query(sql):
+        return pl.DataFrame(deltalake.QueryBuilder().register("t", dt).execute(sql).read_all())["n"][0]
+    # Two queries: deltalake 1.6.0's engine did not finish count(*) and
+    # count(distinct (...)) in one query (seen here: no answer after minutes).
+    by_deltalake = (query("select count(*) as n from t"),
+                    query(f"select count(*) as n from (select distinct {KEY} from t)"))
     frame = pl.read_delta(path)
     by_polars = (frame.height, frame.select(KEY.split(", ")).unique().height)
     by_duckdb = con.sql(f"select count(*), count(distinct ({KEY})) from delta_scan('{path}')").fetchone()
     got = {
-        "deltalake": (by_deltalake["n"][0], by_deltalake["k"][0]),
+        "deltalake": by_deltalake,
         "polars": by_polars,
         "duckdb": tuple(by_duckdb),
     }

@@ -10,8 +10,8 @@
 # systemd running) with the installed configuration against a Mosquitto on
 # loopback; sends readings; stops the hub and sends more (they wait in the
 # agent's spool), stops the agent; upgrades both packages; starts them again
-# and checks that every reading is archived exactly once (DuckDB over the
-# installed hub's archive); then purges both and checks nothing is left.
+# and checks that every reading is archived exactly once (DuckDB's delta
+# extension over the installed hub's archive); then purges both and checks nothing is left.
 set -euo pipefail
 hub_bin=$1 agent_bin=$2
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -125,10 +125,13 @@ sleep 1
 stop "$agent_pid"
 stop "$hub_pid"
 python3 - <<'PY'
-import duckdb
-rows, keys, gateways = duckdb.sql(
+import pathlib, duckdb, duckdb_extension_delta
+extension = next(pathlib.Path(duckdb_extension_delta.__file__).parent.glob("extensions/*/delta.duckdb_extension"))
+con = duckdb.connect(config={"allow_unsigned_extensions": "true"})
+con.execute(f"LOAD '{extension}'")
+rows, keys, gateways = con.sql(
     "select count(*), count(distinct (device, ts)), list(distinct gateway) "
-    "from read_parquet('/var/lib/inference-hub/archive/table=scored/**/*.parquet')"
+    "from delta_scan('/var/lib/inference-hub/archive/scored')"
 ).fetchone()
 assert rows == keys == 500, (rows, keys)
 print(f"after the upgrade: {rows} readings archived, each once, from {gateways}")

@@ -683,9 +683,10 @@ pub use footer::{
     BATCHES_KEY, MAX_FOOTER_BATCHES, MAX_FOOTER_BYTES, decode_batch_ids, encode_batch_ids,
     file_key_values, footer_batch_ids,
 };
+use read::to_file;
 pub use read::{
-    committed_files, committed_files_in, conform, hour_of_file, read_file, read_table,
-    staged_files, table_files, wal_range, walk_files,
+    committed_files, committed_files_in, conform, file_schema, hour_of_file, read_file,
+    read_parquet_bytes, read_table, staged_files, table_files, wal_range, walk_files,
 };
 pub use sort::sort_by_device_metric_time;
 

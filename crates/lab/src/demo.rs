@@ -411,11 +411,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
         report.hub_archived, report.anomalies
     );
     println!(
-        "Parquet files are under {}; for example:",
+        "The archive's Delta tables are under {}; for example:",
         report.archive_root.display()
     );
     println!(
-        "  duckdb -c \"SELECT device, count(*), sum((status='anomalous')::int) FROM read_parquet('{}/table=scored/**/*.parquet', hive_partitioning=true) GROUP BY 1\"",
+        "  duckdb -c \"INSTALL delta; LOAD delta; SELECT device, count(*), sum((status='anomalous')::int) FROM delta_scan('{}/scored') GROUP BY 1\"",
         report.archive_root.display()
     );
     Ok(report)

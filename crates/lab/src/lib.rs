@@ -13,7 +13,7 @@
 //! - [`eval`]: detection quality on labelled recordings (NAB, SKAB) through
 //!   the production scoring path.
 //! - [`rescore`]: an archived range through another model, into
-//!   `table=rescored`; [`replay_parquet`]: Parquet recordings (our archive
+//!   the `rescored` table; [`replay_parquet`]: Parquet recordings (our archive
 //!   included) for replay through the agent library.
 //! - [`pki`]: a CA and the broker's, hubs' and gateways' certificates
 //!   (`iot-lab pki`, and the tests' certificates).

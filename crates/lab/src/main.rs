@@ -47,8 +47,8 @@ enum Command {
     /// device, metric, ts, value; or wide tables with a time column) to a
     /// broker or straight to a hub, like `edge-agent replay` does for CSV.
     Replay(cmd::replay::ReplayArgs),
-    /// Run an archived range (table=scored) through another model; results
-    /// go to table=rescored under hub=<model>_<version>, originals untouched.
+    /// Run an archived range (the scored table) through another model; results
+    /// go to the rescored table under hub=<model>_<version>, originals untouched.
     Rescore(cmd::rescore::RescoreArgs),
     /// Detection quality on labelled recordings, through the production
     /// scoring path (see docs/DETECTION.md).

@@ -1,10 +1,10 @@
 //! `iot-lab rescore`: an archived range through another model.
 //!
-//! Reads `table=scored` of an archive hour partition by hour partition (all
+//! Reads the `scored` table of an archive hour partition by hour partition (all
 //! hubs' files of the hour, in time order), runs the readings through a fresh
 //! production scorer ([`inference_hub::scoring::Engine`], so warm-up, normalisation,
 //! windows and decisions are exactly the hub's) with the given model, and
-//! writes the result to `table=rescored/.../hub=<model>_<version>/` with the
+//! writes the result to the `rescored` table under `hub=<model>_<version>` with the
 //! archive's commit protocol. The original scores are never touched. Memory
 //! is bounded by the largest hour partition (one is loaded at a time); state
 //! carries across hours, as it would live. Running the same model version

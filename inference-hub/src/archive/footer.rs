@@ -18,19 +18,23 @@ pub(super) fn batch_ids_of_rows(batch: &RecordBatch, rows: &[usize]) -> Option<V
     if batch.num_rows() == 0 {
         return Some(Vec::new());
     }
-    use arrow_array::UInt64Array;
     let gw = StrColumn::of(batch.column_by_name(schemas::tables::GATEWAY)?.as_ref())?;
-    let inc = batch
-        .column_by_name(schemas::tables::INCARNATION)?
-        .as_any()
-        .downcast_ref::<UInt64Array>()?;
-    let seq = batch
-        .column_by_name(schemas::tables::SEQ)?
-        .as_any()
-        .downcast_ref::<UInt64Array>()?;
+    // Unsigned in memory; signed as a file holds them (see `read::file_schema`).
+    let unsigned = |name: &str| -> Option<Vec<u64>> {
+        let column = batch.column_by_name(name)?.as_any();
+        match column.downcast_ref::<arrow_array::UInt64Array>() {
+            Some(c) => Some(rows.iter().map(|&i| c.value(i)).collect()),
+            None => column
+                .downcast_ref::<arrow_array::Int64Array>()
+                .map(|c| rows.iter().map(|&i| c.value(i) as u64).collect()),
+        }
+    };
+    let inc = unsigned(schemas::tables::INCARNATION)?;
+    let seq = unsigned(schemas::tables::SEQ)?;
     Some(
         rows.iter()
-            .map(|&i| (gw.value(i).to_owned(), inc.value(i), seq.value(i)))
+            .enumerate()
+            .map(|(k, &i)| (gw.value(i).to_owned(), inc[k], seq[k]))
             .collect(),
     )
 }
@@ -44,14 +48,15 @@ pub(crate) fn drop_batches(
 ) -> io::Result<u64> {
     let footer = file_key_values(path)?;
     let batches = read_file(path)?;
-    let Some(schema) = batches.first().map(RecordBatch::schema) else {
+    let Some(schema) = batches.first().map(|b| file_schema(&b.schema())) else {
         return Ok(0);
     };
     let rewritten = path.with_extension("rewrite");
     let file = File::create(&rewritten)?;
     let sync = file.try_clone()?;
     let mut writer =
-        ArrowWriter::try_new(file, schema, Some(props.clone())).map_err(io::Error::other)?;
+        ArrowWriter::try_new(file, std::sync::Arc::clone(&schema), Some(props.clone()))
+            .map_err(io::Error::other)?;
     let mut kept = 0u64;
     let mut kept_ids = std::collections::BTreeSet::new();
     for b in &batches {
@@ -71,8 +76,9 @@ pub(crate) fn drop_batches(
             .map(|c| arrow_select::take::take(c.as_ref(), &idx, None))
             .collect::<Result<Vec<_>, _>>()
             .map_err(io::Error::other)?;
+        let kept_rows = RecordBatch::try_new(b.schema(), cols).map_err(io::Error::other)?;
         writer
-            .write(&RecordBatch::try_new(b.schema(), cols).map_err(io::Error::other)?)
+            .write(&to_file(&kept_rows)?)
             .map_err(io::Error::other)?;
     }
     for (k, v) in footer {

@@ -3,8 +3,9 @@
 //! disk or in the bucket) into the Delta tables of [`super::tables`], in
 //! place.
 //!
-//! Per table: each file is copied (local disk: hard-linked) to its place
-//! under the table's root, the files the log does not hold yet are added in
+//! Per table: each file is written to its place under the table's root
+//! (rewritten when it stores unsigned columns, which Delta readers refuse;
+//! see [`super::file_schema`]), the files the log does not hold yet are added in
 //! versions of at most `FILES_PER_VERSION`, and only then are the old keys
 //! deleted. Every step looks at what is already done, so a migration cut off
 //! anywhere is finished by running it again; a hub refuses to start while
@@ -14,6 +15,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use futures_util::TryStreamExt;
 use object_store::path::Path as ObjectPath;
@@ -97,7 +99,7 @@ fn migrate(tables: &ArchiveTables) -> Result<Migrated, ArchiveError> {
         for (old, key, hub, new_path) in &moves {
             let new = tables.object_key(table, new_path);
             if tables.block_on(store.head(&new)).is_err() {
-                tables.block_on(copy(store.as_ref(), old, &new))?;
+                tables.block_on(rewrite(store.as_ref(), table, old, &new))?;
             }
             if !in_log.contains(new_path) {
                 let rows = tables.block_on(footer_rows(store.as_ref(), &new))?;
@@ -129,18 +131,58 @@ fn migrate(tables: &ArchiveTables) -> Result<Migrated, ArchiveError> {
     Ok(done)
 }
 
-/// Copies one object (a hard link on the local disk: no second copy of the
-/// data while both names exist).
-async fn copy(
+/// Puts the file at `from` at `to` in the files' schema of today (unsigned
+/// columns stored signed, which Delta readers need; see
+/// [`super::file_schema`]), with its footer's key-value metadata; a file
+/// already in that schema is copied as it is.
+async fn rewrite(
     store: &dyn ObjectStore,
+    table: Table,
     from: &ObjectPath,
     to: &ObjectPath,
-) -> object_store::Result<()> {
-    match store.copy_if_not_exists(from, to).await {
-        Ok(()) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
-        Err(object_store::Error::NotImplemented { .. }) => store.copy(from, to).await,
-        Err(e) => Err(e),
+) -> Result<(), ArchiveError> {
+    let bytes = store.get(from).await?.bytes().await?;
+    let builder =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes.clone())?;
+    let unsigned = builder
+        .schema()
+        .fields()
+        .iter()
+        .any(|f| f.data_type() == &arrow_schema::DataType::UInt64);
+    if !unsigned {
+        match store.copy_if_not_exists(from, to).await {
+            Ok(()) | Err(object_store::Error::AlreadyExists { .. }) => return Ok(()),
+            Err(object_store::Error::NotImplemented { .. }) => {
+                return Ok(store.copy(from, to).await?);
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
+    let footer = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .cloned()
+        .unwrap_or_default();
+    let schema = table.schema();
+    let file_schema = file_schema(&schema);
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .build();
+    let mut out = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut out, Arc::clone(&file_schema), Some(props))?;
+    for batch in read_parquet_bytes(bytes)? {
+        writer.write(&to_file(&conform(&batch, &schema)?)?)?;
+    }
+    for kv in footer {
+        if kv.key != "ARROW:schema" {
+            writer.append_key_value_metadata(kv);
+        }
+    }
+    writer.close()?;
+    store.put(to, out.into()).await?;
+    Ok(())
 }
 
 /// The partition of a file below `table=<t>/` (`date=`, `hour=`, maybe

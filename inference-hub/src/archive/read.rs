@@ -20,13 +20,131 @@ pub fn wal_range(file: &Path) -> Option<(u64, u64)> {
     Some((first, last))
 }
 
-/// Every record batch of one Parquet file.
+/// Every record batch of one Parquet file (unsigned columns as in memory,
+/// see [`file_schema`]).
 pub fn read_file(path: &Path) -> io::Result<Vec<RecordBatch>> {
     parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)
         .and_then(|b| b.build())
         .map_err(io::Error::other)?
-        .map(|b| b.map_err(io::Error::other))
+        .map(|b| b.map_err(io::Error::other).and_then(from_file))
         .collect()
+}
+
+/// [`read_file`] of a file's bytes (an object read from the bucket).
+pub fn read_parquet_bytes(bytes: bytes::Bytes) -> io::Result<Vec<RecordBatch>> {
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.build())
+        .map_err(io::Error::other)?
+        .map(|b| b.map_err(io::Error::other).and_then(from_file))
+        .collect()
+}
+
+/// Field metadata marking a file column that holds an unsigned in-memory
+/// column as signed.
+const UNSIGNED: &str = "iot.unsigned";
+
+/// The schema of the files of a table whose in-memory schema is `schema`:
+/// unsigned 64-bit columns (`incarnation`, `seq`) are stored as signed
+/// 64-bit integers, because Delta Lake has no unsigned types and its readers
+/// refuse a file whose column is unsigned where the table says `long`. The
+/// bits are kept (values from 2^63 up read as negative numbers elsewhere);
+/// [`read_file`] gives the unsigned columns back.
+pub fn file_schema(schema: &SchemaRef) -> SchemaRef {
+    if !schema
+        .fields()
+        .iter()
+        .any(|f| f.data_type() == &arrow_schema::DataType::UInt64)
+    {
+        return Arc::clone(schema);
+    }
+    let fields: Vec<arrow_schema::Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            if f.data_type() == &arrow_schema::DataType::UInt64 {
+                let mut metadata = f.metadata().clone();
+                metadata.insert(UNSIGNED.into(), "true".into());
+                f.as_ref()
+                    .clone()
+                    .with_data_type(arrow_schema::DataType::Int64)
+                    .with_metadata(metadata)
+            } else {
+                f.as_ref().clone()
+            }
+        })
+        .collect();
+    Arc::new(arrow_schema::Schema::new_with_metadata(
+        fields,
+        schema.metadata().clone(),
+    ))
+}
+
+/// `batch` (an in-memory table batch) with its unsigned columns stored
+/// signed, as [`file_schema`] says.
+pub(crate) fn to_file(batch: &RecordBatch) -> io::Result<RecordBatch> {
+    let schema = batch.schema();
+    let file = file_schema(&schema);
+    if Arc::ptr_eq(&file, &schema) {
+        return Ok(batch.clone());
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .map(
+            |c| match c.as_any().downcast_ref::<arrow_array::UInt64Array>() {
+                Some(unsigned) => {
+                    Arc::new(unsigned.unary::<_, arrow_array::types::Int64Type>(|v| v as i64))
+                        as arrow_array::ArrayRef
+                }
+                None => Arc::clone(c),
+            },
+        )
+        .collect();
+    RecordBatch::try_new(file, columns).map_err(io::Error::other)
+}
+
+/// A batch read from a file, with the columns [`file_schema`] stored signed
+/// unsigned again.
+fn from_file(batch: RecordBatch) -> io::Result<RecordBatch> {
+    let schema = batch.schema();
+    if !schema
+        .fields()
+        .iter()
+        .any(|f| f.metadata().contains_key(UNSIGNED))
+    {
+        return Ok(batch);
+    }
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (f, c) in schema.fields().iter().zip(batch.columns()) {
+        match c.as_any().downcast_ref::<arrow_array::Int64Array>() {
+            Some(signed) if f.metadata().contains_key(UNSIGNED) => {
+                let mut metadata = f.metadata().clone();
+                metadata.remove(UNSIGNED);
+                fields.push(
+                    f.as_ref()
+                        .clone()
+                        .with_data_type(arrow_schema::DataType::UInt64)
+                        .with_metadata(metadata),
+                );
+                columns.push(Arc::new(
+                    signed.unary::<_, arrow_array::types::UInt64Type>(|v| v as u64),
+                ) as arrow_array::ArrayRef);
+            }
+            _ => {
+                fields.push(f.as_ref().clone());
+                columns.push(Arc::clone(c));
+            }
+        }
+    }
+    RecordBatch::try_new(
+        Arc::new(arrow_schema::Schema::new_with_metadata(
+            fields,
+            schema.metadata().clone(),
+        )),
+        columns,
+    )
+    .map_err(io::Error::other)
 }
 
 /// `batch` with the columns of `schema`, by name: columns the file predates
@@ -169,14 +287,7 @@ pub fn staged_files(root: &Path, table: Table) -> io::Result<Vec<PathBuf>> {
 pub fn read_table(root: &Path, table: Table) -> Result<Vec<RecordBatch>, ArchiveError> {
     let mut out = Vec::new();
     for path in committed_files(root, table)? {
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-            File::open(&path)?,
-        )
-        .and_then(|b| b.build())
-        .map_err(io::Error::other)?;
-        for batch in reader {
-            out.push(batch.map_err(io::Error::other)?);
-        }
+        out.extend(read_file(&path)?);
     }
     Ok(out)
 }

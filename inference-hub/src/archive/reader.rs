@@ -125,9 +125,5 @@ fn read_object(tables: &ArchiveTables, key: &ObjectPath) -> io::Result<Vec<Recor
     let bytes = tables
         .block_on(async { tables.store().get(key).await?.bytes().await })
         .map_err(io::Error::other)?;
-    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .and_then(|b| b.build())
-        .map_err(io::Error::other)?
-        .map(|b| b.map_err(io::Error::other))
-        .collect()
+    read_parquet_bytes(bytes)
 }

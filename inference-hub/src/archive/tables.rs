@@ -72,8 +72,7 @@ const MAX_REMEMBERED_FILES: usize = 20_000;
 /// The table's schema in the log: the files' columns, then the partition
 /// columns.
 pub fn delta_schema(table: Table) -> Schema {
-    let mut fields: Vec<Field> = table
-        .schema()
+    let mut fields: Vec<Field> = file_schema(&table.schema())
         .fields()
         .iter()
         .map(|f| f.as_ref().clone())

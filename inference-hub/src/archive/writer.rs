@@ -68,8 +68,10 @@ impl ArchiveFileWriter {
             )),
             _ => None,
         };
-        // ArrowWriter embeds the Arrow schema in the footer; the row groups
-        // are then written below it.
+        // The files' schema (unsigned columns stored signed, see
+        // `read::file_schema`). ArrowWriter embeds it in the footer; the
+        // row groups are then written below it.
+        let schema = super::file_schema(&schema);
         let (file, columns) = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props.clone()))
             .and_then(ArrowWriter::into_serialized_writer)
             .map_err(io::Error::other)?;
@@ -106,6 +108,7 @@ impl ArchiveFileWriter {
             .map_err(io::Error::other)?
             .into_iter();
         let mut row_group = self.file.next_row_group().map_err(io::Error::other)?;
+        let batch = super::read::to_file(batch)?;
         let mut direct_columns = 0;
         for (c, field) in self.schema.fields().iter().enumerate() {
             let column = batch.column(c);

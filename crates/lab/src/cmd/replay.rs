@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub(crate) struct ReplayArgs {
-    /// Parquet files or directories (e.g. an archive's table=scored).
+    /// Parquet files or directories (e.g. an archive's scored/ table, read through its Delta log).
     #[arg(required = true)]
     paths: Vec<PathBuf>,
     /// `max`, or a factor of the recorded pace such as `10x`.

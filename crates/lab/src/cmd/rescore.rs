@@ -1,5 +1,5 @@
-//! `iot-lab rescore`: run an archived range (table=scored) through another
-//! model; results go to table=rescored under hub=<model>_<version>, originals
+//! `iot-lab rescore`: run an archived range (the scored table) through another
+//! model; results go to the rescored table under hub=<model>_<version>, originals
 //! untouched.
 
 use std::path::PathBuf;
@@ -56,7 +56,7 @@ impl RescoreArgs {
             }) {
                 Ok(r) => {
                     println!(
-                        "{} readings in {} hour partitions rescored ({} anomaly events) into table=rescored/.../{}",
+                        "{} readings in {} hour partitions rescored ({} anomaly events) into rescored/.../{}",
                         r.readings, r.partitions, r.anomalous, r.output_hub_dir
                     );
                     ExitCode::SUCCESS

@@ -192,6 +192,36 @@ fn an_archive_in_the_old_layout_is_refused_then_migrated_in_place_and_again_with
             fs::remove_dir_all(root.join(table.name())).unwrap();
         }
     }
+    // The hour-8 file as files were written before this layout: unsigned
+    // batch numbers, which Delta readers refuse (the migration rewrites it).
+    let hour_8 = walk_files(&root.join("table=scored/date=1970-01-01/hour=08"))
+        .unwrap()
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .unwrap();
+    let batches = read_file(&hour_8).unwrap();
+    let footer = file_key_values(&hour_8).unwrap();
+    let mut old =
+        ArrowWriter::try_new(File::create(&hour_8).unwrap(), batches[0].schema(), None).unwrap();
+    for b in &batches {
+        old.write(b).unwrap();
+    }
+    for (k, v) in footer {
+        old.append_key_value_metadata(KeyValue::new(k, v));
+    }
+    old.close().unwrap();
+    let seq_type = |path: &Path| {
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            File::open(path).unwrap(),
+        )
+        .unwrap()
+        .schema()
+        .field_with_name("seq")
+        .unwrap()
+        .data_type()
+        .clone()
+    };
+    assert_eq!(seq_type(&hour_8), arrow_schema::DataType::UInt64);
     let old_partition = root.join("table=scored/date=1970-01-01/hour=07");
     fs::write(old_partition.join(".commit.lock"), b"h1 0").unwrap();
     fs::write(
@@ -217,6 +247,19 @@ fn an_archive_in_the_old_layout_is_refused_then_migrated_in_place_and_again_with
     );
     assert!(!root.join("table=scored").exists());
     assert_eq!(values(root, Table::Scored), vec![1.0, 2.0]);
+    for file in committed_files(root, Table::Scored).unwrap() {
+        assert_eq!(
+            seq_type(&file),
+            arrow_schema::DataType::Int64,
+            "{} is in the files' schema Delta readers take",
+            file.display()
+        );
+    }
+    assert_eq!(
+        seq_counts(root, Table::Scored),
+        BTreeMap::from([(1, 1), (2, 1)]),
+        "batch numbers read back unsigned, as written"
+    );
 
     // Cut off after its commit, before the old files went: run again.
     let moved = committed_files(root, Table::Scored).unwrap();
