@@ -116,12 +116,8 @@ async fn read_bucket(s3: &S3Settings) -> (usize, BTreeSet<(u64, i64)>, usize) {
             .bytes()
             .await
             .unwrap();
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .unwrap()
-            .build()
-            .unwrap();
-        for batch in reader {
-            let batch = batch.unwrap();
+        // As the hub reads a file (batch numbers unsigned again).
+        for batch in inference_hub::archive::read_parquet_bytes(bytes).unwrap() {
             let seq = batch
                 .column_by_name("seq")
                 .unwrap()
