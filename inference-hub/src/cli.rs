@@ -67,11 +67,14 @@ pub fn run(cli: Cli) -> ExitCode {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
+        // Before the hub serves anything: a SIGTERM during the start stops
+        // it gracefully once started (a caller may see /health answer first).
+        let stop = iot_mqtt::signal::StopSignal::install();
         match crate::start(config).await {
             Ok(hub) => {
                 iot_mqtt::service::notify_ready();
                 iot_mqtt::service::spawn_watchdog();
-                iot_mqtt::wait_for_stop_signal().await;
+                stop.wait().await;
                 tracing::info!("shutting down");
                 iot_mqtt::service::notify_stopping();
                 hub.shutdown().await;
