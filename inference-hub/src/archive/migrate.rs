@@ -81,7 +81,9 @@ fn migrate(tables: &ArchiveTables) -> Result<Migrated, ArchiveError> {
                 .prefix_match(&old_root)
                 .map(|parts| parts.map(|p| p.as_ref().to_owned()).collect())
                 .unwrap_or_default();
-            let Some(key) = old_partition(table, &relative) else {
+            let Some(key) = hour_of_file(Path::new(&relative.join("/")))
+                .map(|hour| PartitionKey { table, hour })
+            else {
                 tracing::warn!(key = %object.location, "a file outside the old layout's partitions; left where it is");
                 continue;
             };
@@ -183,23 +185,6 @@ async fn rewrite(
     writer.close()?;
     store.put(to, out.into()).await?;
     Ok(())
-}
-
-/// The partition of a file below `table=<t>/` (`date=`, `hour=`, maybe
-/// `hub=`, then the name).
-fn old_partition(table: Table, relative: &[String]) -> Option<PartitionKey> {
-    let date = relative.iter().find_map(|p| p.strip_prefix("date="))?;
-    let hour: i64 = relative
-        .iter()
-        .find_map(|p| p.strip_prefix("hour="))?
-        .parse()
-        .ok()?;
-    let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
-    let midnight = day.and_hms_opt(0, 0, 0)?.and_utc().timestamp_micros();
-    Some(PartitionKey {
-        table,
-        hour: midnight.div_euclid(HOUR_US) + hour,
-    })
 }
 
 /// The rows of a Parquet object, from its footer.

@@ -183,13 +183,16 @@ pub fn hour_of_file(file: &Path) -> Option<i64> {
         hour_dir = hour_dir.parent()?;
     }
     let date_dir = hour_dir.parent()?;
-    let hour: i64 = hour_dir
-        .file_name()?
-        .to_str()?
-        .strip_prefix("hour=")?
-        .parse()
-        .ok()?;
-    let date = date_dir.file_name()?.to_str()?.strip_prefix("date=")?;
+    hour_index(
+        date_dir.file_name()?.to_str()?.strip_prefix("date=")?,
+        hour_dir.file_name()?.to_str()?.strip_prefix("hour=")?,
+    )
+}
+
+/// Hours since the epoch of partition values `YYYY-MM-DD` and `HH` (the
+/// inverse of [`PartitionKey::date_and_hour`]).
+pub(crate) fn hour_index(date: &str, hour: &str) -> Option<i64> {
+    let hour: i64 = hour.parse().ok()?;
     let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
     let midnight = day.and_hms_opt(0, 0, 0)?.and_utc().timestamp_micros();
     Some(midnight.div_euclid(HOUR_US) + hour)

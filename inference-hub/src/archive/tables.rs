@@ -103,15 +103,9 @@ impl TableFile {
     }
 
     fn from_log(table: Table, file: DataFile) -> Option<TableFile> {
-        let date = file.partition.get("date")?;
-        let hour: i64 = file.partition.get("hour")?.parse().ok()?;
-        let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
-        let midnight = day.and_hms_opt(0, 0, 0)?.and_utc().timestamp_micros();
+        let hour = read::hour_index(file.partition.get("date")?, file.partition.get("hour")?)?;
         Some(TableFile {
-            key: PartitionKey {
-                table,
-                hour: midnight.div_euclid(HOUR_US) + hour,
-            },
+            key: PartitionKey { table, hour },
             hub: file.partition.get("hub")?.clone(),
             path: file.path,
             bytes: file.size,
@@ -124,6 +118,18 @@ impl TableFile {
 pub fn partition_path(key: PartitionKey, hub_id: &str) -> String {
     let (date, hour) = key.date_and_hour();
     format!("date={date}/hour={hour}/hub={hub_id}")
+}
+
+/// How the log records a file of `hub_id` in partition `key` (`path`
+/// relative to the table root), committed now.
+fn data_file(key: PartitionKey, hub_id: &str, path: &str, bytes: u64, rows: u64) -> DataFile {
+    DataFile {
+        path: path.to_owned(),
+        partition: partition_values(key, hub_id),
+        size: bytes,
+        modified_ms: chrono::Utc::now().timestamp_millis(),
+        rows,
+    }
 }
 
 fn partition_values(key: PartitionKey, hub_id: &str) -> BTreeMap<String, String> {
@@ -361,13 +367,7 @@ impl ArchiveTables {
             place(self, local, &object)?;
             let change = Change {
                 operation: Operation::Append,
-                add: vec![DataFile {
-                    path: path.clone(),
-                    partition: partition_values(key, hub_id),
-                    size: bytes,
-                    modified_ms: chrono::Utc::now().timestamp_millis(),
-                    rows,
-                }],
+                add: vec![data_file(key, hub_id, &path, bytes, rows)],
                 ..Change::default()
             };
             if self.commit(key.table, &snapshot, &change)? {
@@ -388,22 +388,15 @@ impl ArchiveTables {
         added_name: &str,
         bytes: u64,
         rows: u64,
-    ) -> Result<String, ArchiveError> {
+    ) -> Result<(), ArchiveError> {
         let path = format!("{}/{added_name}", partition_path(key, hub_id));
         let change = Change {
             operation: Operation::Compact,
-            add: vec![DataFile {
-                path: path.clone(),
-                partition: partition_values(key, hub_id),
-                size: bytes,
-                modified_ms: chrono::Utc::now().timestamp_millis(),
-                rows,
-            }],
+            add: vec![data_file(key, hub_id, &path, bytes, rows)],
             remove: removed.to_vec(),
             transactions: Vec::new(),
         };
-        self.commit_until_taken(key.table, &change)?;
-        Ok(path)
+        self.commit_until_taken(key.table, &change)
     }
 
     /// Adds files that are already in place (a migration: partition, hub,
@@ -413,18 +406,11 @@ impl ArchiveTables {
         table: Table,
         files: &[(PartitionKey, String, String, u64, u64)],
     ) -> Result<(), ArchiveError> {
-        let now = chrono::Utc::now().timestamp_millis();
         let change = Change {
             operation: Operation::Append,
             add: files
                 .iter()
-                .map(|(key, hub, path, bytes, rows)| DataFile {
-                    path: path.clone(),
-                    partition: partition_values(*key, hub),
-                    size: *bytes,
-                    modified_ms: now,
-                    rows: *rows,
-                })
+                .map(|(key, hub, path, bytes, rows)| data_file(*key, hub, path, *bytes, *rows))
                 .collect(),
             ..Change::default()
         };
