@@ -16,6 +16,8 @@
 //!   with `Last-Event-ID`; keep-alive comments every 15 s.
 //! - `POST /v1/batches`: a batch envelope, answered with the [`BatchAck`]
 //!   once durable (or why not).
+//! - `GET /v1/sql?q=...`, `POST /v1/sql` ([`sql`], with the `sql` feature):
+//!   read-only SQL over the archive's tables.
 //! - `GET /v1/admin/losses`, `POST /v1/admin/losses/acknowledge`: the loss
 //!   ledger.
 //!
@@ -50,6 +52,8 @@ pub mod openapi;
 pub mod query;
 pub mod readings;
 pub mod serve;
+#[cfg(feature = "sql")]
+pub mod sql;
 
 #[derive(Debug, Clone)]
 pub struct ApiContext {
@@ -62,6 +66,9 @@ pub struct ApiContext {
     pub archive: Option<Arc<crate::archive::reader::ArchiveReader>>,
     /// Acknowledged data the hub lost (see [`crate::losses`]).
     pub losses: Option<Arc<crate::losses::LossLedger>>,
+    /// Runs `/v1/sql` queries over the archive.
+    #[cfg(feature = "sql")]
+    pub sql: Option<Arc<iot_sql::Engine>>,
 }
 
 impl ApiContext {
@@ -74,7 +81,16 @@ impl ApiContext {
             access: Arc::new(access::Access::open()),
             archive: None,
             losses: None,
+            #[cfg(feature = "sql")]
+            sql: None,
         }
+    }
+
+    /// Serves `/v1/sql` over the archive with `engine`.
+    #[cfg(feature = "sql")]
+    pub fn with_sql(mut self, engine: Arc<iot_sql::Engine>) -> Self {
+        self.sql = Some(engine);
+        self
     }
 
     /// Reports losses in `/health` and the admin routes.
@@ -85,7 +101,9 @@ impl ApiContext {
 
     /// Lets range queries read the local archive under `root`.
     pub fn with_archive(self, root: std::path::PathBuf) -> Self {
-        self.with_archive_reader(Arc::new(crate::archive::reader::ArchiveReader::Local(root)))
+        self.with_archive_reader(Arc::new(crate::archive::reader::ArchiveReader::local(
+            &root,
+        )))
     }
 
     /// Lets range queries read the archive `reader` reads.
@@ -115,7 +133,7 @@ pub fn router(ctx: ApiContext) -> Router {
         paths,
         batches.layer(DefaultBodyLimit::max(body_limit)),
     );
-    let (app, doc) = utoipa_axum::router::OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+    let app = utoipa_axum::router::OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(dashboard))
         .routes(routes!(health))
         .routes(routes!(metrics))
@@ -128,8 +146,10 @@ pub fn router(ctx: ApiContext) -> Router {
         .routes(routes!(query::query))
         .routes(batches)
         .routes(routes!(list_losses))
-        .routes(routes!(acknowledge_losses))
-        .split_for_parts();
+        .routes(routes!(acknowledge_losses));
+    #[cfg(feature = "sql")]
+    let app = app.routes(routes!(sql::sql_get, sql::sql_post));
+    let (app, doc) = app.split_for_parts();
     let document = Arc::new(openapi::document(doc, ctx.access.is_open()));
     app.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::Extension(document))

@@ -671,6 +671,7 @@ mod error;
 mod footer;
 mod maintenance;
 pub mod migrate;
+pub mod prune;
 mod read;
 pub mod reader;
 mod sort;

@@ -121,6 +121,39 @@ pub struct HubHttp {
     /// absent: plain HTTP. The files are re-read when they change and new
     /// handshakes use them.
     pub tls: Option<ServerTls>,
+    /// Limits of `/v1/sql` (hubs built with the `sql` feature).
+    pub sql: SqlSettings,
+}
+
+/// Limits of `/v1/sql` queries.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", default)]
+pub struct SqlSettings {
+    /// Memory all running queries share for sorts, joins and aggregations
+    /// (bytes); a query needing more is refused (nothing spills to disk).
+    pub memory_limit: u64,
+    /// A query running longer is stopped (504); at most `request-timeout`.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Most rows of an answer (more: 422, add a LIMIT).
+    pub max_rows: usize,
+    /// Queries running at once (more wait, within their timeout).
+    pub concurrent: usize,
+    /// Threads queries run on (apart from the threads that serve the API
+    /// and take in data).
+    pub threads: usize,
+}
+
+impl Default for SqlSettings {
+    fn default() -> Self {
+        Self {
+            memory_limit: 256 << 20,
+            timeout: Duration::from_secs(20),
+            max_rows: 100_000,
+            concurrent: 2,
+            threads: 2,
+        }
+    }
 }
 
 impl Default for HubHttp {
@@ -134,6 +167,7 @@ impl Default for HubHttp {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
             tls: None,
+            sql: SqlSettings::default(),
         }
     }
 }
@@ -629,6 +663,28 @@ impl Validate for HubConfig {
         }
         if let Some(Err(e)) = self.http.tls.as_ref().map(|t| t.load()) {
             problems.push(ConfigProblem::new("http.tls", e.to_string()));
+        }
+        let sql = &self.http.sql;
+        if sql.memory_limit < 16 << 20 {
+            problems.push(ConfigProblem::new(
+                "http.sql.memory-limit",
+                "at least 16 MiB (16777216)",
+            ));
+        }
+        if sql.timeout.is_zero() || sql.timeout > self.http.request_timeout {
+            problems.push(ConfigProblem::new(
+                "http.sql.timeout",
+                "more than zero and at most http.request-timeout",
+            ));
+        }
+        if !(1..=10_000_000).contains(&sql.max_rows) {
+            problems.push(ConfigProblem::new("http.sql.max-rows", "1 to 10000000"));
+        }
+        if !(1..=64).contains(&sql.concurrent) {
+            problems.push(ConfigProblem::new("http.sql.concurrent", "1 to 64"));
+        }
+        if !(1..=64).contains(&sql.threads) {
+            problems.push(ConfigProblem::new("http.sql.threads", "1 to 64"));
         }
         if let Some(dir) = &self.scoring.records_model_dir
             && !dir.as_os_str().is_empty()

@@ -205,15 +205,25 @@ pub async fn start(cfg: HubConfig) -> Result<HubHandle, StartError> {
     if cfg.http.tokens.is_empty() {
         tracing::warn!(listen = %http_addr, "the API has no access control (no [[http.tokens]])");
     }
-    let app = api::router(
-        ApiContext::new(intake.clone(), Arc::clone(&state), Arc::clone(&stats))
-            .with_archive_reader(crate::archive::reader::ArchiveReader::open(
-                &cfg.archive_root(),
-                cfg.archive.s3.as_ref(),
-            )?)
-            .with_losses(Arc::clone(&losses))
-            .with_access(Arc::clone(&access)),
-    );
+    let context = ApiContext::new(intake.clone(), Arc::clone(&state), Arc::clone(&stats))
+        .with_archive_reader(crate::archive::reader::ArchiveReader::open(
+            &cfg.archive_root(),
+            cfg.archive.s3.as_ref(),
+        )?)
+        .with_losses(Arc::clone(&losses))
+        .with_access(Arc::clone(&access));
+    #[cfg(feature = "sql")]
+    let context = context.with_sql(Arc::new(
+        iot_sql::Engine::new(iot_sql::Limits {
+            memory_bytes: usize::try_from(cfg.http.sql.memory_limit).unwrap_or(usize::MAX),
+            timeout: cfg.http.sql.timeout,
+            max_rows: cfg.http.sql.max_rows,
+            concurrent: cfg.http.sql.concurrent,
+            threads: cfg.http.sql.threads,
+        })
+        .map_err(io("the SQL engine's threads"))?,
+    ));
+    let app = api::router(context);
     tokio::spawn(follow_secret_files(
         https.clone(),
         access,

@@ -19,6 +19,7 @@
 //!   (`iot-lab pki`, and the tests' certificates).
 
 pub mod bench;
+pub mod bench_archive_query;
 pub mod bench_delta;
 pub mod bench_hostile;
 pub mod bench_hub;

@@ -43,6 +43,9 @@ enum Command {
     /// Commit latency of a Delta table as its log grows, with and without
     /// checkpoints (see docs/BENCHMARKS.md).
     BenchDelta(cmd::bench_delta::BenchDeltaArgs),
+    /// Latency of the hub's archive reads (readings endpoint, /v1/query) on
+    /// an archive of a given size (see docs/BENCHMARKS.md).
+    BenchArchiveQuery(cmd::bench_archive_query::BenchArchiveQueryArgs),
     /// Replay Parquet recordings (our own archive included: long tables with
     /// device, metric, ts, value; or wide tables with a time column) to a
     /// broker or straight to a hub, like `edge-agent replay` does for CSV.
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
         Command::BenchScoring(args) => args.run(&runtime),
         Command::BenchHub(args) => args.run(&runtime),
         Command::BenchDelta(args) => args.run(),
+        Command::BenchArchiveQuery(args) => args.run(&runtime),
         Command::Replay(args) => args.run(&runtime),
         Command::Rescore(args) => args.run(&runtime),
         Command::Eval(args) => args.run(&runtime),

@@ -73,19 +73,62 @@ fn arrow_cast_i64(col: &dyn Array) -> anyhow::Result<Vec<i64>> {
     bail!("the time column is neither a timestamp, a string nor an integer")
 }
 
+/// device -> metric -> ts -> value
+type Series = BTreeMap<String, BTreeMap<String, BTreeMap<i64, f64>>>;
+
 /// Reads Parquet recordings into one [`Recording`] per device, rows in time
 /// order.
 pub fn read(paths: &[PathBuf], device: Option<&str>) -> anyhow::Result<Vec<Recording>> {
-    // device -> metric -> ts -> value
-    let mut long: BTreeMap<String, BTreeMap<String, BTreeMap<i64, f64>>> = BTreeMap::new();
+    let mut long = Series::new();
     for file in files(paths)? {
         for batch in inference_hub::archive::read_file(&file)? {
+            add(
+                &mut long,
+                &batch,
+                &file.display().to_string(),
+                &stem(&file),
+                device,
+            )?;
+        }
+    }
+    Ok(recordings(long))
+}
+
+/// Reads `table` of the archive a hub is configured with (local, or in its
+/// bucket with the files it has not uploaded yet) into one [`Recording`]
+/// per device, as [`read`] does for files.
+pub fn read_archive(
+    reader: &inference_hub::archive::reader::ArchiveReader,
+    table: inference_hub::archive::Table,
+) -> anyhow::Result<Vec<Recording>> {
+    let mut long = Series::new();
+    let everything = inference_hub::archive::prune::Wanted::everything();
+    for file in reader.files(table, i64::MIN..i64::MAX)? {
+        let name = format!("{file:?}");
+        for batch in reader.read(&file, &everything)? {
+            add(&mut long, &batch?, &name, table.name(), None)?;
+        }
+    }
+    Ok(recordings(long))
+}
+
+/// The rows of one batch of a long or wide table (from `source`, a wide
+/// table's device named `stem` unless `device` says).
+fn add(
+    long: &mut Series,
+    batch: &RecordBatch,
+    source: &str,
+    stem: &str,
+    device: Option<&str>,
+) -> anyhow::Result<()> {
+    {
+        {
             let schema = batch.schema();
             let time = TIME_COLUMNS
                 .iter()
                 .find(|c| schema.index_of(c).is_ok())
-                .with_context(|| format!("{}: no time column", file.display()))?;
-            let ts = time_values(&batch, time)?;
+                .with_context(|| format!("{source}: no time column"))?;
+            let ts = time_values(batch, time)?;
             let strings = |n: &str| {
                 batch
                     .column_by_name(n)
@@ -110,7 +153,7 @@ pub fn read(paths: &[PathBuf], device: Option<&str>) -> anyhow::Result<Vec<Recor
                     }
                 }
                 _ => {
-                    let name = device.map(str::to_owned).unwrap_or_else(|| stem(&file));
+                    let name = device.unwrap_or(stem).to_owned();
                     for (idx, field) in schema.fields().iter().enumerate() {
                         let Some(values) =
                             batch.column(idx).as_any().downcast_ref::<Float64Array>()
@@ -135,8 +178,13 @@ pub fn read(paths: &[PathBuf], device: Option<&str>) -> anyhow::Result<Vec<Recor
             }
         }
     }
-    Ok(long
-        .into_iter()
+    Ok(())
+}
+
+/// One recording per device (or per series where a device's metrics were
+/// not read at the same times).
+fn recordings(long: Series) -> Vec<Recording> {
+    long.into_iter()
         .map(|(device, metrics)| {
             // One recording per (device, metric): metrics of a device may
             // have different timestamps in a long table.
@@ -176,7 +224,7 @@ pub fn read(paths: &[PathBuf], device: Option<&str>) -> anyhow::Result<Vec<Recor
                 .collect()
         })
         .flat_map(|v: Vec<Recording>| v.into_iter())
-        .collect())
+        .collect()
 }
 
 fn stem(path: &Path) -> String {

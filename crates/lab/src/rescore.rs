@@ -17,6 +17,8 @@ use anyhow::Context;
 use arrow_array::RecordBatch;
 use schemas::envelope::{BatchHeader, DecodedBatch};
 
+use inference_hub::archive::prune::Wanted;
+use inference_hub::archive::reader::{ArchiveFile, ArchiveReader};
 use inference_hub::archive::{self, Archive, Table};
 use inference_hub::config::ArchiveSettings;
 use inference_hub::model::Model;
@@ -25,7 +27,12 @@ use inference_hub::scoring::Engine;
 /// Options of a rescore run.
 #[derive(Debug, Clone)]
 pub struct RescoreOptions {
+    /// The local archive root; with `bucket`, the hub's local staging root
+    /// (its files not uploaded yet are read too).
     pub archive: PathBuf,
+    /// The archive's bucket (`[archive.s3]` of the hub's configuration):
+    /// read from it, and the output committed to it.
+    pub bucket: Option<inference_hub::archive::s3::S3Settings>,
     pub model_dir: PathBuf,
     /// Event-time range, microseconds since the epoch (inclusive start,
     /// exclusive end); `None` = unbounded.
@@ -48,14 +55,23 @@ const HOUR_US: i64 = 3_600_000_000;
 const CHUNK: usize = 50_000;
 
 /// The scored-table hour partitions of an archive, oldest first.
-fn hours(root: &Path) -> anyhow::Result<Vec<(i64, Vec<PathBuf>)>> {
-    let mut by_hour: std::collections::BTreeMap<i64, Vec<PathBuf>> = Default::default();
-    for f in archive::committed_files(root, Table::Scored)? {
-        if let Some(hour) = archive::hour_of_file(&f) {
+fn hours(reader: &ArchiveReader) -> anyhow::Result<Vec<(i64, Vec<ArchiveFile>)>> {
+    let mut by_hour: std::collections::BTreeMap<i64, Vec<ArchiveFile>> = Default::default();
+    for f in reader.files(Table::Scored, i64::MIN..i64::MAX)? {
+        if let Some(hour) = f.hour() {
             by_hour.entry(hour).or_default().push(f);
         }
     }
     Ok(by_hour.into_iter().collect())
+}
+
+/// Where the output waits for upload when the archive is in a bucket: next
+/// to the hub's own staging root, never inside it (the hub's uploader
+/// works there).
+fn output_staging(archive: &Path) -> PathBuf {
+    let mut name = archive.file_name().unwrap_or_default().to_owned();
+    name.push(".rescore");
+    archive.with_file_name(name)
 }
 
 pub fn run(
@@ -70,7 +86,8 @@ pub fn run(
         .take(64)
         .collect();
     let mut engine = Engine::new(model, o.warmup_readings, None);
-    let partitions: Vec<(i64, Vec<PathBuf>)> = hours(&o.archive)?
+    let reader = ArchiveReader::open(&o.archive, o.bucket.as_ref())?;
+    let partitions: Vec<(i64, Vec<ArchiveFile>)> = hours(&reader)?
         .into_iter()
         .filter(|(h, _)| {
             o.from_us.is_none_or(|f| (h + 1) * HOUR_US > f)
@@ -80,16 +97,23 @@ pub fn run(
     // An earlier run of this model version over these hours is replaced:
     // its files leave the table in one version (the vacuum deletes them).
     let replaced: std::collections::HashSet<i64> = partitions.iter().map(|(h, _)| *h).collect();
-    archive::tables::ArchiveTables::open_local(&o.archive)?.remove_files_of(
-        Table::Rescored,
-        &out_id,
-        |hour| replaced.contains(&hour),
-    )?;
+    let tables = match &o.bucket {
+        Some(bucket) => archive::tables::ArchiveTables::open_bucket(bucket)?,
+        None => archive::tables::ArchiveTables::open_local(&o.archive)?,
+    };
+    tables.remove_files_of(Table::Rescored, &out_id, |hour| replaced.contains(&hour))?;
+    drop(tables);
     let settings = ArchiveSettings {
         max_file_age: std::time::Duration::from_secs(24 * 3600),
+        s3: o.bucket.clone(),
         ..ArchiveSettings::default()
     };
-    let mut out = Archive::open(&o.archive, &out_id, settings)?;
+    let out_root = match o.bucket {
+        Some(_) => output_staging(&o.archive),
+        None => o.archive.clone(),
+    };
+    let stats = Arc::new(inference_hub::stats::HubStats::default());
+    let (mut out, mut uploader) = Archive::start(&out_root, &out_id, &settings, &stats)?;
     let mut report = RescoreReport {
         output_hub_dir: format!("hub={out_id}"),
         ..RescoreReport::default()
@@ -99,7 +123,9 @@ pub fn run(
     for (i, (_, files)) in partitions.iter().enumerate() {
         let mut batches = Vec::new();
         for f in files {
-            batches.extend(archive::read_file(f)?);
+            for batch in reader.read(f, &Wanted::everything())? {
+                batches.push(batch?);
+            }
         }
         let readings = readings_in_time_order(&batches, o.from_us, o.to_us)?;
         for start in (0..readings.num_rows()).step_by(CHUNK) {
@@ -129,10 +155,25 @@ pub fn run(
             report.anomalous += scored.events.len() as u64;
             out.append(Table::Rescored, pos, &scored.scored)?;
         }
-        // One hour at a time: commit before loading the next.
-        out.commit_all()?;
+        // One hour at a time: commit (and upload) before loading the next.
+        for file in out.commit_all()? {
+            if let Some(uploader) = &mut uploader {
+                uploader.enqueue(file.path);
+            }
+        }
         report.partitions += 1;
         progress(i + 1, total, report.readings);
+    }
+    drop(out);
+    if let Some(uploader) = uploader {
+        uploader.finish();
+        let left = archive::staged_files(&out_root, Table::Rescored)?;
+        anyhow::ensure!(
+            left.is_empty(),
+            "{} rescored files could not be committed to the bucket; they wait in {} and go up when this is run again",
+            left.len(),
+            out_root.display()
+        );
     }
     Ok(report)
 }

@@ -1,7 +1,7 @@
 //! Access control in front of every route: bearer tokens with scopes,
 //! per-token rate limits, CORS and a request timeout.
 //!
-//! Scopes: `read` (every `GET /v1/...` and `/metrics`), `ingest`
+//! Scopes: `read` (every `GET /v1/...`, `POST /v1/sql` and `/metrics`), `ingest`
 //! (`POST /v1/batches`), `admin` (everything). `/health` and the dashboard
 //! page `/` (static; its API calls carry the token) are always open. The
 //! stream also accepts `?access_token=` (browsers' EventSource cannot send
@@ -196,6 +196,8 @@ impl Access {
         match (method, path) {
             (_, "/health" | "/") => None,
             (&Method::POST, "/v1/batches") => Some(Scope::Ingest),
+            // A query in the body is still a read.
+            (&Method::POST, "/v1/sql") => Some(Scope::Read),
             (_, p) if p.starts_with("/v1/admin/") => Some(Scope::Admin),
             (&Method::GET | &Method::HEAD, _) => Some(Scope::Read),
             _ => Some(Scope::Admin),

@@ -22,6 +22,7 @@ use serde::Deserialize;
 
 use super::{ApiContext, ApiError, CancelOnDrop, Cancelled, check_range, openapi, parse_time};
 use crate::archive::Table;
+use crate::archive::prune::Wanted;
 use crate::archive::reader::{ArchiveFile, ArchiveReader};
 
 pub const MAX_QUERY_ROWS: usize = 1_000_000;
@@ -93,8 +94,15 @@ pub fn read_points(
 ) -> Result<std::collections::BTreeMap<i64, crate::state::Point>, ScanError> {
     let mut out = std::collections::BTreeMap::new();
     let mut scanned = 0usize;
+    let wanted = Wanted {
+        from_us,
+        to_us,
+        device: Some(device.to_owned()),
+        metric: Some(metric.to_owned()),
+    };
     for file in range_files(reader, Table::Scored, from_us, to_us)? {
-        for batch in reader.read(&file)? {
+        for batch in reader.read(&file, &wanted)? {
+            let batch = batch?;
             if cancelled.is_set() {
                 return Err(ScanError::Cancelled);
             }
@@ -164,12 +172,13 @@ fn status_schema() -> utoipa::openapi::Schema {
     ])
 }
 
-fn format_schema() -> utoipa::openapi::Schema {
+pub(super) fn format_schema() -> utoipa::openapi::Schema {
     openapi::one_of(&["json", "jsonl", "csv", "parquet"])
 }
 
+/// The formats of archive reads (`/v1/query`, `/v1/sql`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub(super) enum Format {
     Json,
     JsonLines,
     Csv,
@@ -177,7 +186,35 @@ enum Format {
 }
 
 impl Format {
-    fn content_type(self) -> &'static str {
+    /// The format a `format` parameter names, else the one `Accept` asks
+    /// for, else JSON.
+    pub(super) fn chosen(
+        param: Option<&str>,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<Self, ApiError> {
+        let accept = headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        Ok(match param {
+            Some("json") => Format::Json,
+            Some("jsonl") => Format::JsonLines,
+            Some("csv") => Format::Csv,
+            Some("parquet") => Format::Parquet,
+            Some(other) => {
+                return Err(bad(
+                    "bad_format",
+                    format!("unknown format '{other}' (json, jsonl, csv, parquet)"),
+                ));
+            }
+            None if accept.contains("text/csv") => Format::Csv,
+            None if accept.contains("ndjson") => Format::JsonLines,
+            None if accept.contains("parquet") => Format::Parquet,
+            None => Format::Json,
+        })
+    }
+
+    pub(super) fn content_type(self) -> &'static str {
         match self {
             Format::Json => "application/json",
             Format::JsonLines => "application/x-ndjson",
@@ -248,26 +285,7 @@ pub async fn query(
             format!("no column '{unknown}' in {}", table.name()),
         ));
     }
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let format = match q.format.as_deref() {
-        Some("json") => Format::Json,
-        Some("jsonl") => Format::JsonLines,
-        Some("csv") => Format::Csv,
-        Some("parquet") => Format::Parquet,
-        Some(other) => {
-            return Err(bad(
-                "bad_format",
-                format!("unknown format '{other}' (json, jsonl, csv, parquet)"),
-            ));
-        }
-        None if accept.contains("text/csv") => Format::Csv,
-        None if accept.contains("ndjson") => Format::JsonLines,
-        None if accept.contains("parquet") => Format::Parquet,
-        None => Format::Json,
-    };
+    let format = Format::chosen(q.format.as_deref(), &headers)?;
     let Some(reader) = ctx.archive.clone() else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -395,8 +413,14 @@ fn produce(
     {
         return;
     }
+    let wanted = Wanted {
+        from_us: filter.from,
+        to_us: filter.to,
+        device: filter.device.clone(),
+        metric: filter.metric.clone(),
+    };
     'files: for f in files {
-        let batches = match reader.read(&f) {
+        let batches = match reader.read(&f, &wanted) {
             Ok(b) => b,
             Err(e) => {
                 let _ = tx.blocking_send(Err(e));
@@ -404,6 +428,13 @@ fn produce(
             }
         };
         for b in batches {
+            let b = match b {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
             scanned += b.num_rows();
             if cancelled.is_set() || tx.is_closed() {
                 return;
@@ -527,7 +558,7 @@ fn for_text(b: &RecordBatch) -> RecordBatch {
 }
 
 /// Rows as JSON Lines (arrow-json; nulls written as `null`).
-fn json_lines(b: &RecordBatch) -> Vec<u8> {
+pub(super) fn json_lines(b: &RecordBatch) -> Vec<u8> {
     let mut out = Vec::new();
     let mut writer = arrow_json::WriterBuilder::new()
         .with_explicit_nulls(true)
@@ -544,7 +575,7 @@ fn json_lines(b: &RecordBatch) -> Vec<u8> {
 }
 
 /// Rows as CSV without a header (arrow-csv; the header goes first).
-fn csv_rows(b: &RecordBatch) -> Vec<u8> {
+pub(super) fn csv_rows(b: &RecordBatch) -> Vec<u8> {
     let mut out = Vec::new();
     let mut writer = arrow_csv::WriterBuilder::new()
         .with_header(false)

@@ -538,7 +538,7 @@ async fn readings_over_a_range_merge_the_archive_with_memory_and_downsample() {
     let token = gone.token();
     drop(gone);
     let scan = query::read_points(
-        &crate::archive::reader::ArchiveReader::Local(hub.archive_root.clone()),
+        &crate::archive::reader::ArchiveReader::local(&hub.archive_root),
         "pump-7",
         "temp",
         t0,
@@ -581,13 +581,22 @@ async fn every_route_is_in_the_openapi_document_and_answers_as_documented() {
         ("/v1/batches", "post"),
         ("/v1/admin/losses", "get"),
         ("/v1/admin/losses/acknowledge", "post"),
+        #[cfg(feature = "sql")]
+        ("/v1/sql", "get"),
+        #[cfg(feature = "sql")]
+        ("/v1/sql", "post"),
     ] {
         let op = &paths[path][method];
         assert!(op.is_object(), "{method} {path} missing from the document");
         // Open API: no security declared, none asked for.
         assert_eq!(op["security"], serde_json::json!([]), "{method} {path}");
     }
-    assert_eq!(paths.len(), 13, "{:?}", paths.keys().collect::<Vec<_>>());
+    assert_eq!(
+        paths.len(),
+        13 + usize::from(cfg!(feature = "sql")),
+        "{:?}",
+        paths.keys().collect::<Vec<_>>()
+    );
     assert!(doc["components"]["securitySchemes"].is_null());
     let hostile = [
         "",
@@ -1064,5 +1073,119 @@ async fn units_are_archived_and_shown_per_metric() {
     assert_eq!(
         units,
         vec![("rpm".into(), None), ("temp".into(), Some("Cel".into()))]
+    );
+}
+
+/// `/v1/sql` answers queries over the archive's tables in every format,
+/// refuses everything but queries, and needs only the read scope.
+#[cfg(feature = "sql")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_queries_the_archive_and_refuses_everything_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = HubConfig::for_dir_with_model("sql", dir.path(), &crate::test_models("novelty"));
+    cfg.mqtt.enabled = false;
+    cfg.archive.max_file_age = Duration::from_millis(50);
+    let hub = crate::hub::start(cfg).await.unwrap();
+    let app = router(
+        ApiContext::new(
+            hub.intake.clone(),
+            Arc::clone(&hub.state),
+            Arc::clone(&hub.stats),
+        )
+        .with_archive(hub.archive_root.clone())
+        .with_sql(Arc::new(
+            iot_sql::Engine::new(iot_sql::Limits {
+                max_rows: 150,
+                ..iot_sql::Limits::default()
+            })
+            .unwrap(),
+        )),
+    );
+    let t0 = 1_700_000_000_000_000i64;
+    let mut cols = ReadingColumns::default();
+    for i in 0..200 {
+        let device = if i % 2 == 0 { "pump-a" } else { "pump-b" };
+        cols.push(device, "temp", t0 + i * 1_000_000, i as f64);
+    }
+    let (_, bytes) = envelope::encode("gw-sql", 1, 1, &cols.finish()).unwrap();
+    assert_eq!(call(&app, post(bytes)).await.0, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    hub.shutdown().await;
+
+    let q = |sql: &str| {
+        format!(
+            "/v1/sql?q={}",
+            url::form_urlencoded::byte_serialize(sql.as_bytes()).collect::<String>()
+        )
+    };
+    let (status, body) = call(
+        &app,
+        get(&q(
+            "SELECT device, count(*) AS n, max(value) AS top, min(seq) AS seq, \
+                min(date) AS date, min(hub) AS hub \
+                FROM scored GROUP BY device ORDER BY device",
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!([
+            {"device": "pump-a", "n": 100, "top": 198.0, "seq": 1, "date": "2023-11-14", "hub": "sql"},
+            {"device": "pump-b", "n": 100, "top": 199.0, "seq": 1, "date": "2023-11-14", "hub": "sql"},
+        ])
+    );
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::post("/v1/sql?format=csv")
+                .body(Body::from(
+                    "SELECT device, value FROM scored WHERE device = 'pump-b' ORDER BY ts LIMIT 2",
+                ))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert_eq!(text, "device,value\npump-b,1.0\npump-b,3.0\n");
+
+    for (sql, code) in [
+        ("DROP TABLE scored", "not_a_query"),
+        ("INSERT INTO scored SELECT * FROM scored", "not_a_query"),
+        ("CREATE TABLE t AS SELECT 1", "not_a_query"),
+        ("SELEC 1", "bad_sql"),
+        ("SELECT * FROM nowhere", "bad_sql"),
+        ("SELECT nothing FROM scored", "bad_sql"),
+        ("SELECT * FROM scored", "too_many_rows"),
+    ] {
+        let (status, body) = call(&app, get(&q(sql))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{sql}: {body}");
+        assert_eq!(body["error"]["code"], code, "{sql}: {body}");
+    }
+    let (status, body) = call(&app, get("/v1/sql")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("no_query"))
+    );
+    let long = "SELECT 1 ".repeat(10_000);
+    let resp = app
+        .clone()
+        .oneshot(Request::post("/v1/sql").body(Body::from(long)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // A query in a POST body is a read.
+    assert_eq!(
+        access::Access::required_scope(&axum::http::Method::POST, "/v1/sql"),
+        Some(access::Scope::Read)
     );
 }

@@ -105,7 +105,7 @@ pub(crate) fn to_file(batch: &RecordBatch) -> io::Result<RecordBatch> {
 
 /// A batch read from a file, with the columns [`file_schema`] stored signed
 /// unsigned again.
-fn from_file(batch: RecordBatch) -> io::Result<RecordBatch> {
+pub(super) fn from_file(batch: RecordBatch) -> io::Result<RecordBatch> {
     let schema = batch.schema();
     if !schema
         .fields()

@@ -144,6 +144,8 @@ fn partition_values(key: PartitionKey, hub_id: &str) -> BTreeMap<String, String>
 /// The four tables of one archive (a local root or a bucket prefix).
 pub struct ArchiveTables {
     store: Arc<dyn ObjectStore>,
+    /// The archive's root as a URL (`file:///...` or `s3://bucket/prefix/`).
+    url: Url,
     /// The archive's key prefix in `store`.
     prefix: ObjectPath,
     /// The local root, when the tables are on this machine's disk (log
@@ -243,6 +245,7 @@ impl ArchiveTables {
         }
         Ok(Self {
             store,
+            url,
             prefix,
             local,
             tables,
@@ -274,6 +277,11 @@ impl ArchiveTables {
     /// checked again and retried).
     pub fn lost_versions(&self) -> u64 {
         self.lost.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The archive's root: `file:///...` or `s3://<bucket>/<prefix>/`.
+    pub fn url(&self) -> &Url {
+        &self.url
     }
 
     /// The archive's key prefix in [`ArchiveTables::store`].

@@ -8,8 +8,13 @@ use std::process::ExitCode;
 #[derive(clap::Args)]
 pub(crate) struct ReplayArgs {
     /// Parquet files or directories (e.g. an archive's scored/ table, read through its Delta log).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "hub_config")]
     paths: Vec<PathBuf>,
+    /// Instead of paths: the `scored` table of the archive this hub
+    /// configuration names, in its bucket with `[archive.s3]` (files not
+    /// uploaded yet included) or on the local disk.
+    #[arg(long, conflicts_with = "paths")]
+    hub_config: Option<PathBuf>,
     /// `max`, or a factor of the recorded pace such as `10x`.
     #[arg(long, default_value = "max", value_parser = edge_agent::replay::parse_speed)]
     speed: edge_agent::replay::Speed,
@@ -32,6 +37,7 @@ impl ReplayArgs {
     pub(crate) fn run(self, runtime: &tokio::runtime::Runtime) -> ExitCode {
         let ReplayArgs {
             paths,
+            hub_config,
             speed,
             device,
             broker,
@@ -40,7 +46,16 @@ impl ReplayArgs {
             batch_rows,
         } = self;
         {
-            let recordings = match lab::replay_parquet::read(&paths, device.as_deref()) {
+            let read = match &hub_config {
+                Some(config) => crate::cmd::configured_archive(config).and_then(|reader| {
+                    lab::replay_parquet::read_archive(
+                        &reader,
+                        inference_hub::archive::Table::Scored,
+                    )
+                }),
+                None => lab::replay_parquet::read(&paths, device.as_deref()),
+            };
+            let recordings = match read {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("replay: {e:#}");

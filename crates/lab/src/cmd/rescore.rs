@@ -8,8 +8,16 @@ use std::process::ExitCode;
 #[derive(clap::Args)]
 pub(crate) struct RescoreArgs {
     /// Archive root (the hub's <data-dir>/archive by default layout).
+    #[arg(
+        long,
+        required_unless_present = "hub_config",
+        conflicts_with = "hub_config"
+    )]
+    archive: Option<PathBuf>,
+    /// Instead of --archive: the archive this hub configuration names, in
+    /// its bucket with `[archive.s3]` (read from and written to the bucket).
     #[arg(long)]
-    archive: PathBuf,
+    hub_config: Option<PathBuf>,
     #[arg(long)]
     model_dir: PathBuf,
     /// Start of the event-time range (RFC 3339 or epoch s/ms/µs).
@@ -26,6 +34,7 @@ impl RescoreArgs {
     pub(crate) fn run(self, _runtime: &tokio::runtime::Runtime) -> ExitCode {
         let RescoreArgs {
             archive,
+            hub_config,
             model_dir,
             from,
             to,
@@ -44,8 +53,20 @@ impl RescoreArgs {
                     return ExitCode::from(2);
                 }
             };
+            let (archive, bucket) = match (archive, hub_config) {
+                (Some(archive), _) => (archive, None),
+                (None, Some(path)) => match crate::cmd::hub_config(&path) {
+                    Ok(config) => (config.archive_root(), config.archive.s3),
+                    Err(e) => {
+                        eprintln!("rescore: {e:#}");
+                        return ExitCode::from(2);
+                    }
+                },
+                (None, None) => unreachable!("clap requires one"),
+            };
             let opts = lab::rescore::RescoreOptions {
                 archive,
+                bucket,
                 model_dir,
                 from_us,
                 to_us,

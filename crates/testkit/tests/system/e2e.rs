@@ -1140,6 +1140,7 @@ async fn rescoring_an_archive_writes_a_separate_table_and_never_touches_the_orig
     .unwrap();
     let opts = lab::rescore::RescoreOptions {
         archive: root.clone(),
+        bucket: None,
         model_dir,
         from_us: None,
         to_us: None,
