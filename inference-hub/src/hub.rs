@@ -216,7 +216,7 @@ pub async fn start(cfg: HubConfig) -> Result<HubHandle, StartError> {
     let context = context.with_sql(Arc::new(
         iot_sql::Engine::new(iot_sql::Limits {
             memory_bytes: usize::try_from(cfg.http.sql.memory_limit).unwrap_or(usize::MAX),
-            timeout: cfg.http.sql.timeout,
+            timeout: cfg.http.sql.timeout.min(cfg.http.request_timeout),
             max_rows: cfg.http.sql.max_rows,
             concurrent: cfg.http.sql.concurrent,
             threads: cfg.http.sql.threads,

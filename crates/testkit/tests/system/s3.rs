@@ -867,3 +867,151 @@ async fn s3_delta_commits_race_in_the_bucket_and_only_one_writer_takes_each_vers
         .unwrap();
     assert_eq!(log.len(), 3, "versions 0, 1 and 2 in the bucket: {log:?}");
 }
+
+/// `inference-hub migrate-archive` on a bucket in the layout before Delta
+/// tables (`<prefix>/table=scored/date=/hour=/hub=/...`, a file with the
+/// unsigned batch numbers of that time): a hub refuses to start on it, the
+/// migration commits every file to the Delta table and deletes the old
+/// keys, a second run changes nothing, and the hub then starts and serves
+/// every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto_server (pip install 'moto[server]'); run by .ci/run"]
+async fn s3_an_archive_in_the_old_layout_is_refused_then_migrated_in_place_in_the_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_moto, s3) = start_moto(dir.path()).await;
+    // Two files written by a local archive, put in the bucket as the old
+    // layout held them; the second as files were before batch numbers were
+    // stored signed.
+    let local = dir.path().join("old");
+    let files = tokio::task::spawn_blocking({
+        let local = local.clone();
+        move || {
+            let mut archive = inference_hub::archive::Archive::open(
+                &local,
+                "old-hub",
+                inference_hub::config::ArchiveSettings::default(),
+            )
+            .unwrap();
+            for seq in [1u64, 2] {
+                let mut cols = schemas::ReadingColumns::default();
+                for r in 0..ROWS {
+                    let ts = 1_767_225_600_000_000 + (seq as i64 * 3600 + r as i64) * 1_000_000;
+                    cols.push(&format!("dev{}", r % 5), "load", ts, r as f64);
+                }
+                let readings = cols.finish();
+                let mut engine = inference_hub::scoring::Engine::new(
+                    inference_hub::model::Model::load(&inference_hub::config::shipped_model(
+                        "novelty",
+                    ))
+                    .unwrap(),
+                    10,
+                    None,
+                );
+                let batch = schemas::envelope::DecodedBatch {
+                    header: schemas::envelope::BatchHeader {
+                        gateway: "gw-old".into(),
+                        incarnation: 1,
+                        seq,
+                        row_count: ROWS as u32,
+                        first_event_us: 0,
+                        last_event_us: 0,
+                    },
+                    version: schemas::envelope::CURRENT_VERSION,
+                    readings,
+                };
+                let scored = engine.score(&batch, 0).scored;
+                archive.append(Table::Scored, seq, &scored).unwrap();
+                archive.commit_all().unwrap();
+            }
+            inference_hub::archive::committed_files(&local, Table::Scored).unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(files.len(), 2);
+    let store = s3.connect().unwrap();
+    for (i, file) in files.iter().enumerate() {
+        let relative = file.strip_prefix(local.join("scored")).unwrap();
+        let bytes = if i == 1 {
+            // Unsigned batch numbers, as files were written then.
+            let batches = inference_hub::archive::read_file(file).unwrap();
+            let mut out = Vec::new();
+            let mut writer =
+                parquet::arrow::ArrowWriter::try_new(&mut out, batches[0].schema(), None).unwrap();
+            for b in &batches {
+                writer.write(b).unwrap();
+            }
+            writer.close().unwrap();
+            out
+        } else {
+            std::fs::read(file).unwrap()
+        };
+        store
+            .put(
+                &ObjectPath::from(format!("archive/table=scored/{}", relative.display())),
+                Bytes::from(bytes).into(),
+            )
+            .await
+            .unwrap();
+    }
+    let config = || {
+        let mut cfg = iot_testkit::hub_config("new-hub", &dir.path().join("hub"));
+        cfg.mqtt.enabled = false;
+        cfg.archive.s3 = Some(s3.clone());
+        cfg
+    };
+    let refused = inference_hub::start(config()).await.err().expect("refused");
+    assert!(
+        schemas::error_chain(&refused).contains("migrate-archive"),
+        "{}",
+        schemas::error_chain(&refused)
+    );
+
+    let settings = s3.clone();
+    let first = tokio::task::spawn_blocking(move || {
+        inference_hub::archive::migrate::migrate_bucket(&settings)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        (first.files, first.committed, first.rows),
+        (2, 2, 2 * ROWS as u64)
+    );
+    let old_keys: Vec<_> = store
+        .list(Some(&ObjectPath::from("archive")))
+        .map_ok(|m| m.location.to_string())
+        .try_filter(|k| std::future::ready(k.contains("table=")))
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(old_keys.is_empty(), "old keys left: {old_keys:?}");
+    let settings = s3.clone();
+    let again = tokio::task::spawn_blocking(move || {
+        inference_hub::archive::migrate::migrate_bucket(&settings)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        (again.files, again.committed),
+        (0, 0),
+        "a second run changes nothing"
+    );
+
+    let hub = inference_hub::start(config()).await.unwrap();
+    let text = reqwest::Client::new()
+        .get(format!(
+            "http://{}/v1/query?table=scored&from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z&format=jsonl&columns=seq,incarnation",
+            hub.http_addr
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text.lines().count(), 2 * ROWS, "{text}");
+    assert!(text.contains("\"seq\":2"), "{text}");
+    hub.shutdown().await;
+}

@@ -295,3 +295,207 @@ fn an_archive_in_the_old_layout_is_refused_then_migrated_in_place_and_again_with
     a.commit_all().unwrap();
     assert_eq!(values(root, Table::Scored), vec![1.0, 2.0, 3.0]);
 }
+
+/// A store that fails once armed (at random, seeded): a third of the
+/// conditional creates of log entries are written and then answered with
+/// an error (the answer lost on the way back); a tenth of the other writes
+/// and 3 % of the reads fail before doing anything (a snapshot reads every
+/// log entry since the last checkpoint: denser read failures would fail
+/// nearly every attempt).
+#[derive(Debug)]
+struct Flaky {
+    inner: object_store::local::LocalFileSystem,
+    armed: std::sync::atomic::AtomicBool,
+    rng: std::sync::Mutex<fastrand::Rng>,
+    injected: std::sync::atomic::AtomicUsize,
+}
+
+impl std::fmt::Display for Flaky {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Flaky")
+    }
+}
+
+impl Flaky {
+    fn fails(&self, share: f64) -> bool {
+        let fail = self.armed.load(std::sync::atomic::Ordering::Relaxed)
+            && self.rng.lock().unwrap().f64() < share;
+        if fail {
+            self.injected
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        fail
+    }
+
+    fn error() -> object_store::Error {
+        object_store::Error::Generic {
+            store: "Flaky",
+            source: "503 Slow Down (injected)".into(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Flaky {
+    async fn put_opts(
+        &self,
+        location: &ObjectPath,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        let log_entry = location.as_ref().contains("_delta_log")
+            && location.as_ref().ends_with(".json")
+            && matches!(opts.mode, object_store::PutMode::Create);
+        if log_entry && self.fails(0.33) {
+            self.inner.put_opts(location, payload, opts).await?;
+            return Err(Self::error());
+        }
+        if !log_entry && self.fails(0.1) {
+            return Err(Self::error());
+        }
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &ObjectPath,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &ObjectPath,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        if self.fails(0.03) {
+            return Err(Self::error());
+        }
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: futures_util::stream::BoxStream<'static, object_store::Result<ObjectPath>>,
+    ) -> futures_util::stream::BoxStream<'static, object_store::Result<ObjectPath>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> futures_util::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+    {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &ObjectPath,
+        to: &ObjectPath,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+/// Commits through a store that fails reads and writes, and answers some
+/// log entries it wrote with an error: each attempt that fails is tried
+/// again (as the uploader does), and every file ends up in the table once,
+/// in one version each.
+#[test]
+fn commits_through_a_failing_store_land_each_file_once() {
+    let shared = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let mut made = Archive::open(scratch.path(), "hx", settings(1 << 30)).unwrap();
+    let hub_dir = scored_hour_7().hub_dir(shared.path(), "hx");
+    fs::create_dir_all(&hub_dir).unwrap();
+    let mut names = Vec::new();
+    for seq in 1..=30u64 {
+        made.append(
+            Table::Scored,
+            seq,
+            &rows_of_batch(Table::Scored, seq, &[(7, seq as f64)]),
+        )
+        .unwrap();
+        let file = made.commit_all().unwrap().remove(0);
+        let name = file.path.file_name().unwrap().to_str().unwrap().to_owned();
+        fs::copy(&file.path, hub_dir.join(&name)).unwrap();
+        names.push(name);
+    }
+    let flaky = Arc::new(Flaky {
+        inner: object_store::local::LocalFileSystem::new(),
+        armed: Default::default(),
+        rng: std::sync::Mutex::new(fastrand::Rng::with_seed(19)),
+        injected: Default::default(),
+    });
+    let (url, prefix) = local_location(shared.path()).unwrap();
+    for table in Table::ALL {
+        fs::create_dir_all(shared.path().join(table.name())).unwrap();
+    }
+    let mut tables = ArchiveTables::open(
+        Arc::clone(&flaky) as Arc<dyn ObjectStore>,
+        url,
+        prefix,
+        Some(shared.path().to_owned()),
+    )
+    .unwrap();
+    flaky
+        .armed
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut failed_attempts = 0;
+    for name in &names {
+        let mut attempts = 0;
+        let mut last_error = None;
+        loop {
+            attempts += 1;
+            assert!(attempts < 50, "{name} never committed: {last_error:?}");
+            match tables.commit_new_file(
+                scored_hour_7(),
+                "hx",
+                name,
+                &hub_dir.join(name),
+                &WriterProperties::default(),
+                |_, _, _| Ok(()),
+            ) {
+                Ok(rows) => {
+                    assert_eq!(rows, 1, "{name}");
+                    break;
+                }
+                Err(e) => {
+                    last_error = Some(e);
+                    failed_attempts += 1;
+                }
+            }
+        }
+    }
+    let injected = flaky.injected.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        failed_attempts >= 10 && injected >= failed_attempts,
+        "the store failed {injected} calls, {failed_attempts} attempts failed"
+    );
+    assert_eq!(
+        seq_counts(shared.path(), Table::Scored),
+        (1..=30u64).map(|s| (s, 1)).collect::<BTreeMap<_, _>>(),
+        "every file once"
+    );
+    let versions = fs::read_dir(shared.path().join("scored/_delta_log"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".json")
+        })
+        .count();
+    assert_eq!(versions, 1 + 30, "the creation, then one version per file");
+}
