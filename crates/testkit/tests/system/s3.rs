@@ -960,7 +960,9 @@ async fn s3_an_archive_in_the_old_layout_is_refused_then_migrated_in_place_in_th
         cfg.archive.s3 = Some(s3.clone());
         cfg
     };
-    let refused = inference_hub::start(config()).await.err().expect("refused");
+    let Err(refused) = inference_hub::start(config()).await else {
+        panic!("a hub started on an archive in the old layout");
+    };
     assert!(
         schemas::error_chain(&refused).contains("migrate-archive"),
         "{}",
