@@ -244,5 +244,3 @@ pub fn new_incarnation() -> u64 {
         .unwrap_or(0);
     fastrand::u64(..) ^ nanos.rotate_left(32)
 }
-
-pub use iot_mqtt::wait_for_stop_signal;

@@ -252,6 +252,10 @@ fn run_agent(config: EdgeConfig, shutdown_grace: Duration) -> ExitCode {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
+        // Before the agent starts: a SIGTERM while it starts (a service
+        // manager stopping it at once) stops it gracefully once started,
+        // instead of killing it with the signal's default action.
+        let stop = iot_mqtt::signal::StopSignal::install();
         let agent = match Agent::start(config, shutdown_grace).await {
             Ok(agent) => agent,
             Err(e) => {
@@ -261,7 +265,7 @@ fn run_agent(config: EdgeConfig, shutdown_grace: Duration) -> ExitCode {
         };
         iot_mqtt::service::notify_ready();
         iot_mqtt::service::spawn_watchdog();
-        crate::agent::wait_for_stop_signal().await;
+        stop.wait().await;
         tracing::info!("shutting down");
         iot_mqtt::service::notify_stopping();
         agent.shutdown().await;

@@ -250,10 +250,15 @@ impl Archive {
         stats: &std::sync::Arc<crate::stats::HubStats>,
     ) -> Result<(Self, Option<s3::Uploader>), ArchiveError> {
         let Some(s3) = &settings.s3 else {
-            let archive = off_runtime(|| Self::open(root, hub_id, settings.clone()))?;
+            let mut archive = off_runtime(|| Self::open(root, hub_id, settings.clone()))?;
+            if let Some(tables) = archive.tables.as_mut() {
+                tables.count_conflicts_in(std::sync::Arc::clone(stats));
+            }
             return Ok((archive, None));
         };
-        let (bucket, remote) = off_runtime(|| s3::open_bucket_tables(s3, hub_id))?;
+        let (mut bucket, remote) = off_runtime(|| s3::open_bucket_tables(s3, hub_id))?;
+        bucket.count_conflicts_in(std::sync::Arc::clone(stats));
+        bucket.keep_log_for(settings.log_retention);
         let archive = Self::open_staging(root, hub_id, settings.clone(), &remote)?;
         let resume = s3::files_to_resume(s3, root, &bucket)?;
         let uploader = s3::Uploader::start(
@@ -277,7 +282,8 @@ impl Archive {
         hub_id: &str,
         settings: ArchiveSettings,
     ) -> Result<Self, ArchiveError> {
-        let tables = tables::ArchiveTables::open_local(root)?;
+        let mut tables = tables::ArchiveTables::open_local(root)?;
+        tables.keep_log_for(settings.log_retention);
         let committed_through = tables.committed_through(hub_id)?;
         Self::open_with(root, hub_id, settings, Some(tables), committed_through)
     }

@@ -282,6 +282,11 @@ pub struct ArchiveSettings {
     /// holding a snapshot older than this may find files gone.
     #[serde(with = "duration")]
     pub vacuum_after: Duration,
+    /// Log entries of each table that a newer checkpoint covers are deleted
+    /// once they are this old (Delta's `logRetentionDuration`; readers
+    /// cannot travel back to those versions any more).
+    #[serde(with = "duration")]
+    pub log_retention: Duration,
     /// Archive to S3-compatible object storage instead of the local disk
     /// (the local archive path then only stages files until they are
     /// uploaded; see [`crate::archive::s3`]).
@@ -303,6 +308,7 @@ impl Default for ArchiveSettings {
             compaction_interval: Duration::from_secs(60),
             retention: None,
             vacuum_after: Duration::from_secs(3600),
+            log_retention: crate::archive::tables::DEFAULT_LOG_RETENTION,
             s3: None,
         }
     }
@@ -583,6 +589,12 @@ impl Validate for HubConfig {
             problems.push(ConfigProblem::new(
                 "archive.vacuum-after",
                 "must be at least 1m (a hub commits a file moments after writing it; a shorter window could delete it in between)",
+            ));
+        }
+        if self.archive.log_retention < Duration::from_secs(3600) {
+            problems.push(ConfigProblem::new(
+                "archive.log-retention",
+                "must be at least 1h (a reader or writer holding an older version must still find its log)",
             ));
         }
         if !(1..=22).contains(&self.archive.zstd_level) {

@@ -76,6 +76,9 @@ pub struct HubStats {
     /// (retried).
     pub s3_uploads: AtomicU64,
     pub s3_upload_bytes: AtomicU64,
+    /// Archive commits that found their table version taken by another
+    /// writer (each was checked again and tried on the newer version).
+    pub archive_commit_conflicts: AtomicU64,
     pub s3_upload_failures: AtomicU64,
     pub partitions_expired: AtomicU64,
     pub maintenance_errors: AtomicU64,
@@ -406,6 +409,12 @@ impl HubStats {
             "hub_model_reload_failures_total",
             "Model reloads that failed (the previous model kept scoring).",
             get(&self.model_reload_failures),
+        );
+        metric(
+            "counter",
+            "hub_archive_commit_conflicts_total",
+            "Archive commits whose table version another writer took first (checked again and retried).",
+            get(&self.archive_commit_conflicts),
         );
         metric(
             "counter",

@@ -21,7 +21,8 @@
 //!   waits on a lease or compares clocks.
 //!
 //! [`Table::checkpoint`] writes a checkpoint, so readers need not replay
-//! the whole log.
+//! the whole log, and [`Table::clean_log`] deletes the old log entries a
+//! checkpoint covers (the kernel has no log cleanup).
 //!
 //! Removing a file from the table does not delete it: a reader holding an
 //! older snapshot can still read it; deleting unreferenced files after a
@@ -130,6 +131,76 @@ pub enum Commit {
     Conflict { version: u64 },
 }
 
+/// See [`Table::clean_log`]; `log` is the table's `_delta_log` directory.
+async fn clean_log(
+    store: &dyn ObjectStore,
+    log: &object_store::path::Path,
+    older_than_ms: i64,
+) -> Result<usize, object_store::Error> {
+    use object_store::ObjectStoreExt;
+    let hint = match store.get(&log.clone().join("_last_checkpoint")).await {
+        Ok(got) => got.bytes().await?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let Some(checkpoint) = serde_json::from_slice::<serde_json::Value>(&hint)
+        .ok()
+        .and_then(|v| v.get("version")?.as_u64())
+    else {
+        return Ok(0);
+    };
+    let listed = store.list_with_delimiter(Some(log)).await?.objects;
+    let checkpoint_there = listed.iter().any(|o| {
+        log_entry_version(o)
+            .is_some_and(|(v, kind)| v == checkpoint && kind == LogEntry::Checkpoint)
+    });
+    if !checkpoint_there {
+        return Ok(0);
+    }
+    let mut expired: Vec<(u64, &object_store::path::Path)> = listed
+        .iter()
+        .filter(|o| o.last_modified.timestamp_millis() < older_than_ms)
+        .filter_map(|o| {
+            let (version, _) = log_entry_version(o)?;
+            (version < checkpoint).then_some((version, &o.location))
+        })
+        .collect();
+    // Oldest first: a cleanup cut short leaves a log without holes above
+    // what it deleted.
+    expired.sort();
+    for (_, location) in &expired {
+        match store.delete(location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(expired.len())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogEntry {
+    Commit,
+    Checkpoint,
+    Checksum,
+}
+
+/// The version and kind of a log entry (`<20 digits>.json`,
+/// `.checkpoint[.<part or id>].parquet`, `.crc`); `None` for anything else.
+fn log_entry_version(object: &object_store::ObjectMeta) -> Option<(u64, LogEntry)> {
+    let name = object.location.filename()?;
+    let (digits, rest) = name.split_at_checked(20)?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let kind = match rest {
+        ".json" => LogEntry::Commit,
+        ".crc" => LogEntry::Checksum,
+        _ if rest.starts_with(".checkpoint.") && rest.ends_with(".parquet") => LogEntry::Checkpoint,
+        _ => return None,
+    };
+    Some((digits.parse().ok()?, kind))
+}
+
 /// The kernel's engine and the runtime its I/O runs on. Dropping it shuts
 /// the runtime down without waiting for it, so a table or snapshot may be
 /// dropped anywhere, on an async task too (dropping a runtime there panics).
@@ -165,6 +236,9 @@ impl std::ops::Deref for Io {
 pub struct Table {
     root: Url,
     engine: Arc<Io>,
+    /// The store the engine reads and writes (for log cleanup, which the
+    /// kernel does not do).
+    store: Arc<dyn ObjectStore>,
 }
 
 /// One version of a table.
@@ -243,10 +317,11 @@ impl Table {
                 ))),
             })?;
         let executor = TokioMultiThreadExecutor::new(runtime.handle().clone());
-        let engine = DefaultEngine::builder(store)
+        let engine = DefaultEngine::builder(Arc::clone(&store))
             .with_task_executor(Arc::new(executor))
             .build();
         Ok(Table {
+            store,
             root,
             engine: Arc::new(Io {
                 engine,
@@ -354,6 +429,27 @@ impl Table {
             written,
             delta_kernel::snapshot::CheckpointWriteResult::AlreadyExists
         ))
+    }
+
+    /// Deletes log entries the newest checkpoint made unnecessary: the
+    /// commits, older checkpoints and checksums of versions before the one
+    /// `_last_checkpoint` names, if they were written before
+    /// `older_than_ms` (Delta's `logRetentionDuration`: a reader can no
+    /// longer travel to those versions; every other reader starts from the
+    /// checkpoint). Returns how many objects went. Nothing goes while the
+    /// table has no checkpoint, or when the one named is not there.
+    pub fn clean_log(&self, older_than_ms: i64) -> Result<usize, DeltaError> {
+        let log = object_store::path::Path::from_url_path(self.root.path())
+            .map_err(|e| self.kernel(KernelError::generic(e.to_string())))?
+            .join("_delta_log");
+        let runtime = self
+            .engine
+            .runtime
+            .as_ref()
+            .expect("the runtime lives as long as the table");
+        runtime
+            .block_on(clean_log(self.store.as_ref(), &log, older_than_ms))
+            .map_err(|e| self.kernel(KernelError::generic(format!("log cleanup: {e}"))))
     }
 
     /// Creates the table (version 0); a writer that created it first makes

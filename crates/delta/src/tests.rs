@@ -261,6 +261,93 @@ fn a_checkpoint_lets_the_table_be_read_without_the_log_entries_before_it() {
     assert_eq!(reopened.transaction_version("hub-b").unwrap(), Some(1));
 }
 
+/// The log entries in `log` below `version`, by name.
+fn entries_below(log: &Path, version: u64) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(log)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| {
+            name.get(..20)
+                .and_then(|d| d.parse::<u64>().ok())
+                .is_some_and(|v| v < version)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn log_cleanup_deletes_what_the_newest_checkpoint_covers_once_it_is_old_enough() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = open(dir.path());
+    let log = dir.path().join("_delta_log");
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    assert_eq!(
+        table.clean_log(now_ms() + 60_000).unwrap(),
+        0,
+        "no checkpoint yet: nothing goes"
+    );
+    let mut expected = Vec::new();
+    for n in 0..25 {
+        let file = data_file(dir.path(), &format!("f{n:02}"), "10", 1);
+        expected.push(file.path.clone());
+        let base = table.snapshot().unwrap();
+        let Commit::Committed(version) = table
+            .commit(&base, &append(vec![file], "hub-a", n as i64))
+            .unwrap()
+        else {
+            panic!("one writer");
+        };
+        if version % 10 == 0 {
+            assert!(table.checkpoint(&table.snapshot().unwrap()).unwrap());
+        }
+    }
+    let before = entries_below(&log, 20);
+    assert!(
+        before.contains(&"00000000000000000010.checkpoint.parquet".to_owned()),
+        "{before:?}"
+    );
+    assert_eq!(
+        table.clean_log(now_ms() - 3_600_000).unwrap(),
+        0,
+        "every entry is younger than the window"
+    );
+    assert_eq!(entries_below(&log, 20), before);
+
+    let gone = table.clean_log(now_ms() + 60_000).unwrap();
+    assert_eq!(gone, before.len(), "{before:?}");
+    assert_eq!(entries_below(&log, 20), Vec::<String>::new());
+    for version in 20..=25 {
+        assert!(
+            log.join(format!("{version:020}.json")).is_file(),
+            "{version} kept"
+        );
+    }
+    assert!(
+        log.join("00000000000000000020.checkpoint.parquet")
+            .is_file()
+    );
+    assert_eq!(table.clean_log(now_ms() + 60_000).unwrap(), 0, "once");
+
+    // Readers and writers carry on from the checkpoint.
+    let reopened = open(dir.path()).snapshot().unwrap();
+    assert_eq!(reopened.version(), 25);
+    assert_eq!(paths(&reopened), expected);
+    assert_eq!(reopened.transaction_version("hub-a").unwrap(), Some(24));
+    let later = data_file(dir.path(), "later", "11", 1);
+    assert_eq!(
+        table
+            .commit(&reopened, &append(vec![later], "hub-b", 1))
+            .unwrap(),
+        Commit::Committed(26)
+    );
+}
+
 #[test]
 fn removing_a_file_the_snapshot_does_not_hold_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -29,4 +29,3 @@ pub use ack::{OrderedAcker, PendingAck};
 pub use reconnect::{RECONNECT_MAX, Reconnect, STABLE_CONNECTION, backoff, client};
 pub use security::{LinkSecurity, LinkSettings};
 pub use session::{Session, SessionEvent};
-pub use signal::wait_for_stop_signal;

@@ -29,9 +29,3 @@ impl StopSignal {
         }
     }
 }
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM (systemd, Kubernetes) arriving
-/// from now on.
-pub async fn wait_for_stop_signal() {
-    StopSignal::install().wait().await;
-}

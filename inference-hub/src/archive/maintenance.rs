@@ -6,6 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
 
 use super::*;
 
@@ -17,6 +18,99 @@ struct OwnFile {
     /// In the table's log (`None`: staged for upload).
     in_log: Option<String>,
     bytes: u64,
+}
+
+/// The files of a partition that compaction merges: the small ones (under
+/// half of `target` bytes) up to `target` in all; none if fewer than two.
+pub(super) fn compaction_choice<F: Clone>(
+    files: &[F],
+    bytes: impl Fn(&F) -> u64,
+    target: u64,
+) -> Vec<F> {
+    let (mut chosen, mut total) = (Vec::new(), 0u64);
+    for f in files {
+        let size = bytes(f);
+        if size < target / 2 && total + size <= target {
+            chosen.push(f.clone());
+            total += size;
+        }
+    }
+    if chosen.len() < 2 {
+        chosen.clear();
+    }
+    chosen
+}
+
+/// The rows of files being merged into one, sorted as every archive file
+/// is (device, metric, time), with what the merged file's footer records.
+pub(super) struct MergedFile {
+    schema: SchemaRef,
+    /// All rows, sorted.
+    rows: RecordBatch,
+    ids: std::collections::BTreeSet<BatchId>,
+    /// The WAL range the merged files' names recorded, in all.
+    wal: (u64, u64),
+    files: usize,
+}
+
+impl MergedFile {
+    /// `batches` (in memory form) of `files` files of `table` whose names
+    /// recorded the WAL range `wal` in all.
+    pub(super) fn sort(
+        table: Table,
+        batches: Vec<RecordBatch>,
+        wal: (u64, u64),
+        files: usize,
+    ) -> Result<Self, ArchiveError> {
+        let schema = table.schema();
+        let batches: Vec<RecordBatch> = batches
+            .into_iter()
+            .map(|b| conform(&b, &schema))
+            .collect::<io::Result<_>>()?;
+        let ids = batches.iter().flat_map(distinct_batch_ids).collect();
+        let rows = sort_by_device_metric_time(&schema, &batches)?;
+        Ok(Self {
+            schema,
+            rows,
+            ids,
+            wal,
+            files,
+        })
+    }
+
+    /// Its name: the hub and the WAL range, as every file of the hub's.
+    pub(super) fn name(&self, hub_id: &str) -> String {
+        let (first, last) = self.wal;
+        format!("{hub_id}-{first:020}-{last:020}.parquet")
+    }
+
+    /// Writes it to `path` and syncs it; returns its rows.
+    pub(super) fn write(
+        &self,
+        path: &Path,
+        hub_id: &str,
+        props: parquet::file::properties::WriterProperties,
+        row_group_rows: usize,
+    ) -> Result<u64, ArchiveError> {
+        let file = File::create(path)?;
+        let sync_handle = file.try_clone()?;
+        let mut writer =
+            ArchiveFileWriter::try_new(file, std::sync::Arc::clone(&self.schema), props)?;
+        writer.write_row_groups(&self.rows, row_group_rows)?;
+        let (first, last) = self.wal;
+        for (k, v) in [
+            ("iot.hub_id", hub_id.to_owned()),
+            ("iot.wal_first_pos", first.to_string()),
+            ("iot.wal_last_pos", last.to_string()),
+            ("iot.compacted_files", self.files.to_string()),
+            (BATCHES_KEY, encode_batch_ids(&self.ids)),
+        ] {
+            writer.append_key_value_metadata(KeyValue::new(k.into(), v));
+        }
+        let meta = writer.close()?;
+        sync_handle.sync_all()?;
+        Ok(meta.file_metadata().num_rows() as u64)
+    }
 }
 
 impl Archive {
@@ -120,21 +214,10 @@ impl Archive {
         (key.hour + 1) * HOUR_US + grace <= now_us && !self.open.contains_key(&key)
     }
 
-    /// The files of a partition that compaction merges: the small ones (under
-    /// half the target size) up to the target in all; none if fewer than two.
+    /// The files of a partition that compaction merges (see
+    /// [`compaction_choice`]).
     fn compaction_choice(&self, files: &[OwnFile]) -> Vec<OwnFile> {
-        let target = self.settings.target_file_bytes;
-        let (mut chosen, mut total) = (Vec::new(), 0u64);
-        for f in files {
-            if f.bytes < target / 2 && total + f.bytes <= target {
-                chosen.push(f.clone());
-                total += f.bytes;
-            }
-        }
-        if chosen.len() < 2 {
-            chosen.clear();
-        }
-        chosen
+        compaction_choice(files, |f| f.bytes, self.settings.target_file_bytes)
     }
 
     fn compact(
@@ -152,36 +235,15 @@ impl Archive {
             }
             batches.extend(read_file(&f.path)?);
         }
-        let schema = key.table.schema();
-        let batches: Vec<RecordBatch> = batches
-            .into_iter()
-            .map(|b| conform(&b, &schema))
-            .collect::<io::Result<_>>()?;
-        let ids: std::collections::BTreeSet<BatchId> =
-            batches.iter().flat_map(distinct_batch_ids).collect();
-        let merged = sort_by_device_metric_time(&schema, &batches)?;
-        let name = format!("{}-{first:020}-{last:020}.parquet", self.hub_id);
+        let merged = MergedFile::sort(key.table, batches, (first, last), files.len())?;
+        let name = merged.name(&self.hub_id);
         let write = |path: &Path| -> Result<u64, ArchiveError> {
-            let file = File::create(path)?;
-            let sync_handle = file.try_clone()?;
-            let mut writer = ArchiveFileWriter::try_new(
-                file,
-                std::sync::Arc::clone(&schema),
+            merged.write(
+                path,
+                &self.hub_id,
                 self.props.clone(),
-            )?;
-            writer.write_row_groups(&merged, self.settings.row_group_rows)?;
-            for (k, v) in [
-                ("iot.hub_id", self.hub_id.clone()),
-                ("iot.wal_first_pos", first.to_string()),
-                ("iot.wal_last_pos", last.to_string()),
-                ("iot.compacted_files", files.len().to_string()),
-                (BATCHES_KEY, encode_batch_ids(&ids)),
-            ] {
-                writer.append_key_value_metadata(KeyValue::new(k.into(), v));
-            }
-            let meta = writer.close()?;
-            sync_handle.sync_all()?;
-            Ok(meta.file_metadata().num_rows() as u64)
+                self.settings.row_group_rows,
+            )
         };
         let target = key.hub_dir(&self.root, &self.hub_id);
         let path = target.join(&name);

@@ -23,8 +23,11 @@
 //! its own files' names carry the WAL range, so WAL replay skips what the
 //! bucket already holds, as it does for local files. With `upload =
 //! "on-commit"` files are sized by `target-file-bytes` and `max-file-age`
-//! when they are written; with `"when-closed"` they wait until their
-//! partition is closed and merged locally (see [`UploadWhen`]). Retention
+//! when they are written, and once their partition is closed the upload
+//! thread merges this hub's small files of it in the bucket (the merged
+//! file put, then one version swapping it for them, as compaction does
+//! locally); with `"when-closed"` they wait until their partition is
+//! closed and merged locally (see [`UploadWhen`]). Retention
 //! (`archive.retention`) removes this hub's files of expired event hours in
 //! one version per table, and the vacuum deletes them later, in the upload
 //! thread's order of work. At shutdown a failed upload is not retried: the
@@ -310,6 +313,11 @@ impl Uploader {
     ) -> std::io::Result<Self> {
         let when = settings.s3.as_ref().map(|s| s.upload).unwrap_or_default();
         let vacuum_after = settings.vacuum_after;
+        let compaction = BucketCompaction {
+            grace: settings.compaction_grace,
+            target_file_bytes: settings.target_file_bytes,
+            row_group_rows: settings.row_group_rows,
+        };
         let hub_id = hub_id.to_owned();
         let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopping_seen = Arc::clone(&stopping);
@@ -327,11 +335,14 @@ impl Uploader {
                     props: &props,
                     stats: &stats,
                     vacuum_after,
+                    compaction,
                     stopping: &stopping_seen,
                 };
                 for job in rx {
                     match job {
                         Job::Upload(file) => upload.until_done(&file),
+                        // At shutdown only uploads are worth waiting for.
+                        Job::Maintain(_) if stopping_seen.load(Relaxed) => {}
                         Job::Maintain(first_kept) => upload.maintain(first_kept),
                     }
                 }
@@ -399,8 +410,22 @@ struct Upload<'a> {
     props: &'a parquet::file::properties::WriterProperties,
     stats: &'a HubStats,
     vacuum_after: Duration,
+    compaction: BucketCompaction,
     stopping: &'a std::sync::atomic::AtomicBool,
 }
+
+/// What compaction of the bucket's files follows (`[archive]`'s settings,
+/// as for local files).
+#[derive(Debug, Clone, Copy)]
+struct BucketCompaction {
+    grace: Duration,
+    target_file_bytes: u64,
+    row_group_rows: usize,
+}
+
+/// Partitions compacted in the bucket per maintenance round at most, so
+/// uploads queued behind a round wait for a few merges only.
+const BUCKET_COMPACTIONS_PER_ROUND: usize = 4;
 
 impl Upload<'_> {
     fn until_done(&mut self, file: &Path) {
@@ -499,8 +524,99 @@ impl Upload<'_> {
         Ok(uploaded)
     }
 
-    /// Retention and the vacuum in the bucket (a failure is logged; the
-    /// next round retries).
+    /// Merges this hub's small files of closed partitions in the bucket, as
+    /// compaction does locally: the merged file is put in the bucket, then
+    /// one version removes the small files and adds it (`dataChange:
+    /// false`), so a reader sees either set, never both or a part, and a
+    /// reader holding an older snapshot keeps reading the small files until
+    /// the vacuum. Returns the partitions merged.
+    fn compact_closed_partitions(&mut self, now_us: i64) -> Result<usize, super::ArchiveError> {
+        let grace = self.compaction.grace.as_micros() as i64;
+        let mut merged = 0;
+        for table in super::Table::ALL {
+            let mut partitions: std::collections::BTreeMap<_, Vec<super::tables::TableFile>> =
+                std::collections::BTreeMap::new();
+            for file in self.bucket.files(table)? {
+                if file.hub == self.hub_id && (file.key.hour + 1) * super::HOUR_US + grace <= now_us
+                {
+                    partitions.entry(file.key).or_default().push(file);
+                }
+            }
+            for (key, files) in partitions {
+                if merged == BUCKET_COMPACTIONS_PER_ROUND || self.stopping.load(Relaxed) {
+                    return Ok(merged);
+                }
+                let chosen = super::maintenance::compaction_choice(
+                    &files,
+                    |f| f.bytes,
+                    self.compaction.target_file_bytes,
+                );
+                if !chosen.is_empty() && self.compact_in_bucket(key, &files, &chosen)? {
+                    merged += 1;
+                }
+            }
+        }
+        Ok(merged)
+    }
+
+    /// Merges `chosen` of a partition's `files` (this hub's); `false` if
+    /// the merged file's name is taken by a file it would not replace.
+    fn compact_in_bucket(
+        &mut self,
+        key: super::PartitionKey,
+        files: &[super::tables::TableFile],
+        chosen: &[super::tables::TableFile],
+    ) -> Result<bool, super::ArchiveError> {
+        let (mut first, mut last) = (u64::MAX, 0u64);
+        let mut batches = Vec::new();
+        for file in chosen {
+            if let Some((a, b)) = file.wal_range() {
+                first = first.min(a);
+                last = last.max(b);
+            }
+            let object = self.bucket.object_key(key.table, &file.path);
+            let bytes = self
+                .bucket
+                .block_on(async { self.bucket.store().get(&object).await?.bytes().await })?;
+            batches.extend(super::read_parquet_bytes(bytes)?);
+        }
+        let merged =
+            super::maintenance::MergedFile::sort(key.table, batches, (first, last), chosen.len())?;
+        let name = merged.name(self.hub_id);
+        let path = format!("{}/{name}", super::tables::partition_path(key, self.hub_id));
+        if files.iter().any(|f| f.path == path) {
+            // A file of the same WAL range (one merged before, and late files
+            // inside its range): left as they are.
+            tracing::debug!(%path, "the merged file's name is taken; partition left as it is");
+            return Ok(false);
+        }
+        let staging = self.local_root.join(".staging");
+        std::fs::create_dir_all(&staging)?;
+        let local = staging.join(format!(".bucket-compact-{name}.inprogress"));
+        let written = (|| {
+            let rows = merged.write(
+                &local,
+                self.hub_id,
+                self.props.clone(),
+                self.compaction.row_group_rows,
+            )?;
+            let bytes = std::fs::read(&local)?;
+            let size = bytes.len() as u64;
+            let object = self.bucket.object_key(key.table, &path);
+            self.bucket
+                .block_on(self.bucket.store().put(&object, bytes.into()))?;
+            let removed: Vec<String> = chosen.iter().map(|f| f.path.clone()).collect();
+            self.bucket
+                .commit_compaction(key, self.hub_id, &removed, &name, size, rows)?;
+            tracing::info!(%path, rows, files = chosen.len(), "compacted a closed partition in the bucket");
+            Ok::<_, super::ArchiveError>(())
+        })();
+        let _ = std::fs::remove_file(&local);
+        written.map(|()| true)
+    }
+
+    /// Retention, compaction and the vacuum in the bucket (a failure is
+    /// logged; the next round retries).
     fn maintain(&mut self, first_kept: Option<i64>) {
         if let Some(first_kept) = first_kept {
             match self.bucket.expire(self.hub_id, first_kept) {
@@ -515,8 +631,17 @@ impl Upload<'_> {
                 }
             }
         }
-        let older_than =
-            chrono::Utc::now().timestamp_millis() - self.vacuum_after.as_millis() as i64;
+        let now_us = chrono::Utc::now().timestamp_micros();
+        match self.compact_closed_partitions(now_us) {
+            Ok(merged) => {
+                self.stats.compactions.fetch_add(merged as u64, Relaxed);
+            }
+            Err(e) => {
+                self.stats.maintenance_errors.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "compaction in the bucket failed; the partition is left as it was");
+            }
+        }
+        let older_than = now_us / 1000 - self.vacuum_after.as_millis() as i64;
         match self.bucket.vacuum(older_than) {
             Ok(0) => {}
             Ok(n) => tracing::info!(files = n, "files no version holds deleted from the bucket"),

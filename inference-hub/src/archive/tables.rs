@@ -39,7 +39,10 @@
 //! hub between writing a file and committing it, is not cut off).
 //!
 //! Every `CHECKPOINT_EVERY` versions the hub that committed it writes a
-//! checkpoint, so reading a snapshot stays fast as the log grows.
+//! checkpoint, so reading a snapshot stays fast as the log grows, and then
+//! deletes the log entries before that checkpoint that are older than
+//! `archive.log-retention` (7 days by default), so the log does not grow
+//! without bound either.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -60,6 +63,13 @@ pub const PARTITION_COLUMNS: [&str; 3] = ["date", "hour", "hub"];
 
 /// A checkpoint is written at every version divisible by this.
 pub const CHECKPOINT_EVERY: u64 = 100;
+
+/// How long log entries a checkpoint covers are kept by default. Delta's
+/// own default `logRetentionDuration` is 30 days; a hub commits every few
+/// minutes per table, and a snapshot of a local table lists the whole log
+/// directory, so a week (about 2,000 entries per hub and table).
+pub const DEFAULT_LOG_RETENTION: std::time::Duration =
+    std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// Attempts at one commit before giving up (each lost attempt means another
 /// hub committed; this many in a row means something is wrong).
@@ -164,6 +174,11 @@ pub struct ArchiveTables {
     known: std::sync::Mutex<HashMap<Table, (iot_delta::Snapshot, Vec<TableFile>)>>,
     /// Versions another writer took first.
     lost: std::sync::atomic::AtomicU64,
+    /// Where lost versions are counted for `/metrics` too.
+    stats: Option<Arc<crate::stats::HubStats>>,
+    /// After a checkpoint, log entries it covers that are older than this
+    /// are deleted.
+    log_retention: std::time::Duration,
 }
 
 impl std::fmt::Debug for ArchiveTables {
@@ -257,6 +272,8 @@ impl ArchiveTables {
             footers: HashMap::new(),
             known: std::sync::Mutex::new(HashMap::new()),
             lost: std::sync::atomic::AtomicU64::new(0),
+            stats: None,
+            log_retention: DEFAULT_LOG_RETENTION,
         })
     }
 
@@ -271,6 +288,17 @@ impl ArchiveTables {
             key = key.clone().join(part);
         }
         key
+    }
+
+    /// Counts lost versions in `stats` too (`hub_archive_commit_conflicts_total`).
+    pub fn count_conflicts_in(&mut self, stats: Arc<crate::stats::HubStats>) {
+        self.stats = Some(stats);
+    }
+
+    /// Keeps log entries a checkpoint covers for `retention` (instead of
+    /// [`DEFAULT_LOG_RETENTION`]).
+    pub fn keep_log_for(&mut self, retention: std::time::Duration) {
+        self.log_retention = retention;
     }
 
     /// Commits of this hub that another writer beat to a version (each was
@@ -486,6 +514,11 @@ impl ArchiveTables {
             (Commit::Committed(v), after) => (v, after),
             (Commit::Conflict { .. }, _) => {
                 self.lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(stats) = &self.stats {
+                    stats
+                        .archive_commit_conflicts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 return Ok(false);
             }
         };
@@ -496,16 +529,30 @@ impl ArchiveTables {
             File::open(&log)?.sync_all()?;
         }
         if version % CHECKPOINT_EVERY == 0 {
-            let written = self
-                .table(table)
-                .snapshot()
-                .and_then(|s| self.table(table).checkpoint(&s));
-            if let Err(e) = written {
-                // Readers replay a longer log; the next checkpoint covers it.
-                tracing::warn!(table = table.name(), version, error = %e, "could not write a checkpoint");
-            }
+            self.checkpoint_and_clean(table, version);
         }
         Ok(true)
+    }
+
+    /// Writes a checkpoint of the newest version, then deletes the log
+    /// entries before it that are older than the log retention. A failure
+    /// is only logged: readers replay a longer log, and the next checkpoint
+    /// covers it.
+    fn checkpoint_and_clean(&self, table: Table, version: u64) {
+        let delta = self.table(table);
+        if let Err(e) = delta.snapshot().and_then(|s| delta.checkpoint(&s)) {
+            tracing::warn!(table = table.name(), version, error = %e, "could not write a checkpoint");
+            return;
+        }
+        let older_than = chrono::Utc::now().timestamp_millis()
+            - i64::try_from(self.log_retention.as_millis()).unwrap_or(i64::MAX);
+        match delta.clean_log(older_than) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(table = table.name(), entries = n, "old log entries deleted"),
+            Err(e) => {
+                tracing::warn!(table = table.name(), error = %e, "could not delete old log entries")
+            }
+        }
     }
 
     /// After this hub committed `change` on `base`: the version it made is

@@ -121,12 +121,12 @@ impl ArchiveStage {
         }
         let mut busy = std::collections::HashSet::new();
         if let Some(uploader) = &mut self.uploader {
-            // The bucket's retention and vacuum (done by the upload thread,
-            // after the uploads queued before).
+            // The bucket's retention, compaction and vacuum (done by the
+            // upload thread, after the uploads queued before).
             uploader.maintain(self.archive.retention_first_hour(now_us));
-            // With uploads on commit, files are sized when written; with
-            // uploads of closed partitions, they are merged locally before
-            // (see archive::s3).
+            // With uploads on commit, files are merged in the bucket; with
+            // uploads of closed partitions, locally before (see
+            // archive::s3).
             if !uploader.waits_for_closed_partitions() {
                 return;
             }

@@ -15,22 +15,50 @@ pub(crate) struct BenchDeltaArgs {
     /// Commits per reported window.
     #[arg(long, default_value_t = 500)]
     window: usize,
-    /// The table's directory (default: a fresh temporary one).
+    /// The table's directory (default: a fresh temporary one); with
+    /// `--s3-endpoint`, the table's prefix in the bucket.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Writers committing to the table at once (as hubs on one archive).
+    #[arg(long, default_value_t = 1)]
+    writers: usize,
+    /// An S3-compatible endpoint (e.g. moto_server's `http://127.0.0.1:5000`):
+    /// the table goes in `--bucket` there, through the hub's S3 client
+    /// (credentials from `AWS_*` or `test`/`test`).
+    #[arg(long)]
+    s3_endpoint: Option<String>,
+    /// The bucket for `--s3-endpoint` (must exist).
+    #[arg(long, default_value = "bench")]
+    bucket: String,
 }
 
 impl BenchDeltaArgs {
     pub(crate) fn run(self) -> ExitCode {
-        let scratch = self.dir.is_none();
-        let dir = self.dir.unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("iot-bench-delta-{}", std::process::id()))
+        let scratch = self.dir.is_none() && self.s3_endpoint.is_none();
+        let dir = self.dir.unwrap_or_else(|| match &self.s3_endpoint {
+            Some(_) => PathBuf::from(format!("bench-delta-{}", std::process::id())),
+            None => std::env::temp_dir().join(format!("iot-bench-delta-{}", std::process::id())),
+        });
+        let s3 = self.s3_endpoint.map(|endpoint| {
+            let key = |name: &str| std::env::var(name).unwrap_or_else(|_| "test".into());
+            inference_hub::archive::s3::S3Settings {
+                bucket: self.bucket.clone(),
+                prefix: String::new(),
+                allow_http: endpoint.starts_with("http://"),
+                endpoint: Some(endpoint),
+                region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
+                access_key_id: Some(key("AWS_ACCESS_KEY_ID")),
+                secret_access_key: Some(key("AWS_SECRET_ACCESS_KEY")),
+                upload: Default::default(),
+            }
         });
         let opts = lab::bench_delta::DeltaBenchOptions {
             commits: self.commits,
             checkpoint_every: self.checkpoint_every,
             window: self.window,
             dir,
+            writers: self.writers,
+            s3,
         };
         let result = lab::bench_delta::bench(&opts);
         if scratch {
@@ -39,13 +67,16 @@ impl BenchDeltaArgs {
         match result {
             Ok(report) => {
                 println!(
-                    "commits: {}, checkpoint every: {}, {:.0} commits/s overall",
+                    "commits: {}, writers: {}, checkpoint every: {}, {:.0} commits/s overall, {:.0} commits/min per writer, {} versions lost to another writer and retried",
                     opts.commits,
+                    opts.writers,
                     match opts.checkpoint_every {
                         0 => "never".to_owned(),
-                        n => format!("{n} commits"),
+                        n => format!("{n} versions"),
                     },
-                    report.commits_per_s
+                    report.commits_per_s,
+                    report.commits_per_min_per_writer,
+                    report.conflicts,
                 );
                 println!("| versions from | commit p50 ms | p99 ms | max ms |");
                 println!("|---|---|---|---|");

@@ -578,6 +578,180 @@ async fn s3_upload_when_closed_commits_one_merged_file_per_partition_and_a_put_c
     assert_eq!(read_bucket(&s3).await.0, 40 * ROWS);
 }
 
+/// Every (seq, ts) of the objects `keys` and their rows, read as a reader
+/// holding the version that listed them reads them.
+async fn read_objects(s3: &S3Settings, keys: &[String]) -> (usize, BTreeSet<(u64, i64)>) {
+    let store = s3.connect().unwrap();
+    let (mut rows, mut seen) = (0, BTreeSet::new());
+    for key in keys {
+        let bytes = store
+            .get(&ObjectPath::from(key.as_str()))
+            .await
+            .unwrap_or_else(|e| panic!("{key} of the reader's version: {e}"))
+            .bytes()
+            .await
+            .unwrap();
+        for batch in inference_hub::archive::read_parquet_bytes(bytes).unwrap() {
+            let seq = batch.column_by_name("seq").unwrap();
+            let seq = seq.as_any().downcast_ref::<UInt64Array>().unwrap();
+            let ts = batch.column_by_name("ts").unwrap();
+            let ts = ts
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .unwrap();
+            for i in 0..batch.num_rows() {
+                seen.insert((seq.value(i), ts.value(i)));
+            }
+            rows += batch.num_rows();
+        }
+    }
+    (rows, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto_server (pip install 'moto[server]'); run by .ci/run"]
+async fn s3_compaction_in_the_bucket_merges_uploaded_files_while_readers_of_old_and_new_versions_stay_complete()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let (_moto, s3) = start_moto(dir.path()).await;
+    let config = |grace: Duration| {
+        let mut cfg = iot_testkit::hub_config("merger", &dir.path().join("merger"));
+        cfg.mqtt.enabled = false;
+        cfg.archive.max_file_age = Duration::from_millis(100);
+        cfg.archive.compaction_interval = Duration::from_millis(100);
+        cfg.archive.compaction_grace = grace;
+        cfg.archive.s3 = Some(s3.clone());
+        cfg
+    };
+    let root = dir.path().join("merger/archive");
+    let local = || inference_hub::archive::staged_files(&root, Table::Scored).unwrap();
+
+    // 1. Uploads on commit, partitions not closed yet: several small files
+    // per event hour go to the bucket as they are committed (batches 1-35
+    // are in the first hour, 36-40 in the second).
+    let hub = inference_hub::start(config(Duration::from_secs(10 * 365 * 86_400)))
+        .await
+        .unwrap();
+    for part in [1..=10, 11..=20, 21..=35, 36..=37, 38..=40] {
+        post_all(&hub, part).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    hub.shutdown().await;
+    assert!(local().is_empty(), "every file uploaded: {:?}", local());
+    let small = scored_in_log(&s3);
+    let hours = |keys: &[String]| -> BTreeSet<String> {
+        keys.iter()
+            .map(|k| k.rsplit_once("/hub=").unwrap().0.to_owned())
+            .collect()
+    };
+    assert_eq!(hours(&small).len(), 2, "{small:?}");
+    for hour in hours(&small) {
+        let files = small.iter().filter(|k| k.starts_with(&hour)).count();
+        assert!(files >= 2, "several files in {hour}: {small:?}");
+    }
+    let expected = read_objects(&s3, &small).await.1;
+    assert_eq!(expected.len(), 40 * ROWS);
+
+    // 2. With the partitions closed the hub merges them in the bucket, while
+    // one reader keeps reading the version it listed before (the small
+    // files) and another reads the newest version over and over.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let old_reader = {
+        let (s3, small, stop) = (s3.clone(), small.clone(), std::sync::Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut passes = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (rows, keys) = read_objects(&s3, &small).await;
+                assert_eq!((rows, keys.len()), (40 * ROWS, 40 * ROWS), "old version");
+                passes += 1;
+            }
+            passes
+        })
+    };
+    let new_reader = {
+        let (s3, stop) = (s3.clone(), std::sync::Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut versions_seen = BTreeSet::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (rows, keys, files) = read_bucket(&s3).await;
+                assert_eq!(
+                    (rows, keys.len()),
+                    (40 * ROWS, 40 * ROWS),
+                    "a version with {files} files is not complete or holds a row twice"
+                );
+                versions_seen.insert(files);
+            }
+            versions_seen
+        })
+    };
+    let hub = inference_hub::start(config(Duration::ZERO)).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = scored_in_log(&s3);
+        if now.len() == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bucket's partitions were never merged: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Both readers go on for a while after the swap.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let passes = old_reader.await.unwrap();
+    let versions_seen = new_reader.await.unwrap();
+    assert!(passes >= 2, "the old version was read {passes} times");
+    assert!(
+        versions_seen.contains(&2),
+        "the newest-version reader saw the merged version: {versions_seen:?}"
+    );
+    let merged = scored_in_log(&s3);
+    assert_eq!(
+        hours(&merged),
+        hours(&small),
+        "one file per partition: {merged:?}"
+    );
+    assert!(merged.iter().all(|k| !small.contains(k)), "{merged:?}");
+    let (rows, keys) = read_objects(&s3, &merged).await;
+    assert_eq!((rows, &keys), (40 * ROWS, &expected));
+    let metrics = reqwest::get(format!("http://{}/metrics", hub.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let compactions: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hub_compactions_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no hub_compactions_total in {metrics}"));
+    assert!(
+        compactions >= 2,
+        "the merges are counted (scored: 2): {compactions}"
+    );
+    hub.shutdown().await;
+
+    // 3. The vacuum deletes the small files once its window is over, and
+    // nothing of the newest version.
+    let vacuumed = {
+        let s3 = s3.clone();
+        std::thread::spawn(move || {
+            let older_than = chrono::Utc::now().timestamp_millis() + 60_000;
+            ArchiveTables::open_bucket(&s3)
+                .unwrap()
+                .vacuum(older_than)
+                .unwrap()
+        })
+        .join()
+        .unwrap()
+    };
+    assert_eq!(vacuumed, small.len());
+    assert_eq!(scored_objects(&s3).await.len(), 2);
+    assert_eq!(read_bucket(&s3).await.1, expected);
+}
+
 /// An HTTP relay in front of `upstream` that drops the `If-None-Match` and
 /// `If-Match` headers of every request, as some S3-compatible servers
 /// silently ignore them. Requests are read head by head (bodies by their

@@ -67,6 +67,8 @@ fn a_hub_that_loses_the_version_checks_again_and_leaves_out_what_the_winner_arch
     // Hub b checks the partition (nothing of a's yet), and while it puts its
     // file in place, hub a commits: b's version is taken.
     let mut b = ArchiveTables::open_local(shared.path()).unwrap();
+    let stats = Arc::new(crate::stats::HubStats::default());
+    b.count_conflicts_in(Arc::clone(&stats));
     let mut raced = false;
     let rows = b
         .commit_new_file(
@@ -85,6 +87,13 @@ fn a_hub_that_loses_the_version_checks_again_and_leaves_out_what_the_winner_arch
         )
         .unwrap();
     assert_eq!(b.lost_versions(), 1, "hub b lost the version to hub a");
+    assert_eq!(
+        stats
+            .archive_commit_conflicts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "and /metrics counts it"
+    );
     assert_eq!(rows, 1, "hub b's file kept only batch 2");
     assert_eq!(
         seq_counts(shared.path(), Table::Scored),
@@ -121,6 +130,49 @@ fn two_hubs_committing_one_partition_at_once_archive_each_batch_once() {
         counts,
         (1..=45u64).map(|s| (s, 2)).collect::<BTreeMap<_, _>>(),
         "every batch exactly once ({lost} versions lost to the other hub and retried)"
+    );
+}
+
+#[test]
+fn checkpoints_come_every_hundred_versions_and_the_log_they_cover_goes_after_the_retention() {
+    let root = tempfile::tempdir().unwrap();
+    let mut tables = ArchiveTables::open_local(root.path()).unwrap();
+    let key = PartitionKey {
+        table: Table::Anomalies,
+        hour: 7,
+    };
+    let commit = |tables: &ArchiveTables, n: u64| {
+        let path = format!("{}/ha-{n:020}-{n:020}.parquet", partition_path(key, "ha"));
+        tables
+            .commit_migrated(Table::Anomalies, &[(key, "ha".into(), path, 10, 1)])
+            .unwrap();
+    };
+    let log = root.path().join("anomalies/_delta_log");
+    let entry = |version: u64, kind: &str| log.join(format!("{version:020}.{kind}"));
+    // Version 0 created the table; versions 1-100 add a file each.
+    (1..=CHECKPOINT_EVERY).for_each(|n| commit(&tables, n));
+    assert!(entry(CHECKPOINT_EVERY, "checkpoint.parquet").is_file());
+    assert!(
+        entry(0, "json").is_file(),
+        "younger than the default retention: kept"
+    );
+
+    tables.keep_log_for(std::time::Duration::ZERO);
+    (CHECKPOINT_EVERY + 1..=2 * CHECKPOINT_EVERY).for_each(|n| commit(&tables, n));
+    assert!(entry(2 * CHECKPOINT_EVERY, "checkpoint.parquet").is_file());
+    assert!(entry(2 * CHECKPOINT_EVERY, "json").is_file());
+    for version in 0..CHECKPOINT_EVERY {
+        assert!(
+            !entry(version, "json").exists(),
+            "{version} covered and old"
+        );
+    }
+    assert!(!entry(CHECKPOINT_EVERY, "checkpoint.parquet").exists());
+    let reopened = ArchiveTables::open_local(root.path()).unwrap();
+    assert_eq!(
+        reopened.files(Table::Anomalies).unwrap().len() as u64,
+        2 * CHECKPOINT_EVERY,
+        "every file still in the table"
     );
 }
 
