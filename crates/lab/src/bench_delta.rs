@@ -36,6 +36,9 @@ pub struct DeltaBenchOptions {
     pub writers: usize,
     /// The table in this bucket instead of a local directory.
     pub s3: Option<inference_hub::archive::s3::S3Settings>,
+    /// Each writer starts a commit at most this often (zero: back to back),
+    /// as a hub commits once per rotated file.
+    pub pace: std::time::Duration,
 }
 
 /// Latencies of one window of commits, in milliseconds.
@@ -114,7 +117,15 @@ pub fn bench(opts: &DeltaBenchOptions) -> anyhow::Result<DeltaBenchReport> {
                 let (store, root, schema) = (Arc::clone(&store), root.clone(), &schema);
                 scope.spawn(move || -> anyhow::Result<WriterResult> {
                     let table = Table::open_or_create(store, root, schema, &partitions)?;
-                    write(&table, w, commits, opts.checkpoint_every as u64)
+                    // Writers out of phase, as hubs are.
+                    let offset = opts.pace * w as u32 / writers as u32;
+                    write(
+                        &table,
+                        w,
+                        commits,
+                        opts.checkpoint_every as u64,
+                        (opts.pace, offset),
+                    )
                 })
             })
             .collect();
@@ -155,10 +166,14 @@ fn write(
     writer: usize,
     commits: usize,
     checkpoint_every: u64,
+    (pace, offset): (std::time::Duration, std::time::Duration),
 ) -> anyhow::Result<WriterResult> {
     let (mut committed, mut conflicts, mut checkpoint_ms) = (Vec::new(), 0, Vec::new());
     let mut snapshot = table.snapshot()?;
+    let mut next = Instant::now() + offset;
     for n in 0..commits {
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        next += pace;
         let hour = format!("{:02}", (n / 100) % 24);
         let file = DataFile {
             path: format!("date=2026-12-07/hour={hour}/hub=w{writer}/w{writer}-{n}.parquet"),
@@ -229,6 +244,7 @@ mod tests {
             dir: dir.path().join("table"),
             writers: 1,
             s3: None,
+            pace: std::time::Duration::ZERO,
         };
         let report = bench(&opts).unwrap();
         let firsts: Vec<u64> = report.windows.iter().map(|w| w.first_version).collect();
@@ -262,6 +278,7 @@ mod tests {
             dir: dir.path().join("table"),
             writers: 3,
             s3: None,
+            pace: std::time::Duration::from_millis(1),
         };
         let report = bench(&opts).unwrap();
         assert_eq!(report.windows.len(), 1);

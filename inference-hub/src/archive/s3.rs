@@ -508,20 +508,30 @@ impl Upload<'_> {
                 Ok(())
             },
         )?;
-        // A vacuum elsewhere may have taken the object between the put and
-        // the commit if that took longer than `vacuum-after`: put it back.
         let object = self.bucket.object_key(
             table,
             &format!("{}/{name}", super::tables::partition_path(key, self.hub_id)),
         );
-        if let Err(object_store::Error::NotFound { .. }) =
-            self.bucket.block_on(self.bucket.store().head(&object))
-        {
-            let bytes = std::fs::read(file)?;
-            self.bucket
-                .block_on(self.bucket.store().put(&object, bytes.into()))?;
-        }
+        self.put_back_if_vacuumed(&object, file)?;
         Ok(uploaded)
+    }
+
+    /// After the commit of `object`: a vacuum elsewhere may have taken it
+    /// between the put and the commit if that took longer than
+    /// `vacuum-after`; then `local` is put there again.
+    fn put_back_if_vacuumed(
+        &self,
+        object: &ObjectPath,
+        local: &Path,
+    ) -> Result<(), super::ArchiveError> {
+        if let Err(object_store::Error::NotFound { .. }) =
+            self.bucket.block_on(self.bucket.store().head(object))
+        {
+            let bytes = std::fs::read(local)?;
+            self.bucket
+                .block_on(self.bucket.store().put(object, bytes.into()))?;
+        }
+        Ok(())
     }
 
     /// Merges this hub's small files of closed partitions in the bucket, as
@@ -608,6 +618,7 @@ impl Upload<'_> {
             let removed: Vec<String> = chosen.iter().map(|f| f.path.clone()).collect();
             self.bucket
                 .commit_compaction(key, self.hub_id, &removed, &name, size, rows)?;
+            self.put_back_if_vacuumed(&object, &local)?;
             tracing::info!(%path, rows, files = chosen.len(), "compacted a closed partition in the bucket");
             Ok::<_, super::ArchiveError>(())
         })();

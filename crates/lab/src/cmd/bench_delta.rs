@@ -27,6 +27,10 @@ pub(crate) struct BenchDeltaArgs {
     /// (credentials from `AWS_*` or `test`/`test`).
     #[arg(long)]
     s3_endpoint: Option<String>,
+    /// Each writer starts a commit at most every this many milliseconds (0:
+    /// back to back), as a hub commits once per rotated file.
+    #[arg(long, default_value_t = 0)]
+    pace_ms: u64,
     /// The bucket for `--s3-endpoint` (must exist).
     #[arg(long, default_value = "bench")]
     bucket: String,
@@ -59,6 +63,7 @@ impl BenchDeltaArgs {
             dir,
             writers: self.writers,
             s3,
+            pace: std::time::Duration::from_millis(self.pace_ms),
         };
         let result = lab::bench_delta::bench(&opts);
         if scratch {
@@ -67,9 +72,10 @@ impl BenchDeltaArgs {
         match result {
             Ok(report) => {
                 println!(
-                    "commits: {}, writers: {}, checkpoint every: {}, {:.0} commits/s overall, {:.0} commits/min per writer, {} versions lost to another writer and retried",
+                    "commits: {}, writers: {} (pace {} ms), checkpoint every: {}, {:.0} commits/s overall, {:.0} commits/min per writer, {} versions lost to another writer and retried",
                     opts.commits,
                     opts.writers,
+                    opts.pace.as_millis(),
                     match opts.checkpoint_every {
                         0 => "never".to_owned(),
                         n => format!("{n} versions"),
