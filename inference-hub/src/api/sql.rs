@@ -25,11 +25,17 @@ use super::{ApiContext, ApiError};
 /// Longest query text taken.
 pub const MAX_SQL_BYTES: usize = 64 * 1024;
 
+/// Longest query taken in a `GET`, in characters: percent-encoded, a
+/// character takes up to 12 bytes of the URI, and the HTTP server refuses a
+/// URI over 64 KiB (414) before the hub sees it. `POST` takes up to
+/// [`MAX_SQL_BYTES`].
+pub const MAX_SQL_GET_CHARS: usize = 4096;
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct SqlParams {
-    /// The query (`GET`; with `POST` the body is the query).
-    #[param(max_length = 65536)]
+    /// The query (at most 4,096 characters; `POST` longer ones as the body).
+    #[param(required = true, min_length = 1, max_length = 4096)]
     q: Option<String>,
     /// The answer's format (default: from `Accept`, else `json`).
     #[param(schema_with = super::query::format_schema)]
@@ -56,7 +62,7 @@ pub struct SqlFormat {
             (Vec<u8> = "application/vnd.apache.parquet"),
         )),
         (status = 400, description = "malformed request", body = super::openapi::ErrorBody),
-        (status = 422, description = "not a query, not valid SQL, an unknown table or column, or an answer over the row limit", body = super::openapi::ErrorBody),
+        (status = 422, description = "no query, one longer than 4,096 characters, not a query, not valid SQL, an unknown table or column, or an answer over the row limit", body = super::openapi::ErrorBody),
         (status = 503, description = "the archive cannot be read, or the query needs more memory than the limit", body = super::openapi::ErrorBody),
         (status = 504, description = "the query ran longer than the limit", body = super::openapi::ErrorBody),
     ))]
@@ -67,9 +73,15 @@ pub async fn sql_get(
 ) -> Result<Response, ApiError> {
     let Query(p) =
         params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
-    let Some(sql) = p.q else {
+    let Some(sql) = p.q.filter(|q| !q.is_empty()) else {
         return Err(unprocessable("no_query", "q (the query) is required"));
     };
+    if sql.chars().count() > MAX_SQL_GET_CHARS {
+        return Err(unprocessable(
+            "query_too_long",
+            "q is longer than 4096 characters: POST the query as the body instead",
+        ));
+    }
     answer(&ctx, &sql, Format::chosen(p.format.as_deref(), &headers)?).await
 }
 
@@ -77,7 +89,7 @@ pub async fn sql_get(
 #[utoipa::path(post, path = "/v1/sql",
     summary = "Read-only SQL over the archive's tables, the query as the body",
     params(SqlFormat),
-    request_body(content = String, content_type = "application/sql", description = "the query (at most 64 KiB)"),
+    request_body(content = String, content_type = "text/plain", description = "the query (at most 64 KiB, UTF-8; any content type is taken, e.g. `application/sql`)"),
     responses(
         (status = 200, description = "the answer", content(
             (Vec<Object> = "application/json"),
