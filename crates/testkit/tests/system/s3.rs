@@ -103,41 +103,12 @@ fn scored_in_log(s3: &S3Settings) -> Vec<String> {
 
 /// Every (seq, ts) the bucket's scored table holds, the rows, and the files.
 async fn read_bucket(s3: &S3Settings) -> (usize, BTreeSet<(u64, i64)>, usize) {
-    let store = s3.connect().unwrap();
     let objects = scored_in_log(s3);
-    let mut rows = 0;
-    let mut keys = BTreeSet::new();
-    for o in &objects {
-        assert!(o.ends_with(".parquet"), "{o}");
-        let bytes: Bytes = store
-            .get(&ObjectPath::from(o.as_str()))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        // As the hub reads a file (batch numbers unsigned again).
-        for batch in inference_hub::archive::read_parquet_bytes(bytes).unwrap() {
-            let seq = batch
-                .column_by_name("seq")
-                .unwrap()
-                .as_any()
-                .downcast_ref::<UInt64Array>()
-                .unwrap()
-                .clone();
-            let ts = batch
-                .column_by_name("ts")
-                .unwrap()
-                .as_any()
-                .downcast_ref::<TimestampMicrosecondArray>()
-                .unwrap()
-                .clone();
-            for i in 0..batch.num_rows() {
-                keys.insert((seq.value(i), ts.value(i)));
-            }
-            rows += batch.num_rows();
-        }
-    }
+    assert!(
+        objects.iter().all(|o| o.ends_with(".parquet")),
+        "{objects:?}"
+    );
+    let (rows, keys) = read_objects(s3, &objects).await;
     (rows, keys, objects.len())
 }
 
@@ -579,7 +550,8 @@ async fn s3_upload_when_closed_commits_one_merged_file_per_partition_and_a_put_c
 }
 
 /// Every (seq, ts) of the objects `keys` and their rows, read as a reader
-/// holding the version that listed them reads them.
+/// holding the version that listed them reads them (and as the hub reads a
+/// file: batch numbers unsigned again).
 async fn read_objects(s3: &S3Settings, keys: &[String]) -> (usize, BTreeSet<(u64, i64)>) {
     let store = s3.connect().unwrap();
     let (mut rows, mut seen) = (0, BTreeSet::new());
