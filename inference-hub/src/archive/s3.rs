@@ -561,8 +561,18 @@ impl Upload<'_> {
                     |f| f.bytes,
                     self.compaction.target_file_bytes,
                 );
-                if !chosen.is_empty() && self.compact_in_bucket(key, &files, &chosen)? {
-                    merged += 1;
+                if chosen.is_empty() {
+                    continue;
+                }
+                // A partition that cannot be merged (an unreadable object,
+                // say) is left as it is and does not hold up the others.
+                match self.compact_in_bucket(key, &files, &chosen) {
+                    Ok(true) => merged += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        self.stats.maintenance_errors.fetch_add(1, Relaxed);
+                        tracing::error!(table = table.name(), hour = key.hour, error = %e, "compaction of a partition in the bucket failed; it is left as it was");
+                    }
                 }
             }
         }
